@@ -1,0 +1,545 @@
+//! The EC2 port: the slice of EC2 (and CloudWatch) the backend uses, in our own types.
+//!
+//! [`Ec2Port`] is implemented twice: over the AWS SDK (`crate::sdk`, behind the `sdk` feature)
+//! and in memory by the `sim-ec2` crate. The provisioning logic in this crate is written only
+//! against this trait, so production and simulation run the same code. Nothing here depends on
+//! the AWS SDK.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use backend_api::RegionLabel;
+use serde::{Deserialize, Serialize};
+
+/// Resource tags, ordered so that output is deterministic.
+pub type Tags = BTreeMap<String, String>;
+
+/// EC2's error codes that the backend and the simulator act on.
+pub mod codes {
+    /// The request was throttled.
+    pub const REQUEST_LIMIT_EXCEEDED: &str = "RequestLimitExceeded";
+    /// An internal error at AWS; retry.
+    pub const INTERNAL_ERROR: &str = "InternalError";
+    /// The service is unavailable; retry.
+    pub const UNAVAILABLE: &str = "Unavailable";
+    /// No capacity for the instance type in the availability zone.
+    pub const INSUFFICIENT_INSTANCE_CAPACITY: &str = "InsufficientInstanceCapacity";
+    /// A ClientToken was reused with different parameters.
+    pub const IDEMPOTENT_PARAMETER_MISMATCH: &str = "IdempotentParameterMismatch";
+    /// The instance id is unknown (or not yet visible).
+    pub const INSTANCE_NOT_FOUND: &str = "InvalidInstanceID.NotFound";
+    /// The security group is unknown (or not yet visible).
+    pub const GROUP_NOT_FOUND: &str = "InvalidGroup.NotFound";
+    /// A security group with that name exists.
+    pub const GROUP_DUPLICATE: &str = "InvalidGroup.Duplicate";
+    /// A key pair with that name exists.
+    pub const KEY_PAIR_DUPLICATE: &str = "InvalidKeyPair.Duplicate";
+    /// The key pair is unknown.
+    pub const KEY_PAIR_NOT_FOUND: &str = "InvalidKeyPair.NotFound";
+    /// The security group is still used by an instance.
+    pub const DEPENDENCY_VIOLATION: &str = "DependencyViolation";
+    /// A parameter is invalid.
+    pub const INVALID_PARAMETER_VALUE: &str = "InvalidParameterValue";
+    /// The ingress rule exists already.
+    pub const PERMISSION_DUPLICATE: &str = "InvalidPermission.Duplicate";
+}
+
+/// The operations of the port, for throttling, audit and fault injection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Operation {
+    /// ImportKeyPair.
+    ImportKeyPair,
+    /// DescribeKeyPairs.
+    DescribeKeyPairs,
+    /// DeleteKeyPair.
+    DeleteKeyPair,
+    /// CreateSecurityGroup.
+    CreateSecurityGroup,
+    /// AuthorizeSecurityGroupIngress.
+    AuthorizeSecurityGroupIngress,
+    /// DescribeSecurityGroups.
+    DescribeSecurityGroups,
+    /// DeleteSecurityGroup.
+    DeleteSecurityGroup,
+    /// RunInstances.
+    RunInstances,
+    /// DescribeInstances.
+    DescribeInstances,
+    /// TerminateInstances.
+    TerminateInstances,
+    /// DescribeInstanceTypes.
+    DescribeInstanceTypes,
+    /// CreateTags.
+    CreateTags,
+    /// CloudWatch GetMetricData for NetworkIn and NetworkOut.
+    GetNetworkUsage,
+}
+
+impl Operation {
+    /// Every operation, in declaration order.
+    pub const ALL: [Operation; 13] = [
+        Operation::ImportKeyPair,
+        Operation::DescribeKeyPairs,
+        Operation::DeleteKeyPair,
+        Operation::CreateSecurityGroup,
+        Operation::AuthorizeSecurityGroupIngress,
+        Operation::DescribeSecurityGroups,
+        Operation::DeleteSecurityGroup,
+        Operation::RunInstances,
+        Operation::DescribeInstances,
+        Operation::TerminateInstances,
+        Operation::DescribeInstanceTypes,
+        Operation::CreateTags,
+        Operation::GetNetworkUsage,
+    ];
+
+    /// The API name, e.g. `"RunInstances"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Operation::ImportKeyPair => "ImportKeyPair",
+            Operation::DescribeKeyPairs => "DescribeKeyPairs",
+            Operation::DeleteKeyPair => "DeleteKeyPair",
+            Operation::CreateSecurityGroup => "CreateSecurityGroup",
+            Operation::AuthorizeSecurityGroupIngress => "AuthorizeSecurityGroupIngress",
+            Operation::DescribeSecurityGroups => "DescribeSecurityGroups",
+            Operation::DeleteSecurityGroup => "DeleteSecurityGroup",
+            Operation::RunInstances => "RunInstances",
+            Operation::DescribeInstances => "DescribeInstances",
+            Operation::TerminateInstances => "TerminateInstances",
+            Operation::DescribeInstanceTypes => "DescribeInstanceTypes",
+            Operation::CreateTags => "CreateTags",
+            Operation::GetNetworkUsage => "GetNetworkUsage",
+        }
+    }
+
+    /// Which of EC2's request-rate token buckets the call draws from.
+    ///
+    /// Source: "Request throttling for the Amazon EC2 API", EC2 API reference
+    /// (docs.aws.amazon.com/ec2/latest/devguide/ec2-api-throttling.html).
+    pub fn throttle_class(self) -> ThrottleClass {
+        match self {
+            Operation::DescribeKeyPairs
+            | Operation::DescribeSecurityGroups
+            | Operation::DescribeInstances
+            | Operation::DescribeInstanceTypes => ThrottleClass::NonMutating,
+            // ImportKeyPair is in EC2's CreateKeyPair-like "resource-intensive" set together
+            // with AuthorizeSecurityGroupIngress.
+            Operation::ImportKeyPair | Operation::AuthorizeSecurityGroupIngress => ThrottleClass::ResourceIntensive,
+            Operation::RunInstances => ThrottleClass::RunInstances,
+            Operation::TerminateInstances => ThrottleClass::TerminateInstances,
+            Operation::DeleteKeyPair
+            | Operation::CreateSecurityGroup
+            | Operation::DeleteSecurityGroup
+            | Operation::CreateTags => ThrottleClass::Mutating,
+            // CloudWatch has its own limits; we give it the generous non-mutating bucket.
+            Operation::GetNetworkUsage => ThrottleClass::NonMutating,
+        }
+    }
+}
+
+impl std::fmt::Display for Operation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// EC2's request token buckets (per account and region).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ThrottleClass {
+    /// Describe* calls: 100 tokens, refilling 20/s.
+    NonMutating,
+    /// Create/Delete/Modify calls: 50 tokens, refilling 5/s.
+    Mutating,
+    /// ImportKeyPair/CreateKeyPair, AuthorizeSecurityGroupIngress: 50 tokens, refilling 5/s.
+    ResourceIntensive,
+    /// RunInstances: 5 tokens, refilling 2/s.
+    RunInstances,
+    /// TerminateInstances: 100 tokens, refilling 5/s.
+    TerminateInstances,
+}
+
+impl ThrottleClass {
+    /// Every class.
+    pub const ALL: [ThrottleClass; 5] = [
+        ThrottleClass::NonMutating,
+        ThrottleClass::Mutating,
+        ThrottleClass::ResourceIntensive,
+        ThrottleClass::RunInstances,
+        ThrottleClass::TerminateInstances,
+    ];
+
+    /// The bucket's size in tokens.
+    pub fn capacity(self) -> u32 {
+        match self {
+            ThrottleClass::NonMutating => 100,
+            ThrottleClass::Mutating => 50,
+            ThrottleClass::ResourceIntensive => 50,
+            ThrottleClass::RunInstances => 5,
+            ThrottleClass::TerminateInstances => 100,
+        }
+    }
+
+    /// Tokens added per second.
+    pub fn refill_per_s(self) -> u32 {
+        match self {
+            ThrottleClass::NonMutating => 20,
+            ThrottleClass::Mutating => 5,
+            ThrottleClass::ResourceIntensive => 5,
+            ThrottleClass::RunInstances => 2,
+            ThrottleClass::TerminateInstances => 5,
+        }
+    }
+}
+
+/// RunInstances' second bucket, counted in instances rather than requests: 1,000 instances,
+/// refilling 2 per second.
+pub const RUN_INSTANCES_RESOURCE_CAPACITY: u32 = 1_000;
+/// Refill of RunInstances' instance bucket, instances per second.
+pub const RUN_INSTANCES_RESOURCE_REFILL_PER_S: u32 = 2;
+
+/// An error from EC2, with EC2's own code.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{operation} failed with {code}: {message}")]
+pub struct Ec2Error {
+    /// The operation that failed.
+    pub operation: Operation,
+    /// EC2's error code, e.g. `InvalidGroup.NotFound` (see [`codes`]); `Transport` for
+    /// connection failures and `Http<status>` when only a status is known.
+    pub code: String,
+    /// EC2's message.
+    pub message: String,
+}
+
+impl Ec2Error {
+    /// An error with `code` for `operation`.
+    pub fn new(operation: Operation, code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { operation, code: code.into(), message: message.into() }
+    }
+
+    /// True for throttling.
+    pub fn is_throttle(&self) -> bool {
+        self.code == codes::REQUEST_LIMIT_EXCEEDED || self.code == "Throttling"
+    }
+
+    /// True when the same call may succeed if retried: throttling, internal errors, outages,
+    /// transport errors and HTTP 5xx.
+    pub fn is_transient(&self) -> bool {
+        self.is_throttle()
+            || matches!(
+                self.code.as_str(),
+                codes::INTERNAL_ERROR | codes::UNAVAILABLE | "ServiceUnavailable" | "InternalFailure" | "Transport"
+            )
+            || self.code.starts_with("Http5")
+    }
+
+    /// True when EC2 says the resource does not exist (which under eventual consistency may
+    /// also mean "not visible yet").
+    pub fn is_not_found(&self) -> bool {
+        self.code.ends_with(".NotFound")
+    }
+
+    /// True when the code is `code`.
+    pub fn is(&self, code: &str) -> bool {
+        self.code == code
+    }
+}
+
+/// An EC2 Describe filter, as EC2 spells them: `tag:KEY`, `tag-key`, `instance-state-name`,
+/// `key-name`, `group-name`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Filter {
+    /// The filter name.
+    pub name: String,
+    /// Any of these values matches.
+    pub values: Vec<String>,
+}
+
+impl Filter {
+    /// `tag:KEY` equal to one of `values`.
+    pub fn tag(key: &str, values: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        Self { name: format!("tag:{key}"), values: values.into_iter().map(Into::into).collect() }
+    }
+
+    /// Resources carrying the tag `key`, whatever its value.
+    pub fn tag_key(key: &str) -> Self {
+        Self { name: "tag-key".into(), values: vec![key.into()] }
+    }
+
+    /// Instances in any of `states`.
+    pub fn instance_states(states: &[InstanceState]) -> Self {
+        Self { name: "instance-state-name".into(), values: states.iter().map(|s| s.name().to_string()).collect() }
+    }
+}
+
+/// An instance's state, as EC2 names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum InstanceState {
+    /// `pending`
+    Pending,
+    /// `running`
+    Running,
+    /// `shutting-down`
+    ShuttingDown,
+    /// `terminated`
+    Terminated,
+    /// `stopping`
+    Stopping,
+    /// `stopped`
+    Stopped,
+}
+
+impl InstanceState {
+    /// EC2's name for the state.
+    pub fn name(self) -> &'static str {
+        match self {
+            InstanceState::Pending => "pending",
+            InstanceState::Running => "running",
+            InstanceState::ShuttingDown => "shutting-down",
+            InstanceState::Terminated => "terminated",
+            InstanceState::Stopping => "stopping",
+            InstanceState::Stopped => "stopped",
+        }
+    }
+
+    /// Parses EC2's name for a state.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "pending" => InstanceState::Pending,
+            "running" => InstanceState::Running,
+            "shutting-down" => InstanceState::ShuttingDown,
+            "terminated" => InstanceState::Terminated,
+            "stopping" => InstanceState::Stopping,
+            "stopped" => InstanceState::Stopped,
+            _ => return None,
+        })
+    }
+
+    /// True once the instance has stopped doing work for good or for now: every state but
+    /// `pending` and `running`.
+    pub fn has_exited(self) -> bool {
+        !matches!(self, InstanceState::Pending | InstanceState::Running)
+    }
+}
+
+impl std::fmt::Display for InstanceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What EC2 does when the guest powers off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ShutdownBehavior {
+    /// Power-off stops the instance.
+    Stop,
+    /// Power-off terminates the instance.
+    Terminate,
+}
+
+/// ImportKeyPair's input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImportKeyPairRequest {
+    /// The key pair's name, unique per region.
+    pub key_name: String,
+    /// The public key in OpenSSH format (`ssh-ed25519 AAAA...`).
+    pub public_key_openssh: String,
+    /// Tags applied at creation.
+    pub tags: Tags,
+}
+
+/// A key pair as Describe returns it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyPairInfo {
+    /// The key pair's name.
+    pub key_name: String,
+    /// EC2's id, `key-...`.
+    pub key_pair_id: String,
+    /// Its tags.
+    pub tags: Tags,
+    /// When it was created, unix ms (0 where EC2 did not say).
+    pub create_time_unix_ms: u64,
+}
+
+/// CreateSecurityGroup's input (in the default VPC).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreateSecurityGroupRequest {
+    /// The group's name, unique per VPC.
+    pub group_name: String,
+    /// A description (EC2 requires one).
+    pub description: String,
+    /// Tags applied at creation.
+    pub tags: Tags,
+}
+
+/// AuthorizeSecurityGroupIngress's input: TCP `port` from each of `cidrs`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthorizeIngressRequest {
+    /// The group.
+    pub group_id: String,
+    /// The TCP port.
+    pub port: u16,
+    /// IPv4 CIDRs allowed in.
+    pub cidrs: Vec<String>,
+}
+
+/// A security group as Describe returns it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecurityGroupInfo {
+    /// EC2's id, `sg-...`.
+    pub group_id: String,
+    /// The group's name.
+    pub group_name: String,
+    /// Its tags.
+    pub tags: Tags,
+}
+
+/// RunInstances' input for one instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunInstancesRequest {
+    /// The AMI.
+    pub image_id: String,
+    /// The instance type, e.g. `m6i.large`.
+    pub instance_type: String,
+    /// The key pair to install for the login user.
+    pub key_name: String,
+    /// Security groups to attach.
+    pub security_group_ids: Vec<String>,
+    /// The user data, base64-encoded (at most 16 KiB decoded).
+    pub user_data_base64: String,
+    /// Idempotency token: at most 64 ASCII characters.
+    pub client_token: String,
+    /// Root volume size in GiB; the volume is gp3, encrypted and deleted on termination.
+    pub root_volume_gib: u32,
+    /// The AMI's root device name, e.g. `/dev/xvda`.
+    pub root_device_name: String,
+    /// Require IMDSv2 (session tokens).
+    pub imdsv2_required: bool,
+    /// What a power-off from inside does.
+    pub shutdown_behavior: ShutdownBehavior,
+    /// Tags applied to the instance at launch.
+    pub instance_tags: Tags,
+    /// Tags applied to its volumes at launch.
+    pub volume_tags: Tags,
+}
+
+/// An instance as Describe returns it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceInfo {
+    /// EC2's id, `i-...`.
+    pub instance_id: String,
+    /// Its type.
+    pub instance_type: String,
+    /// Its state.
+    pub state: InstanceState,
+    /// Why it is in that state, as EC2's StateReason code (e.g. `Client.InstanceInitiatedShutdown`).
+    pub state_reason_code: Option<String>,
+    /// The public DNS name (empty until assigned).
+    pub public_dns_name: String,
+    /// When it was launched, unix ms.
+    pub launch_time_unix_ms: u64,
+    /// Its tags.
+    pub tags: Tags,
+    /// The idempotency token it was launched with.
+    pub client_token: String,
+}
+
+/// The change TerminateInstances made to one instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceStateChange {
+    /// The instance.
+    pub instance_id: String,
+    /// Its state before the call.
+    pub previous_state: InstanceState,
+    /// Its state after the call.
+    pub current_state: InstanceState,
+}
+
+/// An instance type's size.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceTypeInfo {
+    /// The type's name, e.g. `m6i.large`.
+    pub instance_type: String,
+    /// Default vCPUs.
+    pub vcpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u64,
+}
+
+/// Network bytes of one instance over a window, as CloudWatch's NetworkIn and NetworkOut sum.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkUsage {
+    /// The instance.
+    pub instance_id: String,
+    /// Bytes received in the window.
+    pub bytes_in: u64,
+    /// Bytes sent in the window.
+    pub bytes_out: u64,
+}
+
+/// The EC2 surface the backend uses. Every call names its region.
+///
+/// Implementations return EC2's real error codes in [`Ec2Error`]; retries and backoff are the
+/// caller's business, not the port's.
+#[async_trait]
+pub trait Ec2Port: Send + Sync + 'static {
+    /// ImportKeyPair.
+    async fn import_key_pair(&self, region: &RegionLabel, req: ImportKeyPairRequest) -> Result<KeyPairInfo, Ec2Error>;
+    /// DescribeKeyPairs with filters (empty: all).
+    async fn describe_key_pairs(
+        &self,
+        region: &RegionLabel,
+        filters: Vec<Filter>,
+    ) -> Result<Vec<KeyPairInfo>, Ec2Error>;
+    /// DeleteKeyPair by name; a missing name succeeds, as in EC2.
+    async fn delete_key_pair(&self, region: &RegionLabel, key_name: &str) -> Result<(), Ec2Error>;
+    /// CreateSecurityGroup; returns the group id.
+    async fn create_security_group(
+        &self,
+        region: &RegionLabel,
+        req: CreateSecurityGroupRequest,
+    ) -> Result<String, Ec2Error>;
+    /// AuthorizeSecurityGroupIngress.
+    async fn authorize_ingress(&self, region: &RegionLabel, req: AuthorizeIngressRequest) -> Result<(), Ec2Error>;
+    /// DescribeSecurityGroups by ids (empty: any) and filters.
+    async fn describe_security_groups(
+        &self,
+        region: &RegionLabel,
+        group_ids: Vec<String>,
+        filters: Vec<Filter>,
+    ) -> Result<Vec<SecurityGroupInfo>, Ec2Error>;
+    /// DeleteSecurityGroup by id.
+    async fn delete_security_group(&self, region: &RegionLabel, group_id: &str) -> Result<(), Ec2Error>;
+    /// RunInstances for exactly one instance.
+    async fn run_instance(&self, region: &RegionLabel, req: RunInstancesRequest) -> Result<InstanceInfo, Ec2Error>;
+    /// DescribeInstances by ids (empty: any) and filters. An id that is unknown (or not yet
+    /// visible) fails the whole call with `InvalidInstanceID.NotFound`, as EC2 does.
+    async fn describe_instances(
+        &self,
+        region: &RegionLabel,
+        instance_ids: Vec<String>,
+        filters: Vec<Filter>,
+    ) -> Result<Vec<InstanceInfo>, Ec2Error>;
+    /// TerminateInstances.
+    async fn terminate_instances(
+        &self,
+        region: &RegionLabel,
+        instance_ids: Vec<String>,
+    ) -> Result<Vec<InstanceStateChange>, Ec2Error>;
+    /// DescribeInstanceTypes within the given families (e.g. `m6i`); empty: all.
+    async fn describe_instance_types(
+        &self,
+        region: &RegionLabel,
+        families: Vec<String>,
+    ) -> Result<Vec<InstanceTypeInfo>, Ec2Error>;
+    /// CreateTags.
+    async fn create_tags(&self, region: &RegionLabel, resource_ids: Vec<String>, tags: Tags) -> Result<(), Ec2Error>;
+    /// Network bytes per instance over `[start_unix_ms, end_unix_ms)` (CloudWatch NetworkIn and
+    /// NetworkOut, summed). Instances without data are absent or zero.
+    async fn network_usage(
+        &self,
+        region: &RegionLabel,
+        instance_ids: Vec<String>,
+        start_unix_ms: u64,
+        end_unix_ms: u64,
+    ) -> Result<Vec<NetworkUsage>, Ec2Error>;
+}
