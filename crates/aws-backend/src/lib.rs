@@ -1,6 +1,18 @@
 //! The AWS EC2 backend: turns a compute grant into an EC2 instance and back into nothing.
 //!
-//! The logic is written against the [`port::Ec2Port`] trait; the `sdk` feature adds the adapter
-//! over the real AWS SDK. The simulator (`sim-ec2`) implements the same port.
+//! The logic ([`AwsBackend`]) is written against the [`port::Ec2Port`] trait; the `sdk`
+//! feature adds the adapter over the real AWS SDK. The simulator (`sim-ec2`) implements the same
+//! port, so production and simulation run one piece of provisioning code.
 
+mod backend;
+pub mod config;
+pub mod guest;
+pub mod keys;
+pub mod names;
+pub mod pacing;
+pub mod poller;
 pub mod port;
+pub mod sizing;
+
+pub use backend::{AwsBackend, BACKEND_NAME, BackendLedger, BackendParts, DynStore, TestSwitches};
+pub use config::{AwsBootConfig, ConfigError, GRANT_TAG, OWNER_TAG};

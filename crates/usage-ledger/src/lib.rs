@@ -1,1 +1,27 @@
-//! placeholder
+//! Event-sourced, crash-safe metering for compute grants.
+//!
+//! Every change in a grant's life is an [`Event`] stored in a [`Record`]; a grant's state and
+//! its [`UsageMetrics`](backend_api::UsageMetrics) are a pure [`fold`] over its records. The
+//! [`Ledger`] keeps that fold up to date over an [`EventStore`]: a [`MemoryStore`] for
+//! simulation and tests, or the durable [`FileStore`]. The metering rules and the file format
+//! are written down in `docs/metering.md`.
+//!
+//! This crate does no network IO and knows nothing of AWS.
+
+mod event;
+pub mod file;
+mod ledger;
+mod state;
+mod store;
+
+pub use event::{Event, ObservedState, Record, ResourceKind, TerminationReason};
+pub use file::{FileStore, OpenReport, ReplayReport, ScanOutcome, TornTail, scan_file};
+pub use ledger::{Ledger, LedgerError};
+pub use state::{ApplyError, GrantState, Impossible, MIN_BILLED_SECONDS, Phase, apply, billed_seconds, fold};
+pub use store::{EventStore, MemoryStore, StoreError};
+
+/// The version of the file format this build writes (and the newest it reads).
+pub const FORMAT_VERSION: u16 = 1;
+
+#[cfg(test)]
+mod apply_tests;

@@ -1,0 +1,1003 @@
+//! `AwsBackend`: the seed's backend with every TODO done, written against the EC2 port so that
+//! the same code runs on AWS, on moto and on the simulator.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use backend_api::{
+    AlmanacTick, Backend, BackendError, Capabilities, Clock, ComputeGrant, Envelope, GrantId, ProvisionedInstance,
+    RegionLabel, Secret, UsageMetrics,
+};
+use base64::Engine;
+use rand_chacha::ChaCha8Rng;
+use rand_chacha::rand_core::SeedableRng;
+use tracing::Instrument;
+use usage_ledger::{Event, EventStore, GrantState, Ledger, ObservedState, TerminationReason};
+
+use crate::config::AwsBootConfig;
+use crate::guest::{GuestSpec, render_user_data};
+use crate::keys::SshKeyPair;
+use crate::names;
+use crate::pacing::{Pacer, PacingStats, RetryPolicy, lock};
+use crate::poller::{RegionPoller, Sighting};
+use crate::port::{
+    AuthorizeIngressRequest, CreateSecurityGroupRequest, Ec2Error, Ec2Port, Filter, ImportKeyPairRequest,
+    InstanceInfo, InstanceState, InstanceTypeInfo, Operation, RunInstancesRequest, ShutdownBehavior, codes,
+};
+use crate::sizing;
+
+/// The name this backend reports.
+pub const BACKEND_NAME: &str = "aws";
+
+/// How long an id EC2 returned may stay invisible to Describe before we stop waiting for it.
+const VISIBILITY_WINDOW_MS: u64 = 5 * 60_000;
+/// How long DeleteSecurityGroup is retried through `DependencyViolation`.
+const DEPENDENCY_WINDOW_MS: u64 = 15 * 60_000;
+
+/// An event store behind a box, so one backend type serves the file and memory stores.
+pub struct DynStore(pub Box<dyn EventStore>);
+
+impl EventStore for DynStore {
+    fn append(&mut self, records: &[usage_ledger::Record]) -> Result<(), usage_ledger::StoreError> {
+        self.0.append(records)
+    }
+}
+
+/// The ledger type the backend keeps.
+pub type BackendLedger = Ledger<DynStore>;
+
+/// Switches that break the backend on purpose, so tests can prove the checkers catch it.
+/// Never set in production.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TestSwitches {
+    /// Skip DeleteSecurityGroup during teardown (and record it as deleted anyway).
+    pub skip_security_group_delete: bool,
+}
+
+/// What the backend is built from besides its configuration: everything it must not pick by
+/// itself (the cloud, the time, the randomness, the durable log).
+pub struct BackendParts {
+    /// The EC2 port: the SDK adapter, or the simulator.
+    pub port: Arc<dyn Ec2Port>,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+    /// The usage ledger, already replayed.
+    pub ledger: BackendLedger,
+    /// The secret all per-grant key seeds derive from; keep it across restarts (next to the
+    /// ledger) so a resumed provision re-derives the same keys.
+    pub key_seed: Secret,
+    /// Seeds the backoff jitter.
+    pub jitter_seed: u64,
+    /// Deliberate faults for tests.
+    pub switches: TestSwitches,
+}
+
+pub(crate) struct Inner {
+    pub(crate) cfg: AwsBootConfig,
+    pub(crate) port: Arc<dyn Ec2Port>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) ledger: Mutex<BackendLedger>,
+    pub(crate) pacer: Arc<Pacer>,
+    key_seed: Secret,
+    switches: TestSwitches,
+    catalogue: Mutex<BTreeMap<RegionLabel, Arc<Vec<InstanceTypeInfo>>>>,
+    pollers: Mutex<BTreeMap<RegionLabel, (Arc<RegionPoller>, tokio::task::JoinHandle<()>)>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for (_, (_, task)) in lock(&self.pollers).iter() {
+            task.abort();
+        }
+    }
+}
+
+/// The AWS EC2 backend.
+///
+/// Cheap to clone: clones share one state. Dropping the last clone stops its pollers; the ledger
+/// keeps what it knew, and a backend opened on it later resumes (see `recovery`).
+#[derive(Clone)]
+pub struct AwsBackend {
+    pub(crate) inner: Arc<Inner>,
+}
+
+fn provider(err: Ec2Error) -> BackendError {
+    if err.is_throttle() {
+        return BackendError::Throttled { operation: err.operation.name().into() };
+    }
+    BackendError::Provider {
+        operation: err.operation.name().into(),
+        retryable: err.is_transient(),
+        code: err.code,
+        message: err.message,
+    }
+}
+
+fn local(err: impl std::fmt::Display) -> BackendError {
+    BackendError::Local(err.to_string())
+}
+
+fn observed(state: InstanceState) -> ObservedState {
+    match state {
+        InstanceState::Pending => ObservedState::Pending,
+        InstanceState::Running => ObservedState::Running,
+        InstanceState::ShuttingDown => ObservedState::ShuttingDown,
+        InstanceState::Terminated => ObservedState::Terminated,
+        InstanceState::Stopping => ObservedState::Stopping,
+        InstanceState::Stopped => ObservedState::Stopped,
+    }
+}
+
+impl AwsBackend {
+    /// A backend over `parts`. Checks the configuration, and loads each region's instance-type
+    /// catalogue (a failure there is logged and retried on first use).
+    pub async fn new(cfg: &AwsBootConfig, parts: BackendParts) -> anyhow::Result<Self> {
+        cfg.validate()?;
+        let pacer = Arc::new(Pacer::new(
+            parts.clock.clone(),
+            ChaCha8Rng::seed_from_u64(parts.jitter_seed),
+            RetryPolicy::default(),
+        ));
+        let backend = Self {
+            inner: Arc::new(Inner {
+                cfg: cfg.clone(),
+                port: parts.port,
+                clock: parts.clock,
+                ledger: Mutex::new(parts.ledger),
+                pacer,
+                key_seed: parts.key_seed,
+                switches: parts.switches,
+                catalogue: Mutex::new(BTreeMap::new()),
+                pollers: Mutex::new(BTreeMap::new()),
+            }),
+        };
+        for region in &cfg.regions {
+            if let Err(err) = backend.catalogue(region).await {
+                tracing::warn!(%region, error = %err, "could not load the instance-type catalogue; retrying on first use");
+            }
+        }
+        Ok(backend)
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &AwsBootConfig {
+        &self.inner.cfg
+    }
+
+    /// Pacing statistics: retries per error code, time spent in our own token buckets.
+    pub fn pacing_stats(&self) -> PacingStats {
+        self.inner.pacer.stats()
+    }
+
+    /// DescribeInstances polls made so far, per region.
+    pub fn polls_by_region(&self) -> BTreeMap<RegionLabel, u64> {
+        lock(&self.inner.pollers).iter().map(|(r, (p, _))| (r.clone(), p.polls())).collect()
+    }
+
+    /// Runs `f` on the ledger.
+    pub fn with_ledger<T>(&self, f: impl FnOnce(&BackendLedger) -> T) -> T {
+        f(&lock(&self.inner.ledger))
+    }
+
+    /// A copy of one grant's state.
+    pub fn grant_state(&self, grant: &GrantId) -> Option<GrantState> {
+        lock(&self.inner.ledger).grant(grant).cloned()
+    }
+
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.inner.clock.now_unix_ms()
+    }
+
+    /// Appends `event` for `grant`, stamped with the clock.
+    pub(crate) fn record(&self, grant: GrantId, event: Event) -> Result<GrantState, BackendError> {
+        let now = self.now_ms();
+        lock(&self.inner.ledger).append(grant, now, event).cloned().map_err(local)
+    }
+
+    /// Appends the event `decide` returns for the grant's current state, atomically with the
+    /// look at the state; nothing when it returns `None`.
+    pub(crate) fn record_if(
+        &self,
+        grant: GrantId,
+        decide: impl FnOnce(Option<&GrantState>) -> Option<Event>,
+    ) -> Result<(), BackendError> {
+        let now = self.now_ms();
+        let mut ledger = lock(&self.inner.ledger);
+        if let Some(event) = decide(ledger.grant(&grant)) {
+            ledger.append(grant, now, event).map_err(local)?;
+        }
+        Ok(())
+    }
+
+    fn region_for(&self, envelope: &Envelope) -> Result<RegionLabel, BackendError> {
+        let cfg = &self.inner.cfg;
+        match envelope.region.as_ref() {
+            None => Ok(cfg.default_region().clone()),
+            Some(region) if cfg.allows(region.as_str()) => Ok(region.clone()),
+            Some(region) => Err(BackendError::RegionNotAllowed {
+                region: region.to_string(),
+                allowed: cfg.regions.iter().map(ToString::to_string).collect(),
+            }),
+        }
+    }
+
+    /// DescribeInstanceTypes within the configured families, cached per region.
+    pub(crate) async fn catalogue(&self, region: &RegionLabel) -> Result<Arc<Vec<InstanceTypeInfo>>, BackendError> {
+        if let Some(types) = lock(&self.inner.catalogue).get(region) {
+            return Ok(types.clone());
+        }
+        let families = self.inner.cfg.instance_families.clone();
+        let types = self
+            .inner
+            .pacer
+            .call(region, Operation::DescribeInstanceTypes, || {
+                self.inner.port.describe_instance_types(region, families.clone())
+            })
+            .await
+            .map_err(provider)?;
+        let types = Arc::new(sizing::sorted(types));
+        lock(&self.inner.catalogue).insert(region.clone(), types.clone());
+        Ok(types)
+    }
+
+    /// The region's shared poller, started on first use.
+    pub(crate) fn poller(&self, region: &RegionLabel) -> Arc<RegionPoller> {
+        let mut pollers = lock(&self.inner.pollers);
+        if let Some((poller, _)) = pollers.get(region) {
+            return poller.clone();
+        }
+        let poller = Arc::new(RegionPoller::new(
+            region.clone(),
+            self.inner.cfg.owner.clone(),
+            self.inner.cfg.poll_interval_ms,
+            self.inner.port.clone(),
+            self.inner.clock.clone(),
+            self.inner.pacer.clone(),
+        ));
+        let task = tokio::spawn(poller.clone().run());
+        pollers.insert(region.clone(), (poller.clone(), task));
+        poller
+    }
+
+    fn now_tick(&self) -> AlmanacTick {
+        self.inner.cfg.almanac.unix_ms_to_tick(self.now_ms())
+    }
+
+    /// Checks a grant without touching the cloud: TDX, deadline, manifest ranges.
+    fn check_grant(&self, grant: &ComputeGrant<'_>) -> Result<(), BackendError> {
+        let manifest = grant.manifest;
+        if manifest.tdx_required {
+            return Err(BackendError::Unsatisfiable {
+                reason: "the grant requires Intel TDX and AWS offers no TDX instances: route it to a TDX-capable backend"
+                    .into(),
+            });
+        }
+        let now = self.now_tick();
+        if grant.valid_to <= now {
+            return Err(BackendError::DeadlinePassed { valid_to: grant.valid_to, now });
+        }
+        if grant.valid_from > grant.valid_to {
+            return Err(BackendError::InvalidInput {
+                field: "grant.valid_from".into(),
+                reason: format!("{} is after valid_to {}", grant.valid_from, grant.valid_to),
+            });
+        }
+        if manifest.cpu_millicores == 0 || manifest.ram_mib == 0 {
+            return Err(BackendError::InvalidInput {
+                field: "manifest".into(),
+                reason: format!(
+                    "cpu_millicores {} and ram_mib {} must both be above 0",
+                    manifest.cpu_millicores, manifest.ram_mib
+                ),
+            });
+        }
+        if manifest.storage_gib > sizing::MAX_ROOT_VOLUME_GIB {
+            return Err(BackendError::Unsatisfiable {
+                reason: format!(
+                    "storage_gib {} exceeds the largest gp3 volume, {} GiB",
+                    manifest.storage_gib,
+                    sizing::MAX_ROOT_VOLUME_GIB
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn keys_for(&self, grant: &GrantId) -> Result<(SshKeyPair, SshKeyPair), BackendError> {
+        let comment = format!("compute-bridge-{}", grant.short());
+        let login = SshKeyPair::ed25519_from_seed(names::key_seed(&self.inner.key_seed, grant, "login"), &comment)
+            .map_err(local)?;
+        let host = SshKeyPair::ed25519_from_seed(names::key_seed(&self.inner.key_seed, grant, "host"), &comment)
+            .map_err(local)?;
+        Ok((login, host))
+    }
+
+    async fn provision_inner(
+        &self,
+        grant: &ComputeGrant<'_>,
+        region: RegionLabel,
+    ) -> Result<ProvisionedInstance, BackendError> {
+        let cfg = &self.inner.cfg;
+        let types = self.catalogue(&region).await?;
+        let fitting = sizing::fitting(&types, grant.manifest)?;
+        let storage_gib = grant.manifest.storage_gib.max(cfg.min_root_volume_gib);
+        let valid_to_unix_ms = cfg.almanac.tick_to_unix_ms(grant.valid_to);
+        let (login, host) = self.keys_for(&grant.id)?;
+        let user_data = render_user_data(
+            &cfg.guest,
+            &GuestSpec {
+                grant_id: grant.id,
+                image_hash: grant.manifest.image_post_hash,
+                authorized_key_openssh: &login.public_openssh,
+                host_key: &host,
+                valid_to_unix_s: valid_to_unix_ms.div_ceil(1_000),
+            },
+        )
+        .map_err(|e| BackendError::InvalidInput { field: "grant".into(), reason: e.to_string() })?;
+
+        // Validation is over: from here on things get created, and every step is recorded
+        // before the next one starts.
+        match self.grant_state(&grant.id) {
+            Some(state) if state.is_settled() => {
+                return Err(BackendError::InvalidInput {
+                    field: "grant.id".into(),
+                    reason: format!("grant {} was already provisioned and settled; a grant provisions once", grant.id),
+                });
+            }
+            Some(state) if state.termination().is_some() => {
+                return Err(BackendError::InvalidInput {
+                    field: "grant.id".into(),
+                    reason: format!("grant {} is being torn down; wait for terminate to finish", grant.id),
+                });
+            }
+            Some(_) => tracing::info!("resuming a provision the ledger shows unfinished"),
+            None => {
+                let first = &fitting[0];
+                self.record(
+                    grant.id,
+                    Event::GrantAdmitted {
+                        region: region.to_string(),
+                        instance_type: first.instance_type.clone(),
+                        vcpus: first.vcpus,
+                        memory_mib: first.memory_mib,
+                        storage_bytes: u64::from(storage_gib) << 30,
+                        valid_to: grant.valid_to,
+                        valid_to_unix_ms,
+                        key_name: names::key_name(&grant.id),
+                        group_name: names::group_name(&grant.id),
+                    },
+                )?;
+            }
+        }
+
+        let created = async {
+            let (key, group) = tokio::join!(
+                self.ensure_key_pair(&grant.id, &region, &login),
+                self.ensure_security_group(&grant.id, &region)
+            );
+            key?;
+            let group_id = group?;
+            let request = RunInstancesRequest {
+                image_id: cfg.ami.get(region.as_str()).cloned().unwrap_or_default(),
+                instance_type: String::new(),
+                key_name: names::key_name(&grant.id),
+                security_group_ids: vec![group_id],
+                user_data_base64: base64::engine::general_purpose::STANDARD.encode(user_data.as_bytes()),
+                client_token: String::new(),
+                root_volume_gib: storage_gib,
+                root_device_name: cfg.root_device_name.clone(),
+                imdsv2_required: true,
+                shutdown_behavior: ShutdownBehavior::Terminate,
+                instance_tags: names::grant_tags(cfg, &grant.id),
+                volume_tags: names::grant_tags(cfg, &grant.id),
+            };
+            let instance_id = self.ensure_instance(&grant.id, &region, &fitting, request).await?;
+            tracing::Span::current().record("instance_id", instance_id.as_str());
+            let info = self.wait_running(&grant.id, &region, &instance_id, valid_to_unix_ms).await?;
+            Ok::<_, BackendError>(info)
+        }
+        .await;
+
+        match created {
+            Ok(info) => Ok(ProvisionedInstance {
+                backend: BACKEND_NAME.into(),
+                grant_id: grant.id,
+                region,
+                instance_id: info.instance_id,
+                public_dns: info.public_dns_name,
+                ssh_host_public_key: host.public_openssh.clone(),
+                ssh_private_key: login.private_openssh.clone(),
+            }),
+            Err(err) => {
+                tracing::warn!(error = %err, "provision failed; rolling back");
+                if let Err(rollback) = self.teardown(grant.id, TerminationReason::Rollback).await {
+                    // Everything is in the ledger, so recovery and the reaper finish the job.
+                    tracing::error!(error = %rollback, "rollback incomplete; recovery will finish it");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    async fn ensure_key_pair(&self, grant: &GrantId, region: &RegionLabel, login: &SshKeyPair) -> Result<(), BackendError> {
+        if self.grant_state(grant).is_some_and(|s| s.key_pair().is_some()) {
+            return Ok(());
+        }
+        let key_name = names::key_name(grant);
+        let request = ImportKeyPairRequest {
+            key_name: key_name.clone(),
+            public_key_openssh: login.public_openssh.clone(),
+            tags: names::grant_tags(&self.inner.cfg, grant),
+        };
+        let result = self
+            .inner
+            .pacer
+            .call(region, Operation::ImportKeyPair, || self.inner.port.import_key_pair(region, request.clone()))
+            .await;
+        let key_pair_id = match result {
+            Ok(info) => info.key_pair_id,
+            // A key pair of this name can only be ours from an attempt whose record was lost;
+            // its key is derived from the same seed, so it is the same key.
+            Err(err) if err.is(codes::KEY_PAIR_DUPLICATE) => String::new(),
+            Err(err) => return Err(provider(err)),
+        };
+        self.record(*grant, Event::KeyPairImported { key_name, key_pair_id })?;
+        Ok(())
+    }
+
+    async fn ensure_security_group(&self, grant: &GrantId, region: &RegionLabel) -> Result<String, BackendError> {
+        let cfg = &self.inner.cfg;
+        let group_id = match self.grant_state(grant).and_then(|s| s.security_group().map(str::to_string)) {
+            Some(id) => id,
+            None => {
+                let group_name = names::group_name(grant);
+                let request = CreateSecurityGroupRequest {
+                    group_name: group_name.clone(),
+                    description: format!("compute-bridge grant {}: SSH only", grant.short()),
+                    tags: names::grant_tags(cfg, grant),
+                };
+                let result = self
+                    .inner
+                    .pacer
+                    .call(region, Operation::CreateSecurityGroup, || {
+                        self.inner.port.create_security_group(region, request.clone())
+                    })
+                    .await;
+                let group_id = match result {
+                    Ok(id) => id,
+                    Err(err) if err.is(codes::GROUP_DUPLICATE) => self
+                        .find_group_by_name(grant, region)
+                        .await?
+                        .ok_or_else(|| BackendError::Provider {
+                            operation: "DescribeSecurityGroups".into(),
+                            code: codes::GROUP_NOT_FOUND.into(),
+                            message: format!("group {group_name} exists but stayed invisible"),
+                            retryable: true,
+                        })?,
+                    Err(err) => return Err(provider(err)),
+                };
+                self.record(*grant, Event::SecurityGroupCreated { group_id: group_id.clone(), group_name })?;
+                group_id
+            }
+        };
+        let request = AuthorizeIngressRequest {
+            group_id: group_id.clone(),
+            port: 22,
+            cidrs: cfg.ssh_ingress_cidrs.iter().map(ToString::to_string).collect(),
+        };
+        // A group just created may not be visible yet: retry NotFound within the window.
+        let started = self.now_ms();
+        let mut attempt = 0;
+        loop {
+            let result = self
+                .inner
+                .pacer
+                .call(region, Operation::AuthorizeSecurityGroupIngress, || {
+                    self.inner.port.authorize_ingress(region, request.clone())
+                })
+                .await;
+            match result {
+                Ok(()) => return Ok(group_id),
+                Err(err) if err.is(codes::PERMISSION_DUPLICATE) => return Ok(group_id),
+                Err(err) if err.is_not_found() && self.now_ms() < started + VISIBILITY_WINDOW_MS => {
+                    self.inner.pacer.backoff(attempt).await;
+                    attempt += 1;
+                }
+                Err(err) => return Err(provider(err)),
+            }
+        }
+    }
+
+    /// The group named for `grant`, if Describe shows it (retrying briefly for visibility).
+    pub(crate) async fn find_group_by_name(
+        &self,
+        grant: &GrantId,
+        region: &RegionLabel,
+    ) -> Result<Option<String>, BackendError> {
+        let filters = vec![Filter { name: "group-name".into(), values: vec![names::group_name(grant)] }];
+        for attempt in 0..5 {
+            let groups = self
+                .inner
+                .pacer
+                .call(region, Operation::DescribeSecurityGroups, || {
+                    self.inner.port.describe_security_groups(region, Vec::new(), filters.clone())
+                })
+                .await
+                .map_err(provider)?;
+            if let Some(group) = groups.into_iter().next() {
+                return Ok(Some(group.group_id));
+            }
+            self.inner.pacer.backoff(attempt).await;
+        }
+        Ok(None)
+    }
+
+    /// Launches the grant's instance, resuming a recorded launch with its own token, and falling
+    /// back to the next fitting type on `InsufficientInstanceCapacity`.
+    async fn ensure_instance(
+        &self,
+        grant: &GrantId,
+        region: &RegionLabel,
+        fitting: &[InstanceTypeInfo],
+        template: RunInstancesRequest,
+    ) -> Result<String, BackendError> {
+        let state = self.grant_state(grant).ok_or_else(|| local("grant vanished from the ledger"))?;
+        if let Some(id) = state.instance() {
+            return Ok(id.to_string());
+        }
+        let resume = state.launch_requested().and_then(names::token_attempt);
+        let first_attempt = resume.unwrap_or(0);
+        let mut tried = Vec::new();
+        for (attempt, itype) in fitting.iter().enumerate().skip(first_attempt) {
+            let token = names::client_token(grant, attempt);
+            let request = RunInstancesRequest {
+                instance_type: itype.instance_type.clone(),
+                client_token: token.clone(),
+                ..template.clone()
+            };
+            let launch = Event::LaunchRequested { client_token: token.clone(), instance_type: itype.instance_type.clone() };
+            self.record_if(*grant, |s| (s.and_then(GrantState::launch_requested) != Some(token.as_str())).then_some(launch))?;
+            tried.push(itype.instance_type.clone());
+            let result = self
+                .inner
+                .pacer
+                .call(region, Operation::RunInstances, || self.inner.port.run_instance(region, request.clone()))
+                .await;
+            match result {
+                Ok(info) => {
+                    self.record(
+                        *grant,
+                        Event::InstanceLaunched {
+                            instance_id: info.instance_id.clone(),
+                            client_token: token,
+                            instance_type: itype.instance_type.clone(),
+                            vcpus: itype.vcpus,
+                            memory_mib: itype.memory_mib,
+                        },
+                    )?;
+                    return Ok(info.instance_id);
+                }
+                Err(err) if err.is(codes::INSUFFICIENT_INSTANCE_CAPACITY) => {
+                    tracing::info!(instance_type = %itype.instance_type, "no capacity; trying the next fitting type");
+                }
+                Err(err) => return Err(provider(err)),
+            }
+        }
+        Err(BackendError::CapacityUnavailable { region: region.to_string(), instance_types: tried })
+    }
+
+    /// Records a state observation when it differs from the last one recorded.
+    fn observe(&self, grant: &GrantId, info: &InstanceInfo, at_unix_ms: u64) -> Result<(), BackendError> {
+        let state = observed(info.state);
+        let instance_id = info.instance_id.clone();
+        self.record_if(*grant, |s| {
+            let s = s?;
+            (s.instance() == Some(instance_id.as_str()) && s.last_state() != Some(state)).then_some(
+                Event::InstanceStateObserved { instance_id, state, observed_at_unix_ms: at_unix_ms },
+            )
+        })
+    }
+
+    /// Waits (through the region's poller) until the instance runs.
+    async fn wait_running(
+        &self,
+        grant: &GrantId,
+        region: &RegionLabel,
+        instance_id: &str,
+        deadline_unix_ms: u64,
+    ) -> Result<InstanceInfo, BackendError> {
+        let mut rx = self.poller(region).subscribe(instance_id);
+        loop {
+            let sighting = rx.borrow_and_update().clone();
+            if let Sighting::Seen { info, at_unix_ms } = sighting {
+                self.observe(grant, &info, at_unix_ms)?;
+                match info.state {
+                    InstanceState::Running => return Ok(*info),
+                    InstanceState::Pending => {}
+                    other => {
+                        return Err(BackendError::Provider {
+                            operation: "RunInstances".into(),
+                            code: info.state_reason_code.clone().unwrap_or_else(|| format!("Instance.{other}")),
+                            message: format!("instance {instance_id} went {other} before it ran"),
+                            retryable: true,
+                        });
+                    }
+                }
+            }
+            let now = self.now_ms();
+            if now >= deadline_unix_ms {
+                return Err(BackendError::DeadlinePassed {
+                    valid_to: self.inner.cfg.almanac.unix_ms_to_tick(deadline_unix_ms),
+                    now: self.now_tick(),
+                });
+            }
+            tokio::select! {
+                biased;
+                changed = rx.changed() => changed.map_err(|_| local("the region poller stopped"))?,
+                () = self.inner.clock.sleep_until_unix_ms(deadline_unix_ms) => {}
+            }
+        }
+    }
+
+    /// Records that termination was requested (once) and calls TerminateInstances, retrying
+    /// `InvalidInstanceID.NotFound` while the id may still be invisible.
+    pub(crate) async fn request_termination(
+        &self,
+        grant: &GrantId,
+        region: &RegionLabel,
+        instance_id: &str,
+        reason: TerminationReason,
+    ) -> Result<(), BackendError> {
+        self.record_if(*grant, |s| {
+            s.filter(|s| s.termination().is_none() && !s.is_settled()).map(|_| Event::TerminationRequested { reason })
+        })?;
+        let started = self.now_ms();
+        let mut attempt = 0;
+        loop {
+            let ids = vec![instance_id.to_string()];
+            let result = self
+                .inner
+                .pacer
+                .call(region, Operation::TerminateInstances, || self.inner.port.terminate_instances(region, ids.clone()))
+                .await;
+            match result {
+                Ok(_) => return Ok(()),
+                Err(err) if err.is(codes::INSTANCE_NOT_FOUND) => {
+                    // Either not visible yet, or gone for good: a filtered Describe tells.
+                    if self.instance_gone(region, instance_id).await? || self.now_ms() > started + VISIBILITY_WINDOW_MS {
+                        return Ok(());
+                    }
+                    self.inner.pacer.backoff(attempt.min(6)).await;
+                    attempt += 1;
+                }
+                Err(err) => return Err(provider(err)),
+            }
+        }
+    }
+
+    /// True when a Describe by our grant tag lists the instance as terminated, or when it is
+    /// absent although the id is old enough to be visible.
+    async fn instance_gone(&self, region: &RegionLabel, instance_id: &str) -> Result<bool, BackendError> {
+        let filters = vec![Filter::tag(crate::config::OWNER_TAG, [self.inner.cfg.owner.clone()])];
+        let instances = self
+            .inner
+            .pacer
+            .call(region, Operation::DescribeInstances, || {
+                self.inner.port.describe_instances(region, Vec::new(), filters.clone())
+            })
+            .await
+            .map_err(provider)?;
+        Ok(instances.iter().any(|i| i.instance_id == instance_id && i.state == InstanceState::Terminated))
+    }
+
+    /// Follows the instance through the poller until it is terminated (or long gone), then
+    /// samples its network use and records it terminated. With `deadline_unix_ms`, terminates it
+    /// exactly then if it is still up.
+    pub(crate) async fn follow_to_end(
+        &self,
+        grant: &GrantId,
+        region: &RegionLabel,
+        instance_id: &str,
+        deadline_unix_ms: Option<u64>,
+    ) -> Result<(), BackendError> {
+        let mut rx = self.poller(region).subscribe(instance_id);
+        let mut deadline = deadline_unix_ms;
+        let mut absent_since: Option<u64> = None;
+        let mut asked_exit = false;
+        loop {
+            let sighting = rx.borrow_and_update().clone();
+            match sighting {
+                Sighting::Seen { info, at_unix_ms } => {
+                    absent_since = None;
+                    self.observe(grant, &info, at_unix_ms)?;
+                    if info.state == InstanceState::Terminated {
+                        break;
+                    }
+                    let requested = self.grant_state(grant).is_some_and(|s| s.termination().is_some());
+                    if info.state.has_exited() && !asked_exit {
+                        // It ended on its own (or is stopping): make sure it terminates, so
+                        // nothing lingers stopped and billed for storage.
+                        asked_exit = true;
+                        let reason = if requested { TerminationReason::Operator } else { TerminationReason::Exited };
+                        self.request_termination(grant, region, instance_id, reason).await?;
+                    }
+                }
+                Sighting::Absent { at_unix_ms } => {
+                    let since = *absent_since.get_or_insert(at_unix_ms);
+                    let ever_seen = self.grant_state(grant).is_some_and(|s| s.last_state().is_some());
+                    // Seen before and now absent: terminated over an hour ago. Never seen:
+                    // give eventual consistency its window.
+                    if ever_seen && at_unix_ms > since || at_unix_ms > since + VISIBILITY_WINDOW_MS {
+                        break;
+                    }
+                }
+                Sighting::NotYetPolled => {}
+            }
+            match deadline {
+                Some(at) if self.now_ms() >= at => {
+                    deadline = None;
+                    self.request_termination(grant, region, instance_id, TerminationReason::Deadline).await?;
+                }
+                Some(at) => {
+                    tokio::select! {
+                        biased;
+                        () = self.inner.clock.sleep_until_unix_ms(at) => {}
+                        changed = rx.changed() => changed.map_err(|_| local("the region poller stopped"))?,
+                    }
+                }
+                None => rx.changed().await.map_err(|_| local("the region poller stopped"))?,
+            }
+        }
+        self.finish_instance(grant, region, instance_id).await
+    }
+
+    /// Samples the instance's network use over its life and records it terminated.
+    async fn finish_instance(&self, grant: &GrantId, region: &RegionLabel, instance_id: &str) -> Result<(), BackendError> {
+        let Some(state) = self.grant_state(grant) else { return Ok(()) };
+        if state.instance() != Some(instance_id) {
+            return Ok(());
+        }
+        let end = self.now_ms();
+        let start = state.running_since_unix_ms().unwrap_or(end).min(end);
+        let ids = vec![instance_id.to_string()];
+        let sample = self
+            .inner
+            .pacer
+            .call(region, Operation::GetNetworkUsage, || {
+                self.inner.port.network_usage(region, ids.clone(), start, end)
+            })
+            .await;
+        match sample {
+            Ok(samples) => {
+                let (bytes_in, bytes_out) = samples
+                    .iter()
+                    .filter(|s| s.instance_id == instance_id)
+                    .fold((0u64, 0u64), |(i, o), s| (i.saturating_add(s.bytes_in), o.saturating_add(s.bytes_out)));
+                self.record(
+                    *grant,
+                    Event::NetworkSampled {
+                        instance_id: instance_id.to_string(),
+                        bytes_in,
+                        bytes_out,
+                        window_start_unix_ms: start,
+                        window_end_unix_ms: end,
+                    },
+                )?;
+            }
+            // Metering network is worth less than ending the grant: note it and go on.
+            Err(err) => tracing::warn!(error = %err, "network usage unavailable; metered as 0"),
+        }
+        let id = instance_id.to_string();
+        self.record_if(*grant, |s| {
+            s.filter(|s| s.instance() == Some(id.as_str())).map(|_| Event::InstanceTerminated { instance_id: id })
+        })
+    }
+
+    /// Removes everything the grant holds and settles it. Idempotent; works on a grant in any
+    /// phase, including one whose records stop mid-provision.
+    pub(crate) async fn teardown(&self, grant: GrantId, reason: TerminationReason) -> Result<(), BackendError> {
+        let Some(state) = self.grant_state(&grant) else { return Ok(()) };
+        if state.is_settled() {
+            return Ok(());
+        }
+        let region = RegionLabel::new(state.region()).map_err(local)?;
+        self.record_if(grant, |s| {
+            s.filter(|s| s.termination().is_none()).map(|_| Event::TerminationRequested { reason })
+        })?;
+
+        // An instance whose launch was requested but never recorded: find it by its token.
+        if state.instance().is_none() {
+            if let Some(token) = state.launch_requested() {
+                self.adopt_unrecorded_instance(&grant, &region, token).await?;
+            }
+        }
+        if let Some(instance_id) = self.grant_state(&grant).and_then(|s| s.instance().map(str::to_string)) {
+            self.request_termination(&grant, &region, &instance_id, reason).await?;
+            self.follow_to_end(&grant, &region, &instance_id, None).await?;
+        }
+
+        // The key pair: DeleteKeyPair of a missing name succeeds, so delete by name even when
+        // the import was never recorded.
+        let key_name = state.key_name().to_string();
+        self.inner
+            .pacer
+            .call(&region, Operation::DeleteKeyPair, || self.inner.port.delete_key_pair(&region, &key_name))
+            .await
+            .map_err(provider)?;
+        self.record_if(grant, |s| s.filter(|s| s.key_pair().is_some()).map(|_| Event::KeyPairDeleted { key_name }))?;
+
+        // The security group, found by name when its creation was never recorded.
+        let mut group_id = self.grant_state(&grant).and_then(|s| s.security_group().map(str::to_string));
+        if group_id.is_none() {
+            if let Some(found) = self.find_group_by_name(&grant, &region).await? {
+                let group_name = names::group_name(&grant);
+                self.record(grant, Event::SecurityGroupCreated { group_id: found.clone(), group_name })?;
+                group_id = Some(found);
+            }
+        }
+        if let Some(group_id) = group_id {
+            if !self.inner.switches.skip_security_group_delete {
+                self.delete_group(&region, &group_id).await?;
+            }
+            self.record(grant, Event::SecurityGroupDeleted { group_id })?;
+        }
+
+        self.record_if(grant, |s| {
+            s.filter(|s| !s.is_settled()).map(|s| Event::GrantSettled { usage: s.usage() })
+        })
+    }
+
+    /// Finds an instance launched with `token` whose launch was never recorded, and records it.
+    async fn adopt_unrecorded_instance(
+        &self,
+        grant: &GrantId,
+        region: &RegionLabel,
+        token: &str,
+    ) -> Result<(), BackendError> {
+        let filters = vec![Filter::tag(crate::config::GRANT_TAG, [grant.to_hex()])];
+        let started = self.now_ms();
+        let mut attempt = 0;
+        loop {
+            let instances = self
+                .inner
+                .pacer
+                .call(region, Operation::DescribeInstances, || {
+                    self.inner.port.describe_instances(region, Vec::new(), filters.clone())
+                })
+                .await
+                .map_err(provider)?;
+            if let Some(info) = instances.iter().find(|i| i.client_token == token) {
+                let catalogue = self.catalogue(region).await?;
+                let (vcpus, memory_mib) = catalogue
+                    .iter()
+                    .find(|t| t.instance_type == info.instance_type)
+                    .map_or((0, 0), |t| (t.vcpus, t.memory_mib));
+                self.record(
+                    *grant,
+                    Event::InstanceLaunched {
+                        instance_id: info.instance_id.clone(),
+                        client_token: token.to_string(),
+                        instance_type: info.instance_type.clone(),
+                        vcpus,
+                        memory_mib,
+                    },
+                )?;
+                return Ok(());
+            }
+            if self.now_ms() > started + VISIBILITY_WINDOW_MS {
+                // Never launched, or still invisible: the reaper removes it if it shows up.
+                tracing::warn!(token, "no instance found for a recorded launch request");
+                return Ok(());
+            }
+            self.inner.pacer.backoff(attempt.min(6)).await;
+            attempt += 1;
+        }
+    }
+
+    /// DeleteSecurityGroup, retried through `DependencyViolation` (the instance's network
+    /// interface lingers after termination) and through invisibility of a new group.
+    async fn delete_group(&self, region: &RegionLabel, group_id: &str) -> Result<(), BackendError> {
+        let started = self.now_ms();
+        let mut attempt = 0;
+        loop {
+            let result = self
+                .inner
+                .pacer
+                .call(region, Operation::DeleteSecurityGroup, || self.inner.port.delete_security_group(region, group_id))
+                .await;
+            match result {
+                Ok(()) => return Ok(()),
+                Err(err) if err.is(codes::DEPENDENCY_VIOLATION) && self.now_ms() < started + DEPENDENCY_WINDOW_MS => {}
+                Err(err) if err.is_not_found() => {
+                    // Invisible yet, or already deleted. After the window it is gone.
+                    if self.now_ms() >= started + VISIBILITY_WINDOW_MS {
+                        return Ok(());
+                    }
+                }
+                Err(err) => return Err(provider(err)),
+            }
+            self.inner.pacer.backoff(attempt.min(6)).await;
+            attempt += 1;
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for AwsBackend {
+    fn name(&self) -> &'static str {
+        BACKEND_NAME
+    }
+
+    async fn capabilities(&self) -> anyhow::Result<Capabilities> {
+        let mut max_cpu_millicores = 0u32;
+        let mut max_ram_mib = 0u32;
+        for region in &self.inner.cfg.regions {
+            if let Ok(types) = self.catalogue(region).await {
+                for t in types.iter() {
+                    max_cpu_millicores = max_cpu_millicores.max(t.vcpus.saturating_mul(1_000));
+                    max_ram_mib = max_ram_mib.max(u32::try_from(t.memory_mib).unwrap_or(u32::MAX));
+                }
+            }
+        }
+        Ok(Capabilities {
+            regions: self.inner.cfg.regions.clone(),
+            // AWS has no consumer TDX offering: TDX grants go to another backend.
+            tdx_capable: false,
+            max_cpu_millicores,
+            max_ram_mib,
+        })
+    }
+
+    fn can_satisfy(&self, grant: &ComputeGrant<'_>) -> bool {
+        if self.check_grant(grant).is_err() {
+            return false;
+        }
+        // Sizes are checked against the cached catalogues (loaded at start): a grant that fits
+        // in no allowed region cannot be satisfied.
+        let catalogue = lock(&self.inner.catalogue);
+        if catalogue.is_empty() {
+            return true;
+        }
+        catalogue.values().any(|types| sizing::fitting(types, grant.manifest).is_ok())
+    }
+
+    async fn provision(&self, grant: &ComputeGrant<'_>, envelope: &Envelope) -> anyhow::Result<ProvisionedInstance> {
+        let region = self.region_for(envelope)?;
+        let span = tracing::info_span!("grant", grant = %grant.id.short(), %region, instance_id = tracing::field::Empty);
+        async {
+            self.check_grant(grant)?;
+            self.provision_inner(grant, region.clone()).await
+        }
+        .instrument(span)
+        .await
+        .map_err(anyhow::Error::from)
+    }
+
+    async fn watch_until_exit(&self, instance: &ProvisionedInstance, valid_to: AlmanacTick) -> anyhow::Result<UsageMetrics> {
+        let grant = instance.grant_id;
+        let span = tracing::info_span!("grant", grant = %grant.short(), region = %instance.region, instance_id = %instance.instance_id);
+        async {
+            let state = self.grant_state(&grant).ok_or_else(|| BackendError::UnknownInstance {
+                grant: grant.to_hex(),
+                instance_id: instance.instance_id.clone(),
+            })?;
+            if state.instance() == Some(instance.instance_id.as_str()) {
+                let deadline = self.inner.cfg.almanac.tick_to_unix_ms(valid_to).min(state.valid_to_unix_ms());
+                self.follow_to_end(&grant, &instance.region, &instance.instance_id, Some(deadline)).await?;
+            } else if !state.ever_launched().iter().any(|id| *id == instance.instance_id) {
+                return Err(BackendError::UnknownInstance { grant: grant.to_hex(), instance_id: instance.instance_id.clone() });
+            }
+            Ok(self.grant_state(&grant).map(|s| s.usage()).unwrap_or_default())
+        }
+        .instrument(span)
+        .await
+        .map_err(anyhow::Error::from)
+    }
+
+    async fn terminate(&self, instance: &ProvisionedInstance) -> anyhow::Result<()> {
+        let grant = instance.grant_id;
+        let span = tracing::info_span!("grant", grant = %grant.short(), region = %instance.region, instance_id = %instance.instance_id);
+        self.teardown(grant, TerminationReason::Operator).instrument(span).await.map_err(anyhow::Error::from)
+    }
+}

@@ -1,0 +1,190 @@
+//! Client-side pacing: EC2's token buckets mirrored in our process, and bounded retries with
+//! exponential backoff and full jitter.
+//!
+//! The buckets make a burst of grants queue here instead of hammering EC2 into
+//! `RequestLimitExceeded`; the retries absorb what still fails transiently.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use backend_api::{Clock, RegionLabel};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::port::{
+    Ec2Error, Operation, RUN_INSTANCES_RESOURCE_CAPACITY, RUN_INSTANCES_RESOURCE_REFILL_PER_S, ThrottleClass,
+};
+
+/// A token bucket as a generic cell rate algorithm: each call reserves the next slot at once
+/// and then waits for it, so waiting calls are served first come, first served and the wait is
+/// computed once.
+#[derive(Debug, Clone)]
+struct Gcra {
+    /// Milliseconds per token, times 1000 (micro-ms) to keep integer precision.
+    interval_ums: u64,
+    /// How far ahead of now the theoretical arrival time may run: (capacity - 1) intervals.
+    tolerance_ums: u64,
+    /// The theoretical arrival time of the next token, in micro-ms since the unix epoch.
+    tat_ums: u64,
+}
+
+impl Gcra {
+    fn new(capacity: u32, refill_per_s: u32) -> Self {
+        // Round the interval up by one micro-ms so that we never ask before EC2 has refilled.
+        let interval_ums = 1_000_000 / u64::from(refill_per_s.max(1)) + 1;
+        Self { interval_ums, tolerance_ums: interval_ums * u64::from(capacity.saturating_sub(1)), tat_ums: 0 }
+    }
+
+    /// Reserves `tokens` and returns the unix ms at which the caller may go.
+    fn reserve(&mut self, now_ms: u64, tokens: u32) -> u64 {
+        let now_ums = now_ms.saturating_mul(1_000);
+        let tat = self.tat_ums.max(now_ums);
+        let allowed_at = tat.saturating_add(self.interval_ums * u64::from(tokens.saturating_sub(1)))
+            .saturating_sub(self.tolerance_ums);
+        self.tat_ums = tat.saturating_add(self.interval_ums * u64::from(tokens));
+        allowed_at.max(now_ums).div_ceil(1_000)
+    }
+}
+
+/// How retries behave.
+#[derive(Clone, Copy, Debug)]
+pub struct RetryPolicy {
+    /// The first backoff's upper bound.
+    pub base_ms: u64,
+    /// No backoff exceeds this.
+    pub cap_ms: u64,
+    /// Attempts in all, the first included.
+    pub attempts_max: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self { base_ms: 200, cap_ms: 20_000, attempts_max: 10 }
+    }
+}
+
+/// Shared pacing state: buckets per region and class, and the jitter's PRNG.
+pub struct Pacer {
+    clock: Arc<dyn Clock>,
+    buckets: Mutex<BTreeMap<(RegionLabel, ThrottleClass), Gcra>>,
+    instance_buckets: Mutex<BTreeMap<RegionLabel, Gcra>>,
+    rng: Mutex<ChaCha8Rng>,
+    policy: RetryPolicy,
+    stats: Mutex<PacingStats>,
+}
+
+/// What pacing did, for benches and the simulation summary.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PacingStats {
+    /// Calls that failed and were retried, per error code.
+    pub retries_by_code: BTreeMap<String, u64>,
+    /// Milliseconds spent waiting in our own buckets.
+    pub bucket_wait_ms: u64,
+}
+
+impl Pacer {
+    /// A pacer on `clock`, drawing jitter from `rng`.
+    pub fn new(clock: Arc<dyn Clock>, rng: ChaCha8Rng, policy: RetryPolicy) -> Self {
+        Self {
+            clock,
+            buckets: Mutex::new(BTreeMap::new()),
+            instance_buckets: Mutex::new(BTreeMap::new()),
+            rng: Mutex::new(rng),
+            policy,
+            stats: Mutex::new(PacingStats::default()),
+        }
+    }
+
+    /// A copy of the statistics so far.
+    pub fn stats(&self) -> PacingStats {
+        lock(&self.stats).clone()
+    }
+
+    /// Waits for a token of `op`'s bucket in `region` (and, for RunInstances, one instance).
+    pub async fn admit(&self, region: &RegionLabel, op: Operation) {
+        let now = self.clock.now_unix_ms();
+        let class = op.throttle_class();
+        let mut go_at = lock(&self.buckets)
+            .entry((region.clone(), class))
+            .or_insert_with(|| Gcra::new(class.capacity(), class.refill_per_s()))
+            .reserve(now, 1);
+        if op == Operation::RunInstances {
+            let instance_go = lock(&self.instance_buckets)
+                .entry(region.clone())
+                .or_insert_with(|| Gcra::new(RUN_INSTANCES_RESOURCE_CAPACITY, RUN_INSTANCES_RESOURCE_REFILL_PER_S))
+                .reserve(now, 1);
+            go_at = go_at.max(instance_go);
+        }
+        if go_at > now {
+            lock(&self.stats).bucket_wait_ms += go_at - now;
+            self.clock.sleep_until_unix_ms(go_at).await;
+        }
+    }
+
+    /// Runs `call` paced by the buckets, retrying transient failures (throttling, internal
+    /// errors, outages) with exponential backoff and full jitter, at most
+    /// `RetryPolicy::attempts_max` times. Non-transient errors return at once.
+    pub async fn call<T, F, Fut>(&self, region: &RegionLabel, op: Operation, mut call: F) -> Result<T, Ec2Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Ec2Error>>,
+    {
+        let mut attempt = 0u32;
+        loop {
+            self.admit(region, op).await;
+            match call().await {
+                Ok(value) => return Ok(value),
+                Err(err) if err.is_transient() && attempt + 1 < self.policy.attempts_max => {
+                    *lock(&self.stats).retries_by_code.entry(err.code.clone()).or_default() += 1;
+                    tracing::debug!(operation = %op, code = %err.code, attempt, "transient EC2 error, backing off");
+                    self.backoff(attempt).await;
+                    attempt += 1;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// Sleeps a full-jitter backoff for `attempt` (0-based): uniform in
+    /// `[0, min(cap, base * 2^attempt)]`.
+    pub async fn backoff(&self, attempt: u32) {
+        let ceiling = self.policy.base_ms.saturating_mul(1u64 << attempt.min(20)).min(self.policy.cap_ms);
+        let wait = lock(&self.rng).gen_range(0..=ceiling);
+        self.clock.sleep_ms(wait).await;
+    }
+}
+
+/// Locks a std mutex; a poisoned lock (a panic elsewhere while holding it) is taken over,
+/// since every structure kept under these locks is valid between statements.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gcra_allows_the_burst_then_the_refill_rate() {
+        // RunInstances: 5 tokens, 2 per second.
+        let mut bucket = Gcra::new(5, 2);
+        let times: Vec<u64> = (0..9).map(|_| bucket.reserve(10_000, 1)).collect();
+        assert_eq!(&times[..5], &[10_000; 5], "the burst goes at once");
+        // Then one every 500 ms (plus the rounding guard).
+        assert_eq!(times[5], 10_501);
+        assert_eq!(times[6], 11_001);
+        assert_eq!(times[8], 12_001);
+    }
+
+    #[test]
+    fn gcra_refills_while_idle() {
+        let mut bucket = Gcra::new(5, 2);
+        for _ in 0..5 {
+            bucket.reserve(0, 1);
+        }
+        // After 10 s idle the bucket is full again: five more go at once.
+        let times: Vec<u64> = (0..5).map(|_| bucket.reserve(10_000, 1)).collect();
+        assert_eq!(times, vec![10_000; 5]);
+    }
+}

@@ -1,0 +1,303 @@
+//! `cargo xtask bench ledger`: fold and replay throughput over 1,000,000 events, durable append
+//! throughput against SQLite at the same durability, and peak memory.
+//!
+//! Options: `--events N` (default 1,000,000), `--appends N` (default 20,000), `--dir PATH`
+//! (default: a temporary directory next to the target dir). `--replay PATH` is internal: the
+//! bench re-runs itself with it to measure the peak memory of a replay alone.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use backend_api::{AlmanacTick, GrantId};
+use usage_ledger::{Event, EventStore, FileStore, GrantState, Ledger, ObservedState, Record, TerminationReason, fold};
+
+const T0: u64 = 1_700_000_000_000;
+const CONCURRENT_GRANTS: usize = 64;
+const SAMPLES_PER_GRANT: u64 = 5;
+const GROUP_COMMIT_BATCH: usize = 100;
+
+/// One grant's life, one event per call, with the usage it settles on computed by the fold.
+struct Life {
+    id: GrantId,
+    step: u64,
+    state: Option<GrantState>,
+}
+
+impl Life {
+    fn new(n: u64) -> Self {
+        let mut id = [0u8; 32];
+        id[..8].copy_from_slice(&n.to_be_bytes());
+        id[8..16].copy_from_slice(&n.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_le_bytes());
+        Self { id: GrantId(id), step: 0, state: None }
+    }
+
+    /// The next event at `now`, or `None` once settled.
+    fn next(&mut self, now: u64) -> Option<Record> {
+        let n = u64::from_be_bytes(self.id.0[..8].try_into().unwrap());
+        let instance = || format!("i-{n:017x}");
+        let event = match self.step {
+            0 => Event::GrantAdmitted {
+                region: "us-east-1".into(),
+                instance_type: "m7i.large".into(),
+                vcpus: 2,
+                memory_mib: 8192,
+                storage_bytes: 20 << 30,
+                valid_to: AlmanacTick(n + 1000),
+                valid_to_unix_ms: now + 3_600_000,
+                key_name: format!("cb-{n:016x}"),
+                group_name: format!("cb-{n:016x}"),
+            },
+            1 => Event::KeyPairImported { key_name: format!("cb-{n:016x}"), key_pair_id: format!("key-{n:017x}") },
+            2 => Event::SecurityGroupCreated { group_id: format!("sg-{n:017x}"), group_name: format!("cb-{n:016x}") },
+            3 => Event::LaunchRequested { client_token: format!("tok-{n:016x}"), instance_type: "m7i.large".into() },
+            4 => Event::InstanceLaunched {
+                instance_id: instance(),
+                client_token: format!("tok-{n:016x}"),
+                instance_type: "m7i.large".into(),
+                vcpus: 2,
+                memory_mib: 8192,
+            },
+            5 => Event::InstanceStateObserved {
+                instance_id: instance(),
+                state: ObservedState::Pending,
+                observed_at_unix_ms: now,
+            },
+            6 => Event::InstanceStateObserved {
+                instance_id: instance(),
+                state: ObservedState::Running,
+                observed_at_unix_ms: now,
+            },
+            s if s < 7 + SAMPLES_PER_GRANT => Event::NetworkSampled {
+                instance_id: instance(),
+                bytes_in: 1_000_000 + s,
+                bytes_out: 50_000,
+                window_start_unix_ms: now.saturating_sub(60_000),
+                window_end_unix_ms: now,
+            },
+            s => match s - 7 - SAMPLES_PER_GRANT {
+                0 => Event::TerminationRequested { reason: TerminationReason::Deadline },
+                1 => Event::InstanceStateObserved {
+                    instance_id: instance(),
+                    state: ObservedState::ShuttingDown,
+                    observed_at_unix_ms: now,
+                },
+                2 => Event::InstanceTerminated { instance_id: instance() },
+                3 => Event::KeyPairDeleted { key_name: format!("cb-{n:016x}") },
+                4 => Event::SecurityGroupDeleted { group_id: format!("sg-{n:017x}") },
+                5 => Event::GrantSettled { usage: self.state.as_ref().unwrap().usage() },
+                _ => return None,
+            },
+        };
+        let seq = self.state.as_ref().map_or(0, GrantState::next_seq);
+        let record = Record { grant: self.id, seq, at_unix_ms: now, event };
+        self.state = Some(usage_ledger::apply(self.state.as_ref(), &record).unwrap());
+        self.step += 1;
+        Some(record)
+    }
+}
+
+/// `count` events of many grants, `CONCURRENT_GRANTS` of them live at any time, interleaved.
+fn generate(count: usize) -> Vec<Record> {
+    let mut next_grant = 0u64;
+    let mut lives: Vec<Life> = (0..CONCURRENT_GRANTS)
+        .map(|_| {
+            next_grant += 1;
+            Life::new(next_grant)
+        })
+        .collect();
+    let mut records = Vec::with_capacity(count);
+    let mut now = T0;
+    while records.len() < count {
+        let slot = records.len() % CONCURRENT_GRANTS;
+        now += 250;
+        match lives[slot].next(now) {
+            Some(record) => records.push(record),
+            None => {
+                next_grant += 1;
+                lives[slot] = Life::new(next_grant);
+            }
+        }
+    }
+    records
+}
+
+fn vm_hwm_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn per_second(count: usize, seconds: f64) -> f64 {
+    count as f64 / seconds
+}
+
+fn replay_child(path: &Path) {
+    let started = Instant::now();
+    let (ledger, report) = Ledger::open_file(path).unwrap();
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "{} {} {} {:.3}",
+        report.records,
+        ledger.live_grants().count(),
+        vm_hwm_kib(),
+        per_second(report.records as usize, elapsed)
+    );
+}
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(path) = arg(&args, "--replay") {
+        replay_child(Path::new(&path));
+        return;
+    }
+    let events: usize = arg(&args, "--events").map_or(1_000_000, |v| v.parse().unwrap());
+    let appends: usize = arg(&args, "--appends").map_or(20_000, |v| v.parse().unwrap());
+    let dir = match arg(&args, "--dir") {
+        Some(d) => PathBuf::from(d),
+        None => std::env::temp_dir(),
+    };
+    let work = tempfile::Builder::new().prefix("bench-ledger-").tempdir_in(&dir).unwrap();
+    println!("bench ledger: {events} events, {appends} durable appends, files in {}", work.path().display());
+
+    let records = generate(events);
+    let grants = records.iter().filter(|r| r.seq == 0).count();
+    println!("generated: {} events over {grants} grants, {CONCURRENT_GRANTS} live at a time", records.len());
+
+    // Fold: best of three.
+    let mut best = f64::MAX;
+    let mut folded = 0;
+    for _ in 0..3 {
+        let started = Instant::now();
+        let state = fold(&records).unwrap();
+        best = best.min(started.elapsed().as_secs_f64());
+        folded = state.len();
+    }
+    println!("fold throughput: {:.2} M events/s ({folded} grants)", per_second(records.len(), best) / 1e6);
+
+    // Write the log with big group commits, then replay it from disk.
+    let log = work.path().join("replay.log");
+    {
+        let (mut store, _) = FileStore::open(&log).unwrap();
+        for chunk in records.chunks(10_000) {
+            store.append(chunk).unwrap();
+        }
+    }
+    let log_bytes = std::fs::metadata(&log).unwrap().len();
+    println!(
+        "log size: {:.1} MiB, {:.1} bytes/event",
+        log_bytes as f64 / (1 << 20) as f64,
+        log_bytes as f64 / records.len() as f64
+    );
+    let mut best = f64::MAX;
+    let mut live = 0;
+    for _ in 0..3 {
+        let started = Instant::now();
+        let (ledger, report) = Ledger::open_file(&log).unwrap();
+        best = best.min(started.elapsed().as_secs_f64());
+        assert_eq!(report.records as usize, records.len());
+        live = ledger.live_grants().count();
+    }
+    println!(
+        "replay-from-disk throughput (read, CRC, decode, fold, hash; page cache warm): {:.2} M events/s ({live} live grants)",
+        per_second(records.len(), best) / 1e6
+    );
+
+    // Peak memory of a replay on its own, in a fresh process.
+    let child =
+        std::process::Command::new(std::env::current_exe().unwrap()).arg("--replay").arg(&log).output().unwrap();
+    let out = String::from_utf8_lossy(&child.stdout);
+    let fields: Vec<&str> = out.split_whitespace().collect();
+    if child.status.success() && fields.len() == 4 {
+        println!(
+            "peak memory of a replay process: {:.1} MiB VmHWM ({} events, {} grants, {} live)",
+            fields[2].parse::<f64>().unwrap_or(0.0) / 1024.0,
+            fields[0],
+            grants,
+            fields[1]
+        );
+    } else {
+        println!("peak memory of a replay process: unavailable ({})", String::from_utf8_lossy(&child.stderr).trim());
+    }
+
+    // Durable appends: the same events, one fsync each, then grouped. The disk's fsync latency
+    // drifts over seconds, so the four contenders take turns in rounds and their times add up.
+    let sample = &records[..appends.min(records.len())];
+    let rounds = 10;
+    let round_len = sample.len().div_ceil(rounds).max(1);
+    let (mut ours, _) = Ledger::open_file(work.path().join("append.log")).unwrap();
+    let (mut ours_grouped, _) = Ledger::open_file(work.path().join("append-batch.log")).unwrap();
+    let sqlite_single = sqlite_open(work.path(), "single.sqlite");
+    let mut sqlite_grouped = sqlite_open(work.path(), "batch.sqlite");
+    let mut payload = Vec::new();
+    let mut seconds = [0f64; 4];
+    for round in sample.chunks(round_len) {
+        let started = Instant::now();
+        for r in round {
+            ours.append(r.grant, r.at_unix_ms, r.event.clone()).unwrap();
+        }
+        seconds[0] += started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        for r in round {
+            sqlite_insert(&sqlite_single, r, &mut payload);
+        }
+        seconds[1] += started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        for chunk in round.chunks(GROUP_COMMIT_BATCH) {
+            ours_grouped.append_batch(chunk.iter().map(|r| (r.grant, r.at_unix_ms, r.event.clone()))).unwrap();
+        }
+        seconds[2] += started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        for chunk in round.chunks(GROUP_COMMIT_BATCH) {
+            let tx = sqlite_grouped.transaction().unwrap();
+            for r in chunk {
+                sqlite_insert(&tx, r, &mut payload);
+            }
+            tx.commit().unwrap();
+        }
+        seconds[3] += started.elapsed().as_secs_f64();
+    }
+    let [ours_single, sqlite_single, ours_batch, sqlite_batch] = seconds.map(|s| per_second(sample.len(), s));
+    println!("durable append, 1 event per fsync: usage-ledger {ours_single:.0} events/s");
+    println!("durable append, 1 event per commit: SQLite WAL synchronous=FULL {sqlite_single:.0} events/s");
+    println!("durable append ratio usage-ledger/SQLite, 1 per commit: {:.2}x", ours_single / sqlite_single);
+    println!("durable append, group commit of {GROUP_COMMIT_BATCH}: usage-ledger {ours_batch:.0} events/s");
+    println!("durable append, transactions of {GROUP_COMMIT_BATCH}: SQLite {sqlite_batch:.0} events/s");
+    println!(
+        "durable append ratio usage-ledger/SQLite, batches of {GROUP_COMMIT_BATCH}: {:.2}x",
+        ours_batch / sqlite_batch
+    );
+    println!(
+        "peak memory of this bench process: {:.1} MiB VmHWM (holds all generated events)",
+        vm_hwm_kib() as f64 / 1024.0
+    );
+}
+
+fn sqlite_open(dir: &Path, name: &str) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(dir.join(name)).unwrap();
+    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+    conn.pragma_update(None, "synchronous", "FULL").unwrap();
+    conn.execute_batch(
+        "CREATE TABLE events (grant_id BLOB NOT NULL, seq INTEGER NOT NULL, at_unix_ms INTEGER NOT NULL, payload BLOB NOT NULL, PRIMARY KEY (grant_id, seq))",
+    )
+    .unwrap();
+    conn
+}
+
+/// Inserts one record, encoded exactly as the ledger encodes a frame's payload.
+fn sqlite_insert(conn: &rusqlite::Connection, r: &Record, payload: &mut Vec<u8>) {
+    payload.clear();
+    usage_ledger::file::encode_payload(r, payload).unwrap();
+    conn.prepare_cached("INSERT INTO events VALUES (?1, ?2, ?3, ?4)")
+        .unwrap()
+        .execute(rusqlite::params![&r.grant.0[..], r.seq as i64, r.at_unix_ms as i64, &payload[..]])
+        .unwrap();
+}

@@ -1,0 +1,210 @@
+//! The facts the ledger records about a grant, and the record that carries each one.
+
+use backend_api::{AlmanacTick, GrantId, UsageMetrics};
+use serde::{Deserialize, Serialize};
+
+/// Something that happened to a grant, in the past tense.
+///
+/// Persisted through a versioned envelope (see `docs/metering.md`): new variants go at the end
+/// and existing variants never change shape; a change of shape freezes the old types and adds
+/// a new envelope version so that old logs stay readable.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    /// The backend accepted the grant and will provision it. Always a grant's first event.
+    GrantAdmitted {
+        /// The region the grant runs in.
+        region: String,
+        /// The instance type chosen at admission (the launched type may differ, see
+        /// [`Event::InstanceLaunched`]).
+        instance_type: String,
+        /// vCPUs of the chosen type.
+        vcpus: u32,
+        /// Memory of the chosen type in MiB.
+        memory_mib: u64,
+        /// Provisioned volume size in bytes: metered as storage once an instance launched.
+        storage_bytes: u64,
+        /// The grant's deadline.
+        valid_to: AlmanacTick,
+        /// The deadline in unix milliseconds.
+        valid_to_unix_ms: u64,
+        /// The name the grant's key pair gets at the provider.
+        key_name: String,
+        /// The name the grant's security group gets at the provider.
+        group_name: String,
+    },
+    /// The grant's public key was imported as a key pair.
+    KeyPairImported {
+        /// The key pair's name (equal to the admitted `key_name`).
+        key_name: String,
+        /// The provider's id for it.
+        key_pair_id: String,
+    },
+    /// The grant's security group was created.
+    SecurityGroupCreated {
+        /// The provider's group id.
+        group_id: String,
+        /// The group's name (equal to the admitted `group_name`).
+        group_name: String,
+    },
+    /// A launch is about to be requested with this idempotency token. Written before
+    /// `RunInstances` so that recovery knows an instance may exist.
+    LaunchRequested {
+        /// The idempotency token sent with the launch.
+        client_token: String,
+        /// The instance type asked for.
+        instance_type: String,
+    },
+    /// An instance exists for the grant. Its sizes are the ones metering uses.
+    InstanceLaunched {
+        /// The provider's instance id.
+        instance_id: String,
+        /// The token of the [`Event::LaunchRequested`] that made it.
+        client_token: String,
+        /// The type actually launched.
+        instance_type: String,
+        /// vCPUs of the launched type.
+        vcpus: u32,
+        /// Memory of the launched type in MiB.
+        memory_mib: u64,
+    },
+    /// A poll saw the instance in `state`.
+    InstanceStateObserved {
+        /// The instance observed.
+        instance_id: String,
+        /// What the provider reported.
+        state: ObservedState,
+        /// When the provider was asked, in unix milliseconds.
+        observed_at_unix_ms: u64,
+    },
+    /// Network traffic of the instance over a window.
+    NetworkSampled {
+        /// The instance sampled.
+        instance_id: String,
+        /// Bytes received in the window.
+        bytes_in: u64,
+        /// Bytes sent in the window.
+        bytes_out: u64,
+        /// Start of the window in unix milliseconds.
+        window_start_unix_ms: u64,
+        /// End of the window in unix milliseconds (not before the start).
+        window_end_unix_ms: u64,
+    },
+    /// The backend decided to end the grant.
+    TerminationRequested {
+        /// Why.
+        reason: TerminationReason,
+    },
+    /// The instance is gone (terminated at the provider).
+    InstanceTerminated {
+        /// The instance that ended.
+        instance_id: String,
+    },
+    /// The grant's key pair was deleted.
+    KeyPairDeleted {
+        /// The key pair's name.
+        key_name: String,
+    },
+    /// The grant's security group was deleted.
+    SecurityGroupDeleted {
+        /// The group's id.
+        group_id: String,
+    },
+    /// The grant's usage is final. Allowed only once the grant holds nothing, and only with
+    /// the usage the events fold to.
+    GrantSettled {
+        /// The final usage.
+        usage: UsageMetrics,
+    },
+    /// The orphan reaper removed a resource tagged with this grant. Informational: allowed only
+    /// for grants that are unknown or settled, and changes nothing but the sequence.
+    OrphanReaped {
+        /// What kind of resource.
+        resource_kind: ResourceKind,
+        /// The provider's id for it.
+        resource_id: String,
+    },
+}
+
+impl Event {
+    /// The variant's name, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::GrantAdmitted { .. } => "GrantAdmitted",
+            Event::KeyPairImported { .. } => "KeyPairImported",
+            Event::SecurityGroupCreated { .. } => "SecurityGroupCreated",
+            Event::LaunchRequested { .. } => "LaunchRequested",
+            Event::InstanceLaunched { .. } => "InstanceLaunched",
+            Event::InstanceStateObserved { .. } => "InstanceStateObserved",
+            Event::NetworkSampled { .. } => "NetworkSampled",
+            Event::TerminationRequested { .. } => "TerminationRequested",
+            Event::InstanceTerminated { .. } => "InstanceTerminated",
+            Event::KeyPairDeleted { .. } => "KeyPairDeleted",
+            Event::SecurityGroupDeleted { .. } => "SecurityGroupDeleted",
+            Event::GrantSettled { .. } => "GrantSettled",
+            Event::OrphanReaped { .. } => "OrphanReaped",
+        }
+    }
+}
+
+/// An EC2 instance state as a poll reported it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ObservedState {
+    /// `pending`.
+    Pending,
+    /// `running`: opens a running period.
+    Running,
+    /// `shutting-down`: closes the running period.
+    ShuttingDown,
+    /// `terminated`: closes the running period.
+    Terminated,
+    /// `stopping`: closes the running period.
+    Stopping,
+    /// `stopped`: closes the running period.
+    Stopped,
+}
+
+impl ObservedState {
+    /// True for the states that end a running period.
+    pub fn ends_running(self) -> bool {
+        matches!(self, Self::ShuttingDown | Self::Terminated | Self::Stopping | Self::Stopped)
+    }
+}
+
+/// Why a grant is being ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TerminationReason {
+    /// The grant's `valid_to` arrived: running time stops counting at this event.
+    Deadline,
+    /// The workload exited by itself.
+    Exited,
+    /// An operator asked.
+    Operator,
+    /// Provisioning failed and everything created is being removed.
+    Rollback,
+}
+
+/// A kind of provider resource a grant can hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ResourceKind {
+    /// An EC2 instance.
+    Instance,
+    /// An EC2 key pair.
+    KeyPair,
+    /// An EC2 security group.
+    SecurityGroup,
+}
+
+/// One event as stored: which grant, its place in the grant's sequence, and when it was
+/// written.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// The grant the event belongs to.
+    pub grant: GrantId,
+    /// The event's position in the grant's sequence, starting at 0, without gaps.
+    pub seq: u64,
+    /// When the event was written, in unix milliseconds from the injected clock. May go
+    /// backwards across a restart; the fold clamps it (see `docs/metering.md`).
+    pub at_unix_ms: u64,
+    /// What happened.
+    pub event: Event,
+}

@@ -1,0 +1,401 @@
+//! The durable file store: a header, then append-only frames `[len u32][crc32 u32][payload]`.
+//!
+//! The format is described in `docs/metering.md`. In short:
+//!
+//! - header (16 bytes): magic `USGLEDGR`, format version (u16 LE), flags (u16 LE, 0), CRC32 of
+//!   the first 12 bytes (u32 LE);
+//! - frame: a length word (u32 LE: payload length in the low 24 bits, a CRC-8 of those three
+//!   bytes in the high 8, so that a damaged length is detected rather than mistaken for a torn
+//!   tail), the CRC32 of the payload (u32 LE), and the payload: a bincode (standard config,
+//!   serde) encoding of a versioned envelope around one [`Record`].
+//!
+//! Opening replays every frame. A torn tail (a partial last frame, or a tail of zero bytes) is
+//! truncated and reported; a damaged frame anywhere is an error naming its byte offset, and the
+//! file is left as it was.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, ErrorKind, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::FORMAT_VERSION;
+use crate::event::Record;
+use crate::store::{EventStore, StoreError};
+
+/// The first eight bytes of every ledger file.
+pub const MAGIC: [u8; 8] = *b"USGLEDGR";
+/// The header's length in bytes.
+pub const HEADER_LEN: u64 = 16;
+/// A frame's fixed part: the length word and the CRC32.
+pub const FRAME_HEADER_LEN: u64 = 8;
+/// The largest payload a frame holds.
+pub const MAX_PAYLOAD_BYTES: usize = (1 << 24) - 1;
+
+const READ_BUFFER_BYTES: usize = 1 << 20;
+
+/// The persisted form of a record. New versions are added as new variants; a reader converts
+/// every older version to the current [`Record`].
+#[derive(Serialize)]
+enum EnvelopeRef<'a> {
+    V1(&'a Record),
+}
+
+#[derive(Deserialize)]
+enum Envelope {
+    V1(Record),
+}
+
+impl Envelope {
+    fn into_record(self) -> Record {
+        match self {
+            Envelope::V1(record) => record,
+        }
+    }
+}
+
+fn header_bytes() -> [u8; HEADER_LEN as usize] {
+    let mut header = [0u8; HEADER_LEN as usize];
+    header[..8].copy_from_slice(&MAGIC);
+    header[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    let crc = crc32fast::hash(&header[..12]);
+    header[12..16].copy_from_slice(&crc.to_le_bytes());
+    header
+}
+
+/// CRC-8 (polynomial 0x07): detects every single-bit error in the length bytes.
+fn crc8(bytes: &[u8]) -> u8 {
+    let mut crc = 0u8;
+    for &byte in bytes {
+        crc ^= byte;
+        for _ in 0..8 {
+            crc = if crc & 0x80 != 0 { (crc << 1) ^ 0x07 } else { crc << 1 };
+        }
+    }
+    crc
+}
+
+fn length_word(len: u32) -> u32 {
+    let bytes = len.to_le_bytes();
+    len | (u32::from(crc8(&bytes[..3])) << 24)
+}
+
+/// The payload length a length word holds, or `None` when the word is damaged.
+fn parse_length_word(word: u32) -> Option<u32> {
+    let len = word & 0x00ff_ffff;
+    (len != 0 && length_word(len) == word).then_some(len)
+}
+
+/// Appends the envelope encoding of `record` (a frame's payload) to `out`.
+pub fn encode_payload(record: &Record, out: &mut Vec<u8>) -> Result<(), StoreError> {
+    bincode::serde::encode_into_std_write(EnvelopeRef::V1(record), out, bincode::config::standard())
+        .map_err(|e| StoreError::Encode { grant: record.grant.to_hex(), seq: record.seq, reason: e.to_string() })?;
+    Ok(())
+}
+
+/// Appends one whole frame holding `record` to `out`.
+pub fn encode_frame(record: &Record, out: &mut Vec<u8>) -> Result<(), StoreError> {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; FRAME_HEADER_LEN as usize]);
+    encode_payload(record, out)?;
+    let len = out.len() - start - FRAME_HEADER_LEN as usize;
+    if len > MAX_PAYLOAD_BYTES {
+        out.truncate(start);
+        return Err(StoreError::Encode {
+            grant: record.grant.to_hex(),
+            seq: record.seq,
+            reason: format!("{len} bytes is more than a frame holds ({MAX_PAYLOAD_BYTES})"),
+        });
+    }
+    let payload_start = start + FRAME_HEADER_LEN as usize;
+    let crc = crc32fast::hash(&out[payload_start..]);
+    let len = u32::try_from(len).unwrap_or(u32::MAX);
+    out[start..start + 4].copy_from_slice(&length_word(len).to_le_bytes());
+    out[start + 4..payload_start].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
+}
+
+/// Decodes one frame's payload.
+pub fn decode_payload(payload: &[u8]) -> Result<Record, String> {
+    let (envelope, used): (Envelope, usize) = bincode::serde::decode_from_slice(payload, bincode::config::standard())
+        .map_err(|e| {
+        format!("payload passes its CRC but does not decode ({e}): written by a newer usage-ledger?")
+    })?;
+    if used != payload.len() {
+        return Err(format!("payload has {} trailing bytes after the record", payload.len() - used));
+    }
+    Ok(envelope.into_record())
+}
+
+/// A partial last frame, cut off by a crash during an append.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TornTail {
+    /// Where the partial frame starts (the length of the intact file).
+    pub offset: u64,
+    /// How many bytes it has.
+    pub bytes: u64,
+}
+
+/// What a read of the whole file found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScanOutcome {
+    /// Intact records read.
+    pub records: u64,
+    /// The end of the last intact frame.
+    pub end_offset: u64,
+    /// A partial last frame, if any. [`scan_file`] leaves it; [`FileStore::open`] truncates it.
+    pub torn_tail: Option<TornTail>,
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io { op, path: path.to_path_buf(), source }
+}
+
+fn corrupt(path: &Path, offset: u64, reason: String) -> StoreError {
+    StoreError::Corrupt { path: path.to_path_buf(), offset, reason }
+}
+
+fn check_header(path: &Path, header: &[u8]) -> Result<(), StoreError> {
+    if header[..8] != MAGIC {
+        return Err(StoreError::NotALedger {
+            path: path.to_path_buf(),
+            reason: format!("magic is {:?}, expected {:?}", String::from_utf8_lossy(&header[..8]), "USGLEDGR"),
+        });
+    }
+    let stored = u32::from_le_bytes([header[12], header[13], header[14], header[15]]);
+    let computed = crc32fast::hash(&header[..12]);
+    if stored != computed {
+        return Err(corrupt(path, 0, format!("header CRC32 is {stored:#010x}, computed {computed:#010x}")));
+    }
+    let version = u16::from_le_bytes([header[8], header[9]]);
+    if version == 0 || version > FORMAT_VERSION {
+        return Err(StoreError::UnsupportedVersion {
+            path: path.to_path_buf(),
+            found: version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    Ok(())
+}
+
+fn tail_is_zero(path: &Path, offset: u64) -> Result<bool, StoreError> {
+    let mut file = File::open(path).map_err(io_err("open", path))?;
+    file.seek(SeekFrom::Start(offset)).map_err(io_err("seek", path))?;
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut buffer).map_err(io_err("read", path))?;
+        if n == 0 {
+            return Ok(true);
+        }
+        if buffer[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+    }
+}
+
+/// Reads every frame of the ledger at `path` without modifying it, calling `visit` with each
+/// frame's offset, decoded record and payload bytes, in order.
+///
+/// A damaged header or frame is [`StoreError::Corrupt`] naming its offset; a partial last frame
+/// is reported in [`ScanOutcome::torn_tail`]. A file shorter than the header is reported as a
+/// torn tail at offset 0 when its bytes are a prefix of a header.
+pub fn scan_file<E: From<StoreError>>(
+    path: &Path,
+    mut visit: impl FnMut(u64, Record, &[u8]) -> Result<(), E>,
+) -> Result<ScanOutcome, E> {
+    let file = File::open(path).map_err(io_err("open", path))?;
+    let file_len = file.metadata().map_err(io_err("stat", path))?.len();
+    let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, file);
+    if file_len < HEADER_LEN {
+        let mut bytes = Vec::new();
+        reader.read_to_end(&mut bytes).map_err(io_err("read", path))?;
+        let expected = header_bytes();
+        if bytes[..] != expected[..bytes.len()] {
+            return Err(StoreError::NotALedger {
+                path: path.to_path_buf(),
+                reason: format!("{} bytes that do not begin a usage-ledger header", bytes.len()),
+            }
+            .into());
+        }
+        let torn_tail = (file_len > 0).then_some(TornTail { offset: 0, bytes: file_len });
+        return Ok(ScanOutcome { records: 0, end_offset: 0, torn_tail });
+    }
+    let mut header = [0u8; HEADER_LEN as usize];
+    reader.read_exact(&mut header).map_err(io_err("read", path))?;
+    check_header(path, &header)?;
+    let mut offset = HEADER_LEN;
+    let mut records = 0u64;
+    let mut payload = Vec::new();
+    loop {
+        let remaining = file_len - offset;
+        if remaining == 0 {
+            return Ok(ScanOutcome { records, end_offset: offset, torn_tail: None });
+        }
+        let torn =
+            Ok(ScanOutcome { records, end_offset: offset, torn_tail: Some(TornTail { offset, bytes: remaining }) });
+        if remaining < FRAME_HEADER_LEN {
+            return torn;
+        }
+        let mut frame_header = [0u8; FRAME_HEADER_LEN as usize];
+        reader.read_exact(&mut frame_header).map_err(io_err("read", path))?;
+        let word = u32::from_le_bytes([frame_header[0], frame_header[1], frame_header[2], frame_header[3]]);
+        let stored_crc = u32::from_le_bytes([frame_header[4], frame_header[5], frame_header[6], frame_header[7]]);
+        let Some(len) = parse_length_word(word) else {
+            if tail_is_zero(path, offset)? {
+                return torn;
+            }
+            return Err(corrupt(path, offset, format!("length word {word:#010x} fails its check byte")).into());
+        };
+        let frame_len = FRAME_HEADER_LEN + u64::from(len);
+        if frame_len > remaining {
+            return torn;
+        }
+        payload.resize(len as usize, 0);
+        reader.read_exact(&mut payload).map_err(io_err("read", path))?;
+        let computed = crc32fast::hash(&payload);
+        if computed != stored_crc {
+            if tail_is_zero(path, offset)? {
+                return torn;
+            }
+            return Err(corrupt(
+                path,
+                offset,
+                format!("payload CRC32 is {computed:#010x}, the frame says {stored_crc:#010x}"),
+            )
+            .into());
+        }
+        let record = decode_payload(&payload).map_err(|reason| corrupt(path, offset, reason))?;
+        visit(offset, record, &payload)?;
+        records += 1;
+        offset += frame_len;
+    }
+}
+
+/// What opening a file store replayed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenReport {
+    /// Every intact record, in file order.
+    pub records: Vec<Record>,
+    /// The partial last frame that was truncated, if any.
+    pub torn_tail: Option<TornTail>,
+}
+
+/// What a streaming open replayed (see [`FileStore::open_with`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplayReport {
+    /// Intact records replayed.
+    pub records: u64,
+    /// The partial last frame that was truncated, if any.
+    pub torn_tail: Option<TornTail>,
+}
+
+/// The durable store: one append-only file, `fsync`ed before an append returns.
+///
+/// The file is locked exclusively while open, so two processes never append to it at once.
+/// After a failed write or sync the store refuses further appends: reopen it, which replays
+/// whatever reached the disk.
+#[derive(Debug)]
+pub struct FileStore {
+    path: PathBuf,
+    file: File,
+    buffer: Vec<u8>,
+    poisoned: bool,
+}
+
+impl FileStore {
+    /// Opens (creating if missing) the ledger at `path`, replaying and returning every record.
+    pub fn open(path: impl AsRef<Path>) -> Result<(FileStore, OpenReport), StoreError> {
+        let mut records = Vec::new();
+        let (store, report) = Self::open_with(path, |_, record, _| {
+            records.push(record);
+            Ok::<(), StoreError>(())
+        })?;
+        Ok((store, OpenReport { records, torn_tail: report.torn_tail }))
+    }
+
+    /// Opens (creating if missing) the ledger at `path`, handing each replayed record to
+    /// `visit` with its byte offset and payload instead of collecting them, so that replay
+    /// memory does not grow with the log.
+    pub fn open_with<E: From<StoreError>>(
+        path: impl AsRef<Path>,
+        visit: impl FnMut(u64, Record, &[u8]) -> Result<(), E>,
+    ) -> Result<(FileStore, ReplayReport), E> {
+        let path = path.as_ref();
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io_err("open", path))?;
+        file.try_lock().map_err(|e| StoreError::Io {
+            op: "lock (is another process using the ledger?)",
+            path: path.to_path_buf(),
+            source: match e {
+                std::fs::TryLockError::Error(e) => e,
+                std::fs::TryLockError::WouldBlock => std::io::Error::from(ErrorKind::WouldBlock),
+            },
+        })?;
+        let len = file.metadata().map_err(io_err("stat", path))?.len();
+        if len == 0 {
+            write_header(path, &mut file)?;
+            return Ok((Self::from_file(path, file), ReplayReport { records: 0, torn_tail: None }));
+        }
+        let outcome = scan_file(path, visit)?;
+        if let Some(torn) = outcome.torn_tail {
+            file.set_len(torn.offset).map_err(io_err("truncate torn tail of", path))?;
+            file.sync_all().map_err(io_err("fsync", path))?;
+            if torn.offset == 0 {
+                write_header(path, &mut file)?;
+            }
+        }
+        file.seek(SeekFrom::End(0)).map_err(io_err("seek", path))?;
+        Ok((Self::from_file(path, file), ReplayReport { records: outcome.records, torn_tail: outcome.torn_tail }))
+    }
+
+    fn from_file(path: &Path, file: File) -> Self {
+        Self { path: path.to_path_buf(), file, buffer: Vec::with_capacity(64 * 1024), poisoned: false }
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn write_header(path: &Path, file: &mut File) -> Result<(), StoreError> {
+    file.seek(SeekFrom::Start(0)).map_err(io_err("seek", path))?;
+    file.write_all(&header_bytes()).map_err(io_err("write header to", path))?;
+    file.sync_all().map_err(io_err("fsync", path))?;
+    // The new file's directory entry must be durable too.
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("fsync directory of", path))?;
+    Ok(())
+}
+
+impl EventStore for FileStore {
+    fn append(&mut self, records: &[Record]) -> Result<(), StoreError> {
+        if self.poisoned {
+            return Err(StoreError::Io {
+                op: "append to (an earlier write failed; reopen the ledger)",
+                path: self.path.clone(),
+                source: std::io::Error::other("store poisoned"),
+            });
+        }
+        self.buffer.clear();
+        for record in records {
+            encode_frame(record, &mut self.buffer)?;
+        }
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let result = self.file.write_all(&self.buffer).and_then(|()| self.file.sync_data());
+        if self.buffer.capacity() > 1 << 20 {
+            self.buffer = Vec::with_capacity(64 * 1024);
+        }
+        result.map_err(|source| {
+            self.poisoned = true;
+            StoreError::Io { op: "append to", path: self.path.clone(), source }
+        })
+    }
+}

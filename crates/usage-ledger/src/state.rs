@@ -1,0 +1,696 @@
+//! The pure fold: per-grant state, the metering rules, and the typed errors for impossible
+//! transitions.
+//!
+//! [`apply`] and [`fold`] hold no business logic: the backend decides, writes an event, and the
+//! fold only records what the event says, refusing events that cannot follow the ones before.
+//! The metering rules are written down in `docs/metering.md`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
+
+use backend_api::{AlmanacTick, GrantId, UsageMetrics};
+
+use crate::event::{Event, ObservedState, Record, ResourceKind, TerminationReason};
+
+/// The minimum billed length of one running period, in seconds (EC2's per-second billing).
+pub const MIN_BILLED_SECONDS: u64 = 60;
+
+/// Where a grant is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Phase {
+    /// Admitted; nothing created yet.
+    Admitted,
+    /// A key pair, security group or launch has been recorded, but no instance yet.
+    Provisioning,
+    /// An instance was launched.
+    Running,
+    /// Termination was requested, or the instance ended by itself; resources are being removed.
+    Terminating,
+    /// Usage is final and the grant holds nothing.
+    Settled,
+}
+
+/// The state of one grant, as the fold of its events.
+///
+/// Once settled, a grant is compacted: only its phase, sequence, latest timestamp and final
+/// usage are kept, and the getters for the rest return empty values (`""`, `None`, tick 0).
+/// Memory for a settled grant is a few dozen bytes; a live grant keeps its details boxed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrantState {
+    phase: Phase,
+    next_seq: u64,
+    latest_unix_ms: u64,
+    settled_usage: UsageMetrics,
+    live: Option<Box<LiveGrant>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct LiveGrant {
+    region: String,
+    instance_type: String,
+    storage_bytes: u64,
+    valid_to: AlmanacTick,
+    valid_to_unix_ms: u64,
+    key_name: String,
+    group_name: String,
+    key_pair: Option<String>,
+    security_group: Option<String>,
+    launch_requested: Option<String>,
+    instance: Option<String>,
+    ever_launched: Vec<String>,
+    termination: Option<TerminationReason>,
+    last_state: Option<ObservedState>,
+    launched_vcpus: u32,
+    launched_memory_mib: u64,
+    closed_running_seconds: u64,
+    running_since_unix_ms: Option<u64>,
+    deadline_cut: bool,
+    network_bytes: u64,
+}
+
+static EMPTY: &[String] = &[];
+
+impl GrantState {
+    /// Where the grant is in its life.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// True once `GrantSettled` (or, for a grant the ledger never admitted, `OrphanReaped`)
+    /// was recorded.
+    pub fn is_settled(&self) -> bool {
+        self.phase == Phase::Settled
+    }
+
+    /// The sequence number the grant's next event must carry.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The latest timestamp seen for the grant (record times and observation times, clamped
+    /// so that it never decreases), in unix milliseconds.
+    pub fn latest_unix_ms(&self) -> u64 {
+        self.latest_unix_ms
+    }
+
+    /// The region (empty once settled).
+    pub fn region(&self) -> &str {
+        self.live.as_ref().map_or("", |l| &l.region)
+    }
+
+    /// The instance type chosen at admission (empty once settled).
+    pub fn instance_type(&self) -> &str {
+        self.live.as_ref().map_or("", |l| &l.instance_type)
+    }
+
+    /// The grant's deadline (tick 0 once settled).
+    pub fn valid_to(&self) -> AlmanacTick {
+        self.live.as_ref().map_or(AlmanacTick(0), |l| l.valid_to)
+    }
+
+    /// The grant's deadline in unix milliseconds (0 once settled).
+    pub fn valid_to_unix_ms(&self) -> u64 {
+        self.live.as_ref().map_or(0, |l| l.valid_to_unix_ms)
+    }
+
+    /// The provisioned volume size from admission (0 once settled).
+    pub fn storage_bytes(&self) -> u64 {
+        self.live.as_ref().map_or(0, |l| l.storage_bytes)
+    }
+
+    /// The key pair name from admission (empty once settled).
+    pub fn key_name(&self) -> &str {
+        self.live.as_ref().map_or("", |l| &l.key_name)
+    }
+
+    /// The security group name from admission (empty once settled).
+    pub fn group_name(&self) -> &str {
+        self.live.as_ref().map_or("", |l| &l.group_name)
+    }
+
+    /// The id of the key pair the grant holds, if any.
+    pub fn key_pair(&self) -> Option<&str> {
+        self.live.as_ref().and_then(|l| l.key_pair.as_deref())
+    }
+
+    /// The id of the security group the grant holds, if any.
+    pub fn security_group(&self) -> Option<&str> {
+        self.live.as_ref().and_then(|l| l.security_group.as_deref())
+    }
+
+    /// The client token of the last `LaunchRequested`, if any: recovery looks for an instance
+    /// launched with it.
+    pub fn launch_requested(&self) -> Option<&str> {
+        self.live.as_ref().and_then(|l| l.launch_requested.as_deref())
+    }
+
+    /// The instance the grant holds, until `InstanceTerminated`.
+    pub fn instance(&self) -> Option<&str> {
+        self.live.as_ref().and_then(|l| l.instance.as_deref())
+    }
+
+    /// Every instance id the grant ever launched (at most one).
+    pub fn ever_launched(&self) -> &[String] {
+        self.live.as_ref().map_or(EMPTY, |l| &l.ever_launched)
+    }
+
+    /// The reason of the first `TerminationRequested`, if any.
+    pub fn termination(&self) -> Option<TerminationReason> {
+        self.live.as_ref().and_then(|l| l.termination)
+    }
+
+    /// The last observed instance state, if any.
+    pub fn last_state(&self) -> Option<ObservedState> {
+        self.live.as_ref().and_then(|l| l.last_state)
+    }
+
+    /// vCPUs and MiB of the launched instance, if one launched.
+    pub fn launched_size(&self) -> Option<(u32, u64)> {
+        self.live.as_ref().filter(|l| !l.ever_launched.is_empty()).map(|l| (l.launched_vcpus, l.launched_memory_mib))
+    }
+
+    /// When the open running period started, if one is open.
+    pub fn running_since_unix_ms(&self) -> Option<u64> {
+        self.live.as_ref().and_then(|l| l.running_since_unix_ms)
+    }
+
+    /// The usage so far: final once settled, otherwise counting an open running period up to
+    /// [`GrantState::latest_unix_ms`]. Never decreases as events are applied.
+    pub fn usage(&self) -> UsageMetrics {
+        match &self.live {
+            None => self.settled_usage,
+            Some(live) => live.usage(self.latest_unix_ms),
+        }
+    }
+
+    /// The resources the grant still holds at the provider, for recovery.
+    pub fn held_resources(&self) -> Vec<(ResourceKind, &str)> {
+        let mut held = Vec::new();
+        if let Some(live) = &self.live {
+            if let Some(id) = &live.instance {
+                held.push((ResourceKind::Instance, id.as_str()));
+            }
+            if let Some(id) = &live.key_pair {
+                held.push((ResourceKind::KeyPair, id.as_str()));
+            }
+            if let Some(id) = &live.security_group {
+                held.push((ResourceKind::SecurityGroup, id.as_str()));
+            }
+        }
+        held
+    }
+
+    /// True while the grant holds an instance, key pair or security group, or a launch was
+    /// requested and no instance has been recorded for it (one may exist).
+    pub fn holds_resources(&self) -> bool {
+        self.live.as_ref().is_some_and(|l| {
+            l.instance.is_some()
+                || l.key_pair.is_some()
+                || l.security_group.is_some()
+                || (l.launch_requested.is_some() && l.ever_launched.is_empty())
+        })
+    }
+
+    /// The state after a grant's first event: `GrantAdmitted`, or `OrphanReaped` for a grant
+    /// this ledger never admitted (recorded as settled with zero usage).
+    pub fn first(record: &Record) -> Result<GrantState, ApplyError> {
+        let fail = |kind| Err(ApplyError::new(record, kind));
+        if record.seq != 0 {
+            return fail(Impossible::SequenceGap { expected: 0 });
+        }
+        match &record.event {
+            Event::GrantAdmitted {
+                region,
+                instance_type,
+                vcpus,
+                memory_mib,
+                storage_bytes,
+                valid_to,
+                valid_to_unix_ms,
+                key_name,
+                group_name,
+            } => Ok(GrantState {
+                phase: Phase::Admitted,
+                next_seq: 1,
+                latest_unix_ms: record.at_unix_ms,
+                settled_usage: UsageMetrics::default(),
+                live: Some(Box::new(LiveGrant {
+                    region: region.clone(),
+                    instance_type: instance_type.clone(),
+                    storage_bytes: *storage_bytes,
+                    valid_to: *valid_to,
+                    valid_to_unix_ms: *valid_to_unix_ms,
+                    key_name: key_name.clone(),
+                    group_name: group_name.clone(),
+                    key_pair: None,
+                    security_group: None,
+                    launch_requested: None,
+                    instance: None,
+                    ever_launched: Vec::new(),
+                    termination: None,
+                    last_state: None,
+                    // Until an instance launches nothing is metered; the admitted sizes are
+                    // replaced by the launched ones.
+                    launched_vcpus: *vcpus,
+                    launched_memory_mib: *memory_mib,
+                    closed_running_seconds: 0,
+                    running_since_unix_ms: None,
+                    deadline_cut: false,
+                    network_bytes: 0,
+                })),
+            }),
+            Event::OrphanReaped { .. } => Ok(GrantState {
+                phase: Phase::Settled,
+                next_seq: 1,
+                latest_unix_ms: record.at_unix_ms,
+                settled_usage: UsageMetrics::default(),
+                live: None,
+            }),
+            _ => fail(Impossible::UnknownGrant),
+        }
+    }
+
+    /// Applies the grant's next event in place. On error `self` is unchanged.
+    pub fn step(&mut self, record: &Record) -> Result<(), ApplyError> {
+        let fail = |kind| Err(ApplyError::new(record, kind));
+        if record.seq != self.next_seq {
+            return fail(Impossible::SequenceGap { expected: self.next_seq });
+        }
+        let Some(live) = self.live.as_deref_mut() else {
+            // Settled (or an orphan tombstone): only informational events may follow.
+            if let Event::OrphanReaped { .. } = record.event {
+                self.next_seq += 1;
+                self.latest_unix_ms = self.latest_unix_ms.max(record.at_unix_ms);
+                return Ok(());
+            }
+            return fail(Impossible::AfterSettlement);
+        };
+        // Times may go backwards across a restart; the grant's clock never does.
+        let now = self.latest_unix_ms.max(record.at_unix_ms);
+        let phase = self.phase;
+        let mut next_phase = phase;
+        let mut latest = now;
+        match &record.event {
+            Event::GrantAdmitted { .. } => return fail(Impossible::AlreadyAdmitted),
+            Event::KeyPairImported { key_name, key_pair_id } => {
+                if !matches!(phase, Phase::Admitted | Phase::Provisioning) {
+                    return fail(Impossible::WrongPhase { phase, allowed: "Admitted or Provisioning" });
+                }
+                if *key_name != live.key_name {
+                    return fail(Impossible::KeyNameMismatch {
+                        admitted: live.key_name.clone(),
+                        found: key_name.clone(),
+                    });
+                }
+                if let Some(held) = &live.key_pair {
+                    return fail(Impossible::KeyPairAlreadyHeld { key_pair_id: held.clone() });
+                }
+                live.key_pair = Some(key_pair_id.clone());
+                next_phase = Phase::Provisioning;
+            }
+            Event::SecurityGroupCreated { group_id, group_name } => {
+                if !matches!(phase, Phase::Admitted | Phase::Provisioning) {
+                    return fail(Impossible::WrongPhase { phase, allowed: "Admitted or Provisioning" });
+                }
+                if *group_name != live.group_name {
+                    return fail(Impossible::GroupNameMismatch {
+                        admitted: live.group_name.clone(),
+                        found: group_name.clone(),
+                    });
+                }
+                if let Some(held) = &live.security_group {
+                    return fail(Impossible::SecurityGroupAlreadyHeld { group_id: held.clone() });
+                }
+                live.security_group = Some(group_id.clone());
+                next_phase = Phase::Provisioning;
+            }
+            Event::LaunchRequested { client_token, .. } => {
+                if let Some(first) = live.ever_launched.first() {
+                    return fail(Impossible::AlreadyLaunched { instance_id: first.clone() });
+                }
+                if !matches!(phase, Phase::Admitted | Phase::Provisioning) {
+                    return fail(Impossible::WrongPhase { phase, allowed: "Admitted or Provisioning" });
+                }
+                live.launch_requested = Some(client_token.clone());
+                next_phase = Phase::Provisioning;
+            }
+            Event::InstanceLaunched { instance_id, client_token, instance_type: _, vcpus, memory_mib } => {
+                if live.launch_requested.as_deref() != Some(client_token.as_str()) {
+                    return fail(Impossible::LaunchNotRequested {
+                        client_token: client_token.clone(),
+                        requested: live.launch_requested.clone(),
+                    });
+                }
+                if let Some(first) = live.ever_launched.first() {
+                    // Recording the held instance again with the same sizes is harmless (a
+                    // recovery that re-discovers it); anything else is a second instance.
+                    let same = first == instance_id
+                        && live.instance.as_deref() == Some(instance_id.as_str())
+                        && live.launched_vcpus == *vcpus
+                        && live.launched_memory_mib == *memory_mib;
+                    if !same {
+                        return fail(Impossible::SecondInstance { first: first.clone(), found: instance_id.clone() });
+                    }
+                } else {
+                    if !matches!(phase, Phase::Provisioning | Phase::Terminating) {
+                        return fail(Impossible::WrongPhase { phase, allowed: "Provisioning or Terminating" });
+                    }
+                    live.instance = Some(instance_id.clone());
+                    live.ever_launched.push(instance_id.clone());
+                    live.launched_vcpus = *vcpus;
+                    live.launched_memory_mib = *memory_mib;
+                    if phase == Phase::Provisioning {
+                        next_phase = Phase::Running;
+                    }
+                }
+            }
+            Event::InstanceStateObserved { instance_id, state, observed_at_unix_ms } => {
+                if live.instance.as_deref() != Some(instance_id.as_str()) {
+                    return fail(Impossible::InstanceNotHeld {
+                        instance_id: instance_id.clone(),
+                        held: live.instance.clone(),
+                    });
+                }
+                let at = self.latest_unix_ms.max(*observed_at_unix_ms);
+                latest = now.max(at);
+                if *state == ObservedState::Running {
+                    if live.running_since_unix_ms.is_none() && !live.deadline_cut {
+                        live.running_since_unix_ms = Some(at);
+                    }
+                } else if state.ends_running() {
+                    live.close_period(at);
+                }
+                live.last_state = Some(*state);
+            }
+            Event::NetworkSampled { instance_id, bytes_in, bytes_out, window_start_unix_ms, window_end_unix_ms } => {
+                if !live.ever_launched.iter().any(|id| id == instance_id) {
+                    return fail(Impossible::InstanceNeverLaunched { instance_id: instance_id.clone() });
+                }
+                if window_end_unix_ms < window_start_unix_ms {
+                    return fail(Impossible::BackwardsWindow {
+                        start_unix_ms: *window_start_unix_ms,
+                        end_unix_ms: *window_end_unix_ms,
+                    });
+                }
+                live.network_bytes = live.network_bytes.saturating_add(*bytes_in).saturating_add(*bytes_out);
+            }
+            Event::TerminationRequested { reason } => {
+                if live.termination.is_none() {
+                    live.termination = Some(*reason);
+                }
+                if *reason == TerminationReason::Deadline {
+                    live.close_period(now);
+                    live.deadline_cut = true;
+                }
+                next_phase = Phase::Terminating;
+            }
+            Event::InstanceTerminated { instance_id } => {
+                if live.instance.as_deref() != Some(instance_id.as_str()) {
+                    return fail(Impossible::InstanceNotHeld {
+                        instance_id: instance_id.clone(),
+                        held: live.instance.clone(),
+                    });
+                }
+                live.close_period(now);
+                live.instance = None;
+                next_phase = Phase::Terminating;
+            }
+            Event::KeyPairDeleted { key_name } => {
+                if live.key_pair.is_none() || *key_name != live.key_name {
+                    return fail(Impossible::KeyPairNotHeld {
+                        key_name: key_name.clone(),
+                        held: live.key_pair.as_ref().map(|_| live.key_name.clone()),
+                    });
+                }
+                live.key_pair = None;
+            }
+            Event::SecurityGroupDeleted { group_id } => {
+                if live.security_group.as_deref() != Some(group_id.as_str()) {
+                    return fail(Impossible::SecurityGroupNotHeld {
+                        group_id: group_id.clone(),
+                        held: live.security_group.clone(),
+                    });
+                }
+                live.security_group = None;
+            }
+            Event::GrantSettled { usage } => {
+                let held: Vec<String> =
+                    self.held_resources().iter().map(|(kind, id)| format!("{kind:?} {id}")).collect();
+                if !held.is_empty() {
+                    return fail(Impossible::StillHolding { resources: held });
+                }
+                let computed = self.usage();
+                if *usage != computed {
+                    return fail(Impossible::UsageMismatch { recorded: *usage, computed });
+                }
+                self.phase = Phase::Settled;
+                self.next_seq += 1;
+                self.latest_unix_ms = now;
+                self.settled_usage = computed;
+                self.live = None;
+                return Ok(());
+            }
+            Event::OrphanReaped { .. } => return fail(Impossible::OrphanOfLiveGrant { phase }),
+        }
+        self.phase = next_phase;
+        self.next_seq += 1;
+        self.latest_unix_ms = latest;
+        Ok(())
+    }
+}
+
+impl LiveGrant {
+    fn close_period(&mut self, at_unix_ms: u64) {
+        if let Some(since) = self.running_since_unix_ms.take() {
+            self.closed_running_seconds =
+                self.closed_running_seconds.saturating_add(billed_seconds(at_unix_ms.saturating_sub(since)));
+        }
+    }
+
+    fn usage(&self, latest_unix_ms: u64) -> UsageMetrics {
+        if self.ever_launched.is_empty() {
+            return UsageMetrics { network_bytes: self.network_bytes, ..UsageMetrics::default() };
+        }
+        let open = self.running_since_unix_ms.map_or(0, |since| billed_seconds(latest_unix_ms.saturating_sub(since)));
+        let seconds = self.closed_running_seconds.saturating_add(open);
+        UsageMetrics {
+            cpu_seconds: u64::from(self.launched_vcpus).saturating_mul(seconds),
+            ram_mib_seconds: self.launched_memory_mib.saturating_mul(seconds),
+            network_bytes: self.network_bytes,
+            storage_bytes: self.storage_bytes,
+        }
+    }
+}
+
+/// The billed seconds of one running period lasting `duration_ms`: rounded up to whole seconds,
+/// and at least [`MIN_BILLED_SECONDS`].
+pub fn billed_seconds(duration_ms: u64) -> u64 {
+    duration_ms.div_ceil(1000).max(MIN_BILLED_SECONDS)
+}
+
+/// The state after `record`, given the grant's state before it (`None` for a grant with no
+/// events yet). Pure: `state` is not modified; the result is a new state.
+///
+/// For a hot loop use [`GrantState::step`], the in-place form this wraps.
+pub fn apply(state: Option<&GrantState>, record: &Record) -> Result<GrantState, ApplyError> {
+    match state {
+        None => GrantState::first(record),
+        Some(state) => {
+            let mut next = state.clone();
+            next.step(record)?;
+            Ok(next)
+        }
+    }
+}
+
+/// A cheap hasher for grant ids, which are already uniformly distributed bytes.
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(0x517c_c1b7_2722_0a95);
+        }
+    }
+}
+
+pub(crate) type IdMap<V> = HashMap<GrantId, V, BuildHasherDefault<IdHasher>>;
+
+/// Folds `records`, in order, into the state of every grant they mention. Stops at the first
+/// impossible transition.
+pub fn fold<'a>(records: impl IntoIterator<Item = &'a Record>) -> Result<BTreeMap<GrantId, GrantState>, ApplyError> {
+    let mut grants: IdMap<GrantState> = IdMap::default();
+    for record in records {
+        match grants.get_mut(&record.grant) {
+            Some(state) => state.step(record)?,
+            None => {
+                grants.insert(record.grant, GrantState::first(record)?);
+            }
+        }
+    }
+    Ok(grants.into_iter().collect())
+}
+
+/// An event that cannot follow the grant's earlier events.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("grant {grant} seq {seq} {event} is impossible: {kind}")]
+pub struct ApplyError {
+    /// The grant.
+    pub grant: GrantId,
+    /// The refused record's sequence number.
+    pub seq: u64,
+    /// The refused event's variant name.
+    pub event: &'static str,
+    /// Why it is impossible (boxed to keep `Result`s small on the fold's hot path).
+    pub kind: Box<Impossible>,
+}
+
+impl ApplyError {
+    fn new(record: &Record, kind: Impossible) -> Self {
+        Self { grant: record.grant, seq: record.seq, event: record.event.name(), kind: Box::new(kind) }
+    }
+}
+
+/// The impossible transitions.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Impossible {
+    /// The grant has no events yet and this is neither `GrantAdmitted` nor `OrphanReaped`.
+    #[error("the grant is unknown: its first event must be GrantAdmitted")]
+    UnknownGrant,
+    /// `GrantAdmitted` for a grant that already has events.
+    #[error("the grant was already admitted")]
+    AlreadyAdmitted,
+    /// The sequence number is not the grant's next one.
+    #[error("sequence gap: expected seq {expected}")]
+    SequenceGap {
+        /// The sequence number the grant's next event must carry.
+        expected: u64,
+    },
+    /// Only `OrphanReaped` may follow settlement.
+    #[error("the grant is settled: only OrphanReaped may follow GrantSettled")]
+    AfterSettlement,
+    /// The event does not fit the grant's phase.
+    #[error("the grant is {phase:?}; this event is allowed only while {allowed}")]
+    WrongPhase {
+        /// The grant's phase.
+        phase: Phase,
+        /// The phases that allow it.
+        allowed: &'static str,
+    },
+    /// `KeyPairImported` with a name other than the admitted one.
+    #[error("key pair {found:?} is not the admitted key name {admitted:?}")]
+    KeyNameMismatch {
+        /// The admitted name.
+        admitted: String,
+        /// The name in the event.
+        found: String,
+    },
+    /// `SecurityGroupCreated` with a name other than the admitted one.
+    #[error("security group {found:?} is not the admitted group name {admitted:?}")]
+    GroupNameMismatch {
+        /// The admitted name.
+        admitted: String,
+        /// The name in the event.
+        found: String,
+    },
+    /// A second key pair while one is held.
+    #[error("the grant already holds key pair {key_pair_id}")]
+    KeyPairAlreadyHeld {
+        /// The held key pair's id.
+        key_pair_id: String,
+    },
+    /// A second security group while one is held.
+    #[error("the grant already holds security group {group_id}")]
+    SecurityGroupAlreadyHeld {
+        /// The held group's id.
+        group_id: String,
+    },
+    /// `LaunchRequested` after an instance launched: a grant runs at most one instance.
+    #[error("instance {instance_id} already launched for the grant")]
+    AlreadyLaunched {
+        /// The launched instance.
+        instance_id: String,
+    },
+    /// `InstanceLaunched` whose token is not the last `LaunchRequested` one.
+    #[error("no launch was requested with client token {client_token:?} (last requested: {requested:?})")]
+    LaunchNotRequested {
+        /// The token in the event.
+        client_token: String,
+        /// The token of the last `LaunchRequested`, if any.
+        requested: Option<String>,
+    },
+    /// A second, different instance: a grant runs at most one.
+    #[error("instance {found} would be the grant's second instance after {first}")]
+    SecondInstance {
+        /// The instance already launched.
+        first: String,
+        /// The new instance.
+        found: String,
+    },
+    /// Observing or terminating an instance the grant does not hold.
+    #[error("instance {instance_id} is not held by the grant (held: {held:?})")]
+    InstanceNotHeld {
+        /// The instance in the event.
+        instance_id: String,
+        /// The instance the grant holds, if any.
+        held: Option<String>,
+    },
+    /// A network sample for an instance the grant never launched.
+    #[error("instance {instance_id} was never launched for the grant")]
+    InstanceNeverLaunched {
+        /// The instance in the event.
+        instance_id: String,
+    },
+    /// A network sample whose window ends before it starts.
+    #[error("sample window ends at {end_unix_ms} before it starts at {start_unix_ms}")]
+    BackwardsWindow {
+        /// The window's start.
+        start_unix_ms: u64,
+        /// The window's end.
+        end_unix_ms: u64,
+    },
+    /// Deleting a key pair the grant does not hold.
+    #[error("key pair {key_name:?} is not held by the grant (held: {held:?})")]
+    KeyPairNotHeld {
+        /// The name in the event.
+        key_name: String,
+        /// The held key pair's name, if any.
+        held: Option<String>,
+    },
+    /// Deleting a security group the grant does not hold.
+    #[error("security group {group_id} is not held by the grant (held: {held:?})")]
+    SecurityGroupNotHeld {
+        /// The group in the event.
+        group_id: String,
+        /// The held group, if any.
+        held: Option<String>,
+    },
+    /// Settling while resources are held: delete them (and record it) first.
+    #[error("the grant still holds {resources:?}: record their deletion before GrantSettled")]
+    StillHolding {
+        /// The held resources.
+        resources: Vec<String>,
+    },
+    /// Settling with a usage other than the fold's.
+    #[error(
+        "recorded usage {recorded:?} differs from the usage the events fold to, {computed:?}: settle with Ledger::usage"
+    )]
+    UsageMismatch {
+        /// The usage in the event.
+        recorded: UsageMetrics,
+        /// The usage the events fold to.
+        computed: UsageMetrics,
+    },
+    /// `OrphanReaped` for a grant that is neither unknown nor settled.
+    #[error("the grant is {phase:?}, not settled: its resources are not orphans")]
+    OrphanOfLiveGrant {
+        /// The grant's phase.
+        phase: Phase,
+    },
+}

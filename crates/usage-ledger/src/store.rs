@@ -1,0 +1,119 @@
+//! Where records go: the [`EventStore`] trait, the in-memory store, and the store errors.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::event::Record;
+
+/// An append-only home for records.
+pub trait EventStore: Send {
+    /// Appends `records` in order. When this returns `Ok` every record is durable (for the
+    /// file store: written and `fsync`ed); when it returns `Err` none of them is acknowledged
+    /// (some may have reached the disk, and will be replayed if they did).
+    fn append(&mut self, records: &[Record]) -> Result<(), StoreError>;
+}
+
+/// A store in memory, for simulation and tests.
+///
+/// Clones share the same records, so a simulated crash is dropping the ledger and opening a new
+/// one on a clone. [`MemoryStore::fail_next_appends`] injects store failures.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryStore {
+    inner: Arc<Mutex<MemoryInner>>,
+}
+
+#[derive(Debug, Default)]
+struct MemoryInner {
+    records: Vec<Record>,
+    failures_left: u32,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A copy of every record appended so far, in order.
+    pub fn records(&self) -> Vec<Record> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner).records.clone()
+    }
+
+    /// Makes the next `count` appends fail with [`StoreError::Injected`] without storing
+    /// anything.
+    pub fn fail_next_appends(&self, count: u32) {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner).failures_left = count;
+    }
+}
+
+impl EventStore for MemoryStore {
+    fn append(&mut self, records: &[Record]) -> Result<(), StoreError> {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if inner.failures_left > 0 {
+            inner.failures_left -= 1;
+            return Err(StoreError::Injected);
+        }
+        inner.records.extend_from_slice(records);
+        Ok(())
+    }
+}
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The operating system refused an operation.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file does not start with a usage-ledger header.
+    #[error("{path} is not a usage ledger: {reason}")]
+    NotALedger {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with the header.
+        reason: String,
+    },
+    /// The file was written by a newer format than this build reads.
+    #[error("{path} has format version {found}, this build reads up to {supported}: upgrade usage-ledger")]
+    UnsupportedVersion {
+        /// The file.
+        path: PathBuf,
+        /// The file's version.
+        found: u16,
+        /// The newest version this build reads.
+        supported: u16,
+    },
+    /// A frame before the end of the file is damaged. Nothing after it was read; the file was
+    /// not modified.
+    #[error(
+        "{path}: corrupt frame at byte offset {offset}: {reason}; the file was not modified: restore it from a replica or cut it at this offset by hand"
+    )]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// The byte offset of the damaged frame's start.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A record could not be encoded (or is larger than a frame can hold).
+    #[error("cannot encode record for grant {grant} seq {seq}: {reason}")]
+    Encode {
+        /// The record's grant, in hex.
+        grant: String,
+        /// The record's sequence number.
+        seq: u64,
+        /// Why.
+        reason: String,
+    },
+    /// A failure injected by [`MemoryStore::fail_next_appends`].
+    #[error("injected store failure")]
+    Injected,
+}
