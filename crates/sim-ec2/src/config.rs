@@ -1,0 +1,293 @@
+//! What a simulated EC2 is made of: its seed, regions, and the rates and delays of its faults.
+
+use std::fmt;
+
+use backend_api::RegionLabel;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+/// How a simulated EC2 is set up.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SimConfig {
+    /// The seed of the one PRNG everything random is drawn from.
+    pub seed: u64,
+    /// The regions that exist; calls naming another region fail with `OptInRequired`.
+    pub regions: Vec<RegionLabel>,
+    /// Probabilities and delays.
+    pub faults: FaultConfig,
+    /// Availability zones per region (`<region>a`, `<region>b`, ...), each its own capacity pool.
+    pub availability_zones_per_region: u8,
+    /// Lowest synthetic network rate an instance can draw at launch, each direction, bytes/s.
+    pub network_bytes_per_s_min: u64,
+    /// Highest synthetic network rate an instance can draw at launch, each direction, bytes/s.
+    pub network_bytes_per_s_max: u64,
+}
+
+impl SimConfig {
+    /// A simulator for `regions` with realistic delays and no random failures.
+    pub fn new(seed: u64, regions: Vec<RegionLabel>) -> Self {
+        Self {
+            seed,
+            regions,
+            faults: FaultConfig::default(),
+            availability_zones_per_region: 3,
+            network_bytes_per_s_min: 1_000,
+            network_bytes_per_s_max: 10_000_000,
+        }
+    }
+
+    /// The same configuration with `faults`.
+    pub fn with_faults(mut self, faults: FaultConfig) -> Self {
+        self.faults = faults;
+        self
+    }
+
+    /// Checks that the configuration can run.
+    pub fn validate(&self) -> Result<(), SimError> {
+        if self.regions.is_empty() {
+            return Err(SimError::Config("regions is empty: list at least one region, e.g. us-east-1".into()));
+        }
+        if self.availability_zones_per_region == 0 || self.availability_zones_per_region > 26 {
+            return Err(SimError::Config(format!(
+                "availability_zones_per_region is {}: use 1 to 26, e.g. 3",
+                self.availability_zones_per_region
+            )));
+        }
+        if self.network_bytes_per_s_min > self.network_bytes_per_s_max {
+            return Err(SimError::Config(format!(
+                "network_bytes_per_s_min {} exceeds network_bytes_per_s_max {}: swap them",
+                self.network_bytes_per_s_min, self.network_bytes_per_s_max
+            )));
+        }
+        self.faults.validate()
+    }
+}
+
+/// A simulator set up wrongly, or a targeted fault aimed at nothing.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SimError {
+    /// The configuration cannot run.
+    #[error("invalid simulator configuration: {0}")]
+    Config(String),
+    /// No region of that name is simulated.
+    #[error("region {0} is not simulated: add it to SimConfig::regions")]
+    UnknownRegion(String),
+    /// No instance of that id was ever launched.
+    #[error("instance {0} was never launched in this simulator: pass an id that RunInstances returned")]
+    UnknownInstance(String),
+    /// No instance type of that name is in the catalogue.
+    #[error(
+        "instance type {0} is not in the simulated catalogue: use one of sim_ec2::catalogue::CATALOGUE, e.g. m6i.large"
+    )]
+    UnknownInstanceType(String),
+}
+
+/// Probabilities and delays of everything that goes wrong or takes time.
+///
+/// Probabilities are per call (or per instance, for `spontaneous_exit_probability`); delays are
+/// drawn uniformly from `[min, max]` milliseconds of virtual time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FaultConfig {
+    /// Extra `RequestLimitExceeded` on top of the token buckets (other callers share the account).
+    pub throttle_probability: f64,
+    /// `InternalError` before the call takes effect.
+    pub internal_error_probability: f64,
+    /// `Unavailable` before the call takes effect.
+    pub unavailable_probability: f64,
+    /// A mutating call takes effect but the caller gets `InternalError` (the lost-response case
+    /// that ClientToken exists for).
+    pub response_lost_probability: f64,
+    /// Chance per RunInstances that its (instance type, availability zone) pool runs dry.
+    pub insufficient_capacity_probability: f64,
+    /// Shortest capacity shortage of a pool.
+    pub capacity_shortage_ms_min: u64,
+    /// Longest capacity shortage of a pool.
+    pub capacity_shortage_ms_max: u64,
+    /// Shortest time before a new resource is visible to other calls (eventual consistency).
+    pub visibility_delay_ms_min: u64,
+    /// Longest time before a new resource is visible to other calls.
+    pub visibility_delay_ms_max: u64,
+    /// Shortest `pending` phase.
+    pub launch_delay_ms_min: u64,
+    /// Longest `pending` phase.
+    pub launch_delay_ms_max: u64,
+    /// Shortest `shutting-down` (or `stopping`) phase.
+    pub termination_delay_ms_min: u64,
+    /// Longest `shutting-down` (or `stopping`) phase.
+    pub termination_delay_ms_max: u64,
+    /// Shortest time after termination during which the instance's security groups still
+    /// count as in use (`DependencyViolation`).
+    pub dependency_violation_lag_ms_min: u64,
+    /// Longest such time.
+    pub dependency_violation_lag_ms_max: u64,
+    /// Chance per instance that it ends on its own: spot reclaim, in-guest shutdown or a failed launch.
+    pub spontaneous_exit_probability: f64,
+    /// A spontaneous exit after `running` happens within this long of reaching `running`.
+    pub spontaneous_exit_after_ms_max: u64,
+    /// How long a terminated instance stays visible to DescribeInstances.
+    pub terminated_visible_ms: u64,
+    /// How far CloudWatch's network data lags behind the present.
+    pub metrics_delay_ms: u64,
+}
+
+impl FaultConfig {
+    /// Nothing goes wrong and nothing takes time: every resource is visible at once, instances
+    /// run and terminate instantly. Terminated instances still vanish after an hour.
+    pub fn none() -> Self {
+        Self {
+            throttle_probability: 0.0,
+            internal_error_probability: 0.0,
+            unavailable_probability: 0.0,
+            response_lost_probability: 0.0,
+            insufficient_capacity_probability: 0.0,
+            capacity_shortage_ms_min: 0,
+            capacity_shortage_ms_max: 0,
+            visibility_delay_ms_min: 0,
+            visibility_delay_ms_max: 0,
+            launch_delay_ms_min: 0,
+            launch_delay_ms_max: 0,
+            termination_delay_ms_min: 0,
+            termination_delay_ms_max: 0,
+            dependency_violation_lag_ms_min: 0,
+            dependency_violation_lag_ms_max: 0,
+            spontaneous_exit_probability: 0.0,
+            spontaneous_exit_after_ms_max: 0,
+            terminated_visible_ms: 3_600_000,
+            metrics_delay_ms: 0,
+        }
+    }
+
+    /// A random mix for swarm testing: each knob is off or on with its own rate, drawn from `rng`.
+    pub fn swarm(rng: &mut impl Rng) -> Self {
+        fn maybe(rng: &mut impl Rng, max: f64) -> f64 {
+            if rng.gen_bool(0.5) { round4(rng.gen_range(0.0..max)) } else { 0.0 }
+        }
+        fn range(rng: &mut impl Rng, min_lo: u64, min_hi: u64, spread_max: u64) -> (u64, u64) {
+            let min = rng.gen_range(min_lo..=min_hi);
+            (min, min + rng.gen_range(0..=spread_max))
+        }
+        let throttle_probability = maybe(rng, 0.05);
+        let internal_error_probability = maybe(rng, 0.03);
+        let unavailable_probability = maybe(rng, 0.02);
+        let response_lost_probability = maybe(rng, 0.02);
+        let insufficient_capacity_probability = maybe(rng, 0.10);
+        let (capacity_shortage_ms_min, capacity_shortage_ms_max) = range(rng, 10_000, 60_000, 600_000);
+        let (visibility_delay_ms_min, visibility_delay_ms_max) = range(rng, 0, 500, 10_000);
+        let (launch_delay_ms_min, launch_delay_ms_max) = range(rng, 1_000, 10_000, 120_000);
+        let (termination_delay_ms_min, termination_delay_ms_max) = range(rng, 1_000, 10_000, 120_000);
+        let (dependency_violation_lag_ms_min, dependency_violation_lag_ms_max) = range(rng, 0, 5_000, 60_000);
+        let spontaneous_exit_probability = maybe(rng, 0.3);
+        let spontaneous_exit_after_ms_max = rng.gen_range(60_000..=7_200_000);
+        let terminated_visible_ms = rng.gen_range(3_000_000..=4_200_000);
+        Self {
+            throttle_probability,
+            internal_error_probability,
+            unavailable_probability,
+            response_lost_probability,
+            insufficient_capacity_probability,
+            capacity_shortage_ms_min,
+            capacity_shortage_ms_max,
+            visibility_delay_ms_min,
+            visibility_delay_ms_max,
+            launch_delay_ms_min,
+            launch_delay_ms_max,
+            termination_delay_ms_min,
+            termination_delay_ms_max,
+            dependency_violation_lag_ms_min,
+            dependency_violation_lag_ms_max,
+            spontaneous_exit_probability,
+            spontaneous_exit_after_ms_max,
+            terminated_visible_ms,
+            metrics_delay_ms: 0,
+        }
+    }
+
+    /// Checks probabilities are in `[0, 1]` and every `min` is at most its `max`.
+    pub fn validate(&self) -> Result<(), SimError> {
+        let probabilities = [
+            ("throttle_probability", self.throttle_probability),
+            ("internal_error_probability", self.internal_error_probability),
+            ("unavailable_probability", self.unavailable_probability),
+            ("response_lost_probability", self.response_lost_probability),
+            ("insufficient_capacity_probability", self.insufficient_capacity_probability),
+            ("spontaneous_exit_probability", self.spontaneous_exit_probability),
+        ];
+        for (name, p) in probabilities {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(SimError::Config(format!("{name} is {p}: use a probability from 0.0 to 1.0")));
+            }
+        }
+        let ranges = [
+            ("capacity_shortage_ms", self.capacity_shortage_ms_min, self.capacity_shortage_ms_max),
+            ("visibility_delay_ms", self.visibility_delay_ms_min, self.visibility_delay_ms_max),
+            ("launch_delay_ms", self.launch_delay_ms_min, self.launch_delay_ms_max),
+            ("termination_delay_ms", self.termination_delay_ms_min, self.termination_delay_ms_max),
+            ("dependency_violation_lag_ms", self.dependency_violation_lag_ms_min, self.dependency_violation_lag_ms_max),
+        ];
+        for (name, min, max) in ranges {
+            if min > max {
+                return Err(SimError::Config(format!("{name}_min {min} exceeds {name}_max {max}: swap them")));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Default for FaultConfig {
+    /// Realistic, mild EC2: eventual consistency of up to 2 s, 5–40 s in `pending`, 5–60 s in
+    /// `shutting-down`, groups held up to 30 s after termination; no random failures.
+    fn default() -> Self {
+        Self {
+            visibility_delay_ms_min: 0,
+            visibility_delay_ms_max: 2_000,
+            launch_delay_ms_min: 5_000,
+            launch_delay_ms_max: 40_000,
+            termination_delay_ms_min: 5_000,
+            termination_delay_ms_max: 60_000,
+            dependency_violation_lag_ms_min: 1_000,
+            dependency_violation_lag_ms_max: 30_000,
+            capacity_shortage_ms_min: 60_000,
+            capacity_shortage_ms_max: 300_000,
+            spontaneous_exit_after_ms_max: 3_600_000,
+            ..Self::none()
+        }
+    }
+}
+
+fn round4(x: f64) -> f64 {
+    (x * 10_000.0).round() / 10_000.0
+}
+
+impl fmt::Display for FaultConfig {
+    /// One line, `name=value` pairs, ranges as `min..max`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "throttle_probability={} internal_error_probability={} unavailable_probability={} \
+             response_lost_probability={} insufficient_capacity_probability={} capacity_shortage_ms={}..{} \
+             visibility_delay_ms={}..{} launch_delay_ms={}..{} termination_delay_ms={}..{} \
+             dependency_violation_lag_ms={}..{} spontaneous_exit_probability={} spontaneous_exit_after_ms_max={} \
+             terminated_visible_ms={} metrics_delay_ms={}",
+            self.throttle_probability,
+            self.internal_error_probability,
+            self.unavailable_probability,
+            self.response_lost_probability,
+            self.insufficient_capacity_probability,
+            self.capacity_shortage_ms_min,
+            self.capacity_shortage_ms_max,
+            self.visibility_delay_ms_min,
+            self.visibility_delay_ms_max,
+            self.launch_delay_ms_min,
+            self.launch_delay_ms_max,
+            self.termination_delay_ms_min,
+            self.termination_delay_ms_max,
+            self.dependency_violation_lag_ms_min,
+            self.dependency_violation_lag_ms_max,
+            self.spontaneous_exit_probability,
+            self.spontaneous_exit_after_ms_max,
+            self.terminated_visible_ms,
+            self.metrics_delay_ms,
+        )
+    }
+}

@@ -1,0 +1,126 @@
+//! Ground truth for invariant checkers: what really exists and happened, regardless of what
+//! the API (eventually consistent, throttled, faulty) lets a caller see.
+
+use std::collections::BTreeMap;
+
+use aws_backend::port::{InstanceState, Operation, Tags};
+use backend_api::RegionLabel;
+use serde::{Deserialize, Serialize};
+
+/// The kinds of resource the simulator holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ResourceKind {
+    /// An instance not yet terminated (stopped instances count).
+    Instance,
+    /// An instance's root EBS volume; it exists until the instance is terminated
+    /// (DeleteOnTermination is set).
+    Volume,
+    /// A key pair.
+    KeyPair,
+    /// A security group (the undeletable `default` group is never listed).
+    SecurityGroup,
+}
+
+/// A resource that exists right now.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct LiveResource {
+    /// Where it lives.
+    pub region: RegionLabel,
+    /// What it is.
+    pub kind: ResourceKind,
+    /// Its id (`i-`, `vol-`, `key-`, `sg-`).
+    pub id: String,
+    /// Its name, for key pairs and groups; empty otherwise.
+    pub name: String,
+    /// Its tags.
+    pub tags: Tags,
+}
+
+/// One stretch of an instance's life in one state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateInterval {
+    /// The state.
+    pub state: InstanceState,
+    /// When it began, unix ms.
+    pub from_ms: u64,
+    /// When it ended, unix ms; `None` while it lasts.
+    pub to_ms: Option<u64>,
+    /// The StateReason code in force, e.g. `Client.UserInitiatedShutdown`.
+    pub reason_code: Option<String>,
+}
+
+/// Everything about one instance ever launched, as of now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceTruth {
+    /// Its region.
+    pub region: RegionLabel,
+    /// Its availability zone, e.g. `us-east-1b`.
+    pub availability_zone: String,
+    /// Its id.
+    pub instance_id: String,
+    /// Its root volume's id.
+    pub volume_id: String,
+    /// Its type.
+    pub instance_type: String,
+    /// Its vCPUs.
+    pub vcpus: u32,
+    /// Its memory in MiB.
+    pub memory_mib: u64,
+    /// The ClientToken it was launched with.
+    pub client_token: String,
+    /// Its key pair's name.
+    pub key_name: String,
+    /// Its security groups.
+    pub security_group_ids: Vec<String>,
+    /// Its current tags.
+    pub tags: Tags,
+    /// Its volume's tags.
+    pub volume_tags: Tags,
+    /// When it was launched, unix ms.
+    pub launch_time_unix_ms: u64,
+    /// Its state now.
+    pub state: InstanceState,
+    /// Its life so far, in order; the last interval is open.
+    pub intervals: Vec<StateInterval>,
+    /// Milliseconds spent in `running` so far.
+    pub running_ms: u64,
+    /// Bytes received so far.
+    pub network_bytes_in: u64,
+    /// Bytes sent so far.
+    pub network_bytes_out: u64,
+}
+
+/// Counters over the whole run.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimStats {
+    /// Calls received, per operation (throttled and failed ones included).
+    pub calls: BTreeMap<Operation, u64>,
+    /// Calls answered `RequestLimitExceeded`, per operation.
+    pub throttles: BTreeMap<Operation, u64>,
+    /// Error answers, per error code (throttles included).
+    pub errors: BTreeMap<String, u64>,
+    /// Faults injected, per kind: `InternalError`, `Unavailable`, `ResponseLost`,
+    /// `InsufficientInstanceCapacity`, `RequestLimitExceeded` (random, beyond the buckets),
+    /// `RegionOutage`, `fail_next:<code>`, `exit:<StateReason code>` (spontaneous exits),
+    /// `interrupt:<StateReason code>`.
+    pub faults: BTreeMap<String, u64>,
+    /// Instances launched.
+    pub instances_launched: u64,
+}
+
+impl SimStats {
+    /// All calls received.
+    pub fn total_calls(&self) -> u64 {
+        self.calls.values().sum()
+    }
+
+    /// All throttled calls.
+    pub fn total_throttles(&self) -> u64 {
+        self.throttles.values().sum()
+    }
+
+    /// All faults injected.
+    pub fn total_faults(&self) -> u64 {
+        self.faults.values().sum()
+    }
+}

@@ -1,0 +1,1562 @@
+//! The simulated EC2 itself: regions, resources, lifecycle timelines, and the operations on them.
+//!
+//! Nothing runs in the background. Each instance carries a timeline of planned state changes
+//! drawn when it launched (or when it was told to terminate); its state at any moment is read
+//! off that timeline, so bringing the world up to the present costs nothing per instance.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+
+use aws_backend::port::{
+    AuthorizeIngressRequest, CreateSecurityGroupRequest, Ec2Error, Filter, ImportKeyPairRequest, InstanceInfo,
+    InstanceState, InstanceStateChange, InstanceTypeInfo, KeyPairInfo, NetworkUsage, Operation,
+    RUN_INSTANCES_RESOURCE_CAPACITY, RUN_INSTANCES_RESOURCE_REFILL_PER_S, RunInstancesRequest, SecurityGroupInfo,
+    ShutdownBehavior, Tags, ThrottleClass, codes,
+};
+use backend_api::RegionLabel;
+use base64::Engine;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use sha2::{Digest, Sha256};
+
+use crate::InterruptReason;
+use crate::audit::{Audit, op_tag};
+use crate::bucket::TokenBucket;
+use crate::catalogue::{self, InstanceTypeSpec};
+use crate::config::{FaultConfig, SimConfig, SimError};
+use crate::truth::{InstanceTruth, LiveResource, ResourceKind, SimStats, StateInterval};
+
+/// StateReason codes, as EC2 spells them (EC2 API reference, "StateReason").
+pub mod reasons {
+    /// A pending instance.
+    pub const PENDING: &str = "pending";
+    /// TerminateInstances was called.
+    pub const USER_INITIATED_SHUTDOWN: &str = "Client.UserInitiatedShutdown";
+    /// The guest powered off.
+    pub const INSTANCE_INITIATED_SHUTDOWN: &str = "Client.InstanceInitiatedShutdown";
+    /// EC2 reclaimed a Spot instance.
+    pub const SPOT_INSTANCE_TERMINATION: &str = "Server.SpotInstanceTermination";
+    /// An internal error ended the instance during launch.
+    pub const INTERNAL_ERROR: &str = "Server.InternalError";
+}
+
+/// Error codes the simulator returns beyond those in [`codes`].
+pub mod extra_codes {
+    /// The region is not enabled for the account (here: not simulated).
+    pub const OPT_IN_REQUIRED: &str = "OptInRequired";
+    /// A malformed instance id.
+    pub const INSTANCE_ID_MALFORMED: &str = "InvalidInstanceID.Malformed";
+    /// A malformed security group id.
+    pub const GROUP_ID_MALFORMED: &str = "InvalidGroupId.Malformed";
+    /// A malformed AMI id.
+    pub const AMI_ID_MALFORMED: &str = "InvalidAMIID.Malformed";
+    /// A public key EC2 cannot parse.
+    pub const KEY_FORMAT: &str = "InvalidKey.Format";
+    /// The default security group cannot be deleted.
+    pub const CANNOT_DELETE: &str = "CannotDelete";
+    /// A required parameter is missing.
+    pub const MISSING_PARAMETER: &str = "MissingParameter";
+    /// More than 50 tags on a resource.
+    pub const TAG_LIMIT_EXCEEDED: &str = "TagLimitExceeded";
+    /// A resource id of no known kind.
+    pub const INVALID_ID: &str = "InvalidID";
+    /// An unknown volume.
+    pub const VOLUME_NOT_FOUND: &str = "InvalidVolume.NotFound";
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Segment {
+    state: InstanceState,
+    from_ms: u64,
+    reason: Option<&'static str>,
+}
+
+struct Instance {
+    id: String,
+    volume_id: String,
+    spec: &'static InstanceTypeSpec,
+    az: u8,
+    client_token: String,
+    key_name: String,
+    group_ids: Vec<String>,
+    shutdown_behavior: ShutdownBehavior,
+    tags: Tags,
+    volume_tags: Tags,
+    launched_ms: u64,
+    visible_at_ms: u64,
+    dependency_lag_ms: u64,
+    public_dns: String,
+    bytes_in_per_s: u64,
+    bytes_out_per_s: u64,
+    /// Planned and past state changes, ordered by `from_ms`, never empty. The last segment
+    /// lasts forever.
+    timeline: Vec<Segment>,
+}
+
+impl Instance {
+    fn segment_at(&self, t: u64) -> Segment {
+        let i = self.timeline.partition_point(|s| s.from_ms <= t);
+        self.timeline[i.saturating_sub(1)]
+    }
+
+    fn state_at(&self, t: u64) -> InstanceState {
+        self.segment_at(t).state
+    }
+
+    /// When the instance is (or is planned to be) terminated.
+    fn terminated_from(&self) -> Option<u64> {
+        self.timeline.last().filter(|s| s.state == InstanceState::Terminated).map(|s| s.from_ms)
+    }
+
+    fn expired(&self, now: u64, visible_ms: u64) -> bool {
+        self.terminated_from().is_some_and(|t| now >= t.saturating_add(visible_ms))
+    }
+
+    fn describable(&self, now: u64, visible_ms: u64) -> bool {
+        now >= self.visible_at_ms && !self.expired(now, visible_ms)
+    }
+
+    /// True while the instance's security groups count as in use.
+    fn holds_groups(&self, now: u64) -> bool {
+        self.terminated_from().is_none_or(|t| now < t.saturating_add(self.dependency_lag_ms))
+    }
+
+    fn running_ms_until(&self, t: u64) -> u64 {
+        let mut total = 0;
+        for (i, seg) in self.timeline.iter().enumerate() {
+            if seg.state != InstanceState::Running {
+                continue;
+            }
+            let end = self.timeline.get(i + 1).map_or(u64::MAX, |next| next.from_ms).min(t);
+            total += end.saturating_sub(seg.from_ms);
+        }
+        total
+    }
+
+    /// Cumulative (bytes in, bytes out) up to `t`: traffic flows only while running.
+    fn bytes_until(&self, t: u64) -> (u64, u64) {
+        let ms = u128::from(self.running_ms_until(t));
+        let scale = |rate: u64| u64::try_from(u128::from(rate) * ms / 1_000).unwrap_or(u64::MAX);
+        (scale(self.bytes_in_per_s), scale(self.bytes_out_per_s))
+    }
+
+    fn info(&self, now: u64) -> InstanceInfo {
+        let seg = self.segment_at(now);
+        let public_dns_name = match seg.state {
+            InstanceState::Running | InstanceState::ShuttingDown | InstanceState::Stopping => self.public_dns.clone(),
+            _ => String::new(),
+        };
+        InstanceInfo {
+            instance_id: self.id.clone(),
+            instance_type: self.spec.name.to_string(),
+            state: seg.state,
+            state_reason_code: seg.reason.map(str::to_string),
+            public_dns_name,
+            launch_time_unix_ms: self.launched_ms,
+            tags: self.tags.clone(),
+            client_token: self.client_token.clone(),
+        }
+    }
+
+    /// Replaces every planned change from `at` on with an exit: shutting-down then terminated,
+    /// or stopping then stopped. Returns when the instance will be terminated, if it will.
+    fn plan_exit(&mut self, at: u64, reason: &'static str, stop: bool, delay_ms: u64) -> Option<u64> {
+        self.timeline.retain(|s| s.from_ms < at);
+        let (first, then) = if stop {
+            (InstanceState::Stopping, InstanceState::Stopped)
+        } else {
+            (InstanceState::ShuttingDown, InstanceState::Terminated)
+        };
+        let end = at.saturating_add(delay_ms);
+        self.timeline.push(Segment { state: first, from_ms: at, reason: Some(reason) });
+        self.timeline.push(Segment { state: then, from_ms: end, reason: Some(reason) });
+        (!stop).then_some(end)
+    }
+}
+
+struct KeyPair {
+    id: String,
+    tags: Tags,
+    created_ms: u64,
+    visible_at_ms: u64,
+}
+
+struct Group {
+    name: String,
+    description: String,
+    tags: Tags,
+    visible_at_ms: u64,
+    rules: BTreeSet<(u16, String)>,
+    /// Instances launched into the group (indexes into the region's instances).
+    users: Vec<usize>,
+    is_default: bool,
+}
+
+struct Region {
+    label: RegionLabel,
+    azs: Vec<String>,
+    buckets: [TokenBucket; 5],
+    run_instances_resource: TokenBucket,
+    outage_until_ms: u64,
+    key_pairs: BTreeMap<String, KeyPair>,
+    groups: BTreeMap<String, Group>,
+    group_names: BTreeMap<String, String>,
+    default_group_id: String,
+    instances: Vec<Instance>,
+    instance_ids: BTreeMap<String, usize>,
+    volume_ids: BTreeMap<String, usize>,
+    /// Instances DescribeInstances may still list (not yet an hour past termination).
+    listed: BTreeSet<usize>,
+    /// When terminated instances drop out of `listed`.
+    expiry: BinaryHeap<Reverse<(u64, usize)>>,
+    client_tokens: BTreeMap<String, ([u8; 32], usize)>,
+    capacity_short_until_ms: BTreeMap<(&'static str, u8), u64>,
+}
+
+fn class_index(class: ThrottleClass) -> usize {
+    match class {
+        ThrottleClass::NonMutating => 0,
+        ThrottleClass::Mutating => 1,
+        ThrottleClass::ResourceIntensive => 2,
+        ThrottleClass::RunInstances => 3,
+        ThrottleClass::TerminateInstances => 4,
+    }
+}
+
+fn is_mutating(op: Operation) -> bool {
+    !matches!(op.throttle_class(), ThrottleClass::NonMutating)
+}
+
+fn err(op: Operation, code: &str, message: impl Into<String>) -> Ec2Error {
+    Ec2Error::new(op, code, message)
+}
+
+fn draw(rng: &mut ChaCha8Rng, min: u64, max: u64) -> u64 {
+    if max <= min { min } else { rng.gen_range(min..=max) }
+}
+
+fn new_id(rng: &mut ChaCha8Rng, prefix: &str) -> String {
+    format!("{prefix}-0{:016x}", rng.r#gen::<u64>())
+}
+
+/// EC2's Describe wildcards: `*` for any run, `?` for one character.
+pub(crate) fn glob(pattern: &str, text: &str) -> bool {
+    if !pattern.contains(['*', '?']) {
+        return pattern == text;
+    }
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+enum FilterName {
+    Tag(String),
+    TagKey,
+    Field(&'static str),
+}
+
+struct ParsedFilter {
+    name: FilterName,
+    values: Vec<String>,
+}
+
+fn parse_filters(op: Operation, filters: Vec<Filter>, fields: &[&'static str]) -> Result<Vec<ParsedFilter>, Ec2Error> {
+    filters
+        .into_iter()
+        .map(|f| {
+            let name = if let Some(key) = f.name.strip_prefix("tag:") {
+                FilterName::Tag(key.to_string())
+            } else if f.name == "tag-key" {
+                FilterName::TagKey
+            } else if let Some(field) = fields.iter().find(|n| **n == f.name) {
+                FilterName::Field(field)
+            } else {
+                return Err(err(op, codes::INVALID_PARAMETER_VALUE, format!("The filter '{}' is invalid", f.name)));
+            };
+            Ok(ParsedFilter { name, values: f.values })
+        })
+        .collect()
+}
+
+fn matches<'a>(filters: &[ParsedFilter], tags: &Tags, field: impl Fn(&str) -> Option<&'a str>) -> bool {
+    filters.iter().all(|f| {
+        let any = |text: &str| f.values.iter().any(|p| glob(p, text));
+        match &f.name {
+            FilterName::Tag(key) => tags.get(key).is_some_and(|v| any(v)),
+            FilterName::TagKey => tags.keys().any(|k| any(k)),
+            FilterName::Field(name) => field(name).is_some_and(any),
+        }
+    })
+}
+
+fn validate_tags(op: Operation, tags: &Tags) -> Result<(), Ec2Error> {
+    if tags.len() > 50 {
+        return Err(err(op, extra_codes::TAG_LIMIT_EXCEEDED, "The maximum number of tags for a resource is 50"));
+    }
+    for (key, value) in tags {
+        if key.is_empty() || key.chars().count() > 128 || value.chars().count() > 256 {
+            return Err(err(
+                op,
+                codes::INVALID_PARAMETER_VALUE,
+                format!("Tag {key:?} has an invalid key or value length"),
+            ));
+        }
+        if key.get(..4).is_some_and(|prefix| prefix.eq_ignore_ascii_case("aws:")) {
+            return Err(err(
+                op,
+                codes::INVALID_PARAMETER_VALUE,
+                format!("Tag key {key:?}: keys starting with 'aws:' are reserved for internal use"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn valid_cidr(cidr: &str) -> bool {
+    let Some((ip, prefix)) = cidr.split_once('/') else { return false };
+    ip.parse::<std::net::Ipv4Addr>().is_ok() && prefix.parse::<u8>().is_ok_and(|p| p <= 32)
+}
+
+fn valid_public_key(key: &str) -> bool {
+    let mut parts = key.split_whitespace();
+    let (Some(kind), Some(body)) = (parts.next(), parts.next()) else { return false };
+    matches!(kind, "ssh-ed25519" | "ssh-rsa" | "ecdsa-sha2-nistp256" | "ecdsa-sha2-nistp384" | "ecdsa-sha2-nistp521")
+        && base64::engine::general_purpose::STANDARD.decode(body).is_ok()
+}
+
+/// A digest of every RunInstances parameter except the token, to detect reuse with other parameters.
+fn run_fingerprint(req: &RunInstancesRequest) -> [u8; 32] {
+    let mut h = Sha256::new();
+    let mut s = |v: &str| {
+        h.update((v.len() as u64).to_le_bytes());
+        h.update(v.as_bytes());
+    };
+    s(&req.image_id);
+    s(&req.instance_type);
+    s(&req.key_name);
+    for g in &req.security_group_ids {
+        s(g);
+    }
+    s("|");
+    s(&req.user_data_base64);
+    s(&req.root_volume_gib.to_string());
+    s(&req.root_device_name);
+    s(if req.imdsv2_required { "imdsv2" } else { "imdsv1" });
+    s(match req.shutdown_behavior {
+        ShutdownBehavior::Stop => "stop",
+        ShutdownBehavior::Terminate => "terminate",
+    });
+    for (k, v) in req.instance_tags.iter().chain(std::iter::once((&String::new(), &String::new()))) {
+        s(k);
+        s(v);
+    }
+    for (k, v) in &req.volume_tags {
+        s(k);
+        s(v);
+    }
+    h.finalize().into()
+}
+
+fn public_dns(region: &RegionLabel, ip: [u8; 4]) -> String {
+    let [a, b, c, d] = ip;
+    if region.as_str() == "us-east-1" {
+        format!("ec2-{a}-{b}-{c}-{d}.compute-1.amazonaws.com")
+    } else {
+        format!("ec2-{a}-{b}-{c}-{d}.{region}.compute.amazonaws.com")
+    }
+}
+
+/// The whole simulated EC2. Every method takes the present as already set by [`World::advance`].
+pub(crate) struct World {
+    faults: FaultConfig,
+    network_bytes_per_s_min: u64,
+    network_bytes_per_s_max: u64,
+    rng: ChaCha8Rng,
+    now_ms: u64,
+    regions: Vec<Region>,
+    fail_next: BTreeMap<Operation, VecDeque<String>>,
+    stats: SimStats,
+    audit: Audit,
+}
+
+impl World {
+    pub(crate) fn new(config: &SimConfig, now_ms: u64) -> Result<Self, SimError> {
+        config.validate()?;
+        let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+        let mut labels = config.regions.clone();
+        labels.dedup();
+        let mut regions = Vec::with_capacity(labels.len());
+        for label in labels {
+            let azs =
+                (0..config.availability_zones_per_region).map(|i| format!("{label}{}", char::from(b'a' + i))).collect();
+            let buckets = ThrottleClass::ALL.map(|c| TokenBucket::full(c.capacity(), c.refill_per_s(), now_ms));
+            let default_group_id = new_id(&mut rng, "sg");
+            let default_group = Group {
+                name: "default".into(),
+                description: "default VPC security group".into(),
+                tags: Tags::new(),
+                visible_at_ms: 0,
+                rules: BTreeSet::new(),
+                users: Vec::new(),
+                is_default: true,
+            };
+            regions.push(Region {
+                azs,
+                buckets,
+                run_instances_resource: TokenBucket::full(
+                    RUN_INSTANCES_RESOURCE_CAPACITY,
+                    RUN_INSTANCES_RESOURCE_REFILL_PER_S,
+                    now_ms,
+                ),
+                outage_until_ms: 0,
+                key_pairs: BTreeMap::new(),
+                groups: BTreeMap::from([(default_group_id.clone(), default_group)]),
+                group_names: BTreeMap::from([("default".to_string(), default_group_id.clone())]),
+                default_group_id,
+                instances: Vec::new(),
+                instance_ids: BTreeMap::new(),
+                volume_ids: BTreeMap::new(),
+                listed: BTreeSet::new(),
+                expiry: BinaryHeap::new(),
+                client_tokens: BTreeMap::new(),
+                capacity_short_until_ms: BTreeMap::new(),
+                label,
+            });
+        }
+        Ok(Self {
+            faults: config.faults.clone(),
+            network_bytes_per_s_min: config.network_bytes_per_s_min,
+            network_bytes_per_s_max: config.network_bytes_per_s_max,
+            rng,
+            now_ms,
+            regions,
+            fail_next: BTreeMap::new(),
+            stats: SimStats::default(),
+            audit: Audit::new(config.seed),
+        })
+    }
+
+    /// Brings the world up to `now_ms` (time never goes back) and returns the present.
+    pub(crate) fn advance(&mut self, now_ms: u64) -> u64 {
+        self.now_ms = self.now_ms.max(now_ms);
+        let (now, visible_ms) = (self.now_ms, self.faults.terminated_visible_ms);
+        for region in &mut self.regions {
+            while let Some(Reverse((at, idx))) = region.expiry.peek().copied() {
+                if at > now {
+                    break;
+                }
+                region.expiry.pop();
+                // A stale entry (the plan changed since) leaves the instance listed.
+                if region.instances[idx].expired(now, visible_ms) {
+                    region.listed.remove(&idx);
+                }
+            }
+        }
+        now
+    }
+
+    pub(crate) fn faults(&self) -> &FaultConfig {
+        &self.faults
+    }
+
+    pub(crate) fn stats(&self) -> &SimStats {
+        &self.stats
+    }
+
+    pub(crate) fn audit_hex(&self) -> String {
+        self.audit.hex()
+    }
+
+    pub(crate) fn region_labels(&self) -> Vec<RegionLabel> {
+        self.regions.iter().map(|r| r.label.clone()).collect()
+    }
+
+    fn region_index(&self, region: &RegionLabel) -> Option<usize> {
+        self.regions.iter().position(|r| r.label == *region)
+    }
+
+    fn fault(&mut self, kind: &str) {
+        if let Some(count) = self.stats.faults.get_mut(kind) {
+            *count += 1;
+        } else {
+            self.stats.faults.insert(kind.to_string(), 1);
+        }
+    }
+
+    fn chance(&mut self, p: f64) -> bool {
+        p > 0.0 && (p >= 1.0 || self.rng.gen_bool(p))
+    }
+
+    /// Everything that happens before a call reaches its operation: region, outage, targeted
+    /// faults, throttling (a throttled call takes no token), random failures.
+    fn gate(&mut self, op: Operation, region: &RegionLabel) -> Result<usize, Ec2Error> {
+        let now = self.now_ms;
+        let Some(r) = self.region_index(region) else {
+            return Err(err(
+                op,
+                extra_codes::OPT_IN_REQUIRED,
+                format!("region {region} is not simulated: add it to SimConfig::regions"),
+            ));
+        };
+        if self.regions[r].outage_until_ms > now {
+            self.fault("RegionOutage");
+            return Err(err(op, codes::UNAVAILABLE, format!("The service is unavailable in {region}")));
+        }
+        if let Some(queue) = self.fail_next.get_mut(&op)
+            && let Some(code) = queue.pop_front()
+        {
+            self.fault(&format!("fail_next:{code}"));
+            return Err(err(op, &code, "injected by fail_next"));
+        }
+        if self.chance(self.faults.throttle_probability) {
+            self.fault(codes::REQUEST_LIMIT_EXCEEDED);
+            return Err(err(op, codes::REQUEST_LIMIT_EXCEEDED, "Request limit exceeded."));
+        }
+        let reg = &mut self.regions[r];
+        let bucket = class_index(op.throttle_class());
+        let allowed = reg.buckets[bucket].has_token(now)
+            && (op != Operation::RunInstances || reg.run_instances_resource.has_token(now));
+        if !allowed {
+            return Err(err(op, codes::REQUEST_LIMIT_EXCEEDED, "Request limit exceeded."));
+        }
+        reg.buckets[bucket].take_token();
+        if self.chance(self.faults.internal_error_probability) {
+            self.fault(codes::INTERNAL_ERROR);
+            return Err(err(op, codes::INTERNAL_ERROR, "An internal error has occurred"));
+        }
+        if self.chance(self.faults.unavailable_probability) {
+            self.fault(codes::UNAVAILABLE);
+            return Err(err(op, codes::UNAVAILABLE, "The service is unavailable. Please try again shortly."));
+        }
+        Ok(r)
+    }
+
+    fn serve<T>(
+        &mut self,
+        op: Operation,
+        region: &RegionLabel,
+        exec: impl FnOnce(&mut Self, usize) -> Result<T, Ec2Error>,
+    ) -> Result<T, Ec2Error> {
+        *self.stats.calls.entry(op).or_default() += 1;
+        let result = match self.gate(op, region) {
+            Ok(r) => {
+                let result = exec(self, r);
+                if result.is_ok() && is_mutating(op) && self.chance(self.faults.response_lost_probability) {
+                    self.fault("ResponseLost");
+                    Err(err(op, codes::INTERNAL_ERROR, "An internal error has occurred"))
+                } else {
+                    result
+                }
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &result {
+            if e.is_throttle() {
+                *self.stats.throttles.entry(op).or_default() += 1;
+            }
+            if let Some(count) = self.stats.errors.get_mut(&e.code) {
+                *count += 1;
+            } else {
+                self.stats.errors.insert(e.code.clone(), 1);
+            }
+        }
+        result
+    }
+
+    // ---------------------------------------------------------------- key pairs
+
+    pub(crate) fn import_key_pair(
+        &mut self,
+        region: &RegionLabel,
+        req: ImportKeyPairRequest,
+    ) -> Result<KeyPairInfo, Ec2Error> {
+        let op = Operation::ImportKeyPair;
+        self.audit.begin(op_tag(op), region.as_str(), self.now_ms);
+        self.audit.str(&req.key_name);
+        self.audit.str(&req.public_key_openssh);
+        self.audit.tags(&req.tags);
+        let result = self.serve(op, region, |w, r| w.import_key_pair_in(r, req));
+        self.audit.outcome(&result, |a, kp| {
+            a.str(&kp.key_pair_id);
+            a.u64(kp.create_time_unix_ms);
+        });
+        result
+    }
+
+    fn import_key_pair_in(&mut self, r: usize, req: ImportKeyPairRequest) -> Result<KeyPairInfo, Ec2Error> {
+        let op = Operation::ImportKeyPair;
+        let name = req.key_name;
+        if name.is_empty() || name.len() > 255 || !name.is_ascii() {
+            return Err(err(op, codes::INVALID_PARAMETER_VALUE, format!("Invalid key pair name {name:?}")));
+        }
+        if !valid_public_key(&req.public_key_openssh) {
+            return Err(err(op, extra_codes::KEY_FORMAT, "Key is not in valid OpenSSH public key format"));
+        }
+        validate_tags(op, &req.tags)?;
+        if self.regions[r].key_pairs.contains_key(&name) {
+            return Err(err(op, codes::KEY_PAIR_DUPLICATE, format!("The keypair '{name}' already exists.")));
+        }
+        let id = new_id(&mut self.rng, "key");
+        let visible_at_ms =
+            self.now_ms + draw(&mut self.rng, self.faults.visibility_delay_ms_min, self.faults.visibility_delay_ms_max);
+        let info = KeyPairInfo {
+            key_name: name.clone(),
+            key_pair_id: id.clone(),
+            tags: req.tags.clone(),
+            create_time_unix_ms: self.now_ms,
+        };
+        self.regions[r].key_pairs.insert(name, KeyPair { id, tags: req.tags, created_ms: self.now_ms, visible_at_ms });
+        Ok(info)
+    }
+
+    pub(crate) fn describe_key_pairs(
+        &mut self,
+        region: &RegionLabel,
+        filters: Vec<Filter>,
+    ) -> Result<Vec<KeyPairInfo>, Ec2Error> {
+        let op = Operation::DescribeKeyPairs;
+        self.audit.begin(op_tag(op), region.as_str(), self.now_ms);
+        audit_filters(&mut self.audit, &filters);
+        let result: Result<Vec<KeyPairInfo>, Ec2Error> = self.serve(op, region, |w, r| {
+            let filters = parse_filters(op, filters, &["key-name", "key-pair-id"])?;
+            let now = w.now_ms;
+            Ok(w.regions[r]
+                .key_pairs
+                .iter()
+                .filter(|(_, kp)| now >= kp.visible_at_ms)
+                .filter(|(name, kp)| {
+                    matches(&filters, &kp.tags, |f| match f {
+                        "key-name" => Some(name.as_str()),
+                        "key-pair-id" => Some(kp.id.as_str()),
+                        _ => None,
+                    })
+                })
+                .map(|(name, kp)| KeyPairInfo {
+                    key_name: name.clone(),
+                    key_pair_id: kp.id.clone(),
+                    tags: kp.tags.clone(),
+                    create_time_unix_ms: kp.created_ms,
+                })
+                .collect())
+        });
+        self.audit.outcome(&result, |a, list| {
+            a.u64(list.len() as u64);
+            for kp in list {
+                a.str(&kp.key_pair_id);
+                a.tags(&kp.tags);
+            }
+        });
+        result
+    }
+
+    pub(crate) fn delete_key_pair(&mut self, region: &RegionLabel, key_name: &str) -> Result<(), Ec2Error> {
+        let op = Operation::DeleteKeyPair;
+        self.audit.begin(op_tag(op), region.as_str(), self.now_ms);
+        self.audit.str(key_name);
+        // EC2 answers success whether or not the key pair exists.
+        let result = self.serve(op, region, |w, r| {
+            w.regions[r].key_pairs.remove(key_name);
+            Ok(())
+        });
+        self.audit.outcome(&result, |_, _| {});
+        result
+    }
+
+    // ---------------------------------------------------------------- security groups
+
+    pub(crate) fn create_security_group(
+        &mut self,
+        region: &RegionLabel,
+        req: CreateSecurityGroupRequest,
+    ) -> Result<String, Ec2Error> {
+        let op = Operation::CreateSecurityGroup;
+        self.audit.begin(op_tag(op), region.as_str(), self.now_ms);
+        self.audit.str(&req.group_name);
+        self.audit.str(&req.description);
+        self.audit.tags(&req.tags);
+        let result = self.serve(op, region, |w, r| w.create_security_group_in(r, req));
+        self.audit.outcome(&result, |a, id| a.str(id));
+        result
+    }
+
+    fn create_security_group_in(&mut self, r: usize, req: CreateSecurityGroupRequest) -> Result<String, Ec2Error> {
+        let op = Operation::CreateSecurityGroup;
+        let name = req.group_name;
+        if name.is_empty() || name.len() > 255 || !name.is_ascii() || name.starts_with("sg-") {
+            return Err(err(op, codes::INVALID_PARAMETER_VALUE, format!("Invalid security group name {name:?}")));
+        }
+        if req.description.is_empty() {
+            return Err(err(
+                op,
+                extra_codes::MISSING_PARAMETER,
+                "The request must contain the parameter GroupDescription",
+            ));
+        }
+        validate_tags(op, &req.tags)?;
+        if self.regions[r].group_names.contains_key(&name) {
+            return Err(err(op, codes::GROUP_DUPLICATE, format!("The security group '{name}' already exists")));
+        }
+        let id = new_id(&mut self.rng, "sg");
+        let visible_at_ms =
+            self.now_ms + draw(&mut self.rng, self.faults.visibility_delay_ms_min, self.faults.visibility_delay_ms_max);
+        let region = &mut self.regions[r];
+        region.group_names.insert(name.clone(), id.clone());
+        region.groups.insert(
+            id.clone(),
+            Group {
+                name,
+                description: req.description,
+                tags: req.tags,
+                visible_at_ms,
+                rules: BTreeSet::new(),
+                users: Vec::new(),
+                is_default: false,
+            },
+        );
+        Ok(id)
+    }
+
+    /// The group `id` if it is visible now, else EC2's error for it.
+    fn visible_group(&self, op: Operation, r: usize, id: &str) -> Result<&Group, Ec2Error> {
+        if !id.starts_with("sg-") {
+            return Err(err(op, extra_codes::GROUP_ID_MALFORMED, format!("Invalid id: \"{id}\"")));
+        }
+        self.regions[r]
+            .groups
+            .get(id)
+            .filter(|g| self.now_ms >= g.visible_at_ms)
+            .ok_or_else(|| err(op, codes::GROUP_NOT_FOUND, format!("The security group '{id}' does not exist")))
+    }
+
+    pub(crate) fn authorize_ingress(
+        &mut self,
+        region: &RegionLabel,
+        req: AuthorizeIngressRequest,
+    ) -> Result<(), Ec2Error> {
+        let op = Operation::AuthorizeSecurityGroupIngress;
+        self.audit.begin(op_tag(op), region.as_str(), self.now_ms);
+        self.audit.str(&req.group_id);
+        self.audit.u64(u64::from(req.port));
+        self.audit.strs(&req.cidrs);
+        let result = self.serve(op, region, |w, r| {
+            w.visible_group(op, r, &req.group_id)?;
+            if req.cidrs.is_empty() {
+                return Err(err(op, extra_codes::MISSING_PARAMETER, "The request must contain an IP range"));
+            }
+            if let Some(bad) = req.cidrs.iter().find(|c| !valid_cidr(c)) {
+                return Err(err(op, codes::INVALID_PARAMETER_VALUE, format!("CIDR block {bad} is malformed")));
+            }
+            let Some(group) = w.regions[r].groups.get_mut(&req.group_id) else {
+                return Err(err(
+                    op,
+                    codes::GROUP_NOT_FOUND,
+                    format!("The security group '{}' does not exist", req.group_id),
+                ));
+            };
+            if let Some(dup) = req.cidrs.iter().find(|c| group.rules.contains(&(req.port, (*c).clone()))) {
+                return Err(err(
+                    op,
+                    codes::PERMISSION_DUPLICATE,
+                    format!(
+                        "the specified rule \"peer: {dup}, TCP, from port: {0}, to port: {0}, ALLOW\" already exists",
+                        req.port
+                    ),
+                ));
+            }
+            group.rules.extend(req.cidrs.iter().map(|c| (req.port, c.clone())));
+            Ok(())
+        });
+        self.audit.outcome(&result, |_, _| {});
+        result
+    }
+
+    pub(crate) fn describe_security_groups(
+        &mut self,
+        region: &RegionLabel,
+        group_ids: Vec<String>,
+        filters: Vec<Filter>,
+    ) -> Result<Vec<SecurityGroupInfo>, Ec2Error> {
+        let op = Operation::DescribeSecurityGroups;
+        self.audit.begin(op_tag(op), region.as_str(), self.now_ms);
+        self.audit.strs(&group_ids);
+        audit_filters(&mut self.audit, &filters);
+        let result: Result<Vec<SecurityGroupInfo>, Ec2Error> = self.serve(op, region, |w, r| {
+            let filters = parse_filters(op, filters, &["group-name", "group-id", "description"])?;
+            let mut ids: Vec<&str> = Vec::new();
+            if group_ids.is_empty() {
+                let now = w.now_ms;
+                ids.extend(
+                    w.regions[r].groups.iter().filter(|(_, g)| now >= g.visible_at_ms).map(|(id, _)| id.as_str()),
+                );
+            } else {
+                for id in &group_ids {
+                    w.visible_group(op, r, id)?;
+                    ids.push(id);
+                }
+                ids.sort_unstable();
+                ids.dedup();
+            }
+            let groups = &w.regions[r].groups;
+            Ok(ids
+                .into_iter()
+                .filter_map(|id| groups.get_key_value(id))
+                .filter(|(id, g)| {
+                    matches(&filters, &g.tags, |f| match f {
+                        "group-name" => Some(g.name.as_str()),
+                        "group-id" => Some(id.as_str()),
+                        "description" => Some(g.description.as_str()),
+                        _ => None,
+                    })
+                })
+                .map(|(id, g)| SecurityGroupInfo {
+                    group_id: id.clone(),
+                    group_name: g.name.clone(),
+                    tags: g.tags.clone(),
+                })
+                .collect())
+        });
+        self.audit.outcome(&result, |a, list| {
+            a.u64(list.len() as u64);
+            for g in list {
+                a.str(&g.group_id);
+                a.str(&g.group_name);
+                a.tags(&g.tags);
+            }
+        });
+        result
+    }
+
+    pub(crate) fn delete_security_group(&mut self, region: &RegionLabel, group_id: &str) -> Result<(), Ec2Error> {
+        let op = Operation::DeleteSecurityGroup;
+        self.audit.begin(op_tag(op), region.as_str(), self.now_ms);
+        self.audit.str(group_id);
+        let result = self.serve(op, region, |w, r| {
+            let group = w.visible_group(op, r, group_id)?;
+            if group.is_default {
+                return Err(err(
+                    op,
+                    extra_codes::CANNOT_DELETE,
+                    format!("the specified group: \"{group_id}\" name: \"default\" cannot be deleted by a user"),
+                ));
+            }
+            let now = w.now_ms;
+            let instances = &w.regions[r].instances;
+            if group.users.iter().any(|&i| instances[i].holds_groups(now)) {
+                return Err(err(
+                    op,
+                    codes::DEPENDENCY_VIOLATION,
+                    format!("resource {group_id} has a dependent object"),
+                ));
+            }
+            let region = &mut w.regions[r];
+            if let Some(group) = region.groups.remove(group_id) {
+                region.group_names.remove(&group.name);
+            }
+            Ok(())
+        });
+        self.audit.outcome(&result, |_, _| {});
+        result
+    }
+
+    // ---------------------------------------------------------------- instances
+
+    pub(crate) fn run_instance(
+        &mut self,
+        region: &RegionLabel,
+        req: RunInstancesRequest,
+    ) -> Result<InstanceInfo, Ec2Error> {
+        let op = Operation::RunInstances;
+        self.audit.begin(op_tag(op), region.as_str(), self.now_ms);
+        self.audit.str(&req.client_token);
+        self.audit.str(&req.instance_type);
+        self.audit.str(&req.key_name);
+        self.audit.strs(&req.security_group_ids);
+        self.audit.tags(&req.instance_tags);
+        let result = self.serve(op, region, |w, r| w.run_instance_in(r, &req));
+        self.audit.outcome(&result, |a, info| a.instance(info));
+        result
+    }
+
+    fn run_instance_in(&mut self, r: usize, req: &RunInstancesRequest) -> Result<InstanceInfo, Ec2Error> {
+        let op = Operation::RunInstances;
+        let now = self.now_ms;
+        let invalid = |message: String| err(op, codes::INVALID_PARAMETER_VALUE, message);
+        let token = &req.client_token;
+        if token.len() > 64 || !token.is_ascii() {
+            return Err(invalid(format!(
+                "Value ({token}) for parameter clientToken is invalid: use at most 64 ASCII characters"
+            )));
+        }
+        let fingerprint = run_fingerprint(req);
+        if !token.is_empty()
+            && let Some((previous, idx)) = self.regions[r].client_tokens.get(token)
+        {
+            if *previous != fingerprint {
+                return Err(err(
+                    op,
+                    codes::IDEMPOTENT_PARAMETER_MISMATCH,
+                    format!("The client token {token} was used before with different parameters"),
+                ));
+            }
+            // Same token, same parameters: the same instance, as it is now.
+            return Ok(self.regions[r].instances[*idx].info(now));
+        }
+        let Some(spec) = catalogue::lookup(&req.instance_type) else {
+            return Err(invalid(format!("Invalid value '{}' for InstanceType.", req.instance_type)));
+        };
+        if !req.image_id.starts_with("ami-") {
+            return Err(err(
+                op,
+                extra_codes::AMI_ID_MALFORMED,
+                format!("Invalid id: \"{}\" (expecting \"ami-...\")", req.image_id),
+            ));
+        }
+        let key_visible = self.regions[r].key_pairs.get(&req.key_name).is_some_and(|kp| now >= kp.visible_at_ms);
+        if !key_visible {
+            return Err(err(op, codes::KEY_PAIR_NOT_FOUND, format!("The key pair '{}' does not exist", req.key_name)));
+        }
+        let mut group_ids = req.security_group_ids.clone();
+        if group_ids.is_empty() {
+            group_ids.push(self.regions[r].default_group_id.clone());
+        }
+        for id in &group_ids {
+            self.visible_group(op, r, id)?;
+        }
+        let user_data = base64::engine::general_purpose::STANDARD
+            .decode(&req.user_data_base64)
+            .map_err(|_| invalid("Invalid BASE64 encoding of user data.".into()))?;
+        if user_data.len() > 16_384 {
+            return Err(invalid(format!("User data is limited to 16384 bytes; got {} bytes", user_data.len())));
+        }
+        if req.root_volume_gib == 0 || req.root_volume_gib > 16_384 {
+            return Err(invalid(format!("Volume of {} GiB is outside gp3's 1 to 16384 GiB", req.root_volume_gib)));
+        }
+        validate_tags(op, &req.instance_tags)?;
+        validate_tags(op, &req.volume_tags)?;
+
+        // Capacity: EC2 places the instance in one of the region's zones; that zone's pool for
+        // the type may be short, for a while.
+        let az = self.rng.gen_range(0..self.regions[r].azs.len()) as u8;
+        let pool = (spec.name, az);
+        let short = self.regions[r].capacity_short_until_ms.get(&pool).is_some_and(|until| *until > now);
+        let starts_shortage = !short && self.chance(self.faults.insufficient_capacity_probability);
+        if short || starts_shortage {
+            if starts_shortage {
+                let length =
+                    draw(&mut self.rng, self.faults.capacity_shortage_ms_min, self.faults.capacity_shortage_ms_max);
+                self.regions[r].capacity_short_until_ms.insert(pool, now + length);
+            }
+            self.fault(codes::INSUFFICIENT_INSTANCE_CAPACITY);
+            let zone = &self.regions[r].azs[usize::from(az)];
+            return Err(err(
+                op,
+                codes::INSUFFICIENT_INSTANCE_CAPACITY,
+                format!(
+                    "We currently do not have sufficient {} capacity in the Availability Zone you requested ({zone}).",
+                    spec.name
+                ),
+            ));
+        }
+
+        self.regions[r].run_instances_resource.take_token();
+        let instance = self.launch(r, now, spec, az, req, group_ids);
+        let info = instance.0;
+        let idx = instance.1;
+        if !token.is_empty() {
+            self.regions[r].client_tokens.insert(token.clone(), (fingerprint, idx));
+        }
+        Ok(info)
+    }
+
+    fn launch(
+        &mut self,
+        r: usize,
+        now: u64,
+        spec: &'static InstanceTypeSpec,
+        az: u8,
+        req: &RunInstancesRequest,
+        group_ids: Vec<String>,
+    ) -> (InstanceInfo, usize) {
+        let f = &self.faults;
+        let rng = &mut self.rng;
+        let mut id = new_id(rng, "i");
+        while self.regions[r].instance_ids.contains_key(&id) {
+            id = new_id(rng, "i");
+        }
+        let volume_id = new_id(rng, "vol");
+        let ip: [u8; 4] = [rng.gen_range(3..=54), rng.r#gen(), rng.r#gen(), rng.gen_range(1..=254)];
+        let bytes_in_per_s = draw(rng, self.network_bytes_per_s_min, self.network_bytes_per_s_max);
+        let bytes_out_per_s = draw(rng, self.network_bytes_per_s_min, self.network_bytes_per_s_max);
+        let visible_at_ms = now + draw(rng, f.visibility_delay_ms_min, f.visibility_delay_ms_max);
+        let running_at = now + draw(rng, f.launch_delay_ms_min, f.launch_delay_ms_max);
+        let dependency_lag_ms = draw(rng, f.dependency_violation_lag_ms_min, f.dependency_violation_lag_ms_max);
+        let mut instance = Instance {
+            id: id.clone(),
+            volume_id: volume_id.clone(),
+            spec,
+            az,
+            client_token: req.client_token.clone(),
+            key_name: req.key_name.clone(),
+            group_ids,
+            shutdown_behavior: req.shutdown_behavior,
+            tags: req.instance_tags.clone(),
+            volume_tags: req.volume_tags.clone(),
+            launched_ms: now,
+            visible_at_ms,
+            dependency_lag_ms,
+            public_dns: public_dns(&self.regions[r].label, ip),
+            bytes_in_per_s,
+            bytes_out_per_s,
+            timeline: vec![
+                Segment { state: InstanceState::Pending, from_ms: now, reason: Some(reasons::PENDING) },
+                Segment { state: InstanceState::Running, from_ms: running_at, reason: None },
+            ],
+        };
+        let mut exit_kind = None;
+        let mut terminated_at = None;
+        if self.chance(self.faults.spontaneous_exit_probability) {
+            let f = &self.faults;
+            let rng = &mut self.rng;
+            let delay = draw(rng, f.termination_delay_ms_min, f.termination_delay_ms_max);
+            let roll = rng.gen_range(0..10u8);
+            let (at, reason, stop) = if roll < 2 {
+                // A failed launch: the instance never reaches running.
+                (rng.gen_range(now..=running_at), reasons::INTERNAL_ERROR, false)
+            } else {
+                let at = running_at + 1 + draw(rng, 0, f.spontaneous_exit_after_ms_max);
+                if roll < 6 {
+                    (at, reasons::SPOT_INSTANCE_TERMINATION, false)
+                } else {
+                    let stop = instance.shutdown_behavior == ShutdownBehavior::Stop;
+                    (at, reasons::INSTANCE_INITIATED_SHUTDOWN, stop)
+                }
+            };
+            terminated_at = instance.plan_exit(at, reason, stop, delay);
+            exit_kind = Some(reason);
+        }
+        if let Some(reason) = exit_kind {
+            self.fault(&format!("exit:{reason}"));
+        }
+        let info = instance.info(now);
+        let region = &mut self.regions[r];
+        let idx = region.instances.len();
+        for g in &instance.group_ids {
+            if let Some(group) = region.groups.get_mut(g) {
+                group.users.push(idx);
+            }
+        }
+        if let Some(t) = terminated_at {
+            region.expiry.push(Reverse((t.saturating_add(self.faults.terminated_visible_ms), idx)));
+        }
+        region.instance_ids.insert(id, idx);
+        region.volume_ids.insert(volume_id, idx);
+        region.listed.insert(idx);
+        region.instances.push(instance);
+        self.stats.instances_launched += 1;
+        (info, idx)
+    }
+
+    /// The instance `id` if DescribeInstances can see it now, else EC2's error for it.
+    fn visible_instance(&self, op: Operation, r: usize, id: &str) -> Result<usize, Ec2Error> {
+        if !id.starts_with("i-") {
+            return Err(err(op, extra_codes::INSTANCE_ID_MALFORMED, format!("Invalid id: \"{id}\"")));
+        }
+        let region = &self.regions[r];
+        region
+            .instance_ids
+            .get(id)
+            .copied()
+            .filter(|&i| region.instances[i].describable(self.now_ms, self.faults.terminated_visible_ms))
+            .ok_or_else(|| err(op, codes::INSTANCE_NOT_FOUND, format!("The instance ID '{id}' does not exist")))
+    }
+
+    pub(crate) fn describe_instances(
+        &mut self,
+        region: &RegionLabel,
+        instance_ids: Vec<String>,
+        filters: Vec<Filter>,
+    ) -> Result<Vec<InstanceInfo>, Ec2Error> {
+        let op = Operation::DescribeInstances;
+        self.audit.begin(op_tag(op), region.as_str(), self.now_ms);
+        self.audit.strs(&instance_ids);
+        audit_filters(&mut self.audit, &filters);
+        let result: Result<Vec<InstanceInfo>, Ec2Error> = self.serve(op, region, |w, r| {
+            let fields = [
+                "instance-state-name",
+                "key-name",
+                "instance-id",
+                "instance-type",
+                "client-token",
+                "availability-zone",
+            ];
+            let filters = parse_filters(op, filters, &fields)?;
+            let (now, visible_ms) = (w.now_ms, w.faults.terminated_visible_ms);
+            let mut handles: Vec<usize> = Vec::new();
+            if instance_ids.is_empty() {
+                let region = &w.regions[r];
+                handles.extend(
+                    region.listed.iter().copied().filter(|&i| region.instances[i].describable(now, visible_ms)),
+                );
+            } else {
+                for id in &instance_ids {
+                    handles.push(w.visible_instance(op, r, id)?);
+                }
+                handles.sort_unstable();
+                handles.dedup();
+            }
+            let region = &w.regions[r];
+            Ok(handles
+                .into_iter()
+                .map(|i| &region.instances[i])
+                .filter(|inst| {
+                    matches(&filters, &inst.tags, |f| match f {
+                        "instance-state-name" => Some(inst.state_at(now).name()),
+                        "key-name" => Some(inst.key_name.as_str()),
+                        "instance-id" => Some(inst.id.as_str()),
+                        "instance-type" => Some(inst.spec.name),
+                        "client-token" => Some(inst.client_token.as_str()),
+                        "availability-zone" => Some(region.azs[usize::from(inst.az)].as_str()),
+                        _ => None,
+                    })
+                })
+                .map(|inst| inst.info(now))
+                .collect())
+        });
+        self.audit.outcome(&result, |a, list| {
+            a.u64(list.len() as u64);
+            for info in list {
+                a.instance(info);
+            }
+        });
+        result
+    }
+
+    pub(crate) fn terminate_instances(
+        &mut self,
+        region: &RegionLabel,
+        instance_ids: Vec<String>,
+    ) -> Result<Vec<InstanceStateChange>, Ec2Error> {
+        let op = Operation::TerminateInstances;
+        self.audit.begin(op_tag(op), region.as_str(), self.now_ms);
+        self.audit.strs(&instance_ids);
+        let result: Result<Vec<InstanceStateChange>, Ec2Error> = self.serve(op, region, |w, r| {
+            if instance_ids.is_empty() {
+                return Err(err(
+                    op,
+                    extra_codes::MISSING_PARAMETER,
+                    "The request must contain the parameter InstanceId",
+                ));
+            }
+            // Every id must be visible before anything changes: EC2 fails the whole call.
+            let mut handles = Vec::with_capacity(instance_ids.len());
+            for id in &instance_ids {
+                let i = w.visible_instance(op, r, id)?;
+                if !handles.contains(&i) {
+                    handles.push(i);
+                }
+            }
+            let now = w.now_ms;
+            let mut changes = Vec::with_capacity(handles.len());
+            for i in handles {
+                let previous_state = w.regions[r].instances[i].state_at(now);
+                let current_state = match previous_state {
+                    InstanceState::ShuttingDown | InstanceState::Terminated => previous_state,
+                    _ => {
+                        let delay =
+                            draw(&mut w.rng, w.faults.termination_delay_ms_min, w.faults.termination_delay_ms_max);
+                        let region = &mut w.regions[r];
+                        let planned =
+                            region.instances[i].plan_exit(now, reasons::USER_INITIATED_SHUTDOWN, false, delay);
+                        if let Some(t) = planned {
+                            region.expiry.push(Reverse((t.saturating_add(w.faults.terminated_visible_ms), i)));
+                        }
+                        region.instances[i].state_at(now)
+                    }
+                };
+                changes.push(InstanceStateChange {
+                    instance_id: w.regions[r].instances[i].id.clone(),
+                    previous_state,
+                    current_state,
+                });
+            }
+            Ok(changes)
+        });
+        self.audit.outcome(&result, |a, list| {
+            a.u64(list.len() as u64);
+            for c in list {
+                a.str(&c.instance_id);
+                a.str(c.previous_state.name());
+                a.str(c.current_state.name());
+            }
+        });
+        result
+    }
+
+    pub(crate) fn describe_instance_types(
+        &mut self,
+        region: &RegionLabel,
+        families: Vec<String>,
+    ) -> Result<Vec<InstanceTypeInfo>, Ec2Error> {
+        let op = Operation::DescribeInstanceTypes;
+        self.audit.begin(op_tag(op), region.as_str(), self.now_ms);
+        self.audit.strs(&families);
+        let result: Result<Vec<InstanceTypeInfo>, Ec2Error> = self.serve(op, region, |_, _| {
+            Ok(catalogue::CATALOGUE
+                .iter()
+                .filter(|spec| families.is_empty() || families.iter().any(|f| f == spec.family()))
+                .map(|spec| InstanceTypeInfo {
+                    instance_type: spec.name.to_string(),
+                    vcpus: spec.vcpus,
+                    memory_mib: spec.memory_mib,
+                })
+                .collect())
+        });
+        self.audit.outcome(&result, |a, list| a.u64(list.len() as u64));
+        result
+    }
+
+    pub(crate) fn create_tags(
+        &mut self,
+        region: &RegionLabel,
+        resource_ids: Vec<String>,
+        tags: Tags,
+    ) -> Result<(), Ec2Error> {
+        let op = Operation::CreateTags;
+        self.audit.begin(op_tag(op), region.as_str(), self.now_ms);
+        self.audit.strs(&resource_ids);
+        self.audit.tags(&tags);
+        let result = self.serve(op, region, |w, r| w.create_tags_in(r, &resource_ids, tags));
+        self.audit.outcome(&result, |_, _| {});
+        result
+    }
+
+    fn create_tags_in(&mut self, r: usize, resource_ids: &[String], tags: Tags) -> Result<(), Ec2Error> {
+        let op = Operation::CreateTags;
+        enum Target {
+            Instance(usize),
+            Volume(usize),
+            Group(String),
+            KeyPair(String),
+        }
+        validate_tags(op, &tags)?;
+        let now = self.now_ms;
+        let mut targets = Vec::with_capacity(resource_ids.len());
+        for id in resource_ids {
+            let region = &self.regions[r];
+            let target = if id.starts_with("i-") {
+                Target::Instance(self.visible_instance(op, r, id)?)
+            } else if id.starts_with("sg-") {
+                self.visible_group(op, r, id)?;
+                Target::Group(id.clone())
+            } else if id.starts_with("vol-") {
+                let i = region
+                    .volume_ids
+                    .get(id.as_str())
+                    .copied()
+                    .filter(|&i| {
+                        now >= region.instances[i].visible_at_ms
+                            && region.instances[i].state_at(now) != InstanceState::Terminated
+                    })
+                    .ok_or_else(|| {
+                        err(op, extra_codes::VOLUME_NOT_FOUND, format!("The volume '{id}' does not exist."))
+                    })?;
+                Target::Volume(i)
+            } else if id.starts_with("key-") {
+                let name = region
+                    .key_pairs
+                    .iter()
+                    .find(|(_, kp)| kp.id == *id && now >= kp.visible_at_ms)
+                    .map(|(name, _)| name.clone())
+                    .ok_or_else(|| err(op, codes::KEY_PAIR_NOT_FOUND, format!("The key pair '{id}' does not exist")))?;
+                Target::KeyPair(name)
+            } else {
+                return Err(err(op, extra_codes::INVALID_ID, format!("The ID '{id}' is not valid")));
+            };
+            targets.push(target);
+        }
+        let region = &mut self.regions[r];
+        let merged_too_big =
+            |existing: &Tags| existing.len() + tags.keys().filter(|k| !existing.contains_key(*k)).count() > 50;
+        for target in &targets {
+            let existing = match target {
+                Target::Instance(i) => &region.instances[*i].tags,
+                Target::Volume(i) => &region.instances[*i].volume_tags,
+                Target::Group(id) => match region.groups.get(id) {
+                    Some(g) => &g.tags,
+                    None => continue,
+                },
+                Target::KeyPair(name) => match region.key_pairs.get(name) {
+                    Some(kp) => &kp.tags,
+                    None => continue,
+                },
+            };
+            if merged_too_big(existing) {
+                return Err(err(
+                    op,
+                    extra_codes::TAG_LIMIT_EXCEEDED,
+                    "The maximum number of tags for a resource is 50",
+                ));
+            }
+        }
+        for target in targets {
+            let existing = match target {
+                Target::Instance(i) => Some(&mut region.instances[i].tags),
+                Target::Volume(i) => Some(&mut region.instances[i].volume_tags),
+                Target::Group(id) => region.groups.get_mut(&id).map(|g| &mut g.tags),
+                Target::KeyPair(name) => region.key_pairs.get_mut(&name).map(|kp| &mut kp.tags),
+            };
+            if let Some(existing) = existing {
+                existing.extend(tags.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn network_usage(
+        &mut self,
+        region: &RegionLabel,
+        instance_ids: Vec<String>,
+        start_unix_ms: u64,
+        end_unix_ms: u64,
+    ) -> Result<Vec<NetworkUsage>, Ec2Error> {
+        let op = Operation::GetNetworkUsage;
+        self.audit.begin(op_tag(op), region.as_str(), self.now_ms);
+        self.audit.strs(&instance_ids);
+        self.audit.u64(start_unix_ms);
+        self.audit.u64(end_unix_ms);
+        let result: Result<Vec<NetworkUsage>, Ec2Error> = self.serve(op, region, |w, r| {
+            if end_unix_ms < start_unix_ms {
+                return Err(err(
+                    op,
+                    codes::INVALID_PARAMETER_VALUE,
+                    format!("The parameter StartTime ({start_unix_ms}) must be less than the parameter EndTime ({end_unix_ms})"),
+                ));
+            }
+            // CloudWatch knows nothing after `horizon`; it keeps data long after EC2 forgets the instance.
+            let horizon = w.now_ms.saturating_sub(w.faults.metrics_delay_ms);
+            let (start, end) = (start_unix_ms.min(horizon), end_unix_ms.min(horizon));
+            let region = &w.regions[r];
+            Ok(instance_ids
+                .iter()
+                .filter_map(|id| region.instance_ids.get(id.as_str()))
+                .map(|&i| {
+                    let inst = &region.instances[i];
+                    let (in_start, out_start) = inst.bytes_until(start);
+                    let (in_end, out_end) = inst.bytes_until(end);
+                    NetworkUsage { instance_id: inst.id.clone(), bytes_in: in_end - in_start, bytes_out: out_end - out_start }
+                })
+                .collect())
+        });
+        self.audit.outcome(&result, |a, list| {
+            a.u64(list.len() as u64);
+            for u in list {
+                a.str(&u.instance_id);
+                a.u64(u.bytes_in);
+                a.u64(u.bytes_out);
+            }
+        });
+        result
+    }
+
+    // ---------------------------------------------------------------- targeted faults
+
+    pub(crate) fn fail_next(&mut self, op: Operation, code: &str) {
+        self.audit.begin(0xF0, "", self.now_ms);
+        self.audit.u8(op_tag(op));
+        self.audit.str(code);
+        self.fail_next.entry(op).or_default().push_back(code.to_string());
+    }
+
+    fn find_instance(&self, instance_id: &str) -> Option<(usize, usize)> {
+        self.regions.iter().enumerate().find_map(|(r, region)| region.instance_ids.get(instance_id).map(|&i| (r, i)))
+    }
+
+    pub(crate) fn interrupt(&mut self, instance_id: &str, reason: InterruptReason) -> Result<bool, SimError> {
+        let (r, i) =
+            self.find_instance(instance_id).ok_or_else(|| SimError::UnknownInstance(instance_id.to_string()))?;
+        let now = self.now_ms;
+        self.audit.begin(0xF1, self.regions[r].label.as_str(), now);
+        self.audit.str(instance_id);
+        let code = reason.state_reason_code();
+        self.audit.str(code);
+        let instance = &self.regions[r].instances[i];
+        if !matches!(instance.state_at(now), InstanceState::Pending | InstanceState::Running) {
+            self.audit.u8(0);
+            return Ok(false);
+        }
+        let stop = reason == InterruptReason::GuestShutdown && instance.shutdown_behavior == ShutdownBehavior::Stop;
+        let delay = draw(&mut self.rng, self.faults.termination_delay_ms_min, self.faults.termination_delay_ms_max);
+        let region = &mut self.regions[r];
+        if let Some(t) = region.instances[i].plan_exit(now, code, stop, delay) {
+            region.expiry.push(Reverse((t.saturating_add(self.faults.terminated_visible_ms), i)));
+        }
+        self.audit.u8(1);
+        self.fault(&format!("interrupt:{code}"));
+        Ok(true)
+    }
+
+    pub(crate) fn region_outage(&mut self, region: &RegionLabel, duration_ms: u64) -> Result<(), SimError> {
+        let r = self.region_index(region).ok_or_else(|| SimError::UnknownRegion(region.to_string()))?;
+        self.audit.begin(0xF2, region.as_str(), self.now_ms);
+        self.audit.u64(duration_ms);
+        let until = self.now_ms.saturating_add(duration_ms);
+        let reg = &mut self.regions[r];
+        reg.outage_until_ms = reg.outage_until_ms.max(until);
+        Ok(())
+    }
+
+    pub(crate) fn exhaust_capacity(
+        &mut self,
+        region: &RegionLabel,
+        instance_type: &str,
+        duration_ms: u64,
+    ) -> Result<(), SimError> {
+        let r = self.region_index(region).ok_or_else(|| SimError::UnknownRegion(region.to_string()))?;
+        let spec =
+            catalogue::lookup(instance_type).ok_or_else(|| SimError::UnknownInstanceType(instance_type.to_string()))?;
+        self.audit.begin(0xF3, region.as_str(), self.now_ms);
+        self.audit.str(instance_type);
+        self.audit.u64(duration_ms);
+        let until = self.now_ms.saturating_add(duration_ms);
+        let reg = &mut self.regions[r];
+        for az in 0..reg.azs.len() as u8 {
+            let slot = reg.capacity_short_until_ms.entry((spec.name, az)).or_default();
+            *slot = (*slot).max(until);
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- ground truth
+
+    fn truth(&self, r: usize, i: usize) -> InstanceTruth {
+        let region = &self.regions[r];
+        let inst = &region.instances[i];
+        let now = self.now_ms;
+        let past: Vec<&Segment> = inst.timeline.iter().filter(|s| s.from_ms <= now).collect();
+        let intervals = past
+            .iter()
+            .enumerate()
+            .map(|(k, seg)| StateInterval {
+                state: seg.state,
+                from_ms: seg.from_ms,
+                to_ms: past.get(k + 1).map(|next| next.from_ms),
+                reason_code: seg.reason.map(str::to_string),
+            })
+            .collect();
+        let (network_bytes_in, network_bytes_out) = inst.bytes_until(now);
+        InstanceTruth {
+            region: region.label.clone(),
+            availability_zone: region.azs[usize::from(inst.az)].clone(),
+            instance_id: inst.id.clone(),
+            volume_id: inst.volume_id.clone(),
+            instance_type: inst.spec.name.to_string(),
+            vcpus: inst.spec.vcpus,
+            memory_mib: inst.spec.memory_mib,
+            client_token: inst.client_token.clone(),
+            key_name: inst.key_name.clone(),
+            security_group_ids: inst.group_ids.clone(),
+            tags: inst.tags.clone(),
+            volume_tags: inst.volume_tags.clone(),
+            launch_time_unix_ms: inst.launched_ms,
+            state: inst.state_at(now),
+            intervals,
+            running_ms: inst.running_ms_until(now),
+            network_bytes_in,
+            network_bytes_out,
+        }
+    }
+
+    pub(crate) fn instance_truth(&self, instance_id: &str) -> Option<InstanceTruth> {
+        self.find_instance(instance_id).map(|(r, i)| self.truth(r, i))
+    }
+
+    pub(crate) fn all_instance_truths(&self) -> Vec<InstanceTruth> {
+        let mut out = Vec::new();
+        for (r, region) in self.regions.iter().enumerate() {
+            out.extend((0..region.instances.len()).map(|i| self.truth(r, i)));
+        }
+        out
+    }
+
+    pub(crate) fn live_resources(&self) -> Vec<LiveResource> {
+        let now = self.now_ms;
+        let mut out = Vec::new();
+        for region in &self.regions {
+            let live = |kind, id: &str, name: &str, tags: &Tags| LiveResource {
+                region: region.label.clone(),
+                kind,
+                id: id.to_string(),
+                name: name.to_string(),
+                tags: tags.clone(),
+            };
+            for inst in &region.instances {
+                if inst.state_at(now) != InstanceState::Terminated {
+                    out.push(live(ResourceKind::Instance, &inst.id, "", &inst.tags));
+                    out.push(live(ResourceKind::Volume, &inst.volume_id, "", &inst.volume_tags));
+                }
+            }
+            for (name, kp) in &region.key_pairs {
+                out.push(live(ResourceKind::KeyPair, &kp.id, name, &kp.tags));
+            }
+            for (id, g) in &region.groups {
+                if !g.is_default {
+                    out.push(live(ResourceKind::SecurityGroup, id, &g.name, &g.tags));
+                }
+            }
+        }
+        out
+    }
+}
+
+fn audit_filters(audit: &mut Audit, filters: &[Filter]) {
+    audit.u64(filters.len() as u64);
+    for f in filters {
+        audit.str(&f.name);
+        audit.strs(&f.values);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_follows_ec2_wildcards() {
+        assert!(glob("grant-*", "grant-42"));
+        assert!(glob("*", ""));
+        assert!(glob("a?c", "abc"));
+        assert!(!glob("a?c", "abbc"));
+        assert!(glob("*b*d", "abcbd"));
+        assert!(!glob("exact", "exactly"));
+        assert!(glob("exact", "exact"));
+    }
+
+    #[test]
+    fn cidrs_and_keys_are_checked() {
+        assert!(valid_cidr("0.0.0.0/0"));
+        assert!(valid_cidr("10.1.2.3/32"));
+        assert!(!valid_cidr("10.1.2.3/33"));
+        assert!(!valid_cidr("10.1.2/8"));
+        assert!(valid_public_key(
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f me@host"
+        ));
+        assert!(!valid_public_key("ssh-ed25519"));
+        assert!(!valid_public_key("ssh-dss AAAA"));
+    }
+}
