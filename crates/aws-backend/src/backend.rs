@@ -22,8 +22,8 @@ use crate::names;
 use crate::pacing::{Pacer, PacingStats, RetryPolicy, lock};
 use crate::poller::{RegionPoller, Sighting};
 use crate::port::{
-    AuthorizeIngressRequest, CreateSecurityGroupRequest, Ec2Error, Ec2Port, Filter, ImportKeyPairRequest,
-    InstanceInfo, InstanceState, InstanceTypeInfo, Operation, RunInstancesRequest, ShutdownBehavior, codes,
+    AuthorizeIngressRequest, CreateSecurityGroupRequest, Ec2Error, Ec2Port, Filter, ImportKeyPairRequest, InstanceInfo,
+    InstanceState, InstanceTypeInfo, Operation, RunInstancesRequest, ShutdownBehavior, codes,
 };
 use crate::sizing;
 
@@ -73,6 +73,9 @@ pub struct BackendParts {
     pub switches: TestSwitches,
 }
 
+/// A region's poller and the task running it.
+type PollerTask = (Arc<RegionPoller>, tokio::task::JoinHandle<()>);
+
 pub(crate) struct Inner {
     pub(crate) cfg: AwsBootConfig,
     pub(crate) port: Arc<dyn Ec2Port>,
@@ -82,7 +85,7 @@ pub(crate) struct Inner {
     key_seed: Secret,
     switches: TestSwitches,
     catalogue: Mutex<BTreeMap<RegionLabel, Arc<Vec<InstanceTypeInfo>>>>,
-    pollers: Mutex<BTreeMap<RegionLabel, (Arc<RegionPoller>, tokio::task::JoinHandle<()>)>>,
+    pollers: Mutex<BTreeMap<RegionLabel, PollerTask>>,
 }
 
 impl Drop for Inner {
@@ -269,8 +272,9 @@ impl AwsBackend {
         let manifest = grant.manifest;
         if manifest.tdx_required {
             return Err(BackendError::Unsatisfiable {
-                reason: "the grant requires Intel TDX and AWS offers no TDX instances: route it to a TDX-capable backend"
-                    .into(),
+                reason:
+                    "the grant requires Intel TDX and AWS offers no TDX instances: route it to a TDX-capable backend"
+                        .into(),
             });
         }
         let now = self.now_tick();
@@ -420,7 +424,12 @@ impl AwsBackend {
         }
     }
 
-    async fn ensure_key_pair(&self, grant: &GrantId, region: &RegionLabel, login: &SshKeyPair) -> Result<(), BackendError> {
+    async fn ensure_key_pair(
+        &self,
+        grant: &GrantId,
+        region: &RegionLabel,
+        login: &SshKeyPair,
+    ) -> Result<(), BackendError> {
         if self.grant_state(grant).is_some_and(|s| s.key_pair().is_some()) {
             return Ok(());
         }
@@ -466,15 +475,14 @@ impl AwsBackend {
                     .await;
                 let group_id = match result {
                     Ok(id) => id,
-                    Err(err) if err.is(codes::GROUP_DUPLICATE) => self
-                        .find_group_by_name(grant, region)
-                        .await?
-                        .ok_or_else(|| BackendError::Provider {
+                    Err(err) if err.is(codes::GROUP_DUPLICATE) => {
+                        self.find_group_by_name(grant, region).await?.ok_or_else(|| BackendError::Provider {
                             operation: "DescribeSecurityGroups".into(),
                             code: codes::GROUP_NOT_FOUND.into(),
                             message: format!("group {group_name} exists but stayed invisible"),
                             retryable: true,
-                        })?,
+                        })?
+                    }
                     Err(err) => return Err(provider(err)),
                 };
                 self.record(*grant, Event::SecurityGroupCreated { group_id: group_id.clone(), group_name })?;
@@ -556,8 +564,11 @@ impl AwsBackend {
                 client_token: token.clone(),
                 ..template.clone()
             };
-            let launch = Event::LaunchRequested { client_token: token.clone(), instance_type: itype.instance_type.clone() };
-            self.record_if(*grant, |s| (s.and_then(GrantState::launch_requested) != Some(token.as_str())).then_some(launch))?;
+            let launch =
+                Event::LaunchRequested { client_token: token.clone(), instance_type: itype.instance_type.clone() };
+            self.record_if(*grant, |s| {
+                (s.and_then(GrantState::launch_requested) != Some(token.as_str())).then_some(launch)
+            })?;
             tried.push(itype.instance_type.clone());
             let result = self
                 .inner
@@ -593,9 +604,8 @@ impl AwsBackend {
         let instance_id = info.instance_id.clone();
         self.record_if(*grant, |s| {
             let s = s?;
-            (s.instance() == Some(instance_id.as_str()) && s.last_state() != Some(state)).then_some(
-                Event::InstanceStateObserved { instance_id, state, observed_at_unix_ms: at_unix_ms },
-            )
+            (s.instance() == Some(instance_id.as_str()) && s.last_state() != Some(state))
+                .then_some(Event::InstanceStateObserved { instance_id, state, observed_at_unix_ms: at_unix_ms })
         })
     }
 
@@ -659,13 +669,16 @@ impl AwsBackend {
             let result = self
                 .inner
                 .pacer
-                .call(region, Operation::TerminateInstances, || self.inner.port.terminate_instances(region, ids.clone()))
+                .call(region, Operation::TerminateInstances, || {
+                    self.inner.port.terminate_instances(region, ids.clone())
+                })
                 .await;
             match result {
                 Ok(_) => return Ok(()),
                 Err(err) if err.is(codes::INSTANCE_NOT_FOUND) => {
                     // Either not visible yet, or gone for good: a filtered Describe tells.
-                    if self.instance_gone(region, instance_id).await? || self.now_ms() > started + VISIBILITY_WINDOW_MS {
+                    if self.instance_gone(region, instance_id).await? || self.now_ms() > started + VISIBILITY_WINDOW_MS
+                    {
                         return Ok(());
                     }
                     self.inner.pacer.backoff(attempt.min(6)).await;
@@ -753,7 +766,12 @@ impl AwsBackend {
     }
 
     /// Samples the instance's network use over its life and records it terminated.
-    async fn finish_instance(&self, grant: &GrantId, region: &RegionLabel, instance_id: &str) -> Result<(), BackendError> {
+    async fn finish_instance(
+        &self,
+        grant: &GrantId,
+        region: &RegionLabel,
+        instance_id: &str,
+    ) -> Result<(), BackendError> {
         let Some(state) = self.grant_state(grant) else { return Ok(()) };
         if state.instance() != Some(instance_id) {
             return Ok(());
@@ -764,9 +782,7 @@ impl AwsBackend {
         let sample = self
             .inner
             .pacer
-            .call(region, Operation::GetNetworkUsage, || {
-                self.inner.port.network_usage(region, ids.clone(), start, end)
-            })
+            .call(region, Operation::GetNetworkUsage, || self.inner.port.network_usage(region, ids.clone(), start, end))
             .await;
         match sample {
             Ok(samples) => {
@@ -807,10 +823,10 @@ impl AwsBackend {
         })?;
 
         // An instance whose launch was requested but never recorded: find it by its token.
-        if state.instance().is_none() {
-            if let Some(token) = state.launch_requested() {
-                self.adopt_unrecorded_instance(&grant, &region, token).await?;
-            }
+        if state.instance().is_none()
+            && let Some(token) = state.launch_requested()
+        {
+            self.adopt_unrecorded_instance(&grant, &region, token).await?;
         }
         if let Some(instance_id) = self.grant_state(&grant).and_then(|s| s.instance().map(str::to_string)) {
             self.request_termination(&grant, &region, &instance_id, reason).await?;
@@ -829,12 +845,12 @@ impl AwsBackend {
 
         // The security group, found by name when its creation was never recorded.
         let mut group_id = self.grant_state(&grant).and_then(|s| s.security_group().map(str::to_string));
-        if group_id.is_none() {
-            if let Some(found) = self.find_group_by_name(&grant, &region).await? {
-                let group_name = names::group_name(&grant);
-                self.record(grant, Event::SecurityGroupCreated { group_id: found.clone(), group_name })?;
-                group_id = Some(found);
-            }
+        if group_id.is_none()
+            && let Some(found) = self.find_group_by_name(&grant, &region).await?
+        {
+            let group_name = names::group_name(&grant);
+            self.record(grant, Event::SecurityGroupCreated { group_id: found.clone(), group_name })?;
+            group_id = Some(found);
         }
         if let Some(group_id) = group_id {
             if !self.inner.switches.skip_security_group_delete {
@@ -843,9 +859,7 @@ impl AwsBackend {
             self.record(grant, Event::SecurityGroupDeleted { group_id })?;
         }
 
-        self.record_if(grant, |s| {
-            s.filter(|s| !s.is_settled()).map(|s| Event::GrantSettled { usage: s.usage() })
-        })
+        self.record_if(grant, |s| s.filter(|s| !s.is_settled()).map(|s| Event::GrantSettled { usage: s.usage() }))
     }
 
     /// Finds an instance launched with `token` whose launch was never recorded, and records it.
@@ -904,7 +918,9 @@ impl AwsBackend {
             let result = self
                 .inner
                 .pacer
-                .call(region, Operation::DeleteSecurityGroup, || self.inner.port.delete_security_group(region, group_id))
+                .call(region, Operation::DeleteSecurityGroup, || {
+                    self.inner.port.delete_security_group(region, group_id)
+                })
                 .await;
             match result {
                 Ok(()) => return Ok(()),
@@ -964,7 +980,8 @@ impl Backend for AwsBackend {
 
     async fn provision(&self, grant: &ComputeGrant<'_>, envelope: &Envelope) -> anyhow::Result<ProvisionedInstance> {
         let region = self.region_for(envelope)?;
-        let span = tracing::info_span!("grant", grant = %grant.id.short(), %region, instance_id = tracing::field::Empty);
+        let span =
+            tracing::info_span!("grant", grant = %grant.id.short(), %region, instance_id = tracing::field::Empty);
         async {
             self.check_grant(grant)?;
             self.provision_inner(grant, region.clone()).await
@@ -974,7 +991,11 @@ impl Backend for AwsBackend {
         .map_err(anyhow::Error::from)
     }
 
-    async fn watch_until_exit(&self, instance: &ProvisionedInstance, valid_to: AlmanacTick) -> anyhow::Result<UsageMetrics> {
+    async fn watch_until_exit(
+        &self,
+        instance: &ProvisionedInstance,
+        valid_to: AlmanacTick,
+    ) -> anyhow::Result<UsageMetrics> {
         let grant = instance.grant_id;
         let span = tracing::info_span!("grant", grant = %grant.short(), region = %instance.region, instance_id = %instance.instance_id);
         async {
@@ -985,8 +1006,11 @@ impl Backend for AwsBackend {
             if state.instance() == Some(instance.instance_id.as_str()) {
                 let deadline = self.inner.cfg.almanac.tick_to_unix_ms(valid_to).min(state.valid_to_unix_ms());
                 self.follow_to_end(&grant, &instance.region, &instance.instance_id, Some(deadline)).await?;
-            } else if !state.ever_launched().iter().any(|id| *id == instance.instance_id) {
-                return Err(BackendError::UnknownInstance { grant: grant.to_hex(), instance_id: instance.instance_id.clone() });
+            } else if !state.ever_launched().contains(&instance.instance_id) {
+                return Err(BackendError::UnknownInstance {
+                    grant: grant.to_hex(),
+                    instance_id: instance.instance_id.clone(),
+                });
             }
             Ok(self.grant_state(&grant).map(|s| s.usage()).unwrap_or_default())
         }

@@ -61,9 +61,6 @@ pub struct AwsBootConfig {
     /// How often the shared per-region poller describes the watched instances.
     #[serde(default = "default_poll_interval_ms")]
     pub poll_interval_ms: u64,
-    /// How long after `valid_to` the guest powers itself off if the bridge did not end it.
-    #[serde(default = "default_deadline_grace_ms")]
-    pub deadline_grace_ms: u64,
     /// How long a resource must exist before the reaper may remove it (eventual consistency).
     #[serde(default = "default_reaper_grace_ms")]
     pub reaper_grace_ms: u64,
@@ -86,9 +83,6 @@ fn default_ssh_ingress_cidrs() -> Vec<ipnet::Ipv4Net> {
 }
 fn default_poll_interval_ms() -> u64 {
     5_000
-}
-fn default_deadline_grace_ms() -> u64 {
-    60_000
 }
 fn default_reaper_grace_ms() -> u64 {
     10 * 60_000
@@ -163,7 +157,9 @@ impl AwsBootConfig {
                 return Err(invalid("regions", format!("lists {region} twice")));
             }
             match self.ami.get(region.as_str()) {
-                None => return Err(invalid("ami", format!("has no AMI for region {region}: add `{region} = \"ami-...\"`"))),
+                None => {
+                    return Err(invalid("ami", format!("has no AMI for region {region}: add `{region} = \"ami-...\"`")));
+                }
                 Some(ami) if !(ami.starts_with("ami-") && is_name(ami, 64)) => {
                     return Err(invalid(format!("ami.{region}"), format!("{ami:?} is not an AMI id (ami-...)")));
                 }
@@ -185,13 +181,19 @@ impl AwsBootConfig {
             return Err(invalid("owner", format!("{:?} must be 1-64 characters of [A-Za-z0-9._-]", self.owner)));
         }
         if !self.root_device_name.starts_with("/dev/") || self.root_device_name.len() > 32 {
-            return Err(invalid("root_device_name", format!("{:?} is not a device like /dev/xvda", self.root_device_name)));
+            return Err(invalid(
+                "root_device_name",
+                format!("{:?} is not a device like /dev/xvda", self.root_device_name),
+            ));
         }
         if self.min_root_volume_gib == 0 || self.min_root_volume_gib > 16_384 {
             return Err(invalid("min_root_volume_gib", "must be between 1 and 16384"));
         }
         if self.ssh_ingress_cidrs.is_empty() {
-            return Err(invalid("ssh_ingress_cidrs", "is empty: nobody could log in; use [\"0.0.0.0/0\"] or your ranges"));
+            return Err(invalid(
+                "ssh_ingress_cidrs",
+                "is empty: nobody could log in; use [\"0.0.0.0/0\"] or your ranges",
+            ));
         }
         if let Some(url) = &self.endpoint_url {
             match url::Url::parse(url) {
@@ -199,9 +201,14 @@ impl AwsBootConfig {
                 _ => return Err(invalid("endpoint_url", format!("{url:?} is not an http(s) URL"))),
             }
         }
-        if let Some(creds) = &self.credentials {
-            if creds.access_key_id.is_empty() || creds.secret_access_key.expose().is_empty() {
-                return Err(invalid("credentials", "access_key_id and secret_access_key must both be set, or drop [credentials] to use the standard AWS chain"));
+        if let Some(creds) = &self.credentials
+            && (creds.access_key_id.is_empty() || creds.secret_access_key.expose().is_empty())
+        {
+            {
+                return Err(invalid(
+                    "credentials",
+                    "access_key_id and secret_access_key must both be set, or drop [credentials] to use the standard AWS chain",
+                ));
             }
         }
         for (key, value) in &self.tags {
@@ -216,10 +223,10 @@ impl AwsBootConfig {
             return Err(invalid("tags", "at most 40 extra tags (EC2 allows 50 per resource, we use some)"));
         }
         if self.poll_interval_ms < 100 || self.poll_interval_ms > 600_000 {
-            return Err(invalid("poll_interval_ms", format!("{} must be between 100 and 600000", self.poll_interval_ms)));
-        }
-        if self.deadline_grace_ms > 3_600_000 {
-            return Err(invalid("deadline_grace_ms", "must be at most one hour"));
+            return Err(invalid(
+                "poll_interval_ms",
+                format!("{} must be between 100 and 600000", self.poll_interval_ms),
+            ));
         }
         self.guest.validate().map_err(|e| invalid("guest", e.to_string()))?;
         Ok(())
@@ -228,6 +235,12 @@ impl AwsBootConfig {
     /// The region a grant runs in: the envelope's, or the first allowed one.
     pub fn default_region(&self) -> &RegionLabel {
         &self.regions[0]
+    }
+
+    /// How long after `valid_to` an instance may still be up: the guest powers itself off then
+    /// (`guest.deadline_grace_s`) if the bridge has not ended it.
+    pub fn deadline_grace_ms(&self) -> u64 {
+        self.guest.deadline_grace_s.saturating_mul(1_000)
     }
 
     /// True when `region` is allowed.

@@ -12,6 +12,8 @@ pub mod names;
 pub mod pacing;
 pub mod poller;
 pub mod port;
+#[cfg(feature = "sdk")]
+pub mod sdk;
 pub mod sizing;
 
 pub use backend::{AwsBackend, BACKEND_NAME, BackendLedger, BackendParts, DynStore, TestSwitches};

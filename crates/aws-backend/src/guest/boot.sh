@@ -1,0 +1,185 @@
+#!/bin/bash
+# The guest's boot script: arms a power-off at the grant's deadline, fetches the grant's image
+# from the content store, verifies its sha256, and only then loads and starts it.
+#
+# This text is the same for every grant; it is embedded in the user data byte for byte. Every
+# grant-specific value comes from the vars file named on the command line, which is read as
+# data (never sourced or evaluated) and checked against strict patterns before use, so no value
+# can change what this script does. Any failure ends in a power-off: a machine that cannot run
+# the granted image has no reason to stay up, and with InstanceInitiatedShutdownBehavior set to
+# terminate, a power-off ends the instance.
+#
+# Usage: boot.sh start VARS_FILE          (once, from cloud-init's runcmd)
+#        boot.sh arm-deadline VARS_FILE   (on every boot, from cloud-init's per-boot scripts)
+#
+# GRANT_GUEST_WORK_DIR and GRANT_GUEST_BACKOFF_S exist for tests; nothing sets them in production.
+
+set -uo pipefail
+umask 077
+export LC_ALL=C
+
+readonly WORK_DIR="${GRANT_GUEST_WORK_DIR:-/var/lib/grant-guest}"
+readonly BACKOFF_S="${GRANT_GUEST_BACKOFF_S:-5}"
+readonly DEADLINE_UNIT="grant-guest-deadline"
+
+# Patterns every value must match. They are variables so that bash's [[ =~ ]] reads them as
+# regular expressions, unquoted.
+readonly HEX64_RE='^[0-9a-f]{64}$'
+readonly URL_RE='^https?://[][A-Za-z0-9._~:/?=&%+@,-]+$'
+readonly RUNTIME_RE='^(docker|podman)$'
+readonly ATTEMPTS_RE='^([1-9]|1[0-9]|20)$'
+readonly UNIX_S_RE='^[0-9]{1,12}$'
+readonly BACKOFF_RE='^[0-9]{1,4}$'
+readonly IMAGE_REF_RE='^[A-Za-z0-9_][A-Za-z0-9._/:@-]*$'
+
+log() {
+  printf 'grant-guest: %s\n' "$*" >&2
+}
+
+# Logs why, powers the machine off and stops this script; it never returns.
+power_off() {
+  log "refusing: $1; powering off"
+  poweroff || shutdown -P now || systemctl poweroff --force
+  exit 1
+}
+
+# Reads KEY=VALUE lines from the vars file into the variables below, refusing unknown or
+# repeated keys and any value outside its pattern.
+GRANT_ID=""
+IMAGE_SHA256=""
+IMAGE_URL=""
+CONTAINER_RUNTIME=""
+FETCH_ATTEMPTS=""
+POWEROFF_AT_UNIX_S=""
+read_vars() {
+  local file=$1 line key value pattern
+  local -A seen=()
+  [[ -f $file && -r $file ]] || power_off "the vars file $(printf '%q' "$file") is missing"
+  while IFS= read -r line || [[ -n $line ]]; do
+    [[ -z $line ]] && continue
+    [[ $line == *=* ]] || power_off "malformed line in the vars file: $(printf '%q' "$line")"
+    key=${line%%=*}
+    value=${line#*=}
+    case $key in
+      GRANT_ID | IMAGE_SHA256) pattern=$HEX64_RE ;;
+      IMAGE_URL) pattern=$URL_RE ;;
+      CONTAINER_RUNTIME) pattern=$RUNTIME_RE ;;
+      FETCH_ATTEMPTS) pattern=$ATTEMPTS_RE ;;
+      POWEROFF_AT_UNIX_S) pattern=$UNIX_S_RE ;;
+      *) power_off "unknown key in the vars file: $(printf '%q' "$key")" ;;
+    esac
+    [[ -z ${seen[$key]:-} ]] || power_off "repeated key in the vars file: $key"
+    seen[$key]=1
+    [[ $value =~ $pattern ]] || power_off "bad value for $key in the vars file: $(printf '%q' "$value")"
+    printf -v "$key" '%s' "$value"
+  done <"$file"
+  for key in GRANT_ID IMAGE_SHA256 IMAGE_URL CONTAINER_RUNTIME FETCH_ATTEMPTS POWEROFF_AT_UNIX_S; do
+    [[ -n ${seen[$key]:-} ]] || power_off "the vars file lacks $key"
+  done
+  [[ $BACKOFF_S =~ $BACKOFF_RE ]] || power_off "bad GRANT_GUEST_BACKOFF_S $(printf '%q' "$BACKOFF_S")"
+}
+
+# Schedules the power-off at the deadline, or powers off now if it has passed. Runs before
+# anything is fetched, so a hung fetch or a runaway image still ends on time.
+arm_deadline() {
+  local now delay
+  now=$(date +%s) || power_off "cannot read the clock"
+  [[ $now =~ $UNIX_S_RE ]] || power_off "the clock reads $(printf '%q' "$now")"
+  delay=$((10#$POWEROFF_AT_UNIX_S - 10#$now))
+  ((delay > 0)) || power_off "the deadline (unix $POWEROFF_AT_UNIX_S) has passed"
+  if systemctl is-active --quiet "$DEADLINE_UNIT.timer"; then
+    log "the deadline power-off is already armed"
+    return 0
+  fi
+  if systemd-run --unit="$DEADLINE_UNIT" --on-active="${delay}s" --timer-property=AccuracySec=1s \
+    systemctl poweroff; then
+    log "power-off armed in ${delay}s (unix $POWEROFF_AT_UNIX_S)"
+    return 0
+  fi
+  # Rounding down keeps the fallback from running past the deadline.
+  if shutdown -P "+$((delay / 60))"; then
+    log "power-off armed with shutdown in $((delay / 60)) min"
+    return 0
+  fi
+  power_off "cannot arm the deadline power-off"
+}
+
+# Downloads the image into $WORK_DIR/image.partial, trying FETCH_ATTEMPTS times.
+fetch_image() {
+  local attempt=1
+  mkdir -p -m 0700 "$WORK_DIR" || power_off "cannot create $WORK_DIR"
+  while :; do
+    rm -f "$WORK_DIR/image.partial"
+    # -q: no ~/.curlrc; --globoff: brackets in the URL are literal; redirects may only lead
+    # to http(s), and the hash check below makes wherever they lead harmless.
+    if curl -q --fail --silent --show-error --globoff --location \
+      --proto '=http,https' --proto-redir '=http,https' \
+      --connect-timeout 10 --speed-limit 1024 --speed-time 60 \
+      --output "$WORK_DIR/image.partial" --url "$IMAGE_URL"; then
+      log "fetched the image on attempt $attempt"
+      return 0
+    fi
+    if ((attempt >= FETCH_ATTEMPTS)); then
+      rm -f "$WORK_DIR/image.partial"
+      power_off "fetching the image failed $attempt times"
+    fi
+    sleep "$((attempt * BACKOFF_S))"
+    attempt=$((attempt + 1))
+  done
+}
+
+# Compares the downloaded bytes with the grant's post-hash; nothing runs unless they match.
+verify_image() {
+  local sum
+  sum=$(sha256sum "$WORK_DIR/image.partial") || power_off "cannot hash the image"
+  sum=${sum%% *}
+  if [[ $sum != "$IMAGE_SHA256" ]]; then
+    rm -f "$WORK_DIR/image.partial"
+    power_off "the image's sha256 is $sum, the grant names $IMAGE_SHA256"
+  fi
+  mv -f "$WORK_DIR/image.partial" "$WORK_DIR/image.tar" || power_off "cannot keep the image"
+  log "the image's sha256 matches the grant"
+}
+
+# Loads the verified archive, which must hold exactly one image, and starts that image.
+load_and_run() {
+  local out line ref="" count=0 name="grant-${GRANT_ID:0:16}"
+  command -v "$CONTAINER_RUNTIME" >/dev/null || power_off "$CONTAINER_RUNTIME is not installed"
+  if [[ $CONTAINER_RUNTIME == docker ]]; then
+    systemctl start docker.service || power_off "cannot start docker.service"
+  fi
+  out=$("$CONTAINER_RUNTIME" load --input "$WORK_DIR/image.tar") || power_off "$CONTAINER_RUNTIME load failed"
+  rm -f "$WORK_DIR/image.tar"
+  while IFS= read -r line; do
+    case $line in
+      "Loaded image: "*) ref=${line#"Loaded image: "} ;;
+      "Loaded image ID: "*) ref=${line#"Loaded image ID: "} ;;
+      "Loaded image(s): "*) ref=${line#"Loaded image(s): "} ;;
+      *) continue ;;
+    esac
+    count=$((count + 1))
+  done <<<"$out"
+  ((count == 1)) || power_off "the archive must hold exactly one image, it held $count"
+  [[ $ref =~ $IMAGE_REF_RE ]] || power_off "the loaded image is named $(printf '%q' "$ref")"
+  # --pull=never: the runtime must never fetch some other image from a registry.
+  "$CONTAINER_RUNTIME" run --detach --pull=never --restart=unless-stopped --name "$name" "$ref" >/dev/null ||
+    power_off "$CONTAINER_RUNTIME run failed"
+  log "started $ref as $name"
+}
+
+main() {
+  [[ $# -eq 2 ]] || power_off "usage: boot.sh start|arm-deadline VARS_FILE"
+  read_vars "$2"
+  case $1 in
+    arm-deadline) arm_deadline ;;
+    start)
+      arm_deadline
+      fetch_image
+      verify_image
+      load_and_run
+      ;;
+    *) power_off "unknown mode $(printf '%q' "$1")" ;;
+  esac
+}
+
+main "$@"

@@ -1,0 +1,1 @@
+//! The EC2 port over the real AWS SDK.
