@@ -1,1 +1,3 @@
-//! Cross-crate integration tests.
+//! Cross-crate integration tests, one module per concern.
+
+mod moto;

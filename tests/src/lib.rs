@@ -1,1 +1,12 @@
-//! Cross-crate integration tests.
+//! The whole-system simulation: the real `AwsBackend` driven over `sim-ec2` through generated
+//! grant lifetimes, faults and crashes, with invariant checkers run after every step.
+//!
+//! `cargo xtask sim` is a thin command line over [`harness::run`]; the integration tests in
+//! `tests/integration/` use the same harness for their properties, and
+//! `examples/bench_backend.rs` measures the backend with it.
+
+pub mod checkers;
+pub mod fixture;
+pub mod harness;
+pub mod scenario;
+pub mod summary;

@@ -1,18 +1,169 @@
 //! `cargo xtask sim`: the whole backend, unchanged, on the deterministic EC2 simulator.
+//!
+//! Prints `SEED=` and the drawn fault rates first, progress while it runs, and a summary table
+//! (or, with `--json`, one JSON object and nothing else on stdout). Exit codes: 0 clean,
+//! 2 safety failure, 3 liveness failure; every failure prints the command that reproduces it.
 
-use clap::Args;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Args, ValueEnum};
+use tests::checkers::Severity;
+use tests::harness;
+use tests::scenario::{FaultMode, Scenario};
+use tests::summary::Summary;
+
+/// Exit code of a run in which a safety invariant broke.
+pub const EXIT_SAFETY: u8 = 2;
+/// Exit code of a run in which work did not finish (liveness).
+pub const EXIT_LIVENESS: u8 = 3;
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Faults {
+    /// Nothing fails and nothing lags.
+    None,
+    /// Realistic delays, no random failures.
+    Default,
+    /// Each seed draws its own mix of every fault.
+    Swarm,
+}
 
 /// Arguments of `cargo xtask sim`.
 #[derive(Args)]
 pub struct SimArgs {
-    /// The seed of the run.
+    /// The seed of the run (default: drawn from the wall clock and printed).
     #[arg(long)]
     seed: Option<u64>,
+    /// Run this many consecutive seeds, starting at --seed.
+    #[arg(long, default_value_t = 1)]
+    seeds: u64,
+    /// Grants in the workload.
+    #[arg(long, default_value_t = 200)]
+    grants: u32,
+    /// Virtual hours over which grants arrive.
+    #[arg(long, default_value_t = 1.0)]
+    hours: f64,
+    /// Which faults the simulated EC2 injects.
+    #[arg(long, value_enum, default_value = "default")]
+    faults: Faults,
+    /// Crash the backend at random points and recover it from its ledger.
+    #[arg(long)]
+    crashes: bool,
+    /// Run each seed twice and compare the ledger and audit hashes.
+    #[arg(long)]
+    check_determinism: bool,
+    /// Print the summary as one JSON object (per seed) on stdout, nothing else there.
+    #[arg(long)]
+    json: bool,
+    /// Test only: skip DeleteSecurityGroup, to prove the teardown checker fails the run.
+    #[arg(long, hide = true)]
+    break_teardown: bool,
 }
 
-/// Runs the simulation and returns its exit code.
-pub fn run(args: SimArgs) -> anyhow::Result<std::process::ExitCode> {
-    let _ = args;
-    println!("cargo xtask sim: the simulation runner lands with issue 8");
-    Ok(std::process::ExitCode::SUCCESS)
+impl SimArgs {
+    fn scenario(&self, seed: u64) -> Scenario {
+        let mut scenario = Scenario::new(seed);
+        scenario.grants = self.grants;
+        scenario.arrival_window_ms = (self.hours.max(0.0) * 3_600_000.0) as u64;
+        scenario.faults = match self.faults {
+            Faults::None => FaultMode::None,
+            Faults::Default => FaultMode::Default,
+            Faults::Swarm => FaultMode::Swarm,
+        };
+        scenario.crashes = self.crashes;
+        scenario.break_teardown = self.break_teardown;
+        scenario
+    }
+
+    fn reproduce(&self, seed: u64) -> String {
+        let mut cmd = format!(
+            "cargo xtask sim --seed {seed} --grants {} --hours {} --faults {}",
+            self.grants,
+            self.hours,
+            match self.faults {
+                Faults::None => "none",
+                Faults::Default => "default",
+                Faults::Swarm => "swarm",
+            }
+        );
+        if self.crashes {
+            cmd.push_str(" --crashes");
+        }
+        if self.break_teardown {
+            cmd.push_str(" --break-teardown");
+        }
+        cmd
+    }
+}
+
+/// Runs the simulation for every requested seed and returns the exit code.
+pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
+    let first = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
+    });
+    let started = Instant::now();
+    let mut worst: Option<Severity> = None;
+    for seed in first..first.saturating_add(args.seeds.max(1)) {
+        let scenario = args.scenario(seed);
+        let summary = run_one(&args, &scenario)?;
+        if args.check_determinism {
+            let again = harness::run(&scenario, &mut |_| {})?;
+            if again.determinism_key() != summary.determinism_key() {
+                eprintln!(
+                    "SEED={seed}: NOT DETERMINISTIC: first run {} second run {}",
+                    summary.determinism_key(),
+                    again.determinism_key()
+                );
+                eprintln!("reproduce: {} --check-determinism", args.reproduce(seed));
+                worst = Some(Severity::Safety);
+                continue;
+            }
+            if !args.json {
+                println!("SEED={seed}: deterministic ({})", summary.determinism_key());
+            }
+        }
+        if let Some(severity) = summary.worst() {
+            eprintln!("SEED={seed}: {severity:?} failure; reproduce: {}", args.reproduce(seed));
+            worst = Some(worst.map_or(severity, |w| w.min(severity)));
+        }
+    }
+    if args.seeds > 1 && !args.json {
+        let minutes = started.elapsed().as_secs_f64() / 60.0;
+        println!("{} seeds in {:.1} s: {:.1} seeds per minute", args.seeds, minutes * 60.0, args.seeds as f64 / minutes.max(1e-9));
+    }
+    Ok(match worst {
+        None => ExitCode::SUCCESS,
+        Some(Severity::Safety) => ExitCode::from(EXIT_SAFETY),
+        Some(Severity::Liveness) => ExitCode::from(EXIT_LIVENESS),
+    })
+}
+
+fn run_one(args: &SimArgs, scenario: &Scenario) -> anyhow::Result<Summary> {
+    let quiet = args.json || args.seeds > 1;
+    let summary = if quiet {
+        harness::run(scenario, &mut |_| {})?
+    } else {
+        // The fault rates are drawn inside the run; print the header from a dry draw of the same seed.
+        println!("SEED={}", scenario.seed);
+        println!("grants={} hours={} faults={} crashes={}", scenario.grants, args.hours, scenario.faults.flag(), scenario.crashes);
+        harness::run(scenario, &mut |line| println!("{line}"))?
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else if args.seeds > 1 {
+        println!(
+            "SEED={} faults=[{}] grants {}/{} settled, {} calls, {} violations, {:.2} s",
+            summary.seed,
+            summary.faults,
+            summary.grants.settled,
+            summary.grants.admitted,
+            summary.ec2_calls_total,
+            summary.violations.len(),
+            summary.wall_ms as f64 / 1_000.0
+        );
+    } else {
+        println!("fault rates: {}", summary.faults);
+        print!("{}", summary.table());
+    }
+    Ok(summary)
 }

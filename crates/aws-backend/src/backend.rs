@@ -570,11 +570,7 @@ impl AwsBackend {
                 (s.and_then(GrantState::launch_requested) != Some(token.as_str())).then_some(launch)
             })?;
             tried.push(itype.instance_type.clone());
-            let result = self
-                .inner
-                .pacer
-                .call(region, Operation::RunInstances, || self.inner.port.run_instance(region, request.clone()))
-                .await;
+            let result = self.run_instance_when_visible(region, &request).await;
             match result {
                 Ok(info) => {
                     self.record(
@@ -596,6 +592,34 @@ impl AwsBackend {
             }
         }
         Err(BackendError::CapacityUnavailable { region: region.to_string(), instance_types: tried })
+    }
+
+    /// RunInstances, retried (with the same token, so at most one instance results) while the
+    /// key pair or group it names is not yet visible to EC2.
+    async fn run_instance_when_visible(
+        &self,
+        region: &RegionLabel,
+        request: &RunInstancesRequest,
+    ) -> Result<InstanceInfo, Ec2Error> {
+        let started = self.now_ms();
+        let mut attempt = 0;
+        loop {
+            let result = self
+                .inner
+                .pacer
+                .call(region, Operation::RunInstances, || self.inner.port.run_instance(region, request.clone()))
+                .await;
+            match result {
+                Err(err)
+                    if (err.is(codes::KEY_PAIR_NOT_FOUND) || err.is(codes::GROUP_NOT_FOUND))
+                        && self.now_ms() < started + VISIBILITY_WINDOW_MS =>
+                {
+                    self.inner.pacer.backoff(attempt.min(6)).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Records a state observation when it differs from the last one recorded.
@@ -718,17 +742,20 @@ impl AwsBackend {
         let mut deadline = deadline_unix_ms;
         let mut absent_since: Option<u64> = None;
         let mut asked_exit = false;
+        let mut launched_at: Option<u64> = None;
         loop {
             let sighting = rx.borrow_and_update().clone();
             match sighting {
                 Sighting::Seen { info, at_unix_ms } => {
                     absent_since = None;
+                    launched_at = Some(info.launch_time_unix_ms);
                     self.observe(grant, &info, at_unix_ms)?;
                     if info.state == InstanceState::Terminated {
                         break;
                     }
                     let requested = self.grant_state(grant).is_some_and(|s| s.termination().is_some());
-                    if info.state.has_exited() && !asked_exit {
+                    let stopped = matches!(info.state, InstanceState::Stopping | InstanceState::Stopped);
+                    if info.state.has_exited() && !asked_exit && (stopped || !requested) {
                         // It ended on its own (or is stopping): make sure it terminates, so
                         // nothing lingers stopped and billed for storage.
                         asked_exit = true;
@@ -762,7 +789,7 @@ impl AwsBackend {
                 None => rx.changed().await.map_err(|_| local("the region poller stopped"))?,
             }
         }
-        self.finish_instance(grant, region, instance_id).await
+        self.finish_instance(grant, region, instance_id, launched_at).await
     }
 
     /// Samples the instance's network use over its life and records it terminated.
@@ -771,13 +798,16 @@ impl AwsBackend {
         grant: &GrantId,
         region: &RegionLabel,
         instance_id: &str,
+        launched_at: Option<u64>,
     ) -> Result<(), BackendError> {
         let Some(state) = self.grant_state(grant) else { return Ok(()) };
         if state.instance() != Some(instance_id) {
             return Ok(());
         }
         let end = self.now_ms();
-        let start = state.running_since_unix_ms().unwrap_or(end).min(end);
+        // The whole life of the instance: from its launch (as EC2 reported it) to now, after it
+        // ended. Without a sighting, the widest window CloudWatch's one-minute data keeps.
+        let start = launched_at.unwrap_or_else(|| end.saturating_sub(15 * 24 * 3_600_000)).min(end);
         let ids = vec![instance_id.to_string()];
         let sample = self
             .inner
@@ -823,7 +853,7 @@ impl AwsBackend {
         })?;
 
         // An instance whose launch was requested but never recorded: find it by its token.
-        if state.instance().is_none()
+        if state.ever_launched().is_empty()
             && let Some(token) = state.launch_requested()
         {
             self.adopt_unrecorded_instance(&grant, &region, token).await?;
@@ -924,7 +954,13 @@ impl AwsBackend {
                 .await;
             match result {
                 Ok(()) => return Ok(()),
-                Err(err) if err.is(codes::DEPENDENCY_VIOLATION) && self.now_ms() < started + DEPENDENCY_WINDOW_MS => {}
+                Err(err) if err.is(codes::DEPENDENCY_VIOLATION) && self.now_ms() < started + DEPENDENCY_WINDOW_MS => {
+                    // The instance's network interface takes seconds to tens of seconds to go:
+                    // start the backoff at a few seconds rather than hammering.
+                    self.inner.pacer.backoff(attempt.min(4) + 4).await;
+                    attempt += 1;
+                    continue;
+                }
                 Err(err) if err.is_not_found() => {
                     // Invisible yet, or already deleted. After the window it is gone.
                     if self.now_ms() >= started + VISIBILITY_WINDOW_MS {

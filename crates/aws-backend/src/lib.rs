@@ -5,6 +5,7 @@
 //! port, so production and simulation run one piece of provisioning code.
 
 mod backend;
+mod recovery;
 pub mod config;
 pub mod guest;
 pub mod keys;
@@ -17,4 +18,5 @@ pub mod sdk;
 pub mod sizing;
 
 pub use backend::{AwsBackend, BACKEND_NAME, BackendLedger, BackendParts, DynStore, TestSwitches};
+pub use recovery::{Orphan, ReapReport, RecoveryReport};
 pub use config::{AwsBootConfig, ConfigError, GRANT_TAG, OWNER_TAG};

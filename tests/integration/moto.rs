@@ -1,0 +1,1 @@
+//! The conformance suite and a full lifecycle against moto's EC2 server over HTTP.

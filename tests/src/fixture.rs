@@ -1,0 +1,82 @@
+//! Ready-made pieces for running the backend on the simulator: configuration, clock, backend.
+
+use std::sync::Arc;
+
+use aws_backend::{AwsBackend, AwsBootConfig, BackendParts, DynStore, TestSwitches};
+use backend_api::{Clock, RegionLabel, Secret};
+use sim_ec2::SimEc2;
+use usage_ledger::{Ledger, MemoryStore};
+
+/// Unix ms at which every simulation starts (2023-11-14T22:13:20Z).
+pub const START_UNIX_MS: u64 = 1_700_000_000_000;
+
+/// The regions the simulated operator allows.
+pub const ALLOWED_REGIONS: [&str; 2] = ["us-east-1", "eu-west-1"];
+/// A well-formed region the operator does not allow.
+pub const DISALLOWED_REGION: &str = "ap-south-1";
+
+/// The owner tag value of simulated backends.
+pub const OWNER: &str = "sim-bridge";
+
+/// A region label from a constant known to be valid.
+pub fn region(name: &str) -> RegionLabel {
+    RegionLabel::new(name).unwrap_or_else(|e| panic!("fixture region: {e}"))
+}
+
+/// The configuration of a simulated operator with `poll_interval_ms`.
+pub fn config(poll_interval_ms: u64) -> AwsBootConfig {
+    let text = format!(
+        r#"
+regions = ["us-east-1", "eu-west-1"]
+instance_families = ["t3", "c6i", "m6i", "r6i"]
+owner = "{OWNER}"
+poll_interval_ms = {poll_interval_ms}
+reaper_grace_ms = 600000
+ledger_path = "/nonexistent/sim.ledger"
+ssh_ingress_cidrs = ["203.0.113.0/24"]
+
+[ami]
+us-east-1 = "ami-0123456789abcdef0"
+eu-west-1 = "ami-0fedcba9876543210"
+
+[almanac]
+epoch_unix_ms = {START_UNIX_MS}
+tick_ms = 1000
+
+[tags]
+team = "compute-bridge-sim"
+
+[guest]
+content_store_url = "https://content.example/blobs/{{hash}}"
+login_user = "ec2-user"
+container_runtime = "docker"
+fetch_attempts = 3
+deadline_grace_s = 60
+"#
+    );
+    AwsBootConfig::from_toml(&text).unwrap_or_else(|e| panic!("fixture config: {e}"))
+}
+
+/// A backend over `sim`, with its ledger replayed from `store` (empty on first start).
+pub async fn backend(
+    cfg: &AwsBootConfig,
+    sim: Arc<SimEc2>,
+    clock: Arc<dyn Clock>,
+    store: &MemoryStore,
+    seed: u64,
+    switches: TestSwitches,
+) -> anyhow::Result<AwsBackend> {
+    let ledger = Ledger::open(DynStore(Box::new(store.clone())), store.records())?;
+    AwsBackend::new(
+        cfg,
+        BackendParts {
+            port: sim,
+            clock,
+            ledger,
+            key_seed: Secret::new(format!("sim-key-seed-{seed}")),
+            jitter_seed: seed ^ 0x5EED,
+            switches,
+        },
+    )
+    .await
+}
