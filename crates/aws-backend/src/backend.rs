@@ -524,7 +524,9 @@ impl AwsBackend {
         region: &RegionLabel,
     ) -> Result<Option<String>, BackendError> {
         let filters = vec![Filter { name: "group-name".into(), values: vec![names::group_name(grant)] }];
-        for attempt in 0..5 {
+        let started = self.now_ms();
+        let mut attempt = 0;
+        while self.now_ms() < started + VISIBILITY_WINDOW_MS {
             let groups = self
                 .inner
                 .pacer
@@ -536,7 +538,8 @@ impl AwsBackend {
             if let Some(group) = groups.into_iter().next() {
                 return Ok(Some(group.group_id));
             }
-            self.inner.pacer.backoff(attempt).await;
+            self.inner.pacer.backoff(attempt.min(6)).await;
+            attempt += 1;
         }
         Ok(None)
     }
@@ -879,14 +882,22 @@ impl AwsBackend {
             && let Some(found) = self.find_group_by_name(&grant, &region).await?
         {
             let group_name = names::group_name(&grant);
-            self.record(grant, Event::SecurityGroupCreated { group_id: found.clone(), group_name })?;
+            let id = found.clone();
+            self.record_if(grant, |s| {
+                s.filter(|s| !s.is_settled() && s.security_group().is_none())
+                    .map(|_| Event::SecurityGroupCreated { group_id: id, group_name })
+            })?;
             group_id = Some(found);
         }
         if let Some(group_id) = group_id {
             if !self.inner.switches.skip_security_group_delete {
                 self.delete_group(&region, &group_id).await?;
             }
-            self.record(grant, Event::SecurityGroupDeleted { group_id })?;
+            // Another teardown (the reaper's, recovery's) may have recorded it meanwhile.
+            self.record_if(grant, |s| {
+                s.filter(|s| s.security_group() == Some(group_id.as_str()))
+                    .map(|_| Event::SecurityGroupDeleted { group_id: group_id.clone() })
+            })?;
         }
 
         self.record_if(grant, |s| s.filter(|s| !s.is_settled()).map(|s| Event::GrantSettled { usage: s.usage() }))
