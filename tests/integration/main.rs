@@ -1,3 +1,5 @@
 //! Cross-crate integration tests, one module per concern.
 
+mod backend_sim;
 mod moto;
+mod scenarios;

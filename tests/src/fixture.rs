@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
+use aws_backend::port::Ec2Port;
 use aws_backend::{AwsBackend, AwsBootConfig, BackendParts, DynStore, TestSwitches};
 use backend_api::{Clock, RegionLabel, Secret};
-use sim_ec2::SimEc2;
 use usage_ledger::{Ledger, MemoryStore};
 
 /// Unix ms at which every simulation starts (2023-11-14T22:13:20Z).
@@ -57,10 +57,10 @@ deadline_grace_s = 60
     AwsBootConfig::from_toml(&text).unwrap_or_else(|e| panic!("fixture config: {e}"))
 }
 
-/// A backend over `sim`, with its ledger replayed from `store` (empty on first start).
+/// A backend over `port` (the simulator, or a wrapper of it), with its ledger replayed from `store` (empty on first start).
 pub async fn backend(
     cfg: &AwsBootConfig,
-    sim: Arc<SimEc2>,
+    port: Arc<dyn Ec2Port>,
     clock: Arc<dyn Clock>,
     store: &MemoryStore,
     seed: u64,
@@ -70,7 +70,7 @@ pub async fn backend(
     AwsBackend::new(
         cfg,
         BackendParts {
-            port: sim,
+            port,
             clock,
             ledger,
             key_seed: Secret::new(format!("sim-key-seed-{seed}")),

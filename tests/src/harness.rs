@@ -153,7 +153,15 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
         network_bytes_per_s_max,
         retries: BTreeMap::new(),
     };
-    let mut backend = fixture::backend(&cfg, sim.clone(), clock.clone(), &store, scenario.seed, switches).await?;
+    let mut backend = fixture::backend(
+        &cfg,
+        sim.clone() as Arc<dyn aws_backend::port::Ec2Port>,
+        clock.clone(),
+        &store,
+        scenario.seed,
+        switches,
+    )
+    .await?;
     let outcomes: Outcomes = Arc::new(Mutex::new(plans.iter().map(|p| (p.id, Outcome::Waiting)).collect()));
 
     // The schedule: arrivals, crashes, checks and reaper passes, in time order.
@@ -204,21 +212,35 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
                 world.absorb_stats(&backend);
                 drop(backend);
                 clock.sleep_ms(crashes[i].downtime_ms).await;
-                backend = fixture::backend(&cfg, sim.clone(), clock.clone(), &store, scenario.seed ^ at, switches).await?;
+                backend = fixture::backend(
+                    &cfg,
+                    sim.clone() as Arc<dyn aws_backend::port::Ec2Port>,
+                    clock.clone(),
+                    &store,
+                    scenario.seed ^ at,
+                    switches,
+                )
+                .await?;
                 let recovering = backend.clone();
-                tasks.push((None, tokio::spawn(async move {
-                    let report = recovering.recover().await;
-                    if !report.failed.is_empty() {
-                        tracing::warn!(?report, "recovery left grants unfinished");
-                    }
-                })));
+                tasks.push((
+                    None,
+                    tokio::spawn(async move {
+                        let report = recovering.recover().await;
+                        if !report.failed.is_empty() {
+                            tracing::warn!(?report, "recovery left grants unfinished");
+                        }
+                    }),
+                ));
             }
             Step::Check => world.check(&backend),
             Step::Reap => {
                 let reaping = backend.clone();
-                tasks.push((None, tokio::spawn(async move {
-                    reaping.reap(false).await;
-                })));
+                tasks.push((
+                    None,
+                    tokio::spawn(async move {
+                        reaping.reap(false).await;
+                    }),
+                ));
             }
         }
         if at >= next_progress {
@@ -247,7 +269,10 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
     for (grant, handle) in tasks.drain(..) {
         world.violations.push(Violation::liveness(
             "quiet-phase",
-            format!("a task ({}) was still running two virtual hours after the last deadline", grant.map_or("recovery or reaper".into(), |g| format!("grant {g}"))),
+            format!(
+                "a task ({}) was still running two virtual hours after the last deadline",
+                grant.map_or("recovery or reaper".into(), |g| format!("grant {g}"))
+            ),
         ));
         handle.abort();
     }
@@ -264,7 +289,10 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
     for resource in &leaked {
         world.violations.push(Violation::liveness(
             "quiet-phase",
-            format!("{:?} {} in {} still exists after the quiet phase and a reaper pass", resource.kind, resource.id, resource.region),
+            format!(
+                "{:?} {} in {} still exists after the quiet phase and a reaper pass",
+                resource.kind, resource.id, resource.region
+            ),
         ));
     }
     let outcomes = lock(&outcomes).clone();
@@ -287,7 +315,9 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
             Some(Outcome::Refused) => {
                 counts.refused += 1;
                 if plan.expect == Expect::Admit && scenario.faults == crate::scenario::FaultMode::None {
-                    world.violations.push(Violation::liveness("admission", format!("admissible grant {} was refused", plan.id)));
+                    world
+                        .violations
+                        .push(Violation::liveness("admission", format!("admissible grant {} was refused", plan.id)));
                 }
             }
             Some(Outcome::Completed) => counts.completed += 1,
@@ -295,7 +325,10 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
                 counts.provision_failed += 1;
                 *provision_errors.entry(strip_ids(err)).or_default() += 1;
                 if scenario.faults == crate::scenario::FaultMode::None {
-                    world.violations.push(Violation::liveness("admission", format!("grant {} failed without faults: {err}", plan.id)));
+                    world.violations.push(Violation::liveness(
+                        "admission",
+                        format!("grant {} failed without faults: {err}", plan.id),
+                    ));
                 }
             }
             Some(Outcome::Interrupted) => counts.interrupted += 1,

@@ -136,6 +136,13 @@ pub struct Crash {
     pub downtime_ms: u64,
 }
 
+/// The fault rates a run of `scenario` draws (the first thing drawn from its seed), so they can
+/// be printed before the run starts.
+pub fn drawn_faults(scenario: &Scenario) -> FaultConfig {
+    use rand_chacha::rand_core::SeedableRng;
+    scenario.faults.draw(&mut ChaCha8Rng::seed_from_u64(scenario.seed))
+}
+
 /// Draws the workload and the crash schedule of `scenario` from `rng`.
 pub fn generate(scenario: &Scenario, rng: &mut ChaCha8Rng) -> (Vec<GrantPlan>, Vec<Crash>) {
     const CPU: [u32; 9] = [250, 500, 1_000, 1_500, 2_000, 4_000, 8_000, 16_000, 32_000];

@@ -86,7 +86,10 @@ impl Summary {
         let m = &self.measures;
         let rows: Vec<(&str, String)> = vec![
             ("grants total / admitted / refused", format!("{} / {} / {}", g.total, g.admitted, g.refused)),
-            ("completed / provision failed / interrupted", format!("{} / {} / {}", g.completed, g.provision_failed, g.interrupted)),
+            (
+                "completed / provision failed / interrupted",
+                format!("{} / {} / {}", g.completed, g.provision_failed, g.interrupted),
+            ),
             ("settled in ledger", g.settled.to_string()),
             ("EC2 calls", self.ec2_calls_total.to_string()),
             ("throttled calls", self.throttles.to_string()),

@@ -76,7 +76,11 @@ fn ensure_cloud_init() -> anyhow::Result<()> {
     }
     eprintln!("cloud-init is missing (its schema validator checks the rendered user data): installing with apt-get");
     run_cmd("apt-get", &["update", "-qq"], &[])?;
-    run_cmd("apt-get", &["install", "-y", "-qq", "--no-install-recommends", "cloud-init"], &[("DEBIAN_FRONTEND", "noninteractive")])?;
+    run_cmd(
+        "apt-get",
+        &["install", "-y", "-qq", "--no-install-recommends", "cloud-init"],
+        &[("DEBIAN_FRONTEND", "noninteractive")],
+    )?;
     ensure!(have("cloud-init", "--version"), "cloud-init still missing after apt-get install cloud-init");
     Ok(())
 }

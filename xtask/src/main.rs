@@ -9,7 +9,11 @@ mod sim;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Project tasks for the compute-bridge EC2 backend", arg_required_else_help = true)]
+#[command(
+    name = "cargo xtask",
+    about = "Project tasks for the compute-bridge EC2 backend",
+    arg_required_else_help = true
+)]
 struct Cli {
     #[command(subcommand)]
     task: Task,

@@ -2,7 +2,7 @@
 //!
 //! Prints `SEED=` and the drawn fault rates first, progress while it runs, and a summary table
 //! (or, with `--json`, one JSON object and nothing else on stdout). Exit codes: 0 clean,
-//! 2 safety failure, 3 liveness failure; every failure prints the command that reproduces it.
+//! 3 safety failure, 4 liveness failure; every failure prints the command that reproduces it.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -13,10 +13,10 @@ use tests::harness;
 use tests::scenario::{FaultMode, Scenario};
 use tests::summary::Summary;
 
-/// Exit code of a run in which a safety invariant broke.
-pub const EXIT_SAFETY: u8 = 2;
+/// Exit code of a run in which a safety invariant broke (clap uses 2 for usage errors).
+pub const EXIT_SAFETY: u8 = 3;
 /// Exit code of a run in which work did not finish (liveness).
-pub const EXIT_LIVENESS: u8 = 3;
+pub const EXIT_LIVENESS: u8 = 4;
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Faults {
@@ -129,7 +129,12 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
     }
     if args.seeds > 1 && !args.json {
         let minutes = started.elapsed().as_secs_f64() / 60.0;
-        println!("{} seeds in {:.1} s: {:.1} seeds per minute", args.seeds, minutes * 60.0, args.seeds as f64 / minutes.max(1e-9));
+        println!(
+            "{} seeds in {:.1} s: {:.1} seeds per minute",
+            args.seeds,
+            minutes * 60.0,
+            args.seeds as f64 / minutes.max(1e-9)
+        );
     }
     Ok(match worst {
         None => ExitCode::SUCCESS,
@@ -143,9 +148,9 @@ fn run_one(args: &SimArgs, scenario: &Scenario) -> anyhow::Result<Summary> {
     let summary = if quiet {
         harness::run(scenario, &mut |_| {})?
     } else {
-        // The fault rates are drawn inside the run; print the header from a dry draw of the same seed.
         println!("SEED={}", scenario.seed);
-        println!("grants={} hours={} faults={} crashes={}", scenario.grants, args.hours, scenario.faults.flag(), scenario.crashes);
+        println!("fault rates ({}): {}", scenario.faults.flag(), tests::scenario::drawn_faults(scenario));
+        println!("grants={} hours={} crashes={}", scenario.grants, args.hours, scenario.crashes);
         harness::run(scenario, &mut |line| println!("{line}"))?
     };
     if args.json {
@@ -162,7 +167,6 @@ fn run_one(args: &SimArgs, scenario: &Scenario) -> anyhow::Result<Summary> {
             summary.wall_ms as f64 / 1_000.0
         );
     } else {
-        println!("fault rates: {}", summary.faults);
         print!("{}", summary.table());
     }
     Ok(summary)

@@ -817,30 +817,36 @@ impl AwsBackend {
             .pacer
             .call(region, Operation::GetNetworkUsage, || self.inner.port.network_usage(region, ids.clone(), start, end))
             .await;
-        match sample {
+        let network = match sample {
             Ok(samples) => {
                 let (bytes_in, bytes_out) = samples
                     .iter()
                     .filter(|s| s.instance_id == instance_id)
                     .fold((0u64, 0u64), |(i, o), s| (i.saturating_add(s.bytes_in), o.saturating_add(s.bytes_out)));
-                self.record(
-                    *grant,
-                    Event::NetworkSampled {
-                        instance_id: instance_id.to_string(),
-                        bytes_in,
-                        bytes_out,
-                        window_start_unix_ms: start,
-                        window_end_unix_ms: end,
-                    },
-                )?;
+                Some(Event::NetworkSampled {
+                    instance_id: instance_id.to_string(),
+                    bytes_in,
+                    bytes_out,
+                    window_start_unix_ms: start,
+                    window_end_unix_ms: end,
+                })
             }
             // Metering network is worth less than ending the grant: note it and go on.
-            Err(err) => tracing::warn!(error = %err, "network usage unavailable; metered as 0"),
+            Err(err) => {
+                tracing::warn!(error = %err, "network usage unavailable; metered as 0");
+                None
+            }
+        };
+        // The sample and the end go in together, and only once: a racing teardown (the
+        // reaper's, recovery's) that finished first has recorded both already.
+        let terminated = Event::InstanceTerminated { instance_id: instance_id.to_string() };
+        let now = self.now_ms();
+        let mut ledger = lock(&self.inner.ledger);
+        if ledger.grant(grant).is_some_and(|s| s.instance() == Some(instance_id)) {
+            let events = network.into_iter().chain([terminated]).map(|e| (*grant, now, e));
+            ledger.append_batch(events).map_err(local)?;
         }
-        let id = instance_id.to_string();
-        self.record_if(*grant, |s| {
-            s.filter(|s| s.instance() == Some(id.as_str())).map(|_| Event::InstanceTerminated { instance_id: id })
-        })
+        Ok(())
     }
 
     /// Removes everything the grant holds and settles it. Idempotent; works on a grant in any

@@ -158,7 +158,10 @@ impl AwsBootConfig {
             }
             match self.ami.get(region.as_str()) {
                 None => {
-                    return Err(invalid("ami", format!("has no AMI for region {region}: add `{region} = \"ami-...\"`")));
+                    return Err(invalid(
+                        "ami",
+                        format!("has no AMI for region {region}: add `{region} = \"ami-...\"`"),
+                    ));
                 }
                 Some(ami) if !(ami.starts_with("ami-") && is_name(ami, 64)) => {
                     return Err(invalid(format!("ami.{region}"), format!("{ami:?} is not an AMI id (ami-...)")));

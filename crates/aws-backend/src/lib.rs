@@ -5,7 +5,6 @@
 //! port, so production and simulation run one piece of provisioning code.
 
 mod backend;
-mod recovery;
 pub mod config;
 pub mod guest;
 pub mod keys;
@@ -13,10 +12,11 @@ pub mod names;
 pub mod pacing;
 pub mod poller;
 pub mod port;
+mod recovery;
 #[cfg(feature = "sdk")]
 pub mod sdk;
 pub mod sizing;
 
 pub use backend::{AwsBackend, BACKEND_NAME, BackendLedger, BackendParts, DynStore, TestSwitches};
-pub use recovery::{Orphan, ReapReport, RecoveryReport};
 pub use config::{AwsBootConfig, ConfigError, GRANT_TAG, OWNER_TAG};
+pub use recovery::{Orphan, ReapReport, RecoveryReport};

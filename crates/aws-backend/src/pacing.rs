@@ -40,7 +40,8 @@ impl Gcra {
     fn reserve(&mut self, now_ms: u64, tokens: u32) -> u64 {
         let now_ums = now_ms.saturating_mul(1_000);
         let tat = self.tat_ums.max(now_ums);
-        let allowed_at = tat.saturating_add(self.interval_ums * u64::from(tokens.saturating_sub(1)))
+        let allowed_at = tat
+            .saturating_add(self.interval_ums * u64::from(tokens.saturating_sub(1)))
             .saturating_sub(self.tolerance_ums);
         self.tat_ums = tat.saturating_add(self.interval_ums * u64::from(tokens));
         allowed_at.max(now_ums).div_ceil(1_000)

@@ -1,1 +1,655 @@
-//! The EC2 port over the real AWS SDK.
+//! The EC2 port over the real AWS SDK (aws-sdk-ec2 and aws-sdk-cloudwatch).
+//!
+//! [`SdkEc2`] keeps one pair of clients per allowed region, built on first use. The SDK's own
+//! retries are off: the backend's pacer retries with full jitter and keeps its own token buckets,
+//! and two retry loops stacked on each other would multiply the calls a throttled account sees.
+//! SDK types stay inside this module; [`convert`] maps them to the port's types.
+
+mod convert;
+mod inspect;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_cloudwatch::types as cw;
+use aws_sdk_ec2::config::Credentials;
+use aws_sdk_ec2::primitives::Blob;
+use aws_sdk_ec2::types as ec2;
+use backend_api::RegionLabel;
+use tokio::sync::RwLock;
+
+use crate::config::AwsBootConfig;
+use crate::port::{
+    AuthorizeIngressRequest, CreateSecurityGroupRequest, Ec2Error, Ec2Port, Filter, ImportKeyPairRequest, InstanceInfo,
+    InstanceStateChange, InstanceTypeInfo, KeyPairInfo, NetworkUsage, Operation, RunInstancesRequest,
+    SecurityGroupInfo, Tags,
+};
+
+pub use inspect::SdkInspector;
+
+/// The code of the error for a region outside the configured allowlist.
+pub const REGION_NOT_ALLOWED: &str = "RegionNotAllowed";
+
+/// The most instance ids per DescribeInstances page when no ids are given.
+const DESCRIBE_INSTANCES_PAGE: i32 = 1_000;
+/// The most security groups per DescribeSecurityGroups page when no ids are given.
+const DESCRIBE_GROUPS_PAGE: i32 = 1_000;
+/// DescribeInstanceTypes' page limit.
+const DESCRIBE_TYPES_PAGE: i32 = 100;
+/// DescribeVolumes' page limit.
+const DESCRIBE_VOLUMES_PAGE: i32 = 500;
+/// GetMetricData's limit on queries per call; each instance takes two (in and out).
+const METRIC_QUERIES_MAX: usize = 500;
+/// The CloudWatch period, in seconds: the finest EC2's detailed monitoring publishes.
+const METRIC_PERIOD_S: i32 = 60;
+/// How long to wait for a TCP connection before calling it a transport failure.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one attempt of one call may take in all.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One region's clients.
+struct RegionClients {
+    ec2: aws_sdk_ec2::Client,
+    cloudwatch: aws_sdk_cloudwatch::Client,
+}
+
+/// A volume as DescribeVolumes returns it: enough to tell whether one was left behind.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeInfo {
+    /// EC2's id, `vol-...`.
+    pub volume_id: String,
+    /// EC2's state name: `creating`, `available`, `in-use`, `deleting`, `deleted`, `error`.
+    pub state: String,
+    /// Its tags.
+    pub tags: Tags,
+}
+
+/// The EC2 port over the AWS SDK, with a per-region client cache.
+pub struct SdkEc2 {
+    /// The allowed regions; a call naming another is refused without reaching AWS.
+    regions: BTreeSet<RegionLabel>,
+    /// Static credentials, when the configuration gives them (the SDK's type redacts itself in
+    /// `Debug`); the standard chain otherwise.
+    credentials: Option<Credentials>,
+    endpoint_url: Option<String>,
+    clients: RwLock<BTreeMap<RegionLabel, Arc<RegionClients>>>,
+}
+
+impl std::fmt::Debug for SdkEc2 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SdkEc2")
+            .field("regions", &self.regions)
+            .field("static_credentials", &self.credentials.is_some())
+            .field("endpoint_url", &self.endpoint_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SdkEc2 {
+    /// A port for the regions, credentials and endpoint of `cfg`, with the clients of every
+    /// allowed region built up front (building one reads the environment and profile files,
+    /// but makes no network call).
+    pub async fn new(cfg: &AwsBootConfig) -> Self {
+        let credentials = cfg.credentials.as_ref().map(|c| {
+            // The only place the secret leaves its wrapper: into the SDK's signer.
+            Credentials::new(
+                c.access_key_id.clone(),
+                c.secret_access_key.expose().to_string(),
+                c.session_token.as_ref().map(|t| t.expose().to_string()),
+                None,
+                "compute-bridge-config",
+            )
+        });
+        let port = Self {
+            regions: cfg.regions.iter().cloned().collect(),
+            credentials,
+            endpoint_url: cfg.endpoint_url.clone(),
+            clients: RwLock::new(BTreeMap::new()),
+        };
+        for region in &cfg.regions {
+            let clients = Arc::new(port.build_clients(region).await);
+            port.clients.write().await.insert(region.clone(), clients);
+        }
+        port
+    }
+
+    async fn build_clients(&self, region: &RegionLabel) -> RegionClients {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(region.to_string()))
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                    .build(),
+            );
+        if let Some(credentials) = &self.credentials {
+            loader = loader.credentials_provider(credentials.clone());
+        }
+        // Without an override the SDK reads AWS_ENDPOINT_URL_EC2 / AWS_ENDPOINT_URL itself.
+        if let Some(url) = &self.endpoint_url {
+            loader = loader.endpoint_url(url.clone());
+        }
+        let shared = loader.load().await;
+        RegionClients { ec2: aws_sdk_ec2::Client::new(&shared), cloudwatch: aws_sdk_cloudwatch::Client::new(&shared) }
+    }
+
+    /// The region's clients, from the cache or built now; a region outside the allowlist is
+    /// refused with [`REGION_NOT_ALLOWED`].
+    async fn client_for(&self, region: &RegionLabel, operation: Operation) -> Result<Arc<RegionClients>, Ec2Error> {
+        if !self.regions.contains(region) {
+            let allowed: Vec<&str> = self.regions.iter().map(RegionLabel::as_str).collect();
+            return Err(Ec2Error::new(
+                operation,
+                REGION_NOT_ALLOWED,
+                format!("region {region} is not in the configured regions {allowed:?}: add it to `regions` to use it"),
+            ));
+        }
+        if let Some(clients) = self.clients.read().await.get(region) {
+            return Ok(clients.clone());
+        }
+        let built = Arc::new(self.build_clients(region).await);
+        Ok(self.clients.write().await.entry(region.clone()).or_insert(built).clone())
+    }
+
+    async fn ec2(&self, region: &RegionLabel, operation: Operation) -> Result<aws_sdk_ec2::Client, Ec2Error> {
+        Ok(self.client_for(region, operation).await?.ec2.clone())
+    }
+
+    /// DescribeVolumes with filters (e.g. `Filter::tag(OWNER_TAG, [owner])`), every page. Not
+    /// part of the port: the backend never handles volumes itself (they go with their instance),
+    /// but whoever checks that nothing was left behind must look at them.
+    pub async fn describe_volumes(
+        &self,
+        region: &RegionLabel,
+        filters: Vec<Filter>,
+    ) -> anyhow::Result<Vec<VolumeInfo>> {
+        // The port has no DescribeVolumes operation; errors name it in their message.
+        let operation = Operation::DescribeInstances;
+        let client = self.ec2(region, operation).await?;
+        let filters = convert::filters(filters);
+        let mut volumes = Vec::new();
+        let mut next_token = None;
+        loop {
+            let page = client
+                .describe_volumes()
+                .set_filters(filters.clone())
+                .max_results(DESCRIBE_VOLUMES_PAGE)
+                .set_next_token(next_token.take())
+                .send()
+                .await
+                .map_err(|e| convert::error(operation, e))
+                .map_err(|e| anyhow::anyhow!("DescribeVolumes in {region} failed with {}: {}", e.code, e.message))?;
+            for v in page.volumes() {
+                volumes.push(VolumeInfo {
+                    volume_id: v.volume_id().unwrap_or_default().to_string(),
+                    state: v.state().map(|s| s.as_str().to_string()).unwrap_or_default(),
+                    tags: convert::tags(v.tags()),
+                });
+            }
+            match page.next_token() {
+                Some(token) if !token.is_empty() => next_token = Some(token.to_string()),
+                _ => return Ok(volumes),
+            }
+        }
+    }
+}
+
+/// The next page's token, when there is one.
+fn next(token: Option<&str>) -> Option<String> {
+    token.filter(|t| !t.is_empty()).map(str::to_string)
+}
+
+#[async_trait]
+impl Ec2Port for SdkEc2 {
+    async fn import_key_pair(&self, region: &RegionLabel, req: ImportKeyPairRequest) -> Result<KeyPairInfo, Ec2Error> {
+        let op = Operation::ImportKeyPair;
+        let out = self
+            .ec2(region, op)
+            .await?
+            .import_key_pair()
+            .key_name(&req.key_name)
+            .public_key_material(Blob::new(req.public_key_openssh.into_bytes()))
+            .set_tag_specifications(convert::tag_spec(ec2::ResourceType::KeyPair, &req.tags).map(|s| vec![s]))
+            .send()
+            .await
+            .map_err(|e| convert::error(op, e))?;
+        Ok(KeyPairInfo {
+            key_name: out.key_name().unwrap_or(&req.key_name).to_string(),
+            key_pair_id: out.key_pair_id().unwrap_or_default().to_string(),
+            tags: convert::tags(out.tags()),
+            // ImportKeyPair does not say when; Describe does.
+            create_time_unix_ms: 0,
+        })
+    }
+
+    async fn describe_key_pairs(
+        &self,
+        region: &RegionLabel,
+        filters: Vec<Filter>,
+    ) -> Result<Vec<KeyPairInfo>, Ec2Error> {
+        let op = Operation::DescribeKeyPairs;
+        // DescribeKeyPairs is not paginated: it returns every match at once.
+        let out = self
+            .ec2(region, op)
+            .await?
+            .describe_key_pairs()
+            .set_filters(convert::filters(filters))
+            .send()
+            .await
+            .map_err(|e| convert::error(op, e))?;
+        out.key_pairs().iter().map(|k| convert::key_pair(op, k)).collect()
+    }
+
+    async fn delete_key_pair(&self, region: &RegionLabel, key_name: &str) -> Result<(), Ec2Error> {
+        let op = Operation::DeleteKeyPair;
+        self.ec2(region, op)
+            .await?
+            .delete_key_pair()
+            .key_name(key_name)
+            .send()
+            .await
+            .map_err(|e| convert::error(op, e))?;
+        Ok(())
+    }
+
+    async fn create_security_group(
+        &self,
+        region: &RegionLabel,
+        req: CreateSecurityGroupRequest,
+    ) -> Result<String, Ec2Error> {
+        let op = Operation::CreateSecurityGroup;
+        let out = self
+            .ec2(region, op)
+            .await?
+            .create_security_group()
+            .group_name(req.group_name)
+            .description(req.description)
+            .set_tag_specifications(convert::tag_spec(ec2::ResourceType::SecurityGroup, &req.tags).map(|s| vec![s]))
+            .send()
+            .await
+            .map_err(|e| convert::error(op, e))?;
+        out.group_id().map(str::to_string).ok_or_else(|| convert::unexpected(op, "group id"))
+    }
+
+    async fn authorize_ingress(&self, region: &RegionLabel, req: AuthorizeIngressRequest) -> Result<(), Ec2Error> {
+        let op = Operation::AuthorizeSecurityGroupIngress;
+        let ranges = req.cidrs.into_iter().map(|cidr| ec2::IpRange::builder().cidr_ip(cidr).build()).collect();
+        let permission = ec2::IpPermission::builder()
+            .ip_protocol("tcp")
+            .from_port(i32::from(req.port))
+            .to_port(i32::from(req.port))
+            .set_ip_ranges(Some(ranges))
+            .build();
+        self.ec2(region, op)
+            .await?
+            .authorize_security_group_ingress()
+            .group_id(req.group_id)
+            .ip_permissions(permission)
+            .send()
+            .await
+            .map_err(|e| convert::error(op, e))?;
+        Ok(())
+    }
+
+    async fn describe_security_groups(
+        &self,
+        region: &RegionLabel,
+        group_ids: Vec<String>,
+        filters: Vec<Filter>,
+    ) -> Result<Vec<SecurityGroupInfo>, Ec2Error> {
+        let op = Operation::DescribeSecurityGroups;
+        let client = self.ec2(region, op).await?;
+        let filters = convert::filters(filters);
+        // EC2 refuses MaxResults together with GroupIds.
+        let page_size = group_ids.is_empty().then_some(DESCRIBE_GROUPS_PAGE);
+        let ids = (!group_ids.is_empty()).then_some(group_ids);
+        let mut groups = Vec::new();
+        let mut next_token = None;
+        loop {
+            let page = client
+                .describe_security_groups()
+                .set_group_ids(ids.clone())
+                .set_filters(filters.clone())
+                .set_max_results(page_size)
+                .set_next_token(next_token.take())
+                .send()
+                .await
+                .map_err(|e| convert::error(op, e))?;
+            for g in page.security_groups() {
+                groups.push(convert::security_group(op, g)?);
+            }
+            match next(page.next_token()) {
+                Some(token) => next_token = Some(token),
+                None => return Ok(groups),
+            }
+        }
+    }
+
+    async fn delete_security_group(&self, region: &RegionLabel, group_id: &str) -> Result<(), Ec2Error> {
+        let op = Operation::DeleteSecurityGroup;
+        self.ec2(region, op)
+            .await?
+            .delete_security_group()
+            .group_id(group_id)
+            .send()
+            .await
+            .map_err(|e| convert::error(op, e))?;
+        Ok(())
+    }
+
+    async fn run_instance(&self, region: &RegionLabel, req: RunInstancesRequest) -> Result<InstanceInfo, Ec2Error> {
+        let op = Operation::RunInstances;
+        let volume_gib = i32::try_from(req.root_volume_gib).map_err(|_| {
+            Ec2Error::new(
+                op,
+                "InvalidParameterValue",
+                format!("root volume of {} GiB is too large", req.root_volume_gib),
+            )
+        })?;
+        let root = ec2::BlockDeviceMapping::builder()
+            .device_name(req.root_device_name)
+            .ebs(
+                ec2::EbsBlockDevice::builder()
+                    .volume_size(volume_gib)
+                    .volume_type(ec2::VolumeType::Gp3)
+                    .encrypted(true)
+                    .delete_on_termination(true)
+                    .build(),
+            )
+            .build();
+        let metadata = ec2::InstanceMetadataOptionsRequest::builder()
+            .http_endpoint(ec2::InstanceMetadataEndpointState::Enabled)
+            .http_tokens(if req.imdsv2_required {
+                ec2::HttpTokensState::Required
+            } else {
+                ec2::HttpTokensState::Optional
+            })
+            .build();
+        let tag_specs: Vec<_> = [
+            convert::tag_spec(ec2::ResourceType::Instance, &req.instance_tags),
+            convert::tag_spec(ec2::ResourceType::Volume, &req.volume_tags),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let out = self
+            .ec2(region, op)
+            .await?
+            .run_instances()
+            .image_id(req.image_id)
+            .instance_type(ec2::InstanceType::from(req.instance_type.as_str()))
+            .key_name(req.key_name)
+            .set_security_group_ids(Some(req.security_group_ids))
+            .user_data(req.user_data_base64)
+            .client_token(req.client_token)
+            .min_count(1)
+            .max_count(1)
+            .block_device_mappings(root)
+            .metadata_options(metadata)
+            .instance_initiated_shutdown_behavior(convert::shutdown_behavior(req.shutdown_behavior))
+            .set_tag_specifications((!tag_specs.is_empty()).then_some(tag_specs))
+            .send()
+            .await
+            .map_err(|e| convert::error(op, e))?;
+        let first = out.instances().first().ok_or_else(|| convert::unexpected(op, "instance"))?;
+        convert::instance(op, first)
+    }
+
+    async fn describe_instances(
+        &self,
+        region: &RegionLabel,
+        instance_ids: Vec<String>,
+        filters: Vec<Filter>,
+    ) -> Result<Vec<InstanceInfo>, Ec2Error> {
+        let op = Operation::DescribeInstances;
+        let client = self.ec2(region, op).await?;
+        let filters = convert::filters(filters);
+        // EC2 refuses MaxResults together with InstanceIds.
+        let page_size = instance_ids.is_empty().then_some(DESCRIBE_INSTANCES_PAGE);
+        let ids = (!instance_ids.is_empty()).then_some(instance_ids);
+        let mut instances = Vec::new();
+        let mut next_token = None;
+        loop {
+            let page = client
+                .describe_instances()
+                .set_instance_ids(ids.clone())
+                .set_filters(filters.clone())
+                .set_max_results(page_size)
+                .set_next_token(next_token.take())
+                .send()
+                .await
+                .map_err(|e| convert::error(op, e))?;
+            for reservation in page.reservations() {
+                for i in reservation.instances() {
+                    instances.push(convert::instance(op, i)?);
+                }
+            }
+            match next(page.next_token()) {
+                Some(token) => next_token = Some(token),
+                None => return Ok(instances),
+            }
+        }
+    }
+
+    async fn terminate_instances(
+        &self,
+        region: &RegionLabel,
+        instance_ids: Vec<String>,
+    ) -> Result<Vec<InstanceStateChange>, Ec2Error> {
+        let op = Operation::TerminateInstances;
+        let out = self
+            .ec2(region, op)
+            .await?
+            .terminate_instances()
+            .set_instance_ids(Some(instance_ids))
+            .send()
+            .await
+            .map_err(|e| convert::error(op, e))?;
+        out.terminating_instances().iter().map(|c| convert::state_change(op, c)).collect()
+    }
+
+    async fn describe_instance_types(
+        &self,
+        region: &RegionLabel,
+        families: Vec<String>,
+    ) -> Result<Vec<InstanceTypeInfo>, Ec2Error> {
+        let op = Operation::DescribeInstanceTypes;
+        let client = self.ec2(region, op).await?;
+        let filters = (!families.is_empty()).then(|| {
+            vec![
+                ec2::Filter::builder()
+                    .name("instance-type")
+                    .set_values(Some(families.iter().map(|f| format!("{f}.*")).collect()))
+                    .build(),
+            ]
+        });
+        let mut types = Vec::new();
+        let mut next_token = None;
+        loop {
+            let page = client
+                .describe_instance_types()
+                .set_filters(filters.clone())
+                .max_results(DESCRIBE_TYPES_PAGE)
+                .set_next_token(next_token.take())
+                .send()
+                .await
+                .map_err(|e| convert::error(op, e))?;
+            // A type without a vCPU count or memory size cannot be sized against; skip it.
+            types.extend(page.instance_types().iter().filter_map(convert::instance_type));
+            match next(page.next_token()) {
+                Some(token) => next_token = Some(token),
+                None => return Ok(types),
+            }
+        }
+    }
+
+    async fn create_tags(&self, region: &RegionLabel, resource_ids: Vec<String>, tags: Tags) -> Result<(), Ec2Error> {
+        let op = Operation::CreateTags;
+        self.ec2(region, op)
+            .await?
+            .create_tags()
+            .set_resources(Some(resource_ids))
+            .set_tags(Some(convert::sdk_tags(&tags)))
+            .send()
+            .await
+            .map_err(|e| convert::error(op, e))?;
+        Ok(())
+    }
+
+    async fn network_usage(
+        &self,
+        region: &RegionLabel,
+        instance_ids: Vec<String>,
+        start_unix_ms: u64,
+        end_unix_ms: u64,
+    ) -> Result<Vec<NetworkUsage>, Ec2Error> {
+        let op = Operation::GetNetworkUsage;
+        if instance_ids.is_empty() || end_unix_ms <= start_unix_ms {
+            return Ok(Vec::new());
+        }
+        let client = self.client_for(region, op).await?.cloudwatch.clone();
+        let (start, end) = metric_window(start_unix_ms, end_unix_ms);
+        let mut usage: Vec<NetworkUsage> =
+            instance_ids.iter().map(|id| NetworkUsage { instance_id: id.clone(), bytes_in: 0, bytes_out: 0 }).collect();
+        // Query ids are `i<index>` (NetworkIn) and `o<index>` (NetworkOut), index into `usage`.
+        for (chunk_no, chunk) in instance_ids.chunks(METRIC_QUERIES_MAX / 2).enumerate() {
+            let base = chunk_no * (METRIC_QUERIES_MAX / 2);
+            let queries: Vec<cw::MetricDataQuery> = chunk
+                .iter()
+                .enumerate()
+                .flat_map(|(n, id)| {
+                    [("i", "NetworkIn"), ("o", "NetworkOut")]
+                        .map(|(prefix, metric)| network_query(prefix, base + n, metric, id))
+                })
+                .collect();
+            let mut next_token = None;
+            loop {
+                let page = client
+                    .get_metric_data()
+                    .start_time(convert::date_time(start))
+                    .end_time(convert::date_time(end))
+                    .set_metric_data_queries(Some(queries.clone()))
+                    .set_next_token(next_token.take())
+                    .send()
+                    .await
+                    .map_err(|e| convert::error(op, e))?;
+                for result in page.metric_data_results() {
+                    let Some((is_in, index)) = result.id().and_then(parse_query_id) else { continue };
+                    let Some(entry) = usage.get_mut(index) else { continue };
+                    let bytes = sum_bytes(result.values());
+                    if is_in {
+                        entry.bytes_in = entry.bytes_in.saturating_add(bytes);
+                    } else {
+                        entry.bytes_out = entry.bytes_out.saturating_add(bytes);
+                    }
+                }
+                match next(page.next_token()) {
+                    Some(token) => next_token = Some(token),
+                    None => break,
+                }
+            }
+        }
+        Ok(usage)
+    }
+}
+
+/// One GetMetricData query: the Sum of `metric` for `instance_id`, per minute.
+fn network_query(prefix: &str, index: usize, metric: &str, instance_id: &str) -> cw::MetricDataQuery {
+    let metric = cw::Metric::builder()
+        .namespace("AWS/EC2")
+        .metric_name(metric)
+        .dimensions(cw::Dimension::builder().name("InstanceId").value(instance_id).build())
+        .build();
+    cw::MetricDataQuery::builder()
+        .id(format!("{prefix}{index}"))
+        .metric_stat(cw::MetricStat::builder().metric(metric).period(METRIC_PERIOD_S).stat("Sum").build())
+        .return_data(true)
+        .build()
+}
+
+/// Parses a query id of [`network_query`]: (is it NetworkIn, index).
+fn parse_query_id(id: &str) -> Option<(bool, usize)> {
+    let is_in = match id.as_bytes().first()? {
+        b'i' => true,
+        b'o' => false,
+        _ => return None,
+    };
+    Some((is_in, id.get(1..)?.parse().ok()?))
+}
+
+/// The sum of CloudWatch's per-period byte counts, rounded, ignoring nonsense values.
+fn sum_bytes(values: &[f64]) -> u64 {
+    let total: f64 = values.iter().filter(|v| v.is_finite() && **v > 0.0).sum();
+    // `as` saturates for floats, which is what we want for an absurd total.
+    total.round() as u64
+}
+
+/// The window widened to whole periods, so that the periods the instance ran in are counted
+/// whole (they hold only this instance's bytes), and never empty.
+fn metric_window(start_unix_ms: u64, end_unix_ms: u64) -> (u64, u64) {
+    let period_ms = u64::from(METRIC_PERIOD_S.unsigned_abs()) * 1_000;
+    let start = start_unix_ms - start_unix_ms % period_ms;
+    let end = end_unix_ms.div_ceil(period_ms).saturating_mul(period_ms).max(start + period_ms);
+    (start, end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_ids_round_trip() {
+        let q = network_query("o", 417, "NetworkOut", "i-1");
+        assert_eq!(q.id(), Some("o417"));
+        assert_eq!(parse_query_id("o417"), Some((false, 417)));
+        assert_eq!(parse_query_id("i0"), Some((true, 0)));
+        assert_eq!(parse_query_id("x1"), None);
+        assert_eq!(parse_query_id("i"), None);
+    }
+
+    #[test]
+    fn windows_cover_whole_minutes() {
+        assert_eq!(metric_window(61_000, 119_000), (60_000, 120_000));
+        assert_eq!(metric_window(60_000, 60_001), (60_000, 120_000));
+        assert_eq!(metric_window(60_000, 60_000), (60_000, 120_000));
+        assert_eq!(metric_window(0, 180_000), (0, 180_000));
+    }
+
+    #[test]
+    fn byte_sums_ignore_nonsense() {
+        assert_eq!(sum_bytes(&[1.0, 2.4, f64::NAN, -3.0, f64::INFINITY]), 3);
+        assert_eq!(sum_bytes(&[]), 0);
+    }
+
+    #[tokio::test]
+    async fn regions_outside_the_allowlist_are_refused_without_a_call() {
+        let cfg = crate::AwsBootConfig::from_toml(
+            r#"
+            regions = ["us-east-1"]
+            instance_families = ["m6i"]
+            owner = "unit"
+            ami = { us-east-1 = "ami-12345678" }
+            endpoint_url = "http://127.0.0.1:9"
+            ledger_path = "/nonexistent/ledger"
+            almanac = { epoch_unix_ms = 0, tick_ms = 1000 }
+            credentials = { access_key_id = "AKID", secret_access_key = "not-a-real-secret" }
+            guest = { content_store_url = "http://127.0.0.1:9/blobs/{hash}" }
+            "#,
+        )
+        .expect("valid config");
+        let port = SdkEc2::new(&cfg).await;
+        let printed = format!("{port:?}");
+        assert!(!printed.contains("not-a-real-secret"), "{printed}");
+        let region = RegionLabel::new("eu-north-1").expect("label");
+        let err = port.describe_key_pairs(&region, Vec::new()).await.expect_err("refused");
+        assert_eq!(err.code, REGION_NOT_ALLOWED);
+        assert_eq!(err.operation, Operation::DescribeKeyPairs);
+        assert!(err.message.contains("us-east-1"), "{err}");
+    }
+}

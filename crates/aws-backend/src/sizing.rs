@@ -16,19 +16,23 @@ pub fn sorted(mut types: Vec<InstanceTypeInfo>) -> Vec<InstanceTypeInfo> {
 
 /// Every type with vCPUs × 1000 ≥ the CPU asked and memory ≥ the RAM asked, smallest first
 /// (the order capacity fallback walks). An error names the request and the largest type.
-pub fn fitting(sorted_types: &[InstanceTypeInfo], manifest: &ComputeManifest) -> Result<Vec<InstanceTypeInfo>, BackendError> {
+pub fn fitting(
+    sorted_types: &[InstanceTypeInfo],
+    manifest: &ComputeManifest,
+) -> Result<Vec<InstanceTypeInfo>, BackendError> {
     let fits: Vec<InstanceTypeInfo> = sorted_types
         .iter()
         .filter(|t| {
-            u64::from(t.vcpus) * 1_000 >= u64::from(manifest.cpu_millicores) && t.memory_mib >= u64::from(manifest.ram_mib)
+            u64::from(t.vcpus) * 1_000 >= u64::from(manifest.cpu_millicores)
+                && t.memory_mib >= u64::from(manifest.ram_mib)
         })
         .cloned()
         .collect();
     if fits.is_empty() {
-        let largest = sorted_types
-            .iter()
-            .max_by_key(|t| (t.vcpus, t.memory_mib))
-            .map_or_else(|| "no types at all".to_string(), |t| format!("{} ({} vCPU, {} MiB)", t.instance_type, t.vcpus, t.memory_mib));
+        let largest = sorted_types.iter().max_by_key(|t| (t.vcpus, t.memory_mib)).map_or_else(
+            || "no types at all".to_string(),
+            |t| format!("{} ({} vCPU, {} MiB)", t.instance_type, t.vcpus, t.memory_mib),
+        );
         return Err(BackendError::Unsatisfiable {
             reason: format!(
                 "no instance type in the configured families has {} millicores and {} MiB; the largest is {largest}",
@@ -50,12 +54,23 @@ mod tests {
     }
 
     fn manifest(cpu_millicores: u32, ram_mib: u32) -> ComputeManifest {
-        ComputeManifest { cpu_millicores, ram_mib, storage_gib: 8, tdx_required: false, image_post_hash: ImageHash([0; 32]) }
+        ComputeManifest {
+            cpu_millicores,
+            ram_mib,
+            storage_gib: 8,
+            tdx_required: false,
+            image_post_hash: ImageHash([0; 32]),
+        }
     }
 
     #[test]
     fn picks_the_smallest_fit_and_orders_the_fallbacks() {
-        let types = sorted(vec![t("m6i.xlarge", 4, 16_384), t("c6i.large", 2, 4_096), t("m6i.large", 2, 8_192), t("r6i.large", 2, 16_384)]);
+        let types = sorted(vec![
+            t("m6i.xlarge", 4, 16_384),
+            t("c6i.large", 2, 4_096),
+            t("m6i.large", 2, 8_192),
+            t("r6i.large", 2, 16_384),
+        ]);
         let fits = fitting(&types, &manifest(1_500, 6_000)).expect("fits");
         let names: Vec<&str> = fits.iter().map(|t| t.instance_type.as_str()).collect();
         assert_eq!(names, ["m6i.large", "r6i.large", "m6i.xlarge"]);

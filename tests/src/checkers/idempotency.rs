@@ -17,6 +17,8 @@ pub fn check(ctx: &Context<'_>) -> Vec<Violation> {
     per_grant
         .into_iter()
         .filter(|(_, ids)| ids.len() > 1)
-        .map(|(grant, ids)| Violation::safety("idempotency", format!("grant {grant} had {} instances: {ids:?}", ids.len())))
+        .map(|(grant, ids)| {
+            Violation::safety("idempotency", format!("grant {grant} had {} instances: {ids:?}", ids.len()))
+        })
         .collect()
 }

@@ -15,13 +15,20 @@ pub fn check(ctx: &Context<'_>) -> Vec<Violation> {
         if replayed.records_hash() != live.records_hash() {
             violations.push(Violation::safety(
                 "ledger",
-                format!("replayed {} records, live ledger has {}: hashes differ", replayed.record_count(), live.record_count()),
+                format!(
+                    "replayed {} records, live ledger has {}: hashes differ",
+                    replayed.record_count(),
+                    live.record_count()
+                ),
             ));
         }
         let live_states: Vec<_> = live.grants().collect();
         let replayed_states: Vec<_> = replayed.grants().collect();
         if live_states != replayed_states {
-            violations.push(Violation::safety("ledger", "replaying the log gives other grant states than the live ledger".into()));
+            violations.push(Violation::safety(
+                "ledger",
+                "replaying the log gives other grant states than the live ledger".into(),
+            ));
         }
         violations
     })

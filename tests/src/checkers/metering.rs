@@ -21,7 +21,12 @@ pub fn check(ctx: &Context<'_>, measures: &mut Measures) -> Vec<Violation> {
         let late_ms = instance
             .intervals
             .iter()
-            .find(|i| !matches!(i.state, aws_backend::port::InstanceState::Pending | aws_backend::port::InstanceState::Running))
+            .find(|i| {
+                !matches!(
+                    i.state,
+                    aws_backend::port::InstanceState::Pending | aws_backend::port::InstanceState::Running
+                )
+            })
             .map_or(0, |i| i.from_ms.saturating_sub(plan.valid_to_unix_ms));
         let slack_s = (ctx.poll_interval_ms + ctx.downtime_ms_max + late_ms).div_ceil(1_000) + 1;
         let cpu_true = vcpus * true_s;
@@ -49,14 +54,20 @@ pub fn check(ctx: &Context<'_>, measures: &mut Measures) -> Vec<Violation> {
         if ram_err > ram_tolerance {
             violations.push(Violation::safety(
                 "metering",
-                format!("grant {grant}: metered {} MiB-seconds, truth {ram_true}, beyond {ram_tolerance}", usage.ram_mib_seconds),
+                format!(
+                    "grant {grant}: metered {} MiB-seconds, truth {ram_true}, beyond {ram_tolerance}",
+                    usage.ram_mib_seconds
+                ),
             ));
         }
         let net_tolerance = 2 * ctx.network_bytes_per_s_max * (slack_s + 1);
         if net_err > net_tolerance {
             violations.push(Violation::safety(
                 "metering",
-                format!("grant {grant}: metered {} network bytes, truth {net_true}, beyond {net_tolerance}", usage.network_bytes),
+                format!(
+                    "grant {grant}: metered {} network bytes, truth {net_true}, beyond {net_tolerance}",
+                    usage.network_bytes
+                ),
             ));
         }
         let storage_true = u64::from(plan.manifest.storage_gib.max(8)) << 30;

@@ -1,0 +1,260 @@
+//! The AWS backend on the simulator: the conformance suite, and the EC2 behaviours moto lacks
+//! (deadlines, DependencyViolation, crashes around RunInstances, failed launches, eventual
+//! consistency).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use aws_backend::port::{Ec2Port, InstanceState, Operation};
+use aws_backend::{AwsBackend, AwsBootConfig, GRANT_TAG, OWNER_TAG, TestSwitches};
+use backend_api::conformance::{self, CloudInspector, Setup};
+use backend_api::{
+    AlmanacTick, Backend, BackendError, Clock, ComputeGrant, ComputeManifest, Envelope, GrantId, ImageHash, TokioClock,
+};
+use sim_ec2::{FaultConfig, InterruptReason, SimConfig, SimEc2};
+use tests::crashpoint::{CrashPoint, CrashingPort};
+use tests::fixture::{self, START_UNIX_MS};
+use usage_ledger::MemoryStore;
+
+/// A simulated EC2, its clock, and the ledger store a backend reopens after a crash.
+pub struct Rig {
+    pub cfg: AwsBootConfig,
+    pub clock: Arc<TokioClock>,
+    pub sim: Arc<SimEc2>,
+    pub store: MemoryStore,
+}
+
+impl Rig {
+    pub fn new(seed: u64, faults: FaultConfig) -> Self {
+        let clock = Arc::new(TokioClock::starting_at(START_UNIX_MS));
+        let regions = fixture::ALLOWED_REGIONS.iter().map(|r| fixture::region(r)).collect();
+        let sim = SimEc2::new(SimConfig::new(seed, regions).with_faults(faults), clock.clone())
+            .unwrap_or_else(|e| panic!("sim config: {e}"));
+        Self { cfg: fixture::config(5_000), clock, sim: Arc::new(sim), store: MemoryStore::new() }
+    }
+
+    pub async fn backend_over(&self, port: Arc<dyn Ec2Port>) -> AwsBackend {
+        fixture::backend(&self.cfg, port, self.clock.clone(), &self.store, 7, TestSwitches::default())
+            .await
+            .unwrap_or_else(|e| panic!("backend: {e:#}"))
+    }
+
+    pub async fn backend(&self) -> AwsBackend {
+        self.backend_over(self.sim.clone()).await
+    }
+
+    pub fn now_tick(&self) -> AlmanacTick {
+        self.cfg.almanac.unix_ms_to_tick(self.clock.now_unix_ms())
+    }
+
+    /// Resources of `grant` that still exist, as ground truth sees them.
+    pub fn left_of(&self, grant: &GrantId) -> Vec<String> {
+        self.sim
+            .live_resources_tagged(GRANT_TAG, &grant.to_hex())
+            .iter()
+            .map(|r| format!("{:?} {}", r.kind, r.id))
+            .collect()
+    }
+
+    /// Instances ever launched for `grant`.
+    pub fn instances_of(&self, grant: &GrantId) -> Vec<sim_ec2::InstanceTruth> {
+        let hex = grant.to_hex();
+        self.sim.instances().into_iter().filter(|i| i.tags.get(GRANT_TAG) == Some(&hex)).collect()
+    }
+}
+
+#[async_trait]
+impl CloudInspector for Rig {
+    async fn resources_of(&self, grant: GrantId) -> anyhow::Result<Vec<String>> {
+        Ok(self.left_of(&grant))
+    }
+}
+
+pub fn manifest() -> ComputeManifest {
+    ComputeManifest {
+        cpu_millicores: 2_000,
+        ram_mib: 4_096,
+        storage_gib: 20,
+        tdx_required: false,
+        image_post_hash: ImageHash([0x11; 32]),
+    }
+}
+
+pub fn grant<'a>(id: u8, manifest: &'a ComputeManifest, now: AlmanacTick, lifetime_s: u64) -> ComputeGrant<'a> {
+    ComputeGrant { id: GrantId([id; 32]), manifest, valid_from: now, valid_to: AlmanacTick(now.0 + lifetime_s) }
+}
+
+pub fn us_east() -> Envelope {
+    Envelope::for_region(fixture::region("us-east-1"))
+}
+
+/// When the instance stopped being pending or running.
+fn left_running_at(instance: &sim_ec2::InstanceTruth) -> Option<u64> {
+    instance
+        .intervals
+        .iter()
+        .find(|i| !matches!(i.state, InstanceState::Pending | InstanceState::Running))
+        .map(|i| i.from_ms)
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn conformance_suite_passes_on_the_simulator() {
+    let rig = Rig::new(1, FaultConfig::default());
+    let backend = rig.backend().await;
+    let setup = Setup {
+        allowed_region: fixture::region("us-east-1"),
+        disallowed_region: fixture::region(fixture::DISALLOWED_REGION),
+        now: AlmanacTick(rig.now_tick().0 + 10),
+        lifetime_ticks: 900,
+        run_salt: *b"simconf1",
+    };
+    conformance::run_all(&backend, &rig, &setup).await.unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(rig.sim.live_resources_tagged(OWNER_TAG, fixture::OWNER).is_empty());
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn terminate_instances_is_called_at_valid_to_not_on_the_next_poll() {
+    let rig = Rig::new(2, FaultConfig::none());
+    let backend = rig.backend().await;
+    let m = manifest();
+    // 10 minutes and 2.5 s: the deadline falls between two polls of the 5 s poller.
+    let g = ComputeGrant { valid_to: AlmanacTick(rig.now_tick().0 + 602), ..grant(1, &m, rig.now_tick(), 0) };
+    let instance = backend.provision(&g, &us_east()).await.expect("provision");
+    let usage = backend.watch_until_exit(&instance, g.valid_to).await.expect("watch");
+    backend.terminate(&instance).await.expect("terminate");
+    let truth = rig.sim.instance(&instance.instance_id).expect("launched");
+    let valid_to_ms = rig.cfg.almanac.tick_to_unix_ms(g.valid_to);
+    let left = left_running_at(&truth).expect("it ended");
+    let lateness_ms = left.saturating_sub(valid_to_ms);
+    assert!(left >= valid_to_ms, "terminated {} ms before the deadline", valid_to_ms - left);
+    assert!(lateness_ms <= 1_000, "TerminateInstances came {lateness_ms} ms after valid_to");
+    assert!(usage.cpu_seconds > 0, "{usage:?}");
+    assert!(rig.left_of(&g.id).is_empty());
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_dependency_violation_storm_still_ends_with_the_group_deleted() {
+    let faults = FaultConfig {
+        dependency_violation_lag_ms_min: 4 * 60_000,
+        dependency_violation_lag_ms_max: 6 * 60_000,
+        ..FaultConfig::none()
+    };
+    let rig = Rig::new(3, faults);
+    let backend = rig.backend().await;
+    let m = manifest();
+    let g = grant(2, &m, rig.now_tick(), 300);
+    let instance = backend.provision(&g, &us_east()).await.expect("provision");
+    backend.watch_until_exit(&instance, g.valid_to).await.expect("watch");
+    backend.terminate(&instance).await.expect("terminate through the storm");
+    let violations = rig.sim.stats().errors.get("DependencyViolation").copied().unwrap_or(0);
+    assert!(violations >= 5, "the storm was too weak to test anything: {violations} DependencyViolation");
+    assert!(rig.left_of(&g.id).is_empty(), "left: {:?}", rig.left_of(&g.id));
+    assert!(backend.grant_state(&g.id).expect("known").is_settled());
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_crash_between_run_instances_and_its_record_then_a_retry_launches_no_second_instance() {
+    let rig = Rig::new(4, FaultConfig::default());
+    let m = manifest();
+    let g = grant(3, &m, rig.now_tick(), 1_800);
+    let crashing = Arc::new(CrashingPort::new(rig.sim.clone(), CrashPoint::Operation(Operation::RunInstances), true));
+    let doomed = rig.backend_over(crashing.clone()).await;
+    let (owned_grant, manifest_copy) = (g.id, m.clone());
+    let task = tokio::spawn(async move {
+        let g =
+            ComputeGrant { id: owned_grant, manifest: &manifest_copy, valid_from: g.valid_from, valid_to: g.valid_to };
+        let _ = doomed.provision(&g, &us_east()).await;
+    });
+    while !crashing.crashed() {
+        rig.clock.sleep_ms(100).await;
+    }
+    task.abort();
+    let _ = task.await;
+    assert_eq!(rig.instances_of(&g.id).len(), 1, "RunInstances took effect before the crash");
+
+    // The bridge restarts and retries the grant: the launch resumes with the same token.
+    let backend = rig.backend().await;
+    let instance = backend.provision(&g, &us_east()).await.expect("the retry provisions");
+    let launched = rig.instances_of(&g.id);
+    assert_eq!(launched.len(), 1, "a second instance was launched: {launched:?}");
+    assert_eq!(launched[0].instance_id, instance.instance_id);
+    backend.terminate(&instance).await.expect("terminate");
+    assert!(rig.left_of(&g.id).is_empty());
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_launch_refused_by_ec2_rolls_back_to_nothing() {
+    let rig = Rig::new(5, FaultConfig::default());
+    let backend = rig.backend().await;
+    let m = manifest();
+    let g = grant(4, &m, rig.now_tick(), 1_800);
+    rig.sim.fail_next(Operation::RunInstances, "InvalidAMIID.NotFound");
+    let err = backend.provision(&g, &us_east()).await.expect_err("EC2 refused the launch");
+    let typed = err.downcast_ref::<BackendError>().expect("a BackendError");
+    assert!(matches!(typed, BackendError::Provider { code, .. } if code == "InvalidAMIID.NotFound"), "{typed:?}");
+    assert!(rig.left_of(&g.id).is_empty(), "left: {:?}", rig.left_of(&g.id));
+    assert!(backend.grant_state(&g.id).expect("admitted").is_settled());
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn an_instance_that_dies_while_pending_rolls_back_to_nothing() {
+    let faults = FaultConfig { launch_delay_ms_min: 60_000, launch_delay_ms_max: 60_000, ..FaultConfig::none() };
+    let rig = Rig::new(6, faults);
+    let backend = rig.backend().await;
+    let m = manifest();
+    let g = grant(5, &m, rig.now_tick(), 1_800);
+    let provisioning = {
+        let backend = backend.clone();
+        let m = m.clone();
+        let (id, valid_from, valid_to) = (g.id, g.valid_from, g.valid_to);
+        tokio::spawn(async move {
+            let g = ComputeGrant { id, manifest: &m, valid_from, valid_to };
+            backend.provision(&g, &us_east()).await.map(|i| i.instance_id)
+        })
+    };
+    let instance_id = loop {
+        if let Some(i) = rig.instances_of(&g.id).first() {
+            break i.instance_id.clone();
+        }
+        rig.clock.sleep_ms(500).await;
+    };
+    assert!(rig.sim.interrupt(&instance_id, InterruptReason::InternalError).expect("known instance"));
+    let result = provisioning.await.expect("task");
+    assert!(result.is_err(), "provision returned an instance that failed to launch");
+    assert!(rig.left_of(&g.id).is_empty(), "left: {:?}", rig.left_of(&g.id));
+    assert!(backend.grant_state(&g.id).expect("admitted").is_settled());
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_grant_under_eventual_consistency_is_provisioned_and_torn_down() {
+    let faults =
+        FaultConfig { visibility_delay_ms_min: 20_000, visibility_delay_ms_max: 40_000, ..FaultConfig::default() };
+    let rig = Rig::new(7, faults);
+    let backend = rig.backend().await;
+    let m = manifest();
+    let g = grant(6, &m, rig.now_tick(), 900);
+    let instance = backend.provision(&g, &us_east()).await.expect("provision despite invisible resources");
+    backend.watch_until_exit(&instance, g.valid_to).await.expect("watch");
+    backend.terminate(&instance).await.expect("terminate");
+    assert!(rig.left_of(&g.id).is_empty(), "left: {:?}", rig.left_of(&g.id));
+    let not_found: u64 =
+        rig.sim.stats().errors.iter().filter(|(code, _)| code.ends_with(".NotFound")).map(|(_, n)| n).sum();
+    assert!(not_found > 0, "eventual consistency was never exercised");
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn refusals_create_nothing_and_name_the_value() {
+    let rig = Rig::new(8, FaultConfig::none());
+    let backend = rig.backend().await;
+    let mut big = manifest();
+    big.cpu_millicores = 10_000_000;
+    let g = grant(7, &big, rig.now_tick(), 600);
+    assert!(!backend.can_satisfy(&g));
+    let err = backend.provision(&g, &us_east()).await.expect_err("too big");
+    assert!(err.to_string().contains("10000000 millicores"), "{err}");
+    assert!(backend.grant_state(&g.id).is_none(), "a refused grant reached the ledger");
+    assert_eq!(
+        rig.sim.stats().total_calls(),
+        rig.sim.stats().calls.get(&Operation::DescribeInstanceTypes).copied().unwrap_or(0)
+    );
+}

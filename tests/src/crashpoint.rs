@@ -1,0 +1,144 @@
+//! A port that "crashes" the backend at a chosen EC2 call: the call's effect happens (or not),
+//! and its answer never comes back. Dropping the backend then is a crash at that await point,
+//! the way a process dies between sending a request and recording its result.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use aws_backend::port::{
+    AuthorizeIngressRequest, CreateSecurityGroupRequest, Ec2Error, Ec2Port, Filter, ImportKeyPairRequest, InstanceInfo,
+    InstanceStateChange, InstanceTypeInfo, KeyPairInfo, NetworkUsage, Operation, RunInstancesRequest,
+    SecurityGroupInfo, Tags,
+};
+use backend_api::RegionLabel;
+
+/// Where the crash happens.
+#[derive(Clone, Copy, Debug)]
+pub enum CrashPoint {
+    /// At the n-th call (0-based) of any operation.
+    Call(u64),
+    /// At the first call of this operation.
+    Operation(Operation),
+}
+
+/// Forwards to `inner` until the crash point, whose call hangs forever, after its effect when
+/// `effect_first` is set.
+pub struct CrashingPort {
+    inner: Arc<dyn Ec2Port>,
+    crash_at: CrashPoint,
+    effect_first: bool,
+    calls: AtomicU64,
+    crashed: AtomicBool,
+}
+
+impl CrashingPort {
+    /// A port that crashes at the `crash_at`-th call (0-based).
+    pub fn new(inner: Arc<dyn Ec2Port>, crash_at: CrashPoint, effect_first: bool) -> Self {
+        Self { inner, crash_at, effect_first, calls: AtomicU64::new(0), crashed: AtomicBool::new(false) }
+    }
+
+    /// Whether the crash point was reached.
+    pub fn crashed(&self) -> bool {
+        self.crashed.load(Ordering::SeqCst)
+    }
+
+    async fn gate<T, F>(&self, op: Operation, call: F) -> Result<T, Ec2Error>
+    where
+        F: std::future::Future<Output = Result<T, Ec2Error>>,
+    {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        let hit = match self.crash_at {
+            CrashPoint::Call(at) => n == at,
+            CrashPoint::Operation(at) => at == op && !self.crashed(),
+        };
+        if !hit || self.crashed() {
+            return call.await;
+        }
+        self.crashed.store(true, Ordering::SeqCst);
+        if self.effect_first {
+            let _ = call.await;
+        }
+        std::future::pending().await
+    }
+}
+
+#[async_trait]
+impl Ec2Port for CrashingPort {
+    async fn import_key_pair(&self, region: &RegionLabel, req: ImportKeyPairRequest) -> Result<KeyPairInfo, Ec2Error> {
+        self.gate(Operation::ImportKeyPair, self.inner.import_key_pair(region, req)).await
+    }
+    async fn describe_key_pairs(
+        &self,
+        region: &RegionLabel,
+        filters: Vec<Filter>,
+    ) -> Result<Vec<KeyPairInfo>, Ec2Error> {
+        self.gate(Operation::DescribeKeyPairs, self.inner.describe_key_pairs(region, filters)).await
+    }
+    async fn delete_key_pair(&self, region: &RegionLabel, key_name: &str) -> Result<(), Ec2Error> {
+        self.gate(Operation::DeleteKeyPair, self.inner.delete_key_pair(region, key_name)).await
+    }
+    async fn create_security_group(
+        &self,
+        region: &RegionLabel,
+        req: CreateSecurityGroupRequest,
+    ) -> Result<String, Ec2Error> {
+        self.gate(Operation::CreateSecurityGroup, self.inner.create_security_group(region, req)).await
+    }
+    async fn authorize_ingress(&self, region: &RegionLabel, req: AuthorizeIngressRequest) -> Result<(), Ec2Error> {
+        self.gate(Operation::AuthorizeSecurityGroupIngress, self.inner.authorize_ingress(region, req)).await
+    }
+    async fn describe_security_groups(
+        &self,
+        region: &RegionLabel,
+        group_ids: Vec<String>,
+        filters: Vec<Filter>,
+    ) -> Result<Vec<SecurityGroupInfo>, Ec2Error> {
+        self.gate(Operation::DescribeSecurityGroups, self.inner.describe_security_groups(region, group_ids, filters))
+            .await
+    }
+    async fn delete_security_group(&self, region: &RegionLabel, group_id: &str) -> Result<(), Ec2Error> {
+        self.gate(Operation::DeleteSecurityGroup, self.inner.delete_security_group(region, group_id)).await
+    }
+    async fn run_instance(&self, region: &RegionLabel, req: RunInstancesRequest) -> Result<InstanceInfo, Ec2Error> {
+        self.gate(Operation::RunInstances, self.inner.run_instance(region, req)).await
+    }
+    async fn describe_instances(
+        &self,
+        region: &RegionLabel,
+        instance_ids: Vec<String>,
+        filters: Vec<Filter>,
+    ) -> Result<Vec<InstanceInfo>, Ec2Error> {
+        self.gate(Operation::DescribeInstances, self.inner.describe_instances(region, instance_ids, filters)).await
+    }
+    async fn terminate_instances(
+        &self,
+        region: &RegionLabel,
+        instance_ids: Vec<String>,
+    ) -> Result<Vec<InstanceStateChange>, Ec2Error> {
+        self.gate(Operation::TerminateInstances, self.inner.terminate_instances(region, instance_ids)).await
+    }
+    async fn describe_instance_types(
+        &self,
+        region: &RegionLabel,
+        families: Vec<String>,
+    ) -> Result<Vec<InstanceTypeInfo>, Ec2Error> {
+        self.gate(Operation::DescribeInstanceTypes, self.inner.describe_instance_types(region, families)).await
+    }
+    async fn create_tags(&self, region: &RegionLabel, resource_ids: Vec<String>, tags: Tags) -> Result<(), Ec2Error> {
+        self.gate(Operation::CreateTags, self.inner.create_tags(region, resource_ids, tags)).await
+    }
+    async fn network_usage(
+        &self,
+        region: &RegionLabel,
+        instance_ids: Vec<String>,
+        start_unix_ms: u64,
+        end_unix_ms: u64,
+    ) -> Result<Vec<NetworkUsage>, Ec2Error> {
+        self.gate(
+            Operation::GetNetworkUsage,
+            self.inner.network_usage(region, instance_ids, start_unix_ms, end_unix_ms),
+        )
+        .await
+    }
+}
