@@ -2,4 +2,5 @@
 
 mod backend_sim;
 mod moto;
+mod recovery;
 mod scenarios;

@@ -1,23 +1,29 @@
-//! The conformance suite and a full lifecycle against moto's EC2 server over HTTP.
+//! The conformance suite, a full lifecycle and the orphan reaper against moto's EC2 server over
+//! HTTP.
 //!
 //! `cargo xtask ci` starts `moto_server` on loopback and sets `MOTO_ENDPOINT`. Without it these
 //! tests say loudly that they did not run, and fail when `REQUIRE_MOTO=1` (as in CI), so a
 //! missing server never passes for a green run.
 #![cfg(feature = "sdk")]
 
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, ensure};
-use aws_backend::port::{Ec2Port, Filter, ImportKeyPairRequest, Operation, codes};
+use aws_backend::keys::SshKeyPair;
+use aws_backend::port::{
+    CreateSecurityGroupRequest, Ec2Port, Filter, ImportKeyPairRequest, InstanceState, Operation, RunInstancesRequest,
+    ShutdownBehavior, Tags, codes,
+};
 use aws_backend::sdk::{SdkEc2, SdkInspector};
-use aws_backend::{AwsBackend, AwsBootConfig, BackendParts, DynStore, GRANT_TAG, OWNER_TAG, TestSwitches};
+use aws_backend::{AwsBackend, AwsBootConfig, BackendParts, DynStore, GRANT_TAG, OWNER_TAG, TestSwitches, names};
 use backend_api::conformance::{self, CloudInspector, Setup};
 use backend_api::{
     AlmanacTick, Backend, Clock, ComputeGrant, ComputeManifest, Envelope, GrantId, ImageHash, RegionLabel, Secret,
     TokioClock,
 };
-use usage_ledger::{Ledger, MemoryStore};
+use usage_ledger::{Event, Ledger, MemoryStore, ResourceKind};
 
 /// An AMI that moto ships in its default image list (moto refuses unknown AMI ids).
 const MOTO_AMI: &str = "ami-1e749f67";
@@ -66,23 +72,30 @@ fn region() -> RegionLabel {
 }
 
 /// One test's world: a config for moto with an owner of its own, the SDK port, the backend
-/// over an in-memory ledger, and an inspector.
+/// over an in-memory ledger (whose records the test can read), and an inspector.
 struct Moto {
     cfg: AwsBootConfig,
     port: Arc<SdkEc2>,
     backend: AwsBackend,
     inspector: SdkInspector,
     clock: Arc<TokioClock>,
+    store: MemoryStore,
     secret_access_key: String,
 }
 
 impl Moto {
     async fn start(endpoint: &str, test: &str) -> anyhow::Result<Self> {
+        Self::start_with_reaper_grace(endpoint, test, None).await
+    }
+
+    /// As [`Moto::start`], with `reaper_grace_ms` set when given (the default otherwise).
+    async fn start_with_reaper_grace(endpoint: &str, test: &str, reaper_grace_ms: Option<u64>) -> anyhow::Result<Self> {
         let salt: [u8; 8] = rand::random();
         let owner = format!("moto-{test}-{}", hex(&salt));
         // Distinctive, so that a search of the logs for it cannot hit anything else.
         let secret_access_key = format!("moto-secret-{}", hex(&rand::random::<[u8; 16]>()));
         let now_ms = wall_clock_unix_ms();
+        let reaper_grace = reaper_grace_ms.map(|ms| format!("reaper_grace_ms = {ms}")).unwrap_or_default();
         let toml = format!(
             r#"
             regions = ["{REGION}"]
@@ -92,6 +105,7 @@ impl Moto {
             root_device_name = "{MOTO_ROOT_DEVICE}"
             endpoint_url = "{endpoint}"
             poll_interval_ms = 200
+            {reaper_grace}
             ledger_path = "/nonexistent/unused-the-test-ledger-is-in-memory"
             tags = {{ purpose = "moto-test" }}
             almanac = {{ epoch_unix_ms = {now_ms}, tick_ms = {TICK_MS} }}
@@ -102,12 +116,13 @@ impl Moto {
         let cfg = AwsBootConfig::from_toml(&toml).context("the moto config")?;
         let port = Arc::new(SdkEc2::new(&cfg).await);
         let clock = Arc::new(TokioClock::starting_at(now_ms));
+        let store = MemoryStore::new();
         let backend = AwsBackend::new(
             &cfg,
             BackendParts {
                 port: port.clone(),
                 clock: clock.clone(),
-                ledger: Ledger::empty(DynStore(Box::new(MemoryStore::new()))),
+                ledger: Ledger::empty(DynStore(Box::new(store.clone()))),
                 key_seed: Secret::new(hex(&rand::random::<[u8; 32]>())),
                 jitter_seed: u64::from_le_bytes(salt),
                 switches: TestSwitches::default(),
@@ -115,7 +130,7 @@ impl Moto {
         )
         .await?;
         let inspector = SdkInspector::new(port.clone(), cfg.regions.clone());
-        Ok(Self { cfg, port, backend, inspector, clock, secret_access_key })
+        Ok(Self { cfg, port, backend, inspector, clock, store, secret_access_key })
     }
 
     /// A fresh conformance setup: its `now` is read at the call, so a case that runs after a
@@ -216,6 +231,147 @@ async fn the_sdk_port_speaks_ec2_codes_over_http() -> anyhow::Result<()> {
         }
     }
     moto.assert_nothing_left().await
+}
+
+/// `#!/bin/sh` and `true`, base64-encoded: user data for an instance that boots nothing.
+const TRIVIAL_USER_DATA_BASE64: &str = "IyEvYmluL3NoCnRydWUK";
+
+/// Given a key pair, a security group and an instance carrying this test's owner tag and the tag
+/// of a grant the ledger never saw; when the reaper makes a dry run, then it lists all three and
+/// removes nothing; when it makes a real pass, then all three are gone (the instance terminated),
+/// the ledger holds an `OrphanReaped` for each, and a further pass finds nothing.
+///
+/// This is `aws-backend reap [--dry-run]` in process: the binary prints the same `ReapReport`
+/// (see docs/operations.md for running it against moto).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reaper_lists_then_removes_what_the_ledger_never_saw() -> anyhow::Result<()> {
+    let Some(endpoint) = moto_endpoint("the_reaper_lists_then_removes_what_the_ledger_never_saw") else {
+        return Ok(());
+    };
+    let started = std::time::Instant::now();
+    // No grace: the resources are made a moment before the pass, and are orphans at once.
+    let moto = Moto::start_with_reaper_grace(&endpoint, "reaper", Some(0)).await?;
+    let region = region();
+    let port = &moto.port;
+
+    // Given: three resources as a provision would make them, for a grant the ledger never saw.
+    let grant = GrantId(rand::random());
+    let mut tags = Tags::new();
+    tags.insert(OWNER_TAG.into(), moto.cfg.owner.clone());
+    tags.insert(GRANT_TAG.into(), grant.to_hex());
+    tags.insert("Name".into(), format!("compute-bridge {}", grant.short()));
+    let key_name = names::key_name(&grant);
+    let public_key_openssh = SshKeyPair::ed25519_from_seed(rand::random(), "moto-reaper-test")?.public_openssh;
+    port.import_key_pair(
+        &region,
+        ImportKeyPairRequest { key_name: key_name.clone(), public_key_openssh, tags: tags.clone() },
+    )
+    .await?;
+    let group_id = port
+        .create_security_group(
+            &region,
+            CreateSecurityGroupRequest {
+                group_name: names::group_name(&grant),
+                description: "an orphan for the reaper test".into(),
+                tags: tags.clone(),
+            },
+        )
+        .await?;
+    let instance = port
+        .run_instance(
+            &region,
+            RunInstancesRequest {
+                image_id: MOTO_AMI.into(),
+                instance_type: "t3.micro".into(),
+                key_name: key_name.clone(),
+                security_group_ids: vec![group_id.clone()],
+                user_data_base64: TRIVIAL_USER_DATA_BASE64.into(),
+                client_token: names::client_token(&grant, 0),
+                root_volume_gib: 8,
+                root_device_name: MOTO_ROOT_DEVICE.into(),
+                imdsv2_required: true,
+                shutdown_behavior: ShutdownBehavior::Terminate,
+                instance_tags: tags.clone(),
+                volume_tags: tags.clone(),
+            },
+        )
+        .await?;
+    let instance_id = instance.instance_id;
+    ensure!(moto.backend.grant_state(&grant).is_none(), "the ledger must not know the grant");
+    let expected: BTreeSet<(&str, String)> =
+        [("instance", instance_id.clone()), ("key-pair", key_name.clone()), ("security-group", group_id.clone())]
+            .into_iter()
+            .collect();
+
+    // When: a dry run. Then: all three listed, none removed, nothing written.
+    let dry = moto.backend.reap(true).await;
+    ensure!(dry.errors.is_empty(), "dry run errors: {:?}", dry.errors);
+    let found: BTreeSet<(&str, String)> = dry.found.iter().map(|o| (o.kind, o.id.clone())).collect();
+    ensure!(found == expected, "the dry run found {found:?}, expected {expected:?}");
+    for orphan in &dry.found {
+        ensure!(orphan.region == REGION, "orphan in the wrong region: {orphan:?}");
+        ensure!(orphan.grant.as_deref() == Some(grant.to_hex().as_str()), "orphan of the wrong grant: {orphan:?}");
+        ensure!(orphan.reason.contains("not in the ledger"), "orphan for the wrong reason: {orphan:?}");
+    }
+    ensure!(dry.removed == 0 && dry.overdue_grants == 0, "the dry run acted: {dry:?}");
+    ensure!(moto.store.records().is_empty(), "the dry run wrote to the ledger: {:?}", moto.store.records());
+    let owner = vec![Filter::tag(OWNER_TAG, [moto.cfg.owner.clone()])];
+    let instances = port.describe_instances(&region, vec![instance_id.clone()], Vec::new()).await?;
+    ensure!(
+        instances.len() == 1 && instances[0].state != InstanceState::Terminated,
+        "the dry run ended the instance: {instances:?}"
+    );
+    let keys = port.describe_key_pairs(&region, owner.clone()).await?;
+    ensure!(keys.len() == 1 && keys[0].key_name == key_name, "the dry run deleted the key pair: {keys:?}");
+    let groups = port.describe_security_groups(&region, Vec::new(), owner.clone()).await?;
+    ensure!(groups.len() == 1 && groups[0].group_id == group_id, "the dry run deleted the group: {groups:?}");
+
+    // When: a real pass. Then: all three removed, and each removal recorded.
+    let real = moto.backend.reap(false).await;
+    ensure!(real.errors.is_empty(), "reap errors: {:?}", real.errors);
+    let found: BTreeSet<(&str, String)> = real.found.iter().map(|o| (o.kind, o.id.clone())).collect();
+    ensure!(found == expected && real.removed == 3, "the real pass found {found:?} and removed {}", real.removed);
+    let instances = port.describe_instances(&region, vec![instance_id.clone()], Vec::new()).await?;
+    ensure!(
+        instances.len() == 1 && instances[0].state == InstanceState::Terminated,
+        "the instance was not terminated: {instances:?}"
+    );
+    let keys = port.describe_key_pairs(&region, owner.clone()).await?;
+    ensure!(keys.is_empty(), "key pairs remain: {keys:?}");
+    let groups = port.describe_security_groups(&region, Vec::new(), owner).await?;
+    ensure!(groups.is_empty(), "security groups remain: {groups:?}");
+    moto.assert_nothing_left().await?;
+
+    let reaped: BTreeSet<(&str, String)> = moto
+        .store
+        .records()
+        .into_iter()
+        .filter(|r| r.grant == grant)
+        .filter_map(|r| match r.event {
+            Event::OrphanReaped { resource_kind, resource_id } => Some((
+                match resource_kind {
+                    ResourceKind::Instance => "instance",
+                    ResourceKind::KeyPair => "key-pair",
+                    ResourceKind::SecurityGroup => "security-group",
+                },
+                resource_id,
+            )),
+            _ => None,
+        })
+        .collect();
+    ensure!(reaped == expected, "the ledger recorded the reaping of {reaped:?}, expected {expected:?}");
+    ensure!(
+        moto.store.records().len() == 3,
+        "the ledger holds more than the three reapings: {:?}",
+        moto.store.records()
+    );
+    ensure!(moto.backend.grant_state(&grant).is_some_and(|s| s.is_settled()), "the reaped grant is not settled");
+
+    // When: another pass. Then: nothing is left to find (the terminated instance is no orphan).
+    let again = moto.backend.reap(false).await;
+    ensure!(again.found.is_empty() && again.errors.is_empty(), "the pass after reaping found {again:?}");
+    eprintln!("moto reaper test passed in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
 }
 
 /// A connection that is refused is a transient `Transport` error, not a hang or a panic.

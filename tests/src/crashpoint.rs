@@ -29,13 +29,35 @@ pub struct CrashingPort {
     crash_at: CrashPoint,
     effect_first: bool,
     calls: AtomicU64,
+    armed: AtomicBool,
     crashed: AtomicBool,
 }
 
 impl CrashingPort {
     /// A port that crashes at the `crash_at`-th call (0-based).
     pub fn new(inner: Arc<dyn Ec2Port>, crash_at: CrashPoint, effect_first: bool) -> Self {
-        Self { inner, crash_at, effect_first, calls: AtomicU64::new(0), crashed: AtomicBool::new(false) }
+        Self {
+            inner,
+            crash_at,
+            effect_first,
+            calls: AtomicU64::new(0),
+            armed: AtomicBool::new(true),
+            crashed: AtomicBool::new(false),
+        }
+    }
+
+    /// A port that forwards everything until [`CrashingPort::arm`] is called (so that a backend
+    /// can be built over it first); calls are counted from then on.
+    pub fn disarmed(inner: Arc<dyn Ec2Port>, crash_at: CrashPoint, effect_first: bool) -> Self {
+        let port = Self::new(inner, crash_at, effect_first);
+        port.armed.store(false, Ordering::SeqCst);
+        port
+    }
+
+    /// Starts counting calls towards the crash point.
+    pub fn arm(&self) {
+        self.calls.store(0, Ordering::SeqCst);
+        self.armed.store(true, Ordering::SeqCst);
     }
 
     /// Whether the crash point was reached.
@@ -47,6 +69,9 @@ impl CrashingPort {
     where
         F: std::future::Future<Output = Result<T, Ec2Error>>,
     {
+        if !self.armed.load(Ordering::SeqCst) {
+            return call.await;
+        }
         let n = self.calls.fetch_add(1, Ordering::SeqCst);
         let hit = match self.crash_at {
             CrashPoint::Call(at) => n == at,

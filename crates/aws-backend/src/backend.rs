@@ -86,7 +86,14 @@ pub(crate) struct Inner {
     switches: TestSwitches,
     catalogue: Mutex<BTreeMap<RegionLabel, Arc<Vec<InstanceTypeInfo>>>>,
     pollers: Mutex<BTreeMap<RegionLabel, PollerTask>>,
+    /// Per region, how many grants may be creating their key pair and group at once (first
+    /// come, first served), so that a burst keeps RunInstances, the scarcest bucket, busy from
+    /// the start instead of queueing every grant's prerequisites behind every other's.
+    prep_slots: Mutex<BTreeMap<RegionLabel, Arc<tokio::sync::Semaphore>>>,
 }
+
+/// Grants per region that may create their key pair and security group at the same time.
+const PREP_SLOTS_PER_REGION: usize = 16;
 
 impl Drop for Inner {
     fn drop(&mut self) {
@@ -153,6 +160,7 @@ impl AwsBackend {
                 switches: parts.switches,
                 catalogue: Mutex::new(BTreeMap::new()),
                 pollers: Mutex::new(BTreeMap::new()),
+                prep_slots: Mutex::new(BTreeMap::new()),
             }),
         };
         for region in &cfg.regions {
@@ -376,10 +384,16 @@ impl AwsBackend {
         }
 
         let created = async {
+            let slots = lock(&self.inner.prep_slots)
+                .entry(region.clone())
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(PREP_SLOTS_PER_REGION)))
+                .clone();
+            let slot = slots.acquire_owned().await.map_err(local)?;
             let (key, group) = tokio::join!(
                 self.ensure_key_pair(&grant.id, &region, &login),
                 self.ensure_security_group(&grant.id, &region)
             );
+            drop(slot);
             key?;
             let group_id = group?;
             let request = RunInstancesRequest {

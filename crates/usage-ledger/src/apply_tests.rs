@@ -357,12 +357,26 @@ fn any_event_but_orphan_reaped_after_settlement_is_refused() {
 #[test]
 fn provisioning_after_termination_is_refused() {
     let terminating = given(&[(T0, admitted()), (T0, termination(TerminationReason::Operator))]);
-    for event in [key_imported(), group_created(), launch_requested("tok-1")] {
+    for event in [key_imported(), launch_requested("tok-1")] {
         assert!(matches!(
             impossible(when(&terminating, T0, event)),
             Impossible::WrongPhase { phase: Phase::Terminating, .. }
         ));
     }
+}
+
+#[test]
+fn a_teardown_may_record_a_group_it_found_by_name_and_then_its_deletion() {
+    // Given a grant being torn down whose group creation was never recorded (a crash between
+    // CreateSecurityGroup and the record),
+    let terminating = given(&[(T0, admitted()), (T0, termination(TerminationReason::Rollback))]);
+    // when the teardown records the group it found by name,
+    let found = when(&terminating, T0, group_created()).expect("adopting a found group is allowed");
+    // then the grant holds it and stays Terminating, and its deletion can follow.
+    assert_eq!(found.phase(), Phase::Terminating);
+    assert_eq!(found.security_group(), Some("sg-1"));
+    let deleted = when(&Some(found), T0, Event::SecurityGroupDeleted { group_id: "sg-1".into() }).expect("deletion");
+    assert!(deleted.security_group().is_none());
 }
 
 #[test]

@@ -309,8 +309,11 @@ impl GrantState {
                 next_phase = Phase::Provisioning;
             }
             Event::SecurityGroupCreated { group_id, group_name } => {
-                if !matches!(phase, Phase::Admitted | Phase::Provisioning) {
-                    return fail(Impossible::WrongPhase { phase, allowed: "Admitted or Provisioning" });
+                // Also while Terminating: a teardown that finds, by its name, a group whose
+                // creation was never recorded (the process died in between) records it so that
+                // its deletion can be recorded too.
+                if !matches!(phase, Phase::Admitted | Phase::Provisioning | Phase::Terminating) {
+                    return fail(Impossible::WrongPhase { phase, allowed: "Admitted, Provisioning or Terminating" });
                 }
                 if *group_name != live.group_name {
                     return fail(Impossible::GroupNameMismatch {
@@ -322,7 +325,9 @@ impl GrantState {
                     return fail(Impossible::SecurityGroupAlreadyHeld { group_id: held.clone() });
                 }
                 live.security_group = Some(group_id.clone());
-                next_phase = Phase::Provisioning;
+                if phase != Phase::Terminating {
+                    next_phase = Phase::Provisioning;
+                }
             }
             Event::LaunchRequested { client_token, .. } => {
                 if let Some(first) = live.ever_launched.first() {

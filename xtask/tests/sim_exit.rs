@@ -1,0 +1,33 @@
+//! `cargo xtask sim` exits with the safety code and prints a reproduce line when an invariant
+//! breaks, and exits 0 when none does.
+
+use std::process::Command;
+
+fn sim(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .arg("sim")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running xtask: {e}"))
+}
+
+#[test]
+fn a_broken_teardown_exits_with_the_safety_code_and_a_reproduce_line() {
+    let out = sim(&["--seed", "3", "--grants", "12", "--hours", "0.2", "--faults", "none", "--break-teardown"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "stderr: {stderr}");
+    assert!(
+        stderr.contains("reproduce: cargo xtask sim --seed 3 --grants 12 --hours 0.2 --faults none --break-teardown"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_clean_run_exits_zero_and_json_is_one_object() {
+    let out = sim(&["--seed", "4", "--grants", "12", "--hours", "0.2", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary: serde_json::Value = serde_json::from_str(stdout.trim()).expect("stdout is one JSON object");
+    assert_eq!(summary["seed"], 4);
+    assert_eq!(summary["violations"].as_array().map(Vec::len), Some(0));
+}
