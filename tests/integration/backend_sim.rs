@@ -258,3 +258,26 @@ async fn refusals_create_nothing_and_name_the_value() {
         rig.sim.stats().calls.get(&Operation::DescribeInstanceTypes).copied().unwrap_or(0)
     );
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn insufficient_capacity_falls_back_to_the_next_fitting_type() {
+    let rig = Rig::new(9, FaultConfig::none());
+    let backend = rig.backend().await;
+    let m = manifest();
+    let g = grant(8, &m, rig.now_tick(), 900);
+    // 2 vCPU / 4 GiB fits c6i.large first (sorted by size, then name); take its capacity away.
+    let types = aws_backend::sizing::sorted(
+        rig.sim
+            .describe_instance_types(&fixture::region("us-east-1"), rig.cfg.instance_families.clone())
+            .await
+            .expect("catalogue"),
+    );
+    let fitting = aws_backend::sizing::fitting(&types, &m).expect("fits");
+    rig.sim.exhaust_capacity(&fixture::region("us-east-1"), &fitting[0].instance_type, 3_600_000).expect("region");
+    let instance = backend.provision(&g, &us_east()).await.expect("provision on the next type");
+    let launched = rig.instances_of(&g.id);
+    assert_eq!(launched.len(), 1);
+    assert_eq!(launched[0].instance_type, fitting[1].instance_type, "not the next fitting type");
+    backend.terminate(&instance).await.expect("terminate");
+    assert!(rig.left_of(&g.id).is_empty());
+}

@@ -3,7 +3,7 @@
 //! [`SdkEc2`] keeps one pair of clients per allowed region, built on first use. The SDK's own
 //! retries are off: the backend's pacer retries with full jitter and keeps its own token buckets,
 //! and two retry loops stacked on each other would multiply the calls a throttled account sees.
-//! SDK types stay inside this module; [`convert`] maps them to the port's types.
+//! SDK types stay inside this module; its `convert` submodule maps them to the port's types.
 
 mod convert;
 mod inspect;
