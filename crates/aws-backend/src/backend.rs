@@ -660,7 +660,7 @@ impl AwsBackend {
     ) -> Result<InstanceInfo, BackendError> {
         let mut rx = self.poller(region).subscribe(instance_id);
         loop {
-            let sighting = rx.borrow_and_update().clone();
+            let sighting = rx.borrow_and_update();
             if let Sighting::Seen { info, at_unix_ms } = sighting {
                 self.observe(grant, &info, at_unix_ms)?;
                 match info.state {
@@ -685,7 +685,7 @@ impl AwsBackend {
             }
             tokio::select! {
                 biased;
-                changed = rx.changed() => changed.map_err(|_| local("the region poller stopped"))?,
+                () = rx.changed() => {}
                 () = self.inner.clock.sleep_until_unix_ms(deadline_unix_ms) => {}
             }
         }
@@ -761,7 +761,7 @@ impl AwsBackend {
         let mut asked_exit = false;
         let mut launched_at: Option<u64> = None;
         loop {
-            let sighting = rx.borrow_and_update().clone();
+            let sighting = rx.borrow_and_update();
             match sighting {
                 Sighting::Seen { info, at_unix_ms } => {
                     absent_since = None;
@@ -800,10 +800,10 @@ impl AwsBackend {
                     tokio::select! {
                         biased;
                         () = self.inner.clock.sleep_until_unix_ms(at) => {}
-                        changed = rx.changed() => changed.map_err(|_| local("the region poller stopped"))?,
+                        () = rx.changed() => {}
                     }
                 }
-                None => rx.changed().await.map_err(|_| local("the region poller stopped"))?,
+                None => rx.changed().await,
             }
         }
         self.finish_instance(grant, region, instance_id, launched_at).await

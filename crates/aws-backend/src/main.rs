@@ -1,9 +1,11 @@
 //! `aws-backend`: the operator's command line for the AWS EC2 backend.
 //!
-//! `run` provisions every grant of a grants file, watches each to its deadline, tears it down
-//! and prints its usage as a JSON line; `status` prints what the ledger says about the grants
-//! still holding resources. This binary is the edge of the system: the only place that reads
-//! the wall clock and the OS's randomness and hands them to the backend.
+//! `run` resumes the grants a previous process left unfinished, provisions every grant of a
+//! grants file, watches each to its deadline, tears it down and prints its usage as a JSON line;
+//! `reap` lists (and without `--dry-run` removes) what carries our owner tag but no live grant
+//! owns; `status` prints what the ledger says about the grants still holding resources. This
+//! binary is the edge of the system: the only place that reads the wall clock and the OS's
+//! randomness and hands them to the backend.
 
 use std::io::{IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -12,7 +14,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, ensure};
 use aws_backend::sdk::SdkEc2;
-use aws_backend::{AwsBackend, AwsBootConfig, BackendParts, DynStore, TestSwitches};
+use aws_backend::{AwsBackend, AwsBootConfig, BackendParts, DynStore, ReapReport, RecoveryReport, TestSwitches};
 use backend_api::{
     AlmanacTick, Backend, Clock, ComputeGrant, ComputeManifest, Envelope, GrantId, ImageHash, RegionLabel, Secret,
     TokioClock, UsageMetrics,
@@ -33,15 +35,30 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Provision each grant, watch it to its deadline, tear it down, and print its usage as
-    /// one JSON line per grant on stdout. Exits non-zero if any grant failed.
+    /// Resume the grants the ledger shows unfinished (in the background), provision each grant
+    /// of the file, watch it to its deadline, tear it down, and print its usage as one JSON line
+    /// per grant on stdout. Returns once the file's grants and the resumed ones have all ended.
+    /// Exits non-zero if any grant failed or recovery left a grant unfinished.
     Run {
         /// The backend configuration (TOML).
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
-        /// The grants, one JSON object per line (see docs/grants-format.md).
+        /// The grants, one JSON object per line (see docs/grants-format.md); may be empty,
+        /// to only resume the previous process's grants.
         #[arg(long, value_name = "FILE")]
         grants: PathBuf,
+    },
+    /// One reaper pass over every allowed region: list each resource carrying our owner tag that
+    /// no live grant owns (older than `reaper_grace_ms`) as a JSON line, remove it unless
+    /// `--dry-run`, end live grants past their deadline, and print a summary line. Takes the
+    /// ledger's lock, so it cannot run while `run` does. Exits non-zero if anything failed.
+    Reap {
+        /// The backend configuration (TOML).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// List the orphans only: remove nothing, end no grant, write nothing to the ledger.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Print each grant the ledger shows still holding resources: phase, resources and the
     /// usage recorded so far, one JSON line per grant. Reads the ledger without locking it, so
@@ -89,6 +106,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run { config, grants } => run(&config, &grants).await,
+            Command::Reap { config, dry_run } => reap(&config, dry_run).await,
             Command::Status { config } => status(&config).map(|()| true),
         }
     });
@@ -227,20 +245,64 @@ fn usage_json(usage: &UsageMetrics) -> serde_json::Value {
     serde_json::to_value(usage).unwrap_or(serde_json::Value::Null)
 }
 
-/// `run`: every grant concurrently; true when all succeeded.
-async fn run(config: &Path, grants_path: &Path) -> anyhow::Result<bool> {
-    let cfg = AwsBootConfig::load(config)?;
-    let grants = read_grants(grants_path)?;
-    if grants.is_empty() {
-        tracing::warn!(path = %grants_path.display(), "the grants file holds no grants");
-        return Ok(true);
+/// Every whole record of the ledger at `path`, read without locking or modifying it; a partial
+/// last record (a write in progress, or a crash) is left out.
+fn scan_ledger(path: &Path) -> anyhow::Result<Vec<usage_ledger::Record>> {
+    let mut records = Vec::new();
+    let outcome = usage_ledger::scan_file(path, |_, record, _| {
+        records.push(record);
+        Ok::<(), usage_ledger::StoreError>(())
+    })
+    .with_context(|| format!("reading ledger {}", path.display()))?;
+    if outcome.torn_tail.is_some() {
+        tracing::warn!(path = %path.display(), "the ledger ends in a partial record (a write in progress, or a crash)");
     }
-    let ledger = open_ledger(&cfg.ledger_path)?;
-    let key_seed = key_seed(&cfg.ledger_path)?;
+    Ok(records)
+}
+
+/// A store that refuses every append: the home of a ledger read for a dry run, which must
+/// write nothing. The reaper's dry run never appends; were it to, this makes it fail loudly
+/// rather than write to a ledger another process holds.
+struct RefuseAppends {
+    path: PathBuf,
+}
+
+impl usage_ledger::EventStore for RefuseAppends {
+    fn append(&mut self, _: &[usage_ledger::Record]) -> Result<(), usage_ledger::StoreError> {
+        Err(usage_ledger::StoreError::Io {
+            op: "append to (a dry run opened the ledger read-only)",
+            path: self.path.clone(),
+            source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        })
+    }
+}
+
+/// The ledger as it stands, read without taking its lock (so while `run` holds it) into a
+/// ledger that refuses appends. A missing file is an empty ledger.
+fn read_ledger_without_lock(path: &Path) -> anyhow::Result<Ledger<DynStore>> {
+    let store = DynStore(Box::new(RefuseAppends { path: path.to_path_buf() }));
+    if !path.exists() {
+        tracing::info!(path = %path.display(), "no ledger yet: every resource with our owner tag is an orphan");
+        return Ok(Ledger::empty(store));
+    }
+    let records = scan_ledger(path)?;
+    let count = records.len();
+    let ledger = Ledger::open(store, records).with_context(|| format!("replaying ledger {}", path.display()))?;
+    tracing::info!(path = %path.display(), records = count, "ledger read without its lock, for a dry run");
+    Ok(ledger)
+}
+
+/// The backend over the SDK, `ledger` and `key_seed`, with the wall clock and the OS's
+/// randomness.
+async fn open_backend(
+    cfg: &AwsBootConfig,
+    ledger: Ledger<DynStore>,
+    key_seed: Secret,
+) -> anyhow::Result<(AwsBackend, Arc<dyn Clock>)> {
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(wall_clock_unix_ms()?));
-    let port = Arc::new(SdkEc2::new(&cfg).await);
+    let port = Arc::new(SdkEc2::new(cfg).await);
     let backend = AwsBackend::new(
-        &cfg,
+        cfg,
         BackendParts {
             port,
             clock: clock.clone(),
@@ -251,6 +313,57 @@ async fn run(config: &Path, grants_path: &Path) -> anyhow::Result<bool> {
         },
     )
     .await?;
+    Ok((backend, clock))
+}
+
+/// Starts `recover()` in a task of its own. `recover()` lists the ledger's live grants when it is
+/// called, so this must run before this process admits any grant of its own: a grant admitted a
+/// moment earlier would be among them and, never yet seen running, be rolled back.
+fn start_recovery(backend: &AwsBackend) -> tokio::task::JoinHandle<RecoveryReport> {
+    tokio::spawn(backend.recover())
+}
+
+/// Logs what recovery did; true when it finished every grant it resumed.
+fn log_recovery(joined: Result<RecoveryReport, tokio::task::JoinError>) -> bool {
+    match joined {
+        Ok(report) if report.failed.is_empty() => {
+            if report.resumed > 0 {
+                tracing::info!(resumed = report.resumed, "recovery finished every grant the previous process left");
+            }
+            true
+        }
+        Ok(report) => {
+            for (grant, error) in &report.failed {
+                tracing::error!(%grant, %error, "recovery could not finish this grant; the next start retries it");
+            }
+            tracing::error!(
+                resumed = report.resumed,
+                failed = report.failed.len(),
+                "recovery left grants unfinished: see `aws-backend status`"
+            );
+            false
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "the recovery task panicked or was cancelled");
+            false
+        }
+    }
+}
+
+/// `run`: recovery in the background, every grant of the file concurrently; true when all
+/// succeeded and recovery finished what it resumed.
+async fn run(config: &Path, grants_path: &Path) -> anyhow::Result<bool> {
+    let cfg = AwsBootConfig::load(config)?;
+    let grants = read_grants(grants_path)?;
+    if grants.is_empty() {
+        tracing::info!(path = %grants_path.display(), "the grants file holds no grants: only resuming unfinished ones");
+    }
+    let ledger = open_ledger(&cfg.ledger_path)?;
+    let key_seed = key_seed(&cfg.ledger_path)?;
+    let (backend, clock) = open_backend(&cfg, ledger, key_seed).await?;
+    // Grants of a previous process are resumed alongside the new ones: a running one is watched
+    // to its deadline, anything else is torn down. `run` waits for them before it exits.
+    let recovery = start_recovery(&backend);
 
     let mut tasks = tokio::task::JoinSet::new();
     for grant in grants {
@@ -277,7 +390,8 @@ async fn run(config: &Path, grants_path: &Path) -> anyhow::Result<bool> {
         writeln!(stdout, "{line}").context("writing to stdout")?;
         stdout.flush().context("writing to stdout")?;
     }
-    Ok(all_ok)
+    let recovered = log_recovery(recovery.await);
+    Ok(all_ok && recovered)
 }
 
 /// One grant's life: wait for `valid_from`, provision, watch to `valid_to`, terminate. The
@@ -314,6 +428,67 @@ async fn run_grant(backend: &AwsBackend, clock: &dyn Clock, line: GrantLine) -> 
     Ok((instance.instance_id, usage))
 }
 
+/// `reap`: one reaper pass; true when nothing failed.
+///
+/// A real pass opens the ledger as `run` does, locked, since it records each removal and may
+/// tear down overdue grants. A dry run only reads it, without the lock, so it also works while
+/// `run` is running and creates no file.
+async fn reap(config: &Path, dry_run: bool) -> anyhow::Result<bool> {
+    let cfg = AwsBootConfig::load(config)?;
+    let (ledger, key_seed) = if dry_run {
+        // A dry run provisions nothing, so no key is ever derived from this seed.
+        (read_ledger_without_lock(&cfg.ledger_path)?, Secret::new("unused by a dry run"))
+    } else {
+        (open_ledger(&cfg.ledger_path)?, key_seed(&cfg.ledger_path)?)
+    };
+    let (backend, _clock) = open_backend(&cfg, ledger, key_seed).await?;
+    let report = backend.reap(dry_run).await;
+    let mut stdout = std::io::stdout().lock();
+    for line in reap_lines(&report, dry_run) {
+        writeln!(stdout, "{line}").context("writing to stdout")?;
+    }
+    stdout.flush().context("writing to stdout")?;
+    for error in &report.errors {
+        tracing::error!(%error, "the reaper pass failed here; the next pass tries again");
+    }
+    if dry_run {
+        tracing::info!(found = report.found.len(), "dry run: nothing was removed and the ledger was not written");
+    }
+    Ok(report.errors.is_empty())
+}
+
+/// The pass as JSON lines: one per orphan, then a summary.
+///
+/// The report counts removals but does not mark each orphan; an orphan counts as removed after
+/// a real pass unless an error names its id (a security group found gone at deletion counts as
+/// removed: it is gone).
+fn reap_lines(report: &ReapReport, dry_run: bool) -> Vec<serde_json::Value> {
+    let mut lines: Vec<serde_json::Value> = report
+        .found
+        .iter()
+        .map(|orphan| {
+            let failed = report.errors.iter().any(|e| e.contains(orphan.id.as_str()));
+            json!({
+                "region": orphan.region,
+                "kind": orphan.kind,
+                "id": orphan.id,
+                "grant": orphan.grant,
+                "reason": orphan.reason,
+                "removed": !dry_run && !failed,
+                "dry_run": dry_run,
+            })
+        })
+        .collect();
+    lines.push(json!({
+        "found": report.found.len(),
+        "removed": report.removed,
+        "overdue_grants": report.overdue_grants,
+        "errors": report.errors,
+        "dry_run": dry_run,
+    }));
+    lines
+}
+
 /// `status`: the live grants of the ledger, read without taking its lock.
 fn status(config: &Path) -> anyhow::Result<()> {
     let cfg = AwsBootConfig::load(config)?;
@@ -322,15 +497,7 @@ fn status(config: &Path) -> anyhow::Result<()> {
         tracing::info!(path = %path.display(), "no ledger yet: nothing has run");
         return Ok(());
     }
-    let mut records = Vec::new();
-    let outcome = usage_ledger::scan_file(path, |_, record, _| {
-        records.push(record);
-        Ok::<(), usage_ledger::StoreError>(())
-    })
-    .with_context(|| format!("reading ledger {}", path.display()))?;
-    if outcome.torn_tail.is_some() {
-        tracing::warn!(path = %path.display(), "the ledger ends in a partial record (a write in progress, or a crash)");
-    }
+    let records = scan_ledger(path)?;
     let grants = usage_ledger::fold(&records).with_context(|| format!("replaying ledger {}", path.display()))?;
     let mut stdout = std::io::stdout().lock();
     for (id, state) in grants.iter().filter(|(_, s)| !s.is_settled()) {
@@ -352,8 +519,15 @@ fn status(config: &Path) -> anyhow::Result<()> {
         });
         writeln!(stdout, "{line}").context("writing to stdout")?;
     }
-    if grants.values().any(|s| !s.is_settled() && s.valid_to_unix_ms() < wall_clock_unix_ms().unwrap_or(0)) {
-        tracing::warn!("some live grants are past their deadline: run the backend again so recovery ends them");
+    // Past the guest's own power-off, nothing but a backend will end the grant's bookkeeping.
+    let grace_ms = cfg.deadline_grace_ms();
+    let now = wall_clock_unix_ms().unwrap_or(0);
+    if grants.values().any(|s| !s.is_settled() && s.valid_to_unix_ms().saturating_add(grace_ms) < now) {
+        tracing::warn!(
+            "some live grants are past their deadline and its grace: if no `aws-backend run` is running, start one \
+             (an empty grants file will do), whose recovery ends them, or run `aws-backend reap`, which tears down \
+             overdue grants"
+        );
     }
     Ok(())
 }
@@ -417,6 +591,94 @@ mod tests {
         let cli = Cli::try_parse_from(["aws-backend", "status", "--config", "c.toml"]).expect("parses");
         assert!(matches!(cli.command, Command::Status { .. }));
         assert!(Cli::try_parse_from(["aws-backend", "run", "--config", "c.toml"]).is_err());
+        let cli = Cli::try_parse_from(["aws-backend", "reap", "--config", "c.toml", "--dry-run"]).expect("parses");
+        assert!(matches!(cli.command, Command::Reap { dry_run: true, .. }));
+        let cli = Cli::try_parse_from(["aws-backend", "reap", "--config", "c.toml"]).expect("parses");
+        assert!(matches!(cli.command, Command::Reap { dry_run: false, .. }));
+        assert!(Cli::try_parse_from(["aws-backend", "reap", "--dry-run"]).is_err());
+    }
+
+    #[test]
+    fn a_dry_run_reads_a_ledger_another_process_holds_and_cannot_write_it() {
+        let dir = std::env::temp_dir().join(format!("aws-backend-readonly-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("ledger");
+        let _ = std::fs::remove_file(&path);
+        let empty = read_ledger_without_lock(&path).expect("a missing ledger reads as empty");
+        assert_eq!(empty.grants().count(), 0);
+        assert!(!path.exists(), "reading must not create the ledger");
+
+        // Given a ledger held (and locked) by a running backend, with one reaped orphan in it.
+        let (mut held, _) = Ledger::open_file(&path).expect("opened");
+        let grant = GrantId([0xEF; 32]);
+        let event = usage_ledger::Event::OrphanReaped {
+            resource_kind: usage_ledger::ResourceKind::KeyPair,
+            resource_id: "cb-ef".into(),
+        };
+        held.append(grant, 1, event.clone()).expect("appended");
+
+        let mut read = read_ledger_without_lock(&path).expect("read while held");
+        assert!(read.grant(&grant).is_some_and(|s| s.is_settled()), "the record was not replayed");
+        let err = read.append(grant, 2, event).expect_err("a dry run's ledger refuses appends").to_string();
+        assert!(err.contains("read-only"), "{err}");
+        drop(held);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn orphan(kind: &'static str, id: &str) -> aws_backend::Orphan {
+        aws_backend::Orphan {
+            region: "us-east-1".into(),
+            kind,
+            id: id.into(),
+            grant: Some("cd".repeat(32)),
+            reason: "its grant is not in the ledger".into(),
+        }
+    }
+
+    #[test]
+    fn a_dry_run_prints_every_orphan_as_not_removed() {
+        let report = ReapReport {
+            found: vec![orphan("instance", "i-0abc"), orphan("key-pair", "cb-x"), orphan("security-group", "sg-1")],
+            ..ReapReport::default()
+        };
+        let lines = reap_lines(&report, true);
+        assert_eq!(lines.len(), 4, "three orphans and a summary: {lines:?}");
+        for (line, id) in lines.iter().zip(["i-0abc", "cb-x", "sg-1"]) {
+            assert_eq!(line["id"], id);
+            assert_eq!(line["region"], "us-east-1");
+            assert_eq!(line["grant"], "cd".repeat(32));
+            assert_eq!(line["reason"], "its grant is not in the ledger");
+            assert_eq!(line["removed"], false);
+            assert_eq!(line["dry_run"], true);
+        }
+        assert_eq!(lines[0]["kind"], "instance");
+        let summary = &lines[3];
+        assert_eq!(summary["found"], 3);
+        assert_eq!(summary["removed"], 0);
+        assert_eq!(summary["overdue_grants"], 0);
+        assert_eq!(summary["errors"], json!([]));
+        assert_eq!(summary["dry_run"], true);
+    }
+
+    #[test]
+    fn a_real_pass_marks_as_removed_only_what_no_error_names() {
+        let report = ReapReport {
+            found: vec![orphan("instance", "i-0abc"), orphan("security-group", "sg-1")],
+            removed: 1,
+            overdue_grants: 2,
+            errors: vec![
+                "DeleteSecurityGroup sg-1: DeleteSecurityGroup failed with DependencyViolation: in use".into(),
+            ],
+        };
+        let lines = reap_lines(&report, false);
+        assert_eq!(lines[0]["removed"], true);
+        assert_eq!(lines[1]["removed"], false);
+        let summary = &lines[2];
+        assert_eq!(summary["found"], 2);
+        assert_eq!(summary["removed"], 1);
+        assert_eq!(summary["overdue_grants"], 2);
+        assert_eq!(summary["errors"][0], report.errors[0]);
+        assert_eq!(summary["dry_run"], false);
     }
 
     #[test]

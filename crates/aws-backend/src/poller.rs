@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use backend_api::{Clock, RegionLabel};
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 
 use crate::config::OWNER_TAG;
 use crate::pacing::{Pacer, lock};
@@ -31,6 +31,45 @@ pub enum Sighting {
     },
 }
 
+/// The latest sighting of one instance, shared between the poller and its watchers.
+///
+/// A small stand-in for `tokio::sync::watch`: tokio's watch channel spreads its waiters over
+/// several `Notify`s chosen at random, which makes the order in which watchers wake differ from
+/// run to run. Here every watcher waits on one `Notify`, woken in a fixed order, so the
+/// simulation stays deterministic.
+struct Slot {
+    latest: Mutex<(u64, Sighting)>,
+    notify: Notify,
+}
+
+/// A watcher's end of a [`Slot`]: the poller keeps watching while one exists.
+pub struct SightingRx {
+    slot: Arc<Slot>,
+    seen: u64,
+}
+
+impl SightingRx {
+    /// The latest sighting, now marked as seen.
+    pub fn borrow_and_update(&mut self) -> Sighting {
+        let latest = lock(&self.slot.latest);
+        self.seen = latest.0;
+        latest.1.clone()
+    }
+
+    /// Returns once a sighting newer than the last one seen is there.
+    pub async fn changed(&mut self) {
+        loop {
+            let notified = self.slot.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if lock(&self.slot.latest).0 != self.seen {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
 /// The poller of one region.
 pub struct RegionPoller {
     region: RegionLabel,
@@ -39,7 +78,7 @@ pub struct RegionPoller {
     port: Arc<dyn Ec2Port>,
     clock: Arc<dyn Clock>,
     pacer: Arc<Pacer>,
-    watched: Mutex<BTreeMap<String, watch::Sender<Sighting>>>,
+    watched: Mutex<BTreeMap<String, Arc<Slot>>>,
     wake: Notify,
     polls: Mutex<u64>,
 }
@@ -69,19 +108,16 @@ impl RegionPoller {
 
     /// Starts watching `instance_id`; the receiver sees every poll's sighting of it. Watching
     /// ends when every receiver for the instance is dropped.
-    pub fn subscribe(&self, instance_id: &str) -> watch::Receiver<Sighting> {
-        let mut watched = lock(&self.watched);
-        let rx = match watched.get(instance_id) {
-            Some(tx) => tx.subscribe(),
-            None => {
-                let (tx, rx) = watch::channel(Sighting::NotYetPolled);
-                watched.insert(instance_id.to_string(), tx);
-                rx
-            }
-        };
-        drop(watched);
+    pub fn subscribe(&self, instance_id: &str) -> SightingRx {
+        let slot = lock(&self.watched)
+            .entry(instance_id.to_string())
+            .or_insert_with(|| {
+                Arc::new(Slot { latest: Mutex::new((0, Sighting::NotYetPolled)), notify: Notify::new() })
+            })
+            .clone();
         self.wake.notify_one();
-        rx
+        let seen = lock(&slot.latest).0;
+        SightingRx { slot, seen }
     }
 
     /// How many DescribeInstances polls this poller has made.
@@ -94,7 +130,8 @@ impl RegionPoller {
         loop {
             let idle = {
                 let mut watched = lock(&self.watched);
-                watched.retain(|_, tx| tx.receiver_count() > 0);
+                // The map holds one reference; every other is a watcher's.
+                watched.retain(|_, slot| Arc::strong_count(slot) > 1);
                 watched.is_empty()
             };
             if idle {
@@ -129,12 +166,15 @@ impl RegionPoller {
             by_id.insert(info.instance_id.as_str(), info);
         }
         let watched = lock(&self.watched);
-        for (id, tx) in watched.iter() {
+        for (id, slot) in watched.iter() {
             let sighting = match by_id.get(id.as_str()) {
                 Some(info) => Sighting::Seen { info: Box::new((*info).clone()), at_unix_ms },
                 None => Sighting::Absent { at_unix_ms },
             };
-            tx.send_replace(sighting);
+            let mut latest = lock(&slot.latest);
+            *latest = (latest.0 + 1, sighting);
+            drop(latest);
+            slot.notify.notify_waiters();
         }
     }
 }

@@ -78,22 +78,28 @@ impl AwsBackend {
     /// teardown of half-provisioned and half-torn-down grants, including a launch whose result
     /// was never recorded (found by its ClientToken). Returns when every resumed grant is
     /// settled or has failed.
-    pub async fn recover(&self) -> RecoveryReport {
+    ///
+    /// The grants to resume are listed when this is called, not when the future is first
+    /// polled, so grants admitted after the call are never mistaken for a dead process's.
+    pub fn recover(&self) -> impl std::future::Future<Output = RecoveryReport> + Send + 'static {
         let live: Vec<GrantId> = self.with_ledger(|l| l.live_grants().map(|(id, _)| *id).collect());
-        let mut report = RecoveryReport { resumed: live.len(), failed: Vec::new() };
-        let mut tasks = tokio::task::JoinSet::new();
-        for grant in live {
-            let backend = self.clone();
-            tasks.spawn(async move { (grant, backend.resume_grant(grant).await) });
-        }
-        while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok((_, Ok(()))) => {}
-                Ok((grant, Err(err))) => report.failed.push((grant.to_hex(), err.to_string())),
-                Err(err) => report.failed.push((String::new(), format!("recovery task failed: {err}"))),
+        let backend = self.clone();
+        async move {
+            let mut report = RecoveryReport { resumed: live.len(), failed: Vec::new() };
+            let mut tasks = tokio::task::JoinSet::new();
+            for grant in live {
+                let backend = backend.clone();
+                tasks.spawn(async move { (grant, backend.resume_grant(grant).await) });
             }
+            while let Some(joined) = tasks.join_next().await {
+                match joined {
+                    Ok((_, Ok(()))) => {}
+                    Ok((grant, Err(err))) => report.failed.push((grant.to_hex(), err.to_string())),
+                    Err(err) => report.failed.push((String::new(), format!("recovery task failed: {err}"))),
+                }
+            }
+            report
         }
-        report
     }
 
     /// Brings one unfinished grant to its end.
