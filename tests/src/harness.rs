@@ -19,7 +19,7 @@ use crate::scenario::{Expect, GrantPlan, Scenario, generate};
 use crate::summary::{GrantCounts, Summary};
 
 /// How often the checkers run, in virtual time.
-const CHECK_EVERY_MS: u64 = 30_000;
+const CHECK_EVERY_MS: u64 = 10_000;
 /// How often the reaper runs during the run, in virtual time.
 const REAP_EVERY_MS: u64 = 20 * 60_000;
 
