@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use aws_backend::port::{Ec2Port, InstanceState, Operation};
+use aws_backend::port::{Ec2Port, Operation};
 use aws_backend::{AwsBackend, AwsBootConfig, GRANT_TAG, OWNER_TAG, TestSwitches};
 use backend_api::conformance::{self, CloudInspector, Setup};
 use backend_api::{
@@ -88,15 +88,6 @@ pub fn us_east() -> Envelope {
     Envelope::for_region(fixture::region("us-east-1"))
 }
 
-/// When the instance stopped being pending or running.
-fn left_running_at(instance: &sim_ec2::InstanceTruth) -> Option<u64> {
-    instance
-        .intervals
-        .iter()
-        .find(|i| !matches!(i.state, InstanceState::Pending | InstanceState::Running))
-        .map(|i| i.from_ms)
-}
-
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn conformance_suite_passes_on_the_simulator() {
     let rig = Rig::new(1, FaultConfig::default());
@@ -124,7 +115,7 @@ async fn terminate_instances_is_called_at_valid_to_not_on_the_next_poll() {
     backend.terminate(&instance).await.expect("terminate");
     let truth = rig.sim.instance(&instance.instance_id).expect("launched");
     let valid_to_ms = rig.cfg.almanac.tick_to_unix_ms(g.valid_to);
-    let left = left_running_at(&truth).expect("it ended");
+    let left = truth.up_until_ms().expect("it ended");
     let lateness_ms = left.saturating_sub(valid_to_ms);
     assert!(left >= valid_to_ms, "terminated {} ms before the deadline", valid_to_ms - left);
     assert!(lateness_ms <= 1_000, "TerminateInstances came {lateness_ms} ms after valid_to");

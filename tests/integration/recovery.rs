@@ -62,16 +62,7 @@ fn crash_and_recover(
         prop_assert!(instances.len() <= 1, "{} instances for one grant", instances.len());
         let limit = rig.cfg.almanac.tick_to_unix_ms(g.valid_to) + rig.cfg.deadline_grace_ms();
         for instance in &instances {
-            let up_until = instance
-                .intervals
-                .iter()
-                .find(|i| {
-                    !matches!(
-                        i.state,
-                        aws_backend::port::InstanceState::Pending | aws_backend::port::InstanceState::Running
-                    )
-                })
-                .map_or(rig.clock.now_unix_ms(), |i| i.from_ms);
+            let up_until = instance.up_until_ms().unwrap_or_else(|| rig.clock.now_unix_ms());
             prop_assert!(up_until <= limit, "instance up until {up_until}, past valid_to + grace {limit}");
         }
         Ok(())

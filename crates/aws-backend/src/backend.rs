@@ -509,25 +509,21 @@ impl AwsBackend {
             cidrs: cfg.ssh_ingress_cidrs.iter().map(ToString::to_string).collect(),
         };
         // A group just created may not be visible yet: retry NotFound within the window.
-        let started = self.now_ms();
-        let mut attempt = 0;
-        loop {
-            let result = self
-                .inner
-                .pacer
-                .call(region, Operation::AuthorizeSecurityGroupIngress, || {
-                    self.inner.port.authorize_ingress(region, request.clone())
-                })
-                .await;
-            match result {
-                Ok(()) => return Ok(group_id),
-                Err(err) if err.is(codes::PERMISSION_DUPLICATE) => return Ok(group_id),
-                Err(err) if err.is_not_found() && self.now_ms() < started + VISIBILITY_WINDOW_MS => {
-                    self.inner.pacer.backoff(attempt).await;
-                    attempt += 1;
-                }
-                Err(err) => return Err(provider(err)),
-            }
+        let result = self
+            .inner
+            .pacer
+            .call_until_settled(
+                region,
+                Operation::AuthorizeSecurityGroupIngress,
+                VISIBILITY_WINDOW_MS,
+                Ec2Error::is_not_found,
+                || self.inner.port.authorize_ingress(region, request.clone()),
+            )
+            .await;
+        match result {
+            Ok(()) => Ok(group_id),
+            Err(err) if err.is(codes::PERMISSION_DUPLICATE) => Ok(group_id),
+            Err(err) => Err(provider(err)),
         }
     }
 
@@ -618,25 +614,13 @@ impl AwsBackend {
         region: &RegionLabel,
         request: &RunInstancesRequest,
     ) -> Result<InstanceInfo, Ec2Error> {
-        let started = self.now_ms();
-        let mut attempt = 0;
-        loop {
-            let result = self
-                .inner
-                .pacer
-                .call(region, Operation::RunInstances, || self.inner.port.run_instance(region, request.clone()))
-                .await;
-            match result {
-                Err(err)
-                    if (err.is(codes::KEY_PAIR_NOT_FOUND) || err.is(codes::GROUP_NOT_FOUND))
-                        && self.now_ms() < started + VISIBILITY_WINDOW_MS =>
-                {
-                    self.inner.pacer.backoff(attempt.min(6)).await;
-                    attempt += 1;
-                }
-                other => return other,
-            }
-        }
+        let invisible = |err: &Ec2Error| err.is(codes::KEY_PAIR_NOT_FOUND) || err.is(codes::GROUP_NOT_FOUND);
+        self.inner
+            .pacer
+            .call_until_settled(region, Operation::RunInstances, VISIBILITY_WINDOW_MS, invisible, || {
+                self.inner.port.run_instance(region, request.clone())
+            })
+            .await
     }
 
     /// Records a state observation when it differs from the last one recorded.

@@ -147,6 +147,34 @@ impl Pacer {
         }
     }
 
+    /// Like [`Pacer::call`], and while `settling` holds for the error (a resource EC2 has not
+    /// made visible yet, say), tries again with backoff until `window_ms` has passed since the
+    /// first attempt. The last error is returned after that.
+    pub async fn call_until_settled<T, F, Fut>(
+        &self,
+        region: &RegionLabel,
+        op: Operation,
+        window_ms: u64,
+        settling: impl Fn(&Ec2Error) -> bool,
+        mut call: F,
+    ) -> Result<T, Ec2Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Ec2Error>>,
+    {
+        let started = self.clock.now_unix_ms();
+        let mut attempt = 0u32;
+        loop {
+            match self.call(region, op, &mut call).await {
+                Err(err) if settling(&err) && self.clock.now_unix_ms() < started.saturating_add(window_ms) => {
+                    self.backoff(attempt.min(6)).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Sleeps a full-jitter backoff for `attempt` (0-based): uniform in
     /// `[0, min(cap, base * 2^attempt)]`.
     pub async fn backoff(&self, attempt: u32) {

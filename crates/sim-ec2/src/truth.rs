@@ -90,6 +90,17 @@ pub struct InstanceTruth {
     pub network_bytes_out: u64,
 }
 
+impl InstanceTruth {
+    /// When the instance stopped being pending or running (entered any other state), or `None`
+    /// while it still is.
+    pub fn up_until_ms(&self) -> Option<u64> {
+        self.intervals
+            .iter()
+            .find(|i| !matches!(i.state, InstanceState::Pending | InstanceState::Running))
+            .map(|i| i.from_ms)
+    }
+}
+
 /// Counters over the whole run.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SimStats {

@@ -1,17 +1,6 @@
 //! Deadline: nothing is pending or running past its grant's valid_to plus the grace.
 
-use aws_backend::port::InstanceState;
-
 use super::{Context, Measures, Violation};
-
-/// When the instance stopped being pending or running (None while it still is).
-fn up_until(instance: &sim_ec2::InstanceTruth) -> Option<u64> {
-    instance
-        .intervals
-        .iter()
-        .find(|i| !matches!(i.state, InstanceState::Pending | InstanceState::Running))
-        .map(|i| i.from_ms)
-}
 
 /// Checks every instance ever launched against its grant's deadline.
 pub fn check(ctx: &Context<'_>, measures: &mut Measures) -> Vec<Violation> {
@@ -19,7 +8,7 @@ pub fn check(ctx: &Context<'_>, measures: &mut Measures) -> Vec<Violation> {
     let mut overruns = 0;
     for instance in &ctx.instances {
         let Some(plan) = ctx.grant_of(&instance.tags).and_then(|g| ctx.plans.get(&g)) else { continue };
-        let end = up_until(instance).unwrap_or(ctx.now_unix_ms);
+        let end = instance.up_until_ms().unwrap_or(ctx.now_unix_ms);
         let lateness = end.saturating_sub(plan.valid_to_unix_ms);
         measures.termination_lateness_ms_max = measures.termination_lateness_ms_max.max(lateness);
         if lateness > ctx.grace_ms {

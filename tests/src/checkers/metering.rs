@@ -18,16 +18,7 @@ pub fn check(ctx: &Context<'_>, measures: &mut Measures) -> Vec<Violation> {
         };
         let true_s = if instance.running_ms == 0 { 0 } else { billed_seconds(instance.running_ms) };
         let vcpus = u64::from(instance.vcpus);
-        let late_ms = instance
-            .intervals
-            .iter()
-            .find(|i| {
-                !matches!(
-                    i.state,
-                    aws_backend::port::InstanceState::Pending | aws_backend::port::InstanceState::Running
-                )
-            })
-            .map_or(0, |i| i.from_ms.saturating_sub(plan.valid_to_unix_ms));
+        let late_ms = instance.up_until_ms().map_or(0, |end| end.saturating_sub(plan.valid_to_unix_ms));
         let slack_s = (ctx.poll_interval_ms + ctx.downtime_ms_max + late_ms).div_ceil(1_000) + 1;
         let cpu_true = vcpus * true_s;
         let cpu_err = usage.cpu_seconds.abs_diff(cpu_true);
