@@ -364,6 +364,7 @@ async fn run(config: &Path, grants_path: &Path) -> anyhow::Result<bool> {
     // Grants of a previous process are resumed alongside the new ones: a running one is watched
     // to its deadline, anything else is torn down. `run` waits for them before it exits.
     let recovery = start_recovery(&backend);
+    let reaper = start_reaper(&backend, clock.clone());
 
     let mut tasks = tokio::task::JoinSet::new();
     for grant in grants {
@@ -391,7 +392,30 @@ async fn run(config: &Path, grants_path: &Path) -> anyhow::Result<bool> {
         stdout.flush().context("writing to stdout")?;
     }
     let recovered = log_recovery(recovery.await);
+    reaper.abort();
     Ok(all_ok && recovered)
+}
+
+/// The periodic reaper of `run`: one pass every `reaper_grace_ms` (at least a minute), logging
+/// what it removed. It stops when `run` ends.
+fn start_reaper(backend: &AwsBackend, clock: Arc<dyn Clock>) -> tokio::task::JoinHandle<()> {
+    let backend = backend.clone();
+    let every_ms = backend.config().reaper_grace_ms.max(60_000);
+    tokio::spawn(async move {
+        loop {
+            clock.sleep_ms(every_ms).await;
+            let report = backend.reap(false).await;
+            if report.removed > 0 || report.overdue_grants > 0 || !report.errors.is_empty() {
+                tracing::warn!(
+                    found = report.found.len(),
+                    removed = report.removed,
+                    overdue_grants = report.overdue_grants,
+                    errors = ?report.errors,
+                    "periodic reaper pass"
+                );
+            }
+        }
+    })
 }
 
 /// One grant's life: wait for `valid_from`, provision, watch to `valid_to`, terminate. The

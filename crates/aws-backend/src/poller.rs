@@ -42,7 +42,7 @@ struct Slot {
     notify: Notify,
 }
 
-/// A watcher's end of a [`Slot`]: the poller keeps watching while one exists.
+/// A watcher's end of an instance's latest sighting: the poller keeps watching while one exists.
 pub struct SightingRx {
     slot: Arc<Slot>,
     seen: u64,
