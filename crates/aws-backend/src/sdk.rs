@@ -174,15 +174,10 @@ impl SdkEc2 {
         let client = self.ec2(region, operation).await?;
         let filters = convert::filters(filters);
         let mut volumes = Vec::new();
-        let mut next_token = None;
-        loop {
-            let page = client
-                .describe_volumes()
-                .set_filters(filters.clone())
-                .max_results(DESCRIBE_VOLUMES_PAGE)
-                .set_next_token(next_token.take())
-                .send()
-                .await
+        let mut pages =
+            client.describe_volumes().set_filters(filters).max_results(DESCRIBE_VOLUMES_PAGE).into_paginator().send();
+        while let Some(page) = pages.next().await {
+            let page = page
                 .map_err(|e| convert::error(operation, e))
                 .map_err(|e| anyhow::anyhow!("DescribeVolumes in {region} failed with {}: {}", e.code, e.message))?;
             for v in page.volumes() {
@@ -192,17 +187,9 @@ impl SdkEc2 {
                     tags: convert::tags(v.tags()),
                 });
             }
-            match page.next_token() {
-                Some(token) if !token.is_empty() => next_token = Some(token.to_string()),
-                _ => return Ok(volumes),
-            }
         }
+        Ok(volumes)
     }
-}
-
-/// The next page's token, when there is one.
-fn next(token: Option<&str>) -> Option<String> {
-    token.filter(|t| !t.is_empty()).map(str::to_string)
 }
 
 #[async_trait]
@@ -310,25 +297,20 @@ impl Ec2Port for SdkEc2 {
         let page_size = group_ids.is_empty().then_some(DESCRIBE_GROUPS_PAGE);
         let ids = (!group_ids.is_empty()).then_some(group_ids);
         let mut groups = Vec::new();
-        let mut next_token = None;
-        loop {
-            let page = client
-                .describe_security_groups()
-                .set_group_ids(ids.clone())
-                .set_filters(filters.clone())
-                .set_max_results(page_size)
-                .set_next_token(next_token.take())
-                .send()
-                .await
-                .map_err(|e| convert::error(op, e))?;
+        let mut pages = client
+            .describe_security_groups()
+            .set_group_ids(ids)
+            .set_filters(filters)
+            .set_max_results(page_size)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| convert::error(op, e))?;
             for g in page.security_groups() {
                 groups.push(convert::security_group(op, g)?);
             }
-            match next(page.next_token()) {
-                Some(token) => next_token = Some(token),
-                None => return Ok(groups),
-            }
         }
+        Ok(groups)
     }
 
     async fn delete_security_group(&self, region: &RegionLabel, group_id: &str) -> Result<(), Ec2Error> {
@@ -414,27 +396,22 @@ impl Ec2Port for SdkEc2 {
         let page_size = instance_ids.is_empty().then_some(DESCRIBE_INSTANCES_PAGE);
         let ids = (!instance_ids.is_empty()).then_some(instance_ids);
         let mut instances = Vec::new();
-        let mut next_token = None;
-        loop {
-            let page = client
-                .describe_instances()
-                .set_instance_ids(ids.clone())
-                .set_filters(filters.clone())
-                .set_max_results(page_size)
-                .set_next_token(next_token.take())
-                .send()
-                .await
-                .map_err(|e| convert::error(op, e))?;
+        let mut pages = client
+            .describe_instances()
+            .set_instance_ids(ids)
+            .set_filters(filters)
+            .set_max_results(page_size)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| convert::error(op, e))?;
             for reservation in page.reservations() {
                 for i in reservation.instances() {
                     instances.push(convert::instance(op, i)?);
                 }
             }
-            match next(page.next_token()) {
-                Some(token) => next_token = Some(token),
-                None => return Ok(instances),
-            }
         }
+        Ok(instances)
     }
 
     async fn terminate_instances(
@@ -470,23 +447,18 @@ impl Ec2Port for SdkEc2 {
             ]
         });
         let mut types = Vec::new();
-        let mut next_token = None;
-        loop {
-            let page = client
-                .describe_instance_types()
-                .set_filters(filters.clone())
-                .max_results(DESCRIBE_TYPES_PAGE)
-                .set_next_token(next_token.take())
-                .send()
-                .await
-                .map_err(|e| convert::error(op, e))?;
+        let mut pages = client
+            .describe_instance_types()
+            .set_filters(filters)
+            .max_results(DESCRIBE_TYPES_PAGE)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| convert::error(op, e))?;
             // A type without a vCPU count or memory size cannot be sized against; skip it.
             types.extend(page.instance_types().iter().filter_map(convert::instance_type));
-            match next(page.next_token()) {
-                Some(token) => next_token = Some(token),
-                None => return Ok(types),
-            }
         }
+        Ok(types)
     }
 
     async fn create_tags(&self, region: &RegionLabel, resource_ids: Vec<String>, tags: Tags) -> Result<(), Ec2Error> {
@@ -528,17 +500,15 @@ impl Ec2Port for SdkEc2 {
                         .map(|(prefix, metric)| network_query(prefix, base + n, metric, id))
                 })
                 .collect();
-            let mut next_token = None;
-            loop {
-                let page = client
-                    .get_metric_data()
-                    .start_time(convert::date_time(start))
-                    .end_time(convert::date_time(end))
-                    .set_metric_data_queries(Some(queries.clone()))
-                    .set_next_token(next_token.take())
-                    .send()
-                    .await
-                    .map_err(|e| convert::error(op, e))?;
+            let mut pages = client
+                .get_metric_data()
+                .start_time(convert::date_time(start))
+                .end_time(convert::date_time(end))
+                .set_metric_data_queries(Some(queries))
+                .into_paginator()
+                .send();
+            while let Some(page) = pages.next().await {
+                let page = page.map_err(|e| convert::error(op, e))?;
                 for result in page.metric_data_results() {
                     let Some((is_in, index)) = result.id().and_then(parse_query_id) else { continue };
                     let Some(entry) = usage.get_mut(index) else { continue };
@@ -548,10 +518,6 @@ impl Ec2Port for SdkEc2 {
                     } else {
                         entry.bytes_out = entry.bytes_out.saturating_add(bytes);
                     }
-                }
-                match next(page.next_token()) {
-                    Some(token) => next_token = Some(token),
-                    None => break,
                 }
             }
         }
