@@ -702,7 +702,8 @@ impl AwsBackend {
                 Ok(_) => return Ok(()),
                 Err(err) if err.is(codes::INSTANCE_NOT_FOUND) => {
                     // Either not visible yet, or gone for good: a filtered Describe tells.
-                    if self.instance_gone(region, instance_id).await? || self.now_ms() > started + VISIBILITY_WINDOW_MS
+                    if self.instance_gone(grant, region, instance_id).await?
+                        || self.now_ms() > started + VISIBILITY_WINDOW_MS
                     {
                         return Ok(());
                     }
@@ -714,10 +715,17 @@ impl AwsBackend {
         }
     }
 
-    /// True when a Describe by our grant tag lists the instance as terminated, or when it is
-    /// absent although the id is old enough to be visible.
-    async fn instance_gone(&self, region: &RegionLabel, instance_id: &str) -> Result<bool, BackendError> {
-        let filters = vec![Filter::tag(crate::config::OWNER_TAG, [self.inner.cfg.owner.clone()])];
+    /// True when a Describe filtered by the grant's tag lists the instance as terminated. The
+    /// filter keeps the answer to this grant's own instance (not every instance of the owner,
+    /// which the region poller already lists), and a filter, unlike an id, never answers
+    /// NotFound for an instance EC2 has not made visible yet.
+    async fn instance_gone(
+        &self,
+        grant: &GrantId,
+        region: &RegionLabel,
+        instance_id: &str,
+    ) -> Result<bool, BackendError> {
+        let filters = vec![Filter::tag(crate::config::GRANT_TAG, [grant.to_hex()])];
         let instances = self
             .inner
             .pacer
