@@ -60,7 +60,7 @@ fn the_same_seed_gives_the_same_run() {
 #[test]
 fn skipping_delete_security_group_is_caught_as_a_safety_failure() {
     let mut scenario = small(9, 15, FaultMode::None, false);
-    scenario.break_teardown = true;
+    scenario.breakage = Some(tests::scenario::Breakage::SkipGroupDelete);
     let summary = harness::run(&scenario, &mut |_| {}).expect("run");
     assert_eq!(summary.worst(), Some(Severity::Safety), "{:?}", summary.violations);
     assert!(summary.violations.iter().any(|v| v.checker == "teardown"), "{:?}", summary.violations);

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use aws_backend::port::Ec2Port;
 use aws_backend::{AwsBackend, AwsBootConfig, BackendParts, DynStore, TestSwitches};
 use backend_api::{Clock, RegionLabel, Secret};
-use usage_ledger::{Ledger, MemoryStore};
+use usage_ledger::{EventStore, Ledger, MemoryStore, Record};
 
 /// Unix ms at which every simulation starts (2023-11-14T22:13:20Z).
 pub const START_UNIX_MS: u64 = 1_700_000_000_000;
@@ -14,6 +14,9 @@ pub const START_UNIX_MS: u64 = 1_700_000_000_000;
 pub const ALLOWED_REGIONS: [&str; 2] = ["us-east-1", "eu-west-1"];
 /// A well-formed region the operator does not allow.
 pub const DISALLOWED_REGION: &str = "ap-south-1";
+
+/// The smallest root volume the simulated operator provisions, GiB.
+pub const MIN_ROOT_VOLUME_GIB: u32 = 8;
 
 /// The owner tag value of simulated backends.
 pub const OWNER: &str = "sim-bridge";
@@ -32,6 +35,7 @@ instance_families = ["t3", "c6i", "m6i", "r6i"]
 owner = "{OWNER}"
 poll_interval_ms = {poll_interval_ms}
 reaper_grace_ms = 600000
+min_root_volume_gib = {MIN_ROOT_VOLUME_GIB}
 ledger_path = "/nonexistent/sim.ledger"
 ssh_ingress_cidrs = ["203.0.113.0/24"]
 
@@ -57,16 +61,18 @@ deadline_grace_s = 60
     AwsBootConfig::from_toml(&text).unwrap_or_else(|e| panic!("fixture config: {e}"))
 }
 
-/// A backend over `port` (the simulator, or a wrapper of it), with its ledger replayed from `store` (empty on first start).
-pub async fn backend(
+/// A backend over `port` (the simulator, or a wrapper of it), with its ledger replayed from
+/// `replayed` and appending to `store`.
+pub async fn backend_on(
     cfg: &AwsBootConfig,
     port: Arc<dyn Ec2Port>,
     clock: Arc<dyn Clock>,
-    store: &MemoryStore,
+    store: Box<dyn EventStore>,
+    replayed: Vec<Record>,
     seed: u64,
     switches: TestSwitches,
 ) -> anyhow::Result<AwsBackend> {
-    let ledger = Ledger::open(DynStore(Box::new(store.clone())), store.records())?;
+    let ledger = Ledger::open(DynStore(store), replayed)?;
     AwsBackend::new(
         cfg,
         BackendParts {
@@ -79,4 +85,16 @@ pub async fn backend(
         },
     )
     .await
+}
+
+/// A backend over `port` with its ledger replayed from `store` (empty on first start).
+pub async fn backend(
+    cfg: &AwsBootConfig,
+    port: Arc<dyn Ec2Port>,
+    clock: Arc<dyn Clock>,
+    store: &MemoryStore,
+    seed: u64,
+    switches: TestSwitches,
+) -> anyhow::Result<AwsBackend> {
+    backend_on(cfg, port, clock, Box::new(store.clone()), store.records(), seed, switches).await
 }

@@ -1,37 +1,34 @@
-//! The run: the real backend over the simulator through a scenario, with crashes, checks after
-//! every step, and a quiet phase in which everything must end.
+//! The run: the real backend over the simulator through a scenario, with crashes, checks every
+//! few virtual seconds, and a quiet phase in which everything must end.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Once};
 use std::time::Instant;
 
-use aws_backend::{AwsBackend, OWNER_TAG, TestSwitches};
+use aws_backend::pacing::RetryPolicy;
+use aws_backend::port::Ec2Port;
+use aws_backend::{AwsBackend, OWNER_TAG};
 use backend_api::{Backend, BackendError, Clock, Envelope, GrantId, TokioClock};
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::SeedableRng;
 use sim_ec2::{SimConfig, SimEc2};
 use tokio::task::JoinHandle;
-use usage_ledger::MemoryStore;
 
-use crate::checkers::{self, Context, Measures, Violation};
+use crate::checkers::{
+    self, Context, Downtime, FaultIndex, GrantFacts, Measures, Outcome, Replay, Violation, admission, names,
+};
 use crate::fixture::{self, START_UNIX_MS};
-use crate::scenario::{Expect, GrantPlan, Scenario, generate};
+use crate::framestore::FrameStore;
+use crate::scenario::{GrantPlan, Scenario, generate};
 use crate::summary::{GrantCounts, Summary};
 
 /// How often the checkers run, in virtual time.
 const CHECK_EVERY_MS: u64 = 10_000;
 /// How often the reaper runs during the run, in virtual time.
 const REAP_EVERY_MS: u64 = 20 * 60_000;
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Outcome {
-    Waiting,
-    Refused,
-    ProvisionFailed(String),
-    Completed,
-    Interrupted,
-    WrongfullyAdmitted,
-}
+/// At most this many violations are kept per checker (the rest are counted).
+const VIOLATIONS_PER_CHECKER_MAX: usize = 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Step {
@@ -41,16 +38,59 @@ enum Step {
     Reap,
 }
 
-type Outcomes = Arc<Mutex<BTreeMap<GrantId, Outcome>>>;
+/// What a spawned task is doing.
+#[derive(Clone, Copy, Debug)]
+enum Task {
+    Grant(GrantId),
+    Recovery,
+    Reaper,
+}
+
+type Facts = Arc<Mutex<BTreeMap<GrantId, GrantFacts>>>;
+type Findings = Arc<Mutex<Vec<Violation>>>;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-async fn lifecycle(backend: AwsBackend, plan: Arc<GrantPlan>, outcomes: Outcomes) {
+thread_local! {
+    /// Panics on this thread while a run captures them.
+    static PANICS: RefCell<Option<Vec<String>>> = const { RefCell::new(None) };
+}
+
+/// Installs (once per process) a panic hook that hands panics on a capturing thread to its
+/// run, and leaves every other thread's panics to the previous hook.
+fn capture_panics() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let captured = PANICS.with(|p| match p.try_borrow_mut() {
+                Ok(mut slot) => slot.as_mut().map(|panics| panics.push(info.to_string().replace('\n', " "))).is_some(),
+                Err(_) => false,
+            });
+            if !captured {
+                previous(info);
+            }
+        }));
+    });
+    PANICS.with(|p| *p.borrow_mut() = Some(Vec::new()));
+}
+
+fn captured_panics() -> Vec<String> {
+    PANICS.with(|p| p.borrow_mut().take()).unwrap_or_default()
+}
+
+async fn lifecycle(backend: AwsBackend, plan: Arc<GrantPlan>, facts: Facts, clock: Arc<TokioClock>) {
     let grant = plan.grant();
     let envelope = Envelope::for_region(plan.region.clone());
-    let outcome = match backend.provision(&grant, &envelope).await {
+    let settle = |outcome: Outcome| {
+        let mut facts = lock(&facts);
+        let entry = facts.entry(plan.id).or_default();
+        entry.outcome = outcome;
+        entry.outcome_at_unix_ms = clock.now_unix_ms();
+    };
+    match backend.provision(&grant, &envelope).await {
         Err(err) => {
             let refused = matches!(
                 err.downcast_ref::<BackendError>(),
@@ -58,21 +98,22 @@ async fn lifecycle(backend: AwsBackend, plan: Arc<GrantPlan>, outcomes: Outcomes
                     BackendError::Unsatisfiable { .. }
                         | BackendError::RegionNotAllowed { .. }
                         | BackendError::DeadlinePassed { .. }
+                        | BackendError::InvalidInput { .. }
                 )
             ) && backend.grant_state(&plan.id).is_none();
-            if refused { Outcome::Refused } else { Outcome::ProvisionFailed(format!("{err:#}")) }
+            let message = format!("{err:#}");
+            settle(if refused { Outcome::Refused(message) } else { Outcome::ProvisionFailed(message) });
         }
-        Ok(_) if plan.expect != Expect::Admit => Outcome::WrongfullyAdmitted,
         Ok(instance) => {
+            lock(&facts).entry(plan.id).or_default().handed_over = true;
             let watched = backend.watch_until_exit(&instance, plan.valid_to).await;
             let ended = backend.terminate(&instance).await;
-            match (watched, ended) {
+            settle(match (watched, ended) {
                 (Ok(_), Ok(())) => Outcome::Completed,
-                (Err(err), _) | (_, Err(err)) => Outcome::ProvisionFailed(format!("after provision: {err:#}")),
-            }
+                (Err(err), _) | (_, Err(err)) => Outcome::AfterProvisionFailed(format!("{err:#}")),
+            });
         }
-    };
-    lock(&outcomes).insert(plan.id, outcome);
+    }
 }
 
 struct World {
@@ -80,34 +121,60 @@ struct World {
     cfg: aws_backend::AwsBootConfig,
     sim: Arc<SimEc2>,
     clock: Arc<TokioClock>,
-    store: MemoryStore,
+    store: FrameStore,
     plans: BTreeMap<GrantId, GrantPlan>,
+    facts: Facts,
+    findings: Findings,
     measures: Measures,
     violations: Vec<Violation>,
-    downtime_ms_max: u64,
-    network_bytes_per_s_max: u64,
+    suppressed: BTreeMap<&'static str, u64>,
+    downtimes: Vec<Downtime>,
+    faults: FaultIndex,
+    replay: Replay,
+    faulted_termination_bound_ms: u64,
     retries: BTreeMap<String, u64>,
 }
 
 impl World {
-    fn check(&mut self, backend: &AwsBackend) {
+    /// Keeps `v` unless its checker is disabled, it is already known, or its checker has
+    /// reported enough.
+    fn report(&mut self, v: Violation) {
+        if !self.scenario.checks(v.checker) || self.violations.contains(&v) {
+            return;
+        }
+        if self.violations.iter().filter(|k| k.checker == v.checker).count() >= VIOLATIONS_PER_CHECKER_MAX {
+            *self.suppressed.entry(v.checker).or_default() += 1;
+            return;
+        }
+        self.violations.push(v);
+    }
+
+    fn with_context<T>(&mut self, backend: &AwsBackend, f: impl FnOnce(&Context<'_>, &mut Measures) -> T) -> T {
+        self.faults.absorb(&self.sim);
+        self.replay.absorb(&self.store);
+        let facts = lock(&self.facts);
         let ctx = Context {
             now_unix_ms: self.clock.now_unix_ms(),
-            sim: &self.sim,
             backend,
-            store: &self.store,
             plans: &self.plans,
+            facts: &facts,
             grace_ms: self.cfg.deadline_grace_ms(),
             poll_interval_ms: self.scenario.poll_interval_ms,
-            downtime_ms_max: self.downtime_ms_max,
-            network_bytes_per_s_max: self.network_bytes_per_s_max,
+            faulted_termination_bound_ms: self.faulted_termination_bound_ms,
+            downtimes: &self.downtimes,
+            faults: &self.faults,
+            replay: &self.replay,
             instances: self.sim.instances(),
             live: self.sim.live_resources(),
         };
-        for v in checkers::check_all(&ctx, &mut self.measures) {
-            if !self.violations.contains(&v) {
-                self.violations.push(v);
-            }
+        f(&ctx, &mut self.measures)
+    }
+
+    fn check(&mut self, backend: &AwsBackend) {
+        let found = self.with_context(backend, checkers::check_all);
+        let reported: Vec<Violation> = lock(&self.findings).drain(..).collect();
+        for v in found.into_iter().chain(reported) {
+            self.report(v);
         }
     }
 
@@ -116,6 +183,32 @@ impl World {
             *self.retries.entry(code).or_default() += n;
         }
     }
+
+    /// Awaits the finished tasks (all of them with `all`), reporting panics and marking grants
+    /// whose lifecycle was cut short.
+    async fn join(&mut self, tasks: &mut Vec<(Task, JoinHandle<()>)>, all: bool) {
+        let mut kept = Vec::new();
+        for (task, handle) in tasks.drain(..) {
+            if !all && !handle.is_finished() {
+                kept.push((task, handle));
+                continue;
+            }
+            handle.abort();
+            let panicked = handle.await.err().is_some_and(|e| e.is_panic());
+            if panicked {
+                self.report(Violation::safety(names::PANIC, format!("the {task:?} task panicked")));
+            }
+            if let Task::Grant(grant) = task {
+                let mut facts = lock(&self.facts);
+                let entry = facts.entry(grant).or_default();
+                if entry.outcome == Outcome::Waiting {
+                    entry.outcome = if panicked { Outcome::Panicked } else { Outcome::Interrupted };
+                    entry.outcome_at_unix_ms = self.clock.now_unix_ms();
+                }
+            }
+        }
+        *tasks = kept;
+    }
 }
 
 /// Runs `scenario` to the end on a fresh single-threaded runtime with virtual time, and
@@ -123,23 +216,33 @@ impl World {
 pub fn run(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Summary> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build()?;
     let wall = Instant::now();
-    let mut summary = runtime.block_on(run_async(scenario, progress))?;
+    capture_panics();
+    let result = runtime.block_on(run_async(scenario, progress));
+    let panics = captured_panics();
+    let mut summary = result?;
+    for panic in panics {
+        let v = Violation::safety(names::PANIC, panic);
+        if scenario.checks(v.checker) && !summary.violations.contains(&v) {
+            summary.violations.push(v);
+        }
+    }
     summary.wall_ms = u64::try_from(wall.elapsed().as_millis()).unwrap_or(u64::MAX);
     Ok(summary)
 }
 
 async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Summary> {
     let mut rng = ChaCha8Rng::seed_from_u64(scenario.seed);
-    let faults = scenario.faults.draw(&mut rng);
+    let faults = scenario.draw_faults(&mut rng);
     let (plans, crashes) = generate(scenario, &mut rng);
     let clock = Arc::new(TokioClock::starting_at(START_UNIX_MS));
     let regions = fixture::ALLOWED_REGIONS.iter().map(|r| fixture::region(r)).collect();
     let sim_config = SimConfig::new(scenario.seed, regions).with_faults(faults.clone());
-    let network_bytes_per_s_max = sim_config.network_bytes_per_s_max;
     let sim = Arc::new(SimEc2::new(sim_config, clock.clone())?);
     let cfg = fixture::config(scenario.poll_interval_ms);
-    let store = MemoryStore::new();
-    let switches = TestSwitches { skip_security_group_delete: scenario.break_teardown };
+    let breakage = scenario.breakage;
+    let store = FrameStore::new(breakage.and_then(|b| b.store_fault()));
+    let switches = breakage.map(|b| b.switches()).unwrap_or_default();
+    let port = sim.clone() as Arc<dyn Ec2Port>;
     let mut world = World {
         scenario: scenario.clone(),
         cfg: cfg.clone(),
@@ -147,22 +250,28 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
         clock: clock.clone(),
         store: store.clone(),
         plans: plans.iter().map(|p| (p.id, p.clone())).collect(),
+        facts: Arc::new(Mutex::new(plans.iter().map(|p| (p.id, GrantFacts::default())).collect())),
+        findings: Arc::new(Mutex::new(Vec::new())),
         measures: Measures::default(),
         violations: Vec::new(),
-        downtime_ms_max: crashes.iter().map(|c| c.downtime_ms).max().unwrap_or(0),
-        network_bytes_per_s_max,
+        suppressed: BTreeMap::new(),
+        downtimes: Vec::new(),
+        faults: FaultIndex::default(),
+        replay: Replay::default(),
+        // Two full retry cycles (the watch's, then terminate's) and a poll.
+        faulted_termination_bound_ms: 2 * RetryPolicy::default().backoff_ms_total_max() + scenario.poll_interval_ms,
         retries: BTreeMap::new(),
     };
-    let mut backend = fixture::backend(
+    let mut backend = fixture::backend_on(
         &cfg,
-        sim.clone() as Arc<dyn aws_backend::port::Ec2Port>,
+        port.clone(),
         clock.clone(),
-        &store,
+        Box::new(store.clone()),
+        Vec::new(),
         scenario.seed,
         switches,
     )
     .await?;
-    let outcomes: Outcomes = Arc::new(Mutex::new(plans.iter().map(|p| (p.id, Outcome::Waiting)).collect()));
 
     // The schedule: arrivals, crashes, checks and reaper passes, in time order.
     let mut steps: Vec<(u64, Step)> = Vec::new();
@@ -186,48 +295,74 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
     }
     steps.sort();
 
-    let mut tasks: Vec<(Option<GrantId>, JoinHandle<()>)> = Vec::new();
+    let mut tasks: Vec<(Task, JoinHandle<()>)> = Vec::new();
     let mut crash_count = 0u64;
+    let mut halted = false;
     let mut next_progress = START_UNIX_MS + 15 * 60_000;
     for (at, step) in steps {
         clock.sleep_until_unix_ms(at).await;
+        world.join(&mut tasks, false).await;
         match step {
             Step::Arrive(i) => {
                 let plan = Arc::new(plans[i].clone());
-                let handle = tokio::spawn(lifecycle(backend.clone(), plan.clone(), outcomes.clone()));
-                tasks.push((Some(plan.id), handle));
+                let accepted = backend.can_satisfy(&plan.grant());
+                lock(&world.facts).entry(plan.id).or_default().can_satisfy = Some(accepted);
+                if let Some(v) = admission::check_arrival(&plan, accepted) {
+                    world.report(v);
+                }
+                let handle = tokio::spawn(lifecycle(backend.clone(), plan.clone(), world.facts.clone(), clock.clone()));
+                tasks.push((Task::Grant(plan.id), handle));
             }
             Step::Crash(i) => {
                 crash_count += 1;
-                for (grant, handle) in tasks.drain(..) {
-                    handle.abort();
-                    let _ = handle.await;
-                    if let Some(grant) = grant {
-                        let mut outcomes = lock(&outcomes);
-                        if outcomes.get(&grant) == Some(&Outcome::Waiting) {
-                            outcomes.insert(grant, Outcome::Interrupted);
-                        }
-                    }
-                }
+                world.join(&mut tasks, true).await;
                 world.absorb_stats(&backend);
                 drop(backend);
-                clock.sleep_ms(crashes[i].downtime_ms).await;
-                backend = fixture::backend(
-                    &cfg,
-                    sim.clone() as Arc<dyn aws_backend::port::Ec2Port>,
-                    clock.clone(),
-                    &store,
-                    scenario.seed ^ at,
-                    switches,
-                )
-                .await?;
+                let downtime_ms = crashes[i].downtime_ms;
+                world.downtimes.push(Downtime { from_unix_ms: at, to_unix_ms: at + downtime_ms });
+                clock.sleep_ms(downtime_ms).await;
+                let reopened = match store.records() {
+                    Ok(records) => fixture::backend_on(
+                        &cfg,
+                        port.clone(),
+                        clock.clone(),
+                        Box::new(store.clone()),
+                        records,
+                        scenario.seed ^ at,
+                        switches,
+                    )
+                    .await
+                    .map_err(|e| format!("{e:#}")),
+                    Err(e) => Err(e),
+                };
+                backend = match reopened {
+                    Ok(backend) => backend,
+                    Err(e) => {
+                        world.report(Violation::safety(
+                            names::LEDGER,
+                            format!("after a crash the backend cannot reopen its ledger: {e}"),
+                        ));
+                        // The run cannot go on; a backend on an empty ledger lets it report.
+                        halted = true;
+                        let empty = Box::new(usage_ledger::MemoryStore::new());
+                        backend =
+                            fixture::backend_on(&cfg, port.clone(), clock.clone(), empty, Vec::new(), 0, switches)
+                                .await?;
+                        break;
+                    }
+                };
                 let recovering = backend.clone();
+                let (sim, findings) = (sim.clone(), world.findings.clone());
                 tasks.push((
-                    None,
+                    Task::Recovery,
                     tokio::spawn(async move {
+                        let faults_before = sim.faults_injected();
                         let report = recovering.recover().await;
-                        if !report.failed.is_empty() {
-                            tracing::warn!(?report, "recovery left grants unfinished");
+                        if !report.failed.is_empty() && sim.faults_injected() == faults_before {
+                            lock(&findings).push(Violation::liveness(
+                                names::LIVENESS,
+                                format!("recovery left grants unfinished with no fault injected: {:?}", report.failed),
+                            ));
                         }
                     }),
                 ));
@@ -235,17 +370,25 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
             Step::Check => world.check(&backend),
             Step::Reap => {
                 let reaping = backend.clone();
+                let (sim, findings) = (sim.clone(), world.findings.clone());
                 tasks.push((
-                    None,
+                    Task::Reaper,
                     tokio::spawn(async move {
-                        reaping.reap(false).await;
+                        let faults_before = sim.faults_injected();
+                        let report = reaping.reap(false).await;
+                        if !report.errors.is_empty() && sim.faults_injected() == faults_before {
+                            lock(&findings).push(Violation::liveness(
+                                names::LIVENESS,
+                                format!("a reaper pass failed with no fault injected: {:?}", report.errors),
+                            ));
+                        }
                     }),
                 ));
             }
         }
         if at >= next_progress {
             next_progress += 15 * 60_000;
-            let done = lock(&outcomes).values().filter(|o| **o != Outcome::Waiting).count();
+            let done = lock(&world.facts).values().filter(|f| f.outcome != Outcome::Waiting).count();
             progress(&format!(
                 "  t+{:>4} min: {done}/{} grants done, {} EC2 calls, {} violations",
                 (at - START_UNIX_MS) / 60_000,
@@ -256,93 +399,90 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
         }
     }
 
-    // Quiet phase: no new work; everything in flight must end.
-    let quiet_deadline = clock.now_unix_ms() + 2 * 3_600_000;
-    loop {
-        tasks.retain(|(_, h)| !h.is_finished());
-        if tasks.is_empty() || clock.now_unix_ms() >= quiet_deadline {
-            break;
+    if !halted {
+        // Quiet phase: no new work; everything in flight must end.
+        let quiet_deadline = clock.now_unix_ms() + 2 * 3_600_000;
+        loop {
+            world.join(&mut tasks, false).await;
+            if tasks.is_empty() || clock.now_unix_ms() >= quiet_deadline {
+                break;
+            }
+            clock.sleep_ms(10_000).await;
+            world.check(&backend);
         }
-        clock.sleep_ms(10_000).await;
+        for (task, _) in &tasks {
+            world.report(Violation::liveness(
+                names::LIVENESS,
+                format!("a task ({task:?}) was still running two virtual hours after the last deadline"),
+            ));
+        }
+        world.join(&mut tasks, true).await;
+        // One reaper pass once the orphan grace has passed: nothing of ours may remain.
+        clock.sleep_ms(cfg.reaper_grace_ms + 60_000).await;
+        let faults_before = sim.faults_injected();
+        let report = backend.reap(false).await;
+        if !report.errors.is_empty() && sim.faults_injected() == faults_before {
+            world.report(Violation::liveness(
+                names::LIVENESS,
+                format!("the final reaper pass failed with no fault injected: {:?}", report.errors),
+            ));
+        }
         world.check(&backend);
+        for resource in sim.live_resources_tagged(OWNER_TAG, fixture::OWNER) {
+            world.report(Violation::liveness(
+                names::LIVENESS,
+                format!(
+                    "{:?} {} in {} still exists after the quiet phase and a reaper pass",
+                    resource.kind, resource.id, resource.region
+                ),
+            ));
+        }
+        for plan in &plans {
+            if backend.grant_state(&plan.id).is_some_and(|s| !s.is_settled()) {
+                world.report(Violation::liveness(
+                    names::LIVENESS,
+                    format!("grant {} is not settled after the quiet phase", plan.id),
+                ));
+            }
+        }
     }
-    for (grant, handle) in tasks.drain(..) {
-        world.violations.push(Violation::liveness(
-            "quiet-phase",
-            format!(
-                "a task ({}) was still running two virtual hours after the last deadline",
-                grant.map_or("recovery or reaper".into(), |g| format!("grant {g}"))
-            ),
-        ));
-        handle.abort();
-    }
-    // One reaper pass once the orphan grace has passed: nothing of ours may remain.
-    clock.sleep_ms(cfg.reaper_grace_ms + 60_000).await;
-    let report = backend.reap(false).await;
-    for error in report.errors {
-        world.violations.push(Violation::liveness("reaper", error));
-    }
-    world.check(&backend);
     world.absorb_stats(&backend);
-
-    let leaked = sim.live_resources_tagged(OWNER_TAG, fixture::OWNER);
-    for resource in &leaked {
-        world.violations.push(Violation::liveness(
-            "quiet-phase",
-            format!(
-                "{:?} {} in {} still exists after the quiet phase and a reaper pass",
-                resource.kind, resource.id, resource.region
-            ),
-        ));
+    for v in world.with_context(&backend, |ctx, _| admission::check_outcomes(ctx)) {
+        world.report(v);
     }
-    let outcomes = lock(&outcomes).clone();
+    for (checker, n) in world.suppressed.clone() {
+        world.violations.push(Violation {
+            checker,
+            severity: world
+                .violations
+                .iter()
+                .find(|v| v.checker == checker)
+                .map_or(checkers::Severity::Safety, |v| v.severity),
+            message: format!("... and {n} more"),
+        });
+    }
+
+    let facts = lock(&world.facts).clone();
+    let leaked = sim.live_resources_tagged(OWNER_TAG, fixture::OWNER);
     let mut provision_errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut counts = GrantCounts { total: plans.len() as u64, ..GrantCounts::default() };
     for plan in &plans {
-        let settled = backend.grant_state(&plan.id).map(|s| s.is_settled());
-        match settled {
-            Some(true) => counts.settled += 1,
-            Some(false) => world.violations.push(Violation::liveness(
-                "quiet-phase",
-                format!("grant {} is not settled after the quiet phase", plan.id),
-            )),
+        match backend.grant_state(&plan.id).map(|s| s.is_settled()) {
+            Some(settled) => {
+                counts.admitted += 1;
+                counts.settled += u64::from(settled);
+            }
             None => {}
         }
-        if settled.is_some() {
-            counts.admitted += 1;
-        }
-        match outcomes.get(&plan.id) {
-            Some(Outcome::Refused) => {
-                counts.refused += 1;
-                if plan.expect == Expect::Admit && scenario.faults == crate::scenario::FaultMode::None {
-                    world
-                        .violations
-                        .push(Violation::liveness("admission", format!("admissible grant {} was refused", plan.id)));
-                }
-            }
+        match facts.get(&plan.id).map(|f| &f.outcome) {
+            Some(Outcome::Refused(_)) => counts.refused += 1,
             Some(Outcome::Completed) => counts.completed += 1,
-            Some(Outcome::ProvisionFailed(err)) => {
+            Some(Outcome::ProvisionFailed(err) | Outcome::AfterProvisionFailed(err)) => {
                 counts.provision_failed += 1;
                 *provision_errors.entry(strip_ids(err)).or_default() += 1;
-                if scenario.faults == crate::scenario::FaultMode::None {
-                    world.violations.push(Violation::liveness(
-                        "admission",
-                        format!("grant {} failed without faults: {err}", plan.id),
-                    ));
-                }
             }
-            Some(Outcome::Interrupted) => counts.interrupted += 1,
-            Some(Outcome::WrongfullyAdmitted) => world.violations.push(Violation::safety(
-                "admission",
-                format!("grant {} ({:?}) was provisioned but must be refused", plan.id, plan.expect),
-            )),
+            Some(Outcome::Interrupted | Outcome::Panicked) => counts.interrupted += 1,
             Some(Outcome::Waiting) | None => {}
-        }
-        if plan.expect != Expect::Admit && backend.can_satisfy(&plan.grant()) {
-            world.violations.push(Violation::safety(
-                "admission",
-                format!("can_satisfy accepted grant {} ({:?})", plan.id, plan.expect),
-            ));
         }
     }
 

@@ -8,6 +8,8 @@
 pub mod checkers;
 pub mod crashpoint;
 pub mod fixture;
+pub mod framestore;
 pub mod harness;
 pub mod scenario;
+pub mod selftest;
 pub mod summary;

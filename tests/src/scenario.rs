@@ -1,13 +1,150 @@
 //! Workloads: grants arriving over time across regions, drawn from one seed.
 
+use aws_backend::TestSwitches;
 use backend_api::{AlmanacTick, ComputeGrant, ComputeManifest, GrantId, ImageHash, RegionLabel};
 use rand::Rng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
+
+/// The largest gp3 volume, GiB.
+const MAX_ROOT_VOLUME_GIB: u32 = 16_384;
 use sim_ec2::FaultConfig;
 
+use crate::checkers::names;
 use crate::fixture::{ALLOWED_REGIONS, DISALLOWED_REGION, START_UNIX_MS, region};
+use crate::framestore::StoreFault;
+
+/// A deliberate bug, switched on for a run to prove that its checker sees it
+/// (`cargo xtask sim --self-test`). Each breaks the backend (or its store) in one way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub enum Breakage {
+    /// Terminate 30 s after valid_to.
+    TerminateLate,
+    /// Terminate 2 minutes before valid_to.
+    TerminateEarly,
+    /// A new ClientToken for every RunInstances call.
+    FreshClientToken,
+    /// Skip DeleteSecurityGroup but record the group deleted.
+    SkipGroupDelete,
+    /// Over-bill each running period by about 5 %.
+    Overbill,
+    /// Never record the network sample.
+    DropNetworkSample,
+    /// The store acknowledges the 40th append and keeps nothing of it.
+    DropLedgerAppend,
+    /// The store keeps the 40th append with a bit flipped.
+    CorruptLedgerAppend,
+    /// Panic in the provision of about one grant in eight.
+    Panic,
+    /// Admit grants that require TDX.
+    AdmitTdx,
+    /// Fail about one provision in eight for no reason EC2 gave.
+    FailProvision,
+    /// Never settle about one grant in eight.
+    SkipSettle,
+}
+
+impl Breakage {
+    /// Every breakage, in the order the self-test runs them.
+    pub const ALL: [Breakage; 12] = [
+        Breakage::TerminateLate,
+        Breakage::TerminateEarly,
+        Breakage::FreshClientToken,
+        Breakage::SkipGroupDelete,
+        Breakage::Overbill,
+        Breakage::DropNetworkSample,
+        Breakage::DropLedgerAppend,
+        Breakage::CorruptLedgerAppend,
+        Breakage::Panic,
+        Breakage::AdmitTdx,
+        Breakage::FailProvision,
+        Breakage::SkipSettle,
+    ];
+
+    /// Its name on the command line (`--break NAME`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Breakage::TerminateLate => "terminate-late",
+            Breakage::TerminateEarly => "terminate-early",
+            Breakage::FreshClientToken => "fresh-client-token",
+            Breakage::SkipGroupDelete => "skip-group-delete",
+            Breakage::Overbill => "overbill",
+            Breakage::DropNetworkSample => "drop-network-sample",
+            Breakage::DropLedgerAppend => "drop-ledger-append",
+            Breakage::CorruptLedgerAppend => "corrupt-ledger-append",
+            Breakage::Panic => "panic",
+            Breakage::AdmitTdx => "admit-tdx",
+            Breakage::FailProvision => "fail-provision",
+            Breakage::SkipSettle => "skip-settle",
+        }
+    }
+
+    /// The breakage named `name`.
+    pub fn from_name(name: &str) -> Option<Breakage> {
+        Breakage::ALL.into_iter().find(|b| b.name() == name)
+    }
+
+    /// The backend's switches for it.
+    pub fn switches(self) -> TestSwitches {
+        const ONE_IN_EIGHT: u8 = 32;
+        let mut s = TestSwitches::default();
+        match self {
+            Breakage::TerminateLate => s.terminate_late_ms = 30_000,
+            Breakage::TerminateEarly => s.terminate_early_ms = 120_000,
+            Breakage::FreshClientToken => s.fresh_client_token_per_call = true,
+            Breakage::SkipGroupDelete => s.skip_security_group_delete = true,
+            Breakage::Overbill => s.overbill_percent = 5,
+            Breakage::DropNetworkSample => s.skip_network_sample = true,
+            Breakage::Panic => s.panic_below = ONE_IN_EIGHT,
+            Breakage::AdmitTdx => s.admit_tdx = true,
+            Breakage::FailProvision => s.fail_provision_below = ONE_IN_EIGHT,
+            Breakage::SkipSettle => s.skip_settle_below = ONE_IN_EIGHT,
+            Breakage::DropLedgerAppend | Breakage::CorruptLedgerAppend => {}
+        }
+        s
+    }
+
+    /// The store fault it arms, if it breaks the store.
+    pub fn store_fault(self) -> Option<StoreFault> {
+        match self {
+            Breakage::DropLedgerAppend => Some(StoreFault::DropAppend(40)),
+            Breakage::CorruptLedgerAppend => Some(StoreFault::CorruptAppend(40)),
+            _ => None,
+        }
+    }
+
+    /// The checker that must fire.
+    pub fn caught_by(self) -> &'static str {
+        match self {
+            Breakage::TerminateLate => names::DEADLINE,
+            Breakage::TerminateEarly => names::EARLY_END,
+            Breakage::FreshClientToken => names::IDEMPOTENCY,
+            Breakage::SkipGroupDelete => names::TEARDOWN,
+            Breakage::Overbill | Breakage::DropNetworkSample => names::METERING,
+            Breakage::DropLedgerAppend | Breakage::CorruptLedgerAppend => names::LEDGER,
+            Breakage::Panic => names::PANIC,
+            Breakage::AdmitTdx => names::ADMISSION,
+            Breakage::FailProvision => names::PROVISION,
+            Breakage::SkipSettle => names::LIVENESS,
+        }
+    }
+
+    /// Checkers that may fire as well, as consequences of the same bug.
+    pub fn also_plausible(self) -> &'static [&'static str] {
+        match self {
+            Breakage::TerminateLate | Breakage::TerminateEarly => &[names::METERING],
+            Breakage::FreshClientToken => &[names::TEARDOWN, names::METERING, names::DEADLINE, names::LIVENESS],
+            Breakage::SkipGroupDelete => &[names::LIVENESS],
+            Breakage::Overbill | Breakage::DropNetworkSample => &[],
+            Breakage::DropLedgerAppend | Breakage::CorruptLedgerAppend => &[names::METERING, names::LIVENESS],
+            Breakage::Panic => &[names::LIVENESS, names::DEADLINE, names::TEARDOWN, names::METERING],
+            Breakage::AdmitTdx => &[],
+            Breakage::FailProvision => &[],
+            Breakage::SkipSettle => &[],
+        }
+    }
+}
 
 /// Which faults the simulated EC2 injects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -59,8 +196,15 @@ pub struct Scenario {
     pub lifetime_ms_max: u64,
     /// The backend's poll interval.
     pub poll_interval_ms: u64,
-    /// Test-only breakage: skip DeleteSecurityGroup (the teardown checker must catch it).
-    pub break_teardown: bool,
+    /// A deliberate bug to switch on (the self-test's runs; never in a normal run).
+    pub breakage: Option<Breakage>,
+    /// Checkers whose findings are ignored (to show the self-test fails without them).
+    pub disabled_checkers: Vec<String>,
+    /// A fault configuration that replaces the mode's (the self-test's targeted runs).
+    pub faults_override: Option<FaultConfig>,
+    /// The share of admissible grants drawn at an edge: zero CPU or RAM, storage at or past the
+    /// gp3 limit, more RAM than any type, a deadline seconds away.
+    pub edge_share: f64,
 }
 
 impl Scenario {
@@ -75,8 +219,24 @@ impl Scenario {
             lifetime_ms_min: 5 * 60_000,
             lifetime_ms_max: 45 * 60_000,
             poll_interval_ms: 5_000,
-            break_teardown: false,
+            breakage: None,
+            disabled_checkers: Vec::new(),
+            faults_override: None,
+            edge_share: 0.05,
         }
+    }
+}
+
+impl Scenario {
+    /// The simulator's fault configuration: the override, or the mode's draw from `rng`.
+    pub fn draw_faults(&self, rng: &mut ChaCha8Rng) -> FaultConfig {
+        let drawn = self.faults.draw(rng);
+        self.faults_override.clone().unwrap_or(drawn)
+    }
+
+    /// True unless `checker`'s findings are switched off for this run.
+    pub fn checks(&self, checker: &str) -> bool {
+        !self.disabled_checkers.iter().any(|c| c == checker)
     }
 }
 
@@ -93,6 +253,12 @@ pub enum Expect {
     RefuseExpired,
     /// Names a region outside the allowlist: must be refused.
     RefuseRegion,
+    /// Asks for zero CPU or zero RAM: must be refused as invalid input.
+    RefuseInvalid,
+    /// Lives only seconds to two minutes: its deadline falls while it is provisioned or
+    /// pending. May be refused (too short to launch) or fail on its deadline; nothing may
+    /// outlive the deadline.
+    Short,
 }
 
 /// One grant of the workload.
@@ -140,7 +306,7 @@ pub struct Crash {
 /// be printed before the run starts.
 pub fn drawn_faults(scenario: &Scenario) -> FaultConfig {
     use rand_chacha::rand_core::SeedableRng;
-    scenario.faults.draw(&mut ChaCha8Rng::seed_from_u64(scenario.seed))
+    scenario.draw_faults(&mut ChaCha8Rng::seed_from_u64(scenario.seed))
 }
 
 /// Draws the workload and the crash schedule of `scenario` from `rng`.
@@ -165,6 +331,7 @@ pub fn generate(scenario: &Scenario, rng: &mut ChaCha8Rng) -> (Vec<GrantPlan>, V
         let mut region = region(ALLOWED_REGIONS[rng.gen_range(0..ALLOWED_REGIONS.len())]);
         let mut valid_to_unix_ms = arrival_unix_ms + lifetime_ms;
         let roll: f64 = rng.r#gen();
+        let edge: f64 = rng.r#gen();
         let expect = if roll < 0.04 {
             manifest.tdx_required = true;
             Expect::RefuseTdx
@@ -177,8 +344,29 @@ pub fn generate(scenario: &Scenario, rng: &mut ChaCha8Rng) -> (Vec<GrantPlan>, V
         } else if roll < 0.13 {
             region = crate::fixture::region(DISALLOWED_REGION);
             Expect::RefuseRegion
-        } else {
+        } else if roll >= 0.13 + scenario.edge_share.clamp(0.0, 0.87) {
             Expect::Admit
+        } else if edge < 0.25 {
+            if rng.gen_bool(0.5) {
+                manifest.cpu_millicores = 0;
+            } else {
+                manifest.ram_mib = 0;
+            }
+            Expect::RefuseInvalid
+        } else if edge < 0.5 {
+            // Past the largest gp3 volume, or more RAM than any type has.
+            if rng.gen_bool(0.5) {
+                manifest.storage_gib = MAX_ROOT_VOLUME_GIB + 1;
+            } else {
+                manifest.ram_mib = 16 * 1_024 * 1_024;
+            }
+            Expect::RefuseOversize
+        } else if edge < 0.6 {
+            manifest.storage_gib = MAX_ROOT_VOLUME_GIB;
+            Expect::Admit
+        } else {
+            valid_to_unix_ms = arrival_unix_ms + rng.gen_range(1_000..120_000);
+            Expect::Short
         };
         let valid_to = tick_of(valid_to_unix_ms);
         plans.push(GrantPlan {
@@ -202,7 +390,26 @@ pub fn generate(scenario: &Scenario, rng: &mut ChaCha8Rng) -> (Vec<GrantPlan>, V
                 downtime_ms: rng.gen_range(1_000..=20_000),
             });
         }
+        // Some crashes hit recovery itself: the backend dies again while it resumes.
+        for i in 0..crashes.len() {
+            if rng.gen_bool(0.3) {
+                let first = crashes[i];
+                crashes.push(Crash {
+                    at_unix_ms: first.at_unix_ms + first.downtime_ms + rng.gen_range(0..3_000),
+                    downtime_ms: rng.gen_range(1_000..=20_000),
+                });
+            }
+        }
         crashes.sort_by_key(|c| c.at_unix_ms);
+        // A crash while down is no crash: keep those that come after the previous restart.
+        let mut up_at = 0;
+        crashes.retain(|c| {
+            let keep = c.at_unix_ms > up_at;
+            if keep {
+                up_at = c.at_unix_ms + c.downtime_ms;
+            }
+            keep
+        });
     }
     (plans, crashes)
 }

@@ -8,9 +8,10 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Args, ValueEnum};
-use tests::checkers::Severity;
+use tests::checkers::{Severity, names};
 use tests::harness;
-use tests::scenario::{FaultMode, Scenario};
+use tests::scenario::{Breakage, FaultMode, Scenario};
+use tests::selftest;
 use tests::summary::Summary;
 
 /// Exit code of a run in which a safety invariant broke (clap uses 2 for usage errors).
@@ -55,9 +56,35 @@ pub struct SimArgs {
     /// Print the summary as one JSON object (per seed) on stdout, nothing else there.
     #[arg(long)]
     json: bool,
-    /// Test only: skip DeleteSecurityGroup, to prove the teardown checker fails the run.
-    #[arg(long, hide = true)]
-    break_teardown: bool,
+    /// Run every deliberate bug on fixed seeds and check that its checker, and only plausible
+    /// ones, fire (and that the same runs without a bug are clean).
+    #[arg(long)]
+    self_test: bool,
+    /// Switch on one deliberate bug (see `--self-test`; names in docs/simulation.md).
+    #[arg(long = "break", value_name = "NAME", value_parser = parse_breakage)]
+    breakage: Option<Breakage>,
+    /// Ignore this checker's findings (repeatable): shows that `--self-test` fails without it.
+    #[arg(long = "disable-checker", value_name = "NAME", value_parser = parse_checker)]
+    disabled_checkers: Vec<String>,
+    /// Lost responses (30 % of mutating calls) on top of the default faults: what the
+    /// self-test's `fresh-client-token` case runs with.
+    #[arg(long)]
+    lossy: bool,
+}
+
+fn parse_breakage(name: &str) -> Result<Breakage, String> {
+    Breakage::from_name(name).ok_or_else(|| {
+        let names: Vec<&str> = Breakage::ALL.iter().map(|b| b.name()).collect();
+        format!("unknown breakage {name:?}: use one of {}", names.join(", "))
+    })
+}
+
+fn parse_checker(name: &str) -> Result<String, String> {
+    if names::ALL.contains(&name) {
+        Ok(name.to_string())
+    } else {
+        Err(format!("unknown checker {name:?}: use one of {}", names::ALL.join(", ")))
+    }
 }
 
 impl SimArgs {
@@ -71,7 +98,11 @@ impl SimArgs {
             Faults::Swarm => FaultMode::Swarm,
         };
         scenario.crashes = self.crashes;
-        scenario.break_teardown = self.break_teardown;
+        scenario.breakage = self.breakage;
+        scenario.disabled_checkers = self.disabled_checkers.clone();
+        if self.lossy {
+            scenario.faults_override = Some(selftest::lossy_faults());
+        }
         scenario
     }
 
@@ -89,15 +120,42 @@ impl SimArgs {
         if self.crashes {
             cmd.push_str(" --crashes");
         }
-        if self.break_teardown {
-            cmd.push_str(" --break-teardown");
+        if self.lossy {
+            cmd.push_str(" --lossy");
+        }
+        if let Some(b) = self.breakage {
+            cmd.push_str(&format!(" --break {}", b.name()));
+        }
+        for c in &self.disabled_checkers {
+            cmd.push_str(&format!(" --disable-checker {c}"));
         }
         cmd
     }
 }
 
+/// Runs the self-test: every deliberate bug must be caught by its checker.
+fn self_test(args: &SimArgs) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let results = selftest::run_all(&args.disabled_checkers, &mut |r| {
+        let name = r.breakage.map_or("control (no bug)", |b| b.name());
+        let fault_note = if r.lossy { " lossy+crashes" } else { "" };
+        if r.passed {
+            println!("self-test {name:<24} seed {}{fault_note}: ok, fired {:?}", r.seed, r.fired);
+        } else {
+            println!("self-test {name:<24} seed {}{fault_note}: FAILED: {}", r.seed, r.why);
+            eprintln!("reproduce: {}", r.reproduce);
+        }
+    })?;
+    let failed = results.iter().filter(|r| !r.passed).count();
+    println!("self-test: {} runs, {failed} failed, {:.1} s", results.len(), started.elapsed().as_secs_f64());
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(EXIT_SAFETY) })
+}
+
 /// Runs the simulation for every requested seed and returns the exit code.
 pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
+    if args.self_test {
+        return self_test(&args);
+    }
     let first = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
     });

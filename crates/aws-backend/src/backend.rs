@@ -47,12 +47,43 @@ impl EventStore for DynStore {
 /// The ledger type the backend keeps.
 pub type BackendLedger = Ledger<DynStore>;
 
-/// Switches that break the backend on purpose, so tests can prove the checkers catch it.
-/// Never set in production.
-#[derive(Clone, Copy, Debug, Default)]
+/// Switches that break the backend on purpose, so the simulation's self-test can prove each
+/// checker catches its kind of bug (`cargo xtask sim --self-test`). Never set in production.
+/// The `*_below` switches pick grants whose id's first byte is below the value (0: none).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TestSwitches {
     /// Skip DeleteSecurityGroup during teardown (and record it as deleted anyway).
     pub skip_security_group_delete: bool,
+    /// Terminate this long after `valid_to` instead of at it.
+    pub terminate_late_ms: u64,
+    /// Terminate this long before `valid_to` instead of at it.
+    pub terminate_early_ms: u64,
+    /// Send every RunInstances call with a ClientToken of its own, so a retry can launch twice.
+    pub fresh_client_token_per_call: bool,
+    /// Record each `running` observation earlier, by this percentage of the time left until
+    /// `valid_to`: an over-bill of about that share of the period.
+    pub overbill_percent: u32,
+    /// Never record the network sample (the grant is metered 0 bytes).
+    pub skip_network_sample: bool,
+    /// Panic in provision.
+    pub panic_below: u8,
+    /// Admit grants that require TDX (`can_satisfy` and `provision` both).
+    pub admit_tdx: bool,
+    /// Fail provision, after admitting the grant, with a made-up provider error.
+    pub fail_provision_below: u8,
+    /// Never record `GrantSettled`.
+    pub skip_settle_below: u8,
+}
+
+impl TestSwitches {
+    /// True when any switch is set.
+    pub fn any(&self) -> bool {
+        *self != Self::default()
+    }
+}
+
+fn picked(grant: &GrantId, below: u8) -> bool {
+    grant.0[0] < below
 }
 
 /// What the backend is built from besides its configuration: everything it must not pick by
@@ -84,6 +115,8 @@ pub(crate) struct Inner {
     pub(crate) pacer: Arc<Pacer>,
     key_seed: Secret,
     switches: TestSwitches,
+    /// Counts RunInstances calls, for `TestSwitches::fresh_client_token_per_call`.
+    run_calls: std::sync::atomic::AtomicU64,
     catalogue: Mutex<BTreeMap<RegionLabel, Arc<Vec<InstanceTypeInfo>>>>,
     pollers: Mutex<BTreeMap<RegionLabel, PollerTask>>,
     /// Per region, how many grants may be creating their key pair and group at once (first
@@ -158,6 +191,7 @@ impl AwsBackend {
                 pacer,
                 key_seed: parts.key_seed,
                 switches: parts.switches,
+                run_calls: std::sync::atomic::AtomicU64::new(0),
                 catalogue: Mutex::new(BTreeMap::new()),
                 pollers: Mutex::new(BTreeMap::new()),
                 prep_slots: Mutex::new(BTreeMap::new()),
@@ -278,7 +312,7 @@ impl AwsBackend {
     /// Checks a grant without touching the cloud: TDX, deadline, manifest ranges.
     fn check_grant(&self, grant: &ComputeGrant<'_>) -> Result<(), BackendError> {
         let manifest = grant.manifest;
-        if manifest.tdx_required {
+        if manifest.tdx_required && !self.inner.switches.admit_tdx {
             return Err(BackendError::Unsatisfiable {
                 reason:
                     "the grant requires Intel TDX and AWS offers no TDX instances: route it to a TDX-capable backend"
@@ -384,6 +418,17 @@ impl AwsBackend {
         }
 
         let created = async {
+            if picked(&grant.id, self.inner.switches.panic_below) {
+                panic!("TestSwitches::panic_below: deliberate panic in provision of grant {}", grant.id.short());
+            }
+            if picked(&grant.id, self.inner.switches.fail_provision_below) {
+                return Err(BackendError::Provider {
+                    operation: "RunInstances".into(),
+                    code: "TestSwitches.FailProvision".into(),
+                    message: "deliberate provision failure".into(),
+                    retryable: false,
+                });
+            }
             let slots = lock(&self.inner.prep_slots)
                 .entry(region.clone())
                 .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(PREP_SLOTS_PER_REGION)))
@@ -618,7 +663,12 @@ impl AwsBackend {
         self.inner
             .pacer
             .call_until_settled(region, Operation::RunInstances, VISIBILITY_WINDOW_MS, invisible, || {
-                self.inner.port.run_instance(region, request.clone())
+                let mut request = request.clone();
+                if self.inner.switches.fresh_client_token_per_call {
+                    let n = self.inner.run_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    request.client_token = format!("{}-{n}", request.client_token);
+                }
+                self.inner.port.run_instance(region, request)
             })
             .await
     }
@@ -627,8 +677,13 @@ impl AwsBackend {
     fn observe(&self, grant: &GrantId, info: &InstanceInfo, at_unix_ms: u64) -> Result<(), BackendError> {
         let state = observed(info.state);
         let instance_id = info.instance_id.clone();
+        let overbill = u64::from(self.inner.switches.overbill_percent);
         self.record_if(*grant, |s| {
             let s = s?;
+            let mut at_unix_ms = at_unix_ms;
+            if overbill > 0 && state == ObservedState::Running {
+                at_unix_ms -= s.valid_to_unix_ms().saturating_sub(at_unix_ms) * overbill / 100;
+            }
             (s.instance() == Some(instance_id.as_str()) && s.last_state() != Some(state))
                 .then_some(Event::InstanceStateObserved { instance_id, state, observed_at_unix_ms: at_unix_ms })
         })
@@ -748,7 +803,9 @@ impl AwsBackend {
         deadline_unix_ms: Option<u64>,
     ) -> Result<(), BackendError> {
         let mut rx = self.poller(region).subscribe(instance_id);
-        let mut deadline = deadline_unix_ms;
+        let switches = &self.inner.switches;
+        let mut deadline =
+            deadline_unix_ms.map(|at| (at + switches.terminate_late_ms).saturating_sub(switches.terminate_early_ms));
         let mut absent_since: Option<u64> = None;
         let mut asked_exit = false;
         let mut launched_at: Option<u64> = None;
@@ -760,6 +817,12 @@ impl AwsBackend {
                     launched_at = Some(info.launch_time_unix_ms);
                     self.observe(grant, &info, at_unix_ms)?;
                     if info.state == InstanceState::Terminated {
+                        // Terminated without our asking: EC2 or the guest ended it, and the
+                        // ledger says so (the reason of the first request is the one kept).
+                        self.record_if(*grant, |s| {
+                            s.filter(|s| s.termination().is_none() && !s.is_settled())
+                                .map(|_| Event::TerminationRequested { reason: TerminationReason::Exited })
+                        })?;
                         break;
                     }
                     let requested = self.grant_state(grant).is_some_and(|s| s.termination().is_some());
@@ -824,6 +887,7 @@ impl AwsBackend {
             .call(region, Operation::GetNetworkUsage, || self.inner.port.network_usage(region, ids.clone(), start, end))
             .await;
         let network = match sample {
+            Ok(_) if self.inner.switches.skip_network_sample => None,
             Ok(samples) => {
                 let (bytes_in, bytes_out) = samples
                     .iter()
@@ -912,6 +976,9 @@ impl AwsBackend {
             })?;
         }
 
+        if picked(&grant, self.inner.switches.skip_settle_below) {
+            return Ok(());
+        }
         self.record_if(grant, |s| s.filter(|s| !s.is_settled()).map(|s| Event::GrantSettled { usage: s.usage() }))
     }
 

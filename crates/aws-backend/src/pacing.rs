@@ -65,6 +65,16 @@ impl Default for RetryPolicy {
     }
 }
 
+impl RetryPolicy {
+    /// The longest one call can spend in backoff before `Pacer::call` gives up: every retry
+    /// drawing its full ceiling. Checkers derive their lateness bounds from it.
+    pub fn backoff_ms_total_max(&self) -> u64 {
+        (0..self.attempts_max.saturating_sub(1))
+            .map(|attempt| self.base_ms.saturating_mul(1u64 << attempt.min(20)).min(self.cap_ms))
+            .sum()
+    }
+}
+
 /// Shared pacing state: buckets per region and class, and the jitter's PRNG.
 pub struct Pacer {
     clock: Arc<dyn Clock>,

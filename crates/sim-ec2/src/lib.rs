@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 
 pub use clock::ManualClock;
 pub use config::{FaultConfig, SimConfig, SimError};
-pub use truth::{InstanceTruth, LiveResource, ResourceKind, SimStats, StateInterval};
+pub use truth::{FaultRecord, InstanceTruth, LiveResource, ResourceKind, SimStats, StateInterval};
 pub use world::{extra_codes, reasons};
 
 use world::World;
@@ -145,6 +145,21 @@ impl SimEc2 {
     /// One instance's history, if it was ever launched.
     pub fn instance(&self, instance_id: &str) -> Option<InstanceTruth> {
         self.world().instance_truth(instance_id)
+    }
+
+    /// Every fault injected so far, in order, with the tags of what each hit.
+    pub fn fault_log(&self) -> Vec<FaultRecord> {
+        self.world().fault_log().to_vec()
+    }
+
+    /// How many faults were injected so far.
+    pub fn faults_injected(&self) -> usize {
+        self.world().fault_log().len()
+    }
+
+    /// The faults injected since the `from`-th (for checkers that look at each new stretch).
+    pub fn fault_log_since(&self, from: usize) -> Vec<FaultRecord> {
+        self.world().fault_log().get(from..).map(<[FaultRecord]>::to_vec).unwrap_or_default()
     }
 
     /// Counters: calls and throttles per operation, errors per code, faults injected.

@@ -88,6 +88,25 @@ pub struct InstanceTruth {
     pub network_bytes_in: u64,
     /// Bytes sent so far.
     pub network_bytes_out: u64,
+    /// Each change in the state DescribeInstances showed a caller, in order: (unix ms, state).
+    /// What a poller could have known, and when: the bound on how late it can observe.
+    pub shown: Vec<(u64, InstanceState)>,
+}
+
+/// One injected fault, with what the call was about, so a checker can tell which grant it hit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaultRecord {
+    /// When, unix ms.
+    pub at_unix_ms: u64,
+    /// The region of the call, if the fault hit a call.
+    pub region: Option<RegionLabel>,
+    /// The operation, if the fault hit a call.
+    pub operation: Option<Operation>,
+    /// The kind, as counted in [`SimStats::faults`].
+    pub kind: String,
+    /// The tags of the resources the call created or touched (empty for region-wide calls such
+    /// as Describe, whose faults hit every caller in the region).
+    pub subjects: Vec<Tags>,
 }
 
 impl InstanceTruth {

@@ -24,7 +24,7 @@ use crate::audit::{Audit, op_tag};
 use crate::bucket::TokenBucket;
 use crate::catalogue::{self, InstanceTypeSpec};
 use crate::config::{FaultConfig, SimConfig, SimError};
-use crate::truth::{InstanceTruth, LiveResource, ResourceKind, SimStats, StateInterval};
+use crate::truth::{FaultRecord, InstanceTruth, LiveResource, ResourceKind, SimStats, StateInterval};
 
 /// StateReason codes, as EC2 spells them (EC2 API reference, "StateReason").
 pub mod reasons {
@@ -91,6 +91,8 @@ struct Instance {
     /// Planned and past state changes, ordered by `from_ms`, never empty. The last segment
     /// lasts forever.
     timeline: Vec<Segment>,
+    /// Each change in the state DescribeInstances showed for this instance: (when, state).
+    shown: Vec<(u64, InstanceState)>,
 }
 
 impl Instance {
@@ -393,6 +395,12 @@ pub(crate) struct World {
     fail_next: BTreeMap<Operation, VecDeque<String>>,
     stats: SimStats,
     audit: Audit,
+    /// The tags of what the call in progress is about, for attributing its faults.
+    subject: Vec<Tags>,
+    /// The call in progress.
+    current: Option<(Operation, RegionLabel)>,
+    /// Every fault injected, in order.
+    fault_log: Vec<FaultRecord>,
 }
 
 impl World {
@@ -449,6 +457,9 @@ impl World {
             fail_next: BTreeMap::new(),
             stats: SimStats::default(),
             audit: Audit::new(config.seed),
+            subject: Vec::new(),
+            current: None,
+            fault_log: Vec::new(),
         })
     }
 
@@ -497,6 +508,43 @@ impl World {
         } else {
             self.stats.faults.insert(kind.to_string(), 1);
         }
+        let (operation, region) = self.current.clone().unzip();
+        self.fault_log.push(FaultRecord {
+            at_unix_ms: self.now_ms,
+            region,
+            operation,
+            kind: kind.to_string(),
+            subjects: self.subject.clone(),
+        });
+    }
+
+    pub(crate) fn fault_log(&self) -> &[FaultRecord] {
+        &self.fault_log
+    }
+
+    /// Names what the next call is about: the tags of the resources it creates or touches.
+    fn about(&mut self, subjects: Vec<Tags>) {
+        self.subject = subjects;
+    }
+
+    fn key_tags(&self, region: &RegionLabel, key_name: &str) -> Vec<Tags> {
+        self.region_index(region)
+            .and_then(|r| self.regions[r].key_pairs.get(key_name))
+            .map(|k| vec![k.tags.clone()])
+            .unwrap_or_default()
+    }
+
+    fn group_tags(&self, region: &RegionLabel, group_id: &str) -> Vec<Tags> {
+        self.region_index(region)
+            .and_then(|r| self.regions[r].groups.get(group_id))
+            .map(|g| vec![g.tags.clone()])
+            .unwrap_or_default()
+    }
+
+    fn instance_tags(&self, region: &RegionLabel, ids: &[String]) -> Vec<Tags> {
+        let Some(r) = self.region_index(region) else { return Vec::new() };
+        let region = &self.regions[r];
+        ids.iter().filter_map(|id| region.instance_ids.get(id)).map(|&i| region.instances[i].tags.clone()).collect()
     }
 
     fn chance(&mut self, p: f64) -> bool {
@@ -554,6 +602,7 @@ impl World {
         exec: impl FnOnce(&mut Self, usize) -> Result<T, Ec2Error>,
     ) -> Result<T, Ec2Error> {
         *self.stats.calls.entry(op).or_default() += 1;
+        self.current = Some((op, region.clone()));
         let result = match self.gate(op, region) {
             Ok(r) => {
                 let result = exec(self, r);
@@ -576,6 +625,8 @@ impl World {
                 self.stats.errors.insert(e.code.clone(), 1);
             }
         }
+        self.current = None;
+        self.subject.clear();
         result
     }
 
@@ -591,6 +642,7 @@ impl World {
         self.audit.str(&req.key_name);
         self.audit.str(&req.public_key_openssh);
         self.audit.tags(&req.tags);
+        self.about(vec![req.tags.clone()]);
         let result = self.serve(op, region, |w, r| w.import_key_pair_in(r, req));
         self.audit.outcome(&result, |a, kp| {
             a.str(&kp.key_pair_id);
@@ -669,6 +721,7 @@ impl World {
         let op = Operation::DeleteKeyPair;
         self.audit.begin(op_tag(op), region.as_str(), self.now_ms);
         self.audit.str(key_name);
+        self.about(self.key_tags(region, key_name));
         // EC2 answers success whether or not the key pair exists.
         let result = self.serve(op, region, |w, r| {
             w.regions[r].key_pairs.remove(key_name);
@@ -690,6 +743,7 @@ impl World {
         self.audit.str(&req.group_name);
         self.audit.str(&req.description);
         self.audit.tags(&req.tags);
+        self.about(vec![req.tags.clone()]);
         let result = self.serve(op, region, |w, r| w.create_security_group_in(r, req));
         self.audit.outcome(&result, |a, id| a.str(id));
         result
@@ -754,6 +808,7 @@ impl World {
         self.audit.str(&req.group_id);
         self.audit.u64(u64::from(req.port));
         self.audit.strs(&req.cidrs);
+        self.about(self.group_tags(region, &req.group_id));
         let result = self.serve(op, region, |w, r| {
             w.visible_group(op, r, &req.group_id)?;
             if req.cidrs.is_empty() {
@@ -846,6 +901,7 @@ impl World {
         let op = Operation::DeleteSecurityGroup;
         self.audit.begin(op_tag(op), region.as_str(), self.now_ms);
         self.audit.str(group_id);
+        self.about(self.group_tags(region, group_id));
         let result = self.serve(op, region, |w, r| {
             let group = w.visible_group(op, r, group_id)?;
             if group.is_default {
@@ -888,6 +944,7 @@ impl World {
         self.audit.str(&req.key_name);
         self.audit.strs(&req.security_group_ids);
         self.audit.tags(&req.instance_tags);
+        self.about(vec![req.instance_tags.clone()]);
         let result = self.serve(op, region, |w, r| w.run_instance_in(r, &req));
         self.audit.outcome(&result, |a, info| a.instance(info));
         result
@@ -1027,6 +1084,7 @@ impl World {
                 Segment { state: InstanceState::Pending, from_ms: now, reason: Some(reasons::PENDING) },
                 Segment { state: InstanceState::Running, from_ms: running_at, reason: None },
             ],
+            shown: Vec::new(),
         };
         let mut exit_kind = None;
         let mut terminated_at = None;
@@ -1120,23 +1178,29 @@ impl World {
                 handles.sort_unstable();
                 handles.dedup();
             }
-            let region = &w.regions[r];
-            Ok(handles
-                .into_iter()
-                .map(|i| &region.instances[i])
-                .filter(|inst| {
-                    matches(&filters, &inst.tags, |f| match f {
-                        "instance-state-name" => Some(inst.state_at(now).name()),
-                        "key-name" => Some(inst.key_name.as_str()),
-                        "instance-id" => Some(inst.id.as_str()),
-                        "instance-type" => Some(inst.spec.name),
-                        "client-token" => Some(inst.client_token.as_str()),
-                        "availability-zone" => Some(region.azs[usize::from(inst.az)].as_str()),
-                        _ => None,
-                    })
-                })
-                .map(|inst| inst.info(now))
-                .collect())
+            let region = &mut w.regions[r];
+            let azs = &region.azs;
+            let mut answer = Vec::new();
+            for i in handles {
+                let inst = &mut region.instances[i];
+                let shown = matches(&filters, &inst.tags, |f| match f {
+                    "instance-state-name" => Some(inst.state_at(now).name()),
+                    "key-name" => Some(inst.key_name.as_str()),
+                    "instance-id" => Some(inst.id.as_str()),
+                    "instance-type" => Some(inst.spec.name),
+                    "client-token" => Some(inst.client_token.as_str()),
+                    "availability-zone" => Some(azs[usize::from(inst.az)].as_str()),
+                    _ => None,
+                });
+                if shown {
+                    let info = inst.info(now);
+                    if inst.shown.last().is_none_or(|&(_, s)| s != info.state) {
+                        inst.shown.push((now, info.state));
+                    }
+                    answer.push(info);
+                }
+            }
+            Ok(answer)
         });
         self.audit.outcome(&result, |a, list| {
             a.u64(list.len() as u64);
@@ -1155,6 +1219,7 @@ impl World {
         let op = Operation::TerminateInstances;
         self.audit.begin(op_tag(op), region.as_str(), self.now_ms);
         self.audit.strs(&instance_ids);
+        self.about(self.instance_tags(region, &instance_ids));
         let result: Result<Vec<InstanceStateChange>, Ec2Error> = self.serve(op, region, |w, r| {
             if instance_ids.is_empty() {
                 return Err(err(
@@ -1340,6 +1405,7 @@ impl World {
         self.audit.strs(&instance_ids);
         self.audit.u64(start_unix_ms);
         self.audit.u64(end_unix_ms);
+        self.about(self.instance_tags(region, &instance_ids));
         let result: Result<Vec<NetworkUsage>, Ec2Error> = self.serve(op, region, |w, r| {
             if end_unix_ms < start_unix_ms {
                 return Err(err(
@@ -1407,7 +1473,12 @@ impl World {
             region.expiry.push(Reverse((t.saturating_add(self.faults.terminated_visible_ms), i)));
         }
         self.audit.u8(1);
+        let (label, tags) = (self.regions[r].label.clone(), self.regions[r].instances[i].tags.clone());
+        self.current = Some((Operation::TerminateInstances, label));
+        self.about(vec![tags]);
         self.fault(&format!("interrupt:{code}"));
+        self.current = None;
+        self.subject.clear();
         Ok(true)
     }
 
@@ -1479,6 +1550,7 @@ impl World {
             running_ms: inst.running_ms_until(now),
             network_bytes_in,
             network_bytes_out,
+            shown: inst.shown.clone(),
         }
     }
 

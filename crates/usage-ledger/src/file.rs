@@ -115,6 +115,22 @@ pub fn encode_frame(record: &Record, out: &mut Vec<u8>) -> Result<(), StoreError
     Ok(())
 }
 
+/// Decodes the frame at the start of `bytes`: the record and the frame's length, `Ok(None)`
+/// when `bytes` holds less than a whole frame, or why the frame is corrupt.
+pub fn decode_frame(bytes: &[u8]) -> Result<Option<(Record, usize)>, String> {
+    let header = FRAME_HEADER_LEN as usize;
+    let Some(head) = bytes.get(..header) else { return Ok(None) };
+    let word = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+    let stored_crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+    let len = parse_length_word(word).ok_or_else(|| format!("length word {word:#010x} fails its check byte"))?;
+    let Some(payload) = bytes.get(header..header + len as usize) else { return Ok(None) };
+    let computed = crc32fast::hash(payload);
+    if computed != stored_crc {
+        return Err(format!("payload CRC32 is {computed:#010x}, the frame says {stored_crc:#010x}"));
+    }
+    Ok(Some((decode_payload(payload)?, header + len as usize)))
+}
+
 /// Decodes one frame's payload.
 pub fn decode_payload(payload: &[u8]) -> Result<Record, String> {
     let (envelope, used): (Envelope, usize) = bincode::serde::decode_from_slice(payload, bincode::config::standard())

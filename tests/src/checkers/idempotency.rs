@@ -1,10 +1,11 @@
-//! Idempotency: at most one instance per grant, ever.
+//! Idempotency: at most one instance per grant, ever (crashes, lost responses and retries
+//! included: a retried RunInstances reuses its ClientToken).
 
 use std::collections::BTreeMap;
 
 use backend_api::GrantId;
 
-use super::{Context, Violation};
+use super::{Context, Violation, names};
 
 /// Counts the instances ever launched per grant.
 pub fn check(ctx: &Context<'_>) -> Vec<Violation> {
@@ -18,7 +19,7 @@ pub fn check(ctx: &Context<'_>) -> Vec<Violation> {
         .into_iter()
         .filter(|(_, ids)| ids.len() > 1)
         .map(|(grant, ids)| {
-            Violation::safety("idempotency", format!("grant {grant} had {} instances: {ids:?}", ids.len()))
+            Violation::safety(names::IDEMPOTENCY, format!("grant {grant} had {} instances: {ids:?}", ids.len()))
         })
         .collect()
 }

@@ -1,35 +1,107 @@
-//! Ledger: replaying the stored log gives exactly the live state.
+//! Ledger: the log as stored decodes (through the file format's own decoder) and replays to
+//! exactly the live ledger, grant by grant. The replay is also what `metering`, `teardown` and
+//! `early-end` read: a usage that never reached the store was never billed.
 
-use usage_ledger::Ledger;
+use std::collections::BTreeMap;
 
-use super::{Context, Violation};
+use backend_api::{GrantId, UsageMetrics};
+use usage_ledger::{Event, GrantState, TerminationReason, apply, decode_frame};
 
-/// Replays the store and compares the hash and every grant's state with the live ledger.
+use super::{Context, Violation, names};
+use crate::framestore::FrameStore;
+
+/// The stored log, decoded and folded as far as it has been read.
+#[derive(Debug, Default)]
+pub struct Replay {
+    offset: usize,
+    /// Records decoded.
+    pub records: u64,
+    /// Every grant's state, folded with `usage_ledger::apply`.
+    pub states: BTreeMap<GrantId, GrantState>,
+    /// The usage each settled grant was settled with (its `GrantSettled` event).
+    pub settled: BTreeMap<GrantId, UsageMetrics>,
+    /// The reason of each grant's first `TerminationRequested`.
+    pub first_reason: BTreeMap<GrantId, TerminationReason>,
+    /// Why the log stopped decoding or replaying, if it did.
+    pub error: Option<String>,
+}
+
+impl Replay {
+    /// Decodes and folds whatever the store gained since the last call.
+    pub fn absorb(&mut self, store: &FrameStore) {
+        if self.error.is_some() {
+            return;
+        }
+        let mut decoded = Vec::new();
+        let (used, error) = store.with_bytes_from(self.offset, |bytes| {
+            let mut used = 0;
+            while used < bytes.len() {
+                match decode_frame(&bytes[used..]) {
+                    Ok(Some((record, len))) => {
+                        decoded.push(record);
+                        used += len;
+                    }
+                    Ok(None) => return (used, Some(format!("a partial frame at offset {}", self.offset + used))),
+                    Err(reason) => {
+                        return (used, Some(format!("corrupt frame at offset {}: {reason}", self.offset + used)));
+                    }
+                }
+            }
+            (used, None)
+        });
+        self.offset += used;
+        self.error = error;
+        for record in decoded {
+            match apply(self.states.get(&record.grant), &record) {
+                Ok(state) => {
+                    self.states.insert(record.grant, state);
+                }
+                Err(err) => {
+                    self.error = Some(format!("the stored log does not replay: {err}"));
+                    return;
+                }
+            }
+            self.records += 1;
+            match record.event {
+                Event::GrantSettled { usage } => {
+                    self.settled.insert(record.grant, usage);
+                }
+                Event::TerminationRequested { reason } => {
+                    self.first_reason.entry(record.grant).or_insert(reason);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Compares the replay with the live ledger.
 pub fn check(ctx: &Context<'_>) -> Vec<Violation> {
-    let replayed = match Ledger::reopen_memory(ctx.store.clone()) {
-        Ok(ledger) => ledger,
-        Err(err) => return vec![Violation::safety("ledger", format!("the stored log does not replay: {err}"))],
-    };
+    let mut violations = Vec::new();
+    if let Some(error) = &ctx.replay.error {
+        violations.push(Violation::safety(names::LEDGER, error.clone()));
+        return violations;
+    }
     ctx.backend.with_ledger(|live| {
-        let mut violations = Vec::new();
-        if replayed.records_hash() != live.records_hash() {
+        if live.record_count() != ctx.replay.records {
             violations.push(Violation::safety(
-                "ledger",
+                names::LEDGER,
                 format!(
-                    "replayed {} records, live ledger has {}: hashes differ",
-                    replayed.record_count(),
+                    "the store holds {} records, the live ledger {}: an acknowledged append is missing",
+                    ctx.replay.records,
                     live.record_count()
                 ),
             ));
         }
-        let live_states: Vec<_> = live.grants().collect();
-        let replayed_states: Vec<_> = replayed.grants().collect();
-        if live_states != replayed_states {
-            violations.push(Violation::safety(
-                "ledger",
-                "replaying the log gives other grant states than the live ledger".into(),
-            ));
+        for (grant, state) in live.grants() {
+            if ctx.replay.states.get(grant) != Some(state) {
+                violations.push(Violation::safety(
+                    names::LEDGER,
+                    format!("grant {grant}: replaying the stored log gives another state than the live ledger"),
+                ));
+                break;
+            }
         }
-        violations
-    })
+    });
+    violations
 }

@@ -1,73 +1,163 @@
-//! Metering: a settled grant's usage matches the simulator's ground truth within one poll
-//! interval per running period (plus, where the backend was down or a termination was late,
-//! that time too).
+//! Metering: every settled grant's usage, as stored in the ledger, against an oracle computed
+//! here from the simulator's ground truth with its own arithmetic (it calls nothing of
+//! `usage-ledger`).
+//!
+//! The oracle is what EC2 bills: each `running` interval in whole seconds, rounded up, at
+//! least 60 s; cpu-seconds = vCPUs × seconds, MiB-seconds = MiB × seconds; network bytes = the
+//! instance's bytes in plus out; storage = the root volume provisioned (0 when nothing launched).
+//!
+//! The tolerance is what a correct poller can miss, derived per running period `[a, b)` from
+//! the times EC2 showed the instance's state to a Describe (`InstanceTruth::shown`):
+//! - under-billing by at most `(o - a) + poll`, where `o` is the first time `running` was shown
+//!   (the period opens at an observation; `poll` because the poller, not every Describe,
+//!   records it); the whole period when `running` was never shown;
+//! - over-billing by at most `(c - b) + poll`, where `c` is the first time the exit was shown;
+//! - under-billing by `b - valid_to` more when the period outlived `valid_to` (billing stops
+//!   at the deadline's termination request);
+//! - a crash near the period (between `a - poll` and `c + poll`): the whole period under, and
+//!   the downtime plus two polls over (a Describe answered just before a crash is lost);
+//! - one second per period each way for rounding.
+//!
+//! Network bytes must equal the truth exactly (the sample spans the instance's whole life, taken
+//! after it ended), or be 0 when an injected fault hit the grant's GetNetworkUsage. Storage must
+//! be exact.
 
-use usage_ledger::billed_seconds;
+use backend_api::UsageMetrics;
+use sim_ec2::InstanceTruth;
 
-use super::{Context, Measures, Violation};
+use super::{Context, Measures, Violation, names};
+use crate::scenario::GrantPlan;
 
-/// Compares every settled grant's usage with what its instance really did.
+/// EC2's minimum billed time per running period, seconds.
+const MINIMUM_S: u64 = 60;
+
+/// What EC2 bills for an instance, and how far a correct meter may be from it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Bill {
+    /// Billed seconds, summed over running periods.
+    pub seconds: u64,
+    /// How many seconds a correct meter may bill less.
+    pub under_s: u64,
+    /// How many seconds a correct meter may bill more.
+    pub over_s: u64,
+}
+
+fn billed_s(ms: u64) -> u64 {
+    let whole = ms / 1_000 + u64::from(ms % 1_000 != 0);
+    whole.max(MINIMUM_S)
+}
+
+/// The oracle for one instance of `plan` as of `now_unix_ms`.
+pub fn oracle(instance: &InstanceTruth, plan: &GrantPlan, ctx: &Context<'_>) -> Bill {
+    use aws_backend::port::InstanceState::Running;
+    let poll = ctx.poll_interval_ms;
+    let mut bill = Bill::default();
+    let (mut under_ms, mut over_ms) = (0u64, 0u64);
+    for interval in instance.intervals.iter().filter(|i| i.state == Running) {
+        let (a, b) = (interval.from_ms, interval.to_ms.unwrap_or(ctx.now_unix_ms));
+        let seconds = billed_s(b - a);
+        bill.seconds += seconds;
+        bill.under_s += 1;
+        bill.over_s += 1;
+        let opened = instance.shown.iter().find(|(t, s)| *s == Running && (a..=b).contains(t)).map(|(t, _)| *t);
+        let closed = instance.shown.iter().find(|(t, s)| *s != Running && *t >= b).map_or(ctx.now_unix_ms, |(t, _)| *t);
+        match opened {
+            Some(o) => under_ms += o - a + poll,
+            None => under_ms += seconds * 1_000,
+        }
+        over_ms += closed.saturating_sub(b) + poll;
+        if b > plan.valid_to_unix_ms {
+            under_ms += b - plan.valid_to_unix_ms.max(opened.unwrap_or(a));
+        }
+        for down in ctx.downtimes.iter().filter(|d| d.overlaps(a.saturating_sub(poll), closed + poll)) {
+            under_ms += seconds * 1_000;
+            over_ms += down.to_unix_ms - down.from_unix_ms + 2 * poll;
+        }
+    }
+    bill.under_s += under_ms.div_ceil(1_000);
+    bill.over_s += over_ms.div_ceil(1_000);
+    bill
+}
+
+/// Compares every settled grant's stored usage with the oracle.
 pub fn check(ctx: &Context<'_>, measures: &mut Measures) -> Vec<Violation> {
     let mut violations = Vec::new();
+    let mut by_grant: std::collections::BTreeMap<_, Vec<&InstanceTruth>> = Default::default();
     for instance in &ctx.instances {
-        let Some(grant) = ctx.grant_of(&instance.tags) else { continue };
-        let Some(plan) = ctx.plans.get(&grant) else { continue };
-        let Some(usage) = ctx.backend.with_ledger(|l| l.grant(&grant).filter(|s| s.is_settled()).map(|s| s.usage()))
-        else {
-            continue;
+        if let Some(grant) = ctx.grant_of(&instance.tags) {
+            by_grant.entry(grant).or_default().push(instance);
+        }
+    }
+    for (grant, usage) in &ctx.replay.settled {
+        let Some(plan) = ctx.plans.get(grant) else { continue };
+        let instances = by_grant.get(grant).map(Vec::as_slice).unwrap_or_default();
+        let mut fail = |message: String| violations.push(Violation::safety(names::METERING, message));
+        let instance = match instances {
+            [] => {
+                if *usage != UsageMetrics::default() {
+                    fail(format!("grant {grant} never launched an instance but was billed {usage:?}"));
+                }
+                continue;
+            }
+            [one] => *one,
+            // Two instances: `idempotency` reports it, and no single meter is right.
+            _ => continue,
         };
-        let true_s = if instance.running_ms == 0 { 0 } else { billed_seconds(instance.running_ms) };
-        let vcpus = u64::from(instance.vcpus);
-        let late_ms = instance.up_until_ms().map_or(0, |end| end.saturating_sub(plan.valid_to_unix_ms));
-        let slack_s = (ctx.poll_interval_ms + ctx.downtime_ms_max + late_ms).div_ceil(1_000) + 1;
-        let cpu_true = vcpus * true_s;
-        let cpu_err = usage.cpu_seconds.abs_diff(cpu_true);
-        let ram_true = instance.memory_mib * true_s;
-        let ram_err = usage.ram_mib_seconds.abs_diff(ram_true);
-        let net_true = instance.network_bytes_in + instance.network_bytes_out;
-        let net_err = usage.network_bytes.abs_diff(net_true);
-        measures.metering_error_cpu_seconds_max = measures.metering_error_cpu_seconds_max.max(cpu_err);
-        measures.metering_error_ram_mib_seconds_max = measures.metering_error_ram_mib_seconds_max.max(ram_err);
+        let bill = oracle(instance, plan, ctx);
+        let metered_s = usage.cpu_seconds / u64::from(instance.vcpus.max(1));
+        measures.metering_error_seconds_max = measures.metering_error_seconds_max.max(metered_s.abs_diff(bill.seconds));
+        for (what, size, metered) in [
+            ("cpu-seconds", u64::from(instance.vcpus), usage.cpu_seconds),
+            ("MiB-seconds", instance.memory_mib, usage.ram_mib_seconds),
+        ] {
+            let truth = size * bill.seconds;
+            let err = metered.abs_diff(truth);
+            if what == "cpu-seconds" {
+                measures.metering_error_cpu_seconds_max = measures.metering_error_cpu_seconds_max.max(err);
+            } else {
+                measures.metering_error_ram_mib_seconds_max = measures.metering_error_ram_mib_seconds_max.max(err);
+            }
+            let (allowed, direction) =
+                if metered > truth { (size * bill.over_s, "over") } else { (size * bill.under_s, "under") };
+            if err > allowed {
+                fail(format!(
+                    "grant {grant}: metered {metered} {what}, EC2 bills {truth} ({size} x {} s): {direction} by {err}, beyond the {allowed} a poller can miss",
+                    bill.seconds
+                ));
+            }
+        }
+        let net_truth = instance.network_bytes_in + instance.network_bytes_out;
+        let net_err = usage.network_bytes.abs_diff(net_truth);
         measures.metering_error_network_bytes_max = measures.metering_error_network_bytes_max.max(net_err);
-        // Billing's 60 s minimum can add up to a minute when the observed period is shorter
-        // than the true one, or the other way round.
-        let cpu_tolerance = vcpus * (slack_s + 60);
-        if cpu_err > cpu_tolerance {
-            violations.push(Violation::safety(
-                "metering",
-                format!(
-                    "grant {grant}: metered {} cpu-seconds, truth {cpu_true} ({} vCPU x {true_s} s), beyond the tolerance {cpu_tolerance}",
-                    usage.cpu_seconds, vcpus
-                ),
+        let sample_faulted = !ctx
+            .faults
+            .on_grant(grant, 0, ctx.now_unix_ms, Some(aws_backend::port::Operation::GetNetworkUsage))
+            .is_empty();
+        if net_err != 0 && !(sample_faulted && usage.network_bytes == 0) {
+            fail(format!(
+                "grant {grant}: metered {} network bytes, the instance moved {net_truth}{}",
+                usage.network_bytes,
+                if sample_faulted { " (a fault hit its sample, which allows 0, not another figure)" } else { "" }
             ));
         }
-        let ram_tolerance = instance.memory_mib * (slack_s + 60);
-        if ram_err > ram_tolerance {
-            violations.push(Violation::safety(
-                "metering",
-                format!(
-                    "grant {grant}: metered {} MiB-seconds, truth {ram_true}, beyond {ram_tolerance}",
-                    usage.ram_mib_seconds
-                ),
-            ));
-        }
-        let net_tolerance = 2 * ctx.network_bytes_per_s_max * (slack_s + 1);
-        if net_err > net_tolerance {
-            violations.push(Violation::safety(
-                "metering",
-                format!(
-                    "grant {grant}: metered {} network bytes, truth {net_true}, beyond {net_tolerance}",
-                    usage.network_bytes
-                ),
-            ));
-        }
-        let storage_true = u64::from(plan.manifest.storage_gib.max(8)) << 30;
-        if usage.storage_bytes != storage_true {
-            violations.push(Violation::safety(
-                "metering",
-                format!("grant {grant}: metered {} storage bytes, provisioned {storage_true}", usage.storage_bytes),
-            ));
+        let storage_truth = u64::from(plan.manifest.storage_gib.max(crate::fixture::MIN_ROOT_VOLUME_GIB)) << 30;
+        if usage.storage_bytes != storage_truth {
+            fail(format!("grant {grant}: metered {} storage bytes, provisioned {storage_truth}", usage.storage_bytes));
         }
     }
     violations
+}
+
+#[cfg(test)]
+mod tests {
+    use super::billed_s;
+
+    #[test]
+    fn billing_rounds_up_to_whole_seconds_with_a_minute_minimum() {
+        assert_eq!(billed_s(0), 60);
+        assert_eq!(billed_s(59_001), 60);
+        assert_eq!(billed_s(60_000), 60);
+        assert_eq!(billed_s(60_001), 61);
+        assert_eq!(billed_s(3_600_000), 3_600);
+    }
 }

@@ -1,0 +1,73 @@
+//! Admission and provision: `can_satisfy` (asked when the grant arrives) and `provision` agree
+//! with what the plan says of the grant, and a provision fails only for a reason EC2 gave.
+//!
+//! - `can_satisfy` must accept every admissible grant and refuse every grant that must be
+//!   refused (TDX, too big, expired, invalid); it sees no envelope, so a grant refused for its
+//!   region is left to `provision`. A short grant may go either way.
+//! - `provision` must refuse what must be refused and must not refuse what is admissible.
+//! - A provision that fails after admitting the grant is acceptable only when the run injected
+//!   a fault that explains it: one that hit the grant's own calls (or its instance) between its
+//!   arrival and the failure, or one on a call about no grant in its region then (except the
+//!   poller's DescribeInstances, which only delays it), or, for a short grant, its deadline.
+
+use super::{Context, GrantFacts, Outcome, Violation, names};
+use crate::scenario::{Expect, GrantPlan};
+
+/// What `can_satisfy` must answer for `plan`, if the plan says.
+pub fn can_satisfy_must_be(plan: &GrantPlan) -> Option<bool> {
+    match plan.expect {
+        Expect::Admit => Some(true),
+        Expect::RefuseTdx | Expect::RefuseOversize | Expect::RefuseExpired | Expect::RefuseInvalid => Some(false),
+        Expect::RefuseRegion | Expect::Short => None,
+    }
+}
+
+/// The violation, if `can_satisfy` answered `accepted` for `plan` on arrival.
+pub fn check_arrival(plan: &GrantPlan, accepted: bool) -> Option<Violation> {
+    let must = can_satisfy_must_be(plan)?;
+    (must != accepted).then(|| {
+        Violation::safety(
+            names::ADMISSION,
+            format!("can_satisfy answered {accepted} on arrival for grant {} ({:?})", plan.id, plan.expect),
+        )
+    })
+}
+
+fn must_refuse(expect: Expect) -> bool {
+    !matches!(expect, Expect::Admit | Expect::Short)
+}
+
+/// Checks every grant's outcome once the run is over.
+pub fn check_outcomes(ctx: &Context<'_>) -> Vec<Violation> {
+    let mut violations = Vec::new();
+    for (grant, plan) in ctx.plans {
+        let Some(facts) = ctx.facts.get(grant) else { continue };
+        let GrantFacts { outcome, handed_over, outcome_at_unix_ms, .. } = facts;
+        if must_refuse(plan.expect) && (*handed_over || matches!(outcome, Outcome::ProvisionFailed(_))) {
+            violations.push(Violation::safety(
+                names::ADMISSION,
+                format!("grant {grant} ({:?}) must be refused, but provision went ahead", plan.expect),
+            ));
+        }
+        match outcome {
+            Outcome::Refused(err) if plan.expect == Expect::Admit => violations
+                .push(Violation::safety(names::ADMISSION, format!("admissible grant {grant} was refused: {err}"))),
+            Outcome::ProvisionFailed(err) if !must_refuse(plan.expect) => {
+                let explained = ctx.faults.touched(grant, &plan.region, plan.arrival_unix_ms, *outcome_at_unix_ms)
+                    || plan.expect == Expect::Short && mentions_deadline(err);
+                if !explained {
+                    violations.push(Violation::safety(
+                        names::PROVISION,
+                        format!("grant {grant}: provision failed with no injected fault to explain it: {err}"),
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    violations
+}
+
+fn mentions_deadline(err: &str) -> bool {
+    err.contains("valid_to") || err.contains("deadline")
+}

@@ -1,0 +1,51 @@
+//! No early end: an instance handed to its requester leaves `running` before `valid_to` only
+//! when EC2 or the guest ends it, never because the bridge terminated it, and when EC2 or the
+//! guest does end it, the ledger says so (the grant's termination reason is `Exited`).
+
+use sim_ec2::reasons;
+use usage_ledger::TerminationReason;
+
+use super::{Context, Violation, names};
+
+/// Checks the first exit of every handed-over instance.
+pub fn check(ctx: &Context<'_>) -> Vec<Violation> {
+    let mut violations = Vec::new();
+    for instance in &ctx.instances {
+        let Some(grant) = ctx.grant_of(&instance.tags) else { continue };
+        if !ctx.facts.get(&grant).is_some_and(|f| f.handed_over) {
+            continue;
+        }
+        let valid_to = ctx.plans[&grant].valid_to_unix_ms;
+        let Some(exit) = instance.intervals.iter().find(|i| {
+            !matches!(i.state, aws_backend::port::InstanceState::Pending | aws_backend::port::InstanceState::Running)
+        }) else {
+            continue;
+        };
+        if exit.from_ms >= valid_to {
+            continue;
+        }
+        let reason = exit.reason_code.as_deref().unwrap_or("none");
+        if reason == reasons::USER_INITIATED_SHUTDOWN {
+            violations.push(Violation::safety(
+                names::EARLY_END,
+                format!(
+                    "instance {} of grant {grant} was terminated by the bridge at {}, {} ms before valid_to ({valid_to})",
+                    instance.instance_id,
+                    exit.from_ms,
+                    valid_to - exit.from_ms
+                ),
+            ));
+        } else if let Some(recorded) = ctx.replay.first_reason.get(&grant)
+            && *recorded != TerminationReason::Exited
+        {
+            violations.push(Violation::safety(
+                names::EARLY_END,
+                format!(
+                    "instance {} of grant {grant} ended on its own ({reason}) at {}, before valid_to, but the ledger records the termination as {recorded:?}",
+                    instance.instance_id, exit.from_ms
+                ),
+            ));
+        }
+    }
+    violations
+}

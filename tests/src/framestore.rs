@@ -1,0 +1,86 @@
+//! The simulation's ledger store: records kept as the file store's frames (the real encoder),
+//! so that replaying it, after a crash or in the `ledger` checker, goes through the real decoder.
+//! It can also lose or damage an append on purpose, for the self-test of the `ledger` checker.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use usage_ledger::{EventStore, Record, StoreError, decode_frame, encode_frame};
+
+/// A deliberate store fault, at the n-th append (1-based).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreFault {
+    /// Acknowledge the append but keep nothing of it.
+    DropAppend(u64),
+    /// Acknowledge the append and keep it with one bit flipped.
+    CorruptAppend(u64),
+}
+
+/// Frames in memory. Clones share the same bytes, so a crash is reopening on a clone.
+#[derive(Clone, Debug, Default)]
+pub struct FrameStore {
+    inner: Arc<Mutex<Inner>>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    bytes: Vec<u8>,
+    appends: u64,
+    fault: Option<StoreFault>,
+}
+
+impl FrameStore {
+    /// An empty store, with `fault` armed if given.
+    pub fn new(fault: Option<StoreFault>) -> Self {
+        Self { inner: Arc::new(Mutex::new(Inner { fault, ..Inner::default() })) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` on the stored bytes from `offset` on.
+    pub fn with_bytes_from<T>(&self, offset: usize, f: impl FnOnce(&[u8]) -> T) -> T {
+        let inner = self.lock();
+        f(inner.bytes.get(offset..).unwrap_or_default())
+    }
+
+    /// Every stored record, decoded, or why the bytes do not decode (naming the offset).
+    pub fn records(&self) -> Result<Vec<Record>, String> {
+        self.with_bytes_from(0, |bytes| {
+            let mut records = Vec::new();
+            let mut offset = 0;
+            while offset < bytes.len() {
+                match decode_frame(&bytes[offset..]) {
+                    Ok(Some((record, used))) => {
+                        records.push(record);
+                        offset += used;
+                    }
+                    Ok(None) => return Err(format!("a partial frame at offset {offset}")),
+                    Err(reason) => return Err(format!("corrupt frame at offset {offset}: {reason}")),
+                }
+            }
+            Ok(records)
+        })
+    }
+}
+
+impl EventStore for FrameStore {
+    fn append(&mut self, records: &[Record]) -> Result<(), StoreError> {
+        let mut frames = Vec::new();
+        for record in records {
+            encode_frame(record, &mut frames)?;
+        }
+        let mut inner = self.lock();
+        inner.appends += 1;
+        match inner.fault {
+            Some(StoreFault::DropAppend(n)) if n == inner.appends => return Ok(()),
+            Some(StoreFault::CorruptAppend(n)) if n == inner.appends => {
+                let middle = frames.len() / 2;
+                frames[middle] ^= 0x10;
+            }
+            _ => {}
+        }
+        inner.bytes.extend_from_slice(&frames);
+        Ok(())
+    }
+}

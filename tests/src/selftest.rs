@@ -1,0 +1,107 @@
+//! `cargo xtask sim --self-test`: proof that every checker can fail. Each deliberate bug
+//! ([`Breakage`]) is switched on for a few fixed seeds; the run must report its checker, and
+//! nothing a bug of that kind could not plausibly cause. A control run of each fault setting,
+//! with no bug, must report nothing.
+
+use std::collections::BTreeSet;
+
+use sim_ec2::FaultConfig;
+
+use crate::harness;
+use crate::scenario::{Breakage, FaultMode, Scenario};
+
+/// The fixed seeds every case runs.
+pub const SEEDS: [u64; 2] = [11, 12];
+
+/// One case: a breakage (or none, the control) on one seed, and what fired.
+#[derive(Clone, Debug)]
+pub struct CaseResult {
+    /// The deliberate bug, or `None` for the control run.
+    pub breakage: Option<Breakage>,
+    /// Whether the run had lost responses and crashes (see [`scenario`]).
+    pub lossy: bool,
+    /// The seed.
+    pub seed: u64,
+    /// Every checker that reported a violation.
+    pub fired: BTreeSet<&'static str>,
+    /// Whether the case passed.
+    pub passed: bool,
+    /// Why not, when it did not.
+    pub why: String,
+    /// A command that repeats the run.
+    pub reproduce: String,
+}
+
+/// The self-test's scenario: 60 grants arriving over half a virtual hour, default faults; with
+/// `lossy`, also lost responses and crashes (what a fresh ClientToken per call needs to launch
+/// twice).
+pub fn scenario(breakage: Option<Breakage>, lossy: bool, seed: u64, disabled: &[String]) -> Scenario {
+    let mut scenario = Scenario::new(seed);
+    scenario.grants = 60;
+    scenario.arrival_window_ms = 30 * 60_000;
+    scenario.faults = FaultMode::Default;
+    if lossy {
+        scenario.faults_override = Some(lossy_faults());
+        scenario.crashes = true;
+    }
+    scenario.breakage = breakage;
+    scenario.disabled_checkers = disabled.to_vec();
+    scenario
+}
+
+/// The default faults plus lost responses on 30 % of mutating calls.
+pub fn lossy_faults() -> FaultConfig {
+    FaultConfig { response_lost_probability: 0.3, ..FaultConfig::default() }
+}
+
+fn lossy_for(breakage: Option<Breakage>) -> bool {
+    breakage == Some(Breakage::FreshClientToken)
+}
+
+/// Runs one case on one seed.
+pub fn run_case(breakage: Option<Breakage>, lossy: bool, seed: u64, disabled: &[String]) -> anyhow::Result<CaseResult> {
+    let summary = harness::run(&scenario(breakage, lossy, seed, disabled), &mut |_| {})?;
+    let fired: BTreeSet<&'static str> = summary.violations.iter().map(|v| v.checker).collect();
+    let (passed, why) = match breakage {
+        None => (fired.is_empty(), format!("the control run reported {:?}", summary.violations.first())),
+        Some(b) => {
+            let unexpected: Vec<&str> =
+                fired.iter().copied().filter(|c| *c != b.caught_by() && !b.also_plausible().contains(c)).collect();
+            if !fired.contains(b.caught_by()) {
+                (false, format!("`{}` did not fire (fired: {fired:?})", b.caught_by()))
+            } else if !unexpected.is_empty() {
+                let first = summary.violations.iter().find(|v| unexpected.contains(&v.checker));
+                (false, format!("implausible checkers fired too: {unexpected:?}, e.g. {first:?}"))
+            } else {
+                (true, String::new())
+            }
+        }
+    };
+    let mut reproduce = format!("cargo xtask sim --seed {seed} --grants 60 --hours 0.5");
+    if lossy {
+        reproduce.push_str(" --lossy --crashes");
+    }
+    if let Some(b) = breakage {
+        reproduce.push_str(&format!(" --break {}", b.name()));
+    }
+    for d in disabled {
+        reproduce.push_str(&format!(" --disable-checker {d}"));
+    }
+    Ok(CaseResult { breakage, lossy, seed, fired, passed, why, reproduce })
+}
+
+/// Runs the control and every breakage on every seed, with `disabled` checkers ignored, and
+/// hands each result to `report` as it comes.
+pub fn run_all(disabled: &[String], report: &mut dyn FnMut(&CaseResult)) -> anyhow::Result<Vec<CaseResult>> {
+    let mut results = Vec::new();
+    let mut cases: Vec<(Option<Breakage>, bool)> = vec![(None, false), (None, true)];
+    cases.extend(Breakage::ALL.into_iter().map(|b| (Some(b), lossy_for(Some(b)))));
+    for (breakage, lossy) in cases {
+        for seed in SEEDS {
+            let result = run_case(breakage, lossy, seed, disabled)?;
+            report(&result);
+            results.push(result);
+        }
+    }
+    Ok(results)
+}
