@@ -4,3 +4,4 @@ mod backend_sim;
 mod moto;
 mod recovery;
 mod scenarios;
+mod selftest;

@@ -13,12 +13,16 @@ use tests::crashpoint::{CrashPoint, CrashingPort};
 
 use crate::backend_sim::{Rig, grant, manifest, us_east};
 
+/// Crashes a lifecycle at `crash_at`, then (with `recovery_crash_at`) the recovery that follows
+/// at that call of its own, then recovers for good. Returns whether the first crash happened
+/// (a lifecycle may end before it makes that many calls).
 fn crash_and_recover(
     seed: u64,
     crash_at: CrashPoint,
     effect_first: bool,
     faults: FaultConfig,
-) -> Result<(), TestCaseError> {
+    recovery_crash_at: Option<u64>,
+) -> Result<bool, TestCaseError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
@@ -45,6 +49,20 @@ fn crash_and_recover(
         }
         lifecycle.abort();
         let _ = lifecycle.await;
+        let crashed = crashing.crashed();
+
+        // Recovery itself dies at one of its calls, before or after the call takes effect.
+        if let Some(at) = recovery_crash_at.filter(|_| crashed) {
+            let crashing = Arc::new(CrashingPort::disarmed(rig.sim.clone(), CrashPoint::Call(at), effect_first));
+            let doomed = rig.backend_over(crashing.clone()).await;
+            crashing.arm();
+            let recovering = tokio::spawn(doomed.recover());
+            while !crashing.crashed() && !recovering.is_finished() {
+                rig.clock.sleep_ms(250).await;
+            }
+            recovering.abort();
+            let _ = recovering.await;
+        }
 
         // The process is back: recovery, then a reaper pass once the orphan grace has passed.
         let backend = rig.backend().await;
@@ -65,7 +83,7 @@ fn crash_and_recover(
             let up_until = instance.up_until_ms().unwrap_or_else(|| rig.clock.now_unix_ms());
             prop_assert!(up_until <= limit, "instance up until {up_until}, past valid_to + grace {limit}");
         }
-        Ok(())
+        Ok(crashed)
     })
 }
 
@@ -85,8 +103,27 @@ fn a_crash_at_every_call_of_a_quiet_lifecycle_is_recovered() {
     );
     for crash_at in points {
         for effect_first in [false, true] {
-            crash_and_recover(11, crash_at, effect_first, FaultConfig::default())
+            let crashed = crash_and_recover(11, crash_at, effect_first, FaultConfig::default(), None)
                 .unwrap_or_else(|e| panic!("crash at {crash_at:?} (effect first: {effect_first}): {e}"));
+            assert!(crashed, "the lifecycle never reached {crash_at:?}: the case tested nothing");
+        }
+    }
+}
+
+#[test]
+fn a_crash_during_recovery_is_recovered_too() {
+    // Crash the lifecycle once it has launched, then crash the recovery at each of its first calls.
+    for recovery_crash_at in 0..8 {
+        for effect_first in [false, true] {
+            let crashed = crash_and_recover(
+                13,
+                CrashPoint::Operation(Operation::RunInstances),
+                effect_first,
+                FaultConfig::default(),
+                Some(recovery_crash_at),
+            )
+            .unwrap_or_else(|e| panic!("recovery crash at {recovery_crash_at}: {e}"));
+            assert!(crashed, "the lifecycle never reached RunInstances");
         }
     }
 }
@@ -97,12 +134,15 @@ proptest! {
     #[test]
     fn a_crash_at_any_call_under_faults_is_recovered(
         seed in any::<u64>(),
-        crash_at in 0u64..60,
+        crash_at in 0u64..12,
         effect_first in any::<bool>(),
         swarm_seed in any::<u64>(),
+        recovery_crash_at in proptest::option::of(0u64..12),
     ) {
         use rand_chacha::rand_core::SeedableRng;
         let faults = FaultConfig::swarm(&mut rand_chacha::ChaCha8Rng::seed_from_u64(swarm_seed));
-        crash_and_recover(seed, CrashPoint::Call(crash_at), effect_first, faults)?;
+        let crashed = crash_and_recover(seed, CrashPoint::Call(crash_at), effect_first, faults, recovery_crash_at)?;
+        // Provision makes at least a dozen calls whatever the faults, and the watch polls on.
+        prop_assert!(crashed, "no crash at call {crash_at}: the case tested nothing");
     }
 }

@@ -75,7 +75,12 @@ proptest! {
         grants in 1u32..25,
         faults in prop_oneof![Just(FaultMode::None), Just(FaultMode::Default), Just(FaultMode::Swarm)],
         crashes in any::<bool>(),
+        edge_share in prop_oneof![Just(0.0), Just(0.05), 0.0f64..=1.0],
     ) {
-        assert_clean(&small(seed, grants, faults, crashes));
+        // edge_share reaches the edges: zero CPU or RAM, storage at and past gp3's limit, more
+        // RAM than any type, and deadlines that fall while provisioning or pending.
+        let mut scenario = small(seed, grants, faults, crashes);
+        scenario.edge_share = edge_share;
+        assert_clean(&scenario);
     }
 }

@@ -60,6 +60,11 @@ impl CrashingPort {
         self.armed.store(true, Ordering::SeqCst);
     }
 
+    /// Calls counted since the port was armed.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::SeqCst)
+    }
+
     /// Whether the crash point was reached.
     pub fn crashed(&self) -> bool {
         self.crashed.load(Ordering::SeqCst)

@@ -99,6 +99,8 @@ impl Summary {
             ("leaked resources", self.leaked_resources.to_string()),
             ("deadline overruns", m.deadline_overruns.to_string()),
             ("max termination lateness", format!("{} ms", m.termination_lateness_ms_max)),
+            ("  ... where nothing touched it (bound 1 s)", format!("{} ms", m.termination_lateness_ms_max_unfaulted)),
+            ("max metering error, billed seconds", format!("{} s", m.metering_error_seconds_max)),
             ("max metering error cpu", format!("{} cpu-s", m.metering_error_cpu_seconds_max)),
             ("max metering error ram", format!("{} MiB-s", m.metering_error_ram_mib_seconds_max)),
             ("max metering error network", format!("{} B", m.metering_error_network_bytes_max)),

@@ -14,6 +14,9 @@ use clap::Args;
 
 use crate::{run_cmd, workspace_root};
 
+/// Seeds in CI's swarm sweep: about two minutes on two cores (each seed runs twice).
+const SWEEP_SEEDS: &str = "100";
+
 /// Arguments of `cargo xtask ci`.
 #[derive(Args)]
 pub struct CiArgs {
@@ -41,7 +44,17 @@ pub fn run(args: CiArgs) -> anyhow::Result<()> {
         &[("MOTO_ENDPOINT", &endpoint), ("REQUIRE_MOTO", "1"), ("REQUIRE_CLOUD_INIT", "1")],
     )?;
     drop(moto);
-    run_cmd("cargo", &["run", "--quiet", "--release", "-p", "xtask", "--", "sim"], &[])?;
+    // The simulation: every checker proven able to fail, a fixed-seed swarm sweep with crashes
+    // run twice per seed for determinism, and one seed drawn from the clock (it prints its seed).
+    let sim = ["run", "--quiet", "--release", "-p", "xtask", "--", "sim"];
+    run_cmd("cargo", &[&sim[..], &["--self-test"]].concat(), &[])?;
+    run_cmd(
+        "cargo",
+        &[&sim[..], &["--seed", "1", "--seeds", SWEEP_SEEDS, "--faults", "swarm", "--crashes", "--check-determinism"]]
+            .concat(),
+        &[],
+    )?;
+    run_cmd("cargo", &sim, &[])?;
     eprintln!("xtask ci: all green in {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
 }

@@ -32,6 +32,8 @@ pub const BACKEND_NAME: &str = "aws";
 
 /// How long an id EC2 returned may stay invisible to Describe before we stop waiting for it.
 const VISIBILITY_WINDOW_MS: u64 = 5 * 60_000;
+/// The code `run_instance_when_visible` answers, sending nothing, once it is too late to launch.
+const TOO_LATE: &str = "Local.TooLateToLaunch";
 /// How long DeleteSecurityGroup is retried through `DependencyViolation`.
 const DEPENDENCY_WINDOW_MS: u64 = 15 * 60_000;
 
@@ -323,6 +325,7 @@ impl AwsBackend {
         if grant.valid_to <= now {
             return Err(BackendError::DeadlinePassed { valid_to: grant.valid_to, now });
         }
+        self.check_time_left(grant.valid_to)?;
         if grant.valid_from > grant.valid_to {
             return Err(BackendError::InvalidInput {
                 field: "grant.valid_from".into(),
@@ -344,6 +347,22 @@ impl AwsBackend {
                     "storage_gib {} exceeds the largest gp3 volume, {} GiB",
                     manifest.storage_gib,
                     sizing::MAX_ROOT_VOLUME_GIB
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Refuses when less than `min_lifetime_s` is left until `valid_to`: too late to launch.
+    fn check_time_left(&self, valid_to: AlmanacTick) -> Result<(), BackendError> {
+        let cfg = &self.inner.cfg;
+        let left_ms = cfg.almanac.tick_to_unix_ms(valid_to).saturating_sub(self.now_ms());
+        if left_ms < cfg.min_lifetime_ms() {
+            return Err(BackendError::Unsatisfiable {
+                reason: format!(
+                    "valid_to {valid_to} is {} s away, less than min_lifetime_s ({} s): too late to launch an instance; send the grant with more time left",
+                    left_ms / 1_000,
+                    cfg.min_lifetime_s
                 ),
             });
         }
@@ -455,7 +474,7 @@ impl AwsBackend {
                 instance_tags: names::grant_tags(cfg, &grant.id),
                 volume_tags: names::grant_tags(cfg, &grant.id),
             };
-            let instance_id = self.ensure_instance(&grant.id, &region, &fitting, request).await?;
+            let instance_id = self.ensure_instance(&grant.id, &region, &fitting, request, grant.valid_to).await?;
             tracing::Span::current().record("instance_id", instance_id.as_str());
             let info = self.wait_running(&grant.id, &region, &instance_id, valid_to_unix_ms).await?;
             Ok::<_, BackendError>(info)
@@ -607,6 +626,7 @@ impl AwsBackend {
         region: &RegionLabel,
         fitting: &[InstanceTypeInfo],
         template: RunInstancesRequest,
+        valid_to: AlmanacTick,
     ) -> Result<String, BackendError> {
         let state = self.grant_state(grant).ok_or_else(|| local("grant vanished from the ledger"))?;
         if let Some(id) = state.instance() {
@@ -628,7 +648,7 @@ impl AwsBackend {
                 (s.and_then(GrantState::launch_requested) != Some(token.as_str())).then_some(launch)
             })?;
             tried.push(itype.instance_type.clone());
-            let result = self.run_instance_when_visible(region, &request).await;
+            let result = self.run_instance_when_visible(region, &request, valid_to).await;
             match result {
                 Ok(info) => {
                     self.record(
@@ -646,6 +666,9 @@ impl AwsBackend {
                 Err(err) if err.is(codes::INSUFFICIENT_INSTANCE_CAPACITY) => {
                     tracing::info!(instance_type = %itype.instance_type, "no capacity; trying the next fitting type");
                 }
+                Err(err) if err.is(TOO_LATE) => {
+                    return Err(self.check_time_left(valid_to).err().unwrap_or_else(|| local(err)));
+                }
                 Err(err) => return Err(provider(err)),
             }
         }
@@ -654,21 +677,35 @@ impl AwsBackend {
 
     /// RunInstances, retried (with the same token, so at most one instance results) while the
     /// key pair or group it names is not yet visible to EC2.
+    /// Each call first checks that `min_lifetime_s` is still left before `valid_to`, and
+    /// answers [`TOO_LATE`] without sending anything when it is not.
     async fn run_instance_when_visible(
         &self,
         region: &RegionLabel,
         request: &RunInstancesRequest,
+        valid_to: AlmanacTick,
     ) -> Result<InstanceInfo, Ec2Error> {
         let invisible = |err: &Ec2Error| err.is(codes::KEY_PAIR_NOT_FOUND) || err.is(codes::GROUP_NOT_FOUND);
         self.inner
             .pacer
             .call_until_settled(region, Operation::RunInstances, VISIBILITY_WINDOW_MS, invisible, || {
+                let too_late = self.check_time_left(valid_to).is_err();
                 let mut request = request.clone();
                 if self.inner.switches.fresh_client_token_per_call {
                     let n = self.inner.run_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     request.client_token = format!("{}-{n}", request.client_token);
                 }
-                self.inner.port.run_instance(region, request)
+                let port = self.inner.port.clone();
+                async move {
+                    if too_late {
+                        return Err(Ec2Error::new(
+                            Operation::RunInstances,
+                            TOO_LATE,
+                            "not sent: too close to valid_to",
+                        ));
+                    }
+                    port.run_instance(region, request).await
+                }
             })
             .await
     }

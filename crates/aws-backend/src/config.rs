@@ -64,6 +64,12 @@ pub struct AwsBootConfig {
     /// How long a resource must exist before the reaper may remove it (eventual consistency).
     #[serde(default = "default_reaper_grace_ms")]
     pub reaper_grace_ms: u64,
+    /// The least time before `valid_to` at which RunInstances may still be sent: a grant with
+    /// less left is refused, and a provision that reaches the launch later than this gives up.
+    /// An instance launched seconds before its deadline could not be used, and EC2 may not even
+    /// let us terminate it on time (a new instance id is invisible for a few seconds).
+    #[serde(default = "default_min_lifetime_s")]
+    pub min_lifetime_s: u64,
     /// How to map coalition ticks to time.
     pub almanac: Almanac,
     /// The usage ledger file.
@@ -86,6 +92,9 @@ fn default_poll_interval_ms() -> u64 {
 }
 fn default_reaper_grace_ms() -> u64 {
     10 * 60_000
+}
+fn default_min_lifetime_s() -> u64 {
+    60
 }
 
 /// A configuration that cannot be used: names the field and the fix.
@@ -231,6 +240,12 @@ impl AwsBootConfig {
                 format!("{} must be between 100 and 600000", self.poll_interval_ms),
             ));
         }
+        if self.min_lifetime_s > 86_400 {
+            return Err(invalid(
+                "min_lifetime_s",
+                format!("{} s is more than a day: no grant would be admitted; use 60", self.min_lifetime_s),
+            ));
+        }
         self.guest.validate().map_err(|e| invalid("guest", e.to_string()))?;
         Ok(())
     }
@@ -244,6 +259,11 @@ impl AwsBootConfig {
     /// (`guest.deadline_grace_s`) if the bridge has not ended it.
     pub fn deadline_grace_ms(&self) -> u64 {
         self.guest.deadline_grace_s.saturating_mul(1_000)
+    }
+
+    /// [`AwsBootConfig::min_lifetime_s`] in milliseconds.
+    pub fn min_lifetime_ms(&self) -> u64 {
+        self.min_lifetime_s.saturating_mul(1_000)
     }
 
     /// True when `region` is allowed.

@@ -1,11 +1,23 @@
 //! No early end: an instance handed to its requester leaves `running` before `valid_to` only
 //! when EC2 or the guest ends it, never because the bridge terminated it, and when EC2 or the
-//! guest does end it, the ledger says so (the grant's termination reason is `Exited`).
+//! guest does end it, the ledger says so (the grant's termination reason is `Exited`) whenever
+//! the backend could know before the deadline (EC2 showed the exit to a Describe more than a
+//! poll interval before `valid_to`, and the backend was up from then on).
 
 use sim_ec2::reasons;
 use usage_ledger::TerminationReason;
 
 use super::{Context, Violation, names};
+
+/// True when the backend, up all along, must have seen the exit before `valid_to`: EC2 showed
+/// it to a Describe more than a poll interval before.
+fn knowable_before(ctx: &Context<'_>, instance: &sim_ec2::InstanceTruth, valid_to: u64) -> bool {
+    use aws_backend::port::InstanceState::{Pending, Running};
+    let Some(shown_at) = instance.shown.iter().find(|(_, s)| !matches!(s, Pending | Running)).map(|(t, _)| *t) else {
+        return false;
+    };
+    shown_at + ctx.poll_interval_ms < valid_to && !ctx.down_during(shown_at, valid_to)
+}
 
 /// Checks the first exit of every handed-over instance.
 pub fn check(ctx: &Context<'_>) -> Vec<Violation> {
@@ -37,6 +49,7 @@ pub fn check(ctx: &Context<'_>) -> Vec<Violation> {
             ));
         } else if let Some(recorded) = ctx.replay.first_reason.get(&grant)
             && *recorded != TerminationReason::Exited
+            && knowable_before(ctx, instance, valid_to)
         {
             violations.push(Violation::safety(
                 names::EARLY_END,
