@@ -3,11 +3,12 @@
 
 use tests::checkers::names;
 use tests::scenario::Breakage;
-use tests::selftest::{SEEDS, run_case};
+use tests::selftest::{SEEDS, Setting, run_case};
 
 fn case_passes(breakage: Breakage, disabled: &[&str]) -> bool {
     let disabled: Vec<String> = disabled.iter().map(ToString::to_string).collect();
-    let result = run_case(Some(breakage), false, SEEDS[0], &disabled).unwrap_or_else(|e| panic!("run failed: {e:#}"));
+    let result = run_case(Some(breakage), Setting::for_breakage(breakage), SEEDS[0], &disabled)
+        .unwrap_or_else(|e| panic!("run failed: {e:#}"));
     result.passed
 }
 
@@ -30,6 +31,16 @@ fn the_self_test_fails_when_the_deadline_checker_is_disabled() {
 fn the_self_test_fails_when_the_early_end_checker_is_disabled() {
     assert!(case_passes(Breakage::TerminateEarly, &[]));
     assert!(!case_passes(Breakage::TerminateEarly, &[names::EARLY_END]));
+}
+
+#[test]
+fn every_checker_has_a_breakage_that_it_catches() {
+    for checker in names::ALL {
+        assert!(
+            Breakage::ALL.iter().any(|b| b.caught_by() == checker),
+            "no deliberate bug proves `{checker}` can fail"
+        );
+    }
 }
 
 #[test]

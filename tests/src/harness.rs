@@ -156,6 +156,7 @@ impl World {
         let ctx = Context {
             now_unix_ms: self.clock.now_unix_ms(),
             backend,
+            sim: &self.sim,
             plans: &self.plans,
             facts: &facts,
             grace_ms: self.cfg.deadline_grace_ms(),
@@ -467,12 +468,9 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
     let mut provision_errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut counts = GrantCounts { total: plans.len() as u64, ..GrantCounts::default() };
     for plan in &plans {
-        match backend.grant_state(&plan.id).map(|s| s.is_settled()) {
-            Some(settled) => {
-                counts.admitted += 1;
-                counts.settled += u64::from(settled);
-            }
-            None => {}
+        if let Some(settled) = backend.grant_state(&plan.id).map(|s| s.is_settled()) {
+            counts.admitted += 1;
+            counts.settled += u64::from(settled);
         }
         match facts.get(&plan.id).map(|f| &f.outcome) {
             Some(Outcome::Refused(_)) => counts.refused += 1,

@@ -43,11 +43,17 @@ pub enum Breakage {
     FailProvision,
     /// Never settle about one grant in eight.
     SkipSettle,
+    /// Launch the smallest type whatever the grant asks.
+    Undersize,
+    /// Launch instances without the grant tag.
+    UntaggedInstance,
+    /// Send calls without mirroring EC2's buckets (run on a burst: every grant arrives at once).
+    NoPacing,
 }
 
 impl Breakage {
     /// Every breakage, in the order the self-test runs them.
-    pub const ALL: [Breakage; 12] = [
+    pub const ALL: [Breakage; 15] = [
         Breakage::TerminateLate,
         Breakage::TerminateEarly,
         Breakage::FreshClientToken,
@@ -60,6 +66,9 @@ impl Breakage {
         Breakage::AdmitTdx,
         Breakage::FailProvision,
         Breakage::SkipSettle,
+        Breakage::Undersize,
+        Breakage::UntaggedInstance,
+        Breakage::NoPacing,
     ];
 
     /// Its name on the command line (`--break NAME`).
@@ -77,6 +86,9 @@ impl Breakage {
             Breakage::AdmitTdx => "admit-tdx",
             Breakage::FailProvision => "fail-provision",
             Breakage::SkipSettle => "skip-settle",
+            Breakage::Undersize => "undersize",
+            Breakage::UntaggedInstance => "untagged-instance",
+            Breakage::NoPacing => "no-pacing",
         }
     }
 
@@ -100,6 +112,9 @@ impl Breakage {
             Breakage::AdmitTdx => s.admit_tdx = true,
             Breakage::FailProvision => s.fail_provision_below = ONE_IN_EIGHT,
             Breakage::SkipSettle => s.skip_settle_below = ONE_IN_EIGHT,
+            Breakage::Undersize => s.undersize = true,
+            Breakage::UntaggedInstance => s.untagged_instances = true,
+            Breakage::NoPacing => s.skip_pacing = true,
             Breakage::DropLedgerAppend | Breakage::CorruptLedgerAppend => {}
         }
         s
@@ -127,6 +142,9 @@ impl Breakage {
             Breakage::AdmitTdx => names::ADMISSION,
             Breakage::FailProvision => names::PROVISION,
             Breakage::SkipSettle => names::LIVENESS,
+            Breakage::Undersize => names::SIZING,
+            Breakage::UntaggedInstance => names::TAGS,
+            Breakage::NoPacing => names::PACING,
         }
     }
 
@@ -142,6 +160,9 @@ impl Breakage {
             Breakage::AdmitTdx => &[],
             Breakage::FailProvision => &[],
             Breakage::SkipSettle => &[],
+            Breakage::Undersize => &[names::PROVISION, names::METERING],
+            Breakage::UntaggedInstance => &[names::METERING, names::LIVENESS, names::DEADLINE, names::TEARDOWN],
+            Breakage::NoPacing => &[names::PROVISION, names::LIVENESS],
         }
     }
 }

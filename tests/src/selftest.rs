@@ -1,7 +1,7 @@
 //! `cargo xtask sim --self-test`: proof that every checker can fail. Each deliberate bug
 //! ([`Breakage`]) is switched on for a few fixed seeds; the run must report its checker, and
-//! nothing a bug of that kind could not plausibly cause. A control run of each fault setting,
-//! with no bug, must report nothing.
+//! nothing a bug of that kind could not plausibly cause. A control run of each setting, with no
+//! bug, must report nothing.
 
 use std::collections::BTreeSet;
 
@@ -13,13 +13,45 @@ use crate::scenario::{Breakage, FaultMode, Scenario};
 /// The fixed seeds every case runs.
 pub const SEEDS: [u64; 2] = [11, 12];
 
+/// The scenario a case runs in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Setting {
+    /// 60 grants arriving over half a virtual hour, default faults.
+    Plain,
+    /// The same with lost responses on 30 % of mutating calls, and crashes: what a fresh
+    /// ClientToken per call needs to launch twice.
+    Lossy,
+    /// 120 grants arriving within 2 s: what skipping the buckets needs to empty EC2's.
+    Burst,
+}
+
+impl Setting {
+    /// The setting a breakage is tried in.
+    pub fn for_breakage(breakage: Breakage) -> Setting {
+        match breakage {
+            Breakage::FreshClientToken => Setting::Lossy,
+            Breakage::NoPacing => Setting::Burst,
+            _ => Setting::Plain,
+        }
+    }
+
+    /// The `cargo xtask sim` flags of the setting.
+    pub fn flags(self) -> &'static str {
+        match self {
+            Setting::Plain => "--grants 60 --hours 0.5",
+            Setting::Lossy => "--grants 60 --hours 0.5 --lossy --crashes",
+            Setting::Burst => "--grants 120 --hours 0.0005556",
+        }
+    }
+}
+
 /// One case: a breakage (or none, the control) on one seed, and what fired.
 #[derive(Clone, Debug)]
 pub struct CaseResult {
     /// The deliberate bug, or `None` for the control run.
     pub breakage: Option<Breakage>,
-    /// Whether the run had lost responses and crashes (see [`scenario`]).
-    pub lossy: bool,
+    /// The scenario it ran in.
+    pub setting: Setting,
     /// The seed.
     pub seed: u64,
     /// Every checker that reported a violation.
@@ -32,35 +64,41 @@ pub struct CaseResult {
     pub reproduce: String,
 }
 
-/// The self-test's scenario: 60 grants arriving over half a virtual hour, default faults; with
-/// `lossy`, also lost responses and crashes (what a fresh ClientToken per call needs to launch
-/// twice).
-pub fn scenario(breakage: Option<Breakage>, lossy: bool, seed: u64, disabled: &[String]) -> Scenario {
+/// The default faults plus lost responses on 30 % of mutating calls.
+pub fn lossy_faults() -> FaultConfig {
+    FaultConfig { response_lost_probability: 0.3, ..FaultConfig::default() }
+}
+
+/// The scenario of `setting` with `breakage` on, on `seed`, with `disabled` checkers ignored.
+pub fn scenario(breakage: Option<Breakage>, setting: Setting, seed: u64, disabled: &[String]) -> Scenario {
     let mut scenario = Scenario::new(seed);
     scenario.grants = 60;
     scenario.arrival_window_ms = 30 * 60_000;
     scenario.faults = FaultMode::Default;
-    if lossy {
-        scenario.faults_override = Some(lossy_faults());
-        scenario.crashes = true;
+    match setting {
+        Setting::Plain => {}
+        Setting::Lossy => {
+            scenario.faults_override = Some(lossy_faults());
+            scenario.crashes = true;
+        }
+        Setting::Burst => {
+            scenario.grants = 120;
+            scenario.arrival_window_ms = 2_000;
+        }
     }
     scenario.breakage = breakage;
     scenario.disabled_checkers = disabled.to_vec();
     scenario
 }
 
-/// The default faults plus lost responses on 30 % of mutating calls.
-pub fn lossy_faults() -> FaultConfig {
-    FaultConfig { response_lost_probability: 0.3, ..FaultConfig::default() }
-}
-
-fn lossy_for(breakage: Option<Breakage>) -> bool {
-    breakage == Some(Breakage::FreshClientToken)
-}
-
 /// Runs one case on one seed.
-pub fn run_case(breakage: Option<Breakage>, lossy: bool, seed: u64, disabled: &[String]) -> anyhow::Result<CaseResult> {
-    let summary = harness::run(&scenario(breakage, lossy, seed, disabled), &mut |_| {})?;
+pub fn run_case(
+    breakage: Option<Breakage>,
+    setting: Setting,
+    seed: u64,
+    disabled: &[String],
+) -> anyhow::Result<CaseResult> {
+    let summary = harness::run(&scenario(breakage, setting, seed, disabled), &mut |_| {})?;
     let fired: BTreeSet<&'static str> = summary.violations.iter().map(|v| v.checker).collect();
     let (passed, why) = match breakage {
         None => (fired.is_empty(), format!("the control run reported {:?}", summary.violations.first())),
@@ -77,28 +115,26 @@ pub fn run_case(breakage: Option<Breakage>, lossy: bool, seed: u64, disabled: &[
             }
         }
     };
-    let mut reproduce = format!("cargo xtask sim --seed {seed} --grants 60 --hours 0.5");
-    if lossy {
-        reproduce.push_str(" --lossy --crashes");
-    }
+    let mut reproduce = format!("cargo xtask sim --seed {seed} {}", setting.flags());
     if let Some(b) = breakage {
         reproduce.push_str(&format!(" --break {}", b.name()));
     }
     for d in disabled {
         reproduce.push_str(&format!(" --disable-checker {d}"));
     }
-    Ok(CaseResult { breakage, lossy, seed, fired, passed, why, reproduce })
+    Ok(CaseResult { breakage, setting, seed, fired, passed, why, reproduce })
 }
 
-/// Runs the control and every breakage on every seed, with `disabled` checkers ignored, and
+/// Runs the controls and every breakage on every seed, with `disabled` checkers ignored, and
 /// hands each result to `report` as it comes.
 pub fn run_all(disabled: &[String], report: &mut dyn FnMut(&CaseResult)) -> anyhow::Result<Vec<CaseResult>> {
     let mut results = Vec::new();
-    let mut cases: Vec<(Option<Breakage>, bool)> = vec![(None, false), (None, true)];
-    cases.extend(Breakage::ALL.into_iter().map(|b| (Some(b), lossy_for(Some(b)))));
-    for (breakage, lossy) in cases {
+    let mut cases: Vec<(Option<Breakage>, Setting)> =
+        [Setting::Plain, Setting::Lossy, Setting::Burst].map(|s| (None, s)).to_vec();
+    cases.extend(Breakage::ALL.into_iter().map(|b| (Some(b), Setting::for_breakage(b))));
+    for (breakage, setting) in cases {
         for seed in SEEDS {
-            let result = run_case(breakage, lossy, seed, disabled)?;
+            let result = run_case(breakage, setting, seed, disabled)?;
             report(&result);
             results.push(result);
         }

@@ -3,7 +3,8 @@
 //! Steps: formatting, clippy with warnings denied, docs with warnings denied, the dependency
 //! invariants of docs/ARCHITECTURE.md, then every test with moto's EC2 server running on
 //! 127.0.0.1 (installed with pip when missing) and cloud-init's schema validator present
-//! (installed with apt-get when missing).
+//! (installed with apt-get when missing), then the simulation: `sim --self-test`, a fixed-seed
+//! swarm sweep with crashes and `--check-determinism`, and one seed drawn from the clock.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};

@@ -138,7 +138,7 @@ fn self_test(args: &SimArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let results = selftest::run_all(&args.disabled_checkers, &mut |r| {
         let name = r.breakage.map_or("control (no bug)", |b| b.name());
-        let fault_note = if r.lossy { " lossy+crashes" } else { "" };
+        let fault_note = format!(" {:?}", r.setting).to_lowercase();
         if r.passed {
             println!("self-test {name:<24} seed {}{fault_note}: ok, fired {:?}", r.seed, r.fired);
         } else {

@@ -75,6 +75,12 @@ pub struct TestSwitches {
     pub fail_provision_below: u8,
     /// Never record `GrantSettled`.
     pub skip_settle_below: u8,
+    /// Launch the smallest type of the catalogue, whether or not it fits the grant.
+    pub undersize: bool,
+    /// Launch instances without the grant tag.
+    pub untagged_instances: bool,
+    /// Send calls as fast as they come, without our mirror of EC2's buckets.
+    pub skip_pacing: bool,
 }
 
 impl TestSwitches {
@@ -179,11 +185,12 @@ impl AwsBackend {
     /// catalogue (a failure there is logged and retried on first use).
     pub async fn new(cfg: &AwsBootConfig, parts: BackendParts) -> anyhow::Result<Self> {
         cfg.validate()?;
-        let pacer = Arc::new(Pacer::new(
-            parts.clock.clone(),
-            ChaCha8Rng::seed_from_u64(parts.jitter_seed),
-            RetryPolicy::default(),
-        ));
+        let mut pacer =
+            Pacer::new(parts.clock.clone(), ChaCha8Rng::seed_from_u64(parts.jitter_seed), RetryPolicy::default());
+        if parts.switches.skip_pacing {
+            pacer = pacer.without_buckets();
+        }
+        let pacer = Arc::new(pacer);
         let backend = Self {
             inner: Arc::new(Inner {
                 cfg: cfg.clone(),
@@ -385,7 +392,10 @@ impl AwsBackend {
     ) -> Result<ProvisionedInstance, BackendError> {
         let cfg = &self.inner.cfg;
         let types = self.catalogue(&region).await?;
-        let fitting = sizing::fitting(&types, grant.manifest)?;
+        let mut fitting = sizing::fitting(&types, grant.manifest)?;
+        if self.inner.switches.undersize {
+            fitting = types.iter().take(1).cloned().collect();
+        }
         let storage_gib = grant.manifest.storage_gib.max(cfg.min_root_volume_gib);
         let valid_to_unix_ms = cfg.almanac.tick_to_unix_ms(grant.valid_to);
         let (login, host) = self.keys_for(&grant.id)?;
@@ -471,7 +481,13 @@ impl AwsBackend {
                 root_device_name: cfg.root_device_name.clone(),
                 imdsv2_required: true,
                 shutdown_behavior: ShutdownBehavior::Terminate,
-                instance_tags: names::grant_tags(cfg, &grant.id),
+                instance_tags: {
+                    let mut tags = names::grant_tags(cfg, &grant.id);
+                    if self.inner.switches.untagged_instances {
+                        tags.remove(crate::config::GRANT_TAG);
+                    }
+                    tags
+                },
                 volume_tags: names::grant_tags(cfg, &grant.id),
             };
             let instance_id = self.ensure_instance(&grant.id, &region, &fitting, request, grant.valid_to).await?;

@@ -83,6 +83,8 @@ pub struct Pacer {
     rng: Mutex<ChaCha8Rng>,
     policy: RetryPolicy,
     stats: Mutex<PacingStats>,
+    /// Skip the buckets (a deliberate bug for the simulation's self-test).
+    buckets_off: bool,
 }
 
 /// What pacing did, for benches and the simulation summary.
@@ -104,7 +106,15 @@ impl Pacer {
             rng: Mutex::new(rng),
             policy,
             stats: Mutex::new(PacingStats::default()),
+            buckets_off: false,
         }
+    }
+
+    /// The same pacer without its buckets: retries only. A deliberate bug, for
+    /// `TestSwitches::skip_pacing`; never in production.
+    pub fn without_buckets(mut self) -> Self {
+        self.buckets_off = true;
+        self
     }
 
     /// A copy of the statistics so far.
@@ -114,6 +124,9 @@ impl Pacer {
 
     /// Waits for a token of `op`'s bucket in `region` (and, for RunInstances, one instance).
     pub async fn admit(&self, region: &RegionLabel, op: Operation) {
+        if self.buckets_off {
+            return;
+        }
         let now = self.clock.now_unix_ms();
         let class = op.throttle_class();
         let mut go_at = lock(&self.buckets)

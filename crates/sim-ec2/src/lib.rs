@@ -152,6 +152,12 @@ impl SimEc2 {
         self.world().fault_log().to_vec()
     }
 
+    /// Every call refused with `RequestLimitExceeded` because its bucket was empty (throttles
+    /// injected at random are in the fault log instead): (unix ms, region, operation).
+    pub fn bucket_throttles(&self) -> Vec<(u64, RegionLabel, Operation)> {
+        self.world().bucket_throttles().to_vec()
+    }
+
     /// How many faults were injected so far.
     pub fn faults_injected(&self) -> usize {
         self.world().fault_log().len()

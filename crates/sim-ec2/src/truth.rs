@@ -91,6 +91,8 @@ pub struct InstanceTruth {
     /// Each change in the state DescribeInstances showed a caller, in order: (unix ms, state).
     /// What a poller could have known, and when: the bound on how late it can observe.
     pub shown: Vec<(u64, InstanceState)>,
+    /// Its root volume's size, GiB.
+    pub root_volume_gib: u32,
 }
 
 /// One injected fault, with what the call was about, so a checker can tell which grant it hit.

@@ -93,6 +93,7 @@ struct Instance {
     timeline: Vec<Segment>,
     /// Each change in the state DescribeInstances showed for this instance: (when, state).
     shown: Vec<(u64, InstanceState)>,
+    root_volume_gib: u32,
 }
 
 impl Instance {
@@ -401,6 +402,8 @@ pub(crate) struct World {
     current: Option<(Operation, RegionLabel)>,
     /// Every fault injected, in order.
     fault_log: Vec<FaultRecord>,
+    /// Every call refused because its bucket was empty (not injected): when, where, what.
+    bucket_throttles: Vec<(u64, RegionLabel, Operation)>,
 }
 
 impl World {
@@ -460,6 +463,7 @@ impl World {
             subject: Vec::new(),
             current: None,
             fault_log: Vec::new(),
+            bucket_throttles: Vec::new(),
         })
     }
 
@@ -522,6 +526,10 @@ impl World {
         &self.fault_log
     }
 
+    pub(crate) fn bucket_throttles(&self) -> &[(u64, RegionLabel, Operation)] {
+        &self.bucket_throttles
+    }
+
     /// Names what the next call is about: the tags of the resources it creates or touches.
     fn about(&mut self, subjects: Vec<Tags>) {
         self.subject = subjects;
@@ -581,6 +589,7 @@ impl World {
         let allowed = reg.buckets[bucket].has_token(now)
             && (op != Operation::RunInstances || reg.run_instances_resource.has_token(now));
         if !allowed {
+            self.bucket_throttles.push((now, region.clone(), op));
             return Err(err(op, codes::REQUEST_LIMIT_EXCEEDED, "Request limit exceeded."));
         }
         reg.buckets[bucket].take_token();
@@ -1085,6 +1094,7 @@ impl World {
                 Segment { state: InstanceState::Running, from_ms: running_at, reason: None },
             ],
             shown: Vec::new(),
+            root_volume_gib: req.root_volume_gib,
         };
         let mut exit_kind = None;
         let mut terminated_at = None;
@@ -1551,6 +1561,7 @@ impl World {
             network_bytes_in,
             network_bytes_out,
             shown: inst.shown.clone(),
+            root_volume_gib: inst.root_volume_gib,
         }
     }
 

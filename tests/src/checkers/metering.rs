@@ -43,7 +43,7 @@ pub struct Bill {
 }
 
 fn billed_s(ms: u64) -> u64 {
-    let whole = ms / 1_000 + u64::from(ms % 1_000 != 0);
+    let whole = ms / 1_000 + u64::from(!ms.is_multiple_of(1_000));
     whole.max(MINIMUM_S)
 }
 

@@ -12,6 +12,9 @@ pub mod early_end;
 pub mod idempotency;
 pub mod ledger;
 pub mod metering;
+pub mod pacing;
+pub mod sizing;
+pub mod tags;
 pub mod teardown;
 
 use std::collections::BTreeMap;
@@ -47,9 +50,28 @@ pub mod names {
     pub const LIVENESS: &str = "liveness";
     /// Nothing panics.
     pub const PANIC: &str = "panic";
+    /// Every instance is at least as big as its grant asked.
+    pub const SIZING: &str = "sizing";
+    /// Everything created carries our owner tag and its grant's tag.
+    pub const TAGS: &str = "tags";
+    /// EC2 never refuses a call for an empty bucket.
+    pub const PACING: &str = "pacing";
     /// Every checker.
-    pub const ALL: [&str; 10] =
-        [DEADLINE, EARLY_END, TEARDOWN, IDEMPOTENCY, ADMISSION, PROVISION, METERING, LEDGER, LIVENESS, PANIC];
+    pub const ALL: [&str; 13] = [
+        DEADLINE,
+        EARLY_END,
+        TEARDOWN,
+        IDEMPOTENCY,
+        ADMISSION,
+        PROVISION,
+        METERING,
+        LEDGER,
+        LIVENESS,
+        PANIC,
+        SIZING,
+        TAGS,
+        PACING,
+    ];
 }
 
 /// Whether a violation breaks safety or liveness.
@@ -223,6 +245,8 @@ pub struct Context<'a> {
     pub now_unix_ms: u64,
     /// The backend in service.
     pub backend: &'a AwsBackend,
+    /// The simulated EC2.
+    pub sim: &'a SimEc2,
     /// The workload, by grant.
     pub plans: &'a BTreeMap<GrantId, GrantPlan>,
     /// What the harness saw of each grant.
@@ -267,6 +291,9 @@ pub fn check_all(ctx: &Context<'_>, measures: &mut Measures) -> Vec<Violation> {
     violations.extend(idempotency::check(ctx));
     violations.extend(metering::check(ctx, measures));
     violations.extend(ledger::check(ctx));
+    violations.extend(sizing::check(ctx));
+    violations.extend(tags::check(ctx));
+    violations.extend(pacing::check(ctx));
     violations
 }
 
