@@ -49,11 +49,13 @@ pub enum Breakage {
     UntaggedInstance,
     /// Send calls without mirroring EC2's buckets (run on a burst: every grant arrives at once).
     NoPacing,
+    /// Launch at once, without waiting for `valid_from` (run on edge grants).
+    EarlyStart,
 }
 
 impl Breakage {
     /// Every breakage, in the order the self-test runs them.
-    pub const ALL: [Breakage; 15] = [
+    pub const ALL: [Breakage; 16] = [
         Breakage::TerminateLate,
         Breakage::TerminateEarly,
         Breakage::FreshClientToken,
@@ -69,6 +71,7 @@ impl Breakage {
         Breakage::Undersize,
         Breakage::UntaggedInstance,
         Breakage::NoPacing,
+        Breakage::EarlyStart,
     ];
 
     /// Its name on the command line (`--break NAME`).
@@ -89,6 +92,7 @@ impl Breakage {
             Breakage::Undersize => "undersize",
             Breakage::UntaggedInstance => "untagged-instance",
             Breakage::NoPacing => "no-pacing",
+            Breakage::EarlyStart => "early-start",
         }
     }
 
@@ -115,6 +119,7 @@ impl Breakage {
             Breakage::Undersize => s.undersize = true,
             Breakage::UntaggedInstance => s.untagged_instances = true,
             Breakage::NoPacing => s.skip_pacing = true,
+            Breakage::EarlyStart => s.ignore_valid_from = true,
             Breakage::DropLedgerAppend | Breakage::CorruptLedgerAppend => {}
         }
         s
@@ -145,13 +150,16 @@ impl Breakage {
             Breakage::Undersize => names::SIZING,
             Breakage::UntaggedInstance => names::TAGS,
             Breakage::NoPacing => names::PACING,
+            Breakage::EarlyStart => names::DEADLINE,
         }
     }
 
     /// Checkers that may fire as well, as consequences of the same bug.
     pub fn also_plausible(self) -> &'static [&'static str] {
         match self {
-            Breakage::TerminateLate | Breakage::TerminateEarly => &[names::METERING],
+            Breakage::TerminateLate => &[names::METERING],
+            // The armed deadline also ends instances still pending two minutes before it.
+            Breakage::TerminateEarly => &[names::METERING, names::PROVISION],
             Breakage::FreshClientToken => &[names::TEARDOWN, names::METERING, names::DEADLINE, names::LIVENESS],
             Breakage::SkipGroupDelete => &[names::LIVENESS],
             Breakage::Overbill | Breakage::DropNetworkSample => &[],
@@ -163,6 +171,7 @@ impl Breakage {
             Breakage::Undersize => &[names::PROVISION, names::METERING],
             Breakage::UntaggedInstance => &[names::METERING, names::LIVENESS, names::DEADLINE, names::TEARDOWN],
             Breakage::NoPacing => &[names::PROVISION, names::LIVENESS],
+            Breakage::EarlyStart => &[],
         }
     }
 }
@@ -274,7 +283,8 @@ pub enum Expect {
     RefuseExpired,
     /// Names a region outside the allowlist: must be refused.
     RefuseRegion,
-    /// Asks for zero CPU or zero RAM: must be refused as invalid input.
+    /// Asks for zero CPU or zero RAM, or starts later than a provision may wait: must be
+    /// refused as invalid input.
     RefuseInvalid,
     /// Lives only seconds to two minutes: its deadline falls while it is provisioned or
     /// pending. May be refused (too short to launch) or fail on its deadline; nothing may
@@ -304,6 +314,11 @@ pub struct GrantPlan {
 }
 
 impl GrantPlan {
+    /// The first valid tick in unix ms.
+    pub fn valid_from_unix_ms(&self) -> u64 {
+        START_UNIX_MS + self.valid_from.0 * 1_000
+    }
+
     /// The grant as the backend receives it.
     pub fn grant(&self) -> ComputeGrant<'_> {
         ComputeGrant { id: self.id, manifest: &self.manifest, valid_from: self.valid_from, valid_to: self.valid_to }
@@ -351,6 +366,7 @@ pub fn generate(scenario: &Scenario, rng: &mut ChaCha8Rng) -> (Vec<GrantPlan>, V
         };
         let mut region = region(ALLOWED_REGIONS[rng.gen_range(0..ALLOWED_REGIONS.len())]);
         let mut valid_to_unix_ms = arrival_unix_ms + lifetime_ms;
+        let mut valid_from_unix_ms = arrival_unix_ms;
         let roll: f64 = rng.r#gen();
         let edge: f64 = rng.r#gen();
         let expect = if roll < 0.04 {
@@ -385,6 +401,15 @@ pub fn generate(scenario: &Scenario, rng: &mut ChaCha8Rng) -> (Vec<GrantPlan>, V
         } else if edge < 0.6 {
             manifest.storage_gib = MAX_ROOT_VOLUME_GIB;
             Expect::Admit
+        } else if edge < 0.75 {
+            // Starts up to 4 minutes after it arrives: provision waits for it.
+            valid_from_unix_ms = arrival_unix_ms + rng.gen_range(1_000..240_000);
+            Expect::Admit
+        } else if edge < 0.8 {
+            // Starts two hours after it arrives: longer than a provision may wait.
+            valid_from_unix_ms = arrival_unix_ms + 2 * 3_600_000;
+            valid_to_unix_ms = valid_from_unix_ms + lifetime_ms;
+            Expect::RefuseInvalid
         } else {
             valid_to_unix_ms = arrival_unix_ms + rng.gen_range(1_000..120_000);
             Expect::Short
@@ -394,7 +419,7 @@ pub fn generate(scenario: &Scenario, rng: &mut ChaCha8Rng) -> (Vec<GrantPlan>, V
             id: GrantId(id),
             arrival_unix_ms,
             manifest,
-            valid_from: tick_of(arrival_unix_ms).min(valid_to),
+            valid_from: tick_of(valid_from_unix_ms).min(valid_to),
             valid_to,
             valid_to_unix_ms: START_UNIX_MS + valid_to.0 * 1_000,
             region,

@@ -23,6 +23,9 @@ pub enum Setting {
     Lossy,
     /// 120 grants arriving within 2 s: what skipping the buckets needs to empty EC2's.
     Burst,
+    /// 60 grants, every admissible one at an edge (`Scenario::edge_share` 1): some start
+    /// minutes after they arrive.
+    Edges,
 }
 
 impl Setting {
@@ -31,6 +34,7 @@ impl Setting {
         match breakage {
             Breakage::FreshClientToken => Setting::Lossy,
             Breakage::NoPacing => Setting::Burst,
+            Breakage::EarlyStart => Setting::Edges,
             _ => Setting::Plain,
         }
     }
@@ -41,6 +45,7 @@ impl Setting {
             Setting::Plain => "--grants 60 --hours 0.5",
             Setting::Lossy => "--grants 60 --hours 0.5 --lossy --crashes",
             Setting::Burst => "--grants 120 --hours 0.0005556",
+            Setting::Edges => "--grants 60 --hours 0.5 --edges 1",
         }
     }
 }
@@ -85,6 +90,7 @@ pub fn scenario(breakage: Option<Breakage>, setting: Setting, seed: u64, disable
             scenario.grants = 120;
             scenario.arrival_window_ms = 2_000;
         }
+        Setting::Edges => scenario.edge_share = 1.0,
     }
     scenario.breakage = breakage;
     scenario.disabled_checkers = disabled.to_vec();
@@ -130,7 +136,7 @@ pub fn run_case(
 pub fn run_all(disabled: &[String], report: &mut dyn FnMut(&CaseResult)) -> anyhow::Result<Vec<CaseResult>> {
     let mut results = Vec::new();
     let mut cases: Vec<(Option<Breakage>, Setting)> =
-        [Setting::Plain, Setting::Lossy, Setting::Burst].map(|s| (None, s)).to_vec();
+        [Setting::Plain, Setting::Lossy, Setting::Burst, Setting::Edges].map(|s| (None, s)).to_vec();
     cases.extend(Breakage::ALL.into_iter().map(|b| (Some(b), Setting::for_breakage(b))));
     for (breakage, setting) in cases {
         for seed in SEEDS {

@@ -66,6 +66,10 @@ pub struct SimArgs {
     /// Ignore this checker's findings (repeatable): shows that `--self-test` fails without it.
     #[arg(long = "disable-checker", value_name = "NAME", value_parser = parse_checker)]
     disabled_checkers: Vec<String>,
+    /// The share of admissible grants drawn at an edge (zero CPU or RAM, storage at or past
+    /// gp3's limit, more RAM than any type, a later start, a deadline seconds away).
+    #[arg(long, default_value_t = 0.05)]
+    edges: f64,
     /// Lost responses (30 % of mutating calls) on top of the default faults: what the
     /// self-test's `fresh-client-token` case runs with.
     #[arg(long)]
@@ -98,6 +102,7 @@ impl SimArgs {
             Faults::Swarm => FaultMode::Swarm,
         };
         scenario.crashes = self.crashes;
+        scenario.edge_share = self.edges;
         scenario.breakage = self.breakage;
         scenario.disabled_checkers = self.disabled_checkers.clone();
         if self.lossy {
@@ -122,6 +127,9 @@ impl SimArgs {
         }
         if self.lossy {
             cmd.push_str(" --lossy");
+        }
+        if self.edges != 0.05 {
+            cmd.push_str(&format!(" --edges {}", self.edges));
         }
         if let Some(b) = self.breakage {
             cmd.push_str(&format!(" --break {}", b.name()));

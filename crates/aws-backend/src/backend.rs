@@ -44,6 +44,10 @@ impl EventStore for DynStore {
     fn append(&mut self, records: &[usage_ledger::Record]) -> Result<(), usage_ledger::StoreError> {
         self.0.append(records)
     }
+
+    fn heal(&mut self) -> Result<(), usage_ledger::StoreError> {
+        self.0.heal()
+    }
 }
 
 /// The ledger type the backend keeps.
@@ -81,6 +85,8 @@ pub struct TestSwitches {
     pub untagged_instances: bool,
     /// Send calls as fast as they come, without our mirror of EC2's buckets.
     pub skip_pacing: bool,
+    /// Provision at once, without waiting for `valid_from`.
+    pub ignore_valid_from: bool,
 }
 
 impl TestSwitches {
@@ -125,6 +131,13 @@ pub(crate) struct Inner {
     switches: TestSwitches,
     /// Counts RunInstances calls, for `TestSwitches::fresh_client_token_per_call`.
     run_calls: std::sync::atomic::AtomicU64,
+    /// Why the ledger last failed to take an append, while it has not taken one since: the
+    /// backend is degraded, refuses new grants and keeps terminating.
+    ledger_failure: Mutex<Option<String>>,
+    /// Each armed deadline's task, by grant (see `arm_deadline`).
+    deadlines: Mutex<BTreeMap<GrantId, tokio::task::JoinHandle<()>>>,
+    /// Instances TerminateInstances has accepted: asking again gains nothing.
+    terminate_sent: Mutex<std::collections::BTreeSet<String>>,
     catalogue: Mutex<BTreeMap<RegionLabel, Arc<Vec<InstanceTypeInfo>>>>,
     pollers: Mutex<BTreeMap<RegionLabel, PollerTask>>,
     /// Per region, how many grants may be creating their key pair and group at once (first
@@ -139,6 +152,9 @@ const PREP_SLOTS_PER_REGION: usize = 16;
 impl Drop for Inner {
     fn drop(&mut self) {
         for (_, (_, task)) in lock(&self.pollers).iter() {
+            task.abort();
+        }
+        for task in lock(&self.deadlines).values() {
             task.abort();
         }
     }
@@ -201,6 +217,9 @@ impl AwsBackend {
                 key_seed: parts.key_seed,
                 switches: parts.switches,
                 run_calls: std::sync::atomic::AtomicU64::new(0),
+                ledger_failure: Mutex::new(None),
+                deadlines: Mutex::new(BTreeMap::new()),
+                terminate_sent: Mutex::new(std::collections::BTreeSet::new()),
                 catalogue: Mutex::new(BTreeMap::new()),
                 pollers: Mutex::new(BTreeMap::new()),
                 prep_slots: Mutex::new(BTreeMap::new()),
@@ -246,7 +265,43 @@ impl AwsBackend {
     /// Appends `event` for `grant`, stamped with the clock.
     pub(crate) fn record(&self, grant: GrantId, event: Event) -> Result<GrantState, BackendError> {
         let now = self.now_ms();
-        lock(&self.inner.ledger).append(grant, now, event).cloned().map_err(local)
+        let result = lock(&self.inner.ledger).append(grant, now, event).cloned();
+        self.note_ledger(result.as_ref().err());
+        result.map_err(local)
+    }
+
+    /// Keeps track of whether the ledger takes appends (see `Inner::ledger_failure`).
+    fn note_ledger(&self, failure: Option<&usage_ledger::LedgerError>) {
+        let mut slot = lock(&self.inner.ledger_failure);
+        match failure {
+            Some(usage_ledger::LedgerError::Store(err)) => {
+                if slot.is_none() {
+                    tracing::error!(error = %err, "the usage ledger cannot be written: refusing new grants, still terminating");
+                }
+                *slot = Some(err.to_string());
+            }
+            Some(_) => {}
+            None => {
+                if slot.take().is_some() {
+                    tracing::info!("the usage ledger takes appends again");
+                }
+            }
+        }
+    }
+
+    /// Refuses new work while the ledger cannot be written, after asking the store to heal.
+    fn ensure_ledger_writable(&self) -> Result<(), BackendError> {
+        if lock(&self.inner.ledger_failure).is_none() {
+            return Ok(());
+        }
+        let healed = lock(&self.inner.ledger).heal();
+        self.note_ledger(healed.as_ref().err());
+        match lock(&self.inner.ledger_failure).as_ref() {
+            None => Ok(()),
+            Some(err) => Err(BackendError::Local(format!(
+                "the usage ledger cannot be written ({err}): new grants are refused until it can (free space or fix the disk under ledger_path); grants in flight are still terminated at their deadline"
+            ))),
+        }
     }
 
     /// Appends the event `decide` returns for the grant's current state, atomically with the
@@ -259,7 +314,10 @@ impl AwsBackend {
         let now = self.now_ms();
         let mut ledger = lock(&self.inner.ledger);
         if let Some(event) = decide(ledger.grant(&grant)) {
-            ledger.append(grant, now, event).map_err(local)?;
+            let result = ledger.append(grant, now, event).map(|_| ());
+            drop(ledger);
+            self.note_ledger(result.as_ref().err());
+            result.map_err(local)?;
         }
         Ok(())
     }
@@ -333,6 +391,18 @@ impl AwsBackend {
             return Err(BackendError::DeadlinePassed { valid_to: grant.valid_to, now });
         }
         self.check_time_left(grant.valid_to)?;
+        let wait_ms = self.inner.cfg.almanac.tick_to_unix_ms(grant.valid_from).saturating_sub(self.now_ms());
+        if wait_ms > self.inner.cfg.max_start_wait_ms() {
+            return Err(BackendError::InvalidInput {
+                field: "grant.valid_from".into(),
+                reason: format!(
+                    "{} is {} s away, more than max_start_wait_s ({} s) to hold a provision open: send the grant closer to its start",
+                    grant.valid_from,
+                    wait_ms / 1_000,
+                    self.inner.cfg.max_start_wait_s
+                ),
+            });
+        }
         if grant.valid_from > grant.valid_to {
             return Err(BackendError::InvalidInput {
                 field: "grant.valid_from".into(),
@@ -491,6 +561,7 @@ impl AwsBackend {
                 volume_tags: names::grant_tags(cfg, &grant.id),
             };
             let instance_id = self.ensure_instance(&grant.id, &region, &fitting, request, grant.valid_to).await?;
+            self.arm_deadline(grant.id, region.clone(), valid_to_unix_ms);
             tracing::Span::current().record("instance_id", instance_id.as_str());
             let info = self.wait_running(&grant.id, &region, &instance_id, valid_to_unix_ms).await?;
             Ok::<_, BackendError>(info)
@@ -727,13 +798,28 @@ impl AwsBackend {
     }
 
     /// Records a state observation when it differs from the last one recorded.
-    fn observe(&self, grant: &GrantId, info: &InstanceInfo, at_unix_ms: u64) -> Result<(), BackendError> {
+    ///
+    /// With `missed`, this process never saw the instance pending: it became `running` while
+    /// nobody looked (the bridge was down, or the launch was quicker than a poll). The period
+    /// then opens at EC2's LaunchTime (which the fold brings up to the launch's record), not at
+    /// this observation: EC2 billed it from about then, and the hours the bridge was down are
+    /// not lost. It over-bills at most the time the instance was pending.
+    pub(crate) fn observe(
+        &self,
+        grant: &GrantId,
+        info: &InstanceInfo,
+        at_unix_ms: u64,
+        missed: bool,
+    ) -> Result<(), BackendError> {
         let state = observed(info.state);
         let instance_id = info.instance_id.clone();
         let overbill = u64::from(self.inner.switches.overbill_percent);
         self.record_if(*grant, |s| {
             let s = s?;
             let mut at_unix_ms = at_unix_ms;
+            if missed && state == ObservedState::Running {
+                at_unix_ms = at_unix_ms.min(info.launch_time_unix_ms);
+            }
             if overbill > 0 && state == ObservedState::Running {
                 at_unix_ms -= s.valid_to_unix_ms().saturating_sub(at_unix_ms) * overbill / 100;
             }
@@ -751,10 +837,12 @@ impl AwsBackend {
         deadline_unix_ms: u64,
     ) -> Result<InstanceInfo, BackendError> {
         let mut rx = self.poller(region).subscribe(instance_id);
+        let mut seen_pending = false;
         loop {
             let sighting = rx.borrow_and_update();
             if let Sighting::Seen { info, at_unix_ms } = sighting {
-                self.observe(grant, &info, at_unix_ms)?;
+                seen_pending |= info.state == InstanceState::Pending;
+                self.observe(grant, &info, at_unix_ms, !seen_pending)?;
                 match info.state {
                     InstanceState::Running => return Ok(*info),
                     InstanceState::Pending => {}
@@ -792,9 +880,14 @@ impl AwsBackend {
         instance_id: &str,
         reason: TerminationReason,
     ) -> Result<(), BackendError> {
-        self.record_if(*grant, |s| {
-            s.filter(|s| s.termination().is_none() && !s.is_settled()).map(|_| Event::TerminationRequested { reason })
-        })?;
+        if lock(&self.inner.terminate_sent).contains(instance_id) {
+            return Ok(());
+        }
+        // The call goes out whether or not the ledger takes the record: a full disk must not
+        // keep an instance past its deadline. The failure is noted (the backend degrades).
+        if let Err(err) = self.record_termination(*grant, reason) {
+            tracing::error!(error = %err, "could not record the termination request; terminating anyway");
+        }
         let started = self.now_ms();
         let mut attempt = 0;
         loop {
@@ -807,7 +900,10 @@ impl AwsBackend {
                 })
                 .await;
             match result {
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    lock(&self.inner.terminate_sent).insert(instance_id.to_string());
+                    return Ok(());
+                }
                 Err(err) if err.is(codes::INSTANCE_NOT_FOUND) => {
                     // Either not visible yet, or gone for good: a filtered Describe tells.
                     if self.instance_gone(grant, region, instance_id).await?
@@ -820,6 +916,67 @@ impl AwsBackend {
                 }
                 Err(err) => return Err(provider(err)),
             }
+        }
+    }
+
+    /// Records `TerminationRequested` once; for a deadline handled after `valid_to` (the bridge
+    /// was down), first `BillingCapped` at `valid_to`, so the time it was down is not billed.
+    fn record_termination(&self, grant: GrantId, reason: TerminationReason) -> Result<(), BackendError> {
+        let now = self.now_ms();
+        let mut ledger = lock(&self.inner.ledger);
+        let Some(state) = ledger.grant(&grant).filter(|s| s.termination().is_none() && !s.is_settled()) else {
+            return Ok(());
+        };
+        let mut events = Vec::new();
+        let valid_to = state.valid_to_unix_ms();
+        if reason == TerminationReason::Deadline && now > valid_to && !state.ever_launched().is_empty() {
+            events.push((grant, now, Event::BillingCapped { at_unix_ms: valid_to }));
+        }
+        events.push((grant, now, Event::TerminationRequested { reason }));
+        let result = ledger.append_batch(events);
+        drop(ledger);
+        self.note_ledger(result.as_ref().err());
+        result.map_err(local)
+    }
+
+    /// Arms the grant's deadline: at `valid_to`, whether or not anyone awaits
+    /// `watch_until_exit`, the instance is told to terminate. The task holds the backend weakly,
+    /// so it dies with it; recovery arms it again.
+    pub(crate) fn arm_deadline(&self, grant: GrantId, region: RegionLabel, valid_to_unix_ms: u64) {
+        let switches = &self.inner.switches;
+        let at = (valid_to_unix_ms + switches.terminate_late_ms).saturating_sub(switches.terminate_early_ms);
+        let weak = Arc::downgrade(&self.inner);
+        let clock = self.inner.clock.clone();
+        let task = tokio::spawn(async move {
+            clock.sleep_until_unix_ms(at).await;
+            let mut attempt = 0;
+            loop {
+                let Some(inner) = weak.upgrade() else { return };
+                let backend = AwsBackend { inner };
+                let Some(instance_id) = backend
+                    .grant_state(&grant)
+                    .filter(|s| !s.is_settled())
+                    .and_then(|s| s.instance().map(str::to_string))
+                else {
+                    break;
+                };
+                match backend.request_termination(&grant, &region, &instance_id, TerminationReason::Deadline).await {
+                    Ok(()) => break,
+                    Err(err) => {
+                        tracing::warn!(grant = %grant.short(), error = %err, "deadline termination failed; retrying");
+                        let pacer = backend.inner.pacer.clone();
+                        drop(backend);
+                        pacer.backoff(attempt.min(6)).await;
+                        attempt += 1;
+                    }
+                }
+            }
+            if let Some(inner) = weak.upgrade() {
+                lock(&inner.deadlines).remove(&grant);
+            }
+        });
+        if let Some(previous) = lock(&self.inner.deadlines).insert(grant, task) {
+            previous.abort();
         }
     }
 
@@ -862,13 +1019,15 @@ impl AwsBackend {
         let mut absent_since: Option<u64> = None;
         let mut asked_exit = false;
         let mut launched_at: Option<u64> = None;
+        let mut seen_pending = false;
         loop {
             let sighting = rx.borrow_and_update();
             match sighting {
                 Sighting::Seen { info, at_unix_ms } => {
                     absent_since = None;
                     launched_at = Some(info.launch_time_unix_ms);
-                    self.observe(grant, &info, at_unix_ms)?;
+                    seen_pending |= info.state == InstanceState::Pending;
+                    self.observe(grant, &info, at_unix_ms, !seen_pending)?;
                     if info.state == InstanceState::Terminated {
                         // Terminated without our asking: EC2 or the guest ended it, and the
                         // ledger says so (the reason of the first request is the one kept).
@@ -891,9 +1050,13 @@ impl AwsBackend {
                 Sighting::Absent { at_unix_ms } => {
                     let since = *absent_since.get_or_insert(at_unix_ms);
                     let ever_seen = self.grant_state(grant).is_some_and(|s| s.last_state().is_some());
-                    // Seen before and now absent: terminated over an hour ago. Never seen:
-                    // give eventual consistency its window.
-                    if ever_seen && at_unix_ms > since || at_unix_ms > since + VISIBILITY_WINDOW_MS {
+                    // Seen before and now absent from two polls: terminated over an hour ago,
+                    // or hidden by a Describe that lags (tags propagate after ids). Never seen:
+                    // give eventual consistency its window. Either way, ask by id before
+                    // believing it gone.
+                    if (ever_seen && at_unix_ms > since || at_unix_ms > since + VISIBILITY_WINDOW_MS)
+                        && self.confirm_gone(grant, region, instance_id, at_unix_ms).await?
+                    {
                         break;
                     }
                 }
@@ -915,6 +1078,60 @@ impl AwsBackend {
             }
         }
         self.finish_instance(grant, region, instance_id, launched_at).await
+    }
+
+    /// Asks for the instance by id after the poller lost sight of it. True when EC2 no longer
+    /// knows it or shows it terminated; false (after recording what it shows) while it lives.
+    async fn confirm_gone(
+        &self,
+        grant: &GrantId,
+        region: &RegionLabel,
+        instance_id: &str,
+        at_unix_ms: u64,
+    ) -> Result<bool, BackendError> {
+        let ids = vec![instance_id.to_string()];
+        let answer = self
+            .inner
+            .pacer
+            .call(region, Operation::DescribeInstances, || {
+                self.inner.port.describe_instances(region, ids.clone(), Vec::new())
+            })
+            .await;
+        match answer {
+            Ok(found) => match found.into_iter().find(|i| i.instance_id == instance_id) {
+                Some(info) if info.state != InstanceState::Terminated => {
+                    tracing::info!(state = %info.state, "the poller lost sight of the instance, but it lives");
+                    self.observe(grant, &info, at_unix_ms, false)?;
+                    Ok(false)
+                }
+                _ => Ok(true),
+            },
+            Err(err) if err.is(codes::INSTANCE_NOT_FOUND) => Ok(true),
+            Err(err) => Err(provider(err)),
+        }
+    }
+
+    /// Describes the instance by id and records what it shows, as a sighting this process
+    /// missed the transitions of (see `observe`).
+    pub(crate) async fn observe_by_id(
+        &self,
+        grant: &GrantId,
+        region: &RegionLabel,
+        instance_id: &str,
+    ) -> Result<(), BackendError> {
+        let ids = vec![instance_id.to_string()];
+        let found = self
+            .inner
+            .pacer
+            .call(region, Operation::DescribeInstances, || {
+                self.inner.port.describe_instances(region, ids.clone(), Vec::new())
+            })
+            .await
+            .map_err(provider)?;
+        if let Some(info) = found.into_iter().find(|i| i.instance_id == instance_id) {
+            self.observe(grant, &info, self.now_ms(), true)?;
+        }
+        Ok(())
     }
 
     /// Samples the instance's network use over its life and records it terminated.
@@ -1032,6 +1249,18 @@ impl AwsBackend {
         if picked(&grant, self.inner.switches.skip_settle_below) {
             return Ok(());
         }
+        // A grant settles only when every launch it requested is resolved: recorded, or proved
+        // absent. An unresolved one may be running, and nobody would meter it.
+        if let Some(state) = self.grant_state(&grant)
+            && !state.is_settled()
+            && state.ever_launched().is_empty()
+            && let Some(token) = state.launch_requested()
+        {
+            return Err(BackendError::Local(format!(
+                "grant {} cannot settle: its launch {token} is unresolved; recovery or the reaper will finish it",
+                grant.short()
+            )));
+        }
         self.record_if(grant, |s| s.filter(|s| !s.is_settled()).map(|s| Event::GrantSettled { usage: s.usage() }))
     }
 
@@ -1042,7 +1271,7 @@ impl AwsBackend {
         region: &RegionLabel,
         token: &str,
     ) -> Result<(), BackendError> {
-        let filters = vec![Filter::tag(crate::config::GRANT_TAG, [grant.to_hex()])];
+        let mut filters = vec![Filter::tag(crate::config::GRANT_TAG, [grant.to_hex()])];
         let started = self.now_ms();
         let mut attempt = 0;
         loop {
@@ -1073,8 +1302,23 @@ impl AwsBackend {
                 return Ok(());
             }
             if self.now_ms() > started + VISIBILITY_WINDOW_MS {
-                // Never launched, or still invisible: the reaper removes it if it shows up.
-                tracing::warn!(token, "no instance found for a recorded launch request");
+                // The tag-filtered answers may lag (tags propagate after ids): ask by token.
+                // Nothing with the token after the window proves the launch never happened.
+                let by_token = vec![Filter { name: "client-token".into(), values: vec![token.to_string()] }];
+                let found = self
+                    .inner
+                    .pacer
+                    .call(region, Operation::DescribeInstances, || {
+                        self.inner.port.describe_instances(region, Vec::new(), by_token.clone())
+                    })
+                    .await
+                    .map_err(provider)?;
+                if found.iter().any(|i| i.client_token == token) {
+                    filters = by_token;
+                    continue;
+                }
+                tracing::info!(token, "no instance has the launch's token: it never happened");
+                self.record(*grant, Event::LaunchAbsent { client_token: token.to_string() })?;
                 return Ok(());
             }
             self.inner.pacer.backoff(attempt.min(6)).await;
@@ -1163,6 +1407,14 @@ impl Backend for AwsBackend {
             tracing::info_span!("grant", grant = %grant.id.short(), %region, instance_id = tracing::field::Empty);
         async {
             self.check_grant(grant)?;
+            self.ensure_ledger_writable()?;
+            // Nothing is created before valid_from: wait for it (check_grant bounds the wait).
+            let valid_from_ms = self.inner.cfg.almanac.tick_to_unix_ms(grant.valid_from);
+            if valid_from_ms > self.now_ms() && !self.inner.switches.ignore_valid_from {
+                tracing::info!(valid_from = %grant.valid_from, "waiting for valid_from");
+                self.inner.clock.sleep_until_unix_ms(valid_from_ms).await;
+                self.check_grant(grant)?;
+            }
             self.provision_inner(grant, region.clone()).await
         }
         .instrument(span)
@@ -1182,6 +1434,10 @@ impl Backend for AwsBackend {
                 grant: grant.to_hex(),
                 instance_id: instance.instance_id.clone(),
             })?;
+            if state.is_settled() {
+                // Terminated and torn down already: the usage is final.
+                return Ok(state.usage());
+            }
             if state.instance() == Some(instance.instance_id.as_str()) {
                 let deadline = self.inner.cfg.almanac.tick_to_unix_ms(valid_to).min(state.valid_to_unix_ms());
                 self.follow_to_end(&grant, &instance.region, &instance.instance_id, Some(deadline)).await?;

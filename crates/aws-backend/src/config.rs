@@ -70,6 +70,10 @@ pub struct AwsBootConfig {
     /// let us terminate it on time (a new instance id is invisible for a few seconds).
     #[serde(default = "default_min_lifetime_s")]
     pub min_lifetime_s: u64,
+    /// The longest a provision waits for a grant's `valid_from`; a grant that starts later is
+    /// refused (nothing is created before `valid_from`).
+    #[serde(default = "default_max_start_wait_s")]
+    pub max_start_wait_s: u64,
     /// How to map coalition ticks to time.
     pub almanac: Almanac,
     /// The usage ledger file.
@@ -95,6 +99,9 @@ fn default_reaper_grace_ms() -> u64 {
 }
 fn default_min_lifetime_s() -> u64 {
     60
+}
+fn default_max_start_wait_s() -> u64 {
+    600
 }
 
 /// A configuration that cannot be used: names the field and the fix.
@@ -240,6 +247,12 @@ impl AwsBootConfig {
                 format!("{} must be between 100 and 600000", self.poll_interval_ms),
             ));
         }
+        if self.max_start_wait_s > 86_400 {
+            return Err(invalid(
+                "max_start_wait_s",
+                format!("{} s is more than a day of holding a provision open; use 600", self.max_start_wait_s),
+            ));
+        }
         if self.min_lifetime_s > 86_400 {
             return Err(invalid(
                 "min_lifetime_s",
@@ -259,6 +272,11 @@ impl AwsBootConfig {
     /// (`guest.deadline_grace_s`) if the bridge has not ended it.
     pub fn deadline_grace_ms(&self) -> u64 {
         self.guest.deadline_grace_s.saturating_mul(1_000)
+    }
+
+    /// [`AwsBootConfig::max_start_wait_s`] in milliseconds.
+    pub fn max_start_wait_ms(&self) -> u64 {
+        self.max_start_wait_s.saturating_mul(1_000)
     }
 
     /// [`AwsBootConfig::min_lifetime_s`] in milliseconds.

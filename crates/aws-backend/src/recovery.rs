@@ -112,14 +112,27 @@ impl AwsBackend {
         tracing::info!(grant = %grant.short(), phase = ?state.phase(), "resuming grant");
         let serving = state.termination().is_none() && state.last_state() == Some(ObservedState::Running);
         match state.instance() {
-            // It ran, so its requester may be using it: watch it to the deadline as before.
+            // It ran, so its requester may be using it: watch it to the deadline as before, with
+            // the deadline armed again (it died with the last process).
             Some(instance_id) if serving => {
                 let instance_id = instance_id.to_string();
+                self.arm_deadline(grant, region.clone(), state.valid_to_unix_ms());
                 self.follow_to_end(&grant, &region, &instance_id, Some(state.valid_to_unix_ms())).await?;
                 self.teardown(grant, TerminationReason::Deadline).await
             }
-            // Never seen running (provision died on the way) or already ending: tear down.
-            _ => self.teardown(grant, state.termination().unwrap_or(TerminationReason::Rollback)).await,
+            // Never seen running (provision died on the way) or already ending: tear down. First
+            // look at it by id: it may have been running all the while the bridge was down, and
+            // that is billed.
+            Some(instance_id) => {
+                let instance_id = instance_id.to_string();
+                if state.termination().is_none()
+                    && let Err(err) = self.observe_by_id(&grant, &region, &instance_id).await
+                {
+                    tracing::warn!(error = %err, "could not look at the instance before tearing it down");
+                }
+                self.teardown(grant, state.termination().unwrap_or(TerminationReason::Rollback)).await
+            }
+            None => self.teardown(grant, state.termination().unwrap_or(TerminationReason::Rollback)).await,
         }
     }
 

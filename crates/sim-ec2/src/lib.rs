@@ -106,6 +106,13 @@ impl SimEc2 {
         self.world().interrupt(instance_id, reason)
     }
 
+    /// DescribeInstances with a tag filter (`tag:KEY`, `tag-key`) leaves the instance out for the
+    /// next `duration_ms`, as when tags have not propagated yet; lookups by id and other
+    /// filters still find it.
+    pub fn hide_from_tag_filters(&self, instance_id: &str, duration_ms: u64) -> Result<(), SimError> {
+        self.world().hide_from_tag_filters(instance_id, duration_ms)
+    }
+
     /// Every call in `region` fails with `Unavailable` for the next `duration_ms`; instances
     /// keep running.
     pub fn region_outage(&self, region: &RegionLabel, duration_ms: u64) -> Result<(), SimError> {

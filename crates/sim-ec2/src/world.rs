@@ -94,6 +94,9 @@ struct Instance {
     /// Each change in the state DescribeInstances showed for this instance: (when, state).
     shown: Vec<(u64, InstanceState)>,
     root_volume_gib: u32,
+    /// Until when tag-filtered DescribeInstances leaves this instance out (a targeted fault:
+    /// tags propagate after id lookups).
+    hidden_from_tag_filters_until_ms: u64,
 }
 
 impl Instance {
@@ -1095,6 +1098,7 @@ impl World {
             ],
             shown: Vec::new(),
             root_volume_gib: req.root_volume_gib,
+            hidden_from_tag_filters_until_ms: 0,
         };
         let mut exit_kind = None;
         let mut terminated_at = None;
@@ -1174,6 +1178,7 @@ impl World {
                 "availability-zone",
             ];
             let filters = parse_filters(op, filters, &fields)?;
+            let by_tag = filters.iter().any(|f| matches!(f.name, FilterName::Tag(_) | FilterName::TagKey));
             let (now, visible_ms) = (w.now_ms, w.faults.terminated_visible_ms);
             let mut handles: Vec<usize> = Vec::new();
             if instance_ids.is_empty() {
@@ -1193,15 +1198,17 @@ impl World {
             let mut answer = Vec::new();
             for i in handles {
                 let inst = &mut region.instances[i];
-                let shown = matches(&filters, &inst.tags, |f| match f {
-                    "instance-state-name" => Some(inst.state_at(now).name()),
-                    "key-name" => Some(inst.key_name.as_str()),
-                    "instance-id" => Some(inst.id.as_str()),
-                    "instance-type" => Some(inst.spec.name),
-                    "client-token" => Some(inst.client_token.as_str()),
-                    "availability-zone" => Some(azs[usize::from(inst.az)].as_str()),
-                    _ => None,
-                });
+                let hidden = by_tag && now < inst.hidden_from_tag_filters_until_ms;
+                let shown = !hidden
+                    && matches(&filters, &inst.tags, |f| match f {
+                        "instance-state-name" => Some(inst.state_at(now).name()),
+                        "key-name" => Some(inst.key_name.as_str()),
+                        "instance-id" => Some(inst.id.as_str()),
+                        "instance-type" => Some(inst.spec.name),
+                        "client-token" => Some(inst.client_token.as_str()),
+                        "availability-zone" => Some(azs[usize::from(inst.az)].as_str()),
+                        _ => None,
+                    });
                 if shown {
                     let info = inst.info(now);
                     if inst.shown.last().is_none_or(|&(_, s)| s != info.state) {
@@ -1490,6 +1497,25 @@ impl World {
         self.current = None;
         self.subject.clear();
         Ok(true)
+    }
+
+    pub(crate) fn hide_from_tag_filters(&mut self, instance_id: &str, duration_ms: u64) -> Result<(), SimError> {
+        let (r, i) =
+            self.find_instance(instance_id).ok_or_else(|| SimError::UnknownInstance(instance_id.to_string()))?;
+        let now = self.now_ms;
+        self.audit.begin(0xF3, self.regions[r].label.as_str(), now);
+        self.audit.str(instance_id);
+        self.audit.u64(duration_ms);
+        let until = now.saturating_add(duration_ms);
+        let inst = &mut self.regions[r].instances[i];
+        inst.hidden_from_tag_filters_until_ms = inst.hidden_from_tag_filters_until_ms.max(until);
+        let (label, tags) = (self.regions[r].label.clone(), self.regions[r].instances[i].tags.clone());
+        self.current = Some((Operation::DescribeInstances, label));
+        self.about(vec![tags]);
+        self.fault("hide_from_tag_filters");
+        self.current = None;
+        self.subject.clear();
+        Ok(())
     }
 
     pub(crate) fn region_outage(&mut self, region: &RegionLabel, duration_ms: u64) -> Result<(), SimError> {

@@ -566,3 +566,45 @@ fn ledger_batches_are_all_or_nothing() {
     assert_eq!(ledger.grant(&G).unwrap().key_pair(), Some("key-1"));
     assert_eq!(ledger.store().records().len(), 2);
 }
+
+#[test]
+fn billing_capped_closes_the_period_at_its_time_not_at_the_record_time() {
+    // Given a grant running since T0 + 10 s, whose bridge was down at the deadline (T0 + 1 h),
+    let mut events = running();
+    // when it comes back six hours later and caps billing at the deadline before terminating,
+    events.push((T0 + 7 * 3_600_000, Event::BillingCapped { at_unix_ms: T0 + 3_600_000 }));
+    events.push((T0 + 7 * 3_600_000, termination(TerminationReason::Deadline)));
+    let state = given(&events).unwrap();
+    // then it is billed up to the deadline only,
+    assert_eq!(state.usage().cpu_seconds, 4 * 3_590);
+    // and no later running observation reopens the period.
+    let later = when(&Some(state), T0 + 7 * 3_600_000 + 1, observed("i-1", ObservedState::Running, T0 + 7 * 3_600_000));
+    assert_eq!(later.unwrap().usage().cpu_seconds, 4 * 3_590);
+}
+
+#[test]
+fn billing_capped_needs_a_launched_instance() {
+    let state = given(&[(T0, admitted())]);
+    assert!(matches!(
+        impossible(when(&state, T0 + 1, Event::BillingCapped { at_unix_ms: T0 })),
+        Impossible::InstanceNeverLaunched { .. }
+    ));
+}
+
+#[test]
+fn launch_absent_resolves_the_pending_launch_and_only_that_one() {
+    let state = given(&[(T0, admitted()), (T0 + 1, launch_requested("tok-1"))]).unwrap();
+    assert!(state.holds_resources(), "a requested launch may exist");
+    let wrong = when(&Some(state.clone()), T0 + 2, Event::LaunchAbsent { client_token: "tok-2".into() });
+    assert!(matches!(impossible(wrong), Impossible::LaunchNotRequested { .. }));
+    let resolved = when(&Some(state), T0 + 2, Event::LaunchAbsent { client_token: "tok-1".into() }).unwrap();
+    assert!(!resolved.holds_resources());
+    assert_eq!(resolved.launch_requested(), None);
+}
+
+#[test]
+fn launch_absent_is_refused_once_an_instance_launched() {
+    let state = given(&running());
+    let refused = when(&state, T0 + 20_000, Event::LaunchAbsent { client_token: "tok-1".into() });
+    assert!(matches!(impossible(refused), Impossible::LaunchNotRequested { .. }));
+}

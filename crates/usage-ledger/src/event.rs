@@ -123,6 +123,20 @@ pub enum Event {
         /// The provider's id for it.
         resource_id: String,
     },
+    /// A launch that was requested (`LaunchRequested` with this token) is proved never to have
+    /// happened: after EC2's visibility window a Describe filtered by the ClientToken found
+    /// nothing. Resolves the pending launch, so the grant may settle.
+    LaunchAbsent {
+        /// The token of the launch.
+        client_token: String,
+    },
+    /// Billing stops at `at_unix_ms` (the grant's `valid_to`), however late the termination
+    /// that follows is recorded: the bridge was down at the deadline. Closes the running period
+    /// at that time (not earlier than it opened) and keeps it closed, like a deadline.
+    BillingCapped {
+        /// When billing stops, unix ms.
+        at_unix_ms: u64,
+    },
 }
 
 impl Event {
@@ -142,6 +156,8 @@ impl Event {
             Event::SecurityGroupDeleted { .. } => "SecurityGroupDeleted",
             Event::GrantSettled { .. } => "GrantSettled",
             Event::OrphanReaped { .. } => "OrphanReaped",
+            Event::LaunchAbsent { .. } => "LaunchAbsent",
+            Event::BillingCapped { .. } => "BillingCapped",
         }
     }
 }

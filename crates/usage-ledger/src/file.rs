@@ -316,6 +316,9 @@ pub struct FileStore {
     file: File,
     buffer: Vec<u8>,
     poisoned: bool,
+    /// The file's length after the last acknowledged append: everything past it is unknown
+    /// after a failed write, and is cut off when the store heals.
+    acked_len: u64,
 }
 
 impl FileStore {
@@ -370,7 +373,8 @@ impl FileStore {
     }
 
     fn from_file(path: &Path, file: File) -> Self {
-        Self { path: path.to_path_buf(), file, buffer: Vec::with_capacity(64 * 1024), poisoned: false }
+        let acked_len = file.metadata().map_or(HEADER_LEN, |m| m.len());
+        Self { path: path.to_path_buf(), file, buffer: Vec::with_capacity(64 * 1024), poisoned: false, acked_len }
     }
 
     /// The file's path.
@@ -392,11 +396,7 @@ fn write_header(path: &Path, file: &mut File) -> Result<(), StoreError> {
 impl EventStore for FileStore {
     fn append(&mut self, records: &[Record]) -> Result<(), StoreError> {
         if self.poisoned {
-            return Err(StoreError::Io {
-                op: "append to (an earlier write failed; reopen the ledger)",
-                path: self.path.clone(),
-                source: std::io::Error::other("store poisoned"),
-            });
+            self.heal()?;
         }
         self.buffer.clear();
         for record in records {
@@ -406,12 +406,75 @@ impl EventStore for FileStore {
             return Ok(());
         }
         let result = self.file.write_all(&self.buffer).and_then(|()| self.file.sync_data());
+        let written = self.buffer.len() as u64;
         if self.buffer.capacity() > 1 << 20 {
             self.buffer = Vec::with_capacity(64 * 1024);
         }
-        result.map_err(|source| {
-            self.poisoned = true;
-            StoreError::Io { op: "append to", path: self.path.clone(), source }
-        })
+        match result {
+            Ok(()) => {
+                self.acked_len += written;
+                Ok(())
+            }
+            Err(source) => {
+                self.poisoned = true;
+                Err(StoreError::Io { op: "append to", path: self.path.clone(), source })
+            }
+        }
+    }
+
+    /// After a failed write or sync: cuts the file back to the last acknowledged append (what
+    /// followed was never acknowledged, so no acknowledged record is lost and none is doubled),
+    /// syncs, and takes appends again. Fails, leaving the store poisoned, while the disk does.
+    fn heal(&mut self) -> Result<(), StoreError> {
+        if !self.poisoned {
+            return Ok(());
+        }
+        let path = self.path.clone();
+        self.file.set_len(self.acked_len).map_err(io_err("truncate the unacknowledged tail of", &path))?;
+        self.file.sync_all().map_err(io_err("fsync", &path))?;
+        self.file.seek(SeekFrom::End(0)).map_err(io_err("seek", &path))?;
+        self.poisoned = false;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::io::Write;
+
+    use backend_api::GrantId;
+
+    use super::*;
+    use crate::event::{Event, ResourceKind};
+
+    fn record(seq: u64) -> Record {
+        Record {
+            grant: GrantId([3; 32]),
+            seq,
+            at_unix_ms: 1_700_000_000_000 + seq,
+            event: Event::OrphanReaped { resource_kind: ResourceKind::KeyPair, resource_id: format!("key-{seq}") },
+        }
+    }
+
+    #[test]
+    fn a_poisoned_store_heals_by_cutting_what_was_never_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger");
+        let (mut store, _) = FileStore::open(&path).unwrap();
+        store.append(&[record(0)]).unwrap();
+        // Given a write that failed half way: bytes on disk nobody acknowledged,
+        let mut torn = Vec::new();
+        encode_frame(&record(1), &mut torn).unwrap();
+        store.file.write_all(&torn[..torn.len() / 2]).unwrap();
+        store.poisoned = true;
+        // when the next append comes,
+        store.append(&[record(1)]).unwrap();
+        drop(store);
+        // then the store healed itself and the file holds each acknowledged record once.
+        let (_, report) = FileStore::open(&path).unwrap();
+        assert_eq!(report.records, vec![record(0), record(1)]);
+        assert_eq!(report.torn_tail, None);
     }
 }

@@ -149,6 +149,11 @@ impl<S: EventStore> Ledger<S> {
         Ok(())
     }
 
+    /// Asks the store to recover from a failed append (see [`EventStore::heal`]).
+    pub fn heal(&mut self) -> Result<(), LedgerError> {
+        Ok(self.store.heal()?)
+    }
+
     /// The state of one grant.
     pub fn grant(&self, id: &GrantId) -> Option<&GrantState> {
         self.grants.get(id)

@@ -456,6 +456,25 @@ impl GrantState {
                 return Ok(());
             }
             Event::OrphanReaped { .. } => return fail(Impossible::OrphanOfLiveGrant { phase }),
+            Event::LaunchAbsent { client_token } => {
+                if live.launch_requested.as_deref() != Some(client_token.as_str()) || !live.ever_launched.is_empty() {
+                    return fail(Impossible::LaunchNotRequested {
+                        client_token: client_token.clone(),
+                        requested: live.launch_requested.clone(),
+                    });
+                }
+                live.launch_requested = None;
+            }
+            Event::BillingCapped { at_unix_ms } => {
+                if live.ever_launched.is_empty() {
+                    return fail(Impossible::InstanceNeverLaunched { instance_id: String::new() });
+                }
+                // Not clamped up to the grant's clock: the point is to stop earlier than now.
+                if let Some(since) = live.running_since_unix_ms {
+                    live.close_period((*at_unix_ms).max(since));
+                }
+                live.deadline_cut = true;
+            }
         }
         self.phase = next_phase;
         self.next_seq += 1;

@@ -11,6 +11,12 @@ pub trait EventStore: Send {
     /// file store: written and `fsync`ed); when it returns `Err` none of them is acknowledged
     /// (some may have reached the disk, and will be replayed if they did).
     fn append(&mut self, records: &[Record]) -> Result<(), StoreError>;
+
+    /// Makes a store that failed an append usable again, or says why it still is not. A store
+    /// that cannot fail, or recovers by itself, needs nothing here.
+    fn heal(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// A store in memory, for simulation and tests.
@@ -55,6 +61,11 @@ impl EventStore for MemoryStore {
         }
         inner.records.extend_from_slice(records);
         Ok(())
+    }
+
+    fn heal(&mut self) -> Result<(), StoreError> {
+        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if inner.failures_left > 0 { Err(StoreError::Injected) } else { Ok(()) }
     }
 }
 

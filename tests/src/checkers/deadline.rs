@@ -1,5 +1,5 @@
-//! Deadline: no instance launches at or after its grant's `valid_to`, and none stays pending or
-//! running past it by more than its bound.
+//! Deadline: no instance launches before its grant's `valid_from` or at or after its `valid_to`,
+//! and none stays pending or running past `valid_to` by more than its bound.
 //!
 //! The bound, per instance: 1 s when nothing touched the termination (the backend arms a timer
 //! for `valid_to` and TerminateInstances takes effect at once); `faulted_termination_bound_ms`
@@ -31,6 +31,18 @@ pub fn check(ctx: &Context<'_>, measures: &mut Measures) -> Vec<Violation> {
                     instance.instance_id,
                     instance.launch_time_unix_ms,
                     instance.launch_time_unix_ms - valid_to
+                ),
+            ));
+        }
+        let valid_from = plan.valid_from_unix_ms();
+        if instance.launch_time_unix_ms < valid_from {
+            violations.push(Violation::safety(
+                names::DEADLINE,
+                format!(
+                    "instance {} of grant {grant} was launched at {}, {} ms before valid_from ({valid_from})",
+                    instance.instance_id,
+                    instance.launch_time_unix_ms,
+                    valid_from - instance.launch_time_unix_ms
                 ),
             ));
         }

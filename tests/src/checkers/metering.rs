@@ -16,6 +16,8 @@
 //!   at the deadline's termination request);
 //! - a crash near the period (between `a - poll` and `c + poll`): the whole period under, and
 //!   the downtime plus two polls over (a Describe answered just before a crash is lost);
+//! - over-billing by the time the instance was pending when nobody saw it pending (never shown
+//!   pending, or the backend down meanwhile): the period then opens at LaunchTime;
 //! - one second per period each way for rounding.
 //!
 //! Network bytes must equal the truth exactly (the sample spans the instance's whole life, taken
@@ -64,6 +66,13 @@ pub fn oracle(instance: &InstanceTruth, plan: &GrantPlan, ctx: &Context<'_>) -> 
         match opened {
             Some(o) => under_ms += o - a + poll,
             None => under_ms += seconds * 1_000,
+        }
+        // A first period whose start nobody watched (never shown pending before it, or the
+        // backend down meanwhile) opens at LaunchTime: the pending time may be billed.
+        let first = instance.intervals.iter().find(|i| i.state == Running).map(|i| i.from_ms) == Some(a);
+        let shown_pending = instance.shown.first().is_some_and(|(t, s)| *s != Running && *t < a);
+        if first && (!shown_pending || ctx.down_during(instance.launch_time_unix_ms, opened.unwrap_or(b))) {
+            over_ms += a - instance.launch_time_unix_ms;
         }
         over_ms += closed.saturating_sub(b) + poll;
         if b > plan.valid_to_unix_ms {
