@@ -32,6 +32,9 @@ pub const BACKEND_NAME: &str = "aws";
 
 /// How long an id EC2 returned may stay invisible to Describe before we stop waiting for it.
 const VISIBILITY_WINDOW_MS: u64 = 5 * 60_000;
+/// How long after LaunchTime a first `running` sighting means the bridge missed the run (see
+/// `observe`): longer than any pending EC2 documents or the simulator draws.
+const MISSED_RUN_MS: u64 = 10 * 60_000;
 /// The code `run_instance_when_visible` answers, sending nothing, once it is too late to launch.
 const TOO_LATE: &str = "Local.TooLateToLaunch";
 /// How long DeleteSecurityGroup is retried through `DependencyViolation`.
@@ -800,10 +803,11 @@ impl AwsBackend {
     /// Records a state observation when it differs from the last one recorded.
     ///
     /// With `missed`, this process never saw the instance pending: it became `running` while
-    /// nobody looked (the bridge was down, or the launch was quicker than a poll). The period
-    /// then opens at EC2's LaunchTime (which the fold brings up to the launch's record), not at
-    /// this observation: EC2 billed it from about then, and the hours the bridge was down are
-    /// not lost. It over-bills at most the time the instance was pending.
+    /// nobody looked. When that was longer than `MISSED_RUN_MS` after EC2's LaunchTime (the
+    /// bridge was down), the period opens at LaunchTime (which the fold brings up to the
+    /// launch's record), not at this observation: EC2 billed it from about then, and the hours
+    /// the bridge was down are not lost; it over-bills at most the time the instance was
+    /// pending. A shorter miss opens at the observation, under-billing at most the miss.
     pub(crate) fn observe(
         &self,
         grant: &GrantId,
@@ -817,8 +821,8 @@ impl AwsBackend {
         self.record_if(*grant, |s| {
             let s = s?;
             let mut at_unix_ms = at_unix_ms;
-            if missed && state == ObservedState::Running {
-                at_unix_ms = at_unix_ms.min(info.launch_time_unix_ms);
+            if missed && state == ObservedState::Running && at_unix_ms > info.launch_time_unix_ms + MISSED_RUN_MS {
+                at_unix_ms = info.launch_time_unix_ms;
             }
             if overbill > 0 && state == ObservedState::Running {
                 at_unix_ms -= s.valid_to_unix_ms().saturating_sub(at_unix_ms) * overbill / 100;

@@ -16,8 +16,8 @@
 //!   at the deadline's termination request);
 //! - a crash near the period (between `a - poll` and `c + poll`): the whole period under, and
 //!   the downtime plus two polls over (a Describe answered just before a crash is lost);
-//! - over-billing by the time the instance was pending when nobody saw it pending (never shown
-//!   pending, or the backend down meanwhile): the period then opens at LaunchTime;
+//! - over-billing by the time the instance was pending when the backend was down until over
+//!   ten minutes after the launch: the period then opens at LaunchTime;
 //! - one second per period each way for rounding.
 //!
 //! Network bytes must equal the truth exactly (the sample spans the instance's whole life, taken
@@ -29,6 +29,10 @@ use sim_ec2::InstanceTruth;
 
 use super::{Context, Measures, Violation, names};
 use crate::scenario::GrantPlan;
+
+/// After how long the backend takes a first `running` sighting for a run it missed and bills
+/// from LaunchTime (`aws-backend`'s `MISSED_RUN_MS`).
+const MISSED_RUN_MS: u64 = 10 * 60_000;
 
 /// EC2's minimum billed time per running period, seconds.
 const MINIMUM_S: u64 = 60;
@@ -67,11 +71,14 @@ pub fn oracle(instance: &InstanceTruth, plan: &GrantPlan, ctx: &Context<'_>) -> 
             Some(o) => under_ms += o - a + poll,
             None => under_ms += seconds * 1_000,
         }
-        // A first period whose start nobody watched (never shown pending before it, or the
-        // backend down meanwhile) opens at LaunchTime: the pending time may be billed.
+        // A first period the backend was down for, first shown running over ten minutes after
+        // launch, opens at LaunchTime: the pending time may be billed.
         let first = instance.intervals.iter().find(|i| i.state == Running).map(|i| i.from_ms) == Some(a);
-        let shown_pending = instance.shown.first().is_some_and(|(t, s)| *s != Running && *t < a);
-        if first && (!shown_pending || ctx.down_during(instance.launch_time_unix_ms, opened.unwrap_or(b))) {
+        let seen_at = opened.unwrap_or(b);
+        if first
+            && seen_at > instance.launch_time_unix_ms + MISSED_RUN_MS
+            && ctx.down_during(instance.launch_time_unix_ms, seen_at)
+        {
             over_ms += a - instance.launch_time_unix_ms;
         }
         over_ms += closed.saturating_sub(b) + poll;
