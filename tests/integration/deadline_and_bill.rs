@@ -268,3 +268,74 @@ async fn case9_watch_after_terminate_answers_the_final_usage() {
     assert_eq!(usage, settled);
     assert_ne!(usage, UsageMetrics::default());
 }
+
+/// Case 5: an error that says it is retryable can be retried; one that is not says so.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn case5_a_retryable_failure_can_be_provisioned_again() {
+    let rig = Rig::new(31, FaultConfig::default());
+    let backend = rig.backend().await;
+    let m = manifest();
+    let g = grant(0x2d, &m, rig.now_tick(), 3_600);
+    // No capacity for any type the grant fits, for five minutes.
+    let region = tests::fixture::region("us-east-1");
+    for t in ["t3", "c6i", "m6i", "r6i"].iter().flat_map(|f| {
+        [
+            "nano", "micro", "small", "medium", "large", "xlarge", "2xlarge", "4xlarge", "8xlarge", "12xlarge",
+            "16xlarge", "24xlarge", "32xlarge", "metal",
+        ]
+        .map(move |s| format!("{f}.{s}"))
+    }) {
+        let _ = rig.sim.exhaust_capacity(&region, &t, 5 * 60_000);
+    }
+    let err = backend.provision(&g, &us_east()).await.expect_err("no capacity anywhere");
+    let typed = err.downcast_ref::<BackendError>().expect("a BackendError");
+    assert!(typed.is_retryable(), "{typed:?}");
+    // compute-bridge retries later, as the error invites.
+    rig.clock.sleep_ms(6 * 60_000).await;
+    let instance = backend.provision(&g, &us_east()).await.expect("the retry provisions");
+    let launched = rig.instances_of(&g.id);
+    assert_eq!(launched.len(), 1, "{launched:?}");
+    assert_eq!(launched[0].instance_id, instance.instance_id);
+    backend.terminate(&instance).await.expect("terminate");
+    assert!(rig.left_of(&g.id).is_empty(), "{:?}", rig.left_of(&g.id));
+
+    // A grant that ran to its end is not provisioned again: it says so.
+    let err = backend.provision(&g, &us_east()).await.expect_err("a grant provisions once it succeeded");
+    let typed = err.downcast_ref::<BackendError>().expect("a BackendError");
+    assert!(!typed.is_retryable(), "{typed:?}");
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn case5_a_retry_after_a_launched_instance_died_uses_new_tokens() {
+    let faults = FaultConfig { launch_delay_ms_min: 60_000, launch_delay_ms_max: 60_000, ..FaultConfig::default() };
+    let rig = Rig::new(32, faults);
+    let backend = rig.backend().await;
+    let m = manifest();
+    let g = grant(0x2e, &m, rig.now_tick(), 3_600);
+    let provisioning = {
+        let (backend, m) = (backend.clone(), m.clone());
+        let (id, valid_from, valid_to) = (g.id, g.valid_from, g.valid_to);
+        tokio::spawn(async move {
+            let g = ComputeGrant { id, manifest: &m, valid_from, valid_to };
+            backend.provision(&g, &us_east()).await
+        })
+    };
+    // The first instance fails while pending (EC2's internal error): retryable.
+    while rig.instances_of(&g.id).is_empty() {
+        rig.clock.sleep_ms(500).await;
+    }
+    let first = rig.instances_of(&g.id)[0].instance_id.clone();
+    rig.sim.interrupt(&first, sim_ec2::InterruptReason::InternalError).expect("interrupt");
+    let err = provisioning.await.expect("task").expect_err("the instance died while pending");
+    assert!(err.downcast_ref::<BackendError>().is_some_and(BackendError::is_retryable), "{err:#}");
+    let instance = backend.provision(&g, &us_east()).await.expect("the retry provisions");
+    let launched = rig.instances_of(&g.id);
+    assert_eq!(launched.len(), 2);
+    assert_ne!(launched[0].client_token, launched[1].client_token, "a retry must not reuse the dead launch's token");
+    assert!(
+        launched[0].up_until_ms().is_some_and(|t| t <= launched[1].launch_time_unix_ms),
+        "two instances of one grant were up at once"
+    );
+    backend.terminate(&instance).await.expect("terminate");
+    assert!(rig.left_of(&g.id).is_empty(), "{:?}", rig.left_of(&g.id));
+}

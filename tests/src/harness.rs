@@ -27,6 +27,8 @@ use crate::summary::{GrantCounts, Summary};
 const CHECK_EVERY_MS: u64 = 10_000;
 /// How often the reaper runs during the run, in virtual time.
 const REAP_EVERY_MS: u64 = 20 * 60_000;
+/// How long the simulated compute-bridge waits before retrying a retryable provision failure.
+const RETRY_AFTER_MS: u64 = 30_000;
 /// At most this many violations are kept per checker (the rest are counted).
 const VIOLATIONS_PER_CHECKER_MAX: usize = 20;
 
@@ -90,7 +92,16 @@ async fn lifecycle(backend: AwsBackend, plan: Arc<GrantPlan>, facts: Facts, cloc
         entry.outcome = outcome;
         entry.outcome_at_unix_ms = clock.now_unix_ms();
     };
-    match backend.provision(&grant, &envelope).await {
+    let mut provisioned = backend.provision(&grant, &envelope).await;
+    // compute-bridge retries an error that says it may be retried, once, a little later.
+    if let Err(err) = &provisioned
+        && err.downcast_ref::<BackendError>().is_some_and(BackendError::is_retryable)
+        && backend.grant_state(&plan.id).is_some_and(|s| s.is_settled() && s.retry_allowed())
+    {
+        clock.sleep_ms(RETRY_AFTER_MS).await;
+        provisioned = backend.provision(&grant, &envelope).await;
+    }
+    match provisioned {
         Err(err) => {
             let refused = matches!(
                 err.downcast_ref::<BackendError>(),
@@ -105,7 +116,12 @@ async fn lifecycle(backend: AwsBackend, plan: Arc<GrantPlan>, facts: Facts, cloc
             settle(if refused { Outcome::Refused(message) } else { Outcome::ProvisionFailed(message) });
         }
         Ok(instance) => {
-            lock(&facts).entry(plan.id).or_default().handed_over = true;
+            {
+                let mut facts = lock(&facts);
+                let entry = facts.entry(plan.id).or_default();
+                entry.handed_over = true;
+                entry.handed_over_at_unix_ms = clock.now_unix_ms();
+            }
             let watched = backend.watch_until_exit(&instance, plan.valid_to).await;
             let ended = backend.terminate(&instance).await;
             settle(match (watched, ended) {

@@ -487,10 +487,38 @@ impl AwsBackend {
         // Validation is over: from here on things get created, and every step is recorded
         // before the next one starts.
         match self.grant_state(&grant.id) {
+            // The last attempt failed with an error that invited a retry, and was rolled back:
+            // a new attempt, with ClientTokens of its own. Its predecessor holds nothing, so
+            // two instances of the grant are never up at once.
+            Some(state) if state.is_settled() && state.retry_allowed() => {
+                let first = &fitting[0];
+                tracing::info!(
+                    attempt = state.attempt() + 1,
+                    "retrying a provision that failed with a retryable error"
+                );
+                self.record(
+                    grant.id,
+                    Event::GrantRetried {
+                        attempt: state.attempt() + 1,
+                        region: region.to_string(),
+                        instance_type: first.instance_type.clone(),
+                        vcpus: first.vcpus,
+                        memory_mib: first.memory_mib,
+                        storage_bytes: u64::from(storage_gib) << 30,
+                        valid_to: grant.valid_to,
+                        valid_to_unix_ms,
+                        key_name: names::key_name(&grant.id),
+                        group_name: names::group_name(&grant.id),
+                    },
+                )?;
+            }
             Some(state) if state.is_settled() => {
                 return Err(BackendError::InvalidInput {
                     field: "grant.id".into(),
-                    reason: format!("grant {} was already provisioned and settled; a grant provisions once", grant.id),
+                    reason: format!(
+                        "grant {} was already provisioned and settled, and its last attempt did not fail with a retryable error; a grant provisions once",
+                        grant.id
+                    ),
                 });
             }
             Some(state) if state.termination().is_some() => {
@@ -583,6 +611,12 @@ impl AwsBackend {
             }),
             Err(err) => {
                 tracing::warn!(error = %err, "provision failed; rolling back");
+                let retryable = err.is_retryable();
+                if let Err(record) = self.record_if(grant.id, |s| {
+                    s.filter(|s| !s.is_settled()).map(|_| Event::ProvisionFailed { retryable })
+                }) {
+                    tracing::error!(error = %record, "could not record the failure; the grant cannot be retried");
+                }
                 if let Err(rollback) = self.teardown(grant.id, TerminationReason::Rollback).await {
                     // Everything is in the ledger, so recovery and the reaper finish the job.
                     tracing::error!(error = %rollback, "rollback incomplete; recovery will finish it");
@@ -726,7 +760,7 @@ impl AwsBackend {
         let first_attempt = resume.unwrap_or(0);
         let mut tried = Vec::new();
         for (attempt, itype) in fitting.iter().enumerate().skip(first_attempt) {
-            let token = names::client_token(grant, attempt);
+            let token = names::client_token_for(grant, state.attempt(), attempt);
             let request = RunInstancesRequest {
                 instance_type: itype.instance_type.clone(),
                 client_token: token.clone(),

@@ -27,7 +27,18 @@ pub fn client_token(grant: &GrantId, attempt: usize) -> String {
     format!("cb-{}-{attempt}", &grant.to_hex()[..48])
 }
 
-/// The attempt number a token of [`client_token`] was made for.
+/// The ClientToken of try `attempt` (the index of the instance type in the fallback list) of
+/// provision attempt `retry` (0 for the first provision, see `GrantRetried`): the first
+/// attempt's tokens are [`client_token`]'s, later ones `cb-<first 44 hex>-r<retry>-<attempt>`,
+/// so a retry never reuses a launch of an earlier attempt.
+pub fn client_token_for(grant: &GrantId, retry: u32, attempt: usize) -> String {
+    if retry == 0 {
+        return client_token(grant, attempt);
+    }
+    format!("cb-{}-r{retry}-{attempt}", &grant.to_hex()[..44])
+}
+
+/// The attempt number a token of [`client_token`] or [`client_token_for`] was made for.
 pub fn token_attempt(token: &str) -> Option<usize> {
     token.rsplit('-').next()?.parse().ok()
 }

@@ -130,6 +130,37 @@ pub enum Event {
         /// The token of the launch.
         client_token: String,
     },
+    /// The provision failed; `retryable` says whether the error invites the caller to try again
+    /// (then, once the grant has settled, `GrantRetried` may admit it again).
+    ProvisionFailed {
+        /// Whether the error may be retried.
+        retryable: bool,
+    },
+    /// A new provision attempt of a grant whose last attempt failed with a retryable error and
+    /// was rolled back and settled. Like `GrantAdmitted`, with the attempt number (1, 2, ...),
+    /// whose launches carry their own ClientTokens. The earlier attempts' usage is carried.
+    GrantRetried {
+        /// The attempt: one more than the last.
+        attempt: u32,
+        /// The region the attempt runs in.
+        region: String,
+        /// The instance type chosen at admission.
+        instance_type: String,
+        /// Its vCPUs.
+        vcpus: u32,
+        /// Its memory, MiB.
+        memory_mib: u64,
+        /// The root volume, bytes.
+        storage_bytes: u64,
+        /// The deadline.
+        valid_to: AlmanacTick,
+        /// The deadline, unix ms.
+        valid_to_unix_ms: u64,
+        /// The key pair's name.
+        key_name: String,
+        /// The security group's name.
+        group_name: String,
+    },
     /// Billing stops at `at_unix_ms` (the grant's `valid_to`), however late the termination
     /// that follows is recorded: the bridge was down at the deadline. Closes the running period
     /// at that time (not earlier than it opened) and keeps it closed, like a deadline.
@@ -158,6 +189,8 @@ impl Event {
             Event::OrphanReaped { .. } => "OrphanReaped",
             Event::LaunchAbsent { .. } => "LaunchAbsent",
             Event::BillingCapped { .. } => "BillingCapped",
+            Event::ProvisionFailed { .. } => "ProvisionFailed",
+            Event::GrantRetried { .. } => "GrantRetried",
         }
     }
 }

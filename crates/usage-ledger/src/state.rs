@@ -41,6 +41,10 @@ pub struct GrantState {
     next_seq: u64,
     latest_unix_ms: u64,
     settled_usage: UsageMetrics,
+    /// The provision attempt: 0 for the first, one more for each `GrantRetried`.
+    attempt: u32,
+    /// Whether the last attempt failed with an error that may be retried (`ProvisionFailed`).
+    retry_allowed: bool,
     live: Option<Box<LiveGrant>>,
 }
 
@@ -66,6 +70,8 @@ struct LiveGrant {
     running_since_unix_ms: Option<u64>,
     deadline_cut: bool,
     network_bytes: u64,
+    /// The usage of earlier attempts, settled before this one was admitted.
+    carried: UsageMetrics,
 }
 
 static EMPTY: &[String] = &[];
@@ -183,6 +189,17 @@ impl GrantState {
         }
     }
 
+    /// The provision attempt, from 0 (see `GrantRetried`).
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// True when the grant's last provision failed with an error that may be retried, so the
+    /// grant, once settled, may be admitted again (`GrantRetried`).
+    pub fn retry_allowed(&self) -> bool {
+        self.retry_allowed
+    }
+
     /// The resources the grant still holds at the provider, for recovery.
     pub fn held_resources(&self) -> Vec<(ResourceKind, &str)> {
         let mut held = Vec::new();
@@ -234,36 +251,30 @@ impl GrantState {
                 next_seq: 1,
                 latest_unix_ms: record.at_unix_ms,
                 settled_usage: UsageMetrics::default(),
-                live: Some(Box::new(LiveGrant {
-                    region: region.clone(),
-                    instance_type: instance_type.clone(),
-                    storage_bytes: *storage_bytes,
-                    valid_to: *valid_to,
-                    valid_to_unix_ms: *valid_to_unix_ms,
-                    key_name: key_name.clone(),
-                    group_name: group_name.clone(),
-                    key_pair: None,
-                    security_group: None,
-                    launch_requested: None,
-                    instance: None,
-                    ever_launched: Vec::new(),
-                    termination: None,
-                    last_state: None,
-                    // Until an instance launches nothing is metered; the admitted sizes are
-                    // replaced by the launched ones.
-                    launched_vcpus: *vcpus,
-                    launched_memory_mib: *memory_mib,
-                    closed_running_seconds: 0,
-                    running_since_unix_ms: None,
-                    deadline_cut: false,
-                    network_bytes: 0,
-                })),
+                attempt: 0,
+                retry_allowed: false,
+                live: Some(Box::new(LiveGrant::admitted(
+                    Admission {
+                        region,
+                        instance_type,
+                        vcpus: *vcpus,
+                        memory_mib: *memory_mib,
+                        storage_bytes: *storage_bytes,
+                        valid_to: *valid_to,
+                        valid_to_unix_ms: *valid_to_unix_ms,
+                        key_name,
+                        group_name,
+                    },
+                    UsageMetrics::default(),
+                ))),
             }),
             Event::OrphanReaped { .. } => Ok(GrantState {
                 phase: Phase::Settled,
                 next_seq: 1,
                 latest_unix_ms: record.at_unix_ms,
                 settled_usage: UsageMetrics::default(),
+                attempt: 0,
+                retry_allowed: false,
                 live: None,
             }),
             _ => fail(Impossible::UnknownGrant),
@@ -277,13 +288,48 @@ impl GrantState {
             return fail(Impossible::SequenceGap { expected: self.next_seq });
         }
         let Some(live) = self.live.as_deref_mut() else {
-            // Settled (or an orphan tombstone): only informational events may follow.
-            if let Event::OrphanReaped { .. } = record.event {
-                self.next_seq += 1;
-                self.latest_unix_ms = self.latest_unix_ms.max(record.at_unix_ms);
-                return Ok(());
+            // Settled (or an orphan tombstone): only informational events may follow, and a
+            // new attempt after a retryable failure.
+            match &record.event {
+                Event::OrphanReaped { .. } => {}
+                Event::GrantRetried {
+                    attempt,
+                    region,
+                    instance_type,
+                    vcpus,
+                    memory_mib,
+                    storage_bytes,
+                    valid_to,
+                    valid_to_unix_ms,
+                    key_name,
+                    group_name,
+                } => {
+                    if !self.retry_allowed || self.phase != Phase::Settled || *attempt != self.attempt + 1 {
+                        return fail(Impossible::AfterSettlement);
+                    }
+                    self.live = Some(Box::new(LiveGrant::admitted(
+                        Admission {
+                            region,
+                            instance_type,
+                            vcpus: *vcpus,
+                            memory_mib: *memory_mib,
+                            storage_bytes: *storage_bytes,
+                            valid_to: *valid_to,
+                            valid_to_unix_ms: *valid_to_unix_ms,
+                            key_name,
+                            group_name,
+                        },
+                        self.settled_usage,
+                    )));
+                    self.attempt = *attempt;
+                    self.retry_allowed = false;
+                    self.phase = Phase::Admitted;
+                }
+                _ => return fail(Impossible::AfterSettlement),
             }
-            return fail(Impossible::AfterSettlement);
+            self.next_seq += 1;
+            self.latest_unix_ms = self.latest_unix_ms.max(record.at_unix_ms);
+            return Ok(());
         };
         // Times may go backwards across a restart; the grant's clock never does.
         let now = self.latest_unix_ms.max(record.at_unix_ms);
@@ -291,7 +337,8 @@ impl GrantState {
         let mut next_phase = phase;
         let mut latest = now;
         match &record.event {
-            Event::GrantAdmitted { .. } => return fail(Impossible::AlreadyAdmitted),
+            Event::GrantAdmitted { .. } | Event::GrantRetried { .. } => return fail(Impossible::AlreadyAdmitted),
+            Event::ProvisionFailed { retryable } => self.retry_allowed = *retryable,
             Event::KeyPairImported { key_name, key_pair_id } => {
                 if !matches!(phase, Phase::Admitted | Phase::Provisioning) {
                     return fail(Impossible::WrongPhase { phase, allowed: "Admitted or Provisioning" });
@@ -483,7 +530,49 @@ impl GrantState {
     }
 }
 
+/// What `GrantAdmitted` and `GrantRetried` say of an attempt.
+struct Admission<'a> {
+    region: &'a str,
+    instance_type: &'a str,
+    vcpus: u32,
+    memory_mib: u64,
+    storage_bytes: u64,
+    valid_to: AlmanacTick,
+    valid_to_unix_ms: u64,
+    key_name: &'a str,
+    group_name: &'a str,
+}
+
 impl LiveGrant {
+    /// A newly admitted attempt, carrying the usage of earlier ones.
+    fn admitted(a: Admission<'_>, carried: UsageMetrics) -> Self {
+        LiveGrant {
+            region: a.region.to_string(),
+            instance_type: a.instance_type.to_string(),
+            storage_bytes: a.storage_bytes,
+            valid_to: a.valid_to,
+            valid_to_unix_ms: a.valid_to_unix_ms,
+            key_name: a.key_name.to_string(),
+            group_name: a.group_name.to_string(),
+            key_pair: None,
+            security_group: None,
+            launch_requested: None,
+            instance: None,
+            ever_launched: Vec::new(),
+            termination: None,
+            last_state: None,
+            // Until an instance launches nothing is metered; the admitted sizes are replaced
+            // by the launched ones.
+            launched_vcpus: a.vcpus,
+            launched_memory_mib: a.memory_mib,
+            closed_running_seconds: 0,
+            running_since_unix_ms: None,
+            deadline_cut: false,
+            network_bytes: 0,
+            carried,
+        }
+    }
+
     fn close_period(&mut self, at_unix_ms: u64) {
         if let Some(since) = self.running_since_unix_ms.take() {
             self.closed_running_seconds =
@@ -492,6 +581,10 @@ impl LiveGrant {
     }
 
     fn usage(&self, latest_unix_ms: u64) -> UsageMetrics {
+        self.carried + self.attempt_usage(latest_unix_ms)
+    }
+
+    fn attempt_usage(&self, latest_unix_ms: u64) -> UsageMetrics {
         if self.ever_launched.is_empty() {
             return UsageMetrics { network_bytes: self.network_bytes, ..UsageMetrics::default() };
         }

@@ -69,6 +69,10 @@ impl Replay {
                 Event::TerminationRequested { reason } => {
                     self.first_reason.entry(record.grant).or_insert(reason);
                 }
+                Event::GrantRetried { .. } => {
+                    self.first_reason.remove(&record.grant);
+                    self.settled.remove(&record.grant);
+                }
                 _ => {}
             }
         }

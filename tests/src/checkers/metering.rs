@@ -116,8 +116,11 @@ pub fn check(ctx: &Context<'_>, measures: &mut Measures) -> Vec<Violation> {
                 continue;
             }
             [one] => *one,
-            // Two instances: `idempotency` reports it, and no single meter is right.
-            _ => continue,
+            // Several attempts (retried provisions) bill each instance; their sizes may differ.
+            many => {
+                check_attempts(grant, usage, many, plan, ctx, &mut fail);
+                continue;
+            }
         };
         let bill = oracle(instance, plan, ctx);
         let metered_s = usage.cpu_seconds / u64::from(instance.vcpus.max(1));
@@ -162,6 +165,44 @@ pub fn check(ctx: &Context<'_>, measures: &mut Measures) -> Vec<Violation> {
         }
     }
     violations
+}
+
+/// A grant whose provision was retried: each instance billed on its own, summed. Only the
+/// cpu-seconds are compared (sizes differ between attempts, so MiB-seconds follow the same
+/// arithmetic); network is summed exactly.
+fn check_attempts(
+    grant: &backend_api::GrantId,
+    usage: &UsageMetrics,
+    instances: &[&InstanceTruth],
+    plan: &GrantPlan,
+    ctx: &Context<'_>,
+    fail: &mut impl FnMut(String),
+) {
+    let (mut truth, mut under, mut over, mut net) = (0u64, 0u64, 0u64, 0u64);
+    for instance in instances {
+        let bill = oracle(instance, plan, ctx);
+        let vcpus = u64::from(instance.vcpus);
+        truth += vcpus * bill.seconds;
+        under += vcpus * bill.under_s;
+        over += vcpus * bill.over_s;
+        net += instance.network_bytes_in + instance.network_bytes_out;
+    }
+    let metered = usage.cpu_seconds;
+    if metered > truth + over || metered + under < truth {
+        fail(format!(
+            "grant {grant}: {} attempts metered {metered} cpu-seconds, EC2 bills {truth} (allowed {under} under, {over} over)",
+            instances.len()
+        ));
+    }
+    let sample_faulted =
+        !ctx.faults.on_grant(grant, 0, ctx.now_unix_ms, Some(aws_backend::port::Operation::GetNetworkUsage)).is_empty();
+    if usage.network_bytes != net && !sample_faulted {
+        fail(format!(
+            "grant {grant}: {} attempts metered {} network bytes, the instances moved {net}",
+            instances.len(),
+            usage.network_bytes
+        ));
+    }
 }
 
 #[cfg(test)]

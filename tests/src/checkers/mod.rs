@@ -136,11 +136,19 @@ pub struct GrantFacts {
     pub outcome_at_unix_ms: u64,
     /// Provision returned the instance to the requester (who may be using it).
     pub handed_over: bool,
+    /// When it did, unix ms.
+    pub handed_over_at_unix_ms: u64,
 }
 
 impl Default for GrantFacts {
     fn default() -> Self {
-        Self { can_satisfy: None, outcome: Outcome::Waiting, outcome_at_unix_ms: 0, handed_over: false }
+        Self {
+            can_satisfy: None,
+            outcome: Outcome::Waiting,
+            outcome_at_unix_ms: 0,
+            handed_over: false,
+            handed_over_at_unix_ms: 0,
+        }
     }
 }
 
