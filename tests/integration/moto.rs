@@ -105,6 +105,9 @@ impl Moto {
             root_device_name = "{MOTO_ROOT_DEVICE}"
             endpoint_url = "{endpoint}"
             poll_interval_ms = 200
+            # moto's instances run at once and these tests run in wall-clock time, with grants
+            # of a few seconds: no minimum lifetime before the deadline.
+            min_lifetime_s = 0
             {reaper_grace}
             ledger_path = "/nonexistent/unused-the-test-ledger-is-in-memory"
             tags = {{ purpose = "moto-test" }}

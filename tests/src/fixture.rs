@@ -62,7 +62,10 @@ deadline_grace_s = 60
 }
 
 /// A backend over `port` (the simulator, or a wrapper of it), with its ledger replayed from
-/// `replayed` and appending to `store`.
+/// `replayed` and appending to `store`. The key seed derives from `seed` (keep it across
+/// restarts, as the operator keeps the key seed file next to the ledger); the jitter from
+/// `seed ^ incarnation`.
+#[allow(clippy::too_many_arguments)]
 pub async fn backend_on(
     cfg: &AwsBootConfig,
     port: Arc<dyn Ec2Port>,
@@ -70,6 +73,7 @@ pub async fn backend_on(
     store: Box<dyn EventStore>,
     replayed: Vec<Record>,
     seed: u64,
+    incarnation: u64,
     switches: TestSwitches,
 ) -> anyhow::Result<AwsBackend> {
     let ledger = Ledger::open(DynStore(store), replayed)?;
@@ -80,7 +84,7 @@ pub async fn backend_on(
             clock,
             ledger,
             key_seed: Secret::new(format!("sim-key-seed-{seed}")),
-            jitter_seed: seed ^ 0x5EED,
+            jitter_seed: seed ^ incarnation ^ 0x5EED,
             switches,
         },
     )
@@ -96,5 +100,5 @@ pub async fn backend(
     seed: u64,
     switches: TestSwitches,
 ) -> anyhow::Result<AwsBackend> {
-    backend_on(cfg, port, clock, Box::new(store.clone()), store.records(), seed, switches).await
+    backend_on(cfg, port, clock, Box::new(store.clone()), store.records(), seed, 0, switches).await
 }

@@ -286,6 +286,7 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
         Box::new(store.clone()),
         Vec::new(),
         scenario.seed,
+        0,
         switches,
     )
     .await?;
@@ -345,7 +346,8 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
                         clock.clone(),
                         Box::new(store.clone()),
                         records,
-                        scenario.seed ^ at,
+                        scenario.seed,
+                        at,
                         switches,
                     )
                     .await
@@ -362,9 +364,17 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
                         // The run cannot go on; a backend on an empty ledger lets it report.
                         halted = true;
                         let empty = Box::new(usage_ledger::MemoryStore::new());
-                        backend =
-                            fixture::backend_on(&cfg, port.clone(), clock.clone(), empty, Vec::new(), 0, switches)
-                                .await?;
+                        backend = fixture::backend_on(
+                            &cfg,
+                            port.clone(),
+                            clock.clone(),
+                            empty,
+                            Vec::new(),
+                            scenario.seed,
+                            at,
+                            switches,
+                        )
+                        .await?;
                         break;
                     }
                 };
