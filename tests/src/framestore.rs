@@ -46,22 +46,30 @@ impl FrameStore {
 
     /// Every stored record, decoded, or why the bytes do not decode (naming the offset).
     pub fn records(&self) -> Result<Vec<Record>, String> {
-        self.with_bytes_from(0, |bytes| {
-            let mut records = Vec::new();
-            let mut offset = 0;
-            while offset < bytes.len() {
-                match decode_frame(&bytes[offset..]) {
-                    Ok(Some((record, used))) => {
-                        records.push(record);
-                        offset += used;
-                    }
-                    Ok(None) => return Err(format!("a partial frame at offset {offset}")),
-                    Err(reason) => return Err(format!("corrupt frame at offset {offset}: {reason}")),
-                }
-            }
-            Ok(records)
+        self.with_bytes_from(0, |bytes| match decode_frames(bytes, 0) {
+            (records, _, None) => Ok(records),
+            (_, _, Some(error)) => Err(error),
         })
     }
+}
+
+/// Decodes the frames in `bytes` (which start at `base_offset` of the log): the records, the
+/// bytes they took, and why decoding stopped early, if it did (naming the offset).
+pub fn decode_frames(bytes: &[u8], base_offset: usize) -> (Vec<Record>, usize, Option<String>) {
+    let mut records = Vec::new();
+    let mut used = 0;
+    while used < bytes.len() {
+        let at = base_offset + used;
+        match decode_frame(&bytes[used..]) {
+            Ok(Some((record, len))) => {
+                records.push(record);
+                used += len;
+            }
+            Ok(None) => return (records, used, Some(format!("a partial frame at offset {at}"))),
+            Err(reason) => return (records, used, Some(format!("corrupt frame at offset {at}: {reason}"))),
+        }
+    }
+    (records, used, None)
 }
 
 impl EventStore for FrameStore {

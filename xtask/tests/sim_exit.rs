@@ -12,12 +12,15 @@ fn sim(args: &[&str]) -> std::process::Output {
 }
 
 #[test]
-fn a_broken_teardown_exits_with_the_safety_code_and_a_reproduce_line() {
-    let out = sim(&["--seed", "3", "--grants", "12", "--hours", "0.2", "--faults", "none", "--break-teardown"]);
+fn a_deliberate_bug_exits_with_the_safety_code_and_a_reproduce_line() {
+    let out =
+        sim(&["--seed", "3", "--grants", "12", "--hours", "0.2", "--faults", "none", "--break", "skip-group-delete"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "stderr: {stderr}");
     assert!(
-        stderr.contains("reproduce: cargo xtask sim --seed 3 --grants 12 --hours 0.2 --faults none --break-teardown"),
+        stderr.contains(
+            "reproduce: cargo xtask sim --seed 3 --grants 12 --hours 0.2 --faults none --break skip-group-delete"
+        ),
         "{stderr}"
     );
 }
@@ -30,4 +33,14 @@ fn a_clean_run_exits_zero_and_json_is_one_object() {
     let summary: serde_json::Value = serde_json::from_str(stdout.trim()).expect("stdout is one JSON object");
     assert_eq!(summary["seed"], 4);
     assert_eq!(summary["violations"].as_array().map(Vec::len), Some(0));
+}
+
+#[test]
+fn an_unknown_breakage_or_checker_is_a_usage_error_naming_the_choices() {
+    let out = sim(&["--break", "nonsense"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("skip-group-delete"));
+    let out = sim(&["--disable-checker", "nonsense"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("metering"));
 }

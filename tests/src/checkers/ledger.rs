@@ -5,10 +5,10 @@
 use std::collections::BTreeMap;
 
 use backend_api::{GrantId, UsageMetrics};
-use usage_ledger::{Event, GrantState, TerminationReason, apply, decode_frame};
+use usage_ledger::{Event, GrantState, TerminationReason, apply};
 
 use super::{Context, Violation, names};
-use crate::framestore::FrameStore;
+use crate::framestore::{FrameStore, decode_frames};
 
 /// The stored log, decoded and folded as far as it has been read.
 #[derive(Debug, Default)]
@@ -32,23 +32,7 @@ impl Replay {
         if self.error.is_some() {
             return;
         }
-        let mut decoded = Vec::new();
-        let (used, error) = store.with_bytes_from(self.offset, |bytes| {
-            let mut used = 0;
-            while used < bytes.len() {
-                match decode_frame(&bytes[used..]) {
-                    Ok(Some((record, len))) => {
-                        decoded.push(record);
-                        used += len;
-                    }
-                    Ok(None) => return (used, Some(format!("a partial frame at offset {}", self.offset + used))),
-                    Err(reason) => {
-                        return (used, Some(format!("corrupt frame at offset {}: {reason}", self.offset + used)));
-                    }
-                }
-            }
-            (used, None)
-        });
+        let (decoded, used, error) = store.with_bytes_from(self.offset, |bytes| decode_frames(bytes, self.offset));
         self.offset += used;
         self.error = error;
         for record in decoded {
