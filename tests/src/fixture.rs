@@ -61,6 +61,11 @@ deadline_grace_s = 60
     AwsBootConfig::from_toml(&text).unwrap_or_else(|e| panic!("fixture config: {e}"))
 }
 
+/// The backend's key seed in a simulation of `seed`: every per-grant key derives from it.
+pub fn key_seed(seed: u64) -> Secret {
+    Secret::new(format!("sim-key-seed-{seed}"))
+}
+
 /// A backend over `port` (the simulator, or a wrapper of it), with its ledger replayed from
 /// `replayed` and appending to `store`. The key seed derives from `seed` (keep it across
 /// restarts, as the operator keeps the key seed file next to the ledger); the jitter from
@@ -83,7 +88,7 @@ pub async fn backend_on(
             port,
             clock,
             ledger,
-            key_seed: Secret::new(format!("sim-key-seed-{seed}")),
+            key_seed: key_seed(seed),
             jitter_seed: seed ^ incarnation ^ 0x5EED,
             switches,
         },

@@ -147,6 +147,7 @@ struct World {
     downtimes: Vec<Downtime>,
     faults: FaultIndex,
     replay: Replay,
+    secrets: checkers::secrets::Secrets,
     faulted_termination_bound_ms: u64,
     retries: BTreeMap<String, u64>,
 }
@@ -188,7 +189,8 @@ impl World {
     }
 
     fn check(&mut self, backend: &AwsBackend) {
-        let found = self.with_context(backend, checkers::check_all);
+        let mut found = self.with_context(backend, checkers::check_all);
+        found.extend(self.secrets.check(&self.sim));
         let reported: Vec<Violation> = lock(&self.findings).drain(..).collect();
         for v in found.into_iter().chain(reported) {
             self.report(v);
@@ -275,6 +277,7 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
         downtimes: Vec::new(),
         faults: FaultIndex::default(),
         replay: Replay::default(),
+        secrets: checkers::secrets::Secrets::new(plans.iter().map(|p| &p.id), &fixture::key_seed(scenario.seed)),
         // Two full retry cycles (the watch's, then terminate's) and a poll.
         faulted_termination_bound_ms: 2 * RetryPolicy::default().backoff_ms_total_max() + scenario.poll_interval_ms,
         retries: BTreeMap::new(),

@@ -51,11 +51,13 @@ pub enum Breakage {
     NoPacing,
     /// Launch at once, without waiting for `valid_from` (run on edge grants).
     EarlyStart,
+    /// Put the requester's private key in the user data.
+    LeakLoginKey,
 }
 
 impl Breakage {
     /// Every breakage, in the order the self-test runs them.
-    pub const ALL: [Breakage; 16] = [
+    pub const ALL: [Breakage; 17] = [
         Breakage::TerminateLate,
         Breakage::TerminateEarly,
         Breakage::FreshClientToken,
@@ -72,6 +74,7 @@ impl Breakage {
         Breakage::UntaggedInstance,
         Breakage::NoPacing,
         Breakage::EarlyStart,
+        Breakage::LeakLoginKey,
     ];
 
     /// Its name on the command line (`--break NAME`).
@@ -93,6 +96,7 @@ impl Breakage {
             Breakage::UntaggedInstance => "untagged-instance",
             Breakage::NoPacing => "no-pacing",
             Breakage::EarlyStart => "early-start",
+            Breakage::LeakLoginKey => "leak-login-key",
         }
     }
 
@@ -120,6 +124,7 @@ impl Breakage {
             Breakage::UntaggedInstance => s.untagged_instances = true,
             Breakage::NoPacing => s.skip_pacing = true,
             Breakage::EarlyStart => s.ignore_valid_from = true,
+            Breakage::LeakLoginKey => s.leak_login_key = true,
             Breakage::DropLedgerAppend | Breakage::CorruptLedgerAppend => {}
         }
         s
@@ -151,6 +156,7 @@ impl Breakage {
             Breakage::UntaggedInstance => names::TAGS,
             Breakage::NoPacing => names::PACING,
             Breakage::EarlyStart => names::DEADLINE,
+            Breakage::LeakLoginKey => names::SECRETS,
         }
     }
 
@@ -171,7 +177,7 @@ impl Breakage {
             Breakage::Undersize => &[names::PROVISION, names::METERING],
             Breakage::UntaggedInstance => &[names::METERING, names::LIVENESS, names::DEADLINE, names::TEARDOWN],
             Breakage::NoPacing => &[names::PROVISION, names::LIVENESS],
-            Breakage::EarlyStart => &[],
+            Breakage::EarlyStart | Breakage::LeakLoginKey => &[],
         }
     }
 }

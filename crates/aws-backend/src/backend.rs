@@ -90,6 +90,8 @@ pub struct TestSwitches {
     pub skip_pacing: bool,
     /// Provision at once, without waiting for `valid_from`.
     pub ignore_valid_from: bool,
+    /// Put the requester's private key in the user data, where EC2's API shows it.
+    pub leak_login_key: bool,
 }
 
 impl TestSwitches {
@@ -472,7 +474,7 @@ impl AwsBackend {
         let storage_gib = grant.manifest.storage_gib.max(cfg.min_root_volume_gib);
         let valid_to_unix_ms = cfg.almanac.tick_to_unix_ms(grant.valid_to);
         let (login, host) = self.keys_for(&grant.id)?;
-        let user_data = render_user_data(
+        let mut user_data = render_user_data(
             &cfg.guest,
             &GuestSpec {
                 grant_id: grant.id,
@@ -483,6 +485,9 @@ impl AwsBackend {
             },
         )
         .map_err(|e| BackendError::InvalidInput { field: "grant".into(), reason: e.to_string() })?;
+        if self.inner.switches.leak_login_key {
+            user_data.push_str(&format!("\n# {}\n", login.private_openssh.expose().replace('\n', "\n# ")));
+        }
 
         // Validation is over: from here on things get created, and every step is recorded
         // before the next one starts.

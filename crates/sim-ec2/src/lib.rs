@@ -165,6 +165,12 @@ impl SimEc2 {
         self.world().bucket_throttles().to_vec()
     }
 
+    /// The texts calls handed EC2 that a reader of its API can read back (tag values, imported
+    /// key material, group descriptions, decoded user data), from the `from`-th on.
+    pub fn exposed_since(&self, from: usize) -> Vec<String> {
+        self.world().exposed().get(from..).map(<[String]>::to_vec).unwrap_or_default()
+    }
+
     /// How many faults were injected so far.
     pub fn faults_injected(&self) -> usize {
         self.world().fault_log().len()

@@ -407,6 +407,9 @@ pub(crate) struct World {
     fault_log: Vec<FaultRecord>,
     /// Every call refused because its bucket was empty (not injected): when, where, what.
     bucket_throttles: Vec<(u64, RegionLabel, Operation)>,
+    /// Every text a call handed EC2 that a reader of EC2's API can read back: tag values, key
+    /// material, group descriptions, user data (decoded).
+    exposed: Vec<String>,
 }
 
 impl World {
@@ -467,6 +470,7 @@ impl World {
             current: None,
             fault_log: Vec::new(),
             bucket_throttles: Vec::new(),
+            exposed: Vec::new(),
         })
     }
 
@@ -531,6 +535,15 @@ impl World {
 
     pub(crate) fn bucket_throttles(&self) -> &[(u64, RegionLabel, Operation)] {
         &self.bucket_throttles
+    }
+
+    pub(crate) fn exposed(&self) -> &[String] {
+        &self.exposed
+    }
+
+    /// Keeps what a call handed EC2 that the API shows again (see `exposed`).
+    fn expose<'a>(&mut self, texts: impl IntoIterator<Item = &'a str>) {
+        self.exposed.extend(texts.into_iter().filter(|t| !t.is_empty()).map(str::to_string));
     }
 
     /// Names what the next call is about: the tags of the resources it creates or touches.
@@ -655,6 +668,7 @@ impl World {
         self.audit.str(&req.public_key_openssh);
         self.audit.tags(&req.tags);
         self.about(vec![req.tags.clone()]);
+        self.expose(req.tags.values().map(String::as_str).chain([req.public_key_openssh.as_str()]));
         let result = self.serve(op, region, |w, r| w.import_key_pair_in(r, req));
         self.audit.outcome(&result, |a, kp| {
             a.str(&kp.key_pair_id);
@@ -756,6 +770,7 @@ impl World {
         self.audit.str(&req.description);
         self.audit.tags(&req.tags);
         self.about(vec![req.tags.clone()]);
+        self.expose(req.tags.values().map(String::as_str).chain([req.description.as_str()]));
         let result = self.serve(op, region, |w, r| w.create_security_group_in(r, req));
         self.audit.outcome(&result, |a, id| a.str(id));
         result
@@ -957,6 +972,13 @@ impl World {
         self.audit.strs(&req.security_group_ids);
         self.audit.tags(&req.instance_tags);
         self.about(vec![req.instance_tags.clone()]);
+        let user_data = base64::engine::general_purpose::STANDARD
+            .decode(&req.user_data_base64)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        self.expose(
+            req.instance_tags.values().chain(req.volume_tags.values()).map(String::as_str).chain([user_data.as_str()]),
+        );
         let result = self.serve(op, region, |w, r| w.run_instance_in(r, &req));
         self.audit.outcome(&result, |a, info| a.instance(info));
         result

@@ -13,6 +13,7 @@ pub mod idempotency;
 pub mod ledger;
 pub mod metering;
 pub mod pacing;
+pub mod secrets;
 pub mod sizing;
 pub mod tags;
 pub mod teardown;
@@ -56,8 +57,10 @@ pub mod names {
     pub const TAGS: &str = "tags";
     /// EC2 never refuses a call for an empty bucket.
     pub const PACING: &str = "pacing";
+    /// No requester's private key reaches EC2's API.
+    pub const SECRETS: &str = "secrets";
     /// Every checker.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         DEADLINE,
         EARLY_END,
         TEARDOWN,
@@ -71,6 +74,7 @@ pub mod names {
         SIZING,
         TAGS,
         PACING,
+        SECRETS,
     ];
 }
 
