@@ -338,6 +338,7 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
                 crash_count += 1;
                 world.join(&mut tasks, true).await;
                 world.absorb_stats(&backend);
+                backend.shutdown();
                 drop(backend);
                 let downtime_ms = crashes[i].downtime_ms;
                 world.downtimes.push(Downtime { from_unix_ms: at, to_unix_ms: at + downtime_ms });

@@ -154,14 +154,21 @@ pub(crate) struct Inner {
 /// Grants per region that may create their key pair and security group at the same time.
 const PREP_SLOTS_PER_REGION: usize = 16;
 
-impl Drop for Inner {
-    fn drop(&mut self) {
+impl Inner {
+    /// Stops every task of the backend's own: pollers and armed deadlines.
+    fn stop_tasks(&self) {
         for (_, (_, task)) in lock(&self.pollers).iter() {
             task.abort();
         }
         for task in lock(&self.deadlines).values() {
             task.abort();
         }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop_tasks();
     }
 }
 
@@ -236,6 +243,13 @@ impl AwsBackend {
             }
         }
         Ok(backend)
+    }
+
+    /// Stops the backend's own tasks (pollers, armed deadlines) at once, as a process exit
+    /// would: a deadline task in the middle of a call holds the backend, so dropping the last
+    /// handle alone may leave it running. The simulation calls this when it crashes a backend.
+    pub fn shutdown(&self) {
+        self.inner.stop_tasks();
     }
 
     /// The configuration in force.
