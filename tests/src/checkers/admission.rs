@@ -8,7 +8,8 @@
 //! - A provision that fails after admitting the grant is acceptable only when the run injected
 //!   a fault that explains it: one that hit the grant's own calls (or its instance) between its
 //!   arrival and the failure, or one on a call about no grant in its region then (except the
-//!   poller's DescribeInstances, which only delays it), or, for a short grant, its deadline.
+//!   poller's DescribeInstances, which only delays it), or its deadline: for a short grant, or
+//!   when EC2 still had its instance pending at `valid_to`.
 
 use super::{Context, GrantFacts, Outcome, Violation, names};
 use crate::scenario::{Expect, GrantPlan};
@@ -54,11 +55,16 @@ pub fn check_outcomes(ctx: &Context<'_>) -> Vec<Violation> {
                 .push(Violation::safety(names::ADMISSION, format!("admissible grant {grant} was refused: {err}"))),
             Outcome::ProvisionFailed(err) if !must_refuse(plan.expect) => {
                 let explained = ctx.faults.touched(grant, &plan.region, plan.arrival_unix_ms, *outcome_at_unix_ms)
-                    || plan.expect == Expect::Short && mentions_deadline(err);
+                    || mentions_deadline(err) && (plan.expect == Expect::Short || pending_at_deadline(ctx, plan));
                 if !explained {
                     violations.push(Violation::safety(
                         names::PROVISION,
-                        format!("grant {grant}: provision failed with no injected fault to explain it: {err}"),
+                        format!(
+                            "grant {grant} (arrived {}, valid {}..{}): provision failed with no injected fault to explain it: {err}",
+                            plan.arrival_unix_ms,
+                            plan.valid_from_unix_ms(),
+                            plan.valid_to_unix_ms
+                        ),
                     ));
                 }
             }
@@ -66,6 +72,17 @@ pub fn check_outcomes(ctx: &Context<'_>) -> Vec<Violation> {
         }
     }
     violations
+}
+
+/// True when EC2 still had an instance of the grant pending at its deadline: ordinary launch
+/// delays (tens of seconds to two minutes) can outlast a grant's last minute.
+fn pending_at_deadline(ctx: &Context<'_>, plan: &GrantPlan) -> bool {
+    let at = plan.valid_to_unix_ms;
+    ctx.instances.iter().filter(|i| ctx.grant_of(&i.tags) == Some(plan.id)).any(|i| {
+        i.intervals.iter().any(|s| {
+            s.state == aws_backend::port::InstanceState::Pending && s.from_ms <= at && s.to_ms.is_none_or(|to| to >= at)
+        })
+    })
 }
 
 fn mentions_deadline(err: &str) -> bool {
