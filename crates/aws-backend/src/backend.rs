@@ -123,6 +123,36 @@ pub struct BackendParts {
     pub switches: TestSwitches,
 }
 
+/// The right to send TerminateInstances for one instance: taken by one caller at a time, and
+/// given back when dropped unless the call succeeded (`keep`).
+struct TerminateClaim<'a> {
+    inner: &'a Inner,
+    instance_id: String,
+    kept: bool,
+}
+
+impl<'a> TerminateClaim<'a> {
+    fn take(inner: &'a Inner, instance_id: &str) -> Option<Self> {
+        lock(&inner.terminate_sent).insert(instance_id.to_string()).then(|| Self {
+            inner,
+            instance_id: instance_id.to_string(),
+            kept: false,
+        })
+    }
+
+    fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for TerminateClaim<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            lock(&self.inner.terminate_sent).remove(&self.instance_id);
+        }
+    }
+}
+
 /// A region's poller and the task running it.
 type PollerTask = (Arc<RegionPoller>, tokio::task::JoinHandle<()>);
 
@@ -141,7 +171,8 @@ pub(crate) struct Inner {
     ledger_failure: Mutex<Option<String>>,
     /// Each armed deadline's task, by grant (see `arm_deadline`).
     deadlines: Mutex<BTreeMap<GrantId, tokio::task::JoinHandle<()>>>,
-    /// Instances TerminateInstances has accepted: asking again gains nothing.
+    /// Instances TerminateInstances has accepted, or is being sent for: asking again gains
+    /// nothing (see `TerminateClaim`).
     terminate_sent: Mutex<std::collections::BTreeSet<String>>,
     catalogue: Mutex<BTreeMap<RegionLabel, Arc<Vec<InstanceTypeInfo>>>>,
     pollers: Mutex<BTreeMap<RegionLabel, PollerTask>>,
@@ -937,9 +968,10 @@ impl AwsBackend {
         instance_id: &str,
         reason: TerminationReason,
     ) -> Result<(), BackendError> {
-        if lock(&self.inner.terminate_sent).contains(instance_id) {
-            return Ok(());
-        }
+        // One caller at a time sends it (the deadline task and a watch wake at the same
+        // instant), and nobody once EC2 has accepted it. The claim is released when the call
+        // fails or its caller is cancelled.
+        let Some(claim) = TerminateClaim::take(&self.inner, instance_id) else { return Ok(()) };
         // The call goes out whether or not the ledger takes the record: a full disk must not
         // keep an instance past its deadline. The failure is noted (the backend degrades).
         if let Err(err) = self.record_termination(*grant, reason) {
@@ -958,7 +990,7 @@ impl AwsBackend {
                 .await;
             match result {
                 Ok(_) => {
-                    lock(&self.inner.terminate_sent).insert(instance_id.to_string());
+                    claim.keep();
                     return Ok(());
                 }
                 Err(err) if err.is(codes::INSTANCE_NOT_FOUND) => {
