@@ -536,31 +536,28 @@ impl AwsBackend {
 
         // Validation is over: from here on things get created, and every step is recorded
         // before the next one starts.
+        let first = &fitting[0];
+        let admission = Event::GrantAdmitted {
+            region: region.to_string(),
+            instance_type: first.instance_type.clone(),
+            vcpus: first.vcpus,
+            memory_mib: first.memory_mib,
+            storage_bytes: u64::from(storage_gib) << 30,
+            valid_to: grant.valid_to,
+            valid_to_unix_ms,
+            key_name: names::key_name(&grant.id),
+            group_name: names::group_name(&grant.id),
+        };
         match self.grant_state(&grant.id) {
             // The last attempt failed with an error that invited a retry, and was rolled back:
             // a new attempt, with ClientTokens of its own. Its predecessor holds nothing, so
             // two instances of the grant are never up at once.
             Some(state) if state.is_settled() && state.retry_allowed() => {
-                let first = &fitting[0];
                 tracing::info!(
                     attempt = state.attempt() + 1,
                     "retrying a provision that failed with a retryable error"
                 );
-                self.record(
-                    grant.id,
-                    Event::GrantRetried {
-                        attempt: state.attempt() + 1,
-                        region: region.to_string(),
-                        instance_type: first.instance_type.clone(),
-                        vcpus: first.vcpus,
-                        memory_mib: first.memory_mib,
-                        storage_bytes: u64::from(storage_gib) << 30,
-                        valid_to: grant.valid_to,
-                        valid_to_unix_ms,
-                        key_name: names::key_name(&grant.id),
-                        group_name: names::group_name(&grant.id),
-                    },
-                )?;
+                self.record(grant.id, admission.retried(state.attempt() + 1))?;
             }
             Some(state) if state.is_settled() => {
                 return Err(BackendError::InvalidInput {
@@ -579,21 +576,7 @@ impl AwsBackend {
             }
             Some(_) => tracing::info!("resuming a provision the ledger shows unfinished"),
             None => {
-                let first = &fitting[0];
-                self.record(
-                    grant.id,
-                    Event::GrantAdmitted {
-                        region: region.to_string(),
-                        instance_type: first.instance_type.clone(),
-                        vcpus: first.vcpus,
-                        memory_mib: first.memory_mib,
-                        storage_bytes: u64::from(storage_gib) << 30,
-                        valid_to: grant.valid_to,
-                        valid_to_unix_ms,
-                        key_name: names::key_name(&grant.id),
-                        group_name: names::group_name(&grant.id),
-                    },
-                )?;
+                self.record(grant.id, admission)?;
             }
         }
 

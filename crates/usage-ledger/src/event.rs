@@ -171,6 +171,36 @@ pub enum Event {
 }
 
 impl Event {
+    /// The `GrantRetried` of `attempt` admitting what this `GrantAdmitted` admits; any other
+    /// event is returned unchanged.
+    pub fn retried(self, attempt: u32) -> Event {
+        match self {
+            Event::GrantAdmitted {
+                region,
+                instance_type,
+                vcpus,
+                memory_mib,
+                storage_bytes,
+                valid_to,
+                valid_to_unix_ms,
+                key_name,
+                group_name,
+            } => Event::GrantRetried {
+                attempt,
+                region,
+                instance_type,
+                vcpus,
+                memory_mib,
+                storage_bytes,
+                valid_to,
+                valid_to_unix_ms,
+                key_name,
+                group_name,
+            },
+            other => other,
+        }
+    }
+
     /// The variant's name, for messages.
     pub fn name(&self) -> &'static str {
         match self {

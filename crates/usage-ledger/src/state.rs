@@ -236,37 +236,14 @@ impl GrantState {
             return fail(Impossible::SequenceGap { expected: 0 });
         }
         match &record.event {
-            Event::GrantAdmitted {
-                region,
-                instance_type,
-                vcpus,
-                memory_mib,
-                storage_bytes,
-                valid_to,
-                valid_to_unix_ms,
-                key_name,
-                group_name,
-            } => Ok(GrantState {
+            Event::GrantAdmitted { .. } => Ok(GrantState {
                 phase: Phase::Admitted,
                 next_seq: 1,
                 latest_unix_ms: record.at_unix_ms,
                 settled_usage: UsageMetrics::default(),
                 attempt: 0,
                 retry_allowed: false,
-                live: Some(Box::new(LiveGrant::admitted(
-                    Admission {
-                        region,
-                        instance_type,
-                        vcpus: *vcpus,
-                        memory_mib: *memory_mib,
-                        storage_bytes: *storage_bytes,
-                        valid_to: *valid_to,
-                        valid_to_unix_ms: *valid_to_unix_ms,
-                        key_name,
-                        group_name,
-                    },
-                    UsageMetrics::default(),
-                ))),
+                live: Admission::of(&record.event).map(|a| Box::new(LiveGrant::admitted(a, UsageMetrics::default()))),
             }),
             Event::OrphanReaped { .. } => Ok(GrantState {
                 phase: Phase::Settled,
@@ -292,35 +269,12 @@ impl GrantState {
             // new attempt after a retryable failure.
             match &record.event {
                 Event::OrphanReaped { .. } => {}
-                Event::GrantRetried {
-                    attempt,
-                    region,
-                    instance_type,
-                    vcpus,
-                    memory_mib,
-                    storage_bytes,
-                    valid_to,
-                    valid_to_unix_ms,
-                    key_name,
-                    group_name,
-                } => {
+                Event::GrantRetried { attempt, .. } => {
                     if !self.retry_allowed || self.phase != Phase::Settled || *attempt != self.attempt + 1 {
                         return fail(Impossible::AfterSettlement);
                     }
-                    self.live = Some(Box::new(LiveGrant::admitted(
-                        Admission {
-                            region,
-                            instance_type,
-                            vcpus: *vcpus,
-                            memory_mib: *memory_mib,
-                            storage_bytes: *storage_bytes,
-                            valid_to: *valid_to,
-                            valid_to_unix_ms: *valid_to_unix_ms,
-                            key_name,
-                            group_name,
-                        },
-                        self.settled_usage,
-                    )));
+                    self.live =
+                        Admission::of(&record.event).map(|a| Box::new(LiveGrant::admitted(a, self.settled_usage)));
                     self.attempt = *attempt;
                     self.retry_allowed = false;
                     self.phase = Phase::Admitted;
@@ -541,6 +495,48 @@ struct Admission<'a> {
     valid_to_unix_ms: u64,
     key_name: &'a str,
     group_name: &'a str,
+}
+
+impl<'a> Admission<'a> {
+    /// What `GrantAdmitted` or `GrantRetried` admits; `None` for any other event.
+    fn of(event: &'a Event) -> Option<Self> {
+        match event {
+            Event::GrantAdmitted {
+                region,
+                instance_type,
+                vcpus,
+                memory_mib,
+                storage_bytes,
+                valid_to,
+                valid_to_unix_ms,
+                key_name,
+                group_name,
+            }
+            | Event::GrantRetried {
+                region,
+                instance_type,
+                vcpus,
+                memory_mib,
+                storage_bytes,
+                valid_to,
+                valid_to_unix_ms,
+                key_name,
+                group_name,
+                ..
+            } => Some(Admission {
+                region,
+                instance_type,
+                vcpus: *vcpus,
+                memory_mib: *memory_mib,
+                storage_bytes: *storage_bytes,
+                valid_to: *valid_to,
+                valid_to_unix_ms: *valid_to_unix_ms,
+                key_name,
+                group_name,
+            }),
+            _ => None,
+        }
+    }
 }
 
 impl LiveGrant {
