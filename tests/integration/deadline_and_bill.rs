@@ -339,3 +339,78 @@ async fn case5_a_retry_after_a_launched_instance_died_uses_new_tokens() {
     backend.terminate(&instance).await.expect("terminate");
     assert!(rig.left_of(&g.id).is_empty(), "{:?}", rig.left_of(&g.id));
 }
+
+/// The bytes the instance of `grant` moved, in and out (panics unless exactly one launched).
+fn moved(rig: &Rig, grant: &backend_api::GrantId) -> u64 {
+    let instances = rig.instances_of(grant);
+    assert_eq!(instances.len(), 1, "{instances:?}");
+    instances[0].network_bytes_in + instances[0].network_bytes_out
+}
+
+/// Provisions a grant of 20 minutes, lets it run 10, terminates it and returns it settled.
+async fn ran_ten_minutes(rig: &Rig, backend: &aws_backend::AwsBackend, id: u8) -> backend_api::GrantId {
+    let m = manifest();
+    let g = grant(id, &m, rig.now_tick(), 1_200);
+    let instance = backend.provision(&g, &us_east()).await.expect("provision");
+    rig.clock.sleep_ms(10 * 60_000).await;
+    backend.terminate(&instance).await.expect("terminate");
+    assert!(backend.grant_state(&g.id).expect("known").is_settled());
+    g.id
+}
+
+/// Case 4: the last minutes of traffic, which CloudWatch publishes late, are billed: the figure
+/// taken when the instance ends is provisional and measured again after the lag.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn case4_network_published_late_is_billed() {
+    use usage_ledger::NetworkStatus;
+    let rig = Rig::new(33, FaultConfig { metrics_delay_ms: 5 * 60_000, ..FaultConfig::default() });
+    let backend = rig.backend().await;
+    let g = ran_ten_minutes(&rig, &backend, 0x2f).await;
+    let settled = backend.grant_state(&g).expect("known");
+    let truth = moved(&rig, &g);
+    assert_eq!(settled.network_status(), NetworkStatus::Provisional);
+    assert!(settled.usage().network_bytes < truth, "CloudWatch had not published the last 5 minutes yet");
+    rig.clock.sleep_ms(rig.cfg.network_final_after_ms() + 60_000).await;
+    let amended = backend.grant_state(&g).expect("known");
+    assert_eq!(amended.network_status(), NetworkStatus::Complete);
+    assert_eq!(amended.usage().network_bytes, truth, "the final figure is the whole life's");
+    assert_eq!(amended.usage().cpu_seconds, settled.usage().cpu_seconds, "an amendment changes network only");
+    assert_eq!(backend.network_pending(), 0);
+}
+
+/// Case 4: CloudWatch failing when the instance ends records the figure unknown, not 0, and the
+/// final measurement fills it in, after a restart too.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn case4_network_unknown_at_the_end_is_measured_later_even_across_a_restart() {
+    use usage_ledger::NetworkStatus;
+    let rig = Rig::new(34, FaultConfig { metrics_delay_ms: 5 * 60_000, ..FaultConfig::default() });
+    let doomed = rig.backend().await;
+    // Every try of the sample when the instance ends fails (the pacer retries 5xx).
+    let m = manifest();
+    let g = grant(0x30, &m, rig.now_tick(), 1_200);
+    let instance = doomed.provision(&g, &us_east()).await.expect("provision");
+    rig.clock.sleep_ms(10 * 60_000).await;
+    for _ in 0..20 {
+        rig.sim.fail_next(Operation::GetNetworkUsage, "InternalError");
+    }
+    doomed.terminate(&instance).await.expect("terminate");
+    let settled = doomed.grant_state(&g.id).expect("known");
+    assert!(settled.is_settled());
+    assert_eq!(settled.network_status(), NetworkStatus::Unknown);
+    assert_eq!(settled.usage().network_bytes, 0);
+    // The bridge dies before the final measurement and comes back after it was due.
+    doomed.shutdown();
+    drop(doomed);
+    rig.clock.sleep_ms(rig.cfg.network_final_after_ms() + 60_000).await;
+    for _ in 0..20 {
+        rig.sim.fail_next(Operation::GetNetworkUsage, "Throttling");
+    }
+    let backend = rig.backend().await;
+    let report = backend.recover().await;
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    assert_eq!(backend.network_pending(), 1);
+    rig.clock.sleep_ms(3 * 3_600_000).await;
+    let amended = backend.grant_state(&g.id).expect("known");
+    assert_eq!(amended.network_status(), NetworkStatus::Complete);
+    assert_eq!(amended.usage().network_bytes, moved(&rig, &g.id));
+}

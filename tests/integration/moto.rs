@@ -90,6 +90,11 @@ impl Moto {
 
     /// As [`Moto::start`], with `reaper_grace_ms` set when given (the default otherwise).
     async fn start_with_reaper_grace(endpoint: &str, test: &str, reaper_grace_ms: Option<u64>) -> anyhow::Result<Self> {
+        Self::start_with(endpoint, test, reaper_grace_ms, "").await
+    }
+
+    /// As [`Moto::start_with_reaper_grace`], with `extra` lines of configuration.
+    async fn start_with(endpoint: &str, test: &str, reaper_grace_ms: Option<u64>, extra: &str) -> anyhow::Result<Self> {
         let salt: [u8; 8] = rand::random();
         let owner = format!("moto-{test}-{}", hex(&salt));
         // Distinctive, so that a search of the logs for it cannot hit anything else.
@@ -109,6 +114,7 @@ impl Moto {
             # of a few seconds: no minimum lifetime before the deadline.
             min_lifetime_s = 0
             {reaper_grace}
+            {extra}
             ledger_path = "/nonexistent/unused-the-test-ledger-is-in-memory"
             tags = {{ purpose = "moto-test" }}
             almanac = {{ epoch_unix_ms = {now_ms}, tick_ms = {TICK_MS} }}
@@ -223,7 +229,7 @@ async fn the_sdk_port_speaks_ec2_codes_over_http() -> anyhow::Result<()> {
 
     // CloudWatch: no data for an unknown instance. moto 5.2 does not speak the rpcv2Cbor
     // protocol the CloudWatch SDK uses and answers 404, which must come back as our error for
-    // GetNetworkUsage (the backend then meters the network as 0).
+    // GetNetworkUsage (the backend then records the network unknown; see the bridge test below).
     let now = wall_clock_unix_ms();
     match port.network_usage(&region, vec!["i-0123456789abcdef0".into()], now - 120_000, now).await {
         Ok(usage) => ensure!(usage.iter().all(|u| u.bytes_in == 0 && u.bytes_out == 0), "network usage {usage:?}"),
@@ -481,4 +487,110 @@ async fn no_secret_reaches_the_logs_of_a_lifecycle() -> anyhow::Result<()> {
     ensure!(!logs.contains(&moto.secret_access_key), "the secret access key is in the logs");
     eprintln!("searched {} bytes of TRACE logs: no secret found", logs.len());
     Ok(())
+}
+
+/// A CloudWatch client as EC2's publisher: through the CBOR-to-JSON bridge in front of moto.
+fn publisher(bridge: &tests::cloudwatch_bridge::CloudWatchBridge) -> aws_sdk_cloudwatch::Client {
+    use aws_sdk_cloudwatch::config::{BehaviorVersion, Credentials, Region};
+    let config = aws_sdk_cloudwatch::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(REGION))
+        .endpoint_url(bridge.endpoint.clone())
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "moto"))
+        .build();
+    aws_sdk_cloudwatch::Client::from_conf(config)
+}
+
+/// Publishes `bytes` of `metric` (`NetworkIn`/`NetworkOut`) for `instance_id` at `at`, as EC2's
+/// basic monitoring does.
+async fn publish(
+    cw: &aws_sdk_cloudwatch::Client,
+    instance_id: &str,
+    metric: &str,
+    bytes: f64,
+    at: std::time::SystemTime,
+) -> anyhow::Result<()> {
+    use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
+    let datum = MetricDatum::builder()
+        .metric_name(metric)
+        .dimensions(Dimension::builder().name("InstanceId").value(instance_id).build())
+        .timestamp(aws_sdk_cloudwatch::primitives::DateTime::from(at))
+        .value(bytes)
+        .unit(StandardUnit::Bytes)
+        .build();
+    cw.put_metric_data().namespace("AWS/EC2").metric_data(datum).send().await.context("PutMetricData")?;
+    Ok(())
+}
+
+/// Given a running instance whose `NetworkIn`/`NetworkOut` datapoints are in moto's CloudWatch
+/// (published as EC2 would, through the SDK), when the grant ends, then it settles with their
+/// sum as a provisional figure; and a datapoint published late, for a minute the instance ran,
+/// is added by the final measurement, so the settled usage equals every datapoint's sum.
+///
+/// The SDK's CloudWatch protocol (RPC v2 CBOR) is not served by moto 5.2.x; the backend's
+/// unchanged SDK client reaches moto's JSON protocol through `tests::cloudwatch_bridge`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_published_to_cloudwatch_is_billed_and_late_datapoints_amend_it() -> anyhow::Result<()> {
+    use usage_ledger::NetworkStatus;
+    let Some(endpoint) = moto_endpoint("network_published_to_cloudwatch_is_billed_and_late_datapoints_amend_it") else {
+        return Ok(());
+    };
+    let bridge = tests::cloudwatch_bridge::CloudWatchBridge::start(&endpoint).await?;
+    let extra = format!("cloudwatch_endpoint_url = \"{}\"\nnetwork_final_after_s = 4", bridge.endpoint);
+    let moto = Moto::start_with(&endpoint, "network", None, &extra).await?;
+    let cw = publisher(&bridge);
+    let setup = moto.setup();
+    let manifest = ComputeManifest {
+        cpu_millicores: 1_000,
+        ram_mib: 1_024,
+        storage_gib: 8,
+        tdx_required: false,
+        image_post_hash: ImageHash([0x4E; 32]),
+    };
+    let mut id = [0u8; 32];
+    id[..8].copy_from_slice(&setup.run_salt);
+    id[31] = 0x4E;
+    let valid_to = AlmanacTick(setup.now.0 + 600);
+    let grant = ComputeGrant { id: GrantId(id), manifest: &manifest, valid_from: setup.now, valid_to };
+    let instance = moto.backend.provision(&grant, &Envelope::for_region(region())).await?;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let ran_at = std::time::SystemTime::now() - std::time::Duration::from_secs(1);
+    publish(&cw, &instance.instance_id, "NetworkIn", 1_000.0, ran_at).await?;
+    publish(&cw, &instance.instance_id, "NetworkOut", 500.0, ran_at).await?;
+
+    moto.backend.terminate(&instance).await?;
+    let settled = moto.backend.grant_state(&grant.id).context("the grant is in the ledger")?;
+    ensure!(settled.is_settled(), "terminate returned before the grant settled: {:?}", settled.phase());
+    ensure!(
+        settled.usage().network_bytes == 1_500 && settled.network_status() == NetworkStatus::Provisional,
+        "settled with {} network bytes ({:?}); moto's CloudWatch holds 1500",
+        settled.usage().network_bytes,
+        settled.network_status()
+    );
+
+    // EC2 publishes minutes late: a datapoint for a minute the instance ran arrives now.
+    publish(&cw, &instance.instance_id, "NetworkIn", 2_000.0, ran_at).await?;
+    let waited = std::time::Instant::now();
+    let amended = loop {
+        let state = moto.backend.grant_state(&grant.id).context("the grant is in the ledger")?;
+        if state.network_status() == NetworkStatus::Complete || waited.elapsed().as_secs() > 30 {
+            break state;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    };
+    ensure!(amended.network_status() == NetworkStatus::Complete, "not measured again within 30 s");
+    ensure!(
+        amended.usage().network_bytes == 3_500,
+        "the final figure is {} bytes; the datapoints sum to 3500",
+        amended.usage().network_bytes
+    );
+    ensure!(amended.usage().cpu_seconds == settled.usage().cpu_seconds, "the amendment changed more than network");
+    let amendments = moto
+        .store
+        .records()
+        .iter()
+        .filter(|r| matches!(r.event, Event::NetworkMeasured { complete: true, .. }))
+        .count();
+    ensure!(amendments == 1, "expected one explicit amendment event, found {amendments}");
+    moto.assert_nothing_left().await
 }

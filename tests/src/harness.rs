@@ -448,6 +448,11 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
             ));
         }
         world.join(&mut tasks, true).await;
+        // Network figures are measured again after CloudWatch's publication lag.
+        while backend.network_pending() > 0 && clock.now_unix_ms() < quiet_deadline {
+            clock.sleep_ms(60_000).await;
+            world.check(&backend);
+        }
         // One reaper pass once the orphan grace has passed: nothing of ours may remain.
         clock.sleep_ms(cfg.reaper_grace_ms + 60_000).await;
         let faults_before = sim.faults_injected();
@@ -478,6 +483,11 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
         }
     }
     world.absorb_stats(&backend);
+    if !halted {
+        for v in world.with_context(&backend, |ctx, _| checkers::metering::check_final(ctx)) {
+            world.report(v);
+        }
+    }
     for v in world.with_context(&backend, |ctx, _| admission::check_outcomes(ctx)) {
         world.report(v);
     }

@@ -6,6 +6,7 @@
 //! `examples/bench_backend.rs` measures the backend with it.
 
 pub mod checkers;
+pub mod cloudwatch_bridge;
 pub mod crashpoint;
 pub mod fixture;
 pub mod framestore;

@@ -31,6 +31,8 @@ pub enum Breakage {
     Overbill,
     /// Never record the network sample.
     DropNetworkSample,
+    /// Never measure network again after CloudWatch's publication lag.
+    ProvisionalNetwork,
     /// The store acknowledges the 40th append and keeps nothing of it.
     DropLedgerAppend,
     /// The store keeps the 40th append with a bit flipped.
@@ -57,13 +59,14 @@ pub enum Breakage {
 
 impl Breakage {
     /// Every breakage, in the order the self-test runs them.
-    pub const ALL: [Breakage; 17] = [
+    pub const ALL: [Breakage; 18] = [
         Breakage::TerminateLate,
         Breakage::TerminateEarly,
         Breakage::FreshClientToken,
         Breakage::SkipGroupDelete,
         Breakage::Overbill,
         Breakage::DropNetworkSample,
+        Breakage::ProvisionalNetwork,
         Breakage::DropLedgerAppend,
         Breakage::CorruptLedgerAppend,
         Breakage::Panic,
@@ -86,6 +89,7 @@ impl Breakage {
             Breakage::SkipGroupDelete => "skip-group-delete",
             Breakage::Overbill => "overbill",
             Breakage::DropNetworkSample => "drop-network-sample",
+            Breakage::ProvisionalNetwork => "provisional-network",
             Breakage::DropLedgerAppend => "drop-ledger-append",
             Breakage::CorruptLedgerAppend => "corrupt-ledger-append",
             Breakage::Panic => "panic",
@@ -116,6 +120,7 @@ impl Breakage {
             Breakage::SkipGroupDelete => s.skip_security_group_delete = true,
             Breakage::Overbill => s.overbill_percent = 5,
             Breakage::DropNetworkSample => s.skip_network_sample = true,
+            Breakage::ProvisionalNetwork => s.skip_network_final = true,
             Breakage::Panic => s.panic_below = ONE_IN_EIGHT,
             Breakage::AdmitTdx => s.admit_tdx = true,
             Breakage::FailProvision => s.fail_provision_below = ONE_IN_EIGHT,
@@ -146,7 +151,7 @@ impl Breakage {
             Breakage::TerminateEarly => names::EARLY_END,
             Breakage::FreshClientToken => names::IDEMPOTENCY,
             Breakage::SkipGroupDelete => names::TEARDOWN,
-            Breakage::Overbill | Breakage::DropNetworkSample => names::METERING,
+            Breakage::Overbill | Breakage::DropNetworkSample | Breakage::ProvisionalNetwork => names::METERING,
             Breakage::DropLedgerAppend | Breakage::CorruptLedgerAppend => names::LEDGER,
             Breakage::Panic => names::PANIC,
             Breakage::AdmitTdx => names::ADMISSION,
@@ -168,7 +173,7 @@ impl Breakage {
             Breakage::TerminateEarly => &[names::METERING, names::PROVISION],
             Breakage::FreshClientToken => &[names::TEARDOWN, names::METERING, names::DEADLINE, names::LIVENESS],
             Breakage::SkipGroupDelete => &[names::LIVENESS],
-            Breakage::Overbill | Breakage::DropNetworkSample => &[],
+            Breakage::Overbill | Breakage::DropNetworkSample | Breakage::ProvisionalNetwork => &[],
             Breakage::DropLedgerAppend | Breakage::CorruptLedgerAppend => &[names::METERING, names::LIVENESS],
             Breakage::Panic => &[names::LIVENESS, names::DEADLINE, names::TEARDOWN, names::METERING],
             Breakage::AdmitTdx => &[],
@@ -408,8 +413,10 @@ pub fn generate(scenario: &Scenario, rng: &mut ChaCha8Rng) -> (Vec<GrantPlan>, V
             manifest.storage_gib = MAX_ROOT_VOLUME_GIB;
             Expect::Admit
         } else if edge < 0.75 {
-            // Starts up to 4 minutes after it arrives: provision waits for it.
+            // Starts up to 4 minutes after it arrives: provision waits for it, and the whole
+            // lifetime follows the start (else less than `min_lifetime_s` could be left).
             valid_from_unix_ms = arrival_unix_ms + rng.gen_range(1_000..240_000);
+            valid_to_unix_ms = valid_from_unix_ms + lifetime_ms;
             Expect::Admit
         } else if edge < 0.8 {
             // Starts two hours after it arrives: longer than a provision may wait.

@@ -13,7 +13,7 @@ use base64::Engine;
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::SeedableRng;
 use tracing::Instrument;
-use usage_ledger::{Event, EventStore, GrantState, Ledger, ObservedState, TerminationReason};
+use usage_ledger::{Event, EventStore, GrantState, Ledger, ObservedState, PendingNetwork, TerminationReason};
 
 use crate::config::AwsBootConfig;
 use crate::guest::{GuestSpec, render_user_data};
@@ -74,6 +74,9 @@ pub struct TestSwitches {
     pub overbill_percent: u32,
     /// Never record the network sample (the grant is metered 0 bytes).
     pub skip_network_sample: bool,
+    /// Never measure network again after CloudWatch's publication lag: the figure taken when
+    /// the instance ended stays, provisional and short of its last minutes.
+    pub skip_network_final: bool,
     /// Panic in provision.
     pub panic_below: u8,
     /// Admit grants that require TDX (`can_satisfy` and `provision` both).
@@ -171,6 +174,9 @@ pub(crate) struct Inner {
     ledger_failure: Mutex<Option<String>>,
     /// Each armed deadline's task, by grant (see `arm_deadline`).
     deadlines: Mutex<BTreeMap<GrantId, tokio::task::JoinHandle<()>>>,
+    /// Each armed final network measurement's task, by grant and instance (see
+    /// `arm_network_final`).
+    network_finals: Mutex<BTreeMap<(GrantId, String), tokio::task::JoinHandle<()>>>,
     /// Instances TerminateInstances has accepted, or is being sent for: asking again gains
     /// nothing (see `TerminateClaim`).
     terminate_sent: Mutex<std::collections::BTreeSet<String>>,
@@ -180,6 +186,18 @@ pub(crate) struct Inner {
     /// come, first served), so that a burst keeps RunInstances, the scarcest bucket, busy from
     /// the start instead of queueing every grant's prerequisites behind every other's.
     prep_slots: Mutex<BTreeMap<RegionLabel, Arc<tokio::sync::Semaphore>>>,
+}
+
+/// How many times a final network measurement is tried (backoff from 1 minute up to an hour
+/// between tries: about a day in all) before the figure is left as it is.
+const NETWORK_FINAL_TRIES: u32 = 30;
+
+/// The bytes in and out CloudWatch reported for `instance_id`.
+fn sum_network(samples: &[crate::port::NetworkUsage], instance_id: &str) -> (u64, u64) {
+    samples
+        .iter()
+        .filter(|s| s.instance_id == instance_id)
+        .fold((0, 0), |(i, o), s| (i.saturating_add(s.bytes_in), o.saturating_add(s.bytes_out)))
 }
 
 /// Grants per region that may create their key pair and security group at the same time.
@@ -192,6 +210,9 @@ impl Inner {
             task.abort();
         }
         for task in lock(&self.deadlines).values() {
+            task.abort();
+        }
+        for task in lock(&self.network_finals).values() {
             task.abort();
         }
     }
@@ -262,6 +283,7 @@ impl AwsBackend {
                 run_calls: std::sync::atomic::AtomicU64::new(0),
                 ledger_failure: Mutex::new(None),
                 deadlines: Mutex::new(BTreeMap::new()),
+                network_finals: Mutex::new(BTreeMap::new()),
                 terminate_sent: Mutex::new(std::collections::BTreeSet::new()),
                 catalogue: Mutex::new(BTreeMap::new()),
                 pollers: Mutex::new(BTreeMap::new()),
@@ -281,6 +303,12 @@ impl AwsBackend {
     /// handle alone may leave it running. The simulation calls this when it crashes a backend.
     pub fn shutdown(&self) {
         self.inner.stop_tasks();
+    }
+
+    /// How many network figures (of instances of any grant, settled or not) are not complete
+    /// yet: provisional or unknown, waiting for their final measurement.
+    pub fn network_pending(&self) -> usize {
+        self.with_ledger(|l| l.grants().map(|(_, s)| s.network_pending().len()).sum())
     }
 
     /// The configuration in force.
@@ -1228,37 +1256,124 @@ impl AwsBackend {
             .pacer
             .call(region, Operation::GetNetworkUsage, || self.inner.port.network_usage(region, ids.clone(), start, end))
             .await;
+        // CloudWatch has not published the last minutes yet: this figure is provisional, and
+        // measured again once its lag has passed (`arm_network_final`).
+        let complete = self.inner.cfg.network_final_after_s == 0;
         let network = match sample {
             Ok(_) if self.inner.switches.skip_network_sample => None,
             Ok(samples) => {
-                let (bytes_in, bytes_out) = samples
-                    .iter()
-                    .filter(|s| s.instance_id == instance_id)
-                    .fold((0u64, 0u64), |(i, o), s| (i.saturating_add(s.bytes_in), o.saturating_add(s.bytes_out)));
-                Some(Event::NetworkSampled {
+                let (bytes_in, bytes_out) = sum_network(&samples, instance_id);
+                Some(Event::NetworkMeasured {
                     instance_id: instance_id.to_string(),
                     bytes_in,
                     bytes_out,
                     window_start_unix_ms: start,
                     window_end_unix_ms: end,
+                    complete,
                 })
             }
-            // Metering network is worth less than ending the grant: note it and go on.
+            // Metering network is worth less than ending the grant: record it unknown (not 0)
+            // and go on; the final measurement fills it in.
             Err(err) => {
-                tracing::warn!(error = %err, "network usage unavailable; metered as 0");
-                None
+                tracing::warn!(error = %err, "network usage unavailable; recorded unknown until measured");
+                Some(Event::NetworkUnknown {
+                    instance_id: instance_id.to_string(),
+                    window_start_unix_ms: start,
+                    window_end_unix_ms: end,
+                })
             }
         };
         // The sample and the end go in together, and only once: a racing teardown (the
         // reaper's, recovery's) that finished first has recorded both already.
         let terminated = Event::InstanceTerminated { instance_id: instance_id.to_string() };
         let now = self.now_ms();
-        let mut ledger = lock(&self.inner.ledger);
-        if ledger.grant(grant).is_some_and(|s| s.instance() == Some(instance_id)) {
-            let events = network.into_iter().chain([terminated]).map(|e| (*grant, now, e));
-            ledger.append_batch(events).map_err(local)?;
+        let pending = {
+            let mut ledger = lock(&self.inner.ledger);
+            if ledger.grant(grant).is_some_and(|s| s.instance() == Some(instance_id)) {
+                let events = network.into_iter().chain([terminated]).map(|e| (*grant, now, e));
+                ledger.append_batch(events).map_err(local)?;
+            }
+            ledger.grant(grant).map(|s| s.network_pending()).unwrap_or_default()
+        };
+        for p in pending.into_iter().filter(|p| p.instance_id == instance_id) {
+            self.arm_network_final(*grant, p);
         }
         Ok(())
+    }
+
+    /// Measures `pending` once more, as final, after CloudWatch's publication lag has passed
+    /// since its window ended; retried with backoff (up to a day) while CloudWatch fails. The
+    /// task is the backend's own, like an armed deadline: recovery arms it again for every
+    /// figure the ledger shows incomplete, settled grants included.
+    pub(crate) fn arm_network_final(&self, grant: GrantId, pending: PendingNetwork) {
+        if self.inner.switches.skip_network_final {
+            return;
+        }
+        let at = pending.window_end_unix_ms.saturating_add(self.inner.cfg.network_final_after_ms());
+        let key = (grant, pending.instance_id.clone());
+        let weak = Arc::downgrade(&self.inner);
+        let clock = self.inner.clock.clone();
+        let task_key = key.clone();
+        let task = tokio::spawn(async move {
+            clock.sleep_until_unix_ms(at).await;
+            for attempt in 0..NETWORK_FINAL_TRIES {
+                let Some(inner) = weak.upgrade() else { return };
+                let backend = AwsBackend { inner };
+                match backend.measure_final(&grant, &pending).await {
+                    Ok(()) => break,
+                    Err(err) => {
+                        tracing::warn!(grant = %grant.short(), attempt, error = %err, "final network measurement failed; retrying");
+                        drop(backend);
+                        clock.sleep_ms((60_000u64 << attempt.min(6)).min(3_600_000)).await;
+                    }
+                }
+            }
+            if let Some(inner) = weak.upgrade() {
+                lock(&inner.network_finals).remove(&task_key);
+            }
+        });
+        if let Some(previous) = lock(&self.inner.network_finals).insert(key, task) {
+            previous.abort();
+        }
+    }
+
+    /// One final measurement of `pending`, recorded as complete if the figure is still open.
+    async fn measure_final(&self, grant: &GrantId, pending: &PendingNetwork) -> Result<(), BackendError> {
+        let region = RegionLabel::new(&pending.region).map_err(local)?;
+        let ids = vec![pending.instance_id.clone()];
+        let (start, end) = (pending.window_start_unix_ms, pending.window_end_unix_ms);
+        let samples = self
+            .inner
+            .pacer
+            .call(&region, Operation::GetNetworkUsage, || {
+                self.inner.port.network_usage(&region, ids.clone(), start, end)
+            })
+            .await
+            .map_err(provider)?;
+        let (bytes_in, bytes_out) = sum_network(&samples, &pending.instance_id);
+        self.record_if(*grant, |s| {
+            s.filter(|s| s.network_pending().iter().any(|p| p.instance_id == pending.instance_id)).map(|_| {
+                Event::NetworkMeasured {
+                    instance_id: pending.instance_id.clone(),
+                    bytes_in,
+                    bytes_out,
+                    window_start_unix_ms: start,
+                    window_end_unix_ms: end,
+                    complete: true,
+                }
+            })
+        })
+    }
+
+    /// Arms the final measurement of every network figure the ledger shows incomplete (after
+    /// a restart: the tasks died with the last process).
+    pub(crate) fn arm_pending_network(&self) {
+        let pending: Vec<(GrantId, PendingNetwork)> = self.with_ledger(|l| {
+            l.grants().flat_map(|(id, s)| s.network_pending().into_iter().map(move |p| (*id, p))).collect()
+        });
+        for (grant, p) in pending {
+            self.arm_network_final(grant, p);
+        }
     }
 
     /// Removes everything the grant holds and settles it. Idempotent; works on a grant in any

@@ -52,6 +52,11 @@ pub struct AwsBootConfig {
     /// `AWS_ENDPOINT_URL` are honoured by the SDK when this is absent.
     #[serde(default)]
     pub endpoint_url: Option<String>,
+    /// An endpoint override for CloudWatch alone (a VPC endpoint; in tests, the CBOR-to-JSON
+    /// bridge in front of moto). Falls back to `endpoint_url`, then to the SDK's own
+    /// resolution (`AWS_ENDPOINT_URL_CLOUDWATCH`, `AWS_ENDPOINT_URL`).
+    #[serde(default)]
+    pub cloudwatch_endpoint_url: Option<String>,
     /// CIDRs allowed to reach TCP 22.
     #[serde(default = "default_ssh_ingress_cidrs")]
     pub ssh_ingress_cidrs: Vec<ipnet::Ipv4Net>,
@@ -74,6 +79,12 @@ pub struct AwsBootConfig {
     /// refused (nothing is created before `valid_from`).
     #[serde(default = "default_max_start_wait_s")]
     pub max_start_wait_s: u64,
+    /// How long after an instance ends its network figure is measured again, as final:
+    /// CloudWatch publishes EC2's 5-minute `NetworkIn`/`NetworkOut` datapoints minutes late
+    /// (shared/EC2-FACTS.md, Metering), so the figure taken when the instance ends is
+    /// provisional. 0 takes the first figure as final (for a CloudWatch without lag, as moto's).
+    #[serde(default = "default_network_final_after_s")]
+    pub network_final_after_s: u64,
     /// How to map coalition ticks to time.
     pub almanac: Almanac,
     /// The usage ledger file.
@@ -102,6 +113,9 @@ fn default_min_lifetime_s() -> u64 {
 }
 fn default_max_start_wait_s() -> u64 {
     600
+}
+fn default_network_final_after_s() -> u64 {
+    900
 }
 
 /// A configuration that cannot be used: names the field and the fix.
@@ -214,10 +228,14 @@ impl AwsBootConfig {
                 "is empty: nobody could log in; use [\"0.0.0.0/0\"] or your ranges",
             ));
         }
-        if let Some(url) = &self.endpoint_url {
-            match url::Url::parse(url) {
-                Ok(u) if matches!(u.scheme(), "http" | "https") => {}
-                _ => return Err(invalid("endpoint_url", format!("{url:?} is not an http(s) URL"))),
+        for (field, url) in
+            [("endpoint_url", &self.endpoint_url), ("cloudwatch_endpoint_url", &self.cloudwatch_endpoint_url)]
+        {
+            if let Some(url) = url {
+                match url::Url::parse(url) {
+                    Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+                    _ => return Err(invalid(field, format!("{url:?} is not an http(s) URL"))),
+                }
             }
         }
         if let Some(creds) = &self.credentials
@@ -259,6 +277,15 @@ impl AwsBootConfig {
                 format!("{} s is more than a day: no grant would be admitted; use 60", self.min_lifetime_s),
             ));
         }
+        if self.network_final_after_s > 86_400 {
+            return Err(invalid(
+                "network_final_after_s",
+                format!(
+                    "{} s is more than a day: CloudWatch publishes within minutes; use 900",
+                    self.network_final_after_s
+                ),
+            ));
+        }
         self.guest.validate().map_err(|e| invalid("guest", e.to_string()))?;
         Ok(())
     }
@@ -277,6 +304,11 @@ impl AwsBootConfig {
     /// [`AwsBootConfig::max_start_wait_s`] in milliseconds.
     pub fn max_start_wait_ms(&self) -> u64 {
         self.max_start_wait_s.saturating_mul(1_000)
+    }
+
+    /// [`AwsBootConfig::network_final_after_s`] in milliseconds.
+    pub fn network_final_after_ms(&self) -> u64 {
+        self.network_final_after_s.saturating_mul(1_000)
     }
 
     /// [`AwsBootConfig::min_lifetime_s`] in milliseconds.

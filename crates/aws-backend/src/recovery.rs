@@ -76,13 +76,15 @@ impl AwsBackend {
     /// Resumes every grant the ledger shows unfinished: re-watches instances that were running
     /// until their deadline (terminating at once those already past it), and finishes the
     /// teardown of half-provisioned and half-torn-down grants, including a launch whose result
-    /// was never recorded (found by its ClientToken). Returns when every resumed grant is
+    /// was never recorded (found by its ClientToken), and arms the final network measurement of
+    /// every figure the ledger shows incomplete. Returns when every resumed grant is
     /// settled or has failed.
     ///
     /// The grants to resume are listed when this is called, not when the future is first
     /// polled, so grants admitted after the call are never mistaken for a dead process's.
     pub fn recover(&self) -> impl std::future::Future<Output = RecoveryReport> + Send + 'static {
         let live: Vec<GrantId> = self.with_ledger(|l| l.live_grants().map(|(id, _)| *id).collect());
+        self.arm_pending_network();
         let backend = self.clone();
         async move {
             let mut report = RecoveryReport { resumed: live.len(), failed: Vec::new() };

@@ -77,6 +77,7 @@ pub struct SdkEc2 {
     /// `Debug`); the standard chain otherwise.
     credentials: Option<Credentials>,
     endpoint_url: Option<String>,
+    cloudwatch_endpoint_url: Option<String>,
     clients: RwLock<BTreeMap<RegionLabel, Arc<RegionClients>>>,
 }
 
@@ -86,6 +87,7 @@ impl std::fmt::Debug for SdkEc2 {
             .field("regions", &self.regions)
             .field("static_credentials", &self.credentials.is_some())
             .field("endpoint_url", &self.endpoint_url)
+            .field("cloudwatch_endpoint_url", &self.cloudwatch_endpoint_url)
             .finish_non_exhaustive()
     }
 }
@@ -109,6 +111,7 @@ impl SdkEc2 {
             regions: cfg.regions.iter().cloned().collect(),
             credentials,
             endpoint_url: cfg.endpoint_url.clone(),
+            cloudwatch_endpoint_url: cfg.cloudwatch_endpoint_url.clone(),
             clients: RwLock::new(BTreeMap::new()),
         };
         for region in &cfg.regions {
@@ -136,7 +139,14 @@ impl SdkEc2 {
             loader = loader.endpoint_url(url.clone());
         }
         let shared = loader.load().await;
-        RegionClients { ec2: aws_sdk_ec2::Client::new(&shared), cloudwatch: aws_sdk_cloudwatch::Client::new(&shared) }
+        let mut cloudwatch = aws_sdk_cloudwatch::config::Builder::from(&shared);
+        if let Some(url) = &self.cloudwatch_endpoint_url {
+            cloudwatch = cloudwatch.endpoint_url(url.clone());
+        }
+        RegionClients {
+            ec2: aws_sdk_ec2::Client::new(&shared),
+            cloudwatch: aws_sdk_cloudwatch::Client::from_conf(cloudwatch.build()),
+        }
     }
 
     /// The region's clients, from the cache or built now; a region outside the allowlist is

@@ -180,6 +180,7 @@ impl FaultConfig {
         let spontaneous_exit_probability = maybe(rng, 0.3);
         let spontaneous_exit_after_ms_max = rng.gen_range(60_000..=7_200_000);
         let terminated_visible_ms = rng.gen_range(3_000_000..=4_200_000);
+        let metrics_delay_ms = rng.gen_range(0..=12 * 60_000);
         Self {
             throttle_probability,
             internal_error_probability,
@@ -199,7 +200,7 @@ impl FaultConfig {
             spontaneous_exit_probability,
             spontaneous_exit_after_ms_max,
             terminated_visible_ms,
-            metrics_delay_ms: 0,
+            metrics_delay_ms,
         }
     }
 
@@ -236,7 +237,7 @@ impl FaultConfig {
 
 impl Default for FaultConfig {
     /// Realistic, mild EC2: eventual consistency of up to 2 s, 5–40 s in `pending`, 5–60 s in
-    /// `shutting-down`, groups held up to 30 s after termination; no random failures.
+    /// `shutting-down`, groups held up to 30 s after termination, CloudWatch 5 minutes behind; no random failures.
     fn default() -> Self {
         Self {
             visibility_delay_ms_min: 0,
@@ -250,6 +251,9 @@ impl Default for FaultConfig {
             capacity_shortage_ms_min: 60_000,
             capacity_shortage_ms_max: 300_000,
             spontaneous_exit_after_ms_max: 3_600_000,
+            // EC2's basic monitoring: 5-minute datapoints, published minutes late
+            // (shared/EC2-FACTS.md, Metering).
+            metrics_delay_ms: 5 * 60_000,
             ..Self::none()
         }
     }

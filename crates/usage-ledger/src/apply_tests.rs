@@ -6,8 +6,8 @@
 use backend_api::{AlmanacTick, GrantId, UsageMetrics};
 
 use crate::{
-    ApplyError, Event, GrantState, Impossible, Ledger, LedgerError, ObservedState, Phase, Record, ResourceKind,
-    TerminationReason, apply, fold,
+    ApplyError, Event, GrantState, Impossible, Ledger, LedgerError, NetworkFigure, NetworkStatus, ObservedState, Phase,
+    Record, ResourceKind, TerminationReason, apply, fold,
 };
 
 const G: GrantId = GrantId([7; 32]);
@@ -242,6 +242,92 @@ fn network_samples_add_up() {
     // A late sample after the instance is gone still counts.
     let state = when(&given(&instance_gone()), T0 + 130_000, sampled("i-1", 5, 5)).unwrap();
     assert_eq!(state.usage().network_bytes, 10);
+}
+
+fn measured(id: &str, bytes_in: u64, bytes_out: u64, complete: bool) -> Event {
+    Event::NetworkMeasured {
+        instance_id: id.into(),
+        bytes_in,
+        bytes_out,
+        window_start_unix_ms: T0,
+        window_end_unix_ms: T0 + 120_000,
+        complete,
+    }
+}
+
+fn network_unknown(id: &str) -> Event {
+    Event::NetworkUnknown { instance_id: id.into(), window_start_unix_ms: T0, window_end_unix_ms: T0 + 120_000 }
+}
+
+/// A grant settled with a provisional network figure of 100 bytes for `i-1`.
+fn settled_provisional() -> Vec<(u64, Event)> {
+    let mut events = instance_gone();
+    events.insert(events.len() - 1, (T0 + 119_000, measured("i-1", 60, 40, false)));
+    events.push((T0 + 121_000, key_deleted()));
+    events.push((T0 + 122_000, group_deleted()));
+    let mut usage = usage_for_seconds(100);
+    usage.network_bytes = 100;
+    events.push((T0 + 123_000, Event::GrantSettled { usage }));
+    events
+}
+
+#[test]
+fn a_later_network_figure_replaces_the_earlier_one() {
+    let state = when(&given(&running()), T0 + 20_000, measured("i-1", 100, 23, false)).unwrap();
+    assert_eq!(state.usage().network_bytes, 123);
+    assert_eq!(state.network_status(), NetworkStatus::Provisional);
+    let state = when(&Some(state), T0 + 21_000, measured("i-1", 150, 50, true)).unwrap();
+    assert_eq!(state.usage().network_bytes, 200, "replaced, not added");
+    assert_eq!(state.network_status(), NetworkStatus::Complete);
+    assert!(state.network_pending().is_empty());
+}
+
+#[test]
+fn an_unknown_figure_is_billed_zero_until_measured_and_never_forgets_a_known_one() {
+    let state = when(&given(&instance_gone()), T0 + 121_000, network_unknown("i-1")).unwrap();
+    assert_eq!((state.usage().network_bytes, state.network_status()), (0, NetworkStatus::Unknown));
+    let pending = state.network_pending();
+    assert_eq!((pending.len(), pending[0].region.as_str()), (1, "us-east-1"));
+    assert_eq!(pending[0].figure, NetworkFigure::Unknown);
+    let state = when(&Some(state), T0 + 122_000, measured("i-1", 1, 2, false)).unwrap();
+    let state = when(&Some(state), T0 + 123_000, network_unknown("i-1")).unwrap();
+    assert_eq!((state.usage().network_bytes, state.network_status()), (3, NetworkStatus::Provisional));
+}
+
+#[test]
+fn a_complete_figure_amends_a_settled_grant_once() {
+    let settled = given(&settled_provisional());
+    let state = settled.clone().unwrap();
+    assert_eq!((state.usage().network_bytes, state.network_status()), (100, NetworkStatus::Provisional));
+    assert_eq!(state.network_pending()[0].window_end_unix_ms, T0 + 120_000);
+    // A provisional figure cannot amend a settled grant.
+    assert_eq!(impossible(when(&settled, T0 + 200_000, measured("i-1", 1, 1, false))), Impossible::AfterSettlement);
+    let amended = when(&settled, T0 + 900_000, measured("i-1", 70, 50, true)).unwrap();
+    assert_eq!(amended.usage(), UsageMetrics { network_bytes: 120, ..usage_for_seconds(100) });
+    assert_eq!(amended.network_status(), NetworkStatus::Complete);
+    assert!(amended.is_settled());
+    // Complete: nothing may amend it again, and nothing else is kept for it.
+    assert_eq!(
+        impossible(when(&Some(amended), T0 + 901_000, measured("i-1", 1, 1, true))),
+        Impossible::AfterSettlement
+    );
+}
+
+#[test]
+fn a_retried_grant_bills_each_instance_network_once() {
+    let mut history = settled_provisional();
+    let settled = given(&history).unwrap();
+    // The first attempt failed with a retryable error before it settled.
+    let settle_at = history.len() - 1;
+    history.insert(settle_at, (T0 + 122_500, Event::ProvisionFailed { retryable: true }));
+    history.push((T0 + 130_000, admitted().retried(1)));
+    history.push((T0 + 131_000, launch_requested("tok-2")));
+    history.push((T0 + 132_000, launched("i-2", "tok-2")));
+    history.push((T0 + 133_000, measured("i-2", 5, 5, true)));
+    history.push((T0 + 134_000, measured("i-1", 200, 0, true)));
+    let state = given(&history).unwrap();
+    assert_eq!(settled.usage().network_bytes, 100);
+    assert_eq!(state.usage().network_bytes, 210, "i-1's complete 200 replaces its provisional 100; i-2 adds 10");
 }
 
 #[test]

@@ -168,6 +168,34 @@ pub enum Event {
         /// When billing stops, unix ms.
         at_unix_ms: u64,
     },
+    /// CloudWatch's whole-life network figure for one instance, replacing any earlier figure
+    /// of that instance (never added to it). `complete` is false for the figure taken when the
+    /// instance ended, whose last minutes CloudWatch had not yet published; true for the one
+    /// taken after the publication lag. A complete figure may amend a settled grant.
+    NetworkMeasured {
+        /// The instance measured.
+        instance_id: String,
+        /// Bytes received over the window.
+        bytes_in: u64,
+        /// Bytes sent over the window.
+        bytes_out: u64,
+        /// Start of the window (the instance's launch), unix ms.
+        window_start_unix_ms: u64,
+        /// End of the window (when the instance was seen gone), unix ms.
+        window_end_unix_ms: u64,
+        /// True once CloudWatch's publication lag has passed since `window_end_unix_ms`.
+        complete: bool,
+    },
+    /// CloudWatch could not answer for the instance when it ended: its network is unknown
+    /// (not zero) until a later `NetworkMeasured` says.
+    NetworkUnknown {
+        /// The instance.
+        instance_id: String,
+        /// Start of the window that would have been measured, unix ms.
+        window_start_unix_ms: u64,
+        /// End of that window, unix ms.
+        window_end_unix_ms: u64,
+    },
 }
 
 impl Event {
@@ -221,6 +249,8 @@ impl Event {
             Event::BillingCapped { .. } => "BillingCapped",
             Event::ProvisionFailed { .. } => "ProvisionFailed",
             Event::GrantRetried { .. } => "GrantRetried",
+            Event::NetworkMeasured { .. } => "NetworkMeasured",
+            Event::NetworkUnknown { .. } => "NetworkUnknown",
         }
     }
 }

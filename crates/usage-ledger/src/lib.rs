@@ -17,7 +17,10 @@ mod store;
 pub use event::{Event, ObservedState, Record, ResourceKind, TerminationReason};
 pub use file::{FileStore, OpenReport, ReplayReport, ScanOutcome, TornTail, decode_frame, encode_frame, scan_file};
 pub use ledger::{Ledger, LedgerError};
-pub use state::{ApplyError, GrantState, Impossible, MIN_BILLED_SECONDS, Phase, apply, billed_seconds, fold};
+pub use state::{
+    ApplyError, GrantState, Impossible, MIN_BILLED_SECONDS, NetworkFigure, NetworkStatus, PendingNetwork, Phase, apply,
+    billed_seconds, fold,
+};
 pub use store::{EventStore, MemoryStore, StoreError};
 
 /// The version of the file format this build writes (and the newest it reads).

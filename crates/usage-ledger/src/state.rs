@@ -46,6 +46,72 @@ pub struct GrantState {
     /// Whether the last attempt failed with an error that may be retried (`ProvisionFailed`).
     retry_allowed: bool,
     live: Option<Box<LiveGrant>>,
+    /// CloudWatch's figures for the grant's instances (every attempt's), while any is recorded
+    /// and, once settled, until every figure is complete (then folded into `settled_usage`).
+    network: Option<Box<NetworkBook>>,
+}
+
+/// The network figures of a grant's instances (see `NetworkMeasured` and `NetworkUnknown`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct NetworkBook {
+    /// Where the instances ran: a settled grant keeps it to finish its measurement.
+    region: String,
+    entries: Vec<NetworkEntry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct NetworkEntry {
+    instance_id: String,
+    window_start_unix_ms: u64,
+    window_end_unix_ms: u64,
+    figure: NetworkFigure,
+}
+
+/// What the ledger knows of one instance's network bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetworkFigure {
+    /// CloudWatch could not answer; billed as 0 until measured.
+    Unknown,
+    /// Measured when the instance ended, before CloudWatch had published its last minutes.
+    Provisional(u64),
+    /// Measured after the publication lag: final.
+    Complete(u64),
+}
+
+impl NetworkFigure {
+    fn bytes(self) -> u64 {
+        match self {
+            NetworkFigure::Unknown => 0,
+            NetworkFigure::Provisional(b) | NetworkFigure::Complete(b) => b,
+        }
+    }
+}
+
+/// How final a grant's network figure is, over all its instances.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum NetworkStatus {
+    /// Every instance's figure is complete (or the grant recorded none: nothing launched, or
+    /// a ledger written before `NetworkMeasured`).
+    Complete,
+    /// Some figure is provisional; none is unknown.
+    Provisional,
+    /// CloudWatch could not answer for some instance yet.
+    Unknown,
+}
+
+/// An instance whose network figure is not complete yet, with the window to measure.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingNetwork {
+    /// The region it ran in.
+    pub region: String,
+    /// The instance.
+    pub instance_id: String,
+    /// Window start (its launch), unix ms.
+    pub window_start_unix_ms: u64,
+    /// Window end (when it was seen gone), unix ms.
+    pub window_end_unix_ms: u64,
+    /// What is recorded so far.
+    pub figure: NetworkFigure,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -183,9 +249,85 @@ impl GrantState {
     /// The usage so far: final once settled, otherwise counting an open running period up to
     /// [`GrantState::latest_unix_ms`]. Never decreases as events are applied.
     pub fn usage(&self) -> UsageMetrics {
+        let mut usage = self.base_usage();
+        usage.network_bytes = usage.network_bytes.saturating_add(self.network.as_ref().map_or(0, |b| b.total()));
+        usage
+    }
+
+    /// The usage without the network book's figures.
+    fn base_usage(&self) -> UsageMetrics {
         match &self.live {
             None => self.settled_usage,
             Some(live) => live.usage(self.latest_unix_ms),
+        }
+    }
+
+    /// How final the grant's network figure is.
+    pub fn network_status(&self) -> NetworkStatus {
+        self.network.as_ref().map_or(NetworkStatus::Complete, |b| {
+            b.entries
+                .iter()
+                .map(|e| match e.figure {
+                    NetworkFigure::Unknown => NetworkStatus::Unknown,
+                    NetworkFigure::Provisional(_) => NetworkStatus::Provisional,
+                    NetworkFigure::Complete(_) => NetworkStatus::Complete,
+                })
+                .max()
+                .unwrap_or(NetworkStatus::Complete)
+        })
+    }
+
+    /// The grant's instances whose network figure is not complete yet.
+    pub fn network_pending(&self) -> Vec<PendingNetwork> {
+        let Some(book) = &self.network else { return Vec::new() };
+        book.entries
+            .iter()
+            .filter(|e| !matches!(e.figure, NetworkFigure::Complete(_)))
+            .map(|e| PendingNetwork {
+                region: book.region.clone(),
+                instance_id: e.instance_id.clone(),
+                window_start_unix_ms: e.window_start_unix_ms,
+                window_end_unix_ms: e.window_end_unix_ms,
+                figure: e.figure,
+            })
+            .collect()
+    }
+
+    /// A settled grant whose every figure is complete keeps only their sum.
+    fn compact_network(&mut self) {
+        if self.live.is_none()
+            && let Some(book) = &self.network
+            && book.entries.iter().all(|e| matches!(e.figure, NetworkFigure::Complete(_)))
+        {
+            self.settled_usage.network_bytes = self.settled_usage.network_bytes.saturating_add(book.total());
+            self.network = None;
+        }
+    }
+
+    /// Records `figure` for `instance_id`, replacing what was known unless `only_if_absent`.
+    fn set_network(
+        &mut self,
+        region: &str,
+        instance_id: &str,
+        window: (u64, u64),
+        figure: NetworkFigure,
+        only_if_absent: bool,
+    ) {
+        let book = self
+            .network
+            .get_or_insert_with(|| Box::new(NetworkBook { region: region.to_string(), entries: Vec::new() }));
+        match book.entries.iter_mut().find(|e| e.instance_id == instance_id) {
+            Some(_) if only_if_absent => {}
+            Some(entry) => {
+                (entry.window_start_unix_ms, entry.window_end_unix_ms) = window;
+                entry.figure = figure;
+            }
+            None => book.entries.push(NetworkEntry {
+                instance_id: instance_id.to_string(),
+                window_start_unix_ms: window.0,
+                window_end_unix_ms: window.1,
+                figure,
+            }),
         }
     }
 
@@ -244,6 +386,7 @@ impl GrantState {
                 attempt: 0,
                 retry_allowed: false,
                 live: Admission::of(&record.event).map(|a| Box::new(LiveGrant::admitted(a, UsageMetrics::default()))),
+                network: None,
             }),
             Event::OrphanReaped { .. } => Ok(GrantState {
                 phase: Phase::Settled,
@@ -253,6 +396,7 @@ impl GrantState {
                 attempt: 0,
                 retry_allowed: false,
                 live: None,
+                network: None,
             }),
             _ => fail(Impossible::UnknownGrant),
         }
@@ -269,6 +413,31 @@ impl GrantState {
             // new attempt after a retryable failure.
             match &record.event {
                 Event::OrphanReaped { .. } => {}
+                Event::NetworkMeasured {
+                    instance_id,
+                    bytes_in,
+                    bytes_out,
+                    window_start_unix_ms,
+                    window_end_unix_ms,
+                    complete,
+                } => {
+                    // An amendment: only a complete figure, only for an instance whose figure
+                    // is still open.
+                    let open = self.network_pending().iter().any(|p| p.instance_id == *instance_id);
+                    if !*complete || !open {
+                        return fail(Impossible::AfterSettlement);
+                    }
+                    if window_end_unix_ms < window_start_unix_ms {
+                        return fail(Impossible::BackwardsWindow {
+                            start_unix_ms: *window_start_unix_ms,
+                            end_unix_ms: *window_end_unix_ms,
+                        });
+                    }
+                    let bytes = bytes_in.saturating_add(*bytes_out);
+                    let window = (*window_start_unix_ms, *window_end_unix_ms);
+                    self.set_network("", instance_id, window, NetworkFigure::Complete(bytes), false);
+                    self.compact_network();
+                }
                 Event::GrantRetried { attempt, .. } => {
                     if !self.retry_allowed || self.phase != Phase::Settled || *attempt != self.attempt + 1 {
                         return fail(Impossible::AfterSettlement);
@@ -400,6 +569,42 @@ impl GrantState {
                 }
                 live.network_bytes = live.network_bytes.saturating_add(*bytes_in).saturating_add(*bytes_out);
             }
+            Event::NetworkMeasured {
+                instance_id,
+                bytes_in,
+                bytes_out,
+                window_start_unix_ms,
+                window_end_unix_ms,
+                complete,
+            } => {
+                check_network(
+                    live,
+                    self.network.as_deref(),
+                    record,
+                    instance_id,
+                    *window_start_unix_ms,
+                    *window_end_unix_ms,
+                )?;
+                let bytes = bytes_in.saturating_add(*bytes_out);
+                let figure = if *complete { NetworkFigure::Complete(bytes) } else { NetworkFigure::Provisional(bytes) };
+                let region = live.region.clone();
+                let window = (*window_start_unix_ms, *window_end_unix_ms);
+                self.set_network(&region, instance_id, window, figure, false);
+            }
+            Event::NetworkUnknown { instance_id, window_start_unix_ms, window_end_unix_ms } => {
+                check_network(
+                    live,
+                    self.network.as_deref(),
+                    record,
+                    instance_id,
+                    *window_start_unix_ms,
+                    *window_end_unix_ms,
+                )?;
+                let region = live.region.clone();
+                let window = (*window_start_unix_ms, *window_end_unix_ms);
+                // A figure already known is not forgotten because a later query failed.
+                self.set_network(&region, instance_id, window, NetworkFigure::Unknown, true);
+            }
             Event::TerminationRequested { reason } => {
                 if live.termination.is_none() {
                     live.termination = Some(*reason);
@@ -452,8 +657,9 @@ impl GrantState {
                 self.phase = Phase::Settled;
                 self.next_seq += 1;
                 self.latest_unix_ms = now;
-                self.settled_usage = computed;
+                self.settled_usage = self.base_usage();
                 self.live = None;
+                self.compact_network();
                 return Ok(());
             }
             Event::OrphanReaped { .. } => return fail(Impossible::OrphanOfLiveGrant { phase }),
@@ -592,6 +798,36 @@ impl LiveGrant {
             network_bytes: self.network_bytes,
             storage_bytes: self.storage_bytes,
         }
+    }
+}
+
+/// A network figure must name an instance the grant launched and a window that does not end
+/// before it starts.
+/// An earlier attempt's instance is known by its entry in the book.
+fn check_network(
+    live: &LiveGrant,
+    book: Option<&NetworkBook>,
+    record: &Record,
+    instance_id: &str,
+    start: u64,
+    end: u64,
+) -> Result<(), ApplyError> {
+    let earlier = book.is_some_and(|b| b.entries.iter().any(|e| e.instance_id == instance_id));
+    if !earlier && !live.ever_launched.iter().any(|id| id == instance_id) {
+        return Err(ApplyError::new(
+            record,
+            Impossible::InstanceNeverLaunched { instance_id: instance_id.to_string() },
+        ));
+    }
+    if end < start {
+        return Err(ApplyError::new(record, Impossible::BackwardsWindow { start_unix_ms: start, end_unix_ms: end }));
+    }
+    Ok(())
+}
+
+impl NetworkBook {
+    fn total(&self) -> u64 {
+        self.entries.iter().fold(0u64, |sum, e| sum.saturating_add(e.figure.bytes()))
     }
 }
 

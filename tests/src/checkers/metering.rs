@@ -20,12 +20,15 @@
 //!   ten minutes after the launch: the period then opens at LaunchTime;
 //! - one second per period each way for rounding.
 //!
-//! Network bytes must equal the truth exactly (the sample spans the instance's whole life, taken
-//! after it ended), or be 0 when an injected fault hit the grant's GetNetworkUsage. Storage must
-//! be exact.
+//! Network bytes: a complete figure (measured after CloudWatch's publication lag, over the
+//! instance's whole life) must equal the truth exactly; a provisional one may fall short, never
+//! exceed it; an unknown one counts 0. After the quiet phase every figure must be complete
+//! ([`check_final`]). Storage must be exact. Usage is the ledger's as it stands, amendments
+//! included, not only what `GrantSettled` said.
 
 use backend_api::UsageMetrics;
 use sim_ec2::InstanceTruth;
+use usage_ledger::NetworkStatus;
 
 use super::{Context, Measures, Violation, names};
 use crate::scenario::GrantPlan;
@@ -104,8 +107,11 @@ pub fn check(ctx: &Context<'_>, measures: &mut Measures) -> Vec<Violation> {
             by_grant.entry(grant).or_default().push(instance);
         }
     }
-    for (grant, usage) in &ctx.replay.settled {
+    for grant in ctx.replay.settled.keys() {
         let Some(plan) = ctx.plans.get(grant) else { continue };
+        let Some(state) = ctx.replay.states.get(grant) else { continue };
+        let usage = &state.usage();
+        let network = state.network_status();
         let instances = by_grant.get(grant).map(Vec::as_slice).unwrap_or_default();
         let mut fail = |message: String| violations.push(Violation::safety(names::METERING, message));
         let instance = match instances {
@@ -118,7 +124,7 @@ pub fn check(ctx: &Context<'_>, measures: &mut Measures) -> Vec<Violation> {
             [one] => *one,
             // Several attempts (retried provisions) bill each instance; their sizes may differ.
             many => {
-                check_attempts(grant, usage, many, plan, ctx, &mut fail);
+                check_attempts(grant, usage, network, many, plan, ctx, &mut fail);
                 continue;
             }
         };
@@ -146,18 +152,12 @@ pub fn check(ctx: &Context<'_>, measures: &mut Measures) -> Vec<Violation> {
             }
         }
         let net_truth = instance.network_bytes_in + instance.network_bytes_out;
-        let net_err = usage.network_bytes.abs_diff(net_truth);
-        measures.metering_error_network_bytes_max = measures.metering_error_network_bytes_max.max(net_err);
-        let sample_faulted = !ctx
-            .faults
-            .on_grant(grant, 0, ctx.now_unix_ms, Some(aws_backend::port::Operation::GetNetworkUsage))
-            .is_empty();
-        if net_err != 0 && !(sample_faulted && usage.network_bytes == 0) {
-            fail(format!(
-                "grant {grant}: metered {} network bytes, the instance moved {net_truth}{}",
-                usage.network_bytes,
-                if sample_faulted { " (a fault hit its sample, which allows 0, not another figure)" } else { "" }
-            ));
+        if network == NetworkStatus::Complete {
+            let net_err = usage.network_bytes.abs_diff(net_truth);
+            measures.metering_error_network_bytes_max = measures.metering_error_network_bytes_max.max(net_err);
+        }
+        if let Some(message) = network_error(usage.network_bytes, network, net_truth) {
+            fail(format!("grant {grant}: {message}"));
         }
         let storage_truth = u64::from(plan.manifest.storage_gib.max(crate::fixture::MIN_ROOT_VOLUME_GIB)) << 30;
         if usage.storage_bytes != storage_truth {
@@ -173,6 +173,7 @@ pub fn check(ctx: &Context<'_>, measures: &mut Measures) -> Vec<Violation> {
 fn check_attempts(
     grant: &backend_api::GrantId,
     usage: &UsageMetrics,
+    network: NetworkStatus,
     instances: &[&InstanceTruth],
     plan: &GrantPlan,
     ctx: &Context<'_>,
@@ -194,15 +195,41 @@ fn check_attempts(
             instances.len()
         ));
     }
-    let sample_faulted =
-        !ctx.faults.on_grant(grant, 0, ctx.now_unix_ms, Some(aws_backend::port::Operation::GetNetworkUsage)).is_empty();
-    if usage.network_bytes != net && !sample_faulted {
-        fail(format!(
-            "grant {grant}: {} attempts metered {} network bytes, the instances moved {net}",
-            instances.len(),
-            usage.network_bytes
-        ));
+    if let Some(message) = network_error(usage.network_bytes, network, net) {
+        fail(format!("grant {grant}: {} attempts: {message}", instances.len()));
     }
+}
+
+/// What is wrong with `metered` network bytes of `status` against `truth`, if anything.
+fn network_error(metered: u64, status: NetworkStatus, truth: u64) -> Option<String> {
+    match status {
+        NetworkStatus::Complete if metered != truth => {
+            Some(format!("metered {metered} network bytes as complete, the instances moved {truth}"))
+        }
+        NetworkStatus::Provisional | NetworkStatus::Unknown if metered > truth => {
+            Some(format!("metered {metered} network bytes ({status:?}), more than the {truth} the instances moved"))
+        }
+        _ => None,
+    }
+}
+
+/// After the quiet phase: every settled grant's network figure is complete.
+pub fn check_final(ctx: &Context<'_>) -> Vec<Violation> {
+    ctx.replay
+        .settled
+        .keys()
+        .filter_map(|grant| {
+            let status = ctx.replay.states.get(grant)?.network_status();
+            (status != NetworkStatus::Complete).then(|| {
+                Violation::safety(
+                    names::METERING,
+                    format!(
+                        "grant {grant}: its network figure is still {status:?} after the quiet phase: it was never measured after CloudWatch's publication lag"
+                    ),
+                )
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
