@@ -2,6 +2,7 @@
 
 mod backend_sim;
 mod deadline_and_bill;
+mod economy;
 mod moto;
 mod recovery;
 mod scenarios;

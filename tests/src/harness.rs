@@ -532,6 +532,7 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
         faults,
         grants: counts,
         ec2_calls: stats.calls.iter().map(|(op, n)| (op.name().to_string(), *n)).collect(),
+        ec2_errors: stats.errors.clone(),
         ec2_calls_total: stats.total_calls(),
         throttles: stats.total_throttles(),
         retries: world.retries.clone(),

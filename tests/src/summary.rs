@@ -40,6 +40,9 @@ pub struct Summary {
     pub grants: GrantCounts,
     /// EC2 calls by operation, as the simulator received them.
     pub ec2_calls: BTreeMap<String, u64>,
+    /// EC2's error answers by code (injected faults and ordinary lags alike), as the simulator
+    /// gave them: where calls went to waste.
+    pub ec2_errors: BTreeMap<String, u64>,
     /// All EC2 calls.
     pub ec2_calls_total: u64,
     /// Calls answered RequestLimitExceeded.
@@ -114,6 +117,9 @@ impl Summary {
         let _ = writeln!(out, "  EC2 calls by operation:");
         for (op, n) in &self.ec2_calls {
             let _ = writeln!(out, "    {op:<42} {n}");
+        }
+        if !self.ec2_errors.is_empty() {
+            let _ = writeln!(out, "  EC2 errors by code: {:?}", self.ec2_errors);
         }
         if !self.retries.is_empty() {
             let _ = writeln!(out, "  retries by code: {:?}", self.retries);

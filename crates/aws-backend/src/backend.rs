@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use crate::lag::{Lag, Lags};
 use async_trait::async_trait;
 use backend_api::{
     AlmanacTick, Backend, BackendError, Capabilities, Clock, ComputeGrant, Envelope, GrantId, ProvisionedInstance,
@@ -186,6 +187,47 @@ pub(crate) struct Inner {
     /// come, first served), so that a burst keeps RunInstances, the scarcest bucket, busy from
     /// the start instead of queueing every grant's prerequisites behind every other's.
     prep_slots: Mutex<BTreeMap<RegionLabel, Arc<tokio::sync::Semaphore>>>,
+    /// EC2's visibility and dependency lags, learned per region (see `lag`).
+    lags: Lags,
+    /// Per region, the instances waiting to be terminated together (see `terminate_together`).
+    terminate_queue: Mutex<BTreeMap<RegionLabel, Vec<(String, tokio::sync::oneshot::Sender<Together>)>>>,
+}
+
+/// What became of an instance sent to `terminate_together`.
+enum Together {
+    /// EC2 accepted the call that named it.
+    Done,
+    /// Send it alone: the shared call failed for one of its instances (not yet visible, say),
+    /// or the call was never made.
+    Alone,
+    /// The shared call failed for all: this error.
+    Failed(Ec2Error),
+}
+
+/// How long the first instance to terminate in an instant waits for others of its region.
+const TERMINATE_GATHER_MS: u64 = 50;
+/// EC2's most instance ids in one TerminateInstances call.
+const TERMINATE_IDS_MAX: usize = 1_000;
+
+/// The first caller of an instant: on drop (cancelled while gathering), it lets the others
+/// go alone rather than wait forever.
+struct GatherLeader<'a> {
+    inner: &'a Inner,
+    region: RegionLabel,
+}
+
+impl GatherLeader<'_> {
+    fn take(&self) -> Vec<(String, tokio::sync::oneshot::Sender<Together>)> {
+        lock(&self.inner.terminate_queue).remove(&self.region).unwrap_or_default()
+    }
+}
+
+impl Drop for GatherLeader<'_> {
+    fn drop(&mut self) {
+        for (_, tx) in self.take() {
+            let _ = tx.send(Together::Alone);
+        }
+    }
 }
 
 /// How many times a final network measurement is tried (backoff from 1 minute up to an hour
@@ -288,6 +330,8 @@ impl AwsBackend {
                 catalogue: Mutex::new(BTreeMap::new()),
                 pollers: Mutex::new(BTreeMap::new()),
                 prep_slots: Mutex::new(BTreeMap::new()),
+                lags: Lags::default(),
+                terminate_queue: Mutex::new(BTreeMap::new()),
             }),
         };
         for region in &cfg.regions {
@@ -630,8 +674,10 @@ impl AwsBackend {
                 self.ensure_security_group(&grant.id, &region)
             );
             drop(slot);
-            key?;
-            let group_id = group?;
+            let key_created = key?;
+            let (group_id, group_created) = group?;
+            // RunInstances needs both visible: wait out the lag since the later creation.
+            let created = key_created.max(group_created);
             let request = RunInstancesRequest {
                 image_id: cfg.ami.get(region.as_str()).cloned().unwrap_or_default(),
                 instance_type: String::new(),
@@ -652,7 +698,8 @@ impl AwsBackend {
                 },
                 volume_tags: names::grant_tags(cfg, &grant.id),
             };
-            let instance_id = self.ensure_instance(&grant.id, &region, &fitting, request, grant.valid_to).await?;
+            let instance_id =
+                self.ensure_instance(&grant.id, &region, &fitting, request, grant.valid_to, created).await?;
             self.arm_deadline(grant.id, region.clone(), valid_to_unix_ms);
             tracing::Span::current().record("instance_id", instance_id.as_str());
             let info = self.wait_running(&grant.id, &region, &instance_id, valid_to_unix_ms).await?;
@@ -692,9 +739,9 @@ impl AwsBackend {
         grant: &GrantId,
         region: &RegionLabel,
         login: &SshKeyPair,
-    ) -> Result<(), BackendError> {
+    ) -> Result<Option<u64>, BackendError> {
         if self.grant_state(grant).is_some_and(|s| s.key_pair().is_some()) {
-            return Ok(());
+            return Ok(None);
         }
         let key_name = names::key_name(grant);
         let request = ImportKeyPairRequest {
@@ -714,12 +761,20 @@ impl AwsBackend {
             Err(err) if err.is(codes::KEY_PAIR_DUPLICATE) => String::new(),
             Err(err) => return Err(provider(err)),
         };
+        let created = self.now_ms();
         self.record(*grant, Event::KeyPairImported { key_name, key_pair_id })?;
-        Ok(())
+        Ok(Some(created))
     }
 
-    async fn ensure_security_group(&self, grant: &GrantId, region: &RegionLabel) -> Result<String, BackendError> {
+    /// The grant's group with SSH ingress authorized, and when it was created if it was created
+    /// now (EC2 may not show it to other calls yet).
+    async fn ensure_security_group(
+        &self,
+        grant: &GrantId,
+        region: &RegionLabel,
+    ) -> Result<(String, Option<u64>), BackendError> {
         let cfg = &self.inner.cfg;
+        let mut created = None;
         let group_id = match self.grant_state(grant).and_then(|s| s.security_group().map(str::to_string)) {
             Some(id) => id,
             None => {
@@ -748,6 +803,7 @@ impl AwsBackend {
                     }
                     Err(err) => return Err(provider(err)),
                 };
+                created = Some(self.now_ms());
                 self.record(*grant, Event::SecurityGroupCreated { group_id: group_id.clone(), group_name })?;
                 group_id
             }
@@ -757,7 +813,10 @@ impl AwsBackend {
             port: 22,
             cidrs: cfg.ssh_ingress_cidrs.iter().map(ToString::to_string).collect(),
         };
-        // A group just created may not be visible yet: retry NotFound within the window.
+        // A group just created may not be visible yet: wait out the learned lag, then retry
+        // NotFound within the window.
+        self.wait_lag(region, Lag::Visibility, created, false).await;
+        let met = std::sync::atomic::AtomicBool::new(false);
         let result = self
             .inner
             .pacer
@@ -765,14 +824,39 @@ impl AwsBackend {
                 region,
                 Operation::AuthorizeSecurityGroupIngress,
                 VISIBILITY_WINDOW_MS,
-                Ec2Error::is_not_found,
+                |err| {
+                    let invisible = err.is_not_found();
+                    met.fetch_or(invisible, std::sync::atomic::Ordering::Relaxed);
+                    invisible
+                },
                 || self.inner.port.authorize_ingress(region, request.clone()),
             )
             .await;
+        if result.is_ok() {
+            self.learn_lag(region, Lag::Visibility, created, met.into_inner());
+        }
         match result {
-            Ok(()) => Ok(group_id),
-            Err(err) if err.is(codes::PERMISSION_DUPLICATE) => Ok(group_id),
+            Ok(()) => Ok((group_id, created)),
+            Err(err) if err.is(codes::PERMISSION_DUPLICATE) => Ok((group_id, created)),
             Err(err) => Err(provider(err)),
+        }
+    }
+
+    /// Sleeps until `lag` has likely passed since `since` (at once without `since`); with
+    /// `margin`, a quarter longer, where a failed call costs more than the wait (RunInstances,
+    /// the scarcest bucket; a group deletion nobody waits for).
+    async fn wait_lag(&self, region: &RegionLabel, lag: Lag, since: Option<u64>, margin: bool) {
+        if let Some(at) = since {
+            let wait = self.inner.lags.wait_ms(region, lag);
+            let wait = if margin { wait + wait / 4 } else { wait };
+            self.inner.clock.sleep_until_unix_ms(at.saturating_add(wait)).await;
+        }
+    }
+
+    /// Learns from a call that succeeded now, `met` saying whether it first met `lag`.
+    fn learn_lag(&self, region: &RegionLabel, lag: Lag, since: Option<u64>, met: bool) {
+        if let Some(at) = since {
+            self.inner.lags.learn(region, lag, self.now_ms().saturating_sub(at), met);
         }
     }
 
@@ -812,6 +896,7 @@ impl AwsBackend {
         fitting: &[InstanceTypeInfo],
         template: RunInstancesRequest,
         valid_to: AlmanacTick,
+        created: Option<u64>,
     ) -> Result<String, BackendError> {
         let state = self.grant_state(grant).ok_or_else(|| local("grant vanished from the ledger"))?;
         if let Some(id) = state.instance() {
@@ -833,7 +918,7 @@ impl AwsBackend {
                 (s.and_then(GrantState::launch_requested) != Some(token.as_str())).then_some(launch)
             })?;
             tried.push(itype.instance_type.clone());
-            let result = self.run_instance_when_visible(region, &request, valid_to).await;
+            let result = self.run_instance_when_visible(region, &request, valid_to, created).await;
             match result {
                 Ok(info) => {
                     self.record(
@@ -869,9 +954,17 @@ impl AwsBackend {
         region: &RegionLabel,
         request: &RunInstancesRequest,
         valid_to: AlmanacTick,
+        created: Option<u64>,
     ) -> Result<InstanceInfo, Ec2Error> {
-        let invisible = |err: &Ec2Error| err.is(codes::KEY_PAIR_NOT_FOUND) || err.is(codes::GROUP_NOT_FOUND);
-        self.inner
+        self.wait_lag(region, Lag::Visibility, created, true).await;
+        let met = std::sync::atomic::AtomicBool::new(false);
+        let invisible = |err: &Ec2Error| {
+            let invisible = err.is(codes::KEY_PAIR_NOT_FOUND) || err.is(codes::GROUP_NOT_FOUND);
+            met.fetch_or(invisible, std::sync::atomic::Ordering::Relaxed);
+            invisible
+        };
+        let result = self
+            .inner
             .pacer
             .call_until_settled(region, Operation::RunInstances, VISIBILITY_WINDOW_MS, invisible, || {
                 let too_late = self.check_time_left(valid_to).is_err();
@@ -892,7 +985,11 @@ impl AwsBackend {
                     port.run_instance(region, request).await
                 }
             })
-            .await
+            .await;
+        if result.is_ok() {
+            self.learn_lag(region, Lag::Visibility, created, met.into_inner());
+        }
+        result
     }
 
     /// Records a state observation when it differs from the last one recorded.
@@ -988,6 +1085,15 @@ impl AwsBackend {
         if let Err(err) = self.record_termination(*grant, reason) {
             tracing::error!(error = %err, "could not record the termination request; terminating anyway");
         }
+        // First together with every instance of the region ending in the same instant.
+        match self.terminate_together(region, instance_id).await {
+            Together::Done => {
+                claim.keep();
+                return Ok(());
+            }
+            Together::Failed(err) if !err.is(codes::INSTANCE_NOT_FOUND) => return Err(provider(err)),
+            Together::Failed(_) | Together::Alone => {}
+        }
         let started = self.now_ms();
         let mut attempt = 0;
         loop {
@@ -1017,6 +1123,48 @@ impl AwsBackend {
                 Err(err) => return Err(provider(err)),
             }
         }
+    }
+
+    /// Sends TerminateInstances once for every instance of `region` asked to terminate within
+    /// `TERMINATE_GATHER_MS` of the first (grants ending in the same instant), up to EC2's
+    /// 1,000 ids per call. One id EC2 cannot see fails the whole call: then each goes alone.
+    async fn terminate_together(&self, region: &RegionLabel, instance_id: &str) -> Together {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let leads = {
+            let mut queues = lock(&self.inner.terminate_queue);
+            let queue = queues.entry(region.clone()).or_default();
+            queue.push((instance_id.to_string(), tx));
+            queue.len() == 1
+        };
+        if !leads {
+            return rx.await.unwrap_or(Together::Alone);
+        }
+        let leader = GatherLeader { inner: &self.inner, region: region.clone() };
+        self.inner.clock.sleep_ms(TERMINATE_GATHER_MS).await;
+        let mut gathered = leader.take();
+        drop(leader);
+        // Senders dropped unanswered (this caller cancelled mid-call) tell the others to go
+        // alone.
+        while !gathered.is_empty() {
+            let rest = gathered.split_off(gathered.len().min(TERMINATE_IDS_MAX));
+            let chunk = std::mem::replace(&mut gathered, rest);
+            let ids: Vec<String> = chunk.iter().map(|(id, _)| id.clone()).collect();
+            let result = self
+                .inner
+                .pacer
+                .call(region, Operation::TerminateInstances, || {
+                    self.inner.port.terminate_instances(region, ids.clone())
+                })
+                .await;
+            for (_, tx) in chunk {
+                let _ = tx.send(match &result {
+                    Ok(_) => Together::Done,
+                    Err(err) if err.is(codes::INSTANCE_NOT_FOUND) && ids.len() > 1 => Together::Alone,
+                    Err(err) => Together::Failed(err.clone()),
+                });
+            }
+        }
+        rx.await.unwrap_or(Together::Alone)
     }
 
     /// Records `TerminationRequested` once; for a deadline handled after `valid_to` (the bridge
@@ -1398,6 +1546,9 @@ impl AwsBackend {
             self.request_termination(&grant, &region, &instance_id, reason).await?;
             self.follow_to_end(&grant, &region, &instance_id, None).await?;
         }
+        // About when the instance was recorded gone (the grant's latest record, taken before
+        // anything else is deleted): its group stays "in use" for a while after.
+        let gone_at = self.grant_state(&grant).filter(|s| !s.ever_launched().is_empty()).map(|s| s.latest_unix_ms());
 
         // The key pair: DeleteKeyPair of a missing name succeeds, so delete by name even when
         // the import was never recorded.
@@ -1424,7 +1575,7 @@ impl AwsBackend {
         }
         if let Some(group_id) = group_id {
             if !self.inner.switches.skip_security_group_delete {
-                self.delete_group(&region, &group_id).await?;
+                self.delete_group(&region, &group_id, gone_at).await?;
             }
             // Another teardown (the reaper's, recovery's) may have recorded it meanwhile.
             self.record_if(grant, |s| {
@@ -1515,9 +1666,18 @@ impl AwsBackend {
 
     /// DeleteSecurityGroup, retried through `DependencyViolation` (the instance's network
     /// interface lingers after termination) and through invisibility of a new group.
-    async fn delete_group(&self, region: &RegionLabel, group_id: &str) -> Result<(), BackendError> {
+    /// With `gone_at` (when its instance was seen gone), first waits out the learned lag after
+    /// which EC2 usually lets the group go.
+    async fn delete_group(
+        &self,
+        region: &RegionLabel,
+        group_id: &str,
+        gone_at: Option<u64>,
+    ) -> Result<(), BackendError> {
+        self.wait_lag(region, Lag::Dependency, gone_at, true).await;
         let started = self.now_ms();
         let mut attempt = 0;
+        let mut met = false;
         loop {
             let result = self
                 .inner
@@ -1527,8 +1687,12 @@ impl AwsBackend {
                 })
                 .await;
             match result {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.learn_lag(region, Lag::Dependency, gone_at, met);
+                    return Ok(());
+                }
                 Err(err) if err.is(codes::DEPENDENCY_VIOLATION) && self.now_ms() < started + DEPENDENCY_WINDOW_MS => {
+                    met = true;
                     // The instance's network interface takes seconds to tens of seconds to go:
                     // start the backoff at a few seconds rather than hammering.
                     self.inner.pacer.backoff(attempt.min(4) + 4).await;

@@ -8,6 +8,7 @@ mod backend;
 pub mod config;
 pub mod guest;
 pub mod keys;
+pub(crate) mod lag;
 pub mod names;
 pub mod pacing;
 pub mod poller;

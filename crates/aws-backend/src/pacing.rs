@@ -190,7 +190,8 @@ impl Pacer {
         loop {
             match self.call(region, op, &mut call).await {
                 Err(err) if settling(&err) && self.clock.now_unix_ms() < started.saturating_add(window_ms) => {
-                    self.backoff(attempt.min(6)).await;
+                    // A lag of seconds: start near a second rather than retrying at once.
+                    self.backoff(attempt.min(4) + 2).await;
                     attempt += 1;
                 }
                 other => return other,
