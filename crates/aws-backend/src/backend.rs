@@ -190,8 +190,11 @@ pub(crate) struct Inner {
     /// EC2's visibility and dependency lags, learned per region (see `lag`).
     lags: Lags,
     /// Per region, the instances waiting to be terminated together (see `terminate_together`).
-    terminate_queue: Mutex<BTreeMap<RegionLabel, Vec<(String, tokio::sync::oneshot::Sender<Together>)>>>,
+    terminate_queue: Mutex<BTreeMap<RegionLabel, Vec<Gathered>>>,
 }
+
+/// An instance waiting in `terminate_together`, and where to tell it what became of it.
+type Gathered = (String, tokio::sync::oneshot::Sender<Together>);
 
 /// What became of an instance sent to `terminate_together`.
 enum Together {
@@ -217,7 +220,7 @@ struct GatherLeader<'a> {
 }
 
 impl GatherLeader<'_> {
-    fn take(&self) -> Vec<(String, tokio::sync::oneshot::Sender<Together>)> {
+    fn take(&self) -> Vec<Gathered> {
         lock(&self.inner.terminate_queue).remove(&self.region).unwrap_or_default()
     }
 }
