@@ -536,7 +536,7 @@ async fn network_published_to_cloudwatch_is_billed_and_late_datapoints_amend_it(
         return Ok(());
     };
     let bridge = tests::cloudwatch_bridge::CloudWatchBridge::start(&endpoint).await?;
-    let extra = format!("cloudwatch_endpoint_url = \"{}\"\nnetwork_final_after_s = 4", bridge.endpoint);
+    let extra = format!("cloudwatch_endpoint_url = \"{}\"\nnetwork_final_after_s = 20", bridge.endpoint);
     let moto = Moto::start_with(&endpoint, "network", None, &extra).await?;
     let cw = publisher(&bridge);
     let setup = moto.setup();
@@ -573,12 +573,12 @@ async fn network_published_to_cloudwatch_is_billed_and_late_datapoints_amend_it(
     let waited = std::time::Instant::now();
     let amended = loop {
         let state = moto.backend.grant_state(&grant.id).context("the grant is in the ledger")?;
-        if state.network_status() == NetworkStatus::Complete || waited.elapsed().as_secs() > 30 {
+        if state.network_status() == NetworkStatus::Complete || waited.elapsed().as_secs() > 60 {
             break state;
         }
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     };
-    ensure!(amended.network_status() == NetworkStatus::Complete, "not measured again within 30 s");
+    ensure!(amended.network_status() == NetworkStatus::Complete, "not measured again within 60 s");
     ensure!(
         amended.usage().network_bytes == 3_500,
         "the final figure is {} bytes; the datapoints sum to 3500",

@@ -31,11 +31,13 @@ pub enum Lag {
 }
 
 impl Lag {
-    /// (initial, least, most) estimate in ms.
+    /// (initial, least, most) estimate in ms. The initial ones are low: a region without the
+    /// lag (moto) should not pay for it, and one that has it teaches the estimate with its first
+    /// failed calls.
     fn bounds(self) -> (u64, u64, u64) {
         match self {
-            Lag::Visibility => (2_000, 200, 10_000),
-            Lag::Dependency => (10_000, 2_000, 120_000),
+            Lag::Visibility => (500, 200, 10_000),
+            Lag::Dependency => (2_000, 1_000, 120_000),
         }
     }
 }
@@ -92,7 +94,7 @@ mod tests {
     #[test]
     fn a_met_lag_raises_the_estimate_and_quick_successes_lower_it_within_bounds() {
         let mut e = Estimate::new(Lag::Visibility);
-        assert_eq!(e.wait_ms(), 2_000);
+        assert_eq!(e.wait_ms(), 500);
         e.learn(2_500, true);
         assert_eq!(e.wait_ms(), 2_500);
         e.learn(2_500, false);
@@ -126,7 +128,7 @@ mod tests {
         let (a, b) = (RegionLabel::new("us-east-1").expect("valid"), RegionLabel::new("eu-west-1").expect("valid"));
         lags.learn(&a, Lag::Dependency, 40_000, true);
         assert_eq!(lags.wait_ms(&a, Lag::Dependency), 40_000);
-        assert_eq!(lags.wait_ms(&b, Lag::Dependency), 10_000);
-        assert_eq!(lags.wait_ms(&a, Lag::Visibility), 2_000);
+        assert_eq!(lags.wait_ms(&b, Lag::Dependency), 2_000);
+        assert_eq!(lags.wait_ms(&a, Lag::Visibility), 500);
     }
 }
