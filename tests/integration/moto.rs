@@ -162,6 +162,31 @@ impl Moto {
     }
 }
 
+/// A 1-vCPU, 1 GiB, 8 GiB grant's manifest, its image named by `image`.
+fn small_manifest(image: u8) -> ComputeManifest {
+    ComputeManifest {
+        cpu_millicores: 1_000,
+        ram_mib: 1_024,
+        storage_gib: 8,
+        tdx_required: false,
+        image_post_hash: ImageHash([image; 32]),
+    }
+}
+
+/// A grant of this run (its id starts with the run's salt and ends with `tag`), valid from now
+/// for `lifetime_ticks`.
+fn test_grant<'a>(setup: &Setup, tag: u8, manifest: &'a ComputeManifest, lifetime_ticks: u64) -> ComputeGrant<'a> {
+    let mut id = [0u8; 32];
+    id[..8].copy_from_slice(&setup.run_salt);
+    id[31] = tag;
+    ComputeGrant {
+        id: GrantId(id),
+        manifest,
+        valid_from: setup.now,
+        valid_to: AlmanacTick(setup.now.0 + lifetime_ticks),
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -441,18 +466,9 @@ async fn no_secret_reaches_the_logs_of_a_lifecycle() -> anyhow::Result<()> {
     // would stay silent here: rebuild every callsite's interest now that ours is in place.
     tracing::callsite::rebuild_interest_cache();
     let setup = moto.setup();
-    let manifest = ComputeManifest {
-        cpu_millicores: 1_000,
-        ram_mib: 1_024,
-        storage_gib: 8,
-        tdx_required: false,
-        image_post_hash: ImageHash([0x5A; 32]),
-    };
-    let mut id = [0u8; 32];
-    id[..8].copy_from_slice(&setup.run_salt);
-    id[31] = 0x10;
-    let valid_to = AlmanacTick(setup.now.0 + LIFETIME_TICKS);
-    let grant = ComputeGrant { id: GrantId(id), manifest: &manifest, valid_from: setup.now, valid_to };
+    let manifest = small_manifest(0x5A);
+    let grant = test_grant(&setup, 0x10, &manifest, LIFETIME_TICKS);
+    let valid_to = grant.valid_to;
     let instance = moto.backend.provision(&grant, &Envelope::for_region(region())).await?;
     let usage = moto.backend.watch_until_exit(&instance, valid_to).await?;
     moto.backend.terminate(&instance).await?;
@@ -540,18 +556,8 @@ async fn network_published_to_cloudwatch_is_billed_and_late_datapoints_amend_it(
     let moto = Moto::start_with(&endpoint, "network", None, &extra).await?;
     let cw = publisher(&bridge);
     let setup = moto.setup();
-    let manifest = ComputeManifest {
-        cpu_millicores: 1_000,
-        ram_mib: 1_024,
-        storage_gib: 8,
-        tdx_required: false,
-        image_post_hash: ImageHash([0x4E; 32]),
-    };
-    let mut id = [0u8; 32];
-    id[..8].copy_from_slice(&setup.run_salt);
-    id[31] = 0x4E;
-    let valid_to = AlmanacTick(setup.now.0 + 600);
-    let grant = ComputeGrant { id: GrantId(id), manifest: &manifest, valid_from: setup.now, valid_to };
+    let manifest = small_manifest(0x4E);
+    let grant = test_grant(&setup, 0x4E, &manifest, 600);
     let instance = moto.backend.provision(&grant, &Envelope::for_region(region())).await?;
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     let ran_at = std::time::SystemTime::now() - std::time::Duration::from_secs(1);

@@ -237,14 +237,6 @@ impl Drop for GatherLeader<'_> {
 /// between tries: about a day in all) before the figure is left as it is.
 const NETWORK_FINAL_TRIES: u32 = 30;
 
-/// The bytes in and out CloudWatch reported for `instance_id`.
-fn sum_network(samples: &[crate::port::NetworkUsage], instance_id: &str) -> (u64, u64) {
-    samples
-        .iter()
-        .filter(|s| s.instance_id == instance_id)
-        .fold((0, 0), |(i, o), s| (i.saturating_add(s.bytes_in), o.saturating_add(s.bytes_out)))
-}
-
 /// Grants per region that may create their key pair and security group at the same time.
 const PREP_SLOTS_PER_REGION: usize = 16;
 
@@ -816,33 +808,52 @@ impl AwsBackend {
             port: 22,
             cidrs: cfg.ssh_ingress_cidrs.iter().map(ToString::to_string).collect(),
         };
-        // A group just created may not be visible yet: wait out the learned lag, then retry
-        // NotFound within the window.
-        self.wait_lag(region, Lag::Visibility, created, false).await;
-        let met = std::sync::atomic::AtomicBool::new(false);
+        // A group just created may not be visible yet.
         let result = self
-            .inner
-            .pacer
-            .call_until_settled(
+            .call_when_visible(
                 region,
                 Operation::AuthorizeSecurityGroupIngress,
-                VISIBILITY_WINDOW_MS,
-                |err| {
-                    let invisible = err.is_not_found();
-                    met.fetch_or(invisible, std::sync::atomic::Ordering::Relaxed);
-                    invisible
-                },
+                created,
+                false,
+                Ec2Error::is_not_found,
                 || self.inner.port.authorize_ingress(region, request.clone()),
             )
             .await;
-        if result.is_ok() {
-            self.learn_lag(region, Lag::Visibility, created, met.into_inner());
-        }
         match result {
             Ok(()) => Ok((group_id, created)),
             Err(err) if err.is(codes::PERMISSION_DUPLICATE) => Ok((group_id, created)),
             Err(err) => Err(provider(err)),
         }
+    }
+
+    /// `op` on resources created at `created` (`None`: long ago): waits out the learned
+    /// visibility lag (a quarter longer with `margin`), retries while `invisible` holds for the
+    /// error within the window, and learns from how it went.
+    async fn call_when_visible<T, F, Fut>(
+        &self,
+        region: &RegionLabel,
+        op: Operation,
+        created: Option<u64>,
+        margin: bool,
+        invisible: impl Fn(&Ec2Error) -> bool,
+        call: F,
+    ) -> Result<T, Ec2Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, Ec2Error>>,
+    {
+        self.wait_lag(region, Lag::Visibility, created, margin).await;
+        let met = std::sync::atomic::AtomicBool::new(false);
+        let settling = |err: &Ec2Error| {
+            let settling = invisible(err);
+            met.fetch_or(settling, std::sync::atomic::Ordering::Relaxed);
+            settling
+        };
+        let result = self.inner.pacer.call_until_settled(region, op, VISIBILITY_WINDOW_MS, settling, call).await;
+        if result.is_ok() {
+            self.learn_lag(region, Lag::Visibility, created, met.into_inner());
+        }
+        result
     }
 
     /// Sleeps until `lag` has likely passed since `since` (at once without `since`); with
@@ -959,40 +970,23 @@ impl AwsBackend {
         valid_to: AlmanacTick,
         created: Option<u64>,
     ) -> Result<InstanceInfo, Ec2Error> {
-        self.wait_lag(region, Lag::Visibility, created, true).await;
-        let met = std::sync::atomic::AtomicBool::new(false);
-        let invisible = |err: &Ec2Error| {
-            let invisible = err.is(codes::KEY_PAIR_NOT_FOUND) || err.is(codes::GROUP_NOT_FOUND);
-            met.fetch_or(invisible, std::sync::atomic::Ordering::Relaxed);
-            invisible
-        };
-        let result = self
-            .inner
-            .pacer
-            .call_until_settled(region, Operation::RunInstances, VISIBILITY_WINDOW_MS, invisible, || {
-                let too_late = self.check_time_left(valid_to).is_err();
-                let mut request = request.clone();
-                if self.inner.switches.fresh_client_token_per_call {
-                    let n = self.inner.run_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    request.client_token = format!("{}-{n}", request.client_token);
+        let invisible = |err: &Ec2Error| err.is(codes::KEY_PAIR_NOT_FOUND) || err.is(codes::GROUP_NOT_FOUND);
+        self.call_when_visible(region, Operation::RunInstances, created, true, invisible, || {
+            let too_late = self.check_time_left(valid_to).is_err();
+            let mut request = request.clone();
+            if self.inner.switches.fresh_client_token_per_call {
+                let n = self.inner.run_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                request.client_token = format!("{}-{n}", request.client_token);
+            }
+            let port = self.inner.port.clone();
+            async move {
+                if too_late {
+                    return Err(Ec2Error::new(Operation::RunInstances, TOO_LATE, "not sent: too close to valid_to"));
                 }
-                let port = self.inner.port.clone();
-                async move {
-                    if too_late {
-                        return Err(Ec2Error::new(
-                            Operation::RunInstances,
-                            TOO_LATE,
-                            "not sent: too close to valid_to",
-                        ));
-                    }
-                    port.run_instance(region, request).await
-                }
-            })
-            .await;
-        if result.is_ok() {
-            self.learn_lag(region, Lag::Visibility, created, met.into_inner());
-        }
-        result
+                port.run_instance(region, request).await
+            }
+        })
+        .await
     }
 
     /// Records a state observation when it differs from the last one recorded.
@@ -1401,28 +1395,20 @@ impl AwsBackend {
         // The whole life of the instance: from its launch (as EC2 reported it) to now, after it
         // ended. Without a sighting, the widest window CloudWatch's one-minute data keeps.
         let start = launched_at.unwrap_or_else(|| end.saturating_sub(15 * 24 * 3_600_000)).min(end);
-        let ids = vec![instance_id.to_string()];
-        let sample = self
-            .inner
-            .pacer
-            .call(region, Operation::GetNetworkUsage, || self.inner.port.network_usage(region, ids.clone(), start, end))
-            .await;
+        let sample = self.measure_network(region, instance_id, start, end).await;
         // CloudWatch has not published the last minutes yet: this figure is provisional, and
         // measured again once its lag has passed (`arm_network_final`).
         let complete = self.inner.cfg.network_final_after_s == 0;
         let network = match sample {
             Ok(_) if self.inner.switches.skip_network_sample => None,
-            Ok(samples) => {
-                let (bytes_in, bytes_out) = sum_network(&samples, instance_id);
-                Some(Event::NetworkMeasured {
-                    instance_id: instance_id.to_string(),
-                    bytes_in,
-                    bytes_out,
-                    window_start_unix_ms: start,
-                    window_end_unix_ms: end,
-                    complete,
-                })
-            }
+            Ok((bytes_in, bytes_out)) => Some(Event::NetworkMeasured {
+                instance_id: instance_id.to_string(),
+                bytes_in,
+                bytes_out,
+                window_start_unix_ms: start,
+                window_end_unix_ms: end,
+                complete,
+            }),
             // Metering network is worth less than ending the grant: record it unknown (not 0)
             // and go on; the final measurement fills it in.
             Err(err) => {
@@ -1488,20 +1474,32 @@ impl AwsBackend {
         }
     }
 
-    /// One final measurement of `pending`, recorded as complete if the figure is still open.
-    async fn measure_final(&self, grant: &GrantId, pending: &PendingNetwork) -> Result<(), BackendError> {
-        let region = RegionLabel::new(&pending.region).map_err(local)?;
-        let ids = vec![pending.instance_id.clone()];
-        let (start, end) = (pending.window_start_unix_ms, pending.window_end_unix_ms);
+    /// CloudWatch's bytes in and out of `instance_id` over `[start, end)`.
+    async fn measure_network(
+        &self,
+        region: &RegionLabel,
+        instance_id: &str,
+        start: u64,
+        end: u64,
+    ) -> Result<(u64, u64), Ec2Error> {
+        let ids = vec![instance_id.to_string()];
         let samples = self
             .inner
             .pacer
-            .call(&region, Operation::GetNetworkUsage, || {
-                self.inner.port.network_usage(&region, ids.clone(), start, end)
-            })
-            .await
-            .map_err(provider)?;
-        let (bytes_in, bytes_out) = sum_network(&samples, &pending.instance_id);
+            .call(region, Operation::GetNetworkUsage, || self.inner.port.network_usage(region, ids.clone(), start, end))
+            .await?;
+        Ok(samples
+            .iter()
+            .filter(|s| s.instance_id == instance_id)
+            .fold((0, 0), |(i, o), s| (i.saturating_add(s.bytes_in), o.saturating_add(s.bytes_out))))
+    }
+
+    /// One final measurement of `pending`, recorded as complete if the figure is still open.
+    async fn measure_final(&self, grant: &GrantId, pending: &PendingNetwork) -> Result<(), BackendError> {
+        let region = RegionLabel::new(&pending.region).map_err(local)?;
+        let (start, end) = (pending.window_start_unix_ms, pending.window_end_unix_ms);
+        let (bytes_in, bytes_out) =
+            self.measure_network(&region, &pending.instance_id, start, end).await.map_err(provider)?;
         self.record_if(*grant, |s| {
             s.filter(|s| s.network_pending().iter().any(|p| p.instance_id == pending.instance_id)).map(|_| {
                 Event::NetworkMeasured {
