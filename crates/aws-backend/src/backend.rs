@@ -14,7 +14,9 @@ use base64::Engine;
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::SeedableRng;
 use tracing::Instrument;
-use usage_ledger::{Event, EventStore, GrantState, Ledger, ObservedState, PendingNetwork, TerminationReason};
+use usage_ledger::{
+    Books, Event, EventStore, GrantState, Ledger, ObservedState, PendingNetwork, SharedLedger, TerminationReason,
+};
 
 use crate::config::AwsBootConfig;
 use crate::guest::{GuestSpec, render_user_data};
@@ -164,7 +166,8 @@ pub(crate) struct Inner {
     pub(crate) cfg: AwsBootConfig,
     pub(crate) port: Arc<dyn Ec2Port>,
     pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) ledger: Mutex<BackendLedger>,
+    /// Shared by every task, with group commit: concurrent grants' appends share an `fsync`.
+    pub(crate) ledger: SharedLedger<DynStore>,
     pub(crate) pacer: Arc<Pacer>,
     key_seed: Secret,
     switches: TestSwitches,
@@ -313,7 +316,7 @@ impl AwsBackend {
                 cfg: cfg.clone(),
                 port: parts.port,
                 clock: parts.clock,
-                ledger: Mutex::new(parts.ledger),
+                ledger: SharedLedger::new(parts.ledger),
                 pacer,
                 key_seed: parts.key_seed,
                 switches: parts.switches,
@@ -365,24 +368,35 @@ impl AwsBackend {
         lock(&self.inner.pollers).iter().map(|(r, (p, _))| (r.clone(), p.polls())).collect()
     }
 
-    /// Runs `f` on the ledger.
-    pub fn with_ledger<T>(&self, f: impl FnOnce(&BackendLedger) -> T) -> T {
-        f(&lock(&self.inner.ledger))
+    /// Runs `f` on the ledger's books (every grant's state; see [`Books`]).
+    pub fn with_ledger<T>(&self, f: impl FnOnce(&Books) -> T) -> T {
+        self.inner.ledger.with_books(f)
     }
 
     /// A copy of one grant's state.
     pub fn grant_state(&self, grant: &GrantId) -> Option<GrantState> {
-        lock(&self.inner.ledger).grant(grant).cloned()
+        self.with_ledger(|l| l.grant(grant).cloned())
     }
 
     pub(crate) fn now_ms(&self) -> u64 {
         self.inner.clock.now_unix_ms()
     }
 
-    /// Appends `event` for `grant`, stamped with the clock.
-    pub(crate) fn record(&self, grant: GrantId, event: Event) -> Result<GrantState, BackendError> {
+    /// Appends `event` for `grant`, stamped with the clock; returns once it is durable.
+    pub(crate) async fn record(&self, grant: GrantId, event: Event) -> Result<GrantState, BackendError> {
         let now = self.now_ms();
-        let result = lock(&self.inner.ledger).append(grant, now, event).cloned();
+        let result = self.inner.ledger.append(grant, now, event).await;
+        self.note_ledger(result.as_ref().err());
+        result.map_err(local)
+    }
+
+    /// Appends the events `decide` returns, looking at the books atomically with the append,
+    /// with one durable write; returns what `decide` returned besides the events.
+    pub(crate) async fn record_with<T>(
+        &self,
+        decide: impl FnOnce(&Books) -> (Vec<(GrantId, u64, Event)>, T),
+    ) -> Result<T, BackendError> {
+        let result = self.inner.ledger.append_with(decide).await;
         self.note_ledger(result.as_ref().err());
         result.map_err(local)
     }
@@ -411,7 +425,7 @@ impl AwsBackend {
         if lock(&self.inner.ledger_failure).is_none() {
             return Ok(());
         }
-        let healed = lock(&self.inner.ledger).heal();
+        let healed = self.inner.ledger.heal();
         self.note_ledger(healed.as_ref().err());
         match lock(&self.inner.ledger_failure).as_ref() {
             None => Ok(()),
@@ -423,20 +437,13 @@ impl AwsBackend {
 
     /// Appends the event `decide` returns for the grant's current state, atomically with the
     /// look at the state; nothing when it returns `None`.
-    pub(crate) fn record_if(
+    pub(crate) async fn record_if(
         &self,
         grant: GrantId,
         decide: impl FnOnce(Option<&GrantState>) -> Option<Event>,
     ) -> Result<(), BackendError> {
         let now = self.now_ms();
-        let mut ledger = lock(&self.inner.ledger);
-        if let Some(event) = decide(ledger.grant(&grant)) {
-            let result = ledger.append(grant, now, event).map(|_| ());
-            drop(ledger);
-            self.note_ledger(result.as_ref().err());
-            result.map_err(local)?;
-        }
-        Ok(())
+        self.record_with(|l| (decide(l.grant(&grant)).map(|e| (grant, now, e)).into_iter().collect(), ())).await
     }
 
     fn region_for(&self, envelope: &Envelope) -> Result<RegionLabel, BackendError> {
@@ -624,7 +631,7 @@ impl AwsBackend {
                     attempt = state.attempt() + 1,
                     "retrying a provision that failed with a retryable error"
                 );
-                self.record(grant.id, admission.retried(state.attempt() + 1))?;
+                self.record(grant.id, admission.retried(state.attempt() + 1)).await?;
             }
             Some(state) if state.is_settled() => {
                 return Err(BackendError::InvalidInput {
@@ -643,7 +650,7 @@ impl AwsBackend {
             }
             Some(_) => tracing::info!("resuming a provision the ledger shows unfinished"),
             None => {
-                self.record(grant.id, admission)?;
+                self.record(grant.id, admission).await?;
             }
         }
 
@@ -717,7 +724,7 @@ impl AwsBackend {
                 let retryable = err.is_retryable();
                 if let Err(record) = self.record_if(grant.id, |s| {
                     s.filter(|s| !s.is_settled()).map(|_| Event::ProvisionFailed { retryable })
-                }) {
+                }).await {
                     tracing::error!(error = %record, "could not record the failure; the grant cannot be retried");
                 }
                 if let Err(rollback) = self.teardown(grant.id, TerminationReason::Rollback).await {
@@ -757,7 +764,7 @@ impl AwsBackend {
             Err(err) => return Err(provider(err)),
         };
         let created = self.now_ms();
-        self.record(*grant, Event::KeyPairImported { key_name, key_pair_id })?;
+        self.record(*grant, Event::KeyPairImported { key_name, key_pair_id }).await?;
         Ok(Some(created))
     }
 
@@ -799,7 +806,7 @@ impl AwsBackend {
                     Err(err) => return Err(provider(err)),
                 };
                 created = Some(self.now_ms());
-                self.record(*grant, Event::SecurityGroupCreated { group_id: group_id.clone(), group_name })?;
+                self.record(*grant, Event::SecurityGroupCreated { group_id: group_id.clone(), group_name }).await?;
                 group_id
             }
         };
@@ -930,7 +937,7 @@ impl AwsBackend {
                 Event::LaunchRequested { client_token: token.clone(), instance_type: itype.instance_type.clone() };
             self.record_if(*grant, |s| {
                 (s.and_then(GrantState::launch_requested) != Some(token.as_str())).then_some(launch)
-            })?;
+            }).await?;
             tried.push(itype.instance_type.clone());
             let result = self.run_instance_when_visible(region, &request, valid_to, created).await;
             match result {
@@ -944,7 +951,7 @@ impl AwsBackend {
                             vcpus: itype.vcpus,
                             memory_mib: itype.memory_mib,
                         },
-                    )?;
+                    ).await?;
                     return Ok(info.instance_id);
                 }
                 Err(err) if err.is(codes::INSUFFICIENT_INSTANCE_CAPACITY) => {
@@ -997,7 +1004,7 @@ impl AwsBackend {
     /// launch's record), not at this observation: EC2 billed it from about then, and the hours
     /// the bridge was down are not lost; it over-bills at most the time the instance was
     /// pending. A shorter miss opens at the observation, under-billing at most the miss.
-    pub(crate) fn observe(
+    pub(crate) async fn observe(
         &self,
         grant: &GrantId,
         info: &InstanceInfo,
@@ -1018,7 +1025,7 @@ impl AwsBackend {
             }
             (s.instance() == Some(instance_id.as_str()) && s.last_state() != Some(state))
                 .then_some(Event::InstanceStateObserved { instance_id, state, observed_at_unix_ms: at_unix_ms })
-        })
+        }).await
     }
 
     /// Waits (through the region's poller) until the instance runs.
@@ -1035,7 +1042,7 @@ impl AwsBackend {
             let sighting = rx.borrow_and_update();
             if let Sighting::Seen { info, at_unix_ms } = sighting {
                 seen_pending |= info.state == InstanceState::Pending;
-                self.observe(grant, &info, at_unix_ms, !seen_pending)?;
+                self.observe(grant, &info, at_unix_ms, !seen_pending).await?;
                 match info.state {
                     InstanceState::Running => return Ok(*info),
                     InstanceState::Pending => {}
@@ -1079,7 +1086,7 @@ impl AwsBackend {
         let Some(claim) = TerminateClaim::take(&self.inner, instance_id) else { return Ok(()) };
         // The call goes out whether or not the ledger takes the record: a full disk must not
         // keep an instance past its deadline. The failure is noted (the backend degrades).
-        if let Err(err) = self.record_termination(*grant, reason) {
+        if let Err(err) = self.record_termination(*grant, reason).await {
             tracing::error!(error = %err, "could not record the termination request; terminating anyway");
         }
         // First together with every instance of the region ending in the same instant.
@@ -1166,22 +1173,21 @@ impl AwsBackend {
 
     /// Records `TerminationRequested` once; for a deadline handled after `valid_to` (the bridge
     /// was down), first `BillingCapped` at `valid_to`, so the time it was down is not billed.
-    fn record_termination(&self, grant: GrantId, reason: TerminationReason) -> Result<(), BackendError> {
+    async fn record_termination(&self, grant: GrantId, reason: TerminationReason) -> Result<(), BackendError> {
         let now = self.now_ms();
-        let mut ledger = lock(&self.inner.ledger);
-        let Some(state) = ledger.grant(&grant).filter(|s| s.termination().is_none() && !s.is_settled()) else {
-            return Ok(());
-        };
-        let mut events = Vec::new();
-        let valid_to = state.valid_to_unix_ms();
-        if reason == TerminationReason::Deadline && now > valid_to && !state.ever_launched().is_empty() {
-            events.push((grant, now, Event::BillingCapped { at_unix_ms: valid_to }));
-        }
-        events.push((grant, now, Event::TerminationRequested { reason }));
-        let result = ledger.append_batch(events);
-        drop(ledger);
-        self.note_ledger(result.as_ref().err());
-        result.map_err(local)
+        self.record_with(|ledger| {
+            let Some(state) = ledger.grant(&grant).filter(|s| s.termination().is_none() && !s.is_settled()) else {
+                return (Vec::new(), ());
+            };
+            let mut events = Vec::new();
+            let valid_to = state.valid_to_unix_ms();
+            if reason == TerminationReason::Deadline && now > valid_to && !state.ever_launched().is_empty() {
+                events.push((grant, now, Event::BillingCapped { at_unix_ms: valid_to }));
+            }
+            events.push((grant, now, Event::TerminationRequested { reason }));
+            (events, ())
+        })
+        .await
     }
 
     /// Arms the grant's deadline: at `valid_to`, whether or not anyone awaits
@@ -1272,14 +1278,14 @@ impl AwsBackend {
                     absent_since = None;
                     launched_at = Some(info.launch_time_unix_ms);
                     seen_pending |= info.state == InstanceState::Pending;
-                    self.observe(grant, &info, at_unix_ms, !seen_pending)?;
+                    self.observe(grant, &info, at_unix_ms, !seen_pending).await?;
                     if info.state == InstanceState::Terminated {
                         // Terminated without our asking: EC2 or the guest ended it, and the
                         // ledger says so (the reason of the first request is the one kept).
                         self.record_if(*grant, |s| {
                             s.filter(|s| s.termination().is_none() && !s.is_settled())
                                 .map(|_| Event::TerminationRequested { reason: TerminationReason::Exited })
-                        })?;
+                        }).await?;
                         break;
                     }
                     let requested = self.grant_state(grant).is_some_and(|s| s.termination().is_some());
@@ -1346,7 +1352,7 @@ impl AwsBackend {
             Ok(found) => match found.into_iter().find(|i| i.instance_id == instance_id) {
                 Some(info) if info.state != InstanceState::Terminated => {
                     tracing::info!(state = %info.state, "the poller lost sight of the instance, but it lives");
-                    self.observe(grant, &info, at_unix_ms, false)?;
+                    self.observe(grant, &info, at_unix_ms, false).await?;
                     Ok(false)
                 }
                 _ => Ok(true),
@@ -1374,7 +1380,7 @@ impl AwsBackend {
             .await
             .map_err(provider)?;
         if let Some(info) = found.into_iter().find(|i| i.instance_id == instance_id) {
-            self.observe(grant, &info, self.now_ms(), true)?;
+            self.observe(grant, &info, self.now_ms(), true).await?;
         }
         Ok(())
     }
@@ -1424,14 +1430,18 @@ impl AwsBackend {
         // reaper's, recovery's) that finished first has recorded both already.
         let terminated = Event::InstanceTerminated { instance_id: instance_id.to_string() };
         let now = self.now_ms();
-        let pending = {
-            let mut ledger = lock(&self.inner.ledger);
-            if ledger.grant(grant).is_some_and(|s| s.instance() == Some(instance_id)) {
-                let events = network.into_iter().chain([terminated]).map(|e| (*grant, now, e));
-                ledger.append_batch(events).map_err(local)?;
-            }
-            ledger.grant(grant).map(|s| s.network_pending()).unwrap_or_default()
-        };
+        let pending = self
+            .record_with(|ledger| {
+                let state = ledger.grant(grant);
+                let events = if state.is_some_and(|s| s.instance() == Some(instance_id)) {
+                    network.into_iter().chain([terminated]).map(|e| (*grant, now, e)).collect()
+                } else {
+                    Vec::new()
+                };
+                (events, ())
+            })
+            .await
+            .map(|()| self.grant_state(grant).map(|s| s.network_pending()).unwrap_or_default())?;
         for p in pending.into_iter().filter(|p| p.instance_id == instance_id) {
             self.arm_network_final(*grant, p);
         }
@@ -1511,7 +1521,7 @@ impl AwsBackend {
                     complete: true,
                 }
             })
-        })
+        }).await
     }
 
     /// Arms the final measurement of every network figure the ledger shows incomplete (after
@@ -1535,7 +1545,7 @@ impl AwsBackend {
         let region = RegionLabel::new(state.region()).map_err(local)?;
         self.record_if(grant, |s| {
             s.filter(|s| s.termination().is_none()).map(|_| Event::TerminationRequested { reason })
-        })?;
+        }).await?;
 
         // An instance whose launch was requested but never recorded: find it by its token.
         if state.ever_launched().is_empty()
@@ -1559,7 +1569,7 @@ impl AwsBackend {
             .call(&region, Operation::DeleteKeyPair, || self.inner.port.delete_key_pair(&region, &key_name))
             .await
             .map_err(provider)?;
-        self.record_if(grant, |s| s.filter(|s| s.key_pair().is_some()).map(|_| Event::KeyPairDeleted { key_name }))?;
+        self.record_if(grant, |s| s.filter(|s| s.key_pair().is_some()).map(|_| Event::KeyPairDeleted { key_name })).await?;
 
         // The security group, found by name when its creation was never recorded.
         let mut group_id = self.grant_state(&grant).and_then(|s| s.security_group().map(str::to_string));
@@ -1571,7 +1581,7 @@ impl AwsBackend {
             self.record_if(grant, |s| {
                 s.filter(|s| !s.is_settled() && s.security_group().is_none())
                     .map(|_| Event::SecurityGroupCreated { group_id: id, group_name })
-            })?;
+            }).await?;
             group_id = Some(found);
         }
         if let Some(group_id) = group_id {
@@ -1582,7 +1592,7 @@ impl AwsBackend {
             self.record_if(grant, |s| {
                 s.filter(|s| s.security_group() == Some(group_id.as_str()))
                     .map(|_| Event::SecurityGroupDeleted { group_id: group_id.clone() })
-            })?;
+            }).await?;
         }
 
         if picked(&grant, self.inner.switches.skip_settle_below) {
@@ -1600,7 +1610,7 @@ impl AwsBackend {
                 grant.short()
             )));
         }
-        self.record_if(grant, |s| s.filter(|s| !s.is_settled()).map(|s| Event::GrantSettled { usage: s.usage() }))
+        self.record_if(grant, |s| s.filter(|s| !s.is_settled()).map(|s| Event::GrantSettled { usage: s.usage() })).await
     }
 
     /// Finds an instance launched with `token` whose launch was never recorded, and records it.
@@ -1637,7 +1647,7 @@ impl AwsBackend {
                         vcpus,
                         memory_mib,
                     },
-                )?;
+                ).await?;
                 return Ok(());
             }
             if self.now_ms() > started + VISIBILITY_WINDOW_MS {
@@ -1657,7 +1667,7 @@ impl AwsBackend {
                     continue;
                 }
                 tracing::info!(token, "no instance has the launch's token: it never happened");
-                self.record(*grant, Event::LaunchAbsent { client_token: token.to_string() })?;
+                self.record(*grant, Event::LaunchAbsent { client_token: token.to_string() }).await?;
                 return Ok(());
             }
             self.inner.pacer.backoff(attempt.min(6)).await;

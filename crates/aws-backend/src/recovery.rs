@@ -227,7 +227,7 @@ impl AwsBackend {
             {
                 Ok(_) => {
                     for (id, grant) in doomed_instances {
-                        self.note_reaped(grant, ResourceKind::Instance, id, report);
+                        self.note_reaped(grant, ResourceKind::Instance, id, report).await;
                     }
                 }
                 Err(err) => report.errors.push(format!("TerminateInstances {ids:?}: {err}")),
@@ -253,7 +253,7 @@ impl AwsBackend {
                 continue;
             }
             match pacer.call(region, Operation::DeleteKeyPair, || port.delete_key_pair(region, &key.key_name)).await {
-                Ok(()) => self.note_reaped(grant, ResourceKind::KeyPair, key.key_name.clone(), report),
+                Ok(()) => self.note_reaped(grant, ResourceKind::KeyPair, key.key_name.clone(), report).await,
                 Err(err) => report.errors.push(format!("DeleteKeyPair {}: {err}", key.key_name)),
             }
         }
@@ -277,7 +277,7 @@ impl AwsBackend {
                 .call(region, Operation::DeleteSecurityGroup, || port.delete_security_group(region, &group.group_id))
                 .await
             {
-                Ok(()) => self.note_reaped(grant, ResourceKind::SecurityGroup, group.group_id.clone(), report),
+                Ok(()) => self.note_reaped(grant, ResourceKind::SecurityGroup, group.group_id.clone(), report).await,
                 Err(err) if err.is_not_found() => {}
                 Err(err) => report.errors.push(format!("DeleteSecurityGroup {}: {err}", group.group_id)),
             }
@@ -285,11 +285,11 @@ impl AwsBackend {
         Ok(())
     }
 
-    fn note_reaped(&self, grant: Option<GrantId>, kind: ResourceKind, id: String, report: &mut ReapReport) {
+    async fn note_reaped(&self, grant: Option<GrantId>, kind: ResourceKind, id: String, report: &mut ReapReport) {
         report.removed += 1;
         tracing::info!(kind = kind_name(kind), id = %id, "reaped orphan");
         let grant = grant.unwrap_or(GrantId([0; 32]));
-        if let Err(err) = self.record(grant, Event::OrphanReaped { resource_kind: kind, resource_id: id }) {
+        if let Err(err) = self.record(grant, Event::OrphanReaped { resource_kind: kind, resource_id: id }).await {
             report.errors.push(format!("recording the reaping: {err}"));
         }
     }

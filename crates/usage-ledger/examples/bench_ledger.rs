@@ -1,5 +1,6 @@
 //! `cargo xtask bench ledger`: fold and replay throughput over 1,000,000 events, durable append
-//! throughput against SQLite at the same durability, and peak memory.
+//! throughput against SQLite at the same durability (one writer, and 64 concurrent writers
+//! sharing `fsync`s through group commit), and peak memory.
 //!
 //! Options: `--events N` (default 1,000,000), `--appends N` (default 20,000), `--dir PATH`
 //! (default: a temporary directory next to the target dir). `--replay PATH` is internal: the
@@ -11,7 +12,13 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use backend_api::{AlmanacTick, GrantId};
-use usage_ledger::{Event, EventStore, FileStore, GrantState, Ledger, ObservedState, Record, TerminationReason, fold};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use usage_ledger::{
+    Event, EventStore, FileStore, GrantState, Ledger, ObservedState, Record, SharedLedger, StoreError,
+    TerminationReason, fold,
+};
 
 const T0: u64 = 1_700_000_000_000;
 const CONCURRENT_GRANTS: usize = 64;
@@ -191,11 +198,13 @@ fn main() {
             store.append(chunk).unwrap();
         }
     }
-    let log_bytes = std::fs::metadata(&log).unwrap().len();
+    let scan = usage_ledger::scan_file(&log, |_, _, _| Ok::<(), StoreError>(())).unwrap();
+    let log_bytes = scan.end_offset;
     println!(
-        "log size: {:.1} MiB, {:.1} bytes/event",
+        "log size: {:.1} MiB, {:.1} bytes/event (and {:.1} MiB preallocated)",
         log_bytes as f64 / (1 << 20) as f64,
-        log_bytes as f64 / records.len() as f64
+        log_bytes as f64 / records.len() as f64,
+        scan.free_bytes as f64 / (1 << 20) as f64
     );
     let mut best = f64::MAX;
     let mut live = 0;
@@ -275,10 +284,68 @@ fn main() {
         "durable append ratio usage-ledger/SQLite, batches of {GROUP_COMMIT_BATCH}: {:.2}x",
         ours_batch / sqlite_batch
     );
+    // 64 writers, each appending its own grants' events one at a time and waiting for each to
+    // be durable, as the backend's concurrent grants do: group commit shares the fsyncs.
+    let (concurrent, writes) = concurrent_appends(work.path(), sample);
+    println!(
+        "durable append, {CONCURRENT_GRANTS} concurrent writers, 1 event per append: usage-ledger {concurrent:.0} events/s ({:.1} events per fsync)",
+        sample.len() as f64 / writes as f64
+    );
+    println!(
+        "durable append ratio usage-ledger {CONCURRENT_GRANTS} writers / SQLite 1 per commit: {:.1}x",
+        concurrent / sqlite_single
+    );
     println!(
         "peak memory of this bench process: {:.1} MiB VmHWM (holds all generated events)",
         vm_hwm_kib() as f64 / 1024.0
     );
+}
+
+/// A file store that counts its writes (each ends in an fsync).
+struct Counted {
+    inner: FileStore,
+    appends: Arc<AtomicU64>,
+}
+
+impl EventStore for Counted {
+    fn append(&mut self, records: &[Record]) -> Result<(), StoreError> {
+        self.appends.fetch_add(1, Ordering::Relaxed);
+        self.inner.append(records)
+    }
+
+    fn heal(&mut self) -> Result<(), StoreError> {
+        self.inner.heal()
+    }
+}
+
+/// Appends `sample` from `CONCURRENT_GRANTS` tasks (writer `w` takes the events of the grants
+/// `generate` put in slot `w`, in order); returns events per second and the store's writes.
+fn concurrent_appends(dir: &Path, sample: &[Record]) -> (f64, u64) {
+    let (ledger, _) = Ledger::open_file(dir.join("append-concurrent.log")).unwrap();
+    let (store, _) = ledger.into_parts();
+    let appends = Arc::new(AtomicU64::new(0));
+    let shared = Arc::new(SharedLedger::new(Ledger::empty(Counted { inner: store, appends: appends.clone() })));
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();
+    let started = Instant::now();
+    runtime.block_on(async {
+        let writers: Vec<_> = (0..CONCURRENT_GRANTS)
+            .map(|w| {
+                let mine: Vec<Record> = sample.iter().skip(w).step_by(CONCURRENT_GRANTS).cloned().collect();
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    for r in mine {
+                        shared.append(r.grant, r.at_unix_ms, r.event).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.await.unwrap();
+        }
+    });
+    let seconds = started.elapsed().as_secs_f64();
+    assert_eq!(shared.with_books(|b| b.record_count()), sample.len() as u64);
+    (per_second(sample.len(), seconds), appends.load(Ordering::Relaxed))
 }
 
 fn sqlite_open(dir: &Path, name: &str) -> rusqlite::Connection {

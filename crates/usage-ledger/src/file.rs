@@ -9,12 +9,21 @@
 //!   tail), the CRC32 of the payload (u32 LE), and the payload: a bincode (standard config,
 //!   serde) encoding of a versioned envelope around one [`Record`].
 //!
-//! Opening replays every frame. A torn tail (a partial last frame, or a tail of zero bytes) is
-//! truncated and reported; a damaged frame anywhere is an error naming its byte offset, and the
-//! file is left as it was.
+//! The file is preallocated: zero bytes follow the last frame, written and synced ahead of the
+//! frames that will overwrite them, so that an append's `fdatasync` persists only its data and
+//! never the file's growth. One write carries at most [`MAX_WRITE_BYTES`] of frames (larger
+//! appends are several writes, each synced), so a crash can damage only the bytes that far past
+//! the last intact frame.
+//!
+//! Opening replays every frame. Zero bytes after the last frame are free space. Damage that ends
+//! within [`MAX_WRITE_BYTES`] (or the damaged frame's own length) of the last intact frame, with
+//! only zeros after it, is a torn tail: an unacknowledged write cut short. It is truncated and
+//! reported. Damage anywhere else is an error naming its byte offset, and the file is left as
+//! it was.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, ErrorKind, Read, Seek, SeekFrom, Write};
+use std::io::{BufReader, ErrorKind, Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -33,6 +42,15 @@ pub const FRAME_HEADER_LEN: u64 = 8;
 pub const MAX_PAYLOAD_BYTES: usize = (1 << 24) - 1;
 
 const READ_BUFFER_BYTES: usize = 1 << 20;
+/// The most bytes of frames one write carries. Only the last write can be torn, and it starts
+/// right after the last acknowledged frame, so damage farther than this past the last intact
+/// frame is not a torn write: it is corruption.
+pub const MAX_WRITE_BYTES: usize = 64 << 10;
+/// How far ahead of the last frame the file is filled with zeros, in one write and one sync, at
+/// most: a file grows by its own length (so a small ledger stays small), from 64 KiB up to this.
+pub const PREALLOCATE_BYTES: u64 = 8 << 20;
+const PREALLOCATE_MIN_BYTES: u64 = 64 << 10;
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 
 /// The persisted form of a record. New versions are added as new variants; a reader converts
 /// every older version to the current [`Record`].
@@ -161,6 +179,9 @@ pub struct ScanOutcome {
     pub end_offset: u64,
     /// A partial last frame, if any. [`scan_file`] leaves it; [`FileStore::open`] truncates it.
     pub torn_tail: Option<TornTail>,
+    /// Zero bytes after the last intact frame (space preallocated for appends), when there is
+    /// no torn tail.
+    pub free_bytes: u64,
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
@@ -194,19 +215,47 @@ fn check_header(path: &Path, header: &[u8]) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn tail_is_zero(path: &Path, offset: u64) -> Result<bool, StoreError> {
+/// The offset just past the last non-zero byte at or after `offset`, or `None` when every byte
+/// from `offset` to the end is zero.
+fn nonzero_end(path: &Path, offset: u64) -> Result<Option<u64>, StoreError> {
     let mut file = File::open(path).map_err(io_err("open", path))?;
     file.seek(SeekFrom::Start(offset)).map_err(io_err("seek", path))?;
     let mut buffer = vec![0u8; 64 * 1024];
+    let mut at = offset;
+    let mut end = None;
     loop {
         let n = file.read(&mut buffer).map_err(io_err("read", path))?;
         if n == 0 {
-            return Ok(true);
+            return Ok(end);
         }
-        if buffer[..n].iter().any(|&b| b != 0) {
-            return Ok(false);
+        if let Some(last) = buffer[..n].iter().rposition(|&b| b != 0) {
+            end = Some(at + last as u64 + 1);
         }
+        at += n as u64;
     }
+}
+
+/// What damage found at `offset` (the end of the last intact frame) is: free space when only
+/// zeros follow, a torn tail when the non-zero bytes end within what one write could have torn
+/// (`MAX_WRITE_BYTES`, or the damaged frame's own length when its length word is intact), or
+/// corruption, described by `reason`.
+fn classify_damage(
+    path: &Path,
+    records: u64,
+    offset: u64,
+    frame_len: Option<u64>,
+    reason: impl FnOnce() -> String,
+) -> Result<ScanOutcome, StoreError> {
+    let Some(end) = nonzero_end(path, offset)? else {
+        let free_bytes = std::fs::metadata(path).map_err(io_err("stat", path))?.len() - offset;
+        return Ok(ScanOutcome { records, end_offset: offset, torn_tail: None, free_bytes });
+    };
+    let reach = (MAX_WRITE_BYTES as u64).max(frame_len.unwrap_or(0));
+    if end - offset <= reach {
+        let torn_tail = Some(TornTail { offset, bytes: end - offset });
+        return Ok(ScanOutcome { records, end_offset: offset, torn_tail, free_bytes: 0 });
+    }
+    Err(corrupt(path, offset, reason()))
 }
 
 /// Reads every frame of the ledger at `path` without modifying it, calling `visit` with each
@@ -234,7 +283,7 @@ pub fn scan_file<E: From<StoreError>>(
             .into());
         }
         let torn_tail = (file_len > 0).then_some(TornTail { offset: 0, bytes: file_len });
-        return Ok(ScanOutcome { records: 0, end_offset: 0, torn_tail });
+        return Ok(ScanOutcome { records: 0, end_offset: 0, torn_tail, free_bytes: 0 });
     }
     let mut header = [0u8; HEADER_LEN as usize];
     reader.read_exact(&mut header).map_err(io_err("read", path))?;
@@ -245,40 +294,33 @@ pub fn scan_file<E: From<StoreError>>(
     loop {
         let remaining = file_len - offset;
         if remaining == 0 {
-            return Ok(ScanOutcome { records, end_offset: offset, torn_tail: None });
+            return Ok(ScanOutcome { records, end_offset: offset, torn_tail: None, free_bytes: 0 });
         }
-        let torn =
-            Ok(ScanOutcome { records, end_offset: offset, torn_tail: Some(TornTail { offset, bytes: remaining }) });
         if remaining < FRAME_HEADER_LEN {
-            return torn;
+            return Ok(classify_damage(path, records, offset, None, || "a partial frame header".into())?);
         }
         let mut frame_header = [0u8; FRAME_HEADER_LEN as usize];
         reader.read_exact(&mut frame_header).map_err(io_err("read", path))?;
         let word = u32::from_le_bytes([frame_header[0], frame_header[1], frame_header[2], frame_header[3]]);
         let stored_crc = u32::from_le_bytes([frame_header[4], frame_header[5], frame_header[6], frame_header[7]]);
         let Some(len) = parse_length_word(word) else {
-            if tail_is_zero(path, offset)? {
-                return torn;
-            }
-            return Err(corrupt(path, offset, format!("length word {word:#010x} fails its check byte")).into());
+            return Ok(classify_damage(path, records, offset, None, || {
+                format!("length word {word:#010x} fails its check byte")
+            })?);
         };
         let frame_len = FRAME_HEADER_LEN + u64::from(len);
         if frame_len > remaining {
-            return torn;
+            return Ok(classify_damage(path, records, offset, Some(frame_len), || {
+                format!("a frame of {frame_len} bytes runs past the end of the file")
+            })?);
         }
         payload.resize(len as usize, 0);
         reader.read_exact(&mut payload).map_err(io_err("read", path))?;
         let computed = crc32fast::hash(&payload);
         if computed != stored_crc {
-            if tail_is_zero(path, offset)? {
-                return torn;
-            }
-            return Err(corrupt(
-                path,
-                offset,
-                format!("payload CRC32 is {computed:#010x}, the frame says {stored_crc:#010x}"),
-            )
-            .into());
+            return Ok(classify_damage(path, records, offset, Some(frame_len), || {
+                format!("payload CRC32 is {computed:#010x}, the frame says {stored_crc:#010x}")
+            })?);
         }
         let record = decode_payload(&payload).map_err(|reason| corrupt(path, offset, reason))?;
         visit(offset, record, &payload)?;
@@ -305,20 +347,23 @@ pub struct ReplayReport {
     pub torn_tail: Option<TornTail>,
 }
 
-/// The durable store: one append-only file, `fsync`ed before an append returns.
+/// The durable store: one append-only, preallocated file, `fdatasync`ed before an append
+/// returns.
 ///
 /// The file is locked exclusively while open, so two processes never append to it at once.
-/// After a failed write or sync the store refuses further appends: reopen it, which replays
-/// whatever reached the disk.
+/// After a failed write or sync the store refuses further appends until it heals (see
+/// [`EventStore::heal`]), which cuts off whatever was never acknowledged.
 #[derive(Debug)]
 pub struct FileStore {
     path: PathBuf,
     file: File,
     buffer: Vec<u8>,
     poisoned: bool,
-    /// The file's length after the last acknowledged append: everything past it is unknown
-    /// after a failed write, and is cut off when the store heals.
+    /// The end of the last acknowledged frame: where the next append writes. Everything past it
+    /// is unknown after a failed write, and is cut off when the store heals.
     acked_len: u64,
+    /// The file's length: zeros from `acked_len` up to it, written and synced.
+    allocated_len: u64,
 }
 
 impl FileStore {
@@ -340,7 +385,7 @@ impl FileStore {
         visit: impl FnMut(u64, Record, &[u8]) -> Result<(), E>,
     ) -> Result<(FileStore, ReplayReport), E> {
         let path = path.as_ref();
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
@@ -357,24 +402,81 @@ impl FileStore {
         })?;
         let len = file.metadata().map_err(io_err("stat", path))?.len();
         if len == 0 {
-            write_header(path, &mut file)?;
-            return Ok((Self::from_file(path, file), ReplayReport { records: 0, torn_tail: None }));
+            write_header(path, &file)?;
+            return Ok((Self::from_file(path, file, HEADER_LEN), ReplayReport { records: 0, torn_tail: None }));
         }
         let outcome = scan_file(path, visit)?;
+        let mut end = outcome.end_offset;
         if let Some(torn) = outcome.torn_tail {
             file.set_len(torn.offset).map_err(io_err("truncate torn tail of", path))?;
             file.sync_all().map_err(io_err("fsync", path))?;
             if torn.offset == 0 {
-                write_header(path, &mut file)?;
+                write_header(path, &file)?;
+                end = HEADER_LEN;
             }
         }
-        file.seek(SeekFrom::End(0)).map_err(io_err("seek", path))?;
-        Ok((Self::from_file(path, file), ReplayReport { records: outcome.records, torn_tail: outcome.torn_tail }))
+        Ok((Self::from_file(path, file, end), ReplayReport { records: outcome.records, torn_tail: outcome.torn_tail }))
     }
 
-    fn from_file(path: &Path, file: File) -> Self {
-        let acked_len = file.metadata().map_or(HEADER_LEN, |m| m.len());
-        Self { path: path.to_path_buf(), file, buffer: Vec::with_capacity(64 * 1024), poisoned: false, acked_len }
+    /// A store appending at `acked_len`, everything after which in `file` is zeros.
+    fn from_file(path: &Path, file: File, acked_len: u64) -> Self {
+        let allocated_len = file.metadata().map_or(acked_len, |m| m.len()).max(acked_len);
+        Self {
+            path: path.to_path_buf(),
+            file,
+            buffer: Vec::with_capacity(64 * 1024),
+            poisoned: false,
+            acked_len,
+            allocated_len,
+        }
+    }
+
+    /// Fills the file with zeros past `needed` (by the file's length, within 64 KiB and
+    /// `PREALLOCATE_BYTES`), and syncs it with its new length, so that the appends to come
+    /// overwrite allocated, initialised blocks.
+    fn preallocate(&mut self, needed: u64) -> std::io::Result<()> {
+        let target = needed.saturating_add(needed.clamp(PREALLOCATE_MIN_BYTES, PREALLOCATE_BYTES));
+        let mut at = self.allocated_len;
+        while at < target {
+            let n = (target - at).min(ZEROS.len() as u64);
+            self.file.write_all_at(&ZEROS[..n as usize], at)?;
+            at += n;
+        }
+        self.file.sync_all()?;
+        self.allocated_len = target;
+        Ok(())
+    }
+
+    /// Writes the encoded frames in `self.buffer` after the acknowledged ones, syncing after
+    /// each write of at most `MAX_WRITE_BYTES` (cut at frame boundaries).
+    fn write_frames(&mut self) -> std::io::Result<()> {
+        let end = self.acked_len + self.buffer.len() as u64;
+        if end > self.allocated_len {
+            self.preallocate(end)?;
+        }
+        let mut start = 0;
+        let mut at = self.acked_len;
+        while start < self.buffer.len() {
+            let mut cut = start;
+            while cut < self.buffer.len() {
+                let word = u32::from_le_bytes([
+                    self.buffer[cut],
+                    self.buffer[cut + 1],
+                    self.buffer[cut + 2],
+                    self.buffer[cut + 3],
+                ]);
+                let frame = FRAME_HEADER_LEN as usize + (word & 0x00ff_ffff) as usize;
+                if cut > start && cut + frame - start > MAX_WRITE_BYTES {
+                    break;
+                }
+                cut += frame;
+            }
+            self.file.write_all_at(&self.buffer[start..cut], at)?;
+            self.file.sync_data()?;
+            at += (cut - start) as u64;
+            start = cut;
+        }
+        Ok(())
     }
 
     /// The file's path.
@@ -383,9 +485,8 @@ impl FileStore {
     }
 }
 
-fn write_header(path: &Path, file: &mut File) -> Result<(), StoreError> {
-    file.seek(SeekFrom::Start(0)).map_err(io_err("seek", path))?;
-    file.write_all(&header_bytes()).map_err(io_err("write header to", path))?;
+fn write_header(path: &Path, file: &File) -> Result<(), StoreError> {
+    file.write_all_at(&header_bytes(), 0).map_err(io_err("write header to", path))?;
     file.sync_all().map_err(io_err("fsync", path))?;
     // The new file's directory entry must be durable too.
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -405,7 +506,7 @@ impl EventStore for FileStore {
         if self.buffer.is_empty() {
             return Ok(());
         }
-        let result = self.file.write_all(&self.buffer).and_then(|()| self.file.sync_data());
+        let result = self.write_frames();
         let written = self.buffer.len() as u64;
         if self.buffer.capacity() > 1 << 20 {
             self.buffer = Vec::with_capacity(64 * 1024);
@@ -424,7 +525,8 @@ impl EventStore for FileStore {
 
     /// After a failed write or sync: cuts the file back to the last acknowledged append (what
     /// followed was never acknowledged, so no acknowledged record is lost and none is doubled),
-    /// syncs, and takes appends again. Fails, leaving the store poisoned, while the disk does.
+    /// syncs, and takes appends again (the next one preallocates afresh). Fails, leaving the
+    /// store poisoned, while the disk does.
     fn heal(&mut self) -> Result<(), StoreError> {
         if !self.poisoned {
             return Ok(());
@@ -432,7 +534,7 @@ impl EventStore for FileStore {
         let path = self.path.clone();
         self.file.set_len(self.acked_len).map_err(io_err("truncate the unacknowledged tail of", &path))?;
         self.file.sync_all().map_err(io_err("fsync", &path))?;
-        self.file.seek(SeekFrom::End(0)).map_err(io_err("seek", &path))?;
+        self.allocated_len = self.acked_len;
         self.poisoned = false;
         Ok(())
     }
@@ -441,8 +543,6 @@ impl EventStore for FileStore {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
-
-    use std::io::Write;
 
     use backend_api::GrantId;
 
@@ -467,7 +567,7 @@ mod tests {
         // Given a write that failed half way: bytes on disk nobody acknowledged,
         let mut torn = Vec::new();
         encode_frame(&record(1), &mut torn).unwrap();
-        store.file.write_all(&torn[..torn.len() / 2]).unwrap();
+        store.file.write_all_at(&torn[..torn.len() / 2], store.acked_len).unwrap();
         store.poisoned = true;
         // when the next append comes,
         store.append(&[record(1)]).unwrap();

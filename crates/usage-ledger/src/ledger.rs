@@ -1,8 +1,13 @@
 //! The ledger: the fold kept up to date in memory over a durable store, and the queries the
 //! backend asks of it.
+//!
+//! The in-memory side is [`Books`]: every grant's state, the hash of the records, and the records
+//! staged but not yet durable, with what each replaced so a failed write can be undone. A
+//! [`Ledger`] owns books and a store and makes each append durable before it returns; a
+//! [`SharedLedger`](crate::SharedLedger) shares them between tasks and lets concurrent appends
+//! share one write and one `fsync` (group commit).
 
 use std::collections::BTreeMap;
-use std::collections::btree_map::Entry;
 use std::path::Path;
 
 use backend_api::{GrantId, UsageMetrics};
@@ -25,133 +30,158 @@ pub enum LedgerError {
     Store(#[from] StoreError),
 }
 
-/// Every grant's state over a store.
+/// A staged record's place in the order of appends: the count of records staged before it, plus
+/// one. Tickets only grow, across failures too.
+pub(crate) type Ticket = u64;
+
+/// Every grant's state, with the records staged on top of what is durable.
 ///
-/// Each [`Ledger::append`] validates the event with [`apply`] first (nothing is written when it
-/// is impossible), assigns the grant's next sequence number, persists the record (durable when
-/// the call returns) and only then updates the state in memory.
+/// Queries see staged records as soon as they are staged: an appender's own call returns only
+/// once its record is durable, but another task looking at the grant meanwhile sees it (as it
+/// would see any fact the appender learnt from EC2 before recording it). When a write fails,
+/// every staged record is undone, in reverse order, and the books are as they were at the last
+/// durable record.
 ///
 /// Memory: settled grants are compacted to their final usage (a few dozen bytes each); only
 /// live grants keep their details.
-#[derive(Debug)]
-pub struct Ledger<S: EventStore> {
-    store: S,
+#[derive(Debug, Default)]
+pub struct Books {
     grants: BTreeMap<GrantId, GrantState>,
     hasher: Sha256,
+    /// Durable records, replayed and appended.
     records: u64,
     scratch: Vec<u8>,
+    /// Records staged and not yet handed to a store, in order.
+    staged: Vec<Record>,
+    /// For each record past `durable` (handed to a store or still staged), in order: its grant
+    /// and that grant's state before it.
+    undo: Vec<(GrantId, Option<GrantState>)>,
+    /// Tickets issued so far.
+    issued: Ticket,
+    /// Every ticket up to this one is durable.
+    durable: Ticket,
+    /// Every ticket up to this one that is not durable failed (with `failure`).
+    failed_through: Ticket,
+    failure: Option<StoreError>,
 }
 
-impl Ledger<MemoryStore> {
-    /// An empty ledger in memory.
-    pub fn in_memory() -> Self {
-        Self::empty(MemoryStore::new())
-    }
-
-    /// A ledger over a memory store, replaying what the store (or a clone of it) already holds,
-    /// as a restarted process would.
-    pub fn reopen_memory(store: MemoryStore) -> Result<Self, LedgerError> {
-        let records = store.records();
-        Self::open(store, records)
-    }
+/// How far appends have got: what waiters of a group commit watch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Progress {
+    pub(crate) durable: Ticket,
+    pub(crate) failed_through: Ticket,
 }
 
-impl Ledger<FileStore> {
-    /// Opens (creating if missing) the file ledger at `path`, replaying it as a stream so that
-    /// memory stays proportional to live grants. A torn tail is truncated and reported.
-    pub fn open_file(path: impl AsRef<Path>) -> Result<(Self, ReplayReport), LedgerError> {
-        let mut grants = BTreeMap::new();
-        let mut hasher = Sha256::new();
-        let (store, report) = FileStore::open_with(path, |_, record, payload| {
-            hasher.update(payload);
-            step_in_place(&mut grants, &record)
-        })?;
-        let ledger = Self { store, grants, hasher, records: report.records, scratch: Vec::new() };
-        Ok((ledger, report))
-    }
-}
-
-fn step_in_place(grants: &mut BTreeMap<GrantId, GrantState>, record: &Record) -> Result<(), LedgerError> {
-    match grants.get_mut(&record.grant) {
-        Some(state) => state.step(record)?,
-        None => {
-            grants.insert(record.grant, GrantState::first(record)?);
+impl Books {
+    fn replay(&mut self, record: &Record, payload: &[u8]) -> Result<(), LedgerError> {
+        match self.grants.get_mut(&record.grant) {
+            Some(state) => state.step(record)?,
+            None => {
+                self.grants.insert(record.grant, GrantState::first(record)?);
+            }
         }
-    }
-    Ok(())
-}
-
-impl<S: EventStore> Ledger<S> {
-    /// A ledger over `store`, which holds nothing yet.
-    pub fn empty(store: S) -> Self {
-        Self { store, grants: BTreeMap::new(), hasher: Sha256::new(), records: 0, scratch: Vec::new() }
-    }
-
-    /// A ledger over `store`, whose existing records are `replayed` (as [`FileStore::open`]
-    /// returns them). Fails on the first impossible transition among them.
-    pub fn open(store: S, replayed: Vec<Record>) -> Result<Self, LedgerError> {
-        let mut ledger = Self::empty(store);
-        for record in &replayed {
-            step_in_place(&mut ledger.grants, record)?;
-            ledger.hash(record)?;
-        }
-        Ok(ledger)
-    }
-
-    fn hash(&mut self, record: &Record) -> Result<(), StoreError> {
-        self.scratch.clear();
-        encode_payload(record, &mut self.scratch)?;
-        self.hasher.update(&self.scratch);
+        self.hasher.update(payload);
         self.records += 1;
         Ok(())
     }
 
-    /// Records `event` for `grant` at `at_unix_ms` and returns the grant's new state.
-    ///
-    /// Nothing is written when the event is impossible ([`LedgerError::Apply`]) or when the store
-    /// fails ([`LedgerError::Store`]); in both cases the state is unchanged.
-    pub fn append(&mut self, grant: GrantId, at_unix_ms: u64, event: Event) -> Result<&GrantState, LedgerError> {
+    /// Validates `event` against the grant's state (staged records included), assigns the
+    /// grant's next sequence number and stages the record. Nothing changes when it is impossible.
+    pub(crate) fn stage(&mut self, grant: GrantId, at_unix_ms: u64, event: Event) -> Result<Ticket, ApplyError> {
         let current = self.grants.get(&grant);
         let seq = current.map_or(0, GrantState::next_seq);
         let record = Record { grant, seq, at_unix_ms, event };
         let next = apply(current, &record)?;
-        self.store.append(std::slice::from_ref(&record))?;
-        self.hash(&record)?;
-        let slot = match self.grants.entry(grant) {
-            Entry::Occupied(entry) => {
-                let slot = entry.into_mut();
-                *slot = next;
-                slot
-            }
-            Entry::Vacant(entry) => entry.insert(next),
-        };
-        Ok(slot)
+        let before = self.grants.insert(grant, next);
+        self.undo.push((grant, before));
+        self.staged.push(record);
+        self.issued += 1;
+        Ok(self.issued)
     }
 
-    /// Records several events with one durable write (group commit). All are validated first,
-    /// in order; when any is impossible or the store fails nothing is written or changed.
-    pub fn append_batch(&mut self, events: impl IntoIterator<Item = (GrantId, u64, Event)>) -> Result<(), LedgerError> {
-        let mut touched: BTreeMap<GrantId, GrantState> = BTreeMap::new();
-        let mut records = Vec::new();
+    /// Stages several events, all or none: on the first impossible one, the ones this call
+    /// staged are undone and the error returned. Returns the last ticket (or the last issued
+    /// one when `events` is empty).
+    pub(crate) fn stage_all(
+        &mut self,
+        events: impl IntoIterator<Item = (GrantId, u64, Event)>,
+    ) -> Result<Ticket, ApplyError> {
+        let first = self.issued;
         for (grant, at_unix_ms, event) in events {
-            let current = touched.get(&grant).or_else(|| self.grants.get(&grant));
-            let seq = current.map_or(0, GrantState::next_seq);
-            let record = Record { grant, seq, at_unix_ms, event };
-            let next = apply(current, &record)?;
-            touched.insert(grant, next);
-            records.push(record);
+            if let Err(err) = self.stage(grant, at_unix_ms, event) {
+                self.unstage_after(first);
+                return Err(err);
+            }
         }
-        self.store.append(&records)?;
-        for record in &records {
-            self.hash(record)?;
-        }
-        self.grants.extend(touched);
-        Ok(())
+        Ok(self.issued)
     }
 
-    /// Asks the store to recover from a failed append (see [`EventStore::heal`]).
-    pub fn heal(&mut self) -> Result<(), LedgerError> {
-        Ok(self.store.heal()?)
+    /// Undoes the records staged after ticket `keep`, newest first. They must still be staged
+    /// (not handed to a store).
+    fn unstage_after(&mut self, keep: Ticket) {
+        while self.issued > keep {
+            self.staged.pop();
+            self.undo_one();
+            self.issued -= 1;
+        }
+    }
+
+    fn undo_one(&mut self) {
+        if let Some((grant, before)) = self.undo.pop() {
+            match before {
+                Some(state) => {
+                    self.grants.insert(grant, state);
+                }
+                None => {
+                    self.grants.remove(&grant);
+                }
+            }
+        }
+    }
+
+    /// Hands every staged record to the caller, to write; returns them and the last ticket.
+    pub(crate) fn take_staged(&mut self) -> (Vec<Record>, Ticket) {
+        (std::mem::take(&mut self.staged), self.issued)
+    }
+
+    /// Settles the write of `records` (taken by [`Books::take_staged`] up to ticket `through`):
+    /// durable on `Ok`; on `Err`, every record past the durable ones is undone, those written
+    /// and those staged since (they were validated against the failed ones), and their appends
+    /// fail with the shared cause.
+    pub(crate) fn settle(&mut self, through: Ticket, records: &[Record], result: Result<(), &StoreError>) {
+        match result {
+            Ok(()) => {
+                for record in records {
+                    self.scratch.clear();
+                    // The store encoded the same record a moment ago; this cannot fail.
+                    if encode_payload(record, &mut self.scratch).is_ok() {
+                        self.hasher.update(&self.scratch);
+                    }
+                }
+                self.records += records.len() as u64;
+                let done = usize::try_from(through - self.durable).unwrap_or(usize::MAX).min(self.undo.len());
+                self.undo.drain(..done);
+                self.durable = through;
+            }
+            Err(err) => {
+                self.staged.clear();
+                while !self.undo.is_empty() {
+                    self.undo_one();
+                }
+                self.failed_through = self.issued;
+                self.failure = Some(err.duplicate());
+            }
+        }
+    }
+
+    pub(crate) fn progress(&self) -> Progress {
+        Progress { durable: self.durable, failed_through: self.failed_through }
+    }
+
+    /// Why the appends up to `failed_through` failed: the store's error, as each of them
+    /// returns it.
+    pub(crate) fn failure(&self) -> StoreError {
+        self.failure.as_ref().map_or(StoreError::Injected, StoreError::duplicate)
     }
 
     /// The state of one grant.
@@ -180,19 +210,154 @@ impl<S: EventStore> Ledger<S> {
         self.grants.values().map(GrantState::usage).sum()
     }
 
-    /// How many records the ledger holds (replayed and appended).
+    /// How many durable records the ledger holds (replayed and appended).
     pub fn record_count(&self) -> u64 {
         self.records
     }
 
-    /// SHA-256 over the payload encoding of every record, replayed and appended, in order: two
-    /// ledgers with the same history have the same hash.
+    /// SHA-256 over the payload encoding of every durable record, replayed and appended, in
+    /// order: two ledgers with the same history have the same hash.
     pub fn records_hash(&self) -> [u8; 32] {
         self.hasher.clone().finalize().into()
+    }
+}
+
+/// Every grant's state over a store, for one owner.
+///
+/// Each [`Ledger::append`] validates the event with [`apply`] first (nothing is written when it
+/// is impossible), assigns the grant's next sequence number, persists the record (durable when
+/// the call returns) and keeps the new state in memory; when the store fails, the state is as
+/// before the call.
+#[derive(Debug)]
+pub struct Ledger<S: EventStore> {
+    store: S,
+    books: Books,
+}
+
+impl Ledger<MemoryStore> {
+    /// An empty ledger in memory.
+    pub fn in_memory() -> Self {
+        Self::empty(MemoryStore::new())
+    }
+
+    /// A ledger over a memory store, replaying what the store (or a clone of it) already holds,
+    /// as a restarted process would.
+    pub fn reopen_memory(store: MemoryStore) -> Result<Self, LedgerError> {
+        let records = store.records();
+        Self::open(store, records)
+    }
+}
+
+impl Ledger<FileStore> {
+    /// Opens (creating if missing) the file ledger at `path`, replaying it as a stream so that
+    /// memory stays proportional to live grants. A torn tail is truncated and reported.
+    pub fn open_file(path: impl AsRef<Path>) -> Result<(Self, ReplayReport), LedgerError> {
+        let mut books = Books::default();
+        let (store, report) = FileStore::open_with(path, |_, record, payload| books.replay(&record, payload))?;
+        Ok((Self { store, books }, report))
+    }
+}
+
+impl<S: EventStore> Ledger<S> {
+    /// A ledger over `store`, which holds nothing yet.
+    pub fn empty(store: S) -> Self {
+        Self { store, books: Books::default() }
+    }
+
+    /// A ledger over `store`, whose existing records are `replayed` (as [`FileStore::open`]
+    /// returns them). Fails on the first impossible transition among them.
+    pub fn open(store: S, replayed: Vec<Record>) -> Result<Self, LedgerError> {
+        let mut books = Books::default();
+        let mut payload = Vec::new();
+        for record in &replayed {
+            payload.clear();
+            encode_payload(record, &mut payload)?;
+            books.replay(record, &payload)?;
+        }
+        Ok(Self { store, books })
+    }
+
+    /// Writes what is staged; on failure everything staged is undone.
+    fn commit(&mut self) -> Result<(), LedgerError> {
+        let (records, through) = self.books.take_staged();
+        if records.is_empty() {
+            return Ok(());
+        }
+        let result = self.store.append(&records);
+        self.books.settle(through, &records, result.as_ref().map(|_| ()));
+        Ok(result?)
+    }
+
+    /// Records `event` for `grant` at `at_unix_ms` and returns the grant's new state.
+    ///
+    /// Nothing is written when the event is impossible ([`LedgerError::Apply`]) or when the store
+    /// fails ([`LedgerError::Store`]); in both cases the state is unchanged.
+    pub fn append(&mut self, grant: GrantId, at_unix_ms: u64, event: Event) -> Result<&GrantState, LedgerError> {
+        self.books.stage(grant, at_unix_ms, event)?;
+        self.commit()?;
+        Ok(self.books.grant(&grant).expect("a grant whose record is durable is in the books"))
+    }
+
+    /// Records several events with one durable write (group commit). All are validated first,
+    /// in order; when any is impossible or the store fails nothing is written or changed.
+    pub fn append_batch(&mut self, events: impl IntoIterator<Item = (GrantId, u64, Event)>) -> Result<(), LedgerError> {
+        self.books.stage_all(events)?;
+        self.commit()
+    }
+
+    /// Asks the store to recover from a failed append (see [`EventStore::heal`]).
+    pub fn heal(&mut self) -> Result<(), LedgerError> {
+        Ok(self.store.heal()?)
+    }
+
+    /// The in-memory side: every grant's state and the records' hash.
+    pub fn books(&self) -> &Books {
+        &self.books
+    }
+
+    /// The state of one grant.
+    pub fn grant(&self, id: &GrantId) -> Option<&GrantState> {
+        self.books.grant(id)
+    }
+
+    /// Every grant, settled or not, in id order.
+    pub fn grants(&self) -> impl Iterator<Item = (&GrantId, &GrantState)> {
+        self.books.grants()
+    }
+
+    /// Every grant not settled, in id order (see [`Books::live_grants`]).
+    pub fn live_grants(&self) -> impl Iterator<Item = (&GrantId, &GrantState)> {
+        self.books.live_grants()
+    }
+
+    /// The usage of one grant so far (final once settled).
+    pub fn usage(&self, id: &GrantId) -> Option<UsageMetrics> {
+        self.books.usage(id)
+    }
+
+    /// The usage of every grant, summed (saturating).
+    pub fn total_usage(&self) -> UsageMetrics {
+        self.books.total_usage()
+    }
+
+    /// How many records the ledger holds (replayed and appended).
+    pub fn record_count(&self) -> u64 {
+        self.books.record_count()
+    }
+
+    /// SHA-256 over the payload encoding of every record, replayed and appended, in order (see
+    /// [`Books::records_hash`]).
+    pub fn records_hash(&self) -> [u8; 32] {
+        self.books.records_hash()
     }
 
     /// The store, e.g. to clone a [`MemoryStore`] for a simulated restart.
     pub fn store(&self) -> &S {
         &self.store
+    }
+
+    /// The store and the books, apart: what a [`SharedLedger`](crate::SharedLedger) keeps.
+    pub fn into_parts(self) -> (S, Books) {
+        (self.store, self.books)
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Every change in a grant's life is an [`Event`] stored in a [`Record`]; a grant's state and
 //! its [`UsageMetrics`](backend_api::UsageMetrics) are a pure [`fold`] over its records. The
-//! [`Ledger`] keeps that fold up to date over an [`EventStore`]: a [`MemoryStore`] for
+//! [`Ledger`] keeps that fold up to date over an [`EventStore`] (a [`SharedLedger`] for concurrent
+//! tasks, with group commit): a [`MemoryStore`] for
 //! simulation and tests, or the durable [`FileStore`]. The metering rules and the file format
 //! are written down in `docs/metering.md`.
 //!
@@ -11,12 +12,14 @@
 mod event;
 pub mod file;
 mod ledger;
+mod shared;
 mod state;
 mod store;
 
 pub use event::{Event, ObservedState, Record, ResourceKind, TerminationReason};
 pub use file::{FileStore, OpenReport, ReplayReport, ScanOutcome, TornTail, decode_frame, encode_frame, scan_file};
-pub use ledger::{Ledger, LedgerError};
+pub use ledger::{Books, Ledger, LedgerError};
+pub use shared::SharedLedger;
 pub use state::{
     ApplyError, GrantState, Impossible, MIN_BILLED_SECONDS, NetworkFigure, NetworkStatus, PendingNetwork, Phase, apply,
     billed_seconds, fold,

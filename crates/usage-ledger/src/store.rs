@@ -128,3 +128,28 @@ pub enum StoreError {
     #[error("injected store failure")]
     Injected,
 }
+
+impl StoreError {
+    /// An equal error, for each of the appends a failed group commit fails (an OS error keeps
+    /// its kind and message).
+    pub fn duplicate(&self) -> StoreError {
+        match self {
+            StoreError::Io { op, path, source } => {
+                StoreError::Io { op, path: path.clone(), source: std::io::Error::new(source.kind(), source.to_string()) }
+            }
+            StoreError::NotALedger { path, reason } => {
+                StoreError::NotALedger { path: path.clone(), reason: reason.clone() }
+            }
+            StoreError::UnsupportedVersion { path, found, supported } => {
+                StoreError::UnsupportedVersion { path: path.clone(), found: *found, supported: *supported }
+            }
+            StoreError::Corrupt { path, offset, reason } => {
+                StoreError::Corrupt { path: path.clone(), offset: *offset, reason: reason.clone() }
+            }
+            StoreError::Encode { grant, seq, reason } => {
+                StoreError::Encode { grant: grant.clone(), seq: *seq, reason: reason.clone() }
+            }
+            StoreError::Injected => StoreError::Injected,
+        }
+    }
+}

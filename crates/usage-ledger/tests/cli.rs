@@ -125,15 +125,28 @@ fn verify_names_the_offset_of_a_corrupt_frame_and_of_a_torn_tail() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ledger.log");
     write_log(&path);
+    // More than one write's worth of frames follows the frame to damage, so the damage cannot
+    // be a torn write.
+    const REAPED: usize = 4_000;
+    {
+        let (mut ledger, _) = Ledger::open_file(&path).unwrap();
+        let reaped = (0..REAPED).map(|i| {
+            (A, T0 + 200_000, Event::OrphanReaped { resource_kind: ResourceKind::KeyPair, resource_id: format!("k{i}") })
+        });
+        ledger.append_batch(reaped).unwrap();
+    }
     let original = std::fs::read(&path).unwrap();
 
-    // Find the third frame's offset through the dump-independent scanner.
+    // Find the frames' offsets through the dump-independent scanner.
     let mut offsets = Vec::new();
-    usage_ledger::scan_file(&path, |offset, _, _| {
+    let outcome = usage_ledger::scan_file(&path, |offset, _, _| {
         offsets.push(offset);
         Ok::<(), usage_ledger::StoreError>(())
     })
     .unwrap();
+    let data_end = outcome.end_offset as usize;
+    assert!(data_end - offsets[3] as usize > usage_ledger::file::MAX_WRITE_BYTES);
+    assert!(outcome.free_bytes > 0, "the file is preallocated");
     let mut corrupt = original.clone();
     corrupt[offsets[2] as usize + 20] ^= 0x10;
     std::fs::write(&path, &corrupt).unwrap();
@@ -145,13 +158,14 @@ fn verify_names_the_offset_of_a_corrupt_frame_and_of_a_torn_tail() {
     assert_eq!(std::fs::read(&path).unwrap(), corrupt, "verify must not modify the file");
 
     // A torn tail: verify fails naming it; usage and dump still read the intact frames.
-    std::fs::write(&path, &original[..original.len() - 3]).unwrap();
+    std::fs::write(&path, &original[..data_end - 3]).unwrap();
     let verify = run(&["verify"], &path);
     assert!(!verify.status.success());
-    assert!(stderr(&verify).contains(&format!("torn tail at byte offset {}", offsets[10])), "{}", stderr(&verify));
+    let last = offsets.last().unwrap();
+    assert!(stderr(&verify).contains(&format!("torn tail at byte offset {last}")), "{}", stderr(&verify));
     let dump = run(&["dump"], &path);
     assert!(dump.status.success());
-    assert_eq!(stdout(&dump).lines().count(), 10);
+    assert_eq!(stdout(&dump).lines().count(), offsets.len() - 1);
     assert!(stderr(&dump).contains("torn tail"), "{}", stderr(&dump));
 
     // Not a ledger at all.

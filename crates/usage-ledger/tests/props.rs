@@ -225,18 +225,23 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         let full = dir.path().join("full.log");
         write_file(&full, &records);
-        let bytes = std::fs::read(&full).unwrap();
         let (offsets, end) = frame_offsets(&full);
+        let mut bytes = std::fs::read(&full).unwrap();
+        prop_assert!(bytes[end as usize..].iter().all(|&b| b == 0), "only zeros follow the frames");
+        bytes.truncate(end as usize);
         let last = *offsets.last().unwrap();
-        prop_assert_eq!(end, bytes.len() as u64);
         let cut_path = dir.path().join("cut.log");
         for cut in last..end {
             std::fs::write(&cut_path, &bytes[..cut as usize]).unwrap();
             let (mut store, report) = FileStore::open(&cut_path).unwrap();
             prop_assert_eq!(&report.records[..], &records[..records.len() - 1], "cut at {}", cut);
-            let torn = (cut > last).then_some(TornTail { offset: last, bytes: cut - last });
+            // What is left of the frame is torn up to its last non-zero byte; a left-over of
+            // zeros is free space.
+            let nonzero = bytes[last as usize..cut as usize].iter().rposition(|&b| b != 0);
+            let torn = nonzero.map(|p| TornTail { offset: last, bytes: p as u64 + 1 });
             prop_assert_eq!(report.torn_tail, torn, "cut at {}", cut);
-            prop_assert_eq!(std::fs::metadata(&cut_path).unwrap().len(), last);
+            let left = std::fs::read(&cut_path).unwrap();
+            prop_assert!(left[last as usize..].iter().all(|&b| b == 0), "cut at {}: the torn bytes are gone", cut);
             // The store appends after the intact frames; the re-appended last event comes back.
             store.append(std::slice::from_ref(records.last().unwrap())).unwrap();
             drop(store);
@@ -245,8 +250,10 @@ proptest! {
         }
     }
 
+    /// Damage in the last write's reach is either corruption or a torn tail at the damaged
+    /// frame; either way no damaged record is read and none before it is lost.
     #[test]
-    fn flipping_any_bit_of_a_frame_is_detected(records in histories(12), pick in any::<prop::sample::Index>(), bit in 0u8..8) {
+    fn flipping_any_bit_near_the_end_is_detected(records in histories(12), pick in any::<prop::sample::Index>(), bit in 0u8..8) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ledger.log");
         write_file(&path, &records);
@@ -254,6 +261,35 @@ proptest! {
         let mut bytes = std::fs::read(&path).unwrap();
         let header = usage_ledger::file::HEADER_LEN;
         let position = header + pick.index((end - header) as usize) as u64;
+        let frame_start = *offsets.iter().rev().find(|&&o| o <= position).unwrap();
+        let frame = offsets.iter().position(|&o| o == frame_start).unwrap();
+        bytes[position as usize] ^= 1 << bit;
+        std::fs::write(&path, &bytes).unwrap();
+        match FileStore::open(&path) {
+            Err(StoreError::Corrupt { offset, .. }) => {
+                prop_assert_eq!(offset, frame_start);
+                // The file was not modified.
+                prop_assert_eq!(std::fs::read(&path).unwrap(), bytes);
+            }
+            Err(other) => prop_assert!(false, "wrong error: {other}"),
+            Ok((_, report)) => {
+                prop_assert_eq!(report.torn_tail.map(|t| t.offset), Some(frame_start), "flip at byte {} bit {}", position, bit);
+                prop_assert_eq!(&report.records[..], &records[..frame]);
+            }
+        }
+    }
+
+    /// Damage farther from the end than one write reaches is corruption, always.
+    #[test]
+    fn flipping_any_bit_far_from_the_end_is_corruption(records in histories(12), pick in any::<prop::sample::Index>(), bit in 0u8..8) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.log");
+        FileStore::open(&path).unwrap().0.append(&with_filler(&records)).unwrap();
+        let (offsets, _) = frame_offsets(&path);
+        let history_end = offsets[records.len()];
+        let mut bytes = std::fs::read(&path).unwrap();
+        let header = usage_ledger::file::HEADER_LEN;
+        let position = header + pick.index((history_end - header) as usize) as u64;
         let frame_start = *offsets.iter().rev().find(|&&o| o <= position).unwrap();
         bytes[position as usize] ^= 1 << bit;
         std::fs::write(&path, &bytes).unwrap();
@@ -265,9 +301,77 @@ proptest! {
         // The file was not modified.
         prop_assert_eq!(std::fs::read(&path).unwrap(), bytes);
     }
+
+    /// A crash in the middle of a write into the preallocated region leaves any subset of its
+    /// 512-byte sectors on the disk: opening keeps the intact frames before the first damaged
+    /// one, cuts the rest, and never calls it corruption.
+    #[test]
+    fn a_torn_write_in_the_preallocated_region_is_cut_at_its_first_damaged_frame(
+        records in histories(12),
+        group in histories(40),
+        persisted in any::<u64>(),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.log");
+        write_file(&path, &records);
+        let (_, end) = frame_offsets(&path);
+        // The group's frames (a fresh grant's ids, so they follow any history), written sector
+        // by sector as the disk chose to persist them.
+        let group: Vec<Record> = group.into_iter().map(|mut r| { r.grant.0[0] ^= 0x80; r }).collect();
+        let mut frames = Vec::new();
+        for record in &group {
+            usage_ledger::encode_frame(record, &mut frames).unwrap();
+        }
+        let mut bytes = std::fs::read(&path).unwrap();
+        prop_assert!(bytes.len() as u64 >= end + frames.len() as u64, "the write lands in preallocated space");
+        for (i, chunk) in frames.chunks(512).enumerate() {
+            if persisted >> (i % 64) & 1 == 1 {
+                let at = end as usize + i * 512;
+                bytes[at..at + chunk.len()].copy_from_slice(chunk);
+            }
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        // The frames a reader can decode from the torn bytes, in order.
+        let mut intact = 0;
+        let mut at = end as usize;
+        while let Ok(Some((_, len))) = usage_ledger::decode_frame(&bytes[at..]) {
+            intact += 1;
+            at += len;
+        }
+        let (mut store, report) = FileStore::open(&path).unwrap();
+        let mut expected = records.clone();
+        expected.extend_from_slice(&group[..intact]);
+        prop_assert_eq!(&report.records, &expected);
+        prop_assert_eq!(report.torn_tail.is_some(), bytes[at..].iter().any(|&b| b != 0));
+        // Appends go on after the intact frames.
+        store.append(&group[intact..]).unwrap();
+        drop(store);
+        let (_, report) = FileStore::open(&path).unwrap();
+        expected.extend_from_slice(&group[intact..]);
+        prop_assert_eq!(&report.records, &expected);
+        prop_assert_eq!(report.torn_tail, None);
+    }
 }
 
-/// Every single bit of a small log, header included, exhaustively.
+/// `records`, then enough small records of another grant that more than one write's worth of
+/// frames follows the last of `records`.
+fn with_filler(records: &[Record]) -> Vec<Record> {
+    let mut all = records.to_vec();
+    let filler = GrantId([0xf1; 32]);
+    for seq in 0..3_000 {
+        all.push(Record {
+            grant: filler,
+            seq,
+            at_unix_ms: T0,
+            event: Event::OrphanReaped { resource_kind: ResourceKind::KeyPair, resource_id: format!("k{seq}") },
+        });
+    }
+    all
+}
+
+/// Every single bit of a small log, header included, exhaustively: each flip is found, as
+/// corruption or as a torn tail at the damaged frame (a small log is all within one write's
+/// reach of its end).
 #[test]
 fn every_single_bit_flip_in_a_small_log_is_detected() {
     let steps: Vec<Step> = (0..6).map(|i| Step { grant: 0, choice: 0, dt_ms: 1_000, n: i }).collect();
@@ -276,44 +380,57 @@ fn every_single_bit_flip_in_a_small_log_is_detected() {
     let path = dir.path().join("ledger.log");
     write_file(&path, &records);
     let (offsets, end) = frame_offsets(&path);
-    let original = std::fs::read(&path).unwrap();
-    assert_eq!(end, original.len() as u64);
+    let mut original = std::fs::read(&path).unwrap();
+    original.truncate(end as usize);
     let flipped = dir.path().join("flipped.log");
     for position in 0..original.len() {
         for bit in 0..8 {
             let mut bytes = original.clone();
             bytes[position] ^= 1 << bit;
             std::fs::write(&flipped, &bytes).unwrap();
-            let result = scan_file(&flipped, |_, _, _| Ok::<(), StoreError>(()));
+            let frame = offsets.iter().rev().find(|&&o| o as usize <= position).copied().unwrap_or(0);
+            let mut read = 0;
+            let result = scan_file(&flipped, |_, _, _| {
+                read += 1;
+                Ok::<(), StoreError>(())
+            });
             match result {
-                Err(StoreError::Corrupt { offset, .. }) => {
-                    let frame = offsets.iter().rev().find(|&&o| o as usize <= position).copied().unwrap_or(0);
-                    assert_eq!(offset, frame, "flip at byte {position} bit {bit}");
-                }
+                Err(StoreError::Corrupt { offset, .. }) => assert_eq!(offset, frame, "flip at byte {position} bit {bit}"),
                 Err(StoreError::NotALedger { .. } | StoreError::UnsupportedVersion { .. }) => {
                     assert!(position < usage_ledger::file::HEADER_LEN as usize, "flip at byte {position} bit {bit}")
                 }
                 Err(other) => panic!("flip at byte {position} bit {bit}: wrong error {other}"),
-                Ok(outcome) => panic!("flip at byte {position} bit {bit} went unnoticed: {outcome:?}"),
+                Ok(outcome) => {
+                    assert_eq!(outcome.torn_tail.map(|t| t.offset), Some(frame), "flip at byte {position} bit {bit}");
+                    assert_eq!(read, offsets.iter().position(|&o| o == frame).unwrap());
+                }
             }
         }
     }
 }
 
 #[test]
-fn a_zero_filled_tail_is_a_torn_tail_and_a_torn_header_is_rewritten() {
+fn a_zero_filled_tail_is_free_space_and_a_torn_header_is_rewritten() {
     let steps: Vec<Step> = (0..3).map(|i| Step { grant: 1, choice: 0, dt_ms: 1_000, n: i }).collect();
     let records = history(&steps);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ledger.log");
-    write_file(&path, &records);
-    let intact = std::fs::metadata(&path).unwrap().len();
+    write_file(&path, &records[..2]);
+    let (_, intact) = frame_offsets(&path);
     let mut bytes = std::fs::read(&path).unwrap();
+    bytes.truncate(intact as usize);
     bytes.extend_from_slice(&[0u8; 4096]);
     std::fs::write(&path, &bytes).unwrap();
-    let (_, report) = FileStore::open(&path).unwrap();
-    assert_eq!(report.records, records);
-    assert_eq!(report.torn_tail, Some(TornTail { offset: intact, bytes: 4096 }));
+    let outcome = scan_file(&path, |_, _, _| Ok::<(), StoreError>(())).unwrap();
+    assert_eq!((outcome.end_offset, outcome.free_bytes, outcome.torn_tail), (intact, 4096, None));
+    let (mut store, report) = FileStore::open(&path).unwrap();
+    assert_eq!(report.records, records[..2]);
+    assert_eq!(report.torn_tail, None);
+    // The next append lands right after the intact frames, not after the zeros.
+    store.append(&records[2..]).unwrap();
+    drop(store);
+    assert_eq!(FileStore::open(&path).unwrap().1.records, records);
+    assert_eq!(frame_offsets(&path).0.len(), 3);
 
     let header_only = dir.path().join("torn-header.log");
     std::fs::write(&header_only, &bytes[..5]).unwrap();

@@ -1,0 +1,148 @@
+//! Group commit: concurrent appends to a `SharedLedger` share store writes, and a failed write
+//! fails every append it carried and every append validated against them.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backend_api::{AlmanacTick, GrantId};
+use usage_ledger::{
+    Event, EventStore, FileStore, Ledger, LedgerError, MemoryStore, Record, ResourceKind, SharedLedger, StoreError,
+};
+
+fn grant(n: u64) -> GrantId {
+    let mut id = [7u8; 32];
+    id[..8].copy_from_slice(&n.to_be_bytes());
+    GrantId(id)
+}
+
+fn reaped(n: u64) -> Event {
+    Event::OrphanReaped { resource_kind: ResourceKind::KeyPair, resource_id: format!("key-{n}") }
+}
+
+fn admitted() -> Event {
+    Event::GrantAdmitted {
+        region: "us-east-1".into(),
+        instance_type: "t3.small".into(),
+        vcpus: 2,
+        memory_mib: 2048,
+        storage_bytes: 8 << 30,
+        valid_to: AlmanacTick(10),
+        valid_to_unix_ms: 1_700_003_600_000,
+        key_name: "k".into(),
+        group_name: "g".into(),
+    }
+}
+
+/// A file store whose every write takes at least 5 ms more (a slow disk), counting writes.
+struct SlowStore {
+    inner: FileStore,
+    writes: Arc<AtomicU64>,
+}
+
+impl EventStore for SlowStore {
+    fn append(&mut self, records: &[Record]) -> Result<(), StoreError> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(5));
+        self.inner.append(records)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_appends_share_writes_and_all_become_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger");
+    let (ledger, _) = Ledger::open_file(&path).unwrap();
+    let (store, _) = ledger.into_parts();
+    let writes = Arc::new(AtomicU64::new(0));
+    let shared = Arc::new(SharedLedger::new(Ledger::empty(SlowStore { inner: store, writes: writes.clone() })));
+    // Given 64 writers appending 10 events each,
+    let tasks: Vec<_> = (0..64u64)
+        .map(|w| {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                for i in 0..10 {
+                    shared.append(grant(w), 1_700_000_000_000 + i, reaped(w * 100 + i)).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    // then every append is durable, in far fewer writes than appends,
+    let writes = writes.load(Ordering::SeqCst);
+    assert!(writes <= 640 / 4, "640 appends took {writes} writes: the group commit did not group");
+    assert_eq!(shared.with_books(|b| b.record_count()), 640);
+    let hash = shared.with_books(|b| b.records_hash());
+    drop(shared);
+    // and the file replays to the same books.
+    let (reopened, report) = Ledger::open_file(&path).unwrap();
+    assert_eq!(report.records, 640);
+    assert_eq!(reopened.records_hash(), hash);
+    for w in 0..64 {
+        assert_eq!(reopened.grant(&grant(w)).unwrap().next_seq(), 10);
+    }
+}
+
+/// A memory store whose each append waits for a verdict: `true` stores, `false` fails.
+struct GatedStore {
+    inner: MemoryStore,
+    entered: Sender<()>,
+    verdicts: Arc<Mutex<Receiver<bool>>>,
+}
+
+impl EventStore for GatedStore {
+    fn append(&mut self, records: &[Record]) -> Result<(), StoreError> {
+        self.entered.send(()).unwrap();
+        if self.verdicts.lock().unwrap().recv().unwrap() { self.inner.append(records) } else { Err(StoreError::Injected) }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_write_fails_its_group_and_what_was_staged_on_it() {
+    let memory = MemoryStore::new();
+    let (entered_tx, entered) = channel();
+    let (verdict, verdicts) = channel();
+    let store = GatedStore { inner: memory.clone(), entered: entered_tx, verdicts: Arc::new(Mutex::new(verdicts)) };
+    let shared = Arc::new(SharedLedger::new(Ledger::empty(store)));
+    let x = grant(1);
+    // Given a first append being written (its writer leads and waits at the store),
+    let first = tokio::spawn({
+        let shared = shared.clone();
+        async move { shared.append(x, 1_700_000_000_000, admitted()).await }
+    });
+    let _entered = tokio::task::spawn_blocking(move || {
+        entered.recv().unwrap();
+        entered
+    })
+    .await
+    .unwrap();
+    // and a second one staged meanwhile, valid only after the first,
+    let second = tokio::spawn({
+        let shared = shared.clone();
+        async move {
+            shared.append(x, 1_700_000_000_001, Event::KeyPairImported { key_name: "k".into(), key_pair_id: "key-1".into() }).await
+        }
+    });
+    while shared.with_books(|b| b.grant(&x).map(|s| s.next_seq())) != Some(2) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // when the write fails,
+    verdict.send(false).unwrap();
+    // then both appends fail with the store's error, nothing is in the books or the store,
+    for result in [first.await.unwrap(), second.await.unwrap()] {
+        assert!(matches!(result, Err(LedgerError::Store(StoreError::Injected))), "{result:?}");
+    }
+    assert!(shared.with_books(|b| b.grant(&x).is_none()));
+    assert_eq!(shared.with_books(|b| b.record_count()), 0);
+    assert!(memory.records().is_empty());
+    // and the next append starts the grant afresh.
+    verdict.send(true).unwrap();
+    let state = shared.append(x, 1_700_000_000_002, admitted()).await.unwrap();
+    assert_eq!(state.next_seq(), 1);
+    assert_eq!(memory.records().len(), 1);
+}
