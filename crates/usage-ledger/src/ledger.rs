@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 
 use backend_api::{GrantId, UsageMetrics};
 use sha2::{Digest, Sha256};
@@ -34,6 +35,25 @@ pub enum LedgerError {
 /// one. Tickets only grow, across failures too.
 pub(crate) type Ticket = u64;
 
+/// The records one store write carries, as their appenders see it: the write's outcome, once
+/// settled. Each staged record belongs to the open group until a leader takes it.
+#[derive(Debug, Default)]
+pub(crate) struct Group {
+    outcome: OnceLock<Result<(), StoreError>>,
+}
+
+impl Group {
+    /// The group's outcome, once its write is settled (each appender gets its own copy of an
+    /// error).
+    pub(crate) fn outcome(&self) -> Option<Result<(), StoreError>> {
+        self.outcome.get().map(|r| r.as_ref().map(|_| ()).map_err(StoreError::duplicate))
+    }
+
+    fn settle(&self, result: Result<(), &StoreError>) {
+        let _ = self.outcome.set(result.map_err(StoreError::duplicate));
+    }
+}
+
 /// Every grant's state, with the records staged on top of what is durable.
 ///
 /// Queries see staged records as soon as they are staged: an appender's own call returns only
@@ -53,23 +73,15 @@ pub struct Books {
     scratch: Vec<u8>,
     /// Records staged and not yet handed to a store, in order.
     staged: Vec<Record>,
-    /// For each record past `durable` (handed to a store or still staged), in order: its grant
+    /// For each record past `settled` (handed to a store or still staged), in order: its grant
     /// and that grant's state before it.
     undo: Vec<(GrantId, Option<GrantState>)>,
     /// Tickets issued so far.
     issued: Ticket,
-    /// Every ticket up to this one is durable.
-    durable: Ticket,
-    /// Every ticket up to this one that is not durable failed (with `failure`).
-    failed_through: Ticket,
-    failure: Option<StoreError>,
-}
-
-/// How far appends have got: what waiters of a group commit watch.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Progress {
-    pub(crate) durable: Ticket,
-    pub(crate) failed_through: Ticket,
+    /// Every ticket up to this one is settled: durable, or failed and undone.
+    settled: Ticket,
+    /// The group the records staged now belong to.
+    open: Arc<Group>,
 }
 
 impl Books {
@@ -139,15 +151,42 @@ impl Books {
         }
     }
 
-    /// Hands every staged record to the caller, to write; returns them and the last ticket.
-    pub(crate) fn take_staged(&mut self) -> (Vec<Record>, Ticket) {
-        (std::mem::take(&mut self.staged), self.issued)
+    /// Whether any record is staged and not yet taken.
+    pub(crate) fn has_staged(&self) -> bool {
+        !self.staged.is_empty()
     }
 
-    /// Settles the write of `records` (taken by [`Books::take_staged`] up to ticket `through`):
-    /// durable on `Ok`; on `Err`, every record past the durable ones is undone, those written
-    /// and those staged since (they were validated against the failed ones), and their appends
-    /// fail with the shared cause.
+    /// The group a record staged now belongs to.
+    pub(crate) fn open_group(&self) -> Arc<Group> {
+        self.open.clone()
+    }
+
+    /// Hands every staged record to the caller, to write; returns them, the last ticket and
+    /// their group, and opens a new group.
+    pub(crate) fn take_staged(&mut self) -> (Vec<Record>, Ticket, Arc<Group>) {
+        let group = std::mem::take(&mut self.open);
+        (std::mem::take(&mut self.staged), self.issued, group)
+    }
+
+    /// Settles the write of `records` (taken by [`Books::take_staged`] up to ticket `through`,
+    /// with `group`): durable on `Ok`; on `Err`, every record past the settled ones is undone,
+    /// those written and those staged since (they were validated against the failed ones), and
+    /// both groups fail with the store's error.
+    pub(crate) fn settle_group(
+        &mut self,
+        through: Ticket,
+        records: &[Record],
+        group: &Group,
+        result: Result<(), &StoreError>,
+    ) {
+        self.settle(through, records, result);
+        group.settle(result);
+        if result.is_err() {
+            std::mem::take(&mut self.open).settle(result);
+        }
+    }
+
+    /// [`Books::settle_group`] without the groups, for a single owner.
     pub(crate) fn settle(&mut self, through: Ticket, records: &[Record], result: Result<(), &StoreError>) {
         match result {
             Ok(()) => {
@@ -159,29 +198,18 @@ impl Books {
                     }
                 }
                 self.records += records.len() as u64;
-                let done = usize::try_from(through - self.durable).unwrap_or(usize::MAX).min(self.undo.len());
+                let done = usize::try_from(through - self.settled).unwrap_or(usize::MAX).min(self.undo.len());
                 self.undo.drain(..done);
-                self.durable = through;
+                self.settled = through;
             }
-            Err(err) => {
+            Err(_) => {
                 self.staged.clear();
                 while !self.undo.is_empty() {
                     self.undo_one();
                 }
-                self.failed_through = self.issued;
-                self.failure = Some(err.duplicate());
+                self.settled = self.issued;
             }
         }
-    }
-
-    pub(crate) fn progress(&self) -> Progress {
-        Progress { durable: self.durable, failed_through: self.failed_through }
-    }
-
-    /// Why the appends up to `failed_through` failed: the store's error, as each of them
-    /// returns it.
-    pub(crate) fn failure(&self) -> StoreError {
-        self.failure.as_ref().map_or(StoreError::Injected, StoreError::duplicate)
     }
 
     /// The state of one grant.
@@ -279,7 +307,7 @@ impl<S: EventStore> Ledger<S> {
 
     /// Writes what is staged; on failure everything staged is undone.
     fn commit(&mut self) -> Result<(), LedgerError> {
-        let (records, through) = self.books.take_staged();
+        let (records, through, _) = self.books.take_staged();
         if records.is_empty() {
             return Ok(());
         }

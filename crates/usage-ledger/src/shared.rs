@@ -23,7 +23,9 @@ use backend_api::GrantId;
 use tokio::sync::watch;
 
 use crate::event::Event;
-use crate::ledger::{Books, Ledger, LedgerError, Progress, Ticket};
+use std::sync::Arc;
+
+use crate::ledger::{Books, Group, Ledger, LedgerError};
 use crate::state::GrantState;
 use crate::store::{EventStore, StoreError};
 
@@ -33,7 +35,8 @@ pub struct SharedLedger<S: EventStore> {
     books: Mutex<Books>,
     /// Held by the leader of a group while it writes.
     store: Mutex<S>,
-    progress: watch::Sender<Progress>,
+    /// Counts settled groups: waiters wake on each.
+    settled: watch::Sender<u64>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -44,8 +47,7 @@ impl<S: EventStore> SharedLedger<S> {
     /// Shares `ledger`.
     pub fn new(ledger: Ledger<S>) -> Self {
         let (store, books) = ledger.into_parts();
-        let progress = watch::Sender::new(books.progress());
-        Self { books: Mutex::new(books), store: Mutex::new(store), progress }
+        Self { books: Mutex::new(books), store: Mutex::new(store), settled: watch::Sender::new(0) }
     }
 
     /// Records `event` for `grant` at `at_unix_ms`; returns, once it is durable, the grant's state
@@ -54,12 +56,12 @@ impl<S: EventStore> SharedLedger<S> {
     /// Nothing is staged when the event is impossible ([`LedgerError::Apply`]); when the store
     /// fails ([`LedgerError::Store`]) nothing of it is acknowledged and the books are as before.
     pub async fn append(&self, grant: GrantId, at_unix_ms: u64, event: Event) -> Result<GrantState, LedgerError> {
-        let (ticket, state) = {
+        let (group, state) = {
             let mut books = lock(&self.books);
-            let ticket = books.stage(grant, at_unix_ms, event)?;
-            (ticket, books.grant(&grant).cloned())
+            books.stage(grant, at_unix_ms, event)?;
+            (books.open_group(), books.grant(&grant).cloned())
         };
-        self.durable(ticket).await?;
+        self.durable(&group).await?;
         Ok(state.expect("a grant whose record was staged is in the books"))
     }
 
@@ -70,15 +72,16 @@ impl<S: EventStore> SharedLedger<S> {
         &self,
         decide: impl FnOnce(&Books) -> (Vec<(GrantId, u64, Event)>, T),
     ) -> Result<T, LedgerError> {
-        let (ticket, value) = {
+        let (group, value) = {
             let mut books = lock(&self.books);
             let (events, value) = decide(&books);
             if events.is_empty() {
                 return Ok(value);
             }
-            (books.stage_all(events)?, value)
+            books.stage_all(events)?;
+            (books.open_group(), value)
         };
-        self.durable(ticket).await?;
+        self.durable(&group).await?;
         Ok(value)
     }
 
@@ -97,16 +100,13 @@ impl<S: EventStore> SharedLedger<S> {
         f(&lock(&self.store))
     }
 
-    /// Waits until `ticket` is durable, leading a group when the store is free.
-    async fn durable(&self, ticket: Ticket) -> Result<(), StoreError> {
-        let mut watcher = self.progress.subscribe();
+    /// Waits until `group` is settled, leading a write when the store is free.
+    async fn durable(&self, group: &Arc<Group>) -> Result<(), StoreError> {
+        let mut watcher = self.settled.subscribe();
         loop {
-            let seen = *watcher.borrow_and_update();
-            if seen.durable >= ticket {
-                return Ok(());
-            }
-            if seen.failed_through >= ticket {
-                return Err(lock(&self.books).failure());
+            watcher.borrow_and_update();
+            if let Some(outcome) = group.outcome() {
+                return outcome;
             }
             let led = match self.store.try_lock() {
                 Ok(store) => self.lead(store),
@@ -124,17 +124,18 @@ impl<S: EventStore> SharedLedger<S> {
     /// Writes every staged record with one store append and settles them, then tells waiters.
     /// Returns `true`.
     fn lead(&self, mut store: MutexGuard<'_, S>) -> bool {
-        let (records, through) = lock(&self.books).take_staged();
-        if !records.is_empty() {
+        let taken = {
+            let mut books = lock(&self.books);
+            books.has_staged().then(|| books.take_staged())
+        };
+        if let Some((records, through, group)) = taken {
             let result = store.append(&records);
             // Settled while the store is still held: no other group can fail and undo these
             // records before they are marked durable.
-            lock(&self.books).settle(through, &records, result.as_ref().map(|_| ()));
+            lock(&self.books).settle_group(through, &records, &group, result.as_ref().map(|_| ()));
         }
         drop(store);
-        // Sent under the books' lock, so that the word waiters see only grows.
-        let books = lock(&self.books);
-        self.progress.send_replace(books.progress());
+        self.settled.send_modify(|n| *n += 1);
         true
     }
 }

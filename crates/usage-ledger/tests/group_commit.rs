@@ -146,3 +146,49 @@ async fn a_failed_write_fails_its_group_and_what_was_staged_on_it() {
     assert_eq!(state.next_seq(), 1);
     assert_eq!(memory.records().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_failure_each_later_group_settles_only_its_own_records() {
+    let memory = MemoryStore::new();
+    let (entered_tx, entered) = channel();
+    let (verdict, verdicts) = channel();
+    let store = GatedStore { inner: memory.clone(), entered: entered_tx, verdicts: Arc::new(Mutex::new(verdicts)) };
+    let shared = Arc::new(SharedLedger::new(Ledger::empty(store)));
+    let entered = Arc::new(Mutex::new(entered));
+    let wait_entered = || {
+        let entered = entered.clone();
+        tokio::task::spawn_blocking(move || entered.lock().unwrap().recv().unwrap())
+    };
+    let x = grant(2);
+    // Given a write that failed,
+    verdict.send(false).unwrap();
+    assert!(shared.append(x, 1_700_000_000_000, admitted()).await.is_err());
+    wait_entered().await.unwrap();
+    // a group being written (the grant's first event again),
+    let first = tokio::spawn({
+        let shared = shared.clone();
+        async move { shared.append(x, 1_700_000_000_001, admitted()).await }
+    });
+    wait_entered().await.unwrap();
+    // and a second event staged on top of it meanwhile,
+    let second = tokio::spawn({
+        let shared = shared.clone();
+        async move {
+            shared.append(x, 1_700_000_000_002, Event::KeyPairImported { key_name: "k".into(), key_pair_id: "key-2".into() }).await
+        }
+    });
+    while shared.with_books(|b| b.grant(&x).map(|s| s.next_seq())) != Some(2) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // when the first group's write succeeds and the second's fails,
+    verdict.send(true).unwrap();
+    assert!(first.await.unwrap().is_ok());
+    wait_entered().await.unwrap();
+    verdict.send(false).unwrap();
+    let result = second.await.unwrap();
+    // then only the second event is undone: the books hold what the store holds.
+    assert!(matches!(result, Err(LedgerError::Store(StoreError::Injected))), "{result:?}");
+    assert_eq!(memory.records().len(), 1);
+    assert_eq!(shared.with_books(|b| b.grant(&x).map(|s| s.next_seq())), Some(1));
+    assert_eq!(shared.with_books(|b| b.record_count()), 1);
+}
