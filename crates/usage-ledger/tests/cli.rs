@@ -26,6 +26,13 @@ fn stderr(output: &Output) -> String {
 
 /// Grant A runs for 120 s and settles; grant B is admitted and holds a key pair.
 fn write_log(path: &Path) -> UsageMetrics {
+    write_log_with(path, 0)
+}
+
+/// [`write_log`], then `reaped` more small frames (orphans reaped for grant A), in the same
+/// session: a second open could race the other test's child processes, which may briefly hold
+/// a copy of the file and its lock between fork and exec.
+fn write_log_with(path: &Path, reaped: usize) -> UsageMetrics {
     let (mut ledger, _) = Ledger::open_file(path).unwrap();
     let admitted = |name: &str| Event::GrantAdmitted {
         region: "us-east-1".into(),
@@ -74,6 +81,10 @@ fn write_log(path: &Path) -> UsageMetrics {
         .unwrap();
     ledger.append(B, T0, admitted("b")).unwrap();
     ledger.append(B, T0, Event::KeyPairImported { key_name: "k-b".into(), key_pair_id: "key-b".into() }).unwrap();
+    let reaped = (0..reaped).map(|i| {
+        (A, T0 + 200_000, Event::OrphanReaped { resource_kind: ResourceKind::KeyPair, resource_id: format!("k{i}") })
+    });
+    ledger.append_batch(reaped).unwrap();
     usage
 }
 
@@ -124,17 +135,9 @@ fn verify_usage_and_dump_work_on_an_intact_log() {
 fn verify_names_the_offset_of_a_corrupt_frame_and_of_a_torn_tail() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ledger.log");
-    write_log(&path);
     // More than one write's worth of frames follows the frame to damage, so the damage cannot
     // be a torn write.
-    const REAPED: usize = 4_000;
-    {
-        let (mut ledger, _) = Ledger::open_file(&path).unwrap();
-        let reaped = (0..REAPED).map(|i| {
-            (A, T0 + 200_000, Event::OrphanReaped { resource_kind: ResourceKind::KeyPair, resource_id: format!("k{i}") })
-        });
-        ledger.append_batch(reaped).unwrap();
-    }
+    write_log_with(&path, 4_000);
     let original = std::fs::read(&path).unwrap();
 
     // Find the frames' offsets through the dump-independent scanner.
