@@ -244,6 +244,7 @@ pub fn render_user_data(cfg: &GuestConfig, spec: &GuestSpec<'_>) -> Result<Strin
         ("CONTAINER_RUNTIME", cfg.container_runtime.clone()),
         ("FETCH_ATTEMPTS", cfg.fetch_attempts.to_string()),
         ("POWEROFF_AT_UNIX_S", poweroff_at_unix_s.to_string()),
+        ("LOGIN_USER", cfg.login_user.clone()),
     ]);
 
     // cloud-init skips key generation altogether when `ssh_keys` is given; `ssh_genkeytypes`

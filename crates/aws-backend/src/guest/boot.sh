@@ -31,6 +31,8 @@ readonly ATTEMPTS_RE='^([1-9]|1[0-9]|20)$'
 readonly UNIX_S_RE='^[0-9]{1,12}$'
 readonly BACKOFF_RE='^[0-9]{1,4}$'
 readonly IMAGE_REF_RE='^[A-Za-z0-9_][A-Za-z0-9._/:@-]*$'
+# A user name as guest.rs accepts it (and never root, which it refuses).
+readonly USER_RE='^[a-z_][a-z0-9_-]{0,31}$'
 
 log() {
   printf 'grant-guest: %s\n' "$*" >&2
@@ -51,6 +53,7 @@ IMAGE_URL=""
 CONTAINER_RUNTIME=""
 FETCH_ATTEMPTS=""
 POWEROFF_AT_UNIX_S=""
+LOGIN_USER=""
 read_vars() {
   local file=$1 line key value pattern
   local -A seen=()
@@ -66,6 +69,7 @@ read_vars() {
       CONTAINER_RUNTIME) pattern=$RUNTIME_RE ;;
       FETCH_ATTEMPTS) pattern=$ATTEMPTS_RE ;;
       POWEROFF_AT_UNIX_S) pattern=$UNIX_S_RE ;;
+      LOGIN_USER) pattern=$USER_RE ;;
       *) power_off "unknown key in the vars file: $(printf '%q' "$key")" ;;
     esac
     [[ -z ${seen[$key]:-} ]] || power_off "repeated key in the vars file: $key"
@@ -73,9 +77,10 @@ read_vars() {
     [[ $value =~ $pattern ]] || power_off "bad value for $key in the vars file: $(printf '%q' "$value")"
     printf -v "$key" '%s' "$value"
   done <"$file"
-  for key in GRANT_ID IMAGE_SHA256 IMAGE_URL CONTAINER_RUNTIME FETCH_ATTEMPTS POWEROFF_AT_UNIX_S; do
+  for key in GRANT_ID IMAGE_SHA256 IMAGE_URL CONTAINER_RUNTIME FETCH_ATTEMPTS POWEROFF_AT_UNIX_S LOGIN_USER; do
     [[ -n ${seen[$key]:-} ]] || power_off "the vars file lacks $key"
   done
+  [[ $LOGIN_USER != root ]] || power_off "the login user is root"
   [[ $BACKOFF_S =~ $BACKOFF_RE ]] || power_off "bad GRANT_GUEST_BACKOFF_S $(printf '%q' "$BACKOFF_S")"
 }
 

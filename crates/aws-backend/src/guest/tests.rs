@@ -61,6 +61,7 @@ fn vars_value_ok(key: &str, value: &str) -> bool {
         "CONTAINER_RUNTIME" => CONTAINER_RUNTIMES.contains(&value),
         "FETCH_ATTEMPTS" => value.parse::<u32>().is_ok_and(|n| (1..=20).contains(&n) && n.to_string() == value),
         "POWEROFF_AT_UNIX_S" => (1..=12).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_digit()),
+        "LOGIN_USER" => check_login_user(value).is_ok(),
         _ => false,
     }
 }
@@ -123,7 +124,7 @@ fn assert_structure(user_data: &str, cfg: &GuestConfig, spec: &GuestSpec<'_>) {
     let keys: Vec<&str> = lines.iter().map(|(k, _)| *k).collect();
     assert_eq!(
         keys,
-        ["GRANT_ID", "IMAGE_SHA256", "IMAGE_URL", "CONTAINER_RUNTIME", "FETCH_ATTEMPTS", "POWEROFF_AT_UNIX_S"]
+        ["GRANT_ID", "IMAGE_SHA256", "IMAGE_URL", "CONTAINER_RUNTIME", "FETCH_ATTEMPTS", "POWEROFF_AT_UNIX_S", "LOGIN_USER"]
     );
     for (key, value) in &lines {
         assert!(vars_value_ok(key, value), "{key}={value:?} is outside the script's character set");
@@ -134,6 +135,7 @@ fn assert_structure(user_data: &str, cfg: &GuestConfig, spec: &GuestSpec<'_>) {
     assert_eq!(lines[3].1, cfg.container_runtime);
     assert_eq!(lines[4].1, cfg.fetch_attempts.to_string());
     assert_eq!(lines[5].1, (spec.valid_to_unix_s + cfg.deadline_grace_s).to_string());
+    assert_eq!(lines[6].1, cfg.login_user);
 }
 
 #[test]
@@ -147,7 +149,7 @@ fn renders_the_grant_into_a_constant_script_and_a_vars_file() {
         vars,
         format!(
             "GRANT_ID={}\nIMAGE_SHA256={}\nIMAGE_URL=https://store.example/blobs/{}\nCONTAINER_RUNTIME=docker\n\
-             FETCH_ATTEMPTS=5\nPOWEROFF_AT_UNIX_S=1700000060\n",
+             FETCH_ATTEMPTS=5\nPOWEROFF_AT_UNIX_S=1700000060\nLOGIN_USER=ec2-user\n",
             "ab".repeat(32),
             "5a".repeat(32),
             "5a".repeat(32)
