@@ -12,11 +12,12 @@ use aws_backend::{AwsBackend, OWNER_TAG};
 use backend_api::{Backend, BackendError, Clock, Envelope, GrantId, TokioClock};
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::SeedableRng;
-use sim_ec2::{SimConfig, SimEc2};
+use sim_ec2::{InstanceTruths, LiveResources, SimConfig, SimEc2};
 use tokio::task::JoinHandle;
 
 use crate::checkers::{
-    self, Context, Downtime, FaultIndex, GrantFacts, Measures, Outcome, Replay, Violation, admission, names,
+    self, Context, Downtime, FaultIndex, GrantFacts, GrantTags, InstanceNote, LiveNote, Measures, Outcome, Replay,
+    Violation, admission, names,
 };
 use crate::fixture::{self, START_UNIX_MS};
 use crate::framestore::FrameStore;
@@ -147,6 +148,13 @@ struct World {
     downtimes: Vec<Downtime>,
     faults: FaultIndex,
     replay: Replay,
+    /// The simulator's ground truth of every instance, with the checkers' note of each,
+    /// refreshed (at the cost of what changed) before each check.
+    instances: InstanceTruths<InstanceNote>,
+    /// The simulator's live resources, with the checkers' note of each, refreshed likewise.
+    live: LiveResources<LiveNote>,
+    /// The workload's grants by their tag value.
+    grant_tags: GrantTags,
     secrets: checkers::secrets::Secrets,
     faulted_termination_bound_ms: u64,
     retries: BTreeMap<String, u64>,
@@ -169,6 +177,9 @@ impl World {
     fn with_context<T>(&mut self, backend: &AwsBackend, f: impl FnOnce(&Context<'_>, &mut Measures) -> T) -> T {
         self.faults.absorb(&self.sim);
         self.replay.absorb(&self.store);
+        let (plans, grant_tags) = (&self.plans, &self.grant_tags);
+        self.sim.refresh_instances(&mut self.instances, |truth| InstanceNote::of(truth, plans, grant_tags));
+        self.sim.refresh_live(&mut self.live, |resource| LiveNote::of(resource, plans, grant_tags));
         let facts = lock(&self.facts);
         let ctx = Context {
             now_unix_ms: self.clock.now_unix_ms(),
@@ -182,8 +193,10 @@ impl World {
             downtimes: &self.downtimes,
             faults: &self.faults,
             replay: &self.replay,
-            instances: self.sim.instances(),
-            live: self.sim.live_resources(),
+            instances: &self.instances,
+            by_grant: checkers::by_grant(&self.instances),
+            grant_tags: &self.grant_tags,
+            live: &self.live,
         };
         f(&ctx, &mut self.measures)
     }
@@ -277,6 +290,9 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
         downtimes: Vec::new(),
         faults: FaultIndex::default(),
         replay: Replay::default(),
+        instances: InstanceTruths::new(),
+        live: LiveResources::new(),
+        grant_tags: GrantTags::new(plans.iter().map(|p| &p.id)),
         secrets: checkers::secrets::Secrets::new(plans.iter().map(|p| &p.id), &fixture::key_seed(scenario.seed)),
         // Two full retry cycles (the watch's, then terminate's) and a poll.
         faulted_termination_bound_ms: 2 * RetryPolicy::default().backoff_ms_total_max() + scenario.poll_interval_ms,

@@ -7,14 +7,21 @@
 use aws_backend::port::{Ec2Error, InstanceInfo, Operation, Tags};
 use sha2::{Digest, Sha256};
 
+/// How many bytes the audit gathers before handing them to the hasher: fields are a few bytes
+/// each, and one large `update` costs far less than many small ones.
+const PENDING_BYTES_MAX: usize = 4_096;
+
 pub(crate) struct Audit {
     hasher: Sha256,
+    /// Bytes written but not yet hashed. The hash is over the byte stream, so when they are
+    /// handed over changes nothing.
+    pending: Vec<u8>,
     entries: u64,
 }
 
 impl Audit {
     pub(crate) fn new(seed: u64) -> Self {
-        let mut audit = Self { hasher: Sha256::new(), entries: 0 };
+        let mut audit = Self { hasher: Sha256::new(), pending: Vec::with_capacity(PENDING_BYTES_MAX * 2), entries: 0 };
         audit.str("sim-ec2 audit v1");
         audit.u64(seed);
         audit
@@ -22,6 +29,10 @@ impl Audit {
 
     /// Starts the record of one call (or one targeted fault, under a pseudo-operation tag).
     pub(crate) fn begin(&mut self, tag: u8, region: &str, now_ms: u64) {
+        if self.pending.len() >= PENDING_BYTES_MAX {
+            self.hasher.update(&self.pending);
+            self.pending.clear();
+        }
         self.entries += 1;
         self.u8(0xA5);
         self.u8(tag);
@@ -30,16 +41,16 @@ impl Audit {
     }
 
     pub(crate) fn u8(&mut self, value: u8) {
-        self.hasher.update([value]);
+        self.pending.push(value);
     }
 
     pub(crate) fn u64(&mut self, value: u64) {
-        self.hasher.update(value.to_le_bytes());
+        self.pending.extend_from_slice(&value.to_le_bytes());
     }
 
     pub(crate) fn str(&mut self, value: &str) {
         self.u64(value.len() as u64);
-        self.hasher.update(value.as_bytes());
+        self.pending.extend_from_slice(value.as_bytes());
     }
 
     pub(crate) fn strs(&mut self, values: &[String]) {
@@ -84,7 +95,9 @@ impl Audit {
 
     /// The hash so far, in hex, followed by the number of records.
     pub(crate) fn hex(&self) -> String {
-        let digest = self.hasher.clone().finalize();
+        let mut hasher = self.hasher.clone();
+        hasher.update(&self.pending);
+        let digest = hasher.finalize();
         let mut out = String::with_capacity(80);
         for byte in digest {
             out.push(char::from(HEX[usize::from(byte >> 4)]));

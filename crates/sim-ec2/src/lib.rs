@@ -20,6 +20,8 @@ mod audit;
 mod bucket;
 mod clock;
 mod config;
+mod fxhash;
+mod taglist;
 mod truth;
 mod world;
 
@@ -36,7 +38,9 @@ use serde::{Deserialize, Serialize};
 
 pub use clock::ManualClock;
 pub use config::{FaultConfig, SimConfig, SimError};
-pub use truth::{FaultRecord, InstanceTruth, LiveResource, ResourceKind, SimStats, StateInterval};
+pub use truth::{
+    FaultRecord, InstanceTruth, InstanceTruths, LiveResource, LiveResources, ResourceKind, SimStats, StateInterval,
+};
 pub use world::{extra_codes, reasons};
 
 use world::World;
@@ -137,6 +141,13 @@ impl SimEc2 {
         self.world().live_resources()
     }
 
+    /// Brings `live` up to the present, at the cost of what changed since its last refresh (see
+    /// [`LiveResources`]); `note` is taken of each resource that came or changed. `note` runs
+    /// while the simulator is locked: it must not call the simulator.
+    pub fn refresh_live<N>(&self, live: &mut LiveResources<N>, note: impl FnMut(&LiveResource) -> N) {
+        self.world().refresh_live(live, note);
+    }
+
     /// The live resources carrying the tag `key` = `value`.
     pub fn live_resources_tagged(&self, key: &str, value: &str) -> Vec<LiveResource> {
         let mut all = self.live_resources();
@@ -147,6 +158,13 @@ impl SimEc2 {
     /// Every instance ever launched, in launch order per region, with its exact history.
     pub fn instances(&self) -> Vec<InstanceTruth> {
         self.world().all_instance_truths()
+    }
+
+    /// Brings `truths` up to the present, at the cost of what changed since its last refresh
+    /// (see [`InstanceTruths`]); `note` is taken again of each instance whose truth changed.
+    /// `note` runs while the simulator is locked: it must not call the simulator.
+    pub fn refresh_instances<N>(&self, truths: &mut InstanceTruths<N>, note: impl FnMut(&InstanceTruth) -> N) {
+        self.world().refresh_truths(truths, note);
     }
 
     /// One instance's history, if it was ever launched.
@@ -168,7 +186,7 @@ impl SimEc2 {
     /// The texts calls handed EC2 that a reader of its API can read back (tag values, imported
     /// key material, group descriptions, decoded user data), from the `from`-th on.
     pub fn exposed_since(&self, from: usize) -> Vec<String> {
-        self.world().exposed().get(from..).map(<[String]>::to_vec).unwrap_or_default()
+        self.world().exposed_since(from)
     }
 
     /// How many faults were injected so far.

@@ -156,3 +156,126 @@ impl SimStats {
         self.faults.values().sum()
     }
 }
+
+/// Every instance's ground truth, each with a note its owner derives from it, kept up to date by
+/// [`SimEc2::refresh_instances`](crate::SimEc2::refresh_instances) at the cost of what changed.
+///
+/// A refresh rebuilds only the instances a call changed since the last one (a termination, new
+/// tags, a Describe that showed a new state), moves on the figures of instances still changing by
+/// themselves (pending, running, shutting down), and adds the instances launched since; an
+/// instance whose last planned state has begun costs nothing. The truths are always equal to
+/// what [`SimEc2::instances`](crate::SimEc2::instances) would return, in the same order. Keep one
+/// per simulator: it remembers how far it has followed that simulator's calls.
+#[derive(Debug)]
+pub struct InstanceTruths<N> {
+    /// Per region, in the simulator's region order, each instance in launch order.
+    pub(crate) regions: Vec<Vec<TruthEntry<N>>>,
+    /// How many truth-changing calls the last refresh had taken in.
+    pub(crate) seen_seq: u64,
+}
+
+/// One instance's truth, its note, and whether time alone can still change it.
+#[derive(Debug)]
+pub(crate) struct TruthEntry<N> {
+    pub(crate) truth: InstanceTruth,
+    pub(crate) note: N,
+    pub(crate) settled: bool,
+}
+
+impl<N> Default for InstanceTruths<N> {
+    fn default() -> Self {
+        Self { regions: Vec::new(), seen_seq: 0 }
+    }
+}
+
+impl<N> InstanceTruths<N> {
+    /// None yet: the first refresh reads every instance.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every instance with its note, region by region, each in launch order.
+    pub fn iter(&self) -> impl Iterator<Item = (&InstanceTruth, &N)> {
+        self.regions.iter().flatten().map(|e| (&e.truth, &e.note))
+    }
+
+    /// Every instance, region by region, each in launch order.
+    pub fn truths(&self) -> impl Iterator<Item = &InstanceTruth> {
+        self.regions.iter().flatten().map(|e| &e.truth)
+    }
+
+    /// How many instances.
+    pub fn len(&self) -> usize {
+        self.regions.iter().map(Vec::len).sum()
+    }
+
+    /// True before any instance was launched.
+    pub fn is_empty(&self) -> bool {
+        self.regions.iter().all(Vec::is_empty)
+    }
+}
+
+/// Every live resource, each with a note its owner derives from it, kept up to date by
+/// [`SimEc2::refresh_live`](crate::SimEc2::refresh_live) at the cost of what changed.
+///
+/// A refresh drops what stopped existing and builds only what came or changed since the last
+/// one (an instance launched, terminated or tagged; a key pair or group imported, created,
+/// deleted or tagged). The resources are always those
+/// [`SimEc2::live_resources`](crate::SimEc2::live_resources) would return, in the same order.
+/// Keep one per simulator: it remembers how far it has followed that simulator's calls.
+#[derive(Debug)]
+pub struct LiveResources<N> {
+    /// Per region, in the simulator's region order.
+    pub(crate) regions: Vec<RegionLive<N>>,
+    /// How many changes the last refresh had taken in.
+    pub(crate) seen_seq: u64,
+}
+
+/// One region's live resources, in the order `live_resources` lists them.
+#[derive(Debug)]
+pub(crate) struct RegionLive<N> {
+    /// Instances not terminated, by launch index, each with its volume.
+    pub(crate) instances: BTreeMap<usize, [(LiveResource, N); 2]>,
+    /// Key pairs, by name.
+    pub(crate) key_pairs: BTreeMap<String, (LiveResource, N)>,
+    /// Security groups but the default one, by id.
+    pub(crate) groups: BTreeMap<String, (LiveResource, N)>,
+}
+
+impl<N> Default for RegionLive<N> {
+    fn default() -> Self {
+        Self { instances: BTreeMap::new(), key_pairs: BTreeMap::new(), groups: BTreeMap::new() }
+    }
+}
+
+impl<N> Default for LiveResources<N> {
+    fn default() -> Self {
+        Self { regions: Vec::new(), seen_seq: 0 }
+    }
+}
+
+impl<N> LiveResources<N> {
+    /// None yet: the first refresh reads every resource.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every live resource with its note: per region, instances each followed by its volume,
+    /// then key pairs by name, then security groups by id.
+    pub fn iter(&self) -> impl Iterator<Item = (&LiveResource, &N)> {
+        self.regions
+            .iter()
+            .flat_map(|r| r.instances.values().flatten().chain(r.key_pairs.values()).chain(r.groups.values()))
+            .map(|(resource, note)| (resource, note))
+    }
+
+    /// How many live resources.
+    pub fn len(&self) -> usize {
+        self.regions.iter().map(|r| 2 * r.instances.len() + r.key_pairs.len() + r.groups.len()).sum()
+    }
+
+    /// True when nothing lives.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

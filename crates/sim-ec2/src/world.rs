@@ -24,7 +24,12 @@ use crate::audit::{Audit, op_tag};
 use crate::bucket::TokenBucket;
 use crate::catalogue::{self, InstanceTypeSpec};
 use crate::config::{FaultConfig, SimConfig, SimError};
-use crate::truth::{FaultRecord, InstanceTruth, LiveResource, ResourceKind, SimStats, StateInterval};
+use crate::fxhash::FxHashMap;
+use crate::taglist::TagList;
+use crate::truth::{
+    FaultRecord, InstanceTruth, InstanceTruths, LiveResource, LiveResources, ResourceKind, SimStats, StateInterval,
+    TruthEntry,
+};
 
 /// StateReason codes, as EC2 spells them (EC2 API reference, "StateReason").
 pub mod reasons {
@@ -80,8 +85,8 @@ struct Instance {
     key_name: String,
     group_ids: Vec<String>,
     shutdown_behavior: ShutdownBehavior,
-    tags: Tags,
-    volume_tags: Tags,
+    tags: TagList,
+    volume_tags: TagList,
     launched_ms: u64,
     visible_at_ms: u64,
     dependency_lag_ms: u64,
@@ -97,6 +102,10 @@ struct Instance {
     /// Until when tag-filtered DescribeInstances leaves this instance out (a targeted fault:
     /// tags propagate after id lookups).
     hidden_from_tag_filters_until_ms: u64,
+    /// The value of [`World::truth_seq`] when a call last changed what [`World::truth`] reports
+    /// of this instance (its timeline, tags or `shown`), so that a refresh of
+    /// [`InstanceTruths`] rebuilds only instances changed since.
+    changed_seq: u64,
 }
 
 impl Instance {
@@ -107,6 +116,38 @@ impl Instance {
 
     fn state_at(&self, t: u64) -> InstanceState {
         self.segment_at(t).state
+    }
+
+    /// True when nothing about the instance changes with time any more after `t` (its last
+    /// planned state has begun and is not `running`, whose figures grow): its truth then stays
+    /// as it is until a call changes it.
+    fn settled_by(&self, t: u64) -> bool {
+        self.timeline.last().is_some_and(|s| s.from_ms <= t && s.state != InstanceState::Running)
+    }
+
+    /// Brings `truth`, built from this instance's timeline as it still is at some earlier time,
+    /// up to `now`: the intervals that began since, and the figures that grow. What it gives is
+    /// what [`World::truth`] would build afresh.
+    fn advance_truth(&self, truth: &mut InstanceTruth, now: u64) {
+        let past = self.timeline.partition_point(|s| s.from_ms <= now);
+        let known = truth.intervals.len();
+        if past > known {
+            if let Some(open) = truth.intervals.last_mut() {
+                open.to_ms = Some(self.timeline[known].from_ms);
+            }
+            for k in known..past {
+                let seg = self.timeline[k];
+                truth.intervals.push(StateInterval {
+                    state: seg.state,
+                    from_ms: seg.from_ms,
+                    to_ms: (k + 1 < past).then(|| self.timeline[k + 1].from_ms),
+                    reason_code: seg.reason.map(str::to_string),
+                });
+            }
+        }
+        truth.state = self.state_at(now);
+        truth.running_ms = self.running_ms_until(now);
+        (truth.network_bytes_in, truth.network_bytes_out) = self.bytes_until(now);
     }
 
     /// When the instance is (or is planned to be) terminated.
@@ -159,7 +200,7 @@ impl Instance {
             state_reason_code: seg.reason.map(str::to_string),
             public_dns_name,
             launch_time_unix_ms: self.launched_ms,
-            tags: self.tags.clone(),
+            tags: self.tags.to_tags(),
             client_token: self.client_token.clone(),
         }
     }
@@ -185,6 +226,8 @@ struct KeyPair {
     tags: Tags,
     created_ms: u64,
     visible_at_ms: u64,
+    /// The value of [`World::truth_seq`] when it was imported or last tagged.
+    changed_seq: u64,
 }
 
 struct Group {
@@ -196,6 +239,8 @@ struct Group {
     /// Instances launched into the group (indexes into the region's instances).
     users: Vec<usize>,
     is_default: bool,
+    /// The value of [`World::truth_seq`] when it was created or last tagged.
+    changed_seq: u64,
 }
 
 struct Region {
@@ -204,18 +249,21 @@ struct Region {
     buckets: [TokenBucket; 5],
     run_instances_resource: TokenBucket,
     outage_until_ms: u64,
+    /// The value of [`World::truth_seq`] when a key pair or group of the region last came,
+    /// went or was tagged.
+    resources_seq: u64,
     key_pairs: BTreeMap<String, KeyPair>,
     groups: BTreeMap<String, Group>,
     group_names: BTreeMap<String, String>,
     default_group_id: String,
     instances: Vec<Instance>,
-    instance_ids: BTreeMap<String, usize>,
-    volume_ids: BTreeMap<String, usize>,
+    instance_ids: FxHashMap<String, usize>,
+    volume_ids: FxHashMap<String, usize>,
     /// Instances DescribeInstances may still list (not yet an hour past termination).
     listed: BTreeSet<usize>,
     /// When terminated instances drop out of `listed`.
     expiry: BinaryHeap<Reverse<(u64, usize)>>,
-    client_tokens: BTreeMap<String, ([u8; 32], usize)>,
+    client_tokens: FxHashMap<String, ([u8; 32], usize)>,
     capacity_short_until_ms: BTreeMap<(&'static str, u8), u64>,
 }
 
@@ -300,12 +348,38 @@ fn parse_filters(op: Operation, filters: Vec<Filter>, fields: &[&'static str]) -
         .collect()
 }
 
-fn matches<'a>(filters: &[ParsedFilter], tags: &Tags, field: impl Fn(&str) -> Option<&'a str>) -> bool {
+/// The lookups Describe filters make, over either form the simulator keeps tags in.
+trait TagSet {
+    fn tag(&self, key: &str) -> Option<&str>;
+    fn any_key(&self, pred: impl FnMut(&str) -> bool) -> bool;
+}
+
+impl TagSet for Tags {
+    fn tag(&self, key: &str) -> Option<&str> {
+        self.get(key).map(String::as_str)
+    }
+
+    fn any_key(&self, mut pred: impl FnMut(&str) -> bool) -> bool {
+        self.keys().any(|k| pred(k))
+    }
+}
+
+impl TagSet for TagList {
+    fn tag(&self, key: &str) -> Option<&str> {
+        self.get(key)
+    }
+
+    fn any_key(&self, pred: impl FnMut(&str) -> bool) -> bool {
+        self.keys().any(pred)
+    }
+}
+
+fn matches<'a>(filters: &[ParsedFilter], tags: &impl TagSet, field: impl Fn(&str) -> Option<&'a str>) -> bool {
     filters.iter().all(|f| {
         let any = |text: &str| f.values.iter().any(|p| glob(p, text));
         match &f.name {
-            FilterName::Tag(key) => tags.get(key).is_some_and(|v| any(v)),
-            FilterName::TagKey => tags.keys().any(|k| any(k)),
+            FilterName::Tag(key) => tags.tag(key).is_some_and(any),
+            FilterName::TagKey => tags.any_key(any),
             FilterName::Field(name) => field(name).is_some_and(any),
         }
     })
@@ -388,6 +462,22 @@ fn public_dns(region: &RegionLabel, ip: [u8; 4]) -> String {
     }
 }
 
+/// What a call is about, for attributing its faults to the grants they hit: named cheaply, and
+/// turned into the resources' tags only when a fault is injected.
+#[derive(Clone, Copy)]
+enum About<'a> {
+    /// Nothing in particular: Describe calls, whose faults hit every caller in the region.
+    Nothing,
+    /// The resources the call creates, tagged so.
+    Tags(&'a Tags),
+    /// A key pair, by name.
+    KeyPair(&'a str),
+    /// A security group, by id.
+    Group(&'a str),
+    /// Instances, by id.
+    Instances(&'a [String]),
+}
+
 /// The whole simulated EC2. Every method takes the present as already set by [`World::advance`].
 pub(crate) struct World {
     faults: FaultConfig,
@@ -399,17 +489,21 @@ pub(crate) struct World {
     fail_next: BTreeMap<Operation, VecDeque<String>>,
     stats: SimStats,
     audit: Audit,
-    /// The tags of what the call in progress is about, for attributing its faults.
-    subject: Vec<Tags>,
-    /// The call in progress.
-    current: Option<(Operation, RegionLabel)>,
+    /// The call in progress and the index of its region, once known.
+    current: Option<(Operation, usize)>,
     /// Every fault injected, in order.
     fault_log: Vec<FaultRecord>,
     /// Every call refused because its bucket was empty (not injected): when, where, what.
     bucket_throttles: Vec<(u64, RegionLabel, Operation)>,
-    /// Every text a call handed EC2 that a reader of EC2's API can read back: tag values, key
-    /// material, group descriptions, user data (decoded).
-    exposed: Vec<String>,
+    /// Every text a call handed EC2 that a reader of EC2's API can read back (tag values, key
+    /// material, group descriptions, user data, decoded), one after the other: the texts end
+    /// at `exposed_ends`. One buffer instead of a string each keeps a long run's memory small.
+    exposed: String,
+    /// Where each text in `exposed` ends.
+    exposed_ends: Vec<usize>,
+    /// Counts the changes to ground truth: an instance's truth (see `Instance::changed_seq`),
+    /// a key pair or group that came, went or was tagged.
+    truth_seq: u64,
 }
 
 impl World {
@@ -432,6 +526,7 @@ impl World {
                 rules: BTreeSet::new(),
                 users: Vec::new(),
                 is_default: true,
+                changed_seq: 0,
             };
             regions.push(Region {
                 azs,
@@ -442,16 +537,17 @@ impl World {
                     now_ms,
                 ),
                 outage_until_ms: 0,
+                resources_seq: 0,
                 key_pairs: BTreeMap::new(),
                 groups: BTreeMap::from([(default_group_id.clone(), default_group)]),
                 group_names: BTreeMap::from([("default".to_string(), default_group_id.clone())]),
                 default_group_id,
                 instances: Vec::new(),
-                instance_ids: BTreeMap::new(),
-                volume_ids: BTreeMap::new(),
+                instance_ids: FxHashMap::default(),
+                volume_ids: FxHashMap::default(),
                 listed: BTreeSet::new(),
                 expiry: BinaryHeap::new(),
-                client_tokens: BTreeMap::new(),
+                client_tokens: FxHashMap::default(),
                 capacity_short_until_ms: BTreeMap::new(),
                 label,
             });
@@ -466,11 +562,12 @@ impl World {
             fail_next: BTreeMap::new(),
             stats: SimStats::default(),
             audit: Audit::new(config.seed),
-            subject: Vec::new(),
             current: None,
             fault_log: Vec::new(),
             bucket_throttles: Vec::new(),
-            exposed: Vec::new(),
+            exposed: String::new(),
+            exposed_ends: Vec::new(),
+            truth_seq: 0,
         })
     }
 
@@ -513,19 +610,23 @@ impl World {
         self.regions.iter().position(|r| r.label == *region)
     }
 
-    fn fault(&mut self, kind: &str) {
+    /// Records a fault of `kind` hitting the call in progress, which was about `subjects`.
+    fn fault(&mut self, kind: &str, subjects: Vec<Tags>) {
         if let Some(count) = self.stats.faults.get_mut(kind) {
             *count += 1;
         } else {
             self.stats.faults.insert(kind.to_string(), 1);
         }
-        let (operation, region) = self.current.clone().unzip();
+        let (operation, region) = match self.current {
+            Some((op, r)) => (Some(op), Some(self.regions[r].label.clone())),
+            None => (None, None),
+        };
         self.fault_log.push(FaultRecord {
             at_unix_ms: self.now_ms,
             region,
             operation,
             kind: kind.to_string(),
-            subjects: self.subject.clone(),
+            subjects,
         });
     }
 
@@ -537,38 +638,50 @@ impl World {
         &self.bucket_throttles
     }
 
-    pub(crate) fn exposed(&self) -> &[String] {
-        &self.exposed
+    /// The exposed texts from the `from`-th on (see `exposed`).
+    pub(crate) fn exposed_since(&self, from: usize) -> Vec<String> {
+        (from..self.exposed_ends.len())
+            .map(|k| {
+                let start = if k == 0 { 0 } else { self.exposed_ends[k - 1] };
+                self.exposed[start..self.exposed_ends[k]].to_string()
+            })
+            .collect()
     }
 
     /// Keeps what a call handed EC2 that the API shows again (see `exposed`).
     fn expose<'a>(&mut self, texts: impl IntoIterator<Item = &'a str>) {
-        self.exposed.extend(texts.into_iter().filter(|t| !t.is_empty()).map(str::to_string));
+        for text in texts.into_iter().filter(|t| !t.is_empty()) {
+            self.exposed.push_str(text);
+            self.exposed_ends.push(self.exposed.len());
+        }
     }
 
-    /// Names what the next call is about: the tags of the resources it creates or touches.
-    fn about(&mut self, subjects: Vec<Tags>) {
-        self.subject = subjects;
+    /// Counts one more change to ground truth and returns its number (see `truth_seq`).
+    fn next_seq(&mut self) -> u64 {
+        self.truth_seq += 1;
+        self.truth_seq
     }
 
-    fn key_tags(&self, region: &RegionLabel, key_name: &str) -> Vec<Tags> {
-        self.region_index(region)
-            .and_then(|r| self.regions[r].key_pairs.get(key_name))
-            .map(|k| vec![k.tags.clone()])
-            .unwrap_or_default()
-    }
-
-    fn group_tags(&self, region: &RegionLabel, group_id: &str) -> Vec<Tags> {
-        self.region_index(region)
-            .and_then(|r| self.regions[r].groups.get(group_id))
-            .map(|g| vec![g.tags.clone()])
-            .unwrap_or_default()
-    }
-
-    fn instance_tags(&self, region: &RegionLabel, ids: &[String]) -> Vec<Tags> {
-        let Some(r) = self.region_index(region) else { return Vec::new() };
+    /// The tags of what a call in region `r` is about, as they are now.
+    fn subjects(&self, r: usize, about: About<'_>) -> Vec<Tags> {
         let region = &self.regions[r];
-        ids.iter().filter_map(|id| region.instance_ids.get(id)).map(|&i| region.instances[i].tags.clone()).collect()
+        match about {
+            About::Nothing => Vec::new(),
+            About::Tags(tags) => vec![tags.clone()],
+            About::KeyPair(name) => region.key_pairs.get(name).map(|k| vec![k.tags.clone()]).unwrap_or_default(),
+            About::Group(id) => region.groups.get(id).map(|g| vec![g.tags.clone()]).unwrap_or_default(),
+            About::Instances(ids) => ids
+                .iter()
+                .filter_map(|id| region.instance_ids.get(id))
+                .map(|&i| region.instances[i].tags.to_tags())
+                .collect(),
+        }
+    }
+
+    /// Records a fault of `kind` hitting a call in region `r` about `about`.
+    fn fault_about(&mut self, kind: &str, r: usize, about: About<'_>) {
+        let subjects = self.subjects(r, about);
+        self.fault(kind, subjects);
     }
 
     fn chance(&mut self, p: f64) -> bool {
@@ -577,7 +690,7 @@ impl World {
 
     /// Everything that happens before a call reaches its operation: region, outage, targeted
     /// faults, throttling (a throttled call takes no token), random failures.
-    fn gate(&mut self, op: Operation, region: &RegionLabel) -> Result<usize, Ec2Error> {
+    fn gate(&mut self, op: Operation, region: &RegionLabel, about: About<'_>) -> Result<usize, Ec2Error> {
         let now = self.now_ms;
         let Some(r) = self.region_index(region) else {
             return Err(err(
@@ -586,18 +699,19 @@ impl World {
                 format!("region {region} is not simulated: add it to SimConfig::regions"),
             ));
         };
+        self.current = Some((op, r));
         if self.regions[r].outage_until_ms > now {
-            self.fault("RegionOutage");
+            self.fault_about("RegionOutage", r, about);
             return Err(err(op, codes::UNAVAILABLE, format!("The service is unavailable in {region}")));
         }
         if let Some(queue) = self.fail_next.get_mut(&op)
             && let Some(code) = queue.pop_front()
         {
-            self.fault(&format!("fail_next:{code}"));
+            self.fault_about(&format!("fail_next:{code}"), r, about);
             return Err(err(op, &code, "injected by fail_next"));
         }
         if self.chance(self.faults.throttle_probability) {
-            self.fault(codes::REQUEST_LIMIT_EXCEEDED);
+            self.fault_about(codes::REQUEST_LIMIT_EXCEEDED, r, about);
             return Err(err(op, codes::REQUEST_LIMIT_EXCEEDED, "Request limit exceeded."));
         }
         let reg = &mut self.regions[r];
@@ -610,29 +724,36 @@ impl World {
         }
         reg.buckets[bucket].take_token();
         if self.chance(self.faults.internal_error_probability) {
-            self.fault(codes::INTERNAL_ERROR);
+            self.fault_about(codes::INTERNAL_ERROR, r, about);
             return Err(err(op, codes::INTERNAL_ERROR, "An internal error has occurred"));
         }
         if self.chance(self.faults.unavailable_probability) {
-            self.fault(codes::UNAVAILABLE);
+            self.fault_about(codes::UNAVAILABLE, r, about);
             return Err(err(op, codes::UNAVAILABLE, "The service is unavailable. Please try again shortly."));
         }
         Ok(r)
     }
 
+    /// Serves one call of `op` about `about`: the gate, then `exec` in the region, then a lost
+    /// response perhaps, counting it all.
     fn serve<T>(
         &mut self,
         op: Operation,
         region: &RegionLabel,
+        about: About<'_>,
         exec: impl FnOnce(&mut Self, usize) -> Result<T, Ec2Error>,
     ) -> Result<T, Ec2Error> {
         *self.stats.calls.entry(op).or_default() += 1;
-        self.current = Some((op, region.clone()));
-        let result = match self.gate(op, region) {
+        let result = match self.gate(op, region, about) {
             Ok(r) => {
+                // A lost response is attributed to what the call was about before it ran (a
+                // deleted key pair has no tags afterwards), so that is read now whenever one
+                // may be drawn.
+                let lost_response_may_be_drawn = is_mutating(op) && self.faults.response_lost_probability > 0.0;
+                let before = lost_response_may_be_drawn.then(|| self.subjects(r, about));
                 let result = exec(self, r);
                 if result.is_ok() && is_mutating(op) && self.chance(self.faults.response_lost_probability) {
-                    self.fault("ResponseLost");
+                    self.fault("ResponseLost", before.unwrap_or_default());
                     Err(err(op, codes::INTERNAL_ERROR, "An internal error has occurred"))
                 } else {
                     result
@@ -651,7 +772,6 @@ impl World {
             }
         }
         self.current = None;
-        self.subject.clear();
         result
     }
 
@@ -667,9 +787,8 @@ impl World {
         self.audit.str(&req.key_name);
         self.audit.str(&req.public_key_openssh);
         self.audit.tags(&req.tags);
-        self.about(vec![req.tags.clone()]);
         self.expose(req.tags.values().map(String::as_str).chain([req.public_key_openssh.as_str()]));
-        let result = self.serve(op, region, |w, r| w.import_key_pair_in(r, req));
+        let result = self.serve(op, region, About::Tags(&req.tags), |w, r| w.import_key_pair_in(r, &req));
         self.audit.outcome(&result, |a, kp| {
             a.str(&kp.key_pair_id);
             a.u64(kp.create_time_unix_ms);
@@ -677,9 +796,9 @@ impl World {
         result
     }
 
-    fn import_key_pair_in(&mut self, r: usize, req: ImportKeyPairRequest) -> Result<KeyPairInfo, Ec2Error> {
+    fn import_key_pair_in(&mut self, r: usize, req: &ImportKeyPairRequest) -> Result<KeyPairInfo, Ec2Error> {
         let op = Operation::ImportKeyPair;
-        let name = req.key_name;
+        let name = &req.key_name;
         if name.is_empty() || name.len() > 255 || !name.is_ascii() {
             return Err(err(op, codes::INVALID_PARAMETER_VALUE, format!("Invalid key pair name {name:?}")));
         }
@@ -687,7 +806,7 @@ impl World {
             return Err(err(op, extra_codes::KEY_FORMAT, "Key is not in valid OpenSSH public key format"));
         }
         validate_tags(op, &req.tags)?;
-        if self.regions[r].key_pairs.contains_key(&name) {
+        if self.regions[r].key_pairs.contains_key(name) {
             return Err(err(op, codes::KEY_PAIR_DUPLICATE, format!("The keypair '{name}' already exists.")));
         }
         let id = new_id(&mut self.rng, "key");
@@ -699,7 +818,10 @@ impl World {
             tags: req.tags.clone(),
             create_time_unix_ms: self.now_ms,
         };
-        self.regions[r].key_pairs.insert(name, KeyPair { id, tags: req.tags, created_ms: self.now_ms, visible_at_ms });
+        let changed_seq = self.next_seq();
+        let key_pair = KeyPair { id, tags: req.tags.clone(), created_ms: self.now_ms, visible_at_ms, changed_seq };
+        self.regions[r].key_pairs.insert(name.clone(), key_pair);
+        self.regions[r].resources_seq = changed_seq;
         Ok(info)
     }
 
@@ -711,7 +833,7 @@ impl World {
         let op = Operation::DescribeKeyPairs;
         self.audit.begin(op_tag(op), region.as_str(), self.now_ms);
         audit_filters(&mut self.audit, &filters);
-        let result: Result<Vec<KeyPairInfo>, Ec2Error> = self.serve(op, region, |w, r| {
+        let result: Result<Vec<KeyPairInfo>, Ec2Error> = self.serve(op, region, About::Nothing, |w, r| {
             let filters = parse_filters(op, filters, &["key-name", "key-pair-id"])?;
             let now = w.now_ms;
             Ok(w.regions[r]
@@ -747,10 +869,11 @@ impl World {
         let op = Operation::DeleteKeyPair;
         self.audit.begin(op_tag(op), region.as_str(), self.now_ms);
         self.audit.str(key_name);
-        self.about(self.key_tags(region, key_name));
         // EC2 answers success whether or not the key pair exists.
-        let result = self.serve(op, region, |w, r| {
-            w.regions[r].key_pairs.remove(key_name);
+        let result = self.serve(op, region, About::KeyPair(key_name), |w, r| {
+            if w.regions[r].key_pairs.remove(key_name).is_some() {
+                w.regions[r].resources_seq = w.next_seq();
+            }
             Ok(())
         });
         self.audit.outcome(&result, |_, _| {});
@@ -769,16 +892,15 @@ impl World {
         self.audit.str(&req.group_name);
         self.audit.str(&req.description);
         self.audit.tags(&req.tags);
-        self.about(vec![req.tags.clone()]);
         self.expose(req.tags.values().map(String::as_str).chain([req.description.as_str()]));
-        let result = self.serve(op, region, |w, r| w.create_security_group_in(r, req));
+        let result = self.serve(op, region, About::Tags(&req.tags), |w, r| w.create_security_group_in(r, &req));
         self.audit.outcome(&result, |a, id| a.str(id));
         result
     }
 
-    fn create_security_group_in(&mut self, r: usize, req: CreateSecurityGroupRequest) -> Result<String, Ec2Error> {
+    fn create_security_group_in(&mut self, r: usize, req: &CreateSecurityGroupRequest) -> Result<String, Ec2Error> {
         let op = Operation::CreateSecurityGroup;
-        let name = req.group_name;
+        let name = &req.group_name;
         if name.is_empty() || name.len() > 255 || !name.is_ascii() || name.starts_with("sg-") {
             return Err(err(op, codes::INVALID_PARAMETER_VALUE, format!("Invalid security group name {name:?}")));
         }
@@ -790,24 +912,27 @@ impl World {
             ));
         }
         validate_tags(op, &req.tags)?;
-        if self.regions[r].group_names.contains_key(&name) {
+        if self.regions[r].group_names.contains_key(name) {
             return Err(err(op, codes::GROUP_DUPLICATE, format!("The security group '{name}' already exists")));
         }
         let id = new_id(&mut self.rng, "sg");
         let visible_at_ms =
             self.now_ms + draw(&mut self.rng, self.faults.visibility_delay_ms_min, self.faults.visibility_delay_ms_max);
+        let changed_seq = self.next_seq();
         let region = &mut self.regions[r];
+        region.resources_seq = changed_seq;
         region.group_names.insert(name.clone(), id.clone());
         region.groups.insert(
             id.clone(),
             Group {
-                name,
-                description: req.description,
-                tags: req.tags,
+                name: name.clone(),
+                description: req.description.clone(),
+                tags: req.tags.clone(),
                 visible_at_ms,
                 rules: BTreeSet::new(),
                 users: Vec::new(),
                 is_default: false,
+                changed_seq,
             },
         );
         Ok(id)
@@ -835,8 +960,7 @@ impl World {
         self.audit.str(&req.group_id);
         self.audit.u64(u64::from(req.port));
         self.audit.strs(&req.cidrs);
-        self.about(self.group_tags(region, &req.group_id));
-        let result = self.serve(op, region, |w, r| {
+        let result = self.serve(op, region, About::Group(&req.group_id), |w, r| {
             w.visible_group(op, r, &req.group_id)?;
             if req.cidrs.is_empty() {
                 return Err(err(op, extra_codes::MISSING_PARAMETER, "The request must contain an IP range"));
@@ -878,7 +1002,7 @@ impl World {
         self.audit.begin(op_tag(op), region.as_str(), self.now_ms);
         self.audit.strs(&group_ids);
         audit_filters(&mut self.audit, &filters);
-        let result: Result<Vec<SecurityGroupInfo>, Ec2Error> = self.serve(op, region, |w, r| {
+        let result: Result<Vec<SecurityGroupInfo>, Ec2Error> = self.serve(op, region, About::Nothing, |w, r| {
             let filters = parse_filters(op, filters, &["group-name", "group-id", "description"])?;
             let mut ids: Vec<&str> = Vec::new();
             if group_ids.is_empty() {
@@ -928,8 +1052,7 @@ impl World {
         let op = Operation::DeleteSecurityGroup;
         self.audit.begin(op_tag(op), region.as_str(), self.now_ms);
         self.audit.str(group_id);
-        self.about(self.group_tags(region, group_id));
-        let result = self.serve(op, region, |w, r| {
+        let result = self.serve(op, region, About::Group(group_id), |w, r| {
             let group = w.visible_group(op, r, group_id)?;
             if group.is_default {
                 return Err(err(
@@ -947,9 +1070,11 @@ impl World {
                     format!("resource {group_id} has a dependent object"),
                 ));
             }
+            let seq = w.next_seq();
             let region = &mut w.regions[r];
             if let Some(group) = region.groups.remove(group_id) {
                 region.group_names.remove(&group.name);
+                region.resources_seq = seq;
             }
             Ok(())
         });
@@ -971,20 +1096,31 @@ impl World {
         self.audit.str(&req.key_name);
         self.audit.strs(&req.security_group_ids);
         self.audit.tags(&req.instance_tags);
-        self.about(vec![req.instance_tags.clone()]);
-        let user_data = base64::engine::general_purpose::STANDARD
-            .decode(&req.user_data_base64)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default();
+        // Decoded once: what a reader can see again, and what the launch checks.
+        let user_data = base64::engine::general_purpose::STANDARD.decode(&req.user_data_base64);
+        let user_data_text = user_data.as_deref().map(String::from_utf8_lossy).unwrap_or_default();
         self.expose(
-            req.instance_tags.values().chain(req.volume_tags.values()).map(String::as_str).chain([user_data.as_str()]),
+            req.instance_tags
+                .values()
+                .chain(req.volume_tags.values())
+                .map(String::as_str)
+                .chain([user_data_text.as_ref()]),
         );
-        let result = self.serve(op, region, |w, r| w.run_instance_in(r, &req));
+        let user_data_len = user_data.map(|bytes| bytes.len());
+        let result =
+            self.serve(op, region, About::Tags(&req.instance_tags), |w, r| w.run_instance_in(r, &req, user_data_len));
         self.audit.outcome(&result, |a, info| a.instance(info));
         result
     }
 
-    fn run_instance_in(&mut self, r: usize, req: &RunInstancesRequest) -> Result<InstanceInfo, Ec2Error> {
+    /// RunInstances in region `r`; `user_data_len` is the length of the decoded user data, or
+    /// the error decoding it gave.
+    fn run_instance_in(
+        &mut self,
+        r: usize,
+        req: &RunInstancesRequest,
+        user_data_len: Result<usize, base64::DecodeError>,
+    ) -> Result<InstanceInfo, Ec2Error> {
         let op = Operation::RunInstances;
         let now = self.now_ms;
         let invalid = |message: String| err(op, codes::INVALID_PARAMETER_VALUE, message);
@@ -1029,11 +1165,9 @@ impl World {
         for id in &group_ids {
             self.visible_group(op, r, id)?;
         }
-        let user_data = base64::engine::general_purpose::STANDARD
-            .decode(&req.user_data_base64)
-            .map_err(|_| invalid("Invalid BASE64 encoding of user data.".into()))?;
-        if user_data.len() > 16_384 {
-            return Err(invalid(format!("User data is limited to 16384 bytes; got {} bytes", user_data.len())));
+        let user_data_len = user_data_len.map_err(|_| invalid("Invalid BASE64 encoding of user data.".into()))?;
+        if user_data_len > 16_384 {
+            return Err(invalid(format!("User data is limited to 16384 bytes; got {user_data_len} bytes")));
         }
         if req.root_volume_gib == 0 || req.root_volume_gib > 16_384 {
             return Err(invalid(format!("Volume of {} GiB is outside gp3's 1 to 16384 GiB", req.root_volume_gib)));
@@ -1053,7 +1187,7 @@ impl World {
                     draw(&mut self.rng, self.faults.capacity_shortage_ms_min, self.faults.capacity_shortage_ms_max);
                 self.regions[r].capacity_short_until_ms.insert(pool, now + length);
             }
-            self.fault(codes::INSUFFICIENT_INSTANCE_CAPACITY);
+            self.fault(codes::INSUFFICIENT_INSTANCE_CAPACITY, vec![req.instance_tags.clone()]);
             let zone = &self.regions[r].azs[usize::from(az)];
             return Err(err(
                 op,
@@ -1106,8 +1240,8 @@ impl World {
             key_name: req.key_name.clone(),
             group_ids,
             shutdown_behavior: req.shutdown_behavior,
-            tags: req.instance_tags.clone(),
-            volume_tags: req.volume_tags.clone(),
+            tags: TagList::from_tags(&req.instance_tags),
+            volume_tags: TagList::from_tags(&req.volume_tags),
             launched_ms: now,
             visible_at_ms,
             dependency_lag_ms,
@@ -1121,6 +1255,7 @@ impl World {
             shown: Vec::new(),
             root_volume_gib: req.root_volume_gib,
             hidden_from_tag_filters_until_ms: 0,
+            changed_seq: 0,
         };
         let mut exit_kind = None;
         let mut terminated_at = None;
@@ -1145,7 +1280,7 @@ impl World {
             exit_kind = Some(reason);
         }
         if let Some(reason) = exit_kind {
-            self.fault(&format!("exit:{reason}"));
+            self.fault(&format!("exit:{reason}"), vec![req.instance_tags.clone()]);
         }
         let info = instance.info(now);
         let region = &mut self.regions[r];
@@ -1190,7 +1325,7 @@ impl World {
         self.audit.begin(op_tag(op), region.as_str(), self.now_ms);
         self.audit.strs(&instance_ids);
         audit_filters(&mut self.audit, &filters);
-        let result: Result<Vec<InstanceInfo>, Ec2Error> = self.serve(op, region, |w, r| {
+        let result: Result<Vec<InstanceInfo>, Ec2Error> = self.serve(op, region, About::Nothing, |w, r| {
             let fields = [
                 "instance-state-name",
                 "key-name",
@@ -1205,6 +1340,8 @@ impl World {
             let mut handles: Vec<usize> = Vec::new();
             if instance_ids.is_empty() {
                 let region = &w.regions[r];
+                // Sized once: the list is rebuilt on every poll and grows to hundreds.
+                handles.reserve(region.listed.len());
                 handles.extend(
                     region.listed.iter().copied().filter(|&i| region.instances[i].describable(now, visible_ms)),
                 );
@@ -1235,6 +1372,8 @@ impl World {
                     let info = inst.info(now);
                     if inst.shown.last().is_none_or(|&(_, s)| s != info.state) {
                         inst.shown.push((now, info.state));
+                        w.truth_seq += 1;
+                        inst.changed_seq = w.truth_seq;
                     }
                     answer.push(info);
                 }
@@ -1258,8 +1397,8 @@ impl World {
         let op = Operation::TerminateInstances;
         self.audit.begin(op_tag(op), region.as_str(), self.now_ms);
         self.audit.strs(&instance_ids);
-        self.about(self.instance_tags(region, &instance_ids));
-        let result: Result<Vec<InstanceStateChange>, Ec2Error> = self.serve(op, region, |w, r| {
+        let about = About::Instances(&instance_ids);
+        let result: Result<Vec<InstanceStateChange>, Ec2Error> = self.serve(op, region, about, |w, r| {
             if instance_ids.is_empty() {
                 return Err(err(
                     op,
@@ -1287,6 +1426,8 @@ impl World {
                         let region = &mut w.regions[r];
                         let planned =
                             region.instances[i].plan_exit(now, reasons::USER_INITIATED_SHUTDOWN, false, delay);
+                        w.truth_seq += 1;
+                        region.instances[i].changed_seq = w.truth_seq;
                         if let Some(t) = planned {
                             region.expiry.push(Reverse((t.saturating_add(w.faults.terminated_visible_ms), i)));
                         }
@@ -1320,7 +1461,7 @@ impl World {
         let op = Operation::DescribeInstanceTypes;
         self.audit.begin(op_tag(op), region.as_str(), self.now_ms);
         self.audit.strs(&families);
-        let result: Result<Vec<InstanceTypeInfo>, Ec2Error> = self.serve(op, region, |_, _| {
+        let result: Result<Vec<InstanceTypeInfo>, Ec2Error> = self.serve(op, region, About::Nothing, |_, _| {
             Ok(catalogue::CATALOGUE
                 .iter()
                 .filter(|spec| families.is_empty() || families.iter().any(|f| f == spec.family()))
@@ -1345,7 +1486,7 @@ impl World {
         self.audit.begin(op_tag(op), region.as_str(), self.now_ms);
         self.audit.strs(&resource_ids);
         self.audit.tags(&tags);
-        let result = self.serve(op, region, |w, r| w.create_tags_in(r, &resource_ids, tags));
+        let result = self.serve(op, region, About::Nothing, |w, r| w.create_tags_in(r, &resource_ids, tags));
         self.audit.outcome(&result, |_, _| {});
         result
     }
@@ -1396,21 +1537,27 @@ impl World {
         }
         let region = &mut self.regions[r];
         let merged_too_big =
-            |existing: &Tags| existing.len() + tags.keys().filter(|k| !existing.contains_key(*k)).count() > 50;
+            |len: usize, has: &dyn Fn(&str) -> bool| len + tags.keys().filter(|k| !has(k)).count() > 50;
         for target in &targets {
-            let existing = match target {
-                Target::Instance(i) => &region.instances[*i].tags,
-                Target::Volume(i) => &region.instances[*i].volume_tags,
+            let too_big = match target {
+                Target::Instance(i) => {
+                    let existing = &region.instances[*i].tags;
+                    merged_too_big(existing.len(), &|k| existing.contains_key(k))
+                }
+                Target::Volume(i) => {
+                    let existing = &region.instances[*i].volume_tags;
+                    merged_too_big(existing.len(), &|k| existing.contains_key(k))
+                }
                 Target::Group(id) => match region.groups.get(id) {
-                    Some(g) => &g.tags,
+                    Some(g) => merged_too_big(g.tags.len(), &|k| g.tags.contains_key(k)),
                     None => continue,
                 },
                 Target::KeyPair(name) => match region.key_pairs.get(name) {
-                    Some(kp) => &kp.tags,
+                    Some(kp) => merged_too_big(kp.tags.len(), &|k| kp.tags.contains_key(k)),
                     None => continue,
                 },
             };
-            if merged_too_big(existing) {
+            if too_big {
                 return Err(err(
                     op,
                     extra_codes::TAG_LIMIT_EXCEEDED,
@@ -1420,13 +1567,26 @@ impl World {
         }
         for target in targets {
             let existing = match target {
-                Target::Instance(i) => Some(&mut region.instances[i].tags),
-                Target::Volume(i) => Some(&mut region.instances[i].volume_tags),
-                Target::Group(id) => region.groups.get_mut(&id).map(|g| &mut g.tags),
-                Target::KeyPair(name) => region.key_pairs.get_mut(&name).map(|kp| &mut kp.tags),
+                Target::Instance(i) => {
+                    region.instances[i].tags.merge(&tags);
+                    self.truth_seq += 1;
+                    region.instances[i].changed_seq = self.truth_seq;
+                    continue;
+                }
+                Target::Volume(i) => {
+                    region.instances[i].volume_tags.merge(&tags);
+                    self.truth_seq += 1;
+                    region.instances[i].changed_seq = self.truth_seq;
+                    continue;
+                }
+                Target::Group(id) => region.groups.get_mut(&id).map(|g| (&mut g.tags, &mut g.changed_seq)),
+                Target::KeyPair(name) => region.key_pairs.get_mut(&name).map(|kp| (&mut kp.tags, &mut kp.changed_seq)),
             };
-            if let Some(existing) = existing {
+            if let Some((existing, changed_seq)) = existing {
                 existing.extend(tags.iter().map(|(k, v)| (k.clone(), v.clone())));
+                self.truth_seq += 1;
+                *changed_seq = self.truth_seq;
+                region.resources_seq = self.truth_seq;
             }
         }
         Ok(())
@@ -1444,8 +1604,8 @@ impl World {
         self.audit.strs(&instance_ids);
         self.audit.u64(start_unix_ms);
         self.audit.u64(end_unix_ms);
-        self.about(self.instance_tags(region, &instance_ids));
-        let result: Result<Vec<NetworkUsage>, Ec2Error> = self.serve(op, region, |w, r| {
+        let about = About::Instances(&instance_ids);
+        let result: Result<Vec<NetworkUsage>, Ec2Error> = self.serve(op, region, about, |w, r| {
             if end_unix_ms < start_unix_ms {
                 return Err(err(
                     op,
@@ -1511,13 +1671,13 @@ impl World {
         if let Some(t) = region.instances[i].plan_exit(now, code, stop, delay) {
             region.expiry.push(Reverse((t.saturating_add(self.faults.terminated_visible_ms), i)));
         }
+        self.truth_seq += 1;
+        region.instances[i].changed_seq = self.truth_seq;
         self.audit.u8(1);
-        let (label, tags) = (self.regions[r].label.clone(), self.regions[r].instances[i].tags.clone());
-        self.current = Some((Operation::TerminateInstances, label));
-        self.about(vec![tags]);
-        self.fault(&format!("interrupt:{code}"));
+        let tags = region.instances[i].tags.to_tags();
+        self.current = Some((Operation::TerminateInstances, r));
+        self.fault(&format!("interrupt:{code}"), vec![tags]);
         self.current = None;
-        self.subject.clear();
         Ok(true)
     }
 
@@ -1531,12 +1691,10 @@ impl World {
         let until = now.saturating_add(duration_ms);
         let inst = &mut self.regions[r].instances[i];
         inst.hidden_from_tag_filters_until_ms = inst.hidden_from_tag_filters_until_ms.max(until);
-        let (label, tags) = (self.regions[r].label.clone(), self.regions[r].instances[i].tags.clone());
-        self.current = Some((Operation::DescribeInstances, label));
-        self.about(vec![tags]);
-        self.fault("hide_from_tag_filters");
+        let tags = inst.tags.to_tags();
+        self.current = Some((Operation::DescribeInstances, r));
+        self.fault("hide_from_tag_filters", vec![tags]);
         self.current = None;
-        self.subject.clear();
         Ok(())
     }
 
@@ -1600,8 +1758,8 @@ impl World {
             client_token: inst.client_token.clone(),
             key_name: inst.key_name.clone(),
             security_group_ids: inst.group_ids.clone(),
-            tags: inst.tags.clone(),
-            volume_tags: inst.volume_tags.clone(),
+            tags: inst.tags.to_tags(),
+            volume_tags: inst.volume_tags.to_tags(),
             launch_time_unix_ms: inst.launched_ms,
             state: inst.state_at(now),
             intervals,
@@ -1617,6 +1775,91 @@ impl World {
         self.find_instance(instance_id).map(|(r, i)| self.truth(r, i))
     }
 
+    /// Brings `truths` up to the present: rebuilds the instances a call changed since its last
+    /// refresh, moves the time-dependent figures of those still changing on by themselves, adds
+    /// the instances launched since, and leaves the rest. `note` is taken again of every truth
+    /// that changed.
+    pub(crate) fn refresh_truths<N>(&self, truths: &mut InstanceTruths<N>, mut note: impl FnMut(&InstanceTruth) -> N) {
+        let now = self.now_ms;
+        let seen_seq = truths.seen_seq;
+        truths.regions.resize_with(self.regions.len(), Vec::new);
+        for (r, (region, entries)) in self.regions.iter().zip(&mut truths.regions).enumerate() {
+            for (i, inst) in region.instances.iter().enumerate() {
+                match entries.get_mut(i) {
+                    None => {
+                        let truth = self.truth(r, i);
+                        let note = note(&truth);
+                        entries.push(TruthEntry { truth, note, settled: inst.settled_by(now) });
+                    }
+                    Some(entry) if inst.changed_seq > seen_seq => {
+                        entry.truth = self.truth(r, i);
+                        entry.note = note(&entry.truth);
+                        entry.settled = inst.settled_by(now);
+                    }
+                    Some(entry) if !entry.settled => {
+                        inst.advance_truth(&mut entry.truth, now);
+                        entry.note = note(&entry.truth);
+                        entry.settled = inst.settled_by(now);
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        truths.seen_seq = self.truth_seq;
+    }
+
+    /// Brings `live` up to the present: drops what stopped existing, and builds (taking `note`
+    /// of) what came or changed since its last refresh; key pairs and groups are looked at only
+    /// in regions where one came, went or was tagged.
+    pub(crate) fn refresh_live<N>(&self, live: &mut LiveResources<N>, mut note: impl FnMut(&LiveResource) -> N) {
+        let now = self.now_ms;
+        let seen_seq = live.seen_seq;
+        live.regions.resize_with(self.regions.len(), Default::default);
+        for (region, cached) in self.regions.iter().zip(&mut live.regions) {
+            let mut noted = |kind, id: &str, name: &str, tags: Tags| {
+                let resource = LiveResource {
+                    region: region.label.clone(),
+                    kind,
+                    id: id.to_string(),
+                    name: name.to_string(),
+                    tags,
+                };
+                let n = note(&resource);
+                (resource, n)
+            };
+            for (i, inst) in region.instances.iter().enumerate() {
+                let exists = inst.state_at(now) != InstanceState::Terminated;
+                let known = cached.instances.contains_key(&i);
+                if exists && (!known || inst.changed_seq > seen_seq) {
+                    let pair = [
+                        noted(ResourceKind::Instance, &inst.id, "", inst.tags.to_tags()),
+                        noted(ResourceKind::Volume, &inst.volume_id, "", inst.volume_tags.to_tags()),
+                    ];
+                    cached.instances.insert(i, pair);
+                } else if !exists && known {
+                    cached.instances.remove(&i);
+                }
+            }
+            if region.resources_seq > seen_seq {
+                cached.key_pairs.retain(|name, _| region.key_pairs.contains_key(name));
+                for (name, kp) in &region.key_pairs {
+                    if kp.changed_seq > seen_seq || !cached.key_pairs.contains_key(name) {
+                        let entry = noted(ResourceKind::KeyPair, &kp.id, name, kp.tags.clone());
+                        cached.key_pairs.insert(name.clone(), entry);
+                    }
+                }
+                cached.groups.retain(|id, _| region.groups.contains_key(id));
+                for (id, g) in region.groups.iter().filter(|(_, g)| !g.is_default) {
+                    if g.changed_seq > seen_seq || !cached.groups.contains_key(id) {
+                        let entry = noted(ResourceKind::SecurityGroup, id, &g.name, g.tags.clone());
+                        cached.groups.insert(id.clone(), entry);
+                    }
+                }
+            }
+        }
+        live.seen_seq = self.truth_seq;
+    }
+
     pub(crate) fn all_instance_truths(&self) -> Vec<InstanceTruth> {
         let mut out = Vec::new();
         for (r, region) in self.regions.iter().enumerate() {
@@ -1629,25 +1872,25 @@ impl World {
         let now = self.now_ms;
         let mut out = Vec::new();
         for region in &self.regions {
-            let live = |kind, id: &str, name: &str, tags: &Tags| LiveResource {
+            let live = |kind, id: &str, name: &str, tags: Tags| LiveResource {
                 region: region.label.clone(),
                 kind,
                 id: id.to_string(),
                 name: name.to_string(),
-                tags: tags.clone(),
+                tags,
             };
             for inst in &region.instances {
                 if inst.state_at(now) != InstanceState::Terminated {
-                    out.push(live(ResourceKind::Instance, &inst.id, "", &inst.tags));
-                    out.push(live(ResourceKind::Volume, &inst.volume_id, "", &inst.volume_tags));
+                    out.push(live(ResourceKind::Instance, &inst.id, "", inst.tags.to_tags()));
+                    out.push(live(ResourceKind::Volume, &inst.volume_id, "", inst.volume_tags.to_tags()));
                 }
             }
             for (name, kp) in &region.key_pairs {
-                out.push(live(ResourceKind::KeyPair, &kp.id, name, &kp.tags));
+                out.push(live(ResourceKind::KeyPair, &kp.id, name, kp.tags.clone()));
             }
             for (id, g) in &region.groups {
                 if !g.is_default {
-                    out.push(live(ResourceKind::SecurityGroup, id, &g.name, &g.tags));
+                    out.push(live(ResourceKind::SecurityGroup, id, &g.name, g.tags.clone()));
                 }
             }
         }

@@ -9,7 +9,7 @@ use aws_backend::port::{
 use backend_api::RegionLabel;
 use proptest::prelude::*;
 use rand::SeedableRng;
-use sim_ec2::{FaultConfig, InterruptReason, ManualClock, SimConfig, SimEc2};
+use sim_ec2::{FaultConfig, InstanceTruths, InterruptReason, LiveResources, ManualClock, SimConfig, SimEc2};
 
 const PUBLIC_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f p";
 
@@ -23,6 +23,12 @@ enum Step {
     DeleteGroup(u8),
     Usage(u8),
     Wait(u32),
+    TagInstance(u8),
+    TagVolume(u8),
+    TagGroup(u8),
+    TagKeyPair(u8),
+    DeleteKeyPair(u8),
+    Hide(u8),
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -35,11 +41,26 @@ fn step() -> impl Strategy<Value = Step> {
         (0u8..6).prop_map(Step::DeleteGroup),
         (0u8..6).prop_map(Step::Usage),
         (0u32..120_000).prop_map(Step::Wait),
+        (0u8..6).prop_map(Step::TagInstance),
+        (0u8..6).prop_map(Step::TagVolume),
+        (0u8..6).prop_map(Step::TagGroup),
+        (0u8..6).prop_map(Step::TagKeyPair),
+        (0u8..6).prop_map(Step::DeleteKeyPair),
+        (0u8..6).prop_map(Step::Hide),
     ]
 }
 
 /// Runs `steps` on a fresh simulator and returns every answer, the ground truth and the audit hash.
 fn run(seed: u64, steps: &[Step]) -> (Vec<String>, Vec<sim_ec2::InstanceTruth>, String) {
+    run_watched(seed, steps, &mut |_| {})
+}
+
+/// Runs `steps` like [`run`], handing the simulator to `after_step` after each.
+fn run_watched(
+    seed: u64,
+    steps: &[Step],
+    after_step: &mut dyn FnMut(&SimEc2),
+) -> (Vec<String>, Vec<sim_ec2::InstanceTruth>, String) {
     let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
     runtime.block_on(async {
         let region = RegionLabel::new("us-east-1").expect("region");
@@ -50,6 +71,7 @@ fn run(seed: u64, steps: &[Step]) -> (Vec<String>, Vec<sim_ec2::InstanceTruth>, 
         let mut answers = Vec::new();
         let mut ids: Vec<String> = Vec::new();
         let mut groups: Vec<String> = Vec::new();
+        let mut key_ids: Vec<String> = Vec::new();
         for n in 0..6 {
             let tags = Tags::from([("grant".to_string(), format!("g{n}"))]);
             let key = ImportKeyPairRequest {
@@ -57,7 +79,9 @@ fn run(seed: u64, steps: &[Step]) -> (Vec<String>, Vec<sim_ec2::InstanceTruth>, 
                 public_key_openssh: PUBLIC_KEY.into(),
                 tags: tags.clone(),
             };
-            answers.push(format!("{:?}", sim.import_key_pair(&region, key).await));
+            let imported = sim.import_key_pair(&region, key).await;
+            answers.push(format!("{imported:?}"));
+            key_ids.push(imported.map(|k| k.key_pair_id).unwrap_or_default());
             let group = CreateSecurityGroupRequest { group_name: format!("g{n}"), description: "d".into(), tags };
             let id = sim.create_security_group(&region, group).await;
             answers.push(format!("{id:?}"));
@@ -114,8 +138,21 @@ fn run(seed: u64, steps: &[Step]) -> (Vec<String>, Vec<sim_ec2::InstanceTruth>, 
                     clock.advance_ms(u64::from(*ms));
                     String::new()
                 }
+                Step::TagInstance(i) | Step::TagVolume(i) | Step::TagGroup(i) | Step::TagKeyPair(i) => {
+                    let target = match step {
+                        Step::TagInstance(_) => pick(&ids, *i),
+                        Step::TagVolume(_) => sim.instance(&pick(&ids, *i)).map(|t| t.volume_id).unwrap_or_default(),
+                        Step::TagGroup(_) => pick(&groups, *i),
+                        _ => pick(&key_ids, *i),
+                    };
+                    let tags = Tags::from([("extra".to_string(), format!("t{i}"))]);
+                    format!("{:?}", sim.create_tags(&region, vec![target], tags).await)
+                }
+                Step::DeleteKeyPair(n) => format!("{:?}", sim.delete_key_pair(&region, &format!("k{n}")).await),
+                Step::Hide(i) => format!("{:?}", sim.hide_from_tag_filters(&pick(&ids, *i), 30_000)),
             };
             answers.push(answer);
+            after_step(&sim);
         }
         (answers, sim.instances(), sim.audit_hash())
     })
@@ -132,6 +169,32 @@ proptest! {
         prop_assert_eq!(&first.0, &second.0);
         prop_assert_eq!(&first.1, &second.1);
         prop_assert_eq!(&first.2, &second.2);
+    }
+
+    /// The incrementally refreshed views (instance truths and live resources, each with a note
+    /// taken of it) are, after every call, exactly what reading everything afresh gives.
+    #[test]
+    fn incremental_views_match_full_reads(seed in 0u64..1_000, steps in proptest::collection::vec(step(), 1..80)) {
+        let mut truths = InstanceTruths::new();
+        let mut live = LiveResources::new();
+        let mut mismatch = None;
+        run_watched(seed, &steps, &mut |sim| {
+            sim.refresh_instances(&mut truths, |t| (t.instance_id.clone(), t.tags.clone()));
+            sim.refresh_live(&mut live, |r| r.tags.clone());
+            let full = sim.instances();
+            let cached: Vec<_> = truths.truths().cloned().collect();
+            let notes_agree = truths.iter().all(|(t, (id, tags))| *id == t.instance_id && *tags == t.tags);
+            let live_full = sim.live_resources();
+            let live_cached: Vec<_> = live.iter().map(|(r, _)| r.clone()).collect();
+            let live_notes_agree = live.iter().all(|(r, tags)| *tags == r.tags);
+            if mismatch.is_none() && (cached != full || !notes_agree || live_cached != live_full || !live_notes_agree) {
+                mismatch = Some(format!("truths {cached:?}\nvs {full:?}\nlive {live_cached:?}\nvs {live_full:?}"));
+            }
+            if truths.len() != full.len() || live.len() != live_full.len() {
+                mismatch.get_or_insert_with(|| "lengths differ".to_string());
+            }
+        });
+        prop_assert!(mismatch.is_none(), "{}", mismatch.unwrap_or_default());
     }
 
     /// Every instance's history is a chain of contiguous intervals that starts at launch, never

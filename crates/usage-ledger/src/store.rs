@@ -134,9 +134,11 @@ impl StoreError {
     /// its kind and message).
     pub fn duplicate(&self) -> StoreError {
         match self {
-            StoreError::Io { op, path, source } => {
-                StoreError::Io { op, path: path.clone(), source: std::io::Error::new(source.kind(), source.to_string()) }
-            }
+            StoreError::Io { op, path, source } => StoreError::Io {
+                op,
+                path: path.clone(),
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
             StoreError::NotALedger { path, reason } => {
                 StoreError::NotALedger { path: path.clone(), reason: reason.clone() }
             }

@@ -98,7 +98,11 @@ struct GatedStore {
 impl EventStore for GatedStore {
     fn append(&mut self, records: &[Record]) -> Result<(), StoreError> {
         self.entered.send(()).unwrap();
-        if self.verdicts.lock().unwrap().recv().unwrap() { self.inner.append(records) } else { Err(StoreError::Injected) }
+        if self.verdicts.lock().unwrap().recv().unwrap() {
+            self.inner.append(records)
+        } else {
+            Err(StoreError::Injected)
+        }
     }
 }
 
@@ -125,7 +129,13 @@ async fn a_failed_write_fails_its_group_and_what_was_staged_on_it() {
     let second = tokio::spawn({
         let shared = shared.clone();
         async move {
-            shared.append(x, 1_700_000_000_001, Event::KeyPairImported { key_name: "k".into(), key_pair_id: "key-1".into() }).await
+            shared
+                .append(
+                    x,
+                    1_700_000_000_001,
+                    Event::KeyPairImported { key_name: "k".into(), key_pair_id: "key-1".into() },
+                )
+                .await
         }
     });
     while shared.with_books(|b| b.grant(&x).map(|s| s.next_seq())) != Some(2) {
@@ -174,7 +184,13 @@ async fn after_a_failure_each_later_group_settles_only_its_own_records() {
     let second = tokio::spawn({
         let shared = shared.clone();
         async move {
-            shared.append(x, 1_700_000_000_002, Event::KeyPairImported { key_name: "k".into(), key_pair_id: "key-2".into() }).await
+            shared
+                .append(
+                    x,
+                    1_700_000_000_002,
+                    Event::KeyPairImported { key_name: "k".into(), key_pair_id: "key-2".into() },
+                )
+                .await
         }
     });
     while shared.with_books(|b| b.grant(&x).map(|s| s.next_seq())) != Some(2) {

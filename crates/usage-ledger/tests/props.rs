@@ -395,7 +395,9 @@ fn every_single_bit_flip_in_a_small_log_is_detected() {
                 Ok::<(), StoreError>(())
             });
             match result {
-                Err(StoreError::Corrupt { offset, .. }) => assert_eq!(offset, frame, "flip at byte {position} bit {bit}"),
+                Err(StoreError::Corrupt { offset, .. }) => {
+                    assert_eq!(offset, frame, "flip at byte {position} bit {bit}")
+                }
                 Err(StoreError::NotALedger { .. } | StoreError::UnsupportedVersion { .. }) => {
                     assert!(position < usage_ledger::file::HEADER_LEN as usize, "flip at byte {position} bit {bit}")
                 }

@@ -78,7 +78,7 @@ pub fn check_outcomes(ctx: &Context<'_>) -> Vec<Violation> {
 /// delays (tens of seconds to two minutes) can outlast a grant's last minute.
 fn pending_at_deadline(ctx: &Context<'_>, plan: &GrantPlan) -> bool {
     let at = plan.valid_to_unix_ms;
-    ctx.instances.iter().filter(|i| ctx.grant_of(&i.tags) == Some(plan.id)).any(|i| {
+    ctx.granted_instances().filter(|(grant, _)| *grant == plan.id).any(|(_, i)| {
         i.intervals.iter().any(|s| {
             s.state == aws_backend::port::InstanceState::Pending && s.from_ms <= at && s.to_ms.is_none_or(|to| to >= at)
         })

@@ -19,8 +19,7 @@ pub const UNFAULTED_LATENESS_MS_MAX: u64 = 1_000;
 pub fn check(ctx: &Context<'_>, measures: &mut Measures) -> Vec<Violation> {
     let mut violations = Vec::new();
     let mut overruns = 0;
-    for instance in &ctx.instances {
-        let Some(grant) = ctx.grant_of(&instance.tags) else { continue };
+    for (grant, instance) in ctx.granted_instances() {
         let plan = &ctx.plans[&grant];
         let valid_to = plan.valid_to_unix_ms;
         if instance.launch_time_unix_ms >= valid_to {

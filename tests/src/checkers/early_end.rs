@@ -22,21 +22,25 @@ fn knowable_before(ctx: &Context<'_>, instance: &sim_ec2::InstanceTruth, valid_t
 /// Checks the first exit of every handed-over instance.
 pub fn check(ctx: &Context<'_>) -> Vec<Violation> {
     let mut violations = Vec::new();
-    for instance in &ctx.instances {
-        let Some(grant) = ctx.grant_of(&instance.tags) else { continue };
-        let Some(handed_over_at) = ctx.facts.get(&grant).filter(|f| f.handed_over).map(|f| f.handed_over_at_unix_ms)
-        else {
-            continue;
-        };
-        let valid_to = ctx.plans[&grant].valid_to_unix_ms;
+    for (grant, instance) in ctx.granted_instances() {
+        // The cheapest tests first: most instances end at their deadline, and the facts are
+        // looked up only for those that ended before it.
         let Some(exit) = instance.intervals.iter().find(|i| {
             !matches!(i.state, aws_backend::port::InstanceState::Pending | aws_backend::port::InstanceState::Running)
         }) else {
             continue;
         };
+        let valid_to = ctx.plans[&grant].valid_to_unix_ms;
+        if exit.from_ms >= valid_to {
+            continue;
+        }
+        let Some(handed_over_at) = ctx.facts.get(&grant).filter(|f| f.handed_over).map(|f| f.handed_over_at_unix_ms)
+        else {
+            continue;
+        };
         // Before the hand-over the requester had nothing to lose (an earlier attempt's
         // instance, rolled back); from valid_to on, ending it is the promise.
-        if exit.from_ms >= valid_to || exit.from_ms < handed_over_at {
+        if exit.from_ms < handed_over_at {
             continue;
         }
         let reason = exit.reason_code.as_deref().unwrap_or("none");

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 
-use backend_api::GrantId;
 use sim_ec2::InstanceTruth;
 
 use super::{Context, Violation, names};
@@ -28,14 +27,9 @@ fn up(instance: &InstanceTruth, now: u64) -> (u64, u64) {
 
 /// Checks the instances ever launched, grant by grant.
 pub fn check(ctx: &Context<'_>) -> Vec<Violation> {
-    let mut per_grant: BTreeMap<GrantId, Vec<&InstanceTruth>> = BTreeMap::new();
-    for instance in &ctx.instances {
-        if let Some(grant) = ctx.grant_of(&instance.tags) {
-            per_grant.entry(grant).or_default().push(instance);
-        }
-    }
     let mut violations = Vec::new();
-    for (grant, instances) in per_grant.into_iter().filter(|(_, i)| i.len() > 1) {
+    for (grant, group) in ctx.grant_groups().filter(|(_, group)| group.len() > 1) {
+        let instances: Vec<&InstanceTruth> = group.iter().map(|(_, i)| *i).collect();
         let mut by_attempt: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for i in &instances {
             by_attempt.entry(attempt_of(&i.client_token)).or_default().push(&i.instance_id);

@@ -81,8 +81,16 @@ pub fn check(ctx: &Context<'_>) -> Vec<Violation> {
                 ),
             ));
         }
+        // Both sides are in grant order, so the replay is walked alongside the live ledger
+        // rather than searched for each grant; a grant not met on the walk is looked up.
+        let mut replayed = ctx.replay.states.iter().peekable();
         for (grant, state) in live.grants() {
-            if ctx.replay.states.get(grant) != Some(state) {
+            while replayed.next_if(|(g, _)| *g < grant).is_some() {}
+            let stored = match replayed.next_if(|(g, _)| *g == grant) {
+                Some((_, stored)) => Some(stored),
+                None => ctx.replay.states.get(grant),
+            };
+            if stored != Some(state) {
                 violations.push(Violation::safety(
                     names::LEDGER,
                     format!("grant {grant}: replaying the stored log gives another state than the live ledger"),

@@ -101,18 +101,12 @@ pub fn oracle(instance: &InstanceTruth, plan: &GrantPlan, ctx: &Context<'_>) -> 
 /// Compares every settled grant's stored usage with the oracle.
 pub fn check(ctx: &Context<'_>, measures: &mut Measures) -> Vec<Violation> {
     let mut violations = Vec::new();
-    let mut by_grant: std::collections::BTreeMap<_, Vec<&InstanceTruth>> = Default::default();
-    for instance in &ctx.instances {
-        if let Some(grant) = ctx.grant_of(&instance.tags) {
-            by_grant.entry(grant).or_default().push(instance);
-        }
-    }
     for grant in ctx.replay.settled.keys() {
         let Some(plan) = ctx.plans.get(grant) else { continue };
         let Some(state) = ctx.replay.states.get(grant) else { continue };
         let usage = &state.usage();
         let network = state.network_status();
-        let instances = by_grant.get(grant).map(Vec::as_slice).unwrap_or_default();
+        let instances = ctx.group_of(grant);
         let mut fail = |message: String| violations.push(Violation::safety(names::METERING, message));
         let instance = match instances {
             [] => {
@@ -121,10 +115,11 @@ pub fn check(ctx: &Context<'_>, measures: &mut Measures) -> Vec<Violation> {
                 }
                 continue;
             }
-            [one] => *one,
+            [(_, one)] => *one,
             // Several attempts (retried provisions) bill each instance; their sizes may differ.
             many => {
-                check_attempts(grant, usage, network, many, plan, ctx, &mut fail);
+                let many: Vec<&InstanceTruth> = many.iter().map(|(_, i)| *i).collect();
+                check_attempts(grant, usage, network, &many, plan, ctx, &mut fail);
                 continue;
             }
         };

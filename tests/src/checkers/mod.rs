@@ -18,13 +18,13 @@ pub mod sizing;
 pub mod tags;
 pub mod teardown;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use aws_backend::port::{Operation, Tags};
 use aws_backend::{AwsBackend, GRANT_TAG};
 use backend_api::{GrantId, RegionLabel};
 use serde::Serialize;
-use sim_ec2::{InstanceTruth, LiveResource, SimEc2};
+use sim_ec2::{InstanceTruth, InstanceTruths, LiveResource, LiveResources, SimEc2};
 
 use crate::scenario::GrantPlan;
 pub use ledger::Replay;
@@ -275,22 +275,122 @@ pub struct Context<'a> {
     pub faults: &'a FaultIndex,
     /// The ledger as stored, decoded and replayed.
     pub replay: &'a Replay,
-    /// Every instance ever launched (read once per check).
-    pub instances: Vec<InstanceTruth>,
-    /// Every live resource (read once per check).
-    pub live: Vec<LiveResource>,
+    /// Every instance ever launched, each with what the checkers note of it, brought up to date
+    /// before each check.
+    pub instances: &'a InstanceTruths<InstanceNote>,
+    /// The instances whose tags name one of the workload's grants, with it, sorted by grant and
+    /// each grant's in launch order ([`by_grant`]): grouped once per check for the checkers that
+    /// look grant by grant.
+    pub by_grant: Vec<(GrantId, &'a InstanceTruth)>,
+    /// Every live resource, each with what the checkers note of it, brought up to date before
+    /// each check.
+    pub live: &'a LiveResources<LiveNote>,
+    /// The workload's grants by their tag value.
+    pub grant_tags: &'a GrantTags,
+}
+
+/// The workload's grants by the value of their grant tag (the grant's hex, as the backend writes
+/// it): naming the grant of a tag set is then one lookup, not a hex parse, for every resource
+/// at every check.
+#[derive(Debug, Default)]
+pub struct GrantTags {
+    by_hex: HashMap<String, GrantId>,
+}
+
+impl GrantTags {
+    /// The tag values of `grants`.
+    pub fn new<'a>(grants: impl IntoIterator<Item = &'a GrantId>) -> Self {
+        Self { by_hex: grants.into_iter().map(|g| (g.to_hex(), *g)).collect() }
+    }
+
+    /// The grant `tags` names, if it is one of `plans` (those `new` was given): the same answer
+    /// as parsing the tag, which a value spelt otherwise (upper-case hex) still gets.
+    pub fn grant_of(&self, plans: &BTreeMap<GrantId, GrantPlan>, tags: &Tags) -> Option<GrantId> {
+        let value = tags.get(GRANT_TAG)?;
+        match self.by_hex.get(value) {
+            Some(grant) => Some(*grant),
+            None => value.parse().ok().filter(|g| plans.contains_key(g)),
+        }
+    }
+}
+
+/// What the checkers need of an instance beyond its truth, worked out again only when its truth
+/// changes.
+#[derive(Clone, Debug, Default)]
+pub struct InstanceNote {
+    /// The workload's grant its tags name.
+    pub grant: Option<GrantId>,
+    /// What its own tags lack, if anything (see [`tags`]).
+    pub instance_tags_missing: Option<String>,
+    /// What its volume's tags lack, if anything.
+    pub volume_tags_missing: Option<String>,
+}
+
+/// What the checkers need of a live resource beyond what it is, worked out again only when it
+/// changes.
+#[derive(Clone, Debug, Default)]
+pub struct LiveNote {
+    /// The workload's grant its tags name.
+    pub grant: Option<GrantId>,
+    /// What its tags lack, if anything (see [`tags`]).
+    pub tags_missing: Option<String>,
+}
+
+impl LiveNote {
+    /// The note of `resource`, for the workload `plans`.
+    pub fn of(resource: &LiveResource, plans: &BTreeMap<GrantId, GrantPlan>, grant_tags: &GrantTags) -> Self {
+        let grant_of = |tags: &Tags| grant_tags.grant_of(plans, tags);
+        Self { grant: grant_of(&resource.tags), tags_missing: tags::missing(grant_of, &resource.tags) }
+    }
+}
+
+impl InstanceNote {
+    /// The note of `instance`, for the workload `plans`.
+    pub fn of(instance: &InstanceTruth, plans: &BTreeMap<GrantId, GrantPlan>, grant_tags: &GrantTags) -> Self {
+        let grant_of = |tags: &Tags| grant_tags.grant_of(plans, tags);
+        Self {
+            grant: grant_of(&instance.tags),
+            instance_tags_missing: tags::missing(grant_of, &instance.tags),
+            volume_tags_missing: tags::missing(grant_of, &instance.volume_tags),
+        }
+    }
 }
 
 impl Context<'_> {
     /// The grant a tag set names, if it is one of the plan's.
     pub fn grant_of(&self, tags: &Tags) -> Option<GrantId> {
-        grant_tag(tags).filter(|g| self.plans.contains_key(g))
+        self.grant_tags.grant_of(self.plans, tags)
+    }
+
+    /// Every instance ever launched whose tags name one of the workload's grants, with it.
+    pub fn granted_instances(&self) -> impl Iterator<Item = (GrantId, &InstanceTruth)> {
+        self.instances.iter().filter_map(|(instance, note)| note.grant.map(|g| (g, instance)))
+    }
+
+    /// Each grant that has instances, in id order, with its instances (see [`Context::by_grant`]).
+    pub fn grant_groups(&self) -> impl Iterator<Item = (GrantId, &[(GrantId, &InstanceTruth)])> {
+        self.by_grant.chunk_by(|a, b| a.0 == b.0).map(|group| (group[0].0, group))
+    }
+
+    /// The instances of `grant`, in launch order (see [`Context::by_grant`]).
+    pub fn group_of(&self, grant: &GrantId) -> &[(GrantId, &InstanceTruth)] {
+        let start = self.by_grant.partition_point(|(g, _)| g < grant);
+        let len = self.by_grant[start..].iter().take_while(|(g, _)| g == grant).count();
+        &self.by_grant[start..start + len]
     }
 
     /// True when the backend was down at some time in `[from, to]`.
     pub fn down_during(&self, from: u64, to: u64) -> bool {
         self.downtimes.iter().any(|d| d.overlaps(from, to))
     }
+}
+
+/// The instances of `truths` whose tags name a grant of the workload, with it, sorted by grant
+/// and, within a grant, in launch order (the sort is stable): [`Context::by_grant`].
+pub fn by_grant(truths: &InstanceTruths<InstanceNote>) -> Vec<(GrantId, &InstanceTruth)> {
+    let mut grouped: Vec<_> = truths.iter().filter_map(|(t, note)| note.grant.map(|g| (g, t))).collect();
+    grouped.sort_by_key(|(grant, _)| *grant);
+    grouped
 }
 
 /// Runs every checker that runs during the run; `Measures` collects the figures the summary

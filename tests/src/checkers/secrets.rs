@@ -8,7 +8,7 @@
 //! host key that the user data still carries (the guest-security issue removes it) is another
 //! key, and is not looked for.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap};
 
 use aws_backend::keys::SshKeyPair;
 use aws_backend::names;
@@ -17,19 +17,23 @@ use sim_ec2::SimEc2;
 
 use super::{Violation, names as checker};
 
-/// The state of the check: what EC2 was handed so far, and the keys looked for.
+/// The state of the check: how far it has read what EC2 was handed, and the keys looked for.
+///
+/// A grant is reported at the first check after one of its key's lines reached EC2. Each check
+/// reads only the texts handed over since the last, so it looks their words up among the key
+/// lines (not every key among all words so far): the same grants, found at the same checks.
 #[derive(Debug, Default)]
 pub struct Secrets {
     seen: usize,
-    words: HashSet<String>,
-    keys: BTreeMap<GrantId, Vec<String>>,
+    /// Every key-specific line looked for, with the grants whose login key holds it.
+    owners: HashMap<String, Vec<GrantId>>,
     reported: BTreeSet<GrantId>,
 }
 
 impl Secrets {
     /// Looks for the login keys of `grants`, derived from `key_seed`.
     pub fn new<'a>(grants: impl IntoIterator<Item = &'a GrantId>, key_seed: &Secret) -> Self {
-        let keys = grants
+        let keys: Vec<(GrantId, Vec<String>)> = grants
             .into_iter()
             .filter_map(|grant| {
                 let comment = format!("compute-bridge-{}", grant.short());
@@ -46,7 +50,13 @@ impl Secrets {
                 Some((*grant, lines))
             })
             .collect();
-        Self { keys, ..Self::default() }
+        let mut owners: HashMap<String, Vec<GrantId>> = HashMap::new();
+        for (grant, lines) in keys {
+            for line in lines {
+                owners.entry(line).or_default().push(grant);
+            }
+        }
+        Self { owners, ..Self::default() }
     }
 
     /// Reads what calls handed EC2 since the last check, and reports each grant whose login
@@ -54,15 +64,15 @@ impl Secrets {
     pub fn check(&mut self, sim: &SimEc2) -> Vec<Violation> {
         let new = sim.exposed_since(self.seen);
         self.seen += new.len();
+        let mut found = BTreeSet::new();
         for text in &new {
-            self.words.extend(
-                text.split(|c: char| c.is_whitespace() || c == '#').filter(|w| w.len() >= 40).map(str::to_string),
-            );
+            for word in text.split(|c: char| c.is_whitespace() || c == '#').filter(|w| w.len() >= 40) {
+                found.extend(self.owners.get(word).into_iter().flatten().copied());
+            }
         }
         let mut violations = Vec::new();
-        for (grant, lines) in &self.keys {
-            if !self.reported.contains(grant) && lines.iter().any(|l| self.words.contains(l)) {
-                self.reported.insert(*grant);
+        for grant in found {
+            if self.reported.insert(grant) {
                 violations.push(Violation::safety(
                     checker::SECRETS,
                     format!("the login private key of grant {grant} reached EC2's API (tags, key material, description or user data)"),

@@ -8,8 +8,7 @@ use crate::fixture::MIN_ROOT_VOLUME_GIB;
 /// Checks every instance ever launched against its grant's manifest.
 pub fn check(ctx: &Context<'_>) -> Vec<Violation> {
     let mut violations = Vec::new();
-    for instance in &ctx.instances {
-        let Some(grant) = ctx.grant_of(&instance.tags) else { continue };
+    for (grant, instance) in ctx.granted_instances() {
         let m = &ctx.plans[&grant].manifest;
         let cpu_millicores = u64::from(instance.vcpus) * 1_000;
         let storage_gib = m.storage_gib.max(MIN_ROOT_VOLUME_GIB);

@@ -4,17 +4,20 @@
 
 use aws_backend::port::Tags;
 use aws_backend::{GRANT_TAG, OWNER_TAG};
+use backend_api::GrantId;
 
 use super::{Context, Violation, names};
 use crate::fixture::OWNER;
 
-fn missing(ctx: &Context<'_>, tags: &Tags) -> Option<String> {
+/// What `tags` lack, if anything; `grant_of` names the workload's grant a tag set names. An
+/// instance's answer is worked out when its tags change ([`super::InstanceNote`]).
+pub fn missing(grant_of: impl Fn(&Tags) -> Option<GrantId>, tags: &Tags) -> Option<String> {
     if tags.get(OWNER_TAG).map(String::as_str) != Some(OWNER) {
         return Some(format!("no {OWNER_TAG}={OWNER}"));
     }
     match tags.get(GRANT_TAG) {
         None => Some(format!("no {GRANT_TAG}")),
-        Some(_) if ctx.grant_of(tags).is_none() => Some(format!("a {GRANT_TAG} naming no grant of the workload")),
+        Some(_) if grant_of(tags).is_none() => Some(format!("a {GRANT_TAG} naming no grant of the workload")),
         Some(_) => None,
     }
 }
@@ -22,15 +25,17 @@ fn missing(ctx: &Context<'_>, tags: &Tags) -> Option<String> {
 /// Checks every instance ever launched and every live resource.
 pub fn check(ctx: &Context<'_>) -> Vec<Violation> {
     let mut violations = Vec::new();
-    for instance in &ctx.instances {
-        for (what, tags) in [("instance", &instance.tags), ("volume of instance", &instance.volume_tags)] {
-            if let Some(why) = missing(ctx, tags) {
+    for (instance, note) in ctx.instances.iter() {
+        for (what, missing) in
+            [("instance", &note.instance_tags_missing), ("volume of instance", &note.volume_tags_missing)]
+        {
+            if let Some(why) = missing {
                 violations.push(Violation::safety(names::TAGS, format!("{what} {} has {why}", instance.instance_id)));
             }
         }
     }
-    for resource in &ctx.live {
-        if let Some(why) = missing(ctx, &resource.tags) {
+    for (resource, note) in ctx.live.iter() {
+        if let Some(why) = &note.tags_missing {
             violations.push(Violation::safety(
                 names::TAGS,
                 format!("{:?} {} ({}) has {why}", resource.kind, resource.id, resource.name),
