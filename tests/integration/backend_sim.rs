@@ -173,6 +173,57 @@ async fn a_crash_between_run_instances_and_its_record_then_a_retry_launches_no_s
     assert!(rig.left_of(&g.id).is_empty());
 }
 
+/// A crash right after RunInstances; the instance runs and is reclaimed while the bridge is
+/// down. The retry's RunInstances reuses the token and EC2 answers IdempotentInstanceTerminated
+/// (since January 2025): the attempt's instance is adopted into the ledger (so it is billed and
+/// accounted for), the attempt fails retryably, and the next attempt provisions afresh.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_token_whose_instance_terminated_while_the_bridge_was_down_is_adopted_then_retried() {
+    let rig = Rig::new(9, FaultConfig::default());
+    let m = manifest();
+    let g = grant(9, &m, rig.now_tick(), 3_600);
+    let crashing = Arc::new(CrashingPort::new(rig.sim.clone(), CrashPoint::Operation(Operation::RunInstances), true));
+    let doomed = rig.backend_over(crashing.clone()).await;
+    let (owned_grant, manifest_copy) = (g.id, m.clone());
+    let task = tokio::spawn(async move {
+        let g =
+            ComputeGrant { id: owned_grant, manifest: &manifest_copy, valid_from: g.valid_from, valid_to: g.valid_to };
+        let _ = doomed.provision(&g, &us_east()).await;
+    });
+    while !crashing.crashed() {
+        rig.clock.sleep_ms(100).await;
+    }
+    task.abort();
+    let _ = task.await;
+    let first = rig.instances_of(&g.id)[0].instance_id.clone();
+    // While the bridge is down the instance runs, then EC2 reclaims it.
+    rig.clock.sleep_ms(120_000).await;
+    assert!(rig.sim.interrupt(&first, InterruptReason::SpotReclaim).expect("known instance"));
+    rig.clock.sleep_ms(300_000).await;
+
+    let backend = rig.backend().await;
+    let err = backend.provision(&g, &us_east()).await.expect_err("the attempt's instance is gone");
+    let typed = err.downcast_ref::<BackendError>().expect("a BackendError");
+    assert!(
+        matches!(typed, BackendError::Provider { code, retryable: true, .. } if code == "IdempotentInstanceTerminated"),
+        "{typed:?}"
+    );
+    // The attempt was rolled back with its instance known: its network is measured (the time
+    // it ran while nobody watched is not billed: the ledger bills only observed running, see
+    // docs/metering.md).
+    let state = backend.grant_state(&g.id).expect("known");
+    assert!(state.is_settled() && state.retry_allowed(), "{state:?}");
+    assert!(
+        state.network_pending().iter().any(|p| p.instance_id == first),
+        "the terminated instance was adopted: {state:?}"
+    );
+    // The retry provisions a new instance with a new token.
+    let instance = backend.provision(&g, &us_east()).await.expect("the retry provisions");
+    assert_ne!(instance.instance_id, first);
+    backend.terminate(&instance).await.expect("terminate");
+    assert!(rig.left_of(&g.id).is_empty(), "left: {:?}", rig.left_of(&g.id));
+}
+
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_launch_refused_by_ec2_rolls_back_to_nothing() {
     let rig = Rig::new(5, FaultConfig::default());

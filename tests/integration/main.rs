@@ -3,6 +3,8 @@
 mod backend_sim;
 mod deadline_and_bill;
 mod economy;
+mod guest_security;
+mod iam_policy;
 mod moto;
 mod recovery;
 mod scenarios;

@@ -119,7 +119,9 @@ impl Moto {
             tags = {{ purpose = "moto-test" }}
             almanac = {{ epoch_unix_ms = {now_ms}, tick_ms = {TICK_MS} }}
             credentials = {{ access_key_id = "testing", secret_access_key = "{secret_access_key}" }}
-            guest = {{ content_store_url = "http://127.0.0.1:9/blobs/{{hash}}", login_user = "ec2-user", container_runtime = "docker", fetch_attempts = 3, deadline_grace_s = 60 }}
+            # moto's console output never holds a host key block, so these tests use the
+            # documented opt-in that ships the backend's host key in the user data.
+            guest = {{ content_store_url = "http://127.0.0.1:9/blobs/{{hash}}", login_user = "ec2-user", container_runtime = "docker", fetch_attempts = 3, deadline_grace_s = 60, host_keys = "user_data" }}
             "#
         );
         let cfg = AwsBootConfig::from_toml(&toml).context("the moto config")?;
@@ -324,6 +326,7 @@ async fn the_reaper_lists_then_removes_what_the_ledger_never_saw() -> anyhow::Re
                 root_volume_gib: 8,
                 root_device_name: MOTO_ROOT_DEVICE.into(),
                 imdsv2_required: true,
+                imds_hop_limit: 1,
                 shutdown_behavior: ShutdownBehavior::Terminate,
                 instance_tags: tags.clone(),
                 volume_tags: tags.clone(),

@@ -171,4 +171,8 @@ impl Ec2Port for CrashingPort {
         )
         .await
     }
+
+    async fn get_console_output(&self, region: &RegionLabel, instance_id: &str) -> Result<Option<String>, Ec2Error> {
+        self.gate(Operation::GetConsoleOutput, self.inner.get_console_output(region, instance_id)).await
+    }
 }

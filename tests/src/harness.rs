@@ -84,7 +84,7 @@ fn captured_panics() -> Vec<String> {
     PANICS.with(|p| p.borrow_mut().take()).unwrap_or_default()
 }
 
-async fn lifecycle(backend: AwsBackend, plan: Arc<GrantPlan>, facts: Facts, clock: Arc<TokioClock>) {
+async fn lifecycle(backend: AwsBackend, plan: Arc<GrantPlan>, facts: Facts, clock: Arc<TokioClock>, sim: Arc<SimEc2>) {
     let grant = plan.grant();
     let envelope = Envelope::for_region(plan.region.clone());
     let settle = |outcome: Outcome| {
@@ -122,6 +122,13 @@ async fn lifecycle(backend: AwsBackend, plan: Arc<GrantPlan>, facts: Facts, cloc
                 let entry = facts.entry(plan.id).or_default();
                 entry.handed_over = true;
                 entry.handed_over_at_unix_ms = clock.now_unix_ms();
+                let truth = sim.guest_of(&instance.instance_id);
+                entry.guest = Some(crate::checkers::guest::GuestFacts {
+                    instance_id: instance.instance_id.clone(),
+                    pinned_host_key: instance.ssh_host_public_key.clone(),
+                    guest_host_key: truth.as_ref().map(|t| t.host_key.clone()),
+                    imds: truth.map(|t| t.imds),
+                });
             }
             let watched = backend.watch_until_exit(&instance, plan.valid_to).await;
             let ended = backend.terminate(&instance).await;
@@ -347,7 +354,13 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
                 if let Some(v) = admission::check_arrival(&plan, accepted) {
                     world.report(v);
                 }
-                let handle = tokio::spawn(lifecycle(backend.clone(), plan.clone(), world.facts.clone(), clock.clone()));
+                let handle = tokio::spawn(lifecycle(
+                    backend.clone(),
+                    plan.clone(),
+                    world.facts.clone(),
+                    clock.clone(),
+                    world.sim.clone(),
+                ));
                 tasks.push((Task::Grant(plan.id), handle));
             }
             Step::Crash(i) => {

@@ -55,11 +55,15 @@ pub enum Breakage {
     EarlyStart,
     /// Put the requester's private key in the user data.
     LeakLoginKey,
+    /// Hand the requester the backend's own host key, not the one the guest printed.
+    PinBackendHostKey,
+    /// Launch with IMDSv1 allowed and a hop limit of 2.
+    OpenImds,
 }
 
 impl Breakage {
     /// Every breakage, in the order the self-test runs them.
-    pub const ALL: [Breakage; 18] = [
+    pub const ALL: [Breakage; 20] = [
         Breakage::TerminateLate,
         Breakage::TerminateEarly,
         Breakage::FreshClientToken,
@@ -78,6 +82,8 @@ impl Breakage {
         Breakage::NoPacing,
         Breakage::EarlyStart,
         Breakage::LeakLoginKey,
+        Breakage::PinBackendHostKey,
+        Breakage::OpenImds,
     ];
 
     /// Its name on the command line (`--break NAME`).
@@ -101,6 +107,8 @@ impl Breakage {
             Breakage::NoPacing => "no-pacing",
             Breakage::EarlyStart => "early-start",
             Breakage::LeakLoginKey => "leak-login-key",
+            Breakage::PinBackendHostKey => "pin-backend-host-key",
+            Breakage::OpenImds => "open-imds",
         }
     }
 
@@ -130,6 +138,8 @@ impl Breakage {
             Breakage::NoPacing => s.skip_pacing = true,
             Breakage::EarlyStart => s.ignore_valid_from = true,
             Breakage::LeakLoginKey => s.leak_login_key = true,
+            Breakage::PinBackendHostKey => s.pin_backend_host_key = true,
+            Breakage::OpenImds => s.open_imds = true,
             Breakage::DropLedgerAppend | Breakage::CorruptLedgerAppend => {}
         }
         s
@@ -162,6 +172,7 @@ impl Breakage {
             Breakage::NoPacing => names::PACING,
             Breakage::EarlyStart => names::DEADLINE,
             Breakage::LeakLoginKey => names::SECRETS,
+            Breakage::PinBackendHostKey | Breakage::OpenImds => names::GUEST,
         }
     }
 
@@ -183,6 +194,7 @@ impl Breakage {
             Breakage::UntaggedInstance => &[names::METERING, names::LIVENESS, names::DEADLINE, names::TEARDOWN],
             Breakage::NoPacing => &[names::PROVISION, names::LIVENESS],
             Breakage::EarlyStart | Breakage::LeakLoginKey => &[],
+            Breakage::PinBackendHostKey | Breakage::OpenImds => &[],
         }
     }
 }

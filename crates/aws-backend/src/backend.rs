@@ -19,7 +19,7 @@ use usage_ledger::{
 };
 
 use crate::config::AwsBootConfig;
-use crate::guest::{GuestSpec, render_user_data};
+use crate::guest::{GuestSpec, HostKeys, render_user_data};
 use crate::keys::SshKeyPair;
 use crate::names;
 use crate::pacing::{Pacer, PacingStats, RetryPolicy, lock};
@@ -98,6 +98,11 @@ pub struct TestSwitches {
     pub ignore_valid_from: bool,
     /// Put the requester's private key in the user data, where EC2's API shows it.
     pub leak_login_key: bool,
+    /// With `host_keys = "guest"`, hand the requester the backend's own host key instead of the
+    /// one the guest printed to its console (a pin the machine cannot satisfy).
+    pub pin_backend_host_key: bool,
+    /// Launch with IMDSv1 allowed and a hop limit of 2, within reach of containers.
+    pub open_imds: bool,
 }
 
 impl TestSwitches {
@@ -191,7 +196,7 @@ pub(crate) struct Inner {
     /// the start instead of queueing every grant's prerequisites behind every other's.
     prep_slots: Mutex<BTreeMap<RegionLabel, Arc<tokio::sync::Semaphore>>>,
     /// EC2's visibility and dependency lags, learned per region (see `lag`).
-    lags: Lags,
+    pub(crate) lags: Lags,
     /// Per region, the instances waiting to be terminated together (see `terminate_together`).
     terminate_queue: Mutex<BTreeMap<RegionLabel, Vec<Gathered>>>,
 }
@@ -273,7 +278,7 @@ pub struct AwsBackend {
     pub(crate) inner: Arc<Inner>,
 }
 
-fn provider(err: Ec2Error) -> BackendError {
+pub(crate) fn provider(err: Ec2Error) -> BackendError {
     if err.is_throttle() {
         return BackendError::Throttled { operation: err.operation.name().into() };
     }
@@ -599,7 +604,7 @@ impl AwsBackend {
                 grant_id: grant.id,
                 image_hash: grant.manifest.image_post_hash,
                 authorized_key_openssh: &login.public_openssh,
-                host_key: &host,
+                host_key: (cfg.guest.host_keys == HostKeys::UserData).then_some(&host),
                 valid_to_unix_s: valid_to_unix_ms.div_ceil(1_000),
             },
         )
@@ -689,7 +694,8 @@ impl AwsBackend {
                 client_token: String::new(),
                 root_volume_gib: storage_gib,
                 root_device_name: cfg.root_device_name.clone(),
-                imdsv2_required: true,
+                imdsv2_required: !self.inner.switches.open_imds,
+                imds_hop_limit: if self.inner.switches.open_imds { 2 } else { 1 },
                 shutdown_behavior: ShutdownBehavior::Terminate,
                 instance_tags: {
                     let mut tags = names::grant_tags(cfg, &grant.id);
@@ -705,26 +711,34 @@ impl AwsBackend {
             self.arm_deadline(grant.id, region.clone(), valid_to_unix_ms);
             tracing::Span::current().record("instance_id", instance_id.as_str());
             let info = self.wait_running(&grant.id, &region, &instance_id, valid_to_unix_ms).await?;
-            Ok::<_, BackendError>(info)
+            let host_public = match cfg.guest.host_keys {
+                HostKeys::UserData => host.public_openssh.clone(),
+                HostKeys::Guest if self.inner.switches.pin_backend_host_key => host.public_openssh.clone(),
+                HostKeys::Guest => self.read_host_key(&grant.id, &region, &instance_id, valid_to_unix_ms).await?,
+            };
+            Ok::<_, BackendError>((info, host_public))
         }
         .await;
 
         match created {
-            Ok(info) => Ok(ProvisionedInstance {
+            Ok((info, host_public)) => Ok(ProvisionedInstance {
                 backend: BACKEND_NAME.into(),
                 grant_id: grant.id,
                 region,
                 instance_id: info.instance_id,
                 public_dns: info.public_dns_name,
-                ssh_host_public_key: host.public_openssh.clone(),
+                ssh_host_public_key: host_public,
                 ssh_private_key: login.private_openssh.clone(),
             }),
             Err(err) => {
                 tracing::warn!(error = %err, "provision failed; rolling back");
                 let retryable = err.is_retryable();
-                if let Err(record) = self.record_if(grant.id, |s| {
-                    s.filter(|s| !s.is_settled()).map(|_| Event::ProvisionFailed { retryable })
-                }).await {
+                if let Err(record) = self
+                    .record_if(grant.id, |s| {
+                        s.filter(|s| !s.is_settled()).map(|_| Event::ProvisionFailed { retryable })
+                    })
+                    .await
+                {
                     tracing::error!(error = %record, "could not record the failure; the grant cannot be retried");
                 }
                 if let Err(rollback) = self.teardown(grant.id, TerminationReason::Rollback).await {
@@ -937,7 +951,8 @@ impl AwsBackend {
                 Event::LaunchRequested { client_token: token.clone(), instance_type: itype.instance_type.clone() };
             self.record_if(*grant, |s| {
                 (s.and_then(GrantState::launch_requested) != Some(token.as_str())).then_some(launch)
-            }).await?;
+            })
+            .await?;
             tried.push(itype.instance_type.clone());
             let result = self.run_instance_when_visible(region, &request, valid_to, created).await;
             match result {
@@ -951,7 +966,8 @@ impl AwsBackend {
                             vcpus: itype.vcpus,
                             memory_mib: itype.memory_mib,
                         },
-                    ).await?;
+                    )
+                    .await?;
                     return Ok(info.instance_id);
                 }
                 Err(err) if err.is(codes::INSUFFICIENT_INSTANCE_CAPACITY) => {
@@ -959,6 +975,18 @@ impl AwsBackend {
                 }
                 Err(err) if err.is(TOO_LATE) => {
                     return Err(self.check_time_left(valid_to).err().unwrap_or_else(|| local(err)));
+                }
+                Err(err) if err.is(codes::IDEMPOTENT_INSTANCE_TERMINATED) => {
+                    // This attempt's instance launched and has already ended (a resume after
+                    // a crash, or a retry after a lost response): record it, so that teardown
+                    // and the bill account for it, and fail the attempt; a retry starts afresh.
+                    self.adopt_unrecorded_instance(grant, region, &token).await?;
+                    return Err(BackendError::Provider {
+                        operation: Operation::RunInstances.name().into(),
+                        code: err.code,
+                        message: format!("the instance launched with ClientToken {token} has already terminated"),
+                        retryable: true,
+                    });
                 }
                 Err(err) => return Err(provider(err)),
             }
@@ -1025,7 +1053,8 @@ impl AwsBackend {
             }
             (s.instance() == Some(instance_id.as_str()) && s.last_state() != Some(state))
                 .then_some(Event::InstanceStateObserved { instance_id, state, observed_at_unix_ms: at_unix_ms })
-        }).await
+        })
+        .await
     }
 
     /// Waits (through the region's poller) until the instance runs.
@@ -1285,7 +1314,8 @@ impl AwsBackend {
                         self.record_if(*grant, |s| {
                             s.filter(|s| s.termination().is_none() && !s.is_settled())
                                 .map(|_| Event::TerminationRequested { reason: TerminationReason::Exited })
-                        }).await?;
+                        })
+                        .await?;
                         break;
                     }
                     let requested = self.grant_state(grant).is_some_and(|s| s.termination().is_some());
@@ -1521,7 +1551,8 @@ impl AwsBackend {
                     complete: true,
                 }
             })
-        }).await
+        })
+        .await
     }
 
     /// Arms the final measurement of every network figure the ledger shows incomplete (after
@@ -1545,7 +1576,8 @@ impl AwsBackend {
         let region = RegionLabel::new(state.region()).map_err(local)?;
         self.record_if(grant, |s| {
             s.filter(|s| s.termination().is_none()).map(|_| Event::TerminationRequested { reason })
-        }).await?;
+        })
+        .await?;
 
         // An instance whose launch was requested but never recorded: find it by its token.
         if state.ever_launched().is_empty()
@@ -1562,14 +1594,12 @@ impl AwsBackend {
         let gone_at = self.grant_state(&grant).filter(|s| !s.ever_launched().is_empty()).map(|s| s.latest_unix_ms());
 
         // The key pair: DeleteKeyPair of a missing name succeeds, so delete by name even when
-        // the import was never recorded.
+        // the import was never recorded (under a tag-conditioned IAM policy it may answer
+        // UnauthorizedOperation instead, which `delete_key_pair_confirmed` resolves).
         let key_name = state.key_name().to_string();
-        self.inner
-            .pacer
-            .call(&region, Operation::DeleteKeyPair, || self.inner.port.delete_key_pair(&region, &key_name))
-            .await
-            .map_err(provider)?;
-        self.record_if(grant, |s| s.filter(|s| s.key_pair().is_some()).map(|_| Event::KeyPairDeleted { key_name })).await?;
+        self.delete_key_pair_confirmed(&region, &key_name).await?;
+        self.record_if(grant, |s| s.filter(|s| s.key_pair().is_some()).map(|_| Event::KeyPairDeleted { key_name }))
+            .await?;
 
         // The security group, found by name when its creation was never recorded.
         let mut group_id = self.grant_state(&grant).and_then(|s| s.security_group().map(str::to_string));
@@ -1581,7 +1611,8 @@ impl AwsBackend {
             self.record_if(grant, |s| {
                 s.filter(|s| !s.is_settled() && s.security_group().is_none())
                     .map(|_| Event::SecurityGroupCreated { group_id: id, group_name })
-            }).await?;
+            })
+            .await?;
             group_id = Some(found);
         }
         if let Some(group_id) = group_id {
@@ -1592,7 +1623,8 @@ impl AwsBackend {
             self.record_if(grant, |s| {
                 s.filter(|s| s.security_group() == Some(group_id.as_str()))
                     .map(|_| Event::SecurityGroupDeleted { group_id: group_id.clone() })
-            }).await?;
+            })
+            .await?;
         }
 
         if picked(&grant, self.inner.switches.skip_settle_below) {
@@ -1611,6 +1643,65 @@ impl AwsBackend {
             )));
         }
         self.record_if(grant, |s| s.filter(|s| !s.is_settled()).map(|s| Event::GrantSettled { usage: s.usage() })).await
+    }
+
+    /// DeleteKeyPair by name; returns once the key pair is gone, whether this call deleted it or
+    /// it was missing already.
+    ///
+    /// EC2 answers success for a name that does not exist, but under an IAM policy that allows
+    /// DeleteKeyPair only on key pairs carrying our owner tag, a missing name answers
+    /// `UnauthorizedOperation` instead: a key pair that does not exist has no tags for the
+    /// condition to match (shared/EC2-FACTS.md, Teardown). So `UnauthorizedOperation` alone does
+    /// not say whether anything is left. DescribeKeyPairs by name tells: absent, the key pair is
+    /// gone and teardown goes on; present, IAM really refuses to delete it, and the error names
+    /// the key pair and the policy statement to fix. Describe answering "absent" for a key
+    /// pair too new to be visible yet is the same risk as DeleteKeyPair's success for one: the
+    /// reaper, which lists by owner tag, removes such a key pair once it shows.
+    pub(crate) async fn delete_key_pair_confirmed(
+        &self,
+        region: &RegionLabel,
+        key_name: &str,
+    ) -> Result<(), BackendError> {
+        /// EC2's code for a call IAM refused.
+        const UNAUTHORIZED_OPERATION: &str = "UnauthorizedOperation";
+        let refused = match self
+            .inner
+            .pacer
+            .call(region, Operation::DeleteKeyPair, || self.inner.port.delete_key_pair(region, key_name))
+            .await
+        {
+            Ok(()) => return Ok(()),
+            Err(err) if err.is(UNAUTHORIZED_OPERATION) => err,
+            Err(err) => return Err(provider(err)),
+        };
+        let by_name = vec![Filter { name: "key-name".into(), values: vec![key_name.to_string()] }];
+        let found = self
+            .inner
+            .pacer
+            .call(region, Operation::DescribeKeyPairs, || self.inner.port.describe_key_pairs(region, by_name.clone()))
+            .await
+            .map_err(provider)?;
+        if !found.iter().any(|k| k.key_name == key_name) {
+            tracing::info!(
+                %region,
+                key_name,
+                "DeleteKeyPair answered UnauthorizedOperation for a key pair DescribeKeyPairs does not show: it is gone"
+            );
+            return Ok(());
+        }
+        let (tag, owner) = (crate::config::OWNER_TAG, &self.inner.cfg.owner);
+        Err(BackendError::Provider {
+            operation: refused.operation.name().into(),
+            code: refused.code,
+            retryable: false,
+            message: format!(
+                "IAM refused to delete key pair {key_name} in {region}, and DescribeKeyPairs shows it still exists: \
+                 allow ec2:DeleteKeyPair on arn:aws:ec2:{region}:<account>:key-pair/{key_name} for key pairs tagged \
+                 {tag} = {owner} (statement EndOnlyWhatIsOurs of docs/iam-policy.json), and check that the key \
+                 pair carries that tag; EC2 said: {}",
+                refused.message
+            ),
+        })
     }
 
     /// Finds an instance launched with `token` whose launch was never recorded, and records it.
@@ -1647,7 +1738,8 @@ impl AwsBackend {
                         vcpus,
                         memory_mib,
                     },
-                ).await?;
+                )
+                .await?;
                 return Ok(());
             }
             if self.now_ms() > started + VISIBILITY_WINDOW_MS {

@@ -1,6 +1,7 @@
 //! The operator's configuration (`AwsBootConfig`), loaded from TOML and checked at load.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use backend_api::{Almanac, RegionLabel, Secret};
@@ -12,6 +13,125 @@ use crate::guest::GuestConfig;
 pub const OWNER_TAG: &str = "compute-bridge:owner";
 /// The tag key that names the grant a resource belongs to (64 hex characters).
 pub const GRANT_TAG: &str = "compute-bridge:grant";
+
+/// One entry of `ssh_ingress_cidrs`: an IPv4 or IPv6 network in CIDR notation, such as
+/// `203.0.113.0/24` or `2001:db8::/32`, with every bit past the prefix clear.
+///
+/// Bits past the prefix are refused rather than dropped: EC2 masks them silently, so
+/// `203.0.113.7/24` would let in the whole /24 where the operator probably meant one address
+/// (ansible/ansible#25403 and #21871 show both the masking and the confusion it causes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub struct IngressCidr {
+    addr: IpAddr,
+    prefix_len: u8,
+}
+
+impl IngressCidr {
+    /// `0.0.0.0/0`: every IPv4 address, the seed's default.
+    pub const IPV4_ANYWHERE: IngressCidr = IngressCidr { addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED), prefix_len: 0 };
+    /// `::/0`: every IPv6 address.
+    pub const IPV6_ANYWHERE: IngressCidr = IngressCidr { addr: IpAddr::V6(Ipv6Addr::UNSPECIFIED), prefix_len: 0 };
+
+    /// Parses `a.b.c.d/n` (n at most 32) or an IPv6 address and `/n` (n at most 128). The error
+    /// names the value and says how to write it.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let Some((addr_text, prefix_text)) = text.split_once('/') else {
+            let hint = match text.parse::<IpAddr>() {
+                Ok(IpAddr::V4(_)) => format!("write \"{text}/32\" for that one address"),
+                Ok(IpAddr::V6(_)) => format!("write \"{text}/128\" for that one address"),
+                Err(_) => "write a network such as \"203.0.113.0/24\" or \"2001:db8::/32\"".to_string(),
+            };
+            return Err(format!("{text:?} is not a CIDR (no /prefix length): {hint}"));
+        };
+        let addr: IpAddr = addr_text.parse().map_err(|_| {
+            format!(
+                "{text:?} is not a CIDR: {addr_text:?} is neither an IPv4 nor an IPv6 address; write a network such as \"203.0.113.0/24\" or \"2001:db8::/32\""
+            )
+        })?;
+        let max = if addr.is_ipv6() { 128 } else { 32 };
+        // Digits only: `u8::from_str` would also take "+8", which no CIDR parser in EC2 accepts.
+        let prefix_len = (!prefix_text.is_empty()
+            && prefix_text.len() <= 3
+            && prefix_text.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| prefix_text.parse::<u8>().ok())
+        .flatten()
+        .filter(|p| *p <= max)
+        .ok_or_else(|| {
+            let family = if addr.is_ipv6() { "IPv6" } else { "IPv4" };
+            format!(
+                "{text:?} is not a CIDR: the prefix length of an {family} network is 0 to {max}, not {prefix_text:?}"
+            )
+        })?;
+        let network = Self::mask(addr, prefix_len);
+        if network != addr {
+            let single = if addr.is_ipv6() { 128 } else { 32 };
+            return Err(format!(
+                "{text:?} has bits set past its /{prefix_len} prefix, which EC2 would silently widen to {network}/{prefix_len}: write \"{network}/{prefix_len}\" for the network, or \"{addr}/{single}\" for the one address"
+            ));
+        }
+        Ok(Self { addr, prefix_len })
+    }
+
+    /// `addr` with every bit past `prefix_len` cleared.
+    fn mask(addr: IpAddr, prefix_len: u8) -> IpAddr {
+        match addr {
+            IpAddr::V4(v4) => {
+                let bits = u32::from(v4);
+                let kept = u32::MAX.checked_shl(32 - u32::from(prefix_len)).unwrap_or(0);
+                IpAddr::V4(Ipv4Addr::from(bits & kept))
+            }
+            IpAddr::V6(v6) => {
+                let bits = u128::from(v6);
+                let kept = u128::MAX.checked_shl(128 - u32::from(prefix_len)).unwrap_or(0);
+                IpAddr::V6(Ipv6Addr::from(bits & kept))
+            }
+        }
+    }
+
+    /// The network's first address.
+    pub fn addr(&self) -> IpAddr {
+        self.addr
+    }
+
+    /// The prefix length.
+    pub fn prefix_len(&self) -> u8 {
+        self.prefix_len
+    }
+
+    /// True for an IPv6 network (sent to EC2 as an `Ipv6Ranges` entry).
+    pub fn is_ipv6(&self) -> bool {
+        self.addr.is_ipv6()
+    }
+
+    /// True for `0.0.0.0/0` and `::/0`: the whole Internet of that family.
+    pub fn is_anywhere(&self) -> bool {
+        self.prefix_len == 0
+    }
+}
+
+impl std::fmt::Display for IngressCidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+impl std::str::FromStr for IngressCidr {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::parse(text)
+    }
+}
+
+impl TryFrom<String> for IngressCidr {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        // The field's name goes into the message: TOML's own error shows only the line.
+        Self::parse(&text).map_err(|reason| format!("ssh_ingress_cidrs: {reason}"))
+    }
+}
 
 /// Static operator credentials. When absent, the standard AWS credential chain is used.
 #[derive(Clone, Debug, Deserialize)]
@@ -57,9 +177,11 @@ pub struct AwsBootConfig {
     /// resolution (`AWS_ENDPOINT_URL_CLOUDWATCH`, `AWS_ENDPOINT_URL`).
     #[serde(default)]
     pub cloudwatch_endpoint_url: Option<String>,
-    /// CIDRs allowed to reach TCP 22.
+    /// IPv4 and IPv6 CIDRs allowed to reach TCP 22. The default, `["0.0.0.0/0"]`, is the seed's
+    /// "from anywhere": kept so that existing configurations behave as before, but the binary
+    /// warns at start about it (see [`AwsBootConfig::warnings`]).
     #[serde(default = "default_ssh_ingress_cidrs")]
-    pub ssh_ingress_cidrs: Vec<ipnet::Ipv4Net>,
+    pub ssh_ingress_cidrs: Vec<IngressCidr>,
     /// Extra tags on every resource.
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
@@ -99,8 +221,8 @@ fn default_root_device_name() -> String {
 fn default_min_root_volume_gib() -> u32 {
     8
 }
-fn default_ssh_ingress_cidrs() -> Vec<ipnet::Ipv4Net> {
-    vec![ipnet::Ipv4Net::default()]
+fn default_ssh_ingress_cidrs() -> Vec<IngressCidr> {
+    vec![IngressCidr::IPV4_ANYWHERE]
 }
 fn default_poll_interval_ms() -> u64 {
     5_000
@@ -225,8 +347,17 @@ impl AwsBootConfig {
         if self.ssh_ingress_cidrs.is_empty() {
             return Err(invalid(
                 "ssh_ingress_cidrs",
-                "is empty: nobody could log in; use [\"0.0.0.0/0\"] or your ranges",
+                "is empty: nobody could log in; list your requesters' ranges, e.g. [\"203.0.113.0/24\", \"2001:db8::/32\"]",
             ));
+        }
+        let mut seen_cidrs = std::collections::BTreeSet::new();
+        for cidr in &self.ssh_ingress_cidrs {
+            // EC2 refuses a request that names one range twice ("The same permission must not
+            // appear multiple times", input-output-hk/bitte#24), which would fail every provision:
+            // refuse it here instead.
+            if !seen_cidrs.insert(cidr) {
+                return Err(invalid("ssh_ingress_cidrs", format!("lists {cidr} twice: remove one")));
+            }
         }
         for (field, url) in
             [("endpoint_url", &self.endpoint_url), ("cloudwatch_endpoint_url", &self.cloudwatch_endpoint_url)]
@@ -290,6 +421,23 @@ impl AwsBootConfig {
         Ok(())
     }
 
+    /// What is allowed but risky in this configuration, one sentence each, for the binary to log
+    /// at start: today, SSH open to the whole Internet (`0.0.0.0/0` or `::/0`, the first being
+    /// the default).
+    pub fn warnings(&self) -> Vec<String> {
+        self.ssh_ingress_cidrs
+            .iter()
+            .filter(|cidr| cidr.is_anywhere())
+            .map(|cidr| {
+                let family = if cidr.is_ipv6() { "IPv6" } else { "IPv4" };
+                format!(
+                    "ssh_ingress_cidrs includes {cidr}: TCP 22 of every grant's machine is open to the whole {family} Internet; \
+                     list only your requesters' ranges instead, e.g. ssh_ingress_cidrs = [\"203.0.113.0/24\", \"2001:db8::/32\"]"
+                )
+            })
+            .collect()
+    }
+
     /// The region a grant runs in: the envelope's, or the first allowed one.
     pub fn default_region(&self) -> &RegionLabel {
         &self.regions[0]
@@ -319,5 +467,115 @@ impl AwsBootConfig {
     /// True when `region` is allowed.
     pub fn allows(&self, region: &str) -> bool {
         self.regions.iter().any(|r| r == region)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A valid configuration whose `ssh_ingress_cidrs` line is `cidrs_line` (empty: the default).
+    fn config_with(cidrs_line: &str) -> Result<AwsBootConfig, ConfigError> {
+        AwsBootConfig::from_toml(&format!(
+            r#"
+            regions = ["us-east-1"]
+            instance_families = ["m6i"]
+            owner = "unit"
+            ami = {{ us-east-1 = "ami-12345678" }}
+            ledger_path = "/nonexistent/ledger"
+            almanac = {{ epoch_unix_ms = 0, tick_ms = 1000 }}
+            guest = {{ content_store_url = "http://127.0.0.1:9/blobs/{{hash}}" }}
+            {cidrs_line}
+            "#
+        ))
+    }
+
+    fn refused(cidrs_line: &str) -> String {
+        match config_with(cidrs_line) {
+            Ok(cfg) => panic!("{cidrs_line} was accepted as {:?}", cfg.ssh_ingress_cidrs),
+            Err(err) => err.to_string(),
+        }
+    }
+
+    #[test]
+    fn ipv4_and_ipv6_cidrs_are_accepted_and_printed_canonically() {
+        let cfg =
+            config_with(r#"ssh_ingress_cidrs = ["203.0.113.0/24", "198.51.100.7/32", "2001:DB8:0:0::/32", "::/0"]"#)
+                .expect("valid CIDRs");
+        let printed: Vec<String> = cfg.ssh_ingress_cidrs.iter().map(ToString::to_string).collect();
+        assert_eq!(printed, ["203.0.113.0/24", "198.51.100.7/32", "2001:db8::/32", "::/0"]);
+        let families: Vec<bool> = cfg.ssh_ingress_cidrs.iter().map(IngressCidr::is_ipv6).collect();
+        assert_eq!(families, [false, false, true, true]);
+        assert_eq!(cfg.ssh_ingress_cidrs[0].prefix_len(), 24);
+        assert_eq!(cfg.ssh_ingress_cidrs[3], IngressCidr::IPV6_ANYWHERE);
+    }
+
+    #[test]
+    fn the_default_is_still_the_whole_ipv4_internet() {
+        let cfg = config_with("").expect("valid");
+        assert_eq!(cfg.ssh_ingress_cidrs, [IngressCidr::IPV4_ANYWHERE]);
+        assert_eq!(cfg.ssh_ingress_cidrs[0].to_string(), "0.0.0.0/0");
+    }
+
+    #[test]
+    fn prefixes_longer_than_the_family_allows_are_refused_naming_the_value() {
+        let err = refused(r#"ssh_ingress_cidrs = ["10.0.0.0/33"]"#);
+        assert!(
+            err.contains("ssh_ingress_cidrs") && err.contains("\"10.0.0.0/33\"") && err.contains("0 to 32"),
+            "{err}"
+        );
+        let err = refused(r#"ssh_ingress_cidrs = ["2001:db8::/129"]"#);
+        assert!(err.contains("\"2001:db8::/129\"") && err.contains("0 to 128"), "{err}");
+        // An IPv6 prefix is fine up to 128 but an IPv4 one is not.
+        assert!(config_with(r#"ssh_ingress_cidrs = ["2001:db8::1/128"]"#).is_ok());
+        for bad in ["10.0.0.0/", "10.0.0.0/+8", "10.0.0.0/-1", "10.0.0.0/0008", "10.0.0.0/8/8"] {
+            let err = refused(&format!(r#"ssh_ingress_cidrs = ["{bad}"]"#));
+            assert!(err.contains(&format!("{bad:?}")), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn garbage_and_bare_addresses_are_refused_with_the_fix() {
+        let err = refused(r#"ssh_ingress_cidrs = ["anywhere"]"#);
+        assert!(err.contains("\"anywhere\"") && err.contains("203.0.113.0/24"), "{err}");
+        let err = refused(r#"ssh_ingress_cidrs = ["10.0.0.256/8"]"#);
+        assert!(err.contains("neither an IPv4 nor an IPv6 address"), "{err}");
+        let err = refused(r#"ssh_ingress_cidrs = ["fe80::1%eth0/64"]"#);
+        assert!(err.contains("fe80::1%eth0"), "{err}");
+        let err = refused(r#"ssh_ingress_cidrs = ["198.51.100.7"]"#);
+        assert!(err.contains("\"198.51.100.7/32\""), "{err}");
+        let err = refused(r#"ssh_ingress_cidrs = ["2001:db8::7"]"#);
+        assert!(err.contains("\"2001:db8::7/128\""), "{err}");
+    }
+
+    #[test]
+    fn host_bits_past_the_prefix_are_refused_with_both_readings() {
+        let err = refused(r#"ssh_ingress_cidrs = ["203.0.113.7/24"]"#);
+        assert!(err.contains("\"203.0.113.0/24\"") && err.contains("\"203.0.113.7/32\""), "{err}");
+        let err = refused(r#"ssh_ingress_cidrs = ["2001:db8::1/32"]"#);
+        assert!(err.contains("\"2001:db8::/32\"") && err.contains("\"2001:db8::1/128\""), "{err}");
+    }
+
+    #[test]
+    fn empty_and_repeated_lists_are_refused() {
+        let err = refused("ssh_ingress_cidrs = []");
+        assert!(err.contains("ssh_ingress_cidrs") && err.contains("is empty"), "{err}");
+        let err = refused(r#"ssh_ingress_cidrs = ["2001:db8::/32", "2001:0db8::/32"]"#);
+        assert!(err.contains("2001:db8::/32 twice"), "{err}");
+    }
+
+    #[test]
+    fn opening_ssh_to_the_whole_internet_is_warned_about_per_family() {
+        let warnings = config_with("").expect("valid").warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("0.0.0.0/0") && warnings[0].contains("whole IPv4 Internet"), "{warnings:?}");
+        assert!(warnings[0].contains("ssh_ingress_cidrs = ["), "the warning says how to narrow it: {warnings:?}");
+
+        let warnings = config_with(r#"ssh_ingress_cidrs = ["203.0.113.0/24", "::/0"]"#).expect("valid").warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("::/0") && warnings[0].contains("whole IPv6 Internet"), "{warnings:?}");
+
+        let narrow = config_with(r#"ssh_ingress_cidrs = ["203.0.113.0/24", "2001:db8::/32", "0.0.0.0/1"]"#);
+        assert_eq!(narrow.expect("valid").warnings(), Vec::<String>::new());
     }
 }

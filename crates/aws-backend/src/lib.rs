@@ -7,6 +7,7 @@
 mod backend;
 pub mod config;
 pub mod guest;
+mod hostkey;
 pub mod keys;
 pub(crate) mod lag;
 pub mod names;

@@ -354,6 +354,11 @@ fn log_recovery(joined: Result<RecoveryReport, tokio::task::JoinError>) -> bool 
 /// succeeded and recovery finished what it resumed.
 async fn run(config: &Path, grants_path: &Path) -> anyhow::Result<bool> {
     let cfg = AwsBootConfig::load(config)?;
+    // Only `run` opens anything (each grant's security group), so only `run` warns about what
+    // it would open; `reap` and `status` would repeat it to no purpose.
+    for warning in cfg.warnings() {
+        tracing::warn!(config = %config.display(), "{warning}");
+    }
     let grants = read_grants(grants_path)?;
     if grants.is_empty() {
         tracing::info!(path = %grants_path.display(), "the grants file holds no grants: only resuming unfinished ones");

@@ -26,6 +26,9 @@ pub mod codes {
     pub const INSUFFICIENT_INSTANCE_CAPACITY: &str = "InsufficientInstanceCapacity";
     /// A ClientToken was reused with different parameters.
     pub const IDEMPOTENT_PARAMETER_MISMATCH: &str = "IdempotentParameterMismatch";
+    /// A ClientToken was reused after its instance terminated (since January 2025; before, EC2
+    /// answered with the terminated instance).
+    pub const IDEMPOTENT_INSTANCE_TERMINATED: &str = "IdempotentInstanceTerminated";
     /// The instance id is unknown (or not yet visible).
     pub const INSTANCE_NOT_FOUND: &str = "InvalidInstanceID.NotFound";
     /// The security group is unknown (or not yet visible).
@@ -73,11 +76,13 @@ pub enum Operation {
     CreateTags,
     /// CloudWatch GetMetricData for NetworkIn and NetworkOut.
     GetNetworkUsage,
+    /// GetConsoleOutput.
+    GetConsoleOutput,
 }
 
 impl Operation {
     /// Every operation, in declaration order.
-    pub const ALL: [Operation; 13] = [
+    pub const ALL: [Operation; 14] = [
         Operation::ImportKeyPair,
         Operation::DescribeKeyPairs,
         Operation::DeleteKeyPair,
@@ -91,6 +96,7 @@ impl Operation {
         Operation::DescribeInstanceTypes,
         Operation::CreateTags,
         Operation::GetNetworkUsage,
+        Operation::GetConsoleOutput,
     ];
 
     /// The API name, e.g. `"RunInstances"`.
@@ -109,6 +115,7 @@ impl Operation {
             Operation::DescribeInstanceTypes => "DescribeInstanceTypes",
             Operation::CreateTags => "CreateTags",
             Operation::GetNetworkUsage => "GetNetworkUsage",
+            Operation::GetConsoleOutput => "GetConsoleOutput",
         }
     }
 
@@ -121,7 +128,8 @@ impl Operation {
             Operation::DescribeKeyPairs
             | Operation::DescribeSecurityGroups
             | Operation::DescribeInstances
-            | Operation::DescribeInstanceTypes => ThrottleClass::NonMutating,
+            | Operation::DescribeInstanceTypes
+            | Operation::GetConsoleOutput => ThrottleClass::NonMutating,
             // ImportKeyPair is in EC2's CreateKeyPair-like "resource-intensive" set together
             // with AuthorizeSecurityGroupIngress.
             Operation::ImportKeyPair | Operation::AuthorizeSecurityGroupIngress => ThrottleClass::ResourceIntensive,
@@ -378,7 +386,10 @@ pub struct AuthorizeIngressRequest {
     pub group_id: String,
     /// The TCP port.
     pub port: u16,
-    /// IPv4 CIDRs allowed in.
+    /// CIDRs allowed in, IPv4 (`203.0.113.0/24`) and IPv6 (`2001:db8::/32`) mixed; an entry
+    /// holding a `:` is IPv6. EC2 takes the two families in separate lists (`IpRanges` with
+    /// `CidrIp`, `Ipv6Ranges` with `CidrIpv6`) and calls an IPv6 range sent as `CidrIp`
+    /// malformed (aws/aws-cli#2428), so an implementation splits them by family.
     pub cidrs: Vec<String>,
 }
 
@@ -414,6 +425,9 @@ pub struct RunInstancesRequest {
     pub root_device_name: String,
     /// Require IMDSv2 (session tokens).
     pub imdsv2_required: bool,
+    /// How many network hops an IMDSv2 token response may travel: 1 keeps it on the instance
+    /// itself, out of reach of containers behind a bridge network.
+    pub imds_hop_limit: u8,
     /// What a power-off from inside does.
     pub shutdown_behavior: ShutdownBehavior,
     /// Tags applied to the instance at launch.
@@ -542,4 +556,6 @@ pub trait Ec2Port: Send + Sync + 'static {
         start_unix_ms: u64,
         end_unix_ms: u64,
     ) -> Result<Vec<NetworkUsage>, Ec2Error>;
+    /// GetConsoleOutput: the instance's console output as text, `None` while EC2 has none yet.
+    async fn get_console_output(&self, region: &RegionLabel, instance_id: &str) -> Result<Option<String>, Ec2Error>;
 }

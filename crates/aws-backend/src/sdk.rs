@@ -276,13 +276,7 @@ impl Ec2Port for SdkEc2 {
 
     async fn authorize_ingress(&self, region: &RegionLabel, req: AuthorizeIngressRequest) -> Result<(), Ec2Error> {
         let op = Operation::AuthorizeSecurityGroupIngress;
-        let ranges = req.cidrs.into_iter().map(|cidr| ec2::IpRange::builder().cidr_ip(cidr).build()).collect();
-        let permission = ec2::IpPermission::builder()
-            .ip_protocol("tcp")
-            .from_port(i32::from(req.port))
-            .to_port(i32::from(req.port))
-            .set_ip_ranges(Some(ranges))
-            .build();
+        let permission = ingress_permission(req.port, req.cidrs);
         self.ec2(region, op)
             .await?
             .authorize_security_group_ingress()
@@ -362,6 +356,7 @@ impl Ec2Port for SdkEc2 {
             } else {
                 ec2::HttpTokensState::Optional
             })
+            .http_put_response_hop_limit(i32::from(req.imds_hop_limit))
             .build();
         let tag_specs: Vec<_> = [
             convert::tag_spec(ec2::ResourceType::Instance, &req.instance_tags),
@@ -533,6 +528,41 @@ impl Ec2Port for SdkEc2 {
         }
         Ok(usage)
     }
+
+    async fn get_console_output(&self, region: &RegionLabel, instance_id: &str) -> Result<Option<String>, Ec2Error> {
+        let op = Operation::GetConsoleOutput;
+        let out = self
+            .ec2(region, op)
+            .await?
+            .get_console_output()
+            .instance_id(instance_id)
+            .send()
+            .await
+            .map_err(|e| convert::error(op, e))?;
+        let Some(encoded) = out.output().filter(|o| !o.is_empty()) else { return Ok(None) };
+        // EC2 answers base64; the text itself may hold any bytes a serial console saw.
+        let bytes = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, encoded.trim())
+            .map_err(|e| convert::unexpected(op, format_args!("base64 console output ({e})")))?;
+        Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
+    }
+}
+
+/// The rule letting TCP `port` in from `cidrs`: IPv4 ranges as `IpRanges` (`CidrIp`), IPv6 ones
+/// (those holding a `:`) as `Ipv6Ranges` (`CidrIpv6`), since EC2 refuses an IPv6 range given as
+/// `CidrIp` as malformed (aws/aws-cli#2428). An empty family is left out of the request.
+fn ingress_permission(port: u16, cidrs: Vec<String>) -> ec2::IpPermission {
+    let (ipv6, ipv4): (Vec<String>, Vec<String>) = cidrs.into_iter().partition(|cidr| cidr.contains(':'));
+    let ip_ranges: Vec<ec2::IpRange> =
+        ipv4.into_iter().map(|cidr| ec2::IpRange::builder().cidr_ip(cidr).build()).collect();
+    let ipv6_ranges: Vec<ec2::Ipv6Range> =
+        ipv6.into_iter().map(|cidr| ec2::Ipv6Range::builder().cidr_ipv6(cidr).build()).collect();
+    ec2::IpPermission::builder()
+        .ip_protocol("tcp")
+        .from_port(i32::from(port))
+        .to_port(i32::from(port))
+        .set_ip_ranges((!ip_ranges.is_empty()).then_some(ip_ranges))
+        .set_ipv6_ranges((!ipv6_ranges.is_empty()).then_some(ipv6_ranges))
+        .build()
 }
 
 /// One GetMetricData query: the Sum of `metric` for `instance_id`, per minute.
@@ -587,6 +617,24 @@ mod tests {
         assert_eq!(parse_query_id("i0"), Some((true, 0)));
         assert_eq!(parse_query_id("x1"), None);
         assert_eq!(parse_query_id("i"), None);
+    }
+
+    #[test]
+    fn ingress_sends_each_address_family_in_its_own_list() {
+        let cidrs = ["203.0.113.0/24", "2001:db8::/32", "198.51.100.7/32", "::/0"].map(String::from).to_vec();
+        let permission = ingress_permission(22, cidrs);
+        assert_eq!(permission.ip_protocol(), Some("tcp"));
+        assert_eq!((permission.from_port(), permission.to_port()), (Some(22), Some(22)));
+        let v4: Vec<_> = permission.ip_ranges().iter().filter_map(|r| r.cidr_ip()).collect();
+        let v6: Vec<_> = permission.ipv6_ranges().iter().filter_map(|r| r.cidr_ipv6()).collect();
+        assert_eq!(v4, ["203.0.113.0/24", "198.51.100.7/32"]);
+        assert_eq!(v6, ["2001:db8::/32", "::/0"]);
+
+        // A single family sends no empty list of the other.
+        let only_v4 = ingress_permission(22, vec!["0.0.0.0/0".into()]);
+        assert!(only_v4.ipv6_ranges.is_none(), "{only_v4:?}");
+        let only_v6 = ingress_permission(22, vec!["2001:db8::/32".into()]);
+        assert!(only_v6.ip_ranges.is_none(), "{only_v6:?}");
     }
 
     #[test]

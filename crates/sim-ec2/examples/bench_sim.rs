@@ -77,6 +77,7 @@ impl Driver {
             root_volume_gib: 20,
             root_device_name: "/dev/xvda".into(),
             imdsv2_required: true,
+            imds_hop_limit: 1,
             shutdown_behavior: ShutdownBehavior::Terminate,
             instance_tags: tags.clone(),
             volume_tags: tags.clone(),

@@ -129,6 +129,10 @@ pub struct FaultConfig {
     pub terminated_visible_ms: u64,
     /// How far CloudWatch's network data lags behind the present.
     pub metrics_delay_ms: u64,
+    /// Shortest time after the guest first runs before GetConsoleOutput shows what it printed.
+    pub console_delay_ms_min: u64,
+    /// Longest such time.
+    pub console_delay_ms_max: u64,
 }
 
 impl FaultConfig {
@@ -155,6 +159,8 @@ impl FaultConfig {
             spontaneous_exit_after_ms_max: 0,
             terminated_visible_ms: 3_600_000,
             metrics_delay_ms: 0,
+            console_delay_ms_min: 0,
+            console_delay_ms_max: 0,
         }
     }
 
@@ -181,6 +187,8 @@ impl FaultConfig {
         let spontaneous_exit_after_ms_max = rng.gen_range(60_000..=7_200_000);
         let terminated_visible_ms = rng.gen_range(3_000_000..=4_200_000);
         let metrics_delay_ms = rng.gen_range(0..=12 * 60_000);
+        // Drawn last, so that every knob drawn before keeps its value for a seed.
+        let (console_delay_ms_min, console_delay_ms_max) = range(rng, 0, 30_000, 270_000);
         Self {
             throttle_probability,
             internal_error_probability,
@@ -201,6 +209,8 @@ impl FaultConfig {
             spontaneous_exit_after_ms_max,
             terminated_visible_ms,
             metrics_delay_ms,
+            console_delay_ms_min,
+            console_delay_ms_max,
         }
     }
 
@@ -225,6 +235,7 @@ impl FaultConfig {
             ("launch_delay_ms", self.launch_delay_ms_min, self.launch_delay_ms_max),
             ("termination_delay_ms", self.termination_delay_ms_min, self.termination_delay_ms_max),
             ("dependency_violation_lag_ms", self.dependency_violation_lag_ms_min, self.dependency_violation_lag_ms_max),
+            ("console_delay_ms", self.console_delay_ms_min, self.console_delay_ms_max),
         ];
         for (name, min, max) in ranges {
             if min > max {
@@ -254,6 +265,10 @@ impl Default for FaultConfig {
             // EC2's basic monitoring: 5-minute datapoints, published minutes late
             // (shared/EC2-FACTS.md, Metering).
             metrics_delay_ms: 5 * 60_000,
+            // Console output is captured shortly after boot and published with a lag ("Get the
+            // console output", Amazon EC2 User Guide).
+            console_delay_ms_min: 10_000,
+            console_delay_ms_max: 120_000,
             ..Self::none()
         }
     }
@@ -272,7 +287,7 @@ impl fmt::Display for FaultConfig {
              response_lost_probability={} insufficient_capacity_probability={} capacity_shortage_ms={}..{} \
              visibility_delay_ms={}..{} launch_delay_ms={}..{} termination_delay_ms={}..{} \
              dependency_violation_lag_ms={}..{} spontaneous_exit_probability={} spontaneous_exit_after_ms_max={} \
-             terminated_visible_ms={} metrics_delay_ms={}",
+             terminated_visible_ms={} metrics_delay_ms={} console_delay_ms={}..{}",
             self.throttle_probability,
             self.internal_error_probability,
             self.unavailable_probability,
@@ -292,6 +307,8 @@ impl fmt::Display for FaultConfig {
             self.spontaneous_exit_after_ms_max,
             self.terminated_visible_ms,
             self.metrics_delay_ms,
+            self.console_delay_ms_min,
+            self.console_delay_ms_max,
         )
     }
 }

@@ -20,6 +20,7 @@ mod audit;
 mod bucket;
 mod clock;
 mod config;
+pub mod console;
 mod fxhash;
 mod taglist;
 mod truth;
@@ -204,6 +205,12 @@ impl SimEc2 {
         self.world().stats().clone()
     }
 
+    /// What the guest of `instance_id` holds and when its console shows it (see
+    /// [`console::GuestTruth`]), when the instance exists: ground truth for checkers.
+    pub fn guest_of(&self, instance_id: &str) -> Option<console::GuestTruth> {
+        self.world().guest_of(instance_id)
+    }
+
     /// A SHA-256 over every call, its inputs and its outcome, and every targeted fault, in
     /// order (hex, then `-` and the number of records). Equal for two runs with the same seed
     /// and the same calls.
@@ -311,5 +318,9 @@ impl Ec2Port for SimEc2 {
         end_unix_ms: u64,
     ) -> Result<Vec<NetworkUsage>, Ec2Error> {
         self.world().network_usage(region, instance_ids, start_unix_ms, end_unix_ms)
+    }
+
+    async fn get_console_output(&self, region: &RegionLabel, instance_id: &str) -> Result<Option<String>, Ec2Error> {
+        self.world().get_console_output(region, instance_id)
     }
 }

@@ -59,6 +59,8 @@ pub mod extra_codes {
     pub const KEY_FORMAT: &str = "InvalidKey.Format";
     /// The default security group cannot be deleted.
     pub const CANNOT_DELETE: &str = "CannotDelete";
+    /// A ClientToken reused after its instance terminated (EC2 since January 2025).
+    pub const IDEMPOTENT_INSTANCE_TERMINATED: &str = "IdempotentInstanceTerminated";
     /// A required parameter is missing.
     pub const MISSING_PARAMETER: &str = "MissingParameter";
     /// More than 50 tags on a resource.
@@ -106,9 +108,19 @@ struct Instance {
     /// of this instance (its timeline, tags or `shown`), so that a refresh of
     /// [`InstanceTruths`] rebuilds only instances changed since.
     changed_seq: u64,
+    /// The host key the user data shipped (`ssh_keys`), which cloud-init installs instead of
+    /// generating one; `None`: the guest generates its own (see `console`).
+    shipped_host_key: Option<String>,
+    /// The IMDS options it was launched with: tokens required, PUT response hop limit.
+    imds: (bool, u8),
 }
 
 impl Instance {
+    /// When the guest first ran, if it has.
+    fn running_since(&self) -> Option<u64> {
+        self.timeline.iter().find(|s| s.state == InstanceState::Running).map(|s| s.from_ms)
+    }
+
     fn segment_at(&self, t: u64) -> Segment {
         let i = self.timeline.partition_point(|s| s.from_ms <= t);
         self.timeline[i.saturating_sub(1)]
@@ -408,9 +420,18 @@ fn validate_tags(op: Operation, tags: &Tags) -> Result<(), Ec2Error> {
     Ok(())
 }
 
+/// An IPv4 (`CidrIp`, prefix up to 32) or IPv6 (`CidrIpv6`, up to 128) range.
 fn valid_cidr(cidr: &str) -> bool {
     let Some((ip, prefix)) = cidr.split_once('/') else { return false };
-    ip.parse::<std::net::Ipv4Addr>().is_ok() && prefix.parse::<u8>().is_ok_and(|p| p <= 32)
+    if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_digit()) {
+        return false;
+    }
+    let Ok(prefix) = prefix.parse::<u8>() else { return false };
+    match ip.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(_)) => prefix <= 32,
+        Ok(std::net::IpAddr::V6(_)) => prefix <= 128,
+        Err(_) => false,
+    }
 }
 
 fn valid_public_key(key: &str) -> bool {
@@ -438,6 +459,7 @@ fn run_fingerprint(req: &RunInstancesRequest) -> [u8; 32] {
     s(&req.root_volume_gib.to_string());
     s(&req.root_device_name);
     s(if req.imdsv2_required { "imdsv2" } else { "imdsv1" });
+    s(&req.imds_hop_limit.to_string());
     s(match req.shutdown_behavior {
         ShutdownBehavior::Stop => "stop",
         ShutdownBehavior::Terminate => "terminate",
@@ -504,6 +526,8 @@ pub(crate) struct World {
     /// Counts the changes to ground truth: an instance's truth (see `Instance::changed_seq`),
     /// a key pair or group that came, went or was tagged.
     truth_seq: u64,
+    /// The run's seed, from which the simulated guests' host keys are derived.
+    seed: u64,
 }
 
 impl World {
@@ -568,6 +592,7 @@ impl World {
             exposed: String::new(),
             exposed_ends: Vec::new(),
             truth_seq: 0,
+            seed: config.seed,
         })
     }
 
@@ -1106,9 +1131,16 @@ impl World {
                 .map(String::as_str)
                 .chain([user_data_text.as_ref()]),
         );
+        // cloud-init installs a shipped host key instead of generating one.
+        let shipped = if user_data_text.contains("\"ssh_keys\"") {
+            crate::console::shipped_host_key(&req.user_data_base64)
+        } else {
+            None
+        };
         let user_data_len = user_data.map(|bytes| bytes.len());
-        let result =
-            self.serve(op, region, About::Tags(&req.instance_tags), |w, r| w.run_instance_in(r, &req, user_data_len));
+        let result = self.serve(op, region, About::Tags(&req.instance_tags), |w, r| {
+            w.run_instance_in(r, &req, user_data_len, shipped)
+        });
         self.audit.outcome(&result, |a, info| a.instance(info));
         result
     }
@@ -1120,6 +1152,7 @@ impl World {
         r: usize,
         req: &RunInstancesRequest,
         user_data_len: Result<usize, base64::DecodeError>,
+        shipped_host_key: Option<String>,
     ) -> Result<InstanceInfo, Ec2Error> {
         let op = Operation::RunInstances;
         let now = self.now_ms;
@@ -1141,8 +1174,18 @@ impl World {
                     format!("The client token {token} was used before with different parameters"),
                 ));
             }
-            // Same token, same parameters: the same instance, as it is now.
-            return Ok(self.regions[r].instances[*idx].info(now));
+            // Same token, same parameters: the same instance, as it is now; once it has
+            // terminated, EC2 answers IdempotentInstanceTerminated instead (since January 2025;
+            // shared/EC2-FACTS.md, Idempotency).
+            let instance = &self.regions[r].instances[*idx];
+            if instance.state_at(now) == InstanceState::Terminated {
+                return Err(err(
+                    op,
+                    extra_codes::IDEMPOTENT_INSTANCE_TERMINATED,
+                    format!("The instance {} launched with client token {token} has terminated", instance.id),
+                ));
+            }
+            return Ok(instance.info(now));
         }
         let Some(spec) = catalogue::lookup(&req.instance_type) else {
             return Err(invalid(format!("Invalid value '{}' for InstanceType.", req.instance_type)));
@@ -1168,6 +1211,13 @@ impl World {
         let user_data_len = user_data_len.map_err(|_| invalid("Invalid BASE64 encoding of user data.".into()))?;
         if user_data_len > 16_384 {
             return Err(invalid(format!("User data is limited to 16384 bytes; got {user_data_len} bytes")));
+        }
+        // RunInstances' InstanceMetadataOptionsRequest: HttpPutResponseHopLimit is 1 to 64.
+        if !(1..=64).contains(&req.imds_hop_limit) {
+            return Err(invalid(format!(
+                "The HttpPutResponseHopLimit '{}' is not valid: use 1 to 64",
+                req.imds_hop_limit
+            )));
         }
         if req.root_volume_gib == 0 || req.root_volume_gib > 16_384 {
             return Err(invalid(format!("Volume of {} GiB is outside gp3's 1 to 16384 GiB", req.root_volume_gib)));
@@ -1200,7 +1250,7 @@ impl World {
         }
 
         self.regions[r].run_instances_resource.take_token();
-        let instance = self.launch(r, now, spec, az, req, group_ids);
+        let instance = self.launch(r, now, spec, az, req, group_ids, shipped_host_key);
         let info = instance.0;
         let idx = instance.1;
         if !token.is_empty() {
@@ -1209,6 +1259,7 @@ impl World {
         Ok(info)
     }
 
+    #[allow(clippy::too_many_arguments, reason = "one launch's inputs, each already checked by the caller")]
     fn launch(
         &mut self,
         r: usize,
@@ -1217,6 +1268,7 @@ impl World {
         az: u8,
         req: &RunInstancesRequest,
         group_ids: Vec<String>,
+        shipped_host_key: Option<String>,
     ) -> (InstanceInfo, usize) {
         let f = &self.faults;
         let rng = &mut self.rng;
@@ -1256,6 +1308,8 @@ impl World {
             root_volume_gib: req.root_volume_gib,
             hidden_from_tag_filters_until_ms: 0,
             changed_seq: 0,
+            shipped_host_key,
+            imds: (req.imdsv2_required, req.imds_hop_limit),
         };
         let mut exit_kind = None;
         let mut terminated_at = None;
@@ -1299,6 +1353,62 @@ impl World {
         region.instances.push(instance);
         self.stats.instances_launched += 1;
         (info, idx)
+    }
+
+    /// GetConsoleOutput: what the guest printed, once EC2 publishes it (a while after the guest
+    /// first ran; see `console`). Terminated instances keep theirs while they are listed.
+    pub(crate) fn get_console_output(
+        &mut self,
+        region: &RegionLabel,
+        instance_id: &str,
+    ) -> Result<Option<String>, Ec2Error> {
+        let op = Operation::GetConsoleOutput;
+        self.audit.begin(op_tag(op), region.as_str(), self.now_ms);
+        self.audit.str(instance_id);
+        let ids = [instance_id.to_owned()];
+        let result = self.serve(op, region, About::Instances(&ids), |w, r| {
+            let i = w.visible_instance(op, r, instance_id)?;
+            let inst = &w.regions[r].instances[i];
+            let Some(ran) = inst.running_since().filter(|t| *t <= w.now_ms) else { return Ok(None) };
+            if w.now_ms < ran.saturating_add(w.console_delay_ms(instance_id)) {
+                return Ok(None);
+            }
+            let key = match &inst.shipped_host_key {
+                Some(key) => key.clone(),
+                None => crate::console::guest_host_key(w.seed, instance_id),
+            };
+            Ok(Some(crate::console::console_text(&inst.id, &key)))
+        });
+        self.audit.outcome(&result, |a, text| a.str(text.as_deref().unwrap_or_default()));
+        result
+    }
+
+    /// How long after its guest first ran EC2 publishes an instance's console output: drawn
+    /// from the instance's id and the seed rather than the PRNG, so that adding this did not
+    /// change any other draw of a run.
+    fn console_delay_ms(&self, instance_id: &str) -> u64 {
+        let (min, max) = (self.faults.console_delay_ms_min, self.faults.console_delay_ms_max);
+        if max <= min {
+            return min;
+        }
+        let mut h = Sha256::new();
+        h.update(self.seed.to_le_bytes());
+        h.update(instance_id.as_bytes());
+        let digest: [u8; 32] = h.finalize().into();
+        let draw = u64::from_le_bytes([
+            digest[0], digest[1], digest[2], digest[3], digest[4], digest[5], digest[6], digest[7],
+        ]);
+        min + draw % (max - min + 1)
+    }
+
+    /// What checkers may know of the guest of `instance_id`, when the instance exists.
+    pub(crate) fn guest_of(&self, instance_id: &str) -> Option<crate::console::GuestTruth> {
+        let (r, i) = self.find_instance(instance_id)?;
+        let inst = &self.regions[r].instances[i];
+        let host_key =
+            inst.shipped_host_key.clone().unwrap_or_else(|| crate::console::guest_host_key(self.seed, instance_id));
+        let console_at_ms = inst.running_since().map(|t| t.saturating_add(self.console_delay_ms(instance_id)));
+        Some(crate::console::GuestTruth { host_key, imds: inst.imds, console_at_ms })
     }
 
     /// The instance `id` if DescribeInstances can see it now, else EC2's error for it.
@@ -1927,6 +2037,10 @@ mod tests {
         assert!(valid_cidr("10.1.2.3/32"));
         assert!(!valid_cidr("10.1.2.3/33"));
         assert!(!valid_cidr("10.1.2/8"));
+        assert!(valid_cidr("::/0"));
+        assert!(valid_cidr("2001:db8::/32"));
+        assert!(!valid_cidr("2001:db8::/129"));
+        assert!(!valid_cidr("2001:db8::/+3"));
         assert!(valid_public_key(
             "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f me@host"
         ));

@@ -104,6 +104,7 @@ fn request(token: &str, key: &str, group: &str, grant: &str) -> RunInstancesRequ
         root_volume_gib: 20,
         root_device_name: "/dev/xvda".into(),
         imdsv2_required: true,
+        imds_hop_limit: 1,
         shutdown_behavior: ShutdownBehavior::Terminate,
         instance_tags: grant_tags(grant),
         volume_tags: grant_tags(grant),
@@ -299,12 +300,18 @@ async fn client_token_makes_run_instances_idempotent() {
     other.instance_type = "m6i.xlarge".into();
     assert_eq!(code(w.run(other).await), codes::IDEMPOTENT_PARAMETER_MISMATCH);
 
-    // Even after the instance terminated (and vanished from Describe) the token still names it.
+    // While it shuts down the token still names it; once it has terminated EC2 answers
+    // IdempotentInstanceTerminated (since January 2025), for good, and launches nothing.
     w.sim.terminate_instances(&us_east(), vec![first.instance_id.clone()]).await.expect("terminate");
+    let shutting = w.run(request("token-A", &key, &group, "g")).await.expect("replay while shutting down");
+    assert_eq!(
+        (shutting.instance_id.as_str(), shutting.state),
+        (first.instance_id.as_str(), InstanceState::ShuttingDown)
+    );
+    w.sleep_ms(120_000).await;
+    assert_eq!(code(w.run(request("token-A", &key, &group, "g")).await), "IdempotentInstanceTerminated");
     w.sleep_ms(2 * 3_600_000).await;
-    let after = w.run(request("token-A", &key, &group, "g")).await.expect("replay");
-    assert_eq!(after.instance_id, first.instance_id);
-    assert_eq!(after.state, InstanceState::Terminated);
+    assert_eq!(code(w.run(request("token-A", &key, &group, "g")).await), "IdempotentInstanceTerminated");
     assert_eq!(w.sim.stats().instances_launched, 1);
 
     assert_eq!(code(w.run(request(&"x".repeat(65), &key, &group, "g")).await), codes::INVALID_PARAMETER_VALUE);

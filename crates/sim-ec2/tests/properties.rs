@@ -104,6 +104,7 @@ fn run_watched(
                         root_volume_gib: 8,
                         root_device_name: "/dev/xvda".into(),
                         imdsv2_required: true,
+                        imds_hop_limit: 1,
                         shutdown_behavior: if n % 2 == 0 {
                             ShutdownBehavior::Stop
                         } else {

@@ -55,7 +55,8 @@ pub fn check_outcomes(ctx: &Context<'_>) -> Vec<Violation> {
                 .push(Violation::safety(names::ADMISSION, format!("admissible grant {grant} was refused: {err}"))),
             Outcome::ProvisionFailed(err) if !must_refuse(plan.expect) => {
                 let explained = ctx.faults.touched(grant, &plan.region, plan.arrival_unix_ms, *outcome_at_unix_ms)
-                    || mentions_deadline(err) && (plan.expect == Expect::Short || pending_at_deadline(ctx, plan));
+                    || mentions_deadline(err) && (plan.expect == Expect::Short || pending_at_deadline(ctx, plan))
+                    || (mentions_deadline(err) || err.contains("host key")) && console_too_late(ctx, plan);
                 if !explained {
                     violations.push(Violation::safety(
                         names::PROVISION,
@@ -82,6 +83,21 @@ fn pending_at_deadline(ctx: &Context<'_>, plan: &GrantPlan) -> bool {
         i.intervals.iter().any(|s| {
             s.state == aws_backend::port::InstanceState::Pending && s.from_ms <= at && s.to_ms.is_none_or(|to| to >= at)
         })
+    })
+}
+
+/// True when an instance of the grant ran but its console showed the host key only after the
+/// backend had to stop waiting for it (`guest.host_key_wait_s` after running, or the deadline):
+/// ordinary console lags can outlast a short grant.
+fn console_too_late(ctx: &Context<'_>, plan: &GrantPlan) -> bool {
+    let wait_ms = ctx.backend.config().guest.host_key_wait_s * 1_000;
+    ctx.granted_instances().filter(|(grant, _)| *grant == plan.id).any(|(_, i)| {
+        let Some(truth) = ctx.sim.guest_of(&i.instance_id) else { return false };
+        let ran = i.intervals.iter().find(|s| s.state == aws_backend::port::InstanceState::Running).map(|s| s.from_ms);
+        match (ran, truth.console_at_ms) {
+            (Some(ran), Some(shown)) => shown > plan.valid_to_unix_ms.min(ran + wait_ms),
+            _ => false,
+        }
     })
 }
 

@@ -9,6 +9,7 @@
 pub mod admission;
 pub mod deadline;
 pub mod early_end;
+pub mod guest;
 pub mod idempotency;
 pub mod ledger;
 pub mod metering;
@@ -59,8 +60,10 @@ pub mod names {
     pub const PACING: &str = "pacing";
     /// No requester's private key reaches EC2's API.
     pub const SECRETS: &str = "secrets";
+    /// The requester pins the guest's own host key; its IMDS is IMDSv2 with a hop limit of 1.
+    pub const GUEST: &str = "guest";
     /// Every checker.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 15] = [
         DEADLINE,
         EARLY_END,
         TEARDOWN,
@@ -75,6 +78,7 @@ pub mod names {
         TAGS,
         PACING,
         SECRETS,
+        GUEST,
     ];
 }
 
@@ -142,6 +146,8 @@ pub struct GrantFacts {
     pub handed_over: bool,
     /// When it did, unix ms.
     pub handed_over_at_unix_ms: u64,
+    /// What it handed over of the guest, with the simulator's truth about it.
+    pub guest: Option<guest::GuestFacts>,
 }
 
 impl Default for GrantFacts {
@@ -152,6 +158,7 @@ impl Default for GrantFacts {
             outcome_at_unix_ms: 0,
             handed_over: false,
             handed_over_at_unix_ms: 0,
+            guest: None,
         }
     }
 }
@@ -406,6 +413,7 @@ pub fn check_all(ctx: &Context<'_>, measures: &mut Measures) -> Vec<Violation> {
     violations.extend(sizing::check(ctx));
     violations.extend(tags::check(ctx));
     violations.extend(pacing::check(ctx));
+    violations.extend(guest::check(ctx));
     violations
 }
 

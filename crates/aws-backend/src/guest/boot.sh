@@ -84,6 +84,59 @@ read_vars() {
   [[ $BACKOFF_S =~ $BACKOFF_RE ]] || power_off "bad GRANT_GUEST_BACKOFF_S $(printf '%q' "$BACKOFF_S")"
 }
 
+# Refuses a login user that could become root: missing (cloud-init failed), uid 0, in a group
+# that gives root, with a sudo rule, or able to write root's PATH. Runs after arm_deadline, so a
+# lookup hanging on a name service still ends on time.
+check_login_user() {
+  local uid gids names g out e
+  uid=$(id -u "$LOGIN_USER") || power_off "the login user $LOGIN_USER does not exist"
+  [[ $uid =~ ^[1-9][0-9]*$ ]] || power_off "the login user $LOGIN_USER has uid $uid"
+  { gids=$(id -G "$LOGIN_USER") && names=$(id -nG "$LOGIN_USER"); } || power_off "id -G $LOGIN_USER failed"
+  for g in wheel sudo admin docker podman "$CONTAINER_RUNTIME"; do
+    [[ " $names " != *" $g "* ]] || power_off "the login user $LOGIN_USER is in group $g"
+  done
+  # Only sudo reads its rules (aliases, ALL, includes) as it applies them; without sudo, none can.
+  if command -v sudo >/dev/null; then
+    out=$(sudo -n -l -U "$LOGIN_USER" 2>&1)
+    if [[ $out == *"may run the following"*:$'\n'* ]]; then
+      read -r out <<<"${out#*following*:$'\n'}"
+      power_off "the login user $LOGIN_USER has a sudo rule: $out"
+    fi
+    [[ $out == *"is not allowed to run sudo"* ]] || power_off "unreadable sudo -l -U $LOGIN_USER: ${out%%$'\n'*}"
+  fi
+  out=$PATH:
+  while [[ -n $out ]]; do
+    e=${out%%:*} out=${out#*:}
+    [[ $e == /* ]] || power_off "root's PATH has the relative entry '$e'"
+    check_dirs "$e"
+    e=$(readlink -f -- "$e") && check_dirs "$e"
+  done
+  log "the login user $LOGIN_USER (uid $uid, groups $names) is unprivileged"
+}
+
+# Refuses at the first directory from $1 up to / that the login user ($uid, $gids) owns or may
+# write through a bit for all or one of its groups: above an entry, one could replace the entry;
+# for a missing entry, make it. Above the first, a sticky directory like /tmp is safe.
+check_dirs() {
+  local d=$1 first=1 o g m how
+  while :; do
+    if [[ -e $d ]]; then
+      read -r o g m <<<"$(stat -L -c '%u %g %a' -- "$d")"
+      [[ $m =~ ^[0-7]+$ ]] || power_off "cannot stat $d"
+      how=""
+      if ((first || !(8#$m & 8#1000))); then
+        ((8#$m & 8#002)) && how="world-writable"
+        ((8#$m & 8#020)) && [[ " $gids " == *" $g "* ]] && how="writable by its group $g"
+      fi
+      ((o != uid)) || how="owned by it"
+      [[ -z $how ]] || power_off "the login user $LOGIN_USER can write $d ($how), so it controls $1 on root's PATH"
+      first=0
+    fi
+    [[ $d != / ]] || return 0
+    d=${d%/*} d=${d:-/}
+  done
+}
+
 # Schedules the power-off at the deadline, or powers off now if it has passed. Runs before
 # anything is fetched, so a hung fetch or a runaway image still ends on time.
 arm_deadline() {
@@ -179,6 +232,7 @@ main() {
     arm-deadline) arm_deadline ;;
     start)
       arm_deadline
+      check_login_user
       fetch_image
       verify_image
       load_and_run

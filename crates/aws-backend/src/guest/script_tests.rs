@@ -1,12 +1,13 @@
 //! Runs the boot script under bash against a content store served on 127.0.0.1, with the
 //! power-off, timer and container commands replaced by stand-ins that only record their
-//! arguments. Each test checks the exact list of recorded commands, so "nothing else runs" is
-//! part of every assertion.
+//! arguments, and `id` and `sudo` by stand-ins describing the login user. Each test checks the
+//! exact list of recorded commands, so "nothing else runs" is part of every assertion. The
+//! PATH check looks at real directories with the real `stat`.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -40,6 +41,39 @@ if [[ $1 == load && $2 == --input ]]; then
   printf '%s\n' "loaded-sha256 ${sum%% *}" >>"$GUEST_TEST_LOG"
   printf '%b\n' "${FAKE_LOAD_OUTPUT:-Loaded image: grant/test:latest}"
 fi
+"#;
+
+/// An `id` stand-in that knows one user, `ec2-user`: `FAKE_ID_UID` is its uid (by default 4242,
+/// which owns nothing the tests make) and `FAKE_ID_GROUPS` its groups as `name:gid` pairs (by
+/// default its own group alone). Any other user does not exist. It records nothing: it only
+/// answers questions.
+const FAKE_ID: &str = r#"#!/bin/bash
+if [[ $# -ne 2 || $2 != ec2-user ]]; then
+  printf "id: '%s': no such user\n" "${2-}" >&2
+  exit 1
+fi
+names=() gids=()
+for pair in ${FAKE_ID_GROUPS:-ec2-user:4242}; do
+  names+=("${pair%%:*}")
+  gids+=("${pair##*:}")
+done
+case $1 in
+  -u) printf '%s\n' "${FAKE_ID_UID:-4242}" ;;
+  -G) printf '%s\n' "${gids[*]}" ;;
+  -nG) printf '%s\n' "${names[*]}" ;;
+  *) printf 'fake id: unexpected arguments: %s\n' "$*" >&2; exit 2 ;;
+esac
+"#;
+
+/// A `sudo` stand-in for `sudo -n -l -U USER` only: prints `FAKE_SUDO_LIST` (by default that
+/// USER may not run sudo, in sudo's words) and exits with `FAKE_SUDO_EXIT`. It records nothing.
+const FAKE_SUDO: &str = r#"#!/bin/bash
+if [[ $# -ne 4 || $1 != -n || $2 != -l || $3 != -U ]]; then
+  printf 'fake sudo: unexpected arguments: %s\n' "$*" >&2
+  exit 2
+fi
+printf '%b\n' "${FAKE_SUDO_LIST:-User $4 is not allowed to run sudo on guest.}"
+exit "${FAKE_SUDO_EXIT:-0}"
 "#;
 
 static NEXT_DIR: AtomicUsize = AtomicUsize::new(0);
@@ -113,22 +147,15 @@ fn now_unix_s() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_secs()
 }
 
-/// One run of the boot script in a fresh directory.
-struct Guest {
+/// A fresh directory holding the stand-ins, where one run of the boot script happens. A test
+/// may make directories in it and put them on the front of the script's PATH first.
+struct Machine {
     dir: PathBuf,
-    output: Output,
+    path_first: Vec<String>,
 }
 
-impl Guest {
-    /// Renders the user data for `cfg` and `spec`, writes the script and vars file from it
-    /// into a fresh directory, and runs `boot.sh <mode> vars` with the stand-ins first on PATH.
-    fn boot(cfg: &GuestConfig, spec: &GuestSpec<'_>, mode: &str, env: &[(&str, &str)]) -> Self {
-        let user_data = render_user_data(cfg, spec).expect("renders");
-        let document = parse(&user_data);
-        Self::run(written_file(&document, BOOT_SCRIPT_PATH), written_file(&document, VARS_PATH), mode, env)
-    }
-
-    fn run(script: &str, vars: &str, mode: &str, env: &[(&str, &str)]) -> Self {
+impl Machine {
+    fn new() -> Self {
         let dir = std::env::temp_dir().join(format!(
             "guest-script-{}-{}",
             std::process::id(),
@@ -136,6 +163,12 @@ impl Guest {
         ));
         let bin = dir.join("bin");
         std::fs::create_dir_all(&bin).expect("create the stand-in directory");
+        // Whatever the umask, the stand-ins' directory and the one above it are writable by
+        // their owner alone, who is not the login user unless a test says so, so the PATH
+        // check passes over them.
+        for made in [&dir, &bin] {
+            std::fs::set_permissions(made, std::fs::Permissions::from_mode(0o755)).expect("chmod the directory");
+        }
         for (name, text) in [
             ("docker", FAKE_RUNTIME),
             ("podman", FAKE_RUNTIME),
@@ -145,23 +178,56 @@ impl Guest {
             ("systemd-run", RECORDER),
             ("reboot", RECORDER),
             ("halt", RECORDER),
+            ("id", FAKE_ID),
+            ("sudo", FAKE_SUDO),
         ] {
             let path = bin.join(name);
             std::fs::write(&path, text).expect("write a stand-in");
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod a stand-in");
         }
+        std::fs::write(dir.join("log"), "").expect("create the log");
+        Self { dir, path_first: Vec::new() }
+    }
+
+    /// Makes the directory `name` (and any missing above it) in the machine's directory, with
+    /// `mode`.
+    fn make_dir(&self, name: &str, mode: u32) -> PathBuf {
+        let path = self.dir.join(name);
+        std::fs::create_dir_all(&path).expect("create a directory");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod a directory");
+        path
+    }
+
+    /// Puts `entry` on the script's PATH, before the stand-ins and after entries put there
+    /// earlier.
+    fn put_on_path(&mut self, entry: impl AsRef<Path>) {
+        self.path_first.push(entry.as_ref().display().to_string());
+    }
+
+    /// Renders the user data for `cfg` and `spec`, writes the script and vars file from it and
+    /// runs `boot.sh <mode> vars`.
+    fn boot(self, cfg: &GuestConfig, spec: &GuestSpec<'_>, mode: &str, env: &[(&str, &str)]) -> Guest {
+        let user_data = render_user_data(cfg, spec).expect("renders");
+        let document = parse(&user_data);
+        self.run(written_file(&document, BOOT_SCRIPT_PATH), written_file(&document, VARS_PATH), mode, env)
+    }
+
+    /// Runs `script <mode> vars` with the test's entries and then the stand-ins first on PATH.
+    fn run(self, script: &str, vars: &str, mode: &str, env: &[(&str, &str)]) -> Guest {
+        let dir = &self.dir;
         std::fs::write(dir.join("boot.sh"), script).expect("write the script");
         std::fs::write(dir.join("vars"), vars).expect("write the vars file");
-        std::fs::write(dir.join("log"), "").expect("create the log");
-        let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+        let mut path = self.path_first.clone();
+        path.push(dir.join("bin").display().to_string());
+        path.push(std::env::var("PATH").unwrap_or_default());
         let mut command = Command::new("timeout");
         command
             .args(["60", "bash"])
             .arg(dir.join("boot.sh"))
             .arg(mode)
             .arg(dir.join("vars"))
-            .current_dir(&dir)
-            .env("PATH", path)
+            .current_dir(dir)
+            .env("PATH", path.join(":"))
             .env("GUEST_TEST_LOG", dir.join("log"))
             .env("GRANT_GUEST_WORK_DIR", dir.join("work"))
             .env("GRANT_GUEST_BACKOFF_S", "0")
@@ -172,12 +238,40 @@ impl Guest {
         }
         command.envs(env.iter().copied());
         let output = command.output().expect("run bash");
-        Self { dir, output }
+        Guest { machine: self, output }
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One run of the boot script.
+struct Guest {
+    machine: Machine,
+    output: Output,
+}
+
+impl Guest {
+    /// Runs the boot script for `cfg` and `spec` on a fresh machine.
+    fn boot(cfg: &GuestConfig, spec: &GuestSpec<'_>, mode: &str, env: &[(&str, &str)]) -> Self {
+        Machine::new().boot(cfg, spec, mode, env)
+    }
+
+    /// Runs `script` with `vars` on a fresh machine.
+    fn run(script: &str, vars: &str, mode: &str, env: &[(&str, &str)]) -> Self {
+        Machine::new().run(script, vars, mode, env)
     }
 
     /// The recorded commands, one per line.
     fn log(&self) -> Vec<String> {
-        std::fs::read_to_string(self.dir.join("log")).expect("read the log").lines().map(str::to_owned).collect()
+        std::fs::read_to_string(self.machine.dir.join("log"))
+            .expect("read the log")
+            .lines()
+            .map(str::to_owned)
+            .collect()
     }
 
     fn stderr(&self) -> String {
@@ -185,7 +279,7 @@ impl Guest {
     }
 
     fn work(&self) -> PathBuf {
-        self.dir.join("work")
+        self.machine.dir.join("work")
     }
 
     /// Asserts that the script failed, powered off and logged `reason`, and that the recorded
@@ -198,12 +292,6 @@ impl Guest {
         assert!(self.stderr().contains(reason), "stderr should say {reason:?}:\n{}", self.stderr());
         assert!(!exists_nonempty(&self.work().join("image.tar")), "a refused image must not be kept");
         assert!(!exists_nonempty(&self.work().join("image.partial")), "a refused image must not be kept");
-    }
-}
-
-impl Drop for Guest {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -416,4 +504,282 @@ fn a_hostile_vars_file_runs_nothing() {
     let guest = Guest::run(BOOT_SCRIPT, &good, "reboot", &[]);
     guest.assert_refused("unknown mode", &[]);
     assert!(!witness.exists());
+}
+
+/// Boots `start` on `machine` against a store holding a good image, for `login_user` and
+/// `runtime`, with the login user described to the `id` and `sudo` stand-ins by `env`, and
+/// asserts that the script refused for `reason` right after arming the deadline: nothing was
+/// fetched, loaded or run.
+fn assert_login_user_refused(machine: Machine, login_user: &str, runtime: &str, env: &[(&str, &str)], reason: &str) {
+    let image = image_bytes();
+    let hash = sha256(&image);
+    let store = ContentStore::serve(HashMap::from([(format!("/blobs/{hash}"), image)]));
+    let cfg = GuestConfig {
+        login_user: login_user.to_owned(),
+        container_runtime: runtime.to_owned(),
+        ..store_config(store.port)
+    };
+    let valid_to = now_unix_s() + 3_600;
+    let guest = machine.boot(&cfg, &spec(hash, valid_to), "start", env);
+    guest.assert_refused(reason, &arming(&guest.log(), valid_to + 120));
+    assert!(store.requests().is_empty(), "nothing may be fetched for a privileged login user");
+}
+
+#[test]
+fn an_unprivileged_login_user_gets_the_machine() {
+    // Directories on PATH that look close to writable but are not: one below a sticky
+    // world-writable directory, a missing one below a closed directory, a link to a closed
+    // directory, and a group-writable one whose group the user is not in.
+    let mut machine = Machine::new();
+    machine.make_dir("sticky", 0o1777);
+    let below_sticky = machine.make_dir("sticky/bin", 0o755);
+    let closed = machine.make_dir("closed", 0o755);
+    let link = machine.dir.join("link");
+    std::os::unix::fs::symlink(&closed, &link).expect("make a link");
+    let other_group = machine.make_dir("other-group", 0o775);
+    let other_gid = std::fs::metadata(&other_group).expect("stat").gid();
+    for entry in [below_sticky, closed.join("missing"), link, other_group] {
+        machine.put_on_path(entry);
+    }
+    let groups = format!("ec2-user:{} adm:{}", other_gid + 1, other_gid + 2);
+
+    let image = image_bytes();
+    let hash = sha256(&image);
+    let store = ContentStore::serve(HashMap::from([(format!("/blobs/{hash}"), image)]));
+    let valid_to = now_unix_s() + 3_600;
+    let spec = spec(hash, valid_to);
+    let guest = machine.boot(&store_config(store.port), &spec, "start", &[("FAKE_ID_GROUPS", &groups)]);
+    assert!(guest.output.status.success(), "stderr:\n{}", guest.stderr());
+    let mut expected = arming(&guest.log(), valid_to + 120);
+    expected.extend([
+        "systemctl start docker.service".to_owned(),
+        format!("docker load --input {}", guest.work().join("image.tar").display()),
+        format!("loaded-sha256 {hash}"),
+        format!(
+            "docker run --detach --pull=never --restart=unless-stopped --name grant-{} grant/test:latest",
+            spec.grant_id.short()
+        ),
+    ]);
+    assert_eq!(guest.log(), expected, "stderr:\n{}", guest.stderr());
+    assert!(
+        guest.stderr().contains("the login user ec2-user (uid 4242, groups ec2-user adm) is unprivileged"),
+        "the check must say whom it passed:\n{}",
+        guest.stderr()
+    );
+}
+
+#[test]
+fn a_missing_login_user_is_refused() {
+    assert_login_user_refused(
+        Machine::new(),
+        "grant-ghost",
+        "docker",
+        &[],
+        "the login user grant-ghost does not exist",
+    );
+}
+
+#[test]
+fn a_login_user_with_uid_0_is_refused() {
+    let uid = [("FAKE_ID_UID", "0")];
+    assert_login_user_refused(Machine::new(), "ec2-user", "docker", &uid, "the login user ec2-user has uid 0");
+}
+
+#[test]
+fn a_login_user_in_wheel_is_refused() {
+    let groups = [("FAKE_ID_GROUPS", "ec2-user:4242 adm:4 wheel:10")];
+    assert_login_user_refused(
+        Machine::new(),
+        "ec2-user",
+        "docker",
+        &groups,
+        "the login user ec2-user is in group wheel",
+    );
+}
+
+#[test]
+fn a_login_user_in_sudo_is_refused() {
+    let groups = [("FAKE_ID_GROUPS", "ec2-user:4242 sudo:27")];
+    assert_login_user_refused(
+        Machine::new(),
+        "ec2-user",
+        "docker",
+        &groups,
+        "the login user ec2-user is in group sudo",
+    );
+}
+
+#[test]
+fn a_login_user_in_admin_is_refused() {
+    let groups = [("FAKE_ID_GROUPS", "admin:4242")];
+    assert_login_user_refused(
+        Machine::new(),
+        "ec2-user",
+        "docker",
+        &groups,
+        "the login user ec2-user is in group admin",
+    );
+}
+
+#[test]
+fn a_login_user_in_docker_is_refused() {
+    let groups = [("FAKE_ID_GROUPS", "ec2-user:4242 docker:993")];
+    assert_login_user_refused(
+        Machine::new(),
+        "ec2-user",
+        "docker",
+        &groups,
+        "the login user ec2-user is in group docker",
+    );
+}
+
+#[test]
+fn a_login_user_in_the_runtimes_group_is_refused_when_podman_runs_the_image() {
+    let groups = [("FAKE_ID_GROUPS", "ec2-user:4242 podman:992")];
+    assert_login_user_refused(
+        Machine::new(),
+        "ec2-user",
+        "podman",
+        &groups,
+        "the login user ec2-user is in group podman",
+    );
+}
+
+#[test]
+fn a_login_user_with_a_sudo_rule_is_refused() {
+    let listing = "Matching Defaults entries for ec2-user on guest:\\n    env_reset, secure_path=/usr/bin\\n\\n\
+                   User ec2-user may run the following commands on guest:\\n    (ALL) NOPASSWD: ALL";
+    assert_login_user_refused(
+        Machine::new(),
+        "ec2-user",
+        "docker",
+        &[("FAKE_SUDO_LIST", listing)],
+        "the login user ec2-user has a sudo rule: (ALL) NOPASSWD: ALL",
+    );
+}
+
+/// A sudo whose answer the script cannot read is no answer: it refuses rather than guess.
+#[test]
+fn an_unreadable_sudo_listing_is_refused() {
+    assert_login_user_refused(
+        Machine::new(),
+        "ec2-user",
+        "docker",
+        &[("FAKE_SUDO_LIST", "sudo: /etc/sudoers is world writable"), ("FAKE_SUDO_EXIT", "1")],
+        "unreadable sudo -l -U ec2-user: sudo: /etc/sudoers is world writable",
+    );
+}
+
+#[test]
+fn a_path_directory_the_login_user_owns_is_refused() {
+    let mut machine = Machine::new();
+    // Owned and closed to everyone else: the owner can still chmod it.
+    let owned = machine.make_dir("owned", 0o555);
+    // As root the test gives the directory to the stand-in's default uid; otherwise it cannot,
+    // and tells the stand-in that the login user is the test's own user instead.
+    let mut uid = std::fs::metadata(&owned).expect("stat").uid();
+    if uid == 0 {
+        std::os::unix::fs::chown(&owned, Some(4242), None).expect("chown as root");
+        uid = 4242;
+    }
+    machine.put_on_path(&owned);
+    assert_login_user_refused(
+        machine,
+        "ec2-user",
+        "docker",
+        &[("FAKE_ID_UID", &uid.to_string())],
+        &format!(
+            "the login user ec2-user can write {0} (owned by it), so it controls {0} on root's PATH",
+            owned.display()
+        ),
+    );
+}
+
+#[test]
+fn a_group_writable_path_directory_is_refused() {
+    let mut machine = Machine::new();
+    let shared = machine.make_dir("shared", 0o775);
+    let gid = std::fs::metadata(&shared).expect("stat").gid();
+    machine.put_on_path(&shared);
+    assert_login_user_refused(
+        machine,
+        "ec2-user",
+        "docker",
+        &[("FAKE_ID_GROUPS", &format!("ec2-user:4242 builders:{gid}"))],
+        &format!(
+            "the login user ec2-user can write {0} (writable by its group {gid}), so it controls {0} on root's PATH",
+            shared.display()
+        ),
+    );
+}
+
+#[test]
+fn a_world_writable_path_directory_is_refused() {
+    // The sticky bit does not help on PATH itself: creating a new name there is enough.
+    for mode in [0o777, 0o1777] {
+        let mut machine = Machine::new();
+        let open = machine.make_dir("open", mode);
+        machine.put_on_path(&open);
+        let reason = format!(
+            "the login user ec2-user can write {0} (world-writable), so it controls {0} on root's PATH",
+            open.display()
+        );
+        assert_login_user_refused(machine, "ec2-user", "docker", &[], &reason);
+    }
+}
+
+/// A directory above a PATH entry, or above where a missing entry would be, or behind a link,
+/// lets the user put its own directory in the entry's place.
+#[test]
+fn a_path_entry_the_login_user_can_replace_is_refused() {
+    type Setup = fn(&Machine) -> (PathBuf, String);
+    let cases: [Setup; 4] = [
+        |m| {
+            let open = m.make_dir("open", 0o777);
+            let bin = m.make_dir("open/bin", 0o755);
+            let reason = format!("can write {} (world-writable), so it controls {} on", open.display(), bin.display());
+            (bin, reason)
+        },
+        |m| {
+            let open = m.make_dir("open", 0o777);
+            let missing = open.join("missing");
+            let reason =
+                format!("can write {} (world-writable), so it controls {} on", open.display(), missing.display());
+            (missing, reason)
+        },
+        |m| {
+            let open = m.make_dir("open", 0o777);
+            let link = m.dir.join("link");
+            std::os::unix::fs::symlink(&open, &link).expect("make a link");
+            (link.clone(), format!("can write {0} (world-writable), so it controls {0} on", link.display()))
+        },
+        |m| {
+            // The link and everything above it are closed; the writable directory is above
+            // its target.
+            m.make_dir("open", 0o777);
+            let bin = m.make_dir("open/bin", 0o755);
+            let link = m.dir.join("link");
+            std::os::unix::fs::symlink(&bin, &link).expect("make a link");
+            let bin = std::fs::canonicalize(&bin).expect("canonical path");
+            let open = bin.parent().expect("a parent").to_owned();
+            let reason = format!("can write {} (world-writable), so it controls {} on", open.display(), bin.display());
+            (link, reason)
+        },
+    ];
+    for setup in cases {
+        let mut machine = Machine::new();
+        let (entry, reason) = setup(&machine);
+        machine.put_on_path(entry);
+        assert_login_user_refused(machine, "ec2-user", "docker", &[], &reason);
+    }
+}
+
+#[test]
+fn a_relative_path_entry_is_refused() {
+    for entry in [".", "", "bin"] {
+        let mut machine = Machine::new();
+        machine.put_on_path(entry);
+        let reason = format!("root's PATH has the relative entry '{entry}'");
+        assert_login_user_refused(machine, "ec2-user", "docker", &[], &reason);
+    }
 }

@@ -23,13 +23,23 @@ pub(super) fn spec(image_hash: ImageHash, valid_to_unix_s: u64) -> GuestSpec<'st
         grant_id: GrantId([0xab; 32]),
         image_hash,
         authorized_key_openssh: &LOGIN_KEY.public_openssh,
-        host_key: &HOST_KEY,
+        host_key: None,
         valid_to_unix_s,
     }
 }
 
+/// [`spec`] with the backend's host key shipped in the user data (the `user_data` opt-in).
+pub(super) fn spec_shipping_host_key(image_hash: ImageHash, valid_to_unix_s: u64) -> GuestSpec<'static> {
+    GuestSpec { host_key: Some(&HOST_KEY), ..spec(image_hash, valid_to_unix_s) }
+}
+
 fn config() -> GuestConfig {
     GuestConfig::with_content_store("https://store.example/blobs/{hash}")
+}
+
+/// [`config`] with `host_keys = "user_data"`.
+fn config_shipping_host_key() -> GuestConfig {
+    GuestConfig { host_keys: HostKeys::UserData, ..config() }
 }
 
 /// The JSON document after the `#cloud-config` line.
@@ -73,20 +83,28 @@ fn assert_structure(user_data: &str, cfg: &GuestConfig, spec: &GuestSpec<'_>) {
     let document = parse(user_data);
     let mut keys: Vec<&str> = document.as_object().expect("a mapping").keys().map(String::as_str).collect();
     keys.sort_unstable();
-    assert_eq!(
-        keys,
-        [
-            "allow_public_ssh_keys",
-            "disable_root",
-            "runcmd",
-            "ssh_deletekeys",
-            "ssh_genkeytypes",
-            "ssh_keys",
-            "ssh_pwauth",
-            "users",
-            "write_files"
-        ]
-    );
+    let mut expected = vec![
+        "allow_public_ssh_keys",
+        "disable_root",
+        "runcmd",
+        "ssh",
+        "ssh_deletekeys",
+        "ssh_genkeytypes",
+        "ssh_pwauth",
+        "users",
+        "write_files",
+    ];
+    if spec.host_key.is_some() {
+        expected.insert(6, "ssh_keys");
+    }
+    assert_eq!(keys, expected);
+    // The login key's private half never travels; no private key does unless the operator
+    // opted in to shipping the host key.
+    assert_no_private_key(user_data, &LOGIN_KEY);
+    if cfg.host_keys == HostKeys::Guest {
+        assert!(!user_data.contains("PRIVATE KEY"), "private key material in the default user data");
+        assert_no_private_key(user_data, &HOST_KEY);
+    }
 
     // Only the per-grant key, in canonical form, for the configured user.
     let canonical = PublicKey::from_openssh(spec.authorized_key_openssh)
@@ -105,13 +123,17 @@ fn assert_structure(user_data: &str, cfg: &GuestConfig, spec: &GuestSpec<'_>) {
     assert_eq!(document["ssh_pwauth"], false);
     assert_eq!(document["allow_public_ssh_keys"], false);
     assert_eq!(document["ssh_deletekeys"], true);
-    assert_eq!(
-        document["ssh_keys"],
-        json!({
-            "ed25519_private": spec.host_key.private_openssh.expose(),
-            "ed25519_public": spec.host_key.public_openssh,
-        })
-    );
+    assert_eq!(document["ssh_genkeytypes"], json!(["ed25519"]));
+    assert_eq!(document["ssh"], json!({ "emit_keys_to_console": true }));
+    if let Some(host_key) = spec.host_key {
+        assert_eq!(
+            document["ssh_keys"],
+            json!({
+                "ed25519_private": host_key.private_openssh.expose(),
+                "ed25519_public": host_key.public_openssh,
+            })
+        );
+    }
 
     // The script and the hook are constant; only the vars file differs between grants.
     assert_eq!(document["write_files"].as_array().map(Vec::len), Some(3));
@@ -124,7 +146,15 @@ fn assert_structure(user_data: &str, cfg: &GuestConfig, spec: &GuestSpec<'_>) {
     let keys: Vec<&str> = lines.iter().map(|(k, _)| *k).collect();
     assert_eq!(
         keys,
-        ["GRANT_ID", "IMAGE_SHA256", "IMAGE_URL", "CONTAINER_RUNTIME", "FETCH_ATTEMPTS", "POWEROFF_AT_UNIX_S", "LOGIN_USER"]
+        [
+            "GRANT_ID",
+            "IMAGE_SHA256",
+            "IMAGE_URL",
+            "CONTAINER_RUNTIME",
+            "FETCH_ATTEMPTS",
+            "POWEROFF_AT_UNIX_S",
+            "LOGIN_USER"
+        ]
     );
     for (key, value) in &lines {
         assert!(vars_value_ok(key, value), "{key}={value:?} is outside the script's character set");
@@ -190,10 +220,16 @@ fn cloud_init_accepts_the_user_data() {
         container_runtime: "podman".into(),
         fetch_attempts: 20,
         deadline_grace_s: DEADLINE_GRACE_S_MAX,
+        host_keys: HostKeys::Guest,
+        host_key_wait_s: 600,
     };
     let base = spec(ImageHash([0x11; 32]), 1_800_000_000);
     let hostile = GuestSpec { authorized_key_openssh: &hostile_comment_key, ..base };
-    for (name, cfg, spec) in [("plain", &plain, &base), ("ipv6-podman", &ipv6, &hostile)] {
+    let shipping = config_shipping_host_key();
+    let shipped = spec_shipping_host_key(ImageHash([0x11; 32]), 1_800_000_000);
+    for (name, cfg, spec) in
+        [("plain", &plain, &base), ("ipv6-podman", &ipv6, &hostile), ("host-key-in-user-data", &shipping, &shipped)]
+    {
         let user_data = render_user_data(cfg, spec).expect("renders");
         assert_structure(&user_data, cfg, spec);
         assert_cloud_init_accepts(&user_data, name);
@@ -290,8 +326,8 @@ fn unusable_host_keys_are_refused_without_printing_the_private_half() {
     for (pair, problem) in
         [(&mismatched, "does not match"), (&garbage, "not an OpenSSH private key"), (&two_lines, "one printable")]
     {
-        let spec = GuestSpec { host_key: pair, ..spec(ImageHash([0; 32]), 0) };
-        let message = render_user_data(&config(), &spec).expect_err(problem).to_string();
+        let spec = GuestSpec { host_key: Some(pair), ..spec(ImageHash([0; 32]), 0) };
+        let message = render_user_data(&config_shipping_host_key(), &spec).expect_err(problem).to_string();
         assert!(message.contains(problem) && message.contains("ed25519_from_seed"), "{message}");
         assert!(!message.contains("PRIVATE KEY"), "the private half leaked: {message}");
     }
@@ -311,8 +347,8 @@ fn a_deadline_past_year_9999_is_refused() {
 fn oversized_user_data_is_refused_naming_the_size() {
     // The host key's comment is repeated in both halves; a long one pushes the size over.
     let bulky = SshKeyPair::ed25519_from_seed([4; 32], &"c".repeat(6_000)).expect("key");
-    let spec = GuestSpec { host_key: &bulky, ..spec(ImageHash([0; 32]), 0) };
-    let err = render_user_data(&config(), &spec).expect_err("too large");
+    let spec = GuestSpec { host_key: Some(&bulky), ..spec(ImageHash([0; 32]), 0) };
+    let err = render_user_data(&config_shipping_host_key(), &spec).expect_err("too large");
     let message = err.to_string();
     let GuestError::TooLarge { size_bytes, max_bytes } = err else { panic!("expected TooLarge, got {message}") };
     assert!(size_bytes > USER_DATA_MAX_BYTES && max_bytes == USER_DATA_MAX_BYTES);
@@ -349,6 +385,8 @@ fn config_strategy() -> impl Strategy<Value = GuestConfig> {
             container_runtime,
             fetch_attempts,
             deadline_grace_s,
+            host_keys: HostKeys::Guest,
+            host_key_wait_s: 600,
         },
     )
 }
@@ -375,7 +413,7 @@ proptest! {
             grant_id: GrantId(grant_id),
             image_hash: ImageHash(image_hash),
             authorized_key_openssh: &key,
-            host_key: &HOST_KEY,
+            host_key: None,
             valid_to_unix_s,
         };
         match render_user_data(&cfg, &spec) {
@@ -405,6 +443,8 @@ fn valid_config_strategy() -> impl Strategy<Value = GuestConfig> {
             container_runtime,
             fetch_attempts,
             deadline_grace_s,
+            host_keys: HostKeys::Guest,
+            host_key_wait_s: 600,
         })
 }
 
@@ -422,7 +462,7 @@ proptest! {
             grant_id: GrantId(grant_id),
             image_hash: ImageHash(image_hash),
             authorized_key_openssh: &key,
-            host_key: &HOST_KEY,
+            host_key: None,
             valid_to_unix_s,
         };
         let user_data = render_user_data(&cfg, &spec);
@@ -431,4 +471,66 @@ proptest! {
             assert_structure(&user_data, &cfg, &spec);
         }
     }
+}
+
+/// Asserts that no line of `pair`'s private key body that is particular to it appears in `text`
+/// (the first lines of every OpenSSH ed25519 private key are the same format header).
+fn assert_no_private_key(text: &str, pair: &SshKeyPair) {
+    static REFERENCE: LazyLock<SshKeyPair> =
+        LazyLock::new(|| SshKeyPair::ed25519_from_seed([77; 32], "reference").expect("reference key"));
+    let common: Vec<&str> = REFERENCE.private_openssh.expose().lines().collect();
+    let particular = pair.private_openssh.expose().lines().filter(|l| !l.starts_with("-----") && !common.contains(l));
+    let mut checked = 0;
+    for line in particular {
+        checked += 1;
+        assert!(!text.contains(line), "a line of a private key is in the user data");
+    }
+    assert!(checked > 0, "the private key has lines of its own to look for");
+}
+
+#[test]
+fn the_default_ships_no_host_key_and_the_opt_in_ships_the_backends() {
+    let guest = render_user_data(&config(), &spec(ImageHash([0; 32]), 0)).expect("renders");
+    assert!(parse(&guest).get("ssh_keys").is_none());
+    let shipped =
+        render_user_data(&config_shipping_host_key(), &spec_shipping_host_key(ImageHash([0; 32]), 0)).expect("renders");
+    assert_eq!(parse(&shipped)["ssh_keys"]["ed25519_public"], HOST_KEY.public_openssh);
+    // A mode and a key that disagree are refused, naming the setting.
+    let mixed = render_user_data(&config(), &spec_shipping_host_key(ImageHash([0; 32]), 0)).expect_err("mixed");
+    assert!(mixed.to_string().contains("host_keys") && !mixed.to_string().contains("PRIVATE KEY"), "{mixed}");
+    let missing = render_user_data(&config_shipping_host_key(), &spec(ImageHash([0; 32]), 0)).expect_err("missing");
+    assert!(missing.to_string().contains("user_data"), "{missing}");
+}
+
+#[test]
+fn the_host_key_is_read_from_cloud_inits_console_block() {
+    let public = HOST_KEY.public_openssh.split(' ').take(2).collect::<Vec<_>>().join(" ");
+    let console = format!(
+        "[   12.3] cloud-init[901]: Cloud-init v. 22.2.2 running 'modules:final'\r\n\
+         ec2: #############################################################\r\n\
+         ec2: -----BEGIN SSH HOST KEY FINGERPRINTS-----\r\n\
+         ec2: 256 SHA256:abc root@ip-10-0-0-1 (ED25519)\r\n\
+         ec2: -----END SSH HOST KEY FINGERPRINTS-----\r\n\
+         -----BEGIN SSH HOST KEY KEYS-----\r\n\
+         {public} root@ip-10-0-0-1\r\n\
+         -----END SSH HOST KEY KEYS-----\r\n"
+    );
+    assert_eq!(host_key_from_console(&console), Ok(Some(public.clone())));
+    // Nothing yet, or a block still being written: keep waiting.
+    assert_eq!(host_key_from_console(""), Ok(None));
+    let partial = console.split("-----END SSH HOST KEY KEYS").next().expect("a prefix").to_owned();
+    assert_eq!(host_key_from_console(&partial), Ok(None));
+    // A block without an ed25519 key, or with a damaged one, is refused with the reason.
+    let rsa_only = "-----BEGIN SSH HOST KEY KEYS-----\nssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQC root@x\n-----END SSH HOST KEY KEYS-----\n";
+    assert!(host_key_from_console(rsa_only).expect_err("no ed25519").contains("ed25519"));
+    let damaged = console.replace(&public, "ssh-ed25519 AAAA!!!");
+    assert!(host_key_from_console(&damaged).is_err());
+    // The same block printed again (a reboot) is fine; a second, different key is refused.
+    assert_eq!(host_key_from_console(&format!("{console}{console}")), Ok(Some(public.clone())));
+    let other = SshKeyPair::ed25519_from_seed([9; 32], "other").expect("key");
+    let two = format!(
+        "{console}-----BEGIN SSH HOST KEY KEYS-----\n{}\n-----END SSH HOST KEY KEYS-----\n",
+        other.public_openssh
+    );
+    assert!(host_key_from_console(&two).expect_err("two keys").contains("two different"));
 }
