@@ -389,7 +389,18 @@ pub fn host_key_from_console(console: &str) -> Result<Option<String>, String> {
 }
 
 fn ed25519_in_block(lines: &[&str]) -> Result<String, String> {
-    let Some(line) = lines.iter().find(|l| l.starts_with("ssh-ed25519 ")) else {
+    let ed25519: Vec<&str> = lines.iter().copied().filter(|l| l.starts_with("ssh-ed25519 ")).collect();
+    let body = |l: &str| l.split(' ').nth(1).map(str::to_owned);
+    // cloud-init prints one key per type; a second, different one was written by someone else.
+    if let Some(other) = ed25519.iter().skip(1).find(|l| body(l) != body(ed25519[0])) {
+        return Err(format!(
+            "the console's host key block holds two different ssh-ed25519 keys ({} and {}): only cloud-init should print one",
+            shown(ed25519[0]),
+            shown(other)
+        ));
+    }
+    let first = ed25519.first();
+    let Some(line) = first else {
         return Err(format!(
             "the console's host key block has no ssh-ed25519 key (it lists {}): the AMI's cloud-init must generate ed25519 host keys",
             lines.iter().map(|l| l.split(' ').next().unwrap_or_default()).collect::<Vec<_>>().join(", ")

@@ -92,12 +92,18 @@ impl<S: EventStore> SharedLedger<S> {
 
     /// Asks the store to recover from a failed append (see [`EventStore::heal`]).
     pub fn heal(&self) -> Result<(), LedgerError> {
-        Ok(lock(&self.store).heal()?)
+        let healed = lock(&self.store).heal();
+        // An appender that found the store held while it healed waits for a word.
+        self.settled.send_modify(|n| *n += 1);
+        Ok(healed?)
     }
 
     /// Runs `f` on the store, while no group is being written.
     pub fn with_store<T>(&self, f: impl FnOnce(&S) -> T) -> T {
-        f(&lock(&self.store))
+        let value = f(&lock(&self.store));
+        // As in `heal`: whoever found the store held waits for a word.
+        self.settled.send_modify(|n| *n += 1);
+        value
     }
 
     /// Waits until `group` is settled, leading a write when the store is free.

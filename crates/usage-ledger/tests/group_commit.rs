@@ -208,3 +208,37 @@ async fn after_a_failure_each_later_group_settles_only_its_own_records() {
     assert_eq!(shared.with_books(|b| b.grant(&x).map(|s| s.next_seq())), Some(1));
     assert_eq!(shared.with_books(|b| b.record_count()), 1);
 }
+
+/// A store whose heal takes a while (a slow disk being cut back).
+struct SlowHeal {
+    inner: MemoryStore,
+}
+
+impl EventStore for SlowHeal {
+    fn append(&mut self, records: &[Record]) -> Result<(), StoreError> {
+        self.inner.append(records)
+    }
+
+    fn heal(&mut self) -> Result<(), StoreError> {
+        std::thread::sleep(Duration::from_millis(300));
+        Err(StoreError::Injected)
+    }
+}
+
+/// An append that finds the store held by a heal is not forgotten: it is written once the heal
+/// lets go, even when no other append ever comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_waiting_out_a_heal_is_written_after_it() {
+    let memory = MemoryStore::new();
+    let shared = Arc::new(SharedLedger::new(Ledger::empty(SlowHeal { inner: memory.clone() })));
+    let healing = tokio::task::spawn_blocking({
+        let shared = shared.clone();
+        move || shared.heal()
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let append = shared.append(grant(3), 1_700_000_000_000, reaped(3));
+    let result = tokio::time::timeout(Duration::from_secs(5), append).await;
+    assert!(matches!(result, Ok(Ok(_))), "the append hung or failed: {result:?}");
+    assert!(healing.await.unwrap().is_err());
+    assert_eq!(memory.records().len(), 1);
+}

@@ -525,6 +525,12 @@ fn the_host_key_is_read_from_cloud_inits_console_block() {
     assert!(host_key_from_console(rsa_only).expect_err("no ed25519").contains("ed25519"));
     let damaged = console.replace(&public, "ssh-ed25519 AAAA!!!");
     assert!(host_key_from_console(&damaged).is_err());
+    // A block with a second, different ed25519 line (someone else wrote into it) is refused.
+    let injected = console.replace(
+        &public,
+        &format!("{public}\nssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f x"),
+    );
+    assert!(host_key_from_console(&injected).expect_err("two in one block").contains("two different"));
     // The same block printed again (a reboot) is fine; a second, different key is refused.
     assert_eq!(host_key_from_console(&format!("{console}{console}")), Ok(Some(public.clone())));
     let other = SshKeyPair::ed25519_from_seed([9; 32], "other").expect("key");
