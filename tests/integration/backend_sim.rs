@@ -47,6 +47,25 @@ impl Rig {
         self.cfg.almanac.unix_ms_to_tick(self.clock.now_unix_ms())
     }
 
+    /// Provisions `g` on a backend that crashes right after its first RunInstances took
+    /// effect, and waits until it has.
+    pub async fn crash_after_run_instances(&self, g: &ComputeGrant<'_>) {
+        let crashing =
+            Arc::new(CrashingPort::new(self.sim.clone(), CrashPoint::Operation(Operation::RunInstances), true));
+        let doomed = self.backend_over(crashing.clone()).await;
+        let m = g.manifest.clone();
+        let (id, valid_from, valid_to) = (g.id, g.valid_from, g.valid_to);
+        let task = tokio::spawn(async move {
+            let g = ComputeGrant { id, manifest: &m, valid_from, valid_to };
+            let _ = doomed.provision(&g, &us_east()).await;
+        });
+        while !crashing.crashed() {
+            self.clock.sleep_ms(100).await;
+        }
+        task.abort();
+        let _ = task.await;
+    }
+
     /// Resources of `grant` that still exist, as ground truth sees them.
     pub fn left_of(&self, grant: &GrantId) -> Vec<String> {
         self.sim
@@ -148,19 +167,7 @@ async fn a_crash_between_run_instances_and_its_record_then_a_retry_launches_no_s
     let rig = Rig::new(4, FaultConfig::default());
     let m = manifest();
     let g = grant(3, &m, rig.now_tick(), 1_800);
-    let crashing = Arc::new(CrashingPort::new(rig.sim.clone(), CrashPoint::Operation(Operation::RunInstances), true));
-    let doomed = rig.backend_over(crashing.clone()).await;
-    let (owned_grant, manifest_copy) = (g.id, m.clone());
-    let task = tokio::spawn(async move {
-        let g =
-            ComputeGrant { id: owned_grant, manifest: &manifest_copy, valid_from: g.valid_from, valid_to: g.valid_to };
-        let _ = doomed.provision(&g, &us_east()).await;
-    });
-    while !crashing.crashed() {
-        rig.clock.sleep_ms(100).await;
-    }
-    task.abort();
-    let _ = task.await;
+    rig.crash_after_run_instances(&g).await;
     assert_eq!(rig.instances_of(&g.id).len(), 1, "RunInstances took effect before the crash");
 
     // The bridge restarts and retries the grant: the launch resumes with the same token.
@@ -182,19 +189,7 @@ async fn a_token_whose_instance_terminated_while_the_bridge_was_down_is_adopted_
     let rig = Rig::new(9, FaultConfig::default());
     let m = manifest();
     let g = grant(9, &m, rig.now_tick(), 3_600);
-    let crashing = Arc::new(CrashingPort::new(rig.sim.clone(), CrashPoint::Operation(Operation::RunInstances), true));
-    let doomed = rig.backend_over(crashing.clone()).await;
-    let (owned_grant, manifest_copy) = (g.id, m.clone());
-    let task = tokio::spawn(async move {
-        let g =
-            ComputeGrant { id: owned_grant, manifest: &manifest_copy, valid_from: g.valid_from, valid_to: g.valid_to };
-        let _ = doomed.provision(&g, &us_east()).await;
-    });
-    while !crashing.crashed() {
-        rig.clock.sleep_ms(100).await;
-    }
-    task.abort();
-    let _ = task.await;
+    rig.crash_after_run_instances(&g).await;
     let first = rig.instances_of(&g.id)[0].instance_id.clone();
     // While the bridge is down the instance runs, then EC2 reclaims it.
     rig.clock.sleep_ms(120_000).await;

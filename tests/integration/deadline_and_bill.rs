@@ -2,12 +2,9 @@
 //! them (issue "The deadline and the bill hold whatever fails"), each written to fail on that
 //! version and pass on this one.
 
-use std::sync::Arc;
-
 use aws_backend::port::Operation;
 use backend_api::{AlmanacTick, Backend, BackendError, Clock, ComputeGrant, UsageMetrics};
 use sim_ec2::FaultConfig;
-use tests::crashpoint::{CrashPoint, CrashingPort};
 
 use crate::backend_sim::{Rig, grant, manifest, us_east};
 
@@ -195,21 +192,7 @@ async fn case7_a_grant_settles_only_when_its_launch_is_resolved() {
     let rig = Rig::new(28, FaultConfig { visibility_delay_ms_max: 0, ..FaultConfig::default() });
     let m = manifest();
     let g = grant(0x2a, &m, rig.now_tick(), 3_600);
-    let crashing = Arc::new(CrashingPort::new(rig.sim.clone(), CrashPoint::Operation(Operation::RunInstances), true));
-    let doomed = rig.backend_over(crashing.clone()).await;
-    let task = {
-        let m = m.clone();
-        let (id, valid_from, valid_to) = (g.id, g.valid_from, g.valid_to);
-        tokio::spawn(async move {
-            let g = ComputeGrant { id, manifest: &m, valid_from, valid_to };
-            let _ = doomed.provision(&g, &us_east()).await;
-        })
-    };
-    while !crashing.crashed() {
-        rig.clock.sleep_ms(100).await;
-    }
-    task.abort();
-    let _ = task.await;
+    rig.crash_after_run_instances(&g).await;
     // The instance exists, but its tags have not propagated: tag-filtered Describe misses it
     // for longer than the backend's visibility window.
     let launched = rig.instances_of(&g.id);
