@@ -8,7 +8,7 @@
 //! the bridge is gone.
 //!
 //! The user data is a `#cloud-config` document written as JSON (JSON is YAML). The boot script
-//! ([`BOOT_SCRIPT`]) is constant text, identical for every grant; the grant's values reach it
+//! ([`embedded_boot_script`]) is constant text, identical for every grant; the grant's values reach it
 //! through a separate vars file of `KEY=VALUE` lines, each checked here against a strict
 //! character set and checked again by the script, which reads the file as data and never
 //! sources it. So no grant field or configuration string can change the script's structure.
@@ -30,8 +30,28 @@ use crate::keys::SshKeyPair;
 /// EC2's limit on user data, in bytes before base64.
 pub const USER_DATA_MAX_BYTES: usize = 16_384;
 
-/// The boot script, byte for byte as it lands on the guest.
+/// The boot script as written, comments included. The guest gets [`embedded_boot_script`].
 pub const BOOT_SCRIPT: &str = include_str!("guest/boot.sh");
+
+/// The boot script byte for byte as it lands on the guest: [`BOOT_SCRIPT`] without its comment
+/// lines (all but the `#!` line), which are a third of it and would otherwise crowd the 16 KiB
+/// of user data. The script has no heredocs or multi-line strings, so no line that starts with
+/// `#` is anything but a comment; the script tests run this text, not the file.
+pub fn embedded_boot_script() -> &'static str {
+    static EMBEDDED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let mut lines = BOOT_SCRIPT.lines();
+        let shebang = lines.next().unwrap_or_default();
+        std::iter::once(shebang).chain(lines.filter(|line| !line.trim_start().starts_with('#'))).fold(
+            String::with_capacity(BOOT_SCRIPT.len()),
+            |mut text, line| {
+                text.push_str(line);
+                text.push('\n');
+                text
+            },
+        )
+    });
+    &EMBEDDED
+}
 
 /// Where the boot script is written on the guest.
 pub const BOOT_SCRIPT_PATH: &str = "/usr/local/lib/grant-guest/boot.sh";
@@ -332,7 +352,7 @@ pub fn render_user_data(cfg: &GuestConfig, spec: &GuestSpec<'_>) -> Result<Strin
         "ssh_genkeytypes": ["ed25519"],
         "ssh": { "emit_keys_to_console": true },
         "write_files": [
-            { "path": BOOT_SCRIPT_PATH, "owner": "root:root", "permissions": "0755", "content": BOOT_SCRIPT },
+            { "path": BOOT_SCRIPT_PATH, "owner": "root:root", "permissions": "0755", "content": embedded_boot_script() },
             { "path": PER_BOOT_HOOK_PATH, "owner": "root:root", "permissions": "0755", "content": PER_BOOT_HOOK },
             { "path": VARS_PATH, "owner": "root:root", "permissions": "0644", "content": vars },
         ],

@@ -12,7 +12,8 @@
 # Usage: boot.sh start VARS_FILE          (once, from cloud-init's runcmd)
 #        boot.sh arm-deadline VARS_FILE   (on every boot, from cloud-init's per-boot scripts)
 #
-# GRANT_GUEST_WORK_DIR and GRANT_GUEST_BACKOFF_S exist for tests; nothing sets them in production.
+# GRANT_GUEST_WORK_DIR, GRANT_GUEST_BACKOFF_S, GRANT_GUEST_SSH_DIR and GRANT_GUEST_CONSOLE exist
+# for tests; nothing sets them in production.
 
 set -uo pipefail
 umask 077
@@ -21,6 +22,8 @@ export LC_ALL=C
 readonly WORK_DIR="${GRANT_GUEST_WORK_DIR:-/var/lib/grant-guest}"
 readonly BACKOFF_S="${GRANT_GUEST_BACKOFF_S:-5}"
 readonly DEADLINE_UNIT="grant-guest-deadline"
+readonly SSH_DIR="${GRANT_GUEST_SSH_DIR:-/etc/ssh}"
+readonly CONSOLE="${GRANT_GUEST_CONSOLE:-/dev/console}"
 
 # Patterns every value must match. They are variables so that bash's [[ =~ ]] reads them as
 # regular expressions, unquoted.
@@ -33,6 +36,7 @@ readonly BACKOFF_RE='^[0-9]{1,4}$'
 readonly IMAGE_REF_RE='^[A-Za-z0-9_][A-Za-z0-9._/:@-]*$'
 # A user name as guest.rs accepts it (and never root, which it refuses).
 readonly USER_RE='^[a-z_][a-z0-9_-]{0,31}$'
+readonly HOST_KEY_RE='^ssh-ed25519 [A-Za-z0-9+/]+={0,2}( [^[:cntrl:]]*)?$'
 
 log() {
   printf 'grant-guest: %s\n' "$*" >&2
@@ -92,7 +96,8 @@ check_login_user() {
   uid=$(id -u "$LOGIN_USER") || power_off "the login user $LOGIN_USER does not exist"
   [[ $uid =~ ^[1-9][0-9]*$ ]] || power_off "the login user $LOGIN_USER has uid $uid"
   { gids=$(id -G "$LOGIN_USER") && names=$(id -nG "$LOGIN_USER"); } || power_off "id -G $LOGIN_USER failed"
-  for g in wheel sudo admin docker podman "$CONTAINER_RUNTIME"; do
+  # dialout and tty may write the serial and virtual consoles, where show_host_key writes.
+  for g in wheel sudo admin docker podman dialout tty "$CONTAINER_RUNTIME"; do
     [[ " $names " != *" $g "* ]] || power_off "the login user $LOGIN_USER is in group $g"
   done
   # Only sudo reads its rules (aliases, ALL, includes) as it applies them; without sudo, none can.
@@ -135,6 +140,21 @@ check_dirs() {
     [[ $d != / ]] || return 0
     d=${d%/*} d=${d:-/}
   done
+}
+
+# Prints the host's ed25519 public key to the console between the lines cloud-init uses
+# (guest.rs: CONSOLE_KEYS_BEGIN/END), so the backend reads it with GetConsoleOutput, a channel
+# AWS authenticates, even on an AMI whose cloud-init prints no keys. Only the public half, without
+# its comment. Without a well-formed key no requester could verify the host, so it powers off.
+show_host_key() {
+  local key="" kind body
+  { IFS= read -r key || [[ -n $key ]]; } <"$SSH_DIR/ssh_host_ed25519_key.pub" ||
+    power_off "no ed25519 host key in $SSH_DIR"
+  [[ $key =~ $HOST_KEY_RE ]] || power_off "the ed25519 host key in $SSH_DIR is malformed"
+  read -r kind body _ <<<"$key"
+  key=$(printf '%s\n' "-----BEGIN SSH HOST KEY KEYS-----" "$kind $body" "-----END SSH HOST KEY KEYS-----")
+  printf '%s\n' "$key" 2>/dev/null >"$CONSOLE" || printf '%s\n' "$key" >&2
+  log "printed the host key to the console"
 }
 
 # Schedules the power-off at the deadline, or powers off now if it has passed. Runs before
@@ -233,6 +253,7 @@ main() {
     start)
       arm_deadline
       check_login_user
+      show_host_key
       fetch_image
       verify_image
       load_and_run

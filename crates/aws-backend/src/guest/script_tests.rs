@@ -78,6 +78,11 @@ exit "${FAKE_SUDO_EXIT:-0}"
 
 static NEXT_DIR: AtomicUsize = AtomicUsize::new(0);
 
+/// The host key cloud-init would have generated on the test's machine, comment and all.
+fn guest_host_key() -> SshKeyPair {
+    SshKeyPair::ed25519_from_seed([7; 32], "root@ip-10-0-0-7").expect("a key")
+}
+
 /// A small content store on 127.0.0.1: serves `blobs` by path, 404 otherwise, and counts
 /// requests. The thread lives as long as the test binary.
 struct ContentStore {
@@ -186,6 +191,9 @@ impl Machine {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod a stand-in");
         }
         std::fs::write(dir.join("log"), "").expect("create the log");
+        std::fs::create_dir_all(dir.join("ssh")).expect("create the ssh directory");
+        std::fs::write(dir.join("ssh/ssh_host_ed25519_key.pub"), format!("{}\n", guest_host_key().public_openssh))
+            .expect("write the host key");
         Self { dir, path_first: Vec::new() }
     }
 
@@ -231,6 +239,8 @@ impl Machine {
             .env("GUEST_TEST_LOG", dir.join("log"))
             .env("GRANT_GUEST_WORK_DIR", dir.join("work"))
             .env("GRANT_GUEST_BACKOFF_S", "0")
+            .env("GRANT_GUEST_SSH_DIR", dir.join("ssh"))
+            .env("GRANT_GUEST_CONSOLE", dir.join("console"))
             .env("no_proxy", "*")
             .env("NO_PROXY", "*");
         for proxy in ["http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "all_proxy"] {
@@ -280,6 +290,11 @@ impl Guest {
 
     fn work(&self) -> PathBuf {
         self.machine.dir.join("work")
+    }
+
+    /// What the script wrote to the console (empty if nothing).
+    fn console(&self) -> String {
+        std::fs::read_to_string(self.machine.dir.join("console")).unwrap_or_default()
     }
 
     /// Asserts that the script failed, powered off and logged `reason`, and that the recorded
@@ -495,13 +510,14 @@ fn a_hostile_vars_file_runs_nothing() {
         (format!("{good}\n{touch}"), "malformed line"),
     ];
     for (vars, reason) in &cases {
-        let guest = Guest::run(BOOT_SCRIPT, vars, "start", &[]);
+        let guest = Guest::run(embedded_boot_script(), vars, "start", &[]);
         guest.assert_refused(reason, &[]);
         assert!(!witness.exists(), "a value was executed: {vars}");
     }
-    let guest = Guest::run(BOOT_SCRIPT, &good, "start", &[("GRANT_GUEST_BACKOFF_S", &format!("a[{touch}]"))]);
+    let guest =
+        Guest::run(embedded_boot_script(), &good, "start", &[("GRANT_GUEST_BACKOFF_S", &format!("a[{touch}]"))]);
     guest.assert_refused("bad GRANT_GUEST_BACKOFF_S", &[]);
-    let guest = Guest::run(BOOT_SCRIPT, &good, "reboot", &[]);
+    let guest = Guest::run(embedded_boot_script(), &good, "reboot", &[]);
     guest.assert_refused("unknown mode", &[]);
     assert!(!witness.exists());
 }
@@ -523,6 +539,50 @@ fn assert_login_user_refused(machine: Machine, login_user: &str, runtime: &str, 
     let guest = machine.boot(&cfg, &spec(hash, valid_to), "start", env);
     guest.assert_refused(reason, &arming(&guest.log(), valid_to + 120));
     assert!(store.requests().is_empty(), "nothing may be fetched for a privileged login user");
+    assert_eq!(guest.console(), "", "a machine refused to its login user must not present a host key");
+}
+
+#[test]
+fn the_host_key_the_script_prints_is_the_one_the_backend_reads_back() {
+    let image = image_bytes();
+    let hash = sha256(&image);
+    let store = ContentStore::serve(HashMap::from([(format!("/blobs/{hash}"), image)]));
+    let guest = Guest::boot(&store_config(store.port), &spec(hash, now_unix_s() + 3_600), "start", &[]);
+    assert!(guest.output.status.success(), "stderr:\n{}", guest.stderr());
+    let console = guest.console();
+    // The public half only, without cloud-init's comment, between cloud-init's own lines.
+    let key = guest_host_key();
+    let bare = key.public_openssh.rsplit_once(' ').expect("a comment").0;
+    assert_eq!(console, format!("{CONSOLE_KEYS_BEGIN}\n{bare}\n{CONSOLE_KEYS_END}\n"));
+    assert!(!console.contains("PRIVATE"));
+    assert_eq!(host_key_from_console(&console), Ok(Some(bare.to_owned())));
+    // Next to cloud-init's own block, as a real console has it, the key still reads back.
+    let both = format!("{CONSOLE_KEYS_BEGIN}\n{}\n{CONSOLE_KEYS_END}\nci-info: done\n{console}", key.public_openssh);
+    assert_eq!(host_key_from_console(&both), Ok(Some(bare.to_owned())));
+}
+
+#[test]
+fn a_machine_without_a_usable_host_key_powers_off_before_fetching() {
+    for (text, reason) in [
+        (None, "no ed25519 host key in"),
+        (Some("ssh-ed25519 not*base64 root@x\n"), "the ed25519 host key in"),
+        (Some("ssh-rsa AAAAB3NzaC1yc2E root@x\n"), "the ed25519 host key in"),
+    ] {
+        let image = image_bytes();
+        let hash = sha256(&image);
+        let store = ContentStore::serve(HashMap::from([(format!("/blobs/{hash}"), image)]));
+        let machine = Machine::new();
+        let path = machine.dir.join("ssh/ssh_host_ed25519_key.pub");
+        match text {
+            None => std::fs::remove_file(&path).expect("remove the key"),
+            Some(text) => std::fs::write(&path, text).expect("write the key"),
+        }
+        let valid_to = now_unix_s() + 3_600;
+        let guest = machine.boot(&store_config(store.port), &spec(hash, valid_to), "start", &[]);
+        guest.assert_refused(reason, &arming(&guest.log(), valid_to + 120));
+        assert!(store.requests().is_empty(), "nothing may be fetched without a host key");
+        assert_eq!(guest.console(), "");
+    }
 }
 
 #[test]
@@ -619,6 +679,23 @@ fn a_login_user_in_admin_is_refused() {
         &groups,
         "the login user ec2-user is in group admin",
     );
+}
+
+#[test]
+fn a_login_user_that_can_write_a_console_is_refused() {
+    // dialout owns the serial console GetConsoleOutput reads, tty the virtual ones: a member
+    // could print a host key block of its own.
+    for group in ["dialout", "tty"] {
+        let groups = [("FAKE_ID_GROUPS", format!("ec2-user:4242 {group}:20"))];
+        let env: Vec<(&str, &str)> = groups.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        assert_login_user_refused(
+            Machine::new(),
+            "ec2-user",
+            "docker",
+            &env,
+            &format!("the login user ec2-user is in group {group}"),
+        );
+    }
 }
 
 #[test]

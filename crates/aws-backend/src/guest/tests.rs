@@ -137,7 +137,7 @@ fn assert_structure(user_data: &str, cfg: &GuestConfig, spec: &GuestSpec<'_>) {
 
     // The script and the hook are constant; only the vars file differs between grants.
     assert_eq!(document["write_files"].as_array().map(Vec::len), Some(3));
-    assert_eq!(written_file(&document, BOOT_SCRIPT_PATH), BOOT_SCRIPT);
+    assert_eq!(written_file(&document, BOOT_SCRIPT_PATH), embedded_boot_script());
     assert_eq!(written_file(&document, PER_BOOT_HOOK_PATH), PER_BOOT_HOOK);
     assert_eq!(document["runcmd"], json!([["/bin/bash", BOOT_SCRIPT_PATH, "start", VARS_PATH]]));
 
