@@ -2,7 +2,7 @@
 //! them (issue "The deadline and the bill hold whatever fails"), each written to fail on that
 //! version and pass on this one.
 
-use aws_backend::port::Operation;
+use aws_backend::port::{METRIC_PERIOD_MS, Operation};
 use backend_api::{AlmanacTick, Backend, BackendError, Clock, ComputeGrant, UsageMetrics};
 use sim_ec2::FaultConfig;
 
@@ -346,14 +346,15 @@ async fn ran_ten_minutes(rig: &Rig, backend: &aws_backend::AwsBackend, id: u8) -
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn case4_network_published_late_is_billed() {
     use usage_ledger::NetworkStatus;
-    let rig = Rig::new(33, FaultConfig { metrics_delay_ms: 5 * 60_000, ..FaultConfig::default() });
+    let rig = Rig::new(33, FaultConfig::default());
     let backend = rig.backend().await;
     let g = ran_ten_minutes(&rig, &backend, 0x2f).await;
     let settled = backend.grant_state(&g).expect("known");
     let truth = moved(&rig, &g);
     assert_eq!(settled.network_status(), NetworkStatus::Provisional);
-    assert!(settled.usage().network_bytes < truth, "CloudWatch had not published the last 5 minutes yet");
-    rig.clock.sleep_ms(rig.cfg.network_final_after_ms() + 60_000).await;
+    assert!(settled.usage().network_bytes < truth, "CloudWatch had not published the last period yet");
+    // The final measurement is due the lag after the end of the last 5-minute period.
+    rig.clock.sleep_ms(METRIC_PERIOD_MS + rig.cfg.network_final_after_ms() + 60_000).await;
     let amended = backend.grant_state(&g).expect("known");
     assert_eq!(amended.network_status(), NetworkStatus::Complete);
     assert_eq!(amended.usage().network_bytes, truth, "the final figure is the whole life's");
@@ -366,7 +367,7 @@ async fn case4_network_published_late_is_billed() {
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn case4_network_unknown_at_the_end_is_measured_later_even_across_a_restart() {
     use usage_ledger::NetworkStatus;
-    let rig = Rig::new(34, FaultConfig { metrics_delay_ms: 5 * 60_000, ..FaultConfig::default() });
+    let rig = Rig::new(34, FaultConfig::default());
     let doomed = rig.backend().await;
     // Every try of the sample when the instance ends fails (the pacer retries 5xx).
     let m = manifest();
@@ -384,7 +385,7 @@ async fn case4_network_unknown_at_the_end_is_measured_later_even_across_a_restar
     // The bridge dies before the final measurement and comes back after it was due.
     doomed.shutdown();
     drop(doomed);
-    rig.clock.sleep_ms(rig.cfg.network_final_after_ms() + 60_000).await;
+    rig.clock.sleep_ms(METRIC_PERIOD_MS + rig.cfg.network_final_after_ms() + 60_000).await;
     for _ in 0..20 {
         rig.sim.fail_next(Operation::GetNetworkUsage, "Throttling");
     }

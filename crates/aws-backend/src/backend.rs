@@ -26,7 +26,7 @@ use crate::pacing::{Pacer, PacingStats, RetryPolicy, lock};
 use crate::poller::{RegionPoller, Sighting};
 use crate::port::{
     AuthorizeIngressRequest, CreateSecurityGroupRequest, Ec2Error, Ec2Port, Filter, ImportKeyPairRequest, InstanceInfo,
-    InstanceState, InstanceTypeInfo, Operation, RunInstancesRequest, ShutdownBehavior, codes,
+    InstanceState, InstanceTypeInfo, Operation, RunInstancesRequest, ShutdownBehavior, codes, metric_window,
 };
 use crate::sizing;
 
@@ -1479,14 +1479,17 @@ impl AwsBackend {
     }
 
     /// Measures `pending` once more, as final, after CloudWatch's publication lag has passed
-    /// since its window ended; retried with backoff (up to a day) while CloudWatch fails. The
-    /// task is the backend's own, like an armed deadline: recovery arms it again for every
-    /// figure the ledger shows incomplete, settled grants included.
+    /// since the last period of its window ended (the datapoint of the period the instance
+    /// ended in is published minutes after that period's end, not the instance's); retried
+    /// with backoff (up to a day) while CloudWatch fails. The task is the backend's own, like
+    /// an armed deadline: recovery arms it again for every figure the ledger shows incomplete,
+    /// settled grants included.
     pub(crate) fn arm_network_final(&self, grant: GrantId, pending: PendingNetwork) {
         if self.inner.switches.skip_network_final {
             return;
         }
-        let at = pending.window_end_unix_ms.saturating_add(self.inner.cfg.network_final_after_ms());
+        let (_, last_period_end) = metric_window(pending.window_start_unix_ms, pending.window_end_unix_ms);
+        let at = last_period_end.saturating_add(self.inner.cfg.network_final_after_ms());
         let key = (grant, pending.instance_id.clone());
         let weak = Arc::downgrade(&self.inner);
         let clock = self.inner.clock.clone();
@@ -1514,7 +1517,11 @@ impl AwsBackend {
         }
     }
 
-    /// CloudWatch's bytes in and out of `instance_id` over `[start, end)`.
+    /// CloudWatch's bytes in and out of `instance_id` over `[start, end)`, widened to whole
+    /// 5-minute periods (`metric_window`): CloudWatch counts a datapoint by its period's start,
+    /// so the period the instance started in would be missed by a window starting at launch.
+    /// Throttling (CloudWatch's own `Throttling`, on its own quota and bucket) is retried by the
+    /// pacer like EC2's.
     async fn measure_network(
         &self,
         region: &RegionLabel,
@@ -1522,6 +1529,7 @@ impl AwsBackend {
         start: u64,
         end: u64,
     ) -> Result<(u64, u64), Ec2Error> {
+        let (start, end) = metric_window(start, end);
         let ids = vec![instance_id.to_string()];
         let samples = self
             .inner

@@ -201,10 +201,13 @@ pub struct AwsBootConfig {
     /// refused (nothing is created before `valid_from`).
     #[serde(default = "default_max_start_wait_s")]
     pub max_start_wait_s: u64,
-    /// How long after an instance ends its network figure is measured again, as final:
-    /// CloudWatch publishes EC2's 5-minute `NetworkIn`/`NetworkOut` datapoints minutes late
-    /// (shared/EC2-FACTS.md, Metering), so the figure taken when the instance ends is
-    /// provisional. 0 takes the first figure as final (for a CloudWatch without lag, as moto's).
+    /// How long after the end of the last 5-minute period an instance ran in its network figure
+    /// is measured again, as final: CloudWatch publishes EC2's 5-minute `NetworkIn`/`NetworkOut`
+    /// datapoints minutes after their period ends (shared/EC2-FACTS.md, Metering), so the
+    /// figure taken when the instance ends is provisional. The final figure is CloudWatch's
+    /// only if every datapoint has been published by then: this is the longest publication lag
+    /// the backend allows for. 0 takes the first figure as final (for a CloudWatch without lag,
+    /// as moto's).
     #[serde(default = "default_network_final_after_s")]
     pub network_final_after_s: u64,
     /// How to map coalition ticks to time.

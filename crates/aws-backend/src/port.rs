@@ -45,6 +45,8 @@ pub mod codes {
     pub const INVALID_PARAMETER_VALUE: &str = "InvalidParameterValue";
     /// The ingress rule exists already.
     pub const PERMISSION_DUPLICATE: &str = "InvalidPermission.Duplicate";
+    /// CloudWatch's answer to a throttled request (its own quota, not EC2's buckets).
+    pub const THROTTLING: &str = "Throttling";
 }
 
 /// The operations of the port, for throttling, audit and fault injection.
@@ -119,7 +121,8 @@ impl Operation {
         }
     }
 
-    /// Which of EC2's request-rate token buckets the call draws from.
+    /// Which of EC2's request-rate token buckets the call draws from (CloudWatch's own quota for
+    /// GetNetworkUsage).
     ///
     /// Source: "Request throttling for the Amazon EC2 API", EC2 API reference
     /// (docs.aws.amazon.com/ec2/latest/devguide/ec2-api-throttling.html).
@@ -139,8 +142,8 @@ impl Operation {
             | Operation::CreateSecurityGroup
             | Operation::DeleteSecurityGroup
             | Operation::CreateTags => ThrottleClass::Mutating,
-            // CloudWatch has its own limits; we give it the generous non-mutating bucket.
-            Operation::GetNetworkUsage => ThrottleClass::NonMutating,
+            // CloudWatch's quota, not EC2's buckets.
+            Operation::GetNetworkUsage => ThrottleClass::GetMetricData,
         }
     }
 }
@@ -151,7 +154,7 @@ impl std::fmt::Display for Operation {
     }
 }
 
-/// EC2's request token buckets (per account and region).
+/// EC2's request token buckets (per account and region), and CloudWatch's GetMetricData quota.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum ThrottleClass {
     /// Describe* calls: 100 tokens, refilling 20/s.
@@ -164,10 +167,16 @@ pub enum ThrottleClass {
     RunInstances,
     /// TerminateInstances: 100 tokens, refilling 5/s.
     TerminateInstances,
+    /// CloudWatch's GetMetricData: 50 transactions per second per region, answered `Throttling`
+    /// beyond ("CloudWatch service quotas", docs.aws.amazon.com/AmazonCloudWatch/latest/
+    /// monitoring/cloudwatch_limits.html: "For operations that do not include Metrics Insights
+    /// queries, the quota is 50 TPS per Region"). Modelled as 50 tokens refilling 50/s. Not one
+    /// of EC2's buckets, so not in [`ThrottleClass::ALL`].
+    GetMetricData,
 }
 
 impl ThrottleClass {
-    /// Every class.
+    /// Every one of EC2's classes (CloudWatch's [`ThrottleClass::GetMetricData`] is apart).
     pub const ALL: [ThrottleClass; 5] = [
         ThrottleClass::NonMutating,
         ThrottleClass::Mutating,
@@ -184,6 +193,7 @@ impl ThrottleClass {
             ThrottleClass::ResourceIntensive => 50,
             ThrottleClass::RunInstances => 5,
             ThrottleClass::TerminateInstances => 100,
+            ThrottleClass::GetMetricData => 50,
         }
     }
 
@@ -195,6 +205,7 @@ impl ThrottleClass {
             ThrottleClass::ResourceIntensive => 5,
             ThrottleClass::RunInstances => 2,
             ThrottleClass::TerminateInstances => 5,
+            ThrottleClass::GetMetricData => 50,
         }
     }
 }
@@ -224,9 +235,10 @@ impl Ec2Error {
         Self { operation, code: code.into(), message: message.into() }
     }
 
-    /// True for throttling.
+    /// True for throttling: EC2's `RequestLimitExceeded`, CloudWatch's `Throttling` (and
+    /// `ThrottlingException`, the name AWS's knowledge center gives the same answer).
     pub fn is_throttle(&self) -> bool {
-        self.code == codes::REQUEST_LIMIT_EXCEEDED || self.code == "Throttling"
+        matches!(self.code.as_str(), codes::REQUEST_LIMIT_EXCEEDED | codes::THROTTLING | "ThrottlingException")
     }
 
     /// True when the same call may succeed if retried: throttling, internal errors, outages,
@@ -479,6 +491,24 @@ pub struct InstanceTypeInfo {
     pub memory_mib: u64,
 }
 
+/// The period of EC2's basic monitoring, the only one the backend's instances have (it never
+/// asks RunInstances for detailed monitoring): CloudWatch holds one NetworkIn and one
+/// NetworkOut datapoint per 5 minutes, each the bytes of its period, stamped with the
+/// period's start ("Enable or turn off detailed monitoring for your instances", Amazon EC2
+/// User Guide: basic monitoring "Data is available automatically in 5-minute periods").
+pub const METRIC_PERIOD_MS: u64 = 300_000;
+
+/// The window to ask [`Ec2Port::network_usage`] for so that every period the instance moved
+/// bytes in during `[start_unix_ms, end_unix_ms)` is counted whole: widened to whole periods of
+/// [`METRIC_PERIOD_MS`], and never empty. CloudWatch counts a datapoint by its timestamp, its
+/// period's start, so a window starting mid-period would miss that period's bytes; the periods
+/// hold only this instance's bytes, so widening adds nothing that is not its own.
+pub fn metric_window(start_unix_ms: u64, end_unix_ms: u64) -> (u64, u64) {
+    let start = start_unix_ms - start_unix_ms % METRIC_PERIOD_MS;
+    let end = end_unix_ms.div_ceil(METRIC_PERIOD_MS).saturating_mul(METRIC_PERIOD_MS).max(start + METRIC_PERIOD_MS);
+    (start, end)
+}
+
 /// Network bytes of one instance over a window, as CloudWatch's NetworkIn and NetworkOut sum.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkUsage {
@@ -547,8 +577,12 @@ pub trait Ec2Port: Send + Sync + 'static {
     ) -> Result<Vec<InstanceTypeInfo>, Ec2Error>;
     /// CreateTags.
     async fn create_tags(&self, region: &RegionLabel, resource_ids: Vec<String>, tags: Tags) -> Result<(), Ec2Error>;
-    /// Network bytes per instance over `[start_unix_ms, end_unix_ms)` (CloudWatch NetworkIn and
-    /// NetworkOut, summed). Instances without data are absent or zero.
+    /// Network bytes per instance: CloudWatch's GetMetricData for NetworkIn and NetworkOut (Sum)
+    /// with StartTime `start_unix_ms` and EndTime `end_unix_ms`, as they are. CloudWatch answers
+    /// the datapoints published so far whose timestamp (their period's start) lies in
+    /// `[StartTime rounded down to the minute, EndTime)`; a datapoint is published minutes after
+    /// its period ends, and now and then never. Ask for a [`metric_window`] to count whole
+    /// periods. Instances without data are absent or zero.
     async fn network_usage(
         &self,
         region: &RegionLabel,
@@ -558,4 +592,27 @@ pub trait Ec2Port: Send + Sync + 'static {
     ) -> Result<Vec<NetworkUsage>, Ec2Error>;
     /// GetConsoleOutput: the instance's console output as text, `None` while EC2 has none yet.
     async fn get_console_output(&self, region: &RegionLabel, instance_id: &str) -> Result<Option<String>, Ec2Error>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_windows_cover_whole_five_minute_periods() {
+        assert_eq!(metric_window(301_000, 599_000), (300_000, 600_000));
+        assert_eq!(metric_window(300_000, 300_001), (300_000, 600_000));
+        assert_eq!(metric_window(300_000, 300_000), (300_000, 600_000), "never empty");
+        assert_eq!(metric_window(0, 900_000), (0, 900_000));
+        assert_eq!(metric_window(899_999, 900_001), (600_000, 1_200_000));
+    }
+
+    #[test]
+    fn cloudwatch_throttling_is_a_throttle_with_its_own_quota() {
+        let err = Ec2Error::new(Operation::GetNetworkUsage, codes::THROTTLING, "Rate exceeded");
+        assert!(err.is_throttle() && err.is_transient());
+        let class = Operation::GetNetworkUsage.throttle_class();
+        assert_eq!((class, class.capacity(), class.refill_per_s()), (ThrottleClass::GetMetricData, 50, 50));
+        assert!(!ThrottleClass::ALL.contains(&class), "not one of EC2's buckets");
+    }
 }

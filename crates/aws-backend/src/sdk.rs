@@ -45,7 +45,9 @@ const DESCRIBE_TYPES_PAGE: i32 = 100;
 const DESCRIBE_VOLUMES_PAGE: i32 = 500;
 /// GetMetricData's limit on queries per call; each instance takes two (in and out).
 const METRIC_QUERIES_MAX: usize = 500;
-/// The CloudWatch period, in seconds: the finest EC2's detailed monitoring publishes.
+/// The query's period, in seconds: the finest EC2's detailed monitoring publishes. The sum over
+/// the window is the same with basic monitoring's 5-minute datapoints, each of which falls in
+/// the minute its timestamp names (`port::metric_window` aligns windows to them).
 const METRIC_PERIOD_S: i32 = 60;
 /// How long to wait for a TCP connection before calling it a transport failure.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -491,7 +493,8 @@ impl Ec2Port for SdkEc2 {
             return Ok(Vec::new());
         }
         let client = self.client_for(region, op).await?.cloudwatch.clone();
-        let (start, end) = metric_window(start_unix_ms, end_unix_ms);
+        // As the port says: StartTime and EndTime as given (the caller aligns them to periods).
+        let (start, end) = (start_unix_ms, end_unix_ms);
         let mut usage: Vec<NetworkUsage> =
             instance_ids.iter().map(|id| NetworkUsage { instance_id: id.clone(), bytes_in: 0, bytes_out: 0 }).collect();
         // Query ids are `i<index>` (NetworkIn) and `o<index>` (NetworkOut), index into `usage`.
@@ -596,15 +599,6 @@ fn sum_bytes(values: &[f64]) -> u64 {
     total.round() as u64
 }
 
-/// The window widened to whole periods, so that the periods the instance ran in are counted
-/// whole (they hold only this instance's bytes), and never empty.
-fn metric_window(start_unix_ms: u64, end_unix_ms: u64) -> (u64, u64) {
-    let period_ms = u64::from(METRIC_PERIOD_S.unsigned_abs()) * 1_000;
-    let start = start_unix_ms - start_unix_ms % period_ms;
-    let end = end_unix_ms.div_ceil(period_ms).saturating_mul(period_ms).max(start + period_ms);
-    (start, end)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -635,14 +629,6 @@ mod tests {
         assert!(only_v4.ipv6_ranges.is_none(), "{only_v4:?}");
         let only_v6 = ingress_permission(22, vec!["2001:db8::/32".into()]);
         assert!(only_v6.ip_ranges.is_none(), "{only_v6:?}");
-    }
-
-    #[test]
-    fn windows_cover_whole_minutes() {
-        assert_eq!(metric_window(61_000, 119_000), (60_000, 120_000));
-        assert_eq!(metric_window(60_000, 60_001), (60_000, 120_000));
-        assert_eq!(metric_window(60_000, 60_000), (60_000, 120_000));
-        assert_eq!(metric_window(0, 180_000), (0, 180_000));
     }
 
     #[test]

@@ -127,12 +127,20 @@ pub struct FaultConfig {
     pub spontaneous_exit_after_ms_max: u64,
     /// How long a terminated instance stays visible to DescribeInstances.
     pub terminated_visible_ms: u64,
-    /// How far CloudWatch's network data lags behind the present.
-    pub metrics_delay_ms: u64,
+    /// Shortest time after its 5-minute period ends before CloudWatch publishes a `NetworkIn` /
+    /// `NetworkOut` datapoint (drawn per datapoint from the seed, the instance and the period).
+    pub metrics_lag_ms_min: u64,
     /// Shortest time after the guest first runs before GetConsoleOutput shows what it printed.
     pub console_delay_ms_min: u64,
     /// Longest such time.
     pub console_delay_ms_max: u64,
+    /// Longest time after its period ends before CloudWatch publishes a datapoint.
+    pub metrics_lag_ms_max: u64,
+    /// Chance per datapoint that CloudWatch never publishes it (a gap, missing for good).
+    pub metrics_gap_probability: f64,
+    /// Extra `Throttling` from CloudWatch's GetMetricData on top of its own bucket (other
+    /// callers share the account's quota). EC2's `throttle_probability` does not apply to it.
+    pub cloudwatch_throttle_probability: f64,
 }
 
 impl FaultConfig {
@@ -158,9 +166,12 @@ impl FaultConfig {
             spontaneous_exit_probability: 0.0,
             spontaneous_exit_after_ms_max: 0,
             terminated_visible_ms: 3_600_000,
-            metrics_delay_ms: 0,
+            metrics_lag_ms_min: 0,
             console_delay_ms_min: 0,
             console_delay_ms_max: 0,
+            metrics_lag_ms_max: 0,
+            metrics_gap_probability: 0.0,
+            cloudwatch_throttle_probability: 0.0,
         }
     }
 
@@ -186,9 +197,15 @@ impl FaultConfig {
         let spontaneous_exit_probability = maybe(rng, 0.3);
         let spontaneous_exit_after_ms_max = rng.gen_range(60_000..=7_200_000);
         let terminated_visible_ms = rng.gen_range(3_000_000..=4_200_000);
-        let metrics_delay_ms = rng.gen_range(0..=12 * 60_000);
+        // Where `metrics_delay_ms` was drawn: a draw of the same kind, so later knobs keep theirs.
+        let metrics_lag_ms_min = rng.gen_range(0..=4 * 60_000);
         // Drawn last, so that every knob drawn before keeps its value for a seed.
         let (console_delay_ms_min, console_delay_ms_max) = range(rng, 0, 30_000, 270_000);
+        // CloudWatch (drawn after the console's, for the same reason): a lag of up to 12
+        // minutes after the period ends, gaps and extra throttles as faults.
+        let metrics_lag_ms_max = metrics_lag_ms_min + rng.gen_range(0..=8 * 60_000);
+        let metrics_gap_probability = maybe(rng, 0.02);
+        let cloudwatch_throttle_probability = maybe(rng, 0.05);
         Self {
             throttle_probability,
             internal_error_probability,
@@ -208,9 +225,12 @@ impl FaultConfig {
             spontaneous_exit_probability,
             spontaneous_exit_after_ms_max,
             terminated_visible_ms,
-            metrics_delay_ms,
+            metrics_lag_ms_min,
             console_delay_ms_min,
             console_delay_ms_max,
+            metrics_lag_ms_max,
+            metrics_gap_probability,
+            cloudwatch_throttle_probability,
         }
     }
 
@@ -223,6 +243,8 @@ impl FaultConfig {
             ("response_lost_probability", self.response_lost_probability),
             ("insufficient_capacity_probability", self.insufficient_capacity_probability),
             ("spontaneous_exit_probability", self.spontaneous_exit_probability),
+            ("metrics_gap_probability", self.metrics_gap_probability),
+            ("cloudwatch_throttle_probability", self.cloudwatch_throttle_probability),
         ];
         for (name, p) in probabilities {
             if !(0.0..=1.0).contains(&p) {
@@ -236,6 +258,7 @@ impl FaultConfig {
             ("termination_delay_ms", self.termination_delay_ms_min, self.termination_delay_ms_max),
             ("dependency_violation_lag_ms", self.dependency_violation_lag_ms_min, self.dependency_violation_lag_ms_max),
             ("console_delay_ms", self.console_delay_ms_min, self.console_delay_ms_max),
+            ("metrics_lag_ms", self.metrics_lag_ms_min, self.metrics_lag_ms_max),
         ];
         for (name, min, max) in ranges {
             if min > max {
@@ -248,7 +271,8 @@ impl FaultConfig {
 
 impl Default for FaultConfig {
     /// Realistic, mild EC2: eventual consistency of up to 2 s, 5–40 s in `pending`, 5–60 s in
-    /// `shutting-down`, groups held up to 30 s after termination, CloudWatch 5 minutes behind; no random failures.
+    /// `shutting-down`, groups held up to 30 s after termination, CloudWatch's 5-minute
+    /// datapoints published 1 to 5 minutes after their period; no random failures.
     fn default() -> Self {
         Self {
             visibility_delay_ms_min: 0,
@@ -263,8 +287,9 @@ impl Default for FaultConfig {
             capacity_shortage_ms_max: 300_000,
             spontaneous_exit_after_ms_max: 3_600_000,
             // EC2's basic monitoring: 5-minute datapoints, published minutes late
-            // (shared/EC2-FACTS.md, Metering).
-            metrics_delay_ms: 5 * 60_000,
+            // (shared/EC2-FACTS.md, Metering); see `world::cloudwatch`.
+            metrics_lag_ms_min: 60_000,
+            metrics_lag_ms_max: 5 * 60_000,
             // Console output is captured shortly after boot and published with a lag ("Get the
             // console output", Amazon EC2 User Guide).
             console_delay_ms_min: 10_000,
@@ -287,7 +312,8 @@ impl fmt::Display for FaultConfig {
              response_lost_probability={} insufficient_capacity_probability={} capacity_shortage_ms={}..{} \
              visibility_delay_ms={}..{} launch_delay_ms={}..{} termination_delay_ms={}..{} \
              dependency_violation_lag_ms={}..{} spontaneous_exit_probability={} spontaneous_exit_after_ms_max={} \
-             terminated_visible_ms={} metrics_delay_ms={} console_delay_ms={}..{}",
+             terminated_visible_ms={} metrics_lag_ms={}..{} console_delay_ms={}..{} \
+             metrics_gap_probability={} cloudwatch_throttle_probability={}",
             self.throttle_probability,
             self.internal_error_probability,
             self.unavailable_probability,
@@ -306,9 +332,12 @@ impl fmt::Display for FaultConfig {
             self.spontaneous_exit_probability,
             self.spontaneous_exit_after_ms_max,
             self.terminated_visible_ms,
-            self.metrics_delay_ms,
+            self.metrics_lag_ms_min,
+            self.metrics_lag_ms_max,
             self.console_delay_ms_min,
             self.console_delay_ms_max,
+            self.metrics_gap_probability,
+            self.cloudwatch_throttle_probability,
         )
     }
 }

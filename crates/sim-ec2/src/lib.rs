@@ -42,7 +42,7 @@ pub use config::{FaultConfig, SimConfig, SimError};
 pub use truth::{
     FaultRecord, InstanceTruth, InstanceTruths, LiveResource, LiveResources, ResourceKind, SimStats, StateInterval,
 };
-pub use world::{extra_codes, reasons};
+pub use world::{Datapoint, extra_codes, reasons};
 
 use world::World;
 
@@ -171,6 +171,13 @@ impl SimEc2 {
     /// One instance's history, if it was ever launched.
     pub fn instance(&self, instance_id: &str) -> Option<InstanceTruth> {
         self.world().instance_truth(instance_id)
+    }
+
+    /// Every CloudWatch `NetworkIn`/`NetworkOut` datapoint of `instance_id` so far, in order,
+    /// with when it is (or was) published, `None` for a gap: ground truth for tests and
+    /// checkers (see `docs/simulation.md`, CloudWatch).
+    pub fn cloudwatch_datapoints(&self, instance_id: &str) -> Option<Vec<Datapoint>> {
+        self.world().cloudwatch_datapoints(instance_id)
     }
 
     /// Every fault injected so far, in order, with the tags of what each hit.

@@ -88,6 +88,13 @@ pub struct InstanceTruth {
     pub network_bytes_in: u64,
     /// Bytes sent so far.
     pub network_bytes_out: u64,
+    /// What CloudWatch's `NetworkIn` datapoints of the instance so far add up to once every
+    /// one that will be is published: `network_bytes_in` less the periods CloudWatch never
+    /// publishes (gaps, `FaultConfig::metrics_gap_probability`). What a meter reading
+    /// CloudWatch can at best bill.
+    pub cloudwatch_bytes_in: u64,
+    /// The same for `NetworkOut`.
+    pub cloudwatch_bytes_out: u64,
     /// Each change in the state DescribeInstances showed a caller, in order: (unix ms, state).
     /// What a poller could have known, and when: the bound on how late it can observe.
     pub shown: Vec<(u64, InstanceState)>,
@@ -127,12 +134,14 @@ impl InstanceTruth {
 pub struct SimStats {
     /// Calls received, per operation (throttled and failed ones included).
     pub calls: BTreeMap<Operation, u64>,
-    /// Calls answered `RequestLimitExceeded`, per operation.
+    /// Calls answered `RequestLimitExceeded` (or CloudWatch's `Throttling`), per operation.
     pub throttles: BTreeMap<Operation, u64>,
     /// Error answers, per error code (throttles included).
     pub errors: BTreeMap<String, u64>,
     /// Faults injected, per kind: `InternalError`, `Unavailable`, `ResponseLost`,
     /// `InsufficientInstanceCapacity`, `RequestLimitExceeded` (random, beyond the buckets),
+    /// CloudWatch's `Throttling` (random, beyond its bucket), `InternalFailure` and
+    /// `ServiceUnavailable`,
     /// `RegionOutage`, `fail_next:<code>`, `exit:<StateReason code>` (spontaneous exits),
     /// `interrupt:<StateReason code>`.
     pub faults: BTreeMap<String, u64>,

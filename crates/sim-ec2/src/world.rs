@@ -9,9 +9,9 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 
 use aws_backend::port::{
     AuthorizeIngressRequest, CreateSecurityGroupRequest, Ec2Error, Filter, ImportKeyPairRequest, InstanceInfo,
-    InstanceState, InstanceStateChange, InstanceTypeInfo, KeyPairInfo, NetworkUsage, Operation,
-    RUN_INSTANCES_RESOURCE_CAPACITY, RUN_INSTANCES_RESOURCE_REFILL_PER_S, RunInstancesRequest, SecurityGroupInfo,
-    ShutdownBehavior, Tags, ThrottleClass, codes,
+    InstanceState, InstanceStateChange, InstanceTypeInfo, KeyPairInfo, Operation, RUN_INSTANCES_RESOURCE_CAPACITY,
+    RUN_INSTANCES_RESOURCE_REFILL_PER_S, RunInstancesRequest, SecurityGroupInfo, ShutdownBehavior, Tags, ThrottleClass,
+    codes,
 };
 use backend_api::RegionLabel;
 use base64::Engine;
@@ -30,6 +30,10 @@ use crate::truth::{
     FaultRecord, InstanceTruth, InstanceTruths, LiveResource, LiveResources, ResourceKind, SimStats, StateInterval,
     TruthEntry,
 };
+
+mod cloudwatch;
+
+pub use cloudwatch::Datapoint;
 
 /// StateReason codes, as EC2 spells them (EC2 API reference, "StateReason").
 pub mod reasons {
@@ -286,11 +290,13 @@ fn class_index(class: ThrottleClass) -> usize {
         ThrottleClass::ResourceIntensive => 2,
         ThrottleClass::RunInstances => 3,
         ThrottleClass::TerminateInstances => 4,
+        // GetMetricData is CloudWatch's: `World::gate` hands it to `cloudwatch_gate` first.
+        ThrottleClass::GetMetricData => unreachable!("GetMetricData has its own bucket (world::cloudwatch)"),
     }
 }
 
 fn is_mutating(op: Operation) -> bool {
-    !matches!(op.throttle_class(), ThrottleClass::NonMutating)
+    !matches!(op.throttle_class(), ThrottleClass::NonMutating | ThrottleClass::GetMetricData)
 }
 
 fn err(op: Operation, code: &str, message: impl Into<String>) -> Ec2Error {
@@ -528,6 +534,8 @@ pub(crate) struct World {
     truth_seq: u64,
     /// The run's seed, from which the simulated guests' host keys are derived.
     seed: u64,
+    /// CloudWatch's GetMetricData buckets (see `cloudwatch`).
+    cloudwatch: cloudwatch::CloudWatch,
 }
 
 impl World {
@@ -576,6 +584,7 @@ impl World {
                 label,
             });
         }
+        let cloudwatch = cloudwatch::CloudWatch::new(regions.len(), now_ms);
         Ok(Self {
             faults: config.faults.clone(),
             network_bytes_per_s_min: config.network_bytes_per_s_min,
@@ -593,6 +602,7 @@ impl World {
             exposed_ends: Vec::new(),
             truth_seq: 0,
             seed: config.seed,
+            cloudwatch,
         })
     }
 
@@ -716,6 +726,9 @@ impl World {
     /// Everything that happens before a call reaches its operation: region, outage, targeted
     /// faults, throttling (a throttled call takes no token), random failures.
     fn gate(&mut self, op: Operation, region: &RegionLabel, about: About<'_>) -> Result<usize, Ec2Error> {
+        if op.throttle_class() == ThrottleClass::GetMetricData {
+            return self.cloudwatch_gate(op, region, about);
+        }
         let now = self.now_ms;
         let Some(r) = self.region_index(region) else {
             return Err(err(
@@ -1702,53 +1715,6 @@ impl World {
         Ok(())
     }
 
-    pub(crate) fn network_usage(
-        &mut self,
-        region: &RegionLabel,
-        instance_ids: Vec<String>,
-        start_unix_ms: u64,
-        end_unix_ms: u64,
-    ) -> Result<Vec<NetworkUsage>, Ec2Error> {
-        let op = Operation::GetNetworkUsage;
-        self.audit.begin(op_tag(op), region.as_str(), self.now_ms);
-        self.audit.strs(&instance_ids);
-        self.audit.u64(start_unix_ms);
-        self.audit.u64(end_unix_ms);
-        let about = About::Instances(&instance_ids);
-        let result: Result<Vec<NetworkUsage>, Ec2Error> = self.serve(op, region, about, |w, r| {
-            if end_unix_ms < start_unix_ms {
-                return Err(err(
-                    op,
-                    codes::INVALID_PARAMETER_VALUE,
-                    format!("The parameter StartTime ({start_unix_ms}) must be less than the parameter EndTime ({end_unix_ms})"),
-                ));
-            }
-            // CloudWatch knows nothing after `horizon`; it keeps data long after EC2 forgets the instance.
-            let horizon = w.now_ms.saturating_sub(w.faults.metrics_delay_ms);
-            let (start, end) = (start_unix_ms.min(horizon), end_unix_ms.min(horizon));
-            let region = &w.regions[r];
-            Ok(instance_ids
-                .iter()
-                .filter_map(|id| region.instance_ids.get(id.as_str()))
-                .map(|&i| {
-                    let inst = &region.instances[i];
-                    let (in_start, out_start) = inst.bytes_until(start);
-                    let (in_end, out_end) = inst.bytes_until(end);
-                    NetworkUsage { instance_id: inst.id.clone(), bytes_in: in_end - in_start, bytes_out: out_end - out_start }
-                })
-                .collect())
-        });
-        self.audit.outcome(&result, |a, list| {
-            a.u64(list.len() as u64);
-            for u in list {
-                a.str(&u.instance_id);
-                a.u64(u.bytes_in);
-                a.u64(u.bytes_out);
-            }
-        });
-        result
-    }
-
     // ---------------------------------------------------------------- targeted faults
 
     pub(crate) fn fail_next(&mut self, op: Operation, code: &str) {
@@ -1857,6 +1823,7 @@ impl World {
             })
             .collect();
         let (network_bytes_in, network_bytes_out) = inst.bytes_until(now);
+        let (cloudwatch_bytes_in, cloudwatch_bytes_out) = self.cloudwatch_bytes(inst);
         InstanceTruth {
             region: region.label.clone(),
             availability_zone: region.azs[usize::from(inst.az)].clone(),
@@ -1876,6 +1843,8 @@ impl World {
             running_ms: inst.running_ms_until(now),
             network_bytes_in,
             network_bytes_out,
+            cloudwatch_bytes_in,
+            cloudwatch_bytes_out,
             shown: inst.shown.clone(),
             root_volume_gib: inst.root_volume_gib,
         }
@@ -1908,6 +1877,8 @@ impl World {
                     }
                     Some(entry) if !entry.settled => {
                         inst.advance_truth(&mut entry.truth, now);
+                        (entry.truth.cloudwatch_bytes_in, entry.truth.cloudwatch_bytes_out) =
+                            self.cloudwatch_bytes(inst);
                         entry.note = note(&entry.truth);
                         entry.settled = inst.settled_by(now);
                     }

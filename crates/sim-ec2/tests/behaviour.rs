@@ -512,30 +512,158 @@ async fn describe_instance_types_answers_from_a_realistic_catalogue() {
     assert!(m6i.iter().all(|t| t.instance_type.starts_with("m6i.")));
 }
 
-#[tokio::test(start_paused = true)]
-async fn network_counters_accrue_only_while_running_and_windows_add_up() {
-    let w = World::new(18, fixed());
+/// GetNetworkUsage over `[from, to)` of one instance: (bytes in, bytes out).
+async fn usage(w: &World, id: &str, from: u64, to: u64) -> (u64, u64) {
+    let list = w.sim.network_usage(&us_east(), vec![id.to_string()], from, to).await.expect("usage");
+    list.iter().find(|u| u.instance_id == id).map_or((0, 0), |u| (u.bytes_in, u.bytes_out))
+}
+
+/// Launches one instance, lets it run `run_ms`, terminates it and waits `after_ms`.
+async fn ran(w: &World, run_ms: u64, after_ms: u64) -> String {
     let (key, group) = w.prerequisites("g").await;
+    let id = w.run(request("a", &key, &group, "g")).await.expect("launch").instance_id;
+    w.sleep_ms(run_ms).await;
+    w.sim.terminate_instances(&us_east(), vec![id.clone()]).await.expect("terminate");
+    w.sleep_ms(after_ms).await;
+    id
+}
+
+const PERIOD_MS: u64 = aws_backend::port::METRIC_PERIOD_MS;
+
+#[tokio::test(start_paused = true)]
+async fn cloudwatch_answers_five_minute_sums_aligned_to_periods() {
+    // No publication lag and no gaps: only the datapoints' shape is at stake.
+    let w = World::new(18, fixed());
     let t0 = w.now();
-    let info = w.run(request("a", &key, &group, "g")).await.expect("launch");
-    w.sleep_ms(70_000).await;
-    w.sim.terminate_instances(&us_east(), vec![info.instance_id.clone()]).await.expect("terminate");
-    w.sleep_ms(100_000).await;
-    let usage = |from: u64, to: u64| {
+    let id = ran(&w, 20 * 60_000, 10 * 60_000).await;
+    let truth = w.sim.instance(&id).expect("truth");
+    let points = w.sim.cloudwatch_datapoints(&id).expect("known");
+    // One datapoint per 5-minute period it ran in, stamped with the period's start (aligned
+    // to the clock, not to the launch), holding that period's bytes: together, the truth.
+    assert!(points.iter().all(|d| d.timestamp_unix_ms.is_multiple_of(PERIOD_MS)), "{points:?}");
+    assert!(points.windows(2).all(|p| p[1].timestamp_unix_ms == p[0].timestamp_unix_ms + PERIOD_MS));
+    let first = &points[0];
+    assert!(first.timestamp_unix_ms < t0 && t0 < first.timestamp_unix_ms + PERIOD_MS, "t0 is mid-period here");
+    assert_eq!(points.iter().map(|d| d.bytes_in).sum::<u64>(), truth.network_bytes_in);
+    assert_eq!(points.iter().map(|d| d.bytes_out).sum::<u64>(), truth.network_bytes_out);
+    assert!(points.iter().all(|d| d.bytes_in > 0));
+    // A window starting at the launch misses the first period: its datapoint is stamped before
+    // the window (StartTime rounds down to the minute, not to the period).
+    let (from_launch, _) = usage(&w, &id, t0, w.now()).await;
+    assert_eq!(from_launch, truth.network_bytes_in - first.bytes_in);
+    // Widened to whole periods (`metric_window`, what the backend asks for), it is whole.
+    let (start, end) = aws_backend::port::metric_window(t0, w.now());
+    assert_eq!(usage(&w, &id, start, end).await, (truth.network_bytes_in, truth.network_bytes_out));
+    // A window inside a period, not holding its start, holds no datapoint, though bytes flowed.
+    let mid = points[1].timestamp_unix_ms;
+    assert_eq!(usage(&w, &id, mid + 60_000, mid + 240_000).await, (0, 0));
+    assert_eq!(usage(&w, &id, mid, mid + 60_000).await.0, points[1].bytes_in, "the period's Sum, whole");
+    // Windows split at a period boundary add up.
+    let split = points[2].timestamp_unix_ms;
+    let (a, b) = (usage(&w, &id, start, split).await, usage(&w, &id, split, end).await);
+    assert_eq!((a.0 + b.0, a.1 + b.1), (truth.network_bytes_in, truth.network_bytes_out));
+    // Nothing after the instance ended.
+    assert_eq!(usage(&w, &id, end, end + 3_600_000).await, (0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn cloudwatch_publishes_each_datapoint_minutes_after_its_period_ends() {
+    let lag_ms = 3 * 60_000;
+    let w = World::new(20, FaultConfig { metrics_lag_ms_min: lag_ms, metrics_lag_ms_max: lag_ms, ..fixed() });
+    let (key, group) = w.prerequisites("g").await;
+    let id = w.run(request("a", &key, &group, "g")).await.expect("launch").instance_id;
+    // The first whole period it runs in (it runs 10 s after launch, `fixed`).
+    let from = (w.now() + 10_000).div_ceil(PERIOD_MS) * PERIOD_MS;
+    let to = from + PERIOD_MS;
+    w.sleep_ms(to + lag_ms - 1 - w.now()).await;
+    assert_eq!(usage(&w, &id, from, to).await, (0, 0), "the period ended {lag_ms} ms - 1 ago: not yet");
+    let d = w.sim.cloudwatch_datapoints(&id).expect("known").into_iter().find(|d| d.timestamp_unix_ms == from);
+    let d = d.expect("a datapoint for the period");
+    assert_eq!(d.published_unix_ms, Some(to + lag_ms));
+    assert!(d.bytes_in > 0);
+    w.sleep_ms(1).await;
+    assert_eq!(usage(&w, &id, from, to).await, (d.bytes_in, d.bytes_out), "published");
+    // Drawn per datapoint: within the range, not all alike.
+    let w = World::new(21, FaultConfig { metrics_lag_ms_min: 60_000, metrics_lag_ms_max: 5 * 60_000, ..fixed() });
+    let id = ran(&w, 2 * 3_600_000, 0).await;
+    let lags: Vec<u64> = w
+        .sim
+        .cloudwatch_datapoints(&id)
+        .expect("known")
+        .iter()
+        .map(|d| d.published_unix_ms.expect("no gaps") - (d.timestamp_unix_ms + PERIOD_MS))
+        .collect();
+    assert!(lags.iter().all(|l| (60_000..=5 * 60_000).contains(l)), "{lags:?}");
+    assert!(lags.iter().any(|l| *l != lags[0]), "{lags:?}");
+    // Ordinary CloudWatch: the default configuration publishes late too.
+    let default = FaultConfig::default();
+    assert!(default.metrics_lag_ms_min > 0 && default.metrics_lag_ms_max >= default.metrics_lag_ms_min);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cloudwatch_gaps_are_missing_for_good_and_every_answer_agrees() {
+    let w = World::new(22, FaultConfig { metrics_gap_probability: 0.3, ..fixed() });
+    let id = ran(&w, 2 * 3_600_000, 0).await;
+    let truth = w.sim.instance(&id).expect("truth");
+    let points = w.sim.cloudwatch_datapoints(&id).expect("known");
+    let gaps = points.iter().filter(|d| d.published_unix_ms.is_none()).count();
+    assert!(gaps > 0 && gaps < points.len(), "{gaps} gaps of {}", points.len());
+    let published_in: u64 = points.iter().filter(|d| d.published_unix_ms.is_some()).map(|d| d.bytes_in).sum();
+    let published_out: u64 = points.iter().filter(|d| d.published_unix_ms.is_some()).map(|d| d.bytes_out).sum();
+    assert!(published_in < truth.network_bytes_in);
+    // What CloudWatch will ever report, as ground truth for checkers.
+    assert_eq!((truth.cloudwatch_bytes_in, truth.cloudwatch_bytes_out), (published_in, published_out));
+    // A gap never fills in: the same answer now, in an hour and in a day, asked again and again.
+    let (start, end) = aws_backend::port::metric_window(truth.launch_time_unix_ms, w.now());
+    for wait_ms in [0, 3_600_000, 86_400_000] {
+        w.sleep_ms(wait_ms).await;
+        for _ in 0..3 {
+            assert_eq!(usage(&w, &id, start, end).await, (published_in, published_out));
+        }
+    }
+    assert_eq!(w.sim.cloudwatch_datapoints(&id).expect("known"), points, "the draws do not change");
+}
+
+#[tokio::test(start_paused = true)]
+async fn get_metric_data_throttles_on_its_own_bucket_with_throttling() {
+    let w = World::new(23, FaultConfig::none());
+    let (east, west) = (us_east(), eu_west());
+    let metrics = |region: RegionLabel| {
         let sim = w.sim.clone();
-        let id = info.instance_id.clone();
-        async move { sim.network_usage(&us_east(), vec![id], from, to).await.expect("usage")[0].clone() }
+        async move { sim.network_usage(&region, vec![], 0, 1).await }
     };
-    assert_eq!(usage(t0, t0 + 10_000).await.bytes_in, 0, "nothing flows while pending");
-    let whole = usage(t0, w.now()).await;
-    let (a, b) = (usage(t0, t0 + 33_333).await, usage(t0 + 33_333, w.now()).await);
-    assert_eq!(a.bytes_in + b.bytes_in, whole.bytes_in);
-    assert_eq!(a.bytes_out + b.bytes_out, whole.bytes_out);
-    let truth = w.sim.instance(&info.instance_id).expect("truth");
-    assert_eq!(truth.running_ms, 60_000);
-    assert_eq!((whole.bytes_in, whole.bytes_out), (truth.network_bytes_in, truth.network_bytes_out));
-    assert!(whole.bytes_in >= 60 * 1_000, "the rate is at least 1 kB/s");
-    assert_eq!(usage(t0 + 80_000, w.now()).await.bytes_out, 0, "nothing flows after termination");
+    // 50 requests at once (50 TPS), then CloudWatch's own code.
+    for _ in 0..50 {
+        metrics(east.clone()).await.expect("within CloudWatch's quota");
+    }
+    let throttled = metrics(east.clone()).await.expect_err("the 51st is throttled");
+    assert_eq!(throttled.code, codes::THROTTLING);
+    assert!(throttled.is_throttle());
+    assert_eq!(
+        w.sim.bucket_throttles().last().map(|(_, r, op)| (r.clone(), *op)),
+        Some((east.clone(), Operation::GetNetworkUsage))
+    );
+    metrics(west).await.expect("eu-west-1 has its own quota");
+    // None of it came out of EC2's buckets: the non-mutating one still holds its 100 tokens.
+    for _ in 0..100 {
+        w.sim.describe_instances(&east, vec![], vec![]).await.expect("EC2's bucket is untouched");
+    }
+    assert_eq!(code(w.sim.describe_instances(&east, vec![], vec![]).await), codes::REQUEST_LIMIT_EXCEEDED);
+    // 50 a second: one token 20 ms on, while EC2's bucket (20 a second) is still empty.
+    w.sleep_ms(19).await;
+    assert_eq!(code(metrics(east.clone()).await), codes::THROTTLING);
+    w.sleep_ms(1).await;
+    metrics(east.clone()).await.expect("refilled one token");
+    assert_eq!(code(w.sim.describe_instances(&east, vec![], vec![]).await), codes::REQUEST_LIMIT_EXCEEDED);
+    // Other callers of the account's quota: random `Throttling`, and EC2's random throttles do
+    // not reach CloudWatch.
+    let w = World::new(24, FaultConfig { cloudwatch_throttle_probability: 1.0, ..FaultConfig::none() });
+    assert_eq!(code(w.sim.network_usage(&us_east(), vec![], 0, 1).await), codes::THROTTLING);
+    assert_eq!(w.sim.fault_log().last().map(|f| f.kind.clone()), Some(codes::THROTTLING.to_string()));
+    w.sim.describe_instances(&us_east(), vec![], vec![]).await.expect("EC2 is not throttled by CloudWatch's faults");
+    let w = World::new(25, FaultConfig { throttle_probability: 1.0, ..FaultConfig::none() });
+    w.sim.network_usage(&us_east(), vec![], 0, 1).await.expect("CloudWatch is not throttled by EC2's faults");
+    assert!(w.sim.bucket_throttles().is_empty());
 }
 
 #[tokio::test(start_paused = true)]

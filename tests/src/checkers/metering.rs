@@ -3,8 +3,11 @@
 //! `usage-ledger`).
 //!
 //! The oracle is what EC2 bills: each `running` interval in whole seconds, rounded up, at
-//! least 60 s; cpu-seconds = vCPUs × seconds, MiB-seconds = MiB × seconds; network bytes = the
-//! instance's bytes in plus out; storage = the root volume provisioned (0 when nothing launched).
+//! least 60 s; cpu-seconds = vCPUs × seconds, MiB-seconds = MiB × seconds; network bytes = what
+//! CloudWatch reports of the instance's bytes in plus out once every datapoint is published
+//! (`InstanceTruth::cloudwatch_bytes_in`: the bytes it moved less CloudWatch's gaps, the only
+//! figure a meter reading CloudWatch can reach; docs/metering.md); storage = the root volume
+//! provisioned (0 when nothing launched).
 //!
 //! The tolerance is what a correct poller can miss, derived per running period `[a, b)` from
 //! the times EC2 showed the instance's state to a Describe (`InstanceTruth::shown`):
@@ -21,8 +24,8 @@
 //! - one second per period each way for rounding.
 //!
 //! Network bytes: a complete figure (measured after CloudWatch's publication lag, over the
-//! instance's whole life) must equal the truth exactly; a provisional one may fall short, never
-//! exceed it; an unknown one counts 0. After the quiet phase every figure must be complete
+//! instance's whole life) must equal CloudWatch's eventual figure exactly; a provisional one may
+//! fall short, never exceed it; an unknown one counts 0. After the quiet phase every figure must be complete
 //! ([`check_final`]). Storage must be exact. Usage is the ledger's as it stands, amendments
 //! included, not only what `GrantSettled` said.
 
@@ -146,7 +149,7 @@ pub fn check(ctx: &Context<'_>, measures: &mut Measures) -> Vec<Violation> {
                 ));
             }
         }
-        let net_truth = instance.network_bytes_in + instance.network_bytes_out;
+        let net_truth = instance.cloudwatch_bytes_in + instance.cloudwatch_bytes_out;
         if network == NetworkStatus::Complete {
             let net_err = usage.network_bytes.abs_diff(net_truth);
             measures.metering_error_network_bytes_max = measures.metering_error_network_bytes_max.max(net_err);
@@ -181,7 +184,7 @@ fn check_attempts(
         truth += vcpus * bill.seconds;
         under += vcpus * bill.under_s;
         over += vcpus * bill.over_s;
-        net += instance.network_bytes_in + instance.network_bytes_out;
+        net += instance.cloudwatch_bytes_in + instance.cloudwatch_bytes_out;
     }
     let metered = usage.cpu_seconds;
     if metered > truth + over || metered + under < truth {
@@ -195,14 +198,15 @@ fn check_attempts(
     }
 }
 
-/// What is wrong with `metered` network bytes of `status` against `truth`, if anything.
+/// What is wrong with `metered` network bytes of `status` against `truth` (what CloudWatch
+/// reports once it has published everything), if anything.
 fn network_error(metered: u64, status: NetworkStatus, truth: u64) -> Option<String> {
     match status {
         NetworkStatus::Complete if metered != truth => {
-            Some(format!("metered {metered} network bytes as complete, the instances moved {truth}"))
+            Some(format!("metered {metered} network bytes as complete, CloudWatch reports {truth} for the instances"))
         }
         NetworkStatus::Provisional | NetworkStatus::Unknown if metered > truth => {
-            Some(format!("metered {metered} network bytes ({status:?}), more than the {truth} the instances moved"))
+            Some(format!("metered {metered} network bytes ({status:?}), more than the {truth} CloudWatch reports"))
         }
         _ => None,
     }
