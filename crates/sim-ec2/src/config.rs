@@ -133,6 +133,15 @@ pub struct FaultConfig {
     pub console_delay_ms_min: u64,
     /// Longest such time.
     pub console_delay_ms_max: u64,
+    /// Longest time before tags set at creation or by CreateTags reach tag-filtered Describe
+    /// answers (lookups by id show them at once); drawn per resource and change.
+    pub tag_propagation_ms_max: u64,
+    /// Longest time after TerminateInstances during which DescribeInstances may still show the
+    /// state from before it (`running`); drawn per instance and change.
+    pub stale_state_ms_max: u64,
+    /// Longest time a deleted security group or key pair stays listed by Describe and keeps its
+    /// name taken (`InvalidGroup.Duplicate`, `InvalidKeyPair.Duplicate`); drawn per deletion.
+    pub deleted_visible_ms_max: u64,
 }
 
 impl FaultConfig {
@@ -161,6 +170,9 @@ impl FaultConfig {
             metrics_delay_ms: 0,
             console_delay_ms_min: 0,
             console_delay_ms_max: 0,
+            tag_propagation_ms_max: 0,
+            stale_state_ms_max: 0,
+            deleted_visible_ms_max: 0,
         }
     }
 
@@ -189,6 +201,10 @@ impl FaultConfig {
         let metrics_delay_ms = rng.gen_range(0..=12 * 60_000);
         // Drawn last, so that every knob drawn before keeps its value for a seed.
         let (console_delay_ms_min, console_delay_ms_max) = range(rng, 0, 30_000, 270_000);
+        // Issue 14's eventual consistency, drawn after every older knob.
+        let tag_propagation_ms_max = rng.gen_range(0..=30_000);
+        let stale_state_ms_max = rng.gen_range(0..=15_000);
+        let deleted_visible_ms_max = rng.gen_range(0..=60_000);
         Self {
             throttle_probability,
             internal_error_probability,
@@ -211,6 +227,9 @@ impl FaultConfig {
             metrics_delay_ms,
             console_delay_ms_min,
             console_delay_ms_max,
+            tag_propagation_ms_max,
+            stale_state_ms_max,
+            deleted_visible_ms_max,
         }
     }
 
@@ -269,6 +288,11 @@ impl Default for FaultConfig {
             // console output", Amazon EC2 User Guide).
             console_delay_ms_min: 10_000,
             console_delay_ms_max: 120_000,
+            // Eventual consistency beyond existence ("Eventual consistency in the Amazon EC2
+            // API"): seconds, as ordinary EC2 shows.
+            tag_propagation_ms_max: 5_000,
+            stale_state_ms_max: 3_000,
+            deleted_visible_ms_max: 10_000,
             ..Self::none()
         }
     }
@@ -287,7 +311,8 @@ impl fmt::Display for FaultConfig {
              response_lost_probability={} insufficient_capacity_probability={} capacity_shortage_ms={}..{} \
              visibility_delay_ms={}..{} launch_delay_ms={}..{} termination_delay_ms={}..{} \
              dependency_violation_lag_ms={}..{} spontaneous_exit_probability={} spontaneous_exit_after_ms_max={} \
-             terminated_visible_ms={} metrics_delay_ms={} console_delay_ms={}..{}",
+             terminated_visible_ms={} metrics_delay_ms={} console_delay_ms={}..{} tag_propagation_ms_max={} \
+             stale_state_ms_max={} deleted_visible_ms_max={}",
             self.throttle_probability,
             self.internal_error_probability,
             self.unavailable_probability,
@@ -309,6 +334,9 @@ impl fmt::Display for FaultConfig {
             self.metrics_delay_ms,
             self.console_delay_ms_min,
             self.console_delay_ms_max,
+            self.tag_propagation_ms_max,
+            self.stale_state_ms_max,
+            self.deleted_visible_ms_max,
         )
     }
 }
