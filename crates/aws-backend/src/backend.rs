@@ -40,6 +40,10 @@ const VISIBILITY_WINDOW_MS: u64 = 5 * 60_000;
 const MISSED_RUN_MS: u64 = 10 * 60_000;
 /// The code `run_instance_when_visible` answers, sending nothing, once it is too late to launch.
 const TOO_LATE: &str = "Local.TooLateToLaunch";
+/// How long a name deleted a moment ago may still answer `InvalidGroup.Duplicate` or
+/// `InvalidKeyPair.Duplicate` (a deleted resource stays listed, its name taken, for a while:
+/// "Eventual consistency in the Amazon EC2 API"): creation is retried through it this long.
+const DELETED_NAME_WINDOW_MS: u64 = 3 * 60_000;
 /// How long DeleteSecurityGroup is retried through `DependencyViolation`.
 const DEPENDENCY_WINDOW_MS: u64 = 15 * 60_000;
 
@@ -765,10 +769,21 @@ impl AwsBackend {
             public_key_openssh: login.public_openssh.clone(),
             tags: names::grant_tags(&self.inner.cfg, grant),
         };
+        // On a retried grant the name was deleted by the earlier attempt's rollback a moment
+        // ago, and EC2 may still hold it (`InvalidKeyPair.Duplicate`) for a while: import again
+        // until it is free, for up to DELETED_NAME_WINDOW_MS.
+        let retried = self.grant_state(grant).is_some_and(|s| s.attempt() > 0);
+        let window_ms = if retried { DELETED_NAME_WINDOW_MS } else { 0 };
         let result = self
             .inner
             .pacer
-            .call(region, Operation::ImportKeyPair, || self.inner.port.import_key_pair(region, request.clone()))
+            .call_until_settled(
+                region,
+                Operation::ImportKeyPair,
+                window_ms,
+                |err| err.is(codes::KEY_PAIR_DUPLICATE),
+                || self.inner.port.import_key_pair(region, request.clone()),
+            )
             .await;
         let key_pair_id = match result {
             Ok(info) => info.key_pair_id,
@@ -800,24 +815,40 @@ impl AwsBackend {
                     description: format!("compute-bridge grant {}: SSH only", grant.short()),
                     tags: names::grant_tags(cfg, grant),
                 };
-                let result = self
-                    .inner
-                    .pacer
-                    .call(region, Operation::CreateSecurityGroup, || {
-                        self.inner.port.create_security_group(region, request.clone())
-                    })
-                    .await;
-                let group_id = match result {
-                    Ok(id) => id,
-                    Err(err) if err.is(codes::GROUP_DUPLICATE) => {
-                        self.find_group_by_name(grant, region).await?.ok_or_else(|| BackendError::Provider {
-                            operation: "DescribeSecurityGroups".into(),
-                            code: codes::GROUP_NOT_FOUND.into(),
-                            message: format!("group {group_name} exists but stayed invisible"),
-                            retryable: true,
-                        })?
+                let started = self.now_ms();
+                let mut attempt = 0;
+                let group_id = loop {
+                    let result = self
+                        .inner
+                        .pacer
+                        .call(region, Operation::CreateSecurityGroup, || {
+                            self.inner.port.create_security_group(region, request.clone())
+                        })
+                        .await;
+                    match result {
+                        Ok(id) => break id,
+                        Err(err) if err.is(codes::GROUP_DUPLICATE) => {
+                            let found = self.find_group_by_name(grant, region).await?.ok_or_else(|| {
+                                BackendError::Provider {
+                                    operation: "DescribeSecurityGroups".into(),
+                                    code: codes::GROUP_NOT_FOUND.into(),
+                                    message: format!("group {group_name} exists but stayed invisible"),
+                                    retryable: true,
+                                }
+                            })?;
+                            // A group deleted a moment ago (an earlier attempt's rollback) stays
+                            // listed and keeps its name for a while, but a lookup by its id
+                            // knows it is gone: then create it again once the name is free.
+                            if self.group_exists(region, &found).await?
+                                || self.now_ms() >= started + DELETED_NAME_WINDOW_MS
+                            {
+                                break found;
+                            }
+                            self.inner.pacer.backoff(attempt.min(4) + 2).await;
+                            attempt += 1;
+                        }
+                        Err(err) => return Err(provider(err)),
                     }
-                    Err(err) => return Err(provider(err)),
                 };
                 created = Some(self.now_ms());
                 self.record(*grant, Event::SecurityGroupCreated { group_id: group_id.clone(), group_name }).await?;
@@ -892,6 +923,24 @@ impl AwsBackend {
     fn learn_lag(&self, region: &RegionLabel, lag: Lag, since: Option<u64>, met: bool) {
         if let Some(at) = since {
             self.inner.lags.learn(region, lag, self.now_ms().saturating_sub(at), met);
+        }
+    }
+
+    /// True when DescribeSecurityGroups by id shows `group_id`; false when it answers
+    /// `InvalidGroup.NotFound` (deleted, though listings may still show it).
+    async fn group_exists(&self, region: &RegionLabel, group_id: &str) -> Result<bool, BackendError> {
+        let ids = vec![group_id.to_string()];
+        match self
+            .inner
+            .pacer
+            .call(region, Operation::DescribeSecurityGroups, || {
+                self.inner.port.describe_security_groups(region, ids.clone(), Vec::new())
+            })
+            .await
+        {
+            Ok(groups) => Ok(groups.iter().any(|g| g.group_id == group_id)),
+            Err(err) if err.is(codes::GROUP_NOT_FOUND) => Ok(false),
+            Err(err) => Err(provider(err)),
         }
     }
 
@@ -1134,7 +1183,7 @@ impl AwsBackend {
             let result = self
                 .inner
                 .pacer
-                .call(region, Operation::TerminateInstances, || {
+                .call_for(region, Operation::TerminateInstances, crate::pacing::count(&ids), || {
                     self.inner.port.terminate_instances(region, ids.clone())
                 })
                 .await;
@@ -1185,7 +1234,7 @@ impl AwsBackend {
             let result = self
                 .inner
                 .pacer
-                .call(region, Operation::TerminateInstances, || {
+                .call_for(region, Operation::TerminateInstances, crate::pacing::count(&ids), || {
                     self.inner.port.terminate_instances(region, ids.clone())
                 })
                 .await;

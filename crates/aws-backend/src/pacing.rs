@@ -13,7 +13,8 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::port::{
-    Ec2Error, Operation, RUN_INSTANCES_RESOURCE_CAPACITY, RUN_INSTANCES_RESOURCE_REFILL_PER_S, ThrottleClass,
+    Ec2Error, Operation, RUN_INSTANCES_RESOURCE_CAPACITY, RUN_INSTANCES_RESOURCE_REFILL_PER_S,
+    TERMINATE_INSTANCES_RESOURCE_CAPACITY, TERMINATE_INSTANCES_RESOURCE_REFILL_PER_S,
 };
 
 /// A token bucket as a generic cell rate algorithm: each call reserves the next slot at once
@@ -75,11 +76,13 @@ impl RetryPolicy {
     }
 }
 
-/// Shared pacing state: buckets per region and class, and the jitter's PRNG.
+/// Shared pacing state: buckets per region and action (as EC2 keeps them: each action its own
+/// bucket, sized by its category), and the jitter's PRNG.
 pub struct Pacer {
     clock: Arc<dyn Clock>,
-    buckets: Mutex<BTreeMap<(RegionLabel, ThrottleClass), Gcra>>,
-    instance_buckets: Mutex<BTreeMap<RegionLabel, Gcra>>,
+    buckets: Mutex<BTreeMap<(RegionLabel, Operation), Gcra>>,
+    /// The resource buckets, counted in instances: RunInstances' and TerminateInstances'.
+    instance_buckets: Mutex<BTreeMap<(RegionLabel, Operation), Gcra>>,
     rng: Mutex<ChaCha8Rng>,
     policy: RetryPolicy,
     stats: Mutex<PacingStats>,
@@ -122,22 +125,36 @@ impl Pacer {
         lock(&self.stats).clone()
     }
 
-    /// Waits for a token of `op`'s bucket in `region` (and, for RunInstances, one instance).
+    /// Waits for a token of `op`'s bucket in `region` (and, for RunInstances and
+    /// TerminateInstances, one instance of its resource bucket).
     pub async fn admit(&self, region: &RegionLabel, op: Operation) {
+        self.admit_for(region, op, 1).await;
+    }
+
+    /// Waits for a token of `op`'s bucket in `region` and, for the actions EC2 also meters in
+    /// instances (RunInstances, TerminateInstances), `instances` of its resource bucket.
+    pub async fn admit_for(&self, region: &RegionLabel, op: Operation, instances: u32) {
         if self.buckets_off {
             return;
         }
         let now = self.clock.now_unix_ms();
         let class = op.throttle_class();
         let mut go_at = lock(&self.buckets)
-            .entry((region.clone(), class))
+            .entry((region.clone(), op))
             .or_insert_with(|| Gcra::new(class.capacity(), class.refill_per_s()))
             .reserve(now, 1);
-        if op == Operation::RunInstances {
+        let resource = match op {
+            Operation::RunInstances => Some((RUN_INSTANCES_RESOURCE_CAPACITY, RUN_INSTANCES_RESOURCE_REFILL_PER_S)),
+            Operation::TerminateInstances => {
+                Some((TERMINATE_INSTANCES_RESOURCE_CAPACITY, TERMINATE_INSTANCES_RESOURCE_REFILL_PER_S))
+            }
+            _ => None,
+        };
+        if let Some((capacity, refill_per_s)) = resource {
             let instance_go = lock(&self.instance_buckets)
-                .entry(region.clone())
-                .or_insert_with(|| Gcra::new(RUN_INSTANCES_RESOURCE_CAPACITY, RUN_INSTANCES_RESOURCE_REFILL_PER_S))
-                .reserve(now, 1);
+                .entry((region.clone(), op))
+                .or_insert_with(|| Gcra::new(capacity, refill_per_s))
+                .reserve(now, instances.max(1));
             go_at = go_at.max(instance_go);
         }
         if go_at > now {
@@ -149,14 +166,30 @@ impl Pacer {
     /// Runs `call` paced by the buckets, retrying transient failures (throttling, internal
     /// errors, outages) with exponential backoff and full jitter, at most
     /// `RetryPolicy::attempts_max` times. Non-transient errors return at once.
-    pub async fn call<T, F, Fut>(&self, region: &RegionLabel, op: Operation, mut call: F) -> Result<T, Ec2Error>
+    pub async fn call<T, F, Fut>(&self, region: &RegionLabel, op: Operation, call: F) -> Result<T, Ec2Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Ec2Error>>,
+    {
+        self.call_for(region, op, 1, call).await
+    }
+
+    /// Like [`Pacer::call`] for a call about `instances` instances, which RunInstances and
+    /// TerminateInstances also take from their resource buckets (one token per instance).
+    pub async fn call_for<T, F, Fut>(
+        &self,
+        region: &RegionLabel,
+        op: Operation,
+        instances: u32,
+        mut call: F,
+    ) -> Result<T, Ec2Error>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, Ec2Error>>,
     {
         let mut attempt = 0u32;
         loop {
-            self.admit(region, op).await;
+            self.admit_for(region, op, instances).await;
             match call().await {
                 Ok(value) => return Ok(value),
                 Err(err) if err.is_transient() && attempt + 1 < self.policy.attempts_max => {
@@ -206,6 +239,11 @@ impl Pacer {
         let wait = lock(&self.rng).gen_range(0..=ceiling);
         self.clock.sleep_ms(wait).await;
     }
+}
+
+/// How many instances a call about `ids` asks for, for [`Pacer::call_for`].
+pub(crate) fn count(ids: &[String]) -> u32 {
+    u32::try_from(ids.len()).unwrap_or(u32::MAX)
 }
 
 /// Locks a std mutex; a poisoned lock (a panic elsewhere while holding it) is taken over,

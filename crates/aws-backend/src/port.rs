@@ -121,11 +121,14 @@ impl Operation {
         }
     }
 
-    /// Which of EC2's request-rate token buckets the call draws from (CloudWatch's own quota for
-    /// GetNetworkUsage).
+    /// The category that sizes the call's request-rate token bucket. Each action has its own
+    /// bucket of its category's size and refill (per account and region): being throttled on
+    /// one action does not throttle another of the same category. GetNetworkUsage draws from
+    /// CloudWatch's own quota instead.
     ///
-    /// Source: "Request throttling for the Amazon EC2 API", EC2 API reference
-    /// (docs.aws.amazon.com/ec2/latest/devguide/ec2-api-throttling.html).
+    /// Source: "Request throttling for the Amazon EC2 API", EC2 developer guide
+    /// (docs.aws.amazon.com/ec2/latest/devguide/ec2-api-throttling.html; shared/EC2-FACTS.md,
+    /// Throttling).
     pub fn throttle_class(self) -> ThrottleClass {
         match self {
             Operation::DescribeKeyPairs
@@ -138,13 +141,20 @@ impl Operation {
             Operation::ImportKeyPair | Operation::AuthorizeSecurityGroupIngress => ThrottleClass::ResourceIntensive,
             Operation::RunInstances => ThrottleClass::RunInstances,
             Operation::TerminateInstances => ThrottleClass::TerminateInstances,
-            Operation::DeleteKeyPair
-            | Operation::CreateSecurityGroup
-            | Operation::DeleteSecurityGroup
-            | Operation::CreateTags => ThrottleClass::Mutating,
+            Operation::CreateTags => ThrottleClass::CreateTags,
+            Operation::DeleteKeyPair | Operation::CreateSecurityGroup | Operation::DeleteSecurityGroup => {
+                ThrottleClass::Mutating
+            }
             // CloudWatch's quota, not EC2's buckets.
             Operation::GetNetworkUsage => ThrottleClass::GetMetricData,
         }
+    }
+}
+
+impl Operation {
+    /// The operation's place in [`Operation::ALL`], for tables of one entry per action.
+    pub fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -154,7 +164,9 @@ impl std::fmt::Display for Operation {
     }
 }
 
-/// EC2's request token buckets (per account and region), and CloudWatch's GetMetricData quota.
+/// The categories that size EC2's request token buckets (every action has a bucket of its own,
+/// per account and region, with its category's capacity and refill), and CloudWatch's
+/// GetMetricData quota.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum ThrottleClass {
     /// Describe* calls: 100 tokens, refilling 20/s.
@@ -167,6 +179,8 @@ pub enum ThrottleClass {
     RunInstances,
     /// TerminateInstances: 100 tokens, refilling 5/s.
     TerminateInstances,
+    /// CreateTags: 100 tokens, refilling 10/s.
+    CreateTags,
     /// CloudWatch's GetMetricData: 50 transactions per second per region, answered `Throttling`
     /// beyond ("CloudWatch service quotas", docs.aws.amazon.com/AmazonCloudWatch/latest/
     /// monitoring/cloudwatch_limits.html: "For operations that do not include Metrics Insights
@@ -177,12 +191,13 @@ pub enum ThrottleClass {
 
 impl ThrottleClass {
     /// Every one of EC2's classes (CloudWatch's [`ThrottleClass::GetMetricData`] is apart).
-    pub const ALL: [ThrottleClass; 5] = [
+    pub const ALL: [ThrottleClass; 6] = [
         ThrottleClass::NonMutating,
         ThrottleClass::Mutating,
         ThrottleClass::ResourceIntensive,
         ThrottleClass::RunInstances,
         ThrottleClass::TerminateInstances,
+        ThrottleClass::CreateTags,
     ];
 
     /// The bucket's size in tokens.
@@ -194,6 +209,7 @@ impl ThrottleClass {
             ThrottleClass::RunInstances => 5,
             ThrottleClass::TerminateInstances => 100,
             ThrottleClass::GetMetricData => 50,
+            ThrottleClass::CreateTags => 100,
         }
     }
 
@@ -206,6 +222,7 @@ impl ThrottleClass {
             ThrottleClass::RunInstances => 2,
             ThrottleClass::TerminateInstances => 5,
             ThrottleClass::GetMetricData => 50,
+            ThrottleClass::CreateTags => 10,
         }
     }
 }
@@ -215,6 +232,12 @@ impl ThrottleClass {
 pub const RUN_INSTANCES_RESOURCE_CAPACITY: u32 = 1_000;
 /// Refill of RunInstances' instance bucket, instances per second.
 pub const RUN_INSTANCES_RESOURCE_REFILL_PER_S: u32 = 2;
+/// TerminateInstances' second bucket, counted in instances terminated rather than requests:
+/// 1,000 instances, refilling 20 per second ("Request throttling for the Amazon EC2 API",
+/// resource token buckets).
+pub const TERMINATE_INSTANCES_RESOURCE_CAPACITY: u32 = 1_000;
+/// Refill of TerminateInstances' instance bucket, instances per second.
+pub const TERMINATE_INSTANCES_RESOURCE_REFILL_PER_S: u32 = 20;
 
 /// An error from EC2, with EC2's own code.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

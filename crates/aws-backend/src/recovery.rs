@@ -222,7 +222,9 @@ impl AwsBackend {
         if !dry_run && !doomed_instances.is_empty() {
             let ids: Vec<String> = doomed_instances.iter().map(|(id, _)| id.clone()).collect();
             match pacer
-                .call(region, Operation::TerminateInstances, || port.terminate_instances(region, ids.clone()))
+                .call_for(region, Operation::TerminateInstances, crate::pacing::count(&ids), || {
+                    port.terminate_instances(region, ids.clone())
+                })
                 .await
             {
                 Ok(_) => {

@@ -33,6 +33,17 @@ impl TokenBucket {
         self.milli >= 1_000
     }
 
+    /// True when at least `n` whole tokens are available at `now_ms` (always for 0).
+    pub(crate) fn has_tokens(&mut self, now_ms: u64, n: u64) -> bool {
+        self.refill(now_ms);
+        self.milli >= n.saturating_mul(1_000)
+    }
+
+    /// Removes `n` tokens; call only after [`TokenBucket::has_tokens`] said yes.
+    pub(crate) fn take_tokens(&mut self, n: u64) {
+        self.milli = self.milli.saturating_sub(n.saturating_mul(1_000));
+    }
+
     /// Removes one token; call only after [`TokenBucket::has_token`] said yes.
     pub(crate) fn take_token(&mut self) {
         self.milli = self.milli.saturating_sub(1_000);

@@ -141,6 +141,15 @@ pub struct FaultConfig {
     /// Extra `Throttling` from CloudWatch's GetMetricData on top of its own bucket (other
     /// callers share the account's quota). EC2's `throttle_probability` does not apply to it.
     pub cloudwatch_throttle_probability: f64,
+    /// Longest time before tags set at creation or by CreateTags reach tag-filtered Describe
+    /// answers (lookups by id show them at once); drawn per resource and change.
+    pub tag_propagation_ms_max: u64,
+    /// Longest time after TerminateInstances during which DescribeInstances may still show the
+    /// state from before it (`running`); drawn per instance and change.
+    pub stale_state_ms_max: u64,
+    /// Longest time a deleted security group or key pair stays listed by Describe and keeps its
+    /// name taken (`InvalidGroup.Duplicate`, `InvalidKeyPair.Duplicate`); drawn per deletion.
+    pub deleted_visible_ms_max: u64,
 }
 
 impl FaultConfig {
@@ -172,6 +181,9 @@ impl FaultConfig {
             metrics_lag_ms_max: 0,
             metrics_gap_probability: 0.0,
             cloudwatch_throttle_probability: 0.0,
+            tag_propagation_ms_max: 0,
+            stale_state_ms_max: 0,
+            deleted_visible_ms_max: 0,
         }
     }
 
@@ -206,6 +218,10 @@ impl FaultConfig {
         let metrics_lag_ms_max = metrics_lag_ms_min + rng.gen_range(0..=8 * 60_000);
         let metrics_gap_probability = maybe(rng, 0.02);
         let cloudwatch_throttle_probability = maybe(rng, 0.05);
+        // Issue 14's eventual consistency, drawn after every older knob.
+        let tag_propagation_ms_max = rng.gen_range(0..=30_000);
+        let stale_state_ms_max = rng.gen_range(0..=15_000);
+        let deleted_visible_ms_max = rng.gen_range(0..=60_000);
         Self {
             throttle_probability,
             internal_error_probability,
@@ -231,6 +247,9 @@ impl FaultConfig {
             metrics_lag_ms_max,
             metrics_gap_probability,
             cloudwatch_throttle_probability,
+            tag_propagation_ms_max,
+            stale_state_ms_max,
+            deleted_visible_ms_max,
         }
     }
 
@@ -294,6 +313,11 @@ impl Default for FaultConfig {
             // console output", Amazon EC2 User Guide).
             console_delay_ms_min: 10_000,
             console_delay_ms_max: 120_000,
+            // Eventual consistency beyond existence ("Eventual consistency in the Amazon EC2
+            // API"): seconds, as ordinary EC2 shows.
+            tag_propagation_ms_max: 5_000,
+            stale_state_ms_max: 3_000,
+            deleted_visible_ms_max: 10_000,
             ..Self::none()
         }
     }
@@ -313,7 +337,8 @@ impl fmt::Display for FaultConfig {
              visibility_delay_ms={}..{} launch_delay_ms={}..{} termination_delay_ms={}..{} \
              dependency_violation_lag_ms={}..{} spontaneous_exit_probability={} spontaneous_exit_after_ms_max={} \
              terminated_visible_ms={} metrics_lag_ms={}..{} console_delay_ms={}..{} \
-             metrics_gap_probability={} cloudwatch_throttle_probability={}",
+             metrics_gap_probability={} cloudwatch_throttle_probability={} tag_propagation_ms_max={} \
+             stale_state_ms_max={} deleted_visible_ms_max={}",
             self.throttle_probability,
             self.internal_error_probability,
             self.unavailable_probability,
@@ -338,6 +363,9 @@ impl fmt::Display for FaultConfig {
             self.console_delay_ms_max,
             self.metrics_gap_probability,
             self.cloudwatch_throttle_probability,
+            self.tag_propagation_ms_max,
+            self.stale_state_ms_max,
+            self.deleted_visible_ms_max,
         )
     }
 }

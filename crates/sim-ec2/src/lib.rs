@@ -20,6 +20,7 @@ mod audit;
 mod bucket;
 mod clock;
 mod config;
+mod consistency;
 pub mod console;
 mod fxhash;
 mod taglist;

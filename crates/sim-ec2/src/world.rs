@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use aws_backend::port::{
     AuthorizeIngressRequest, CreateSecurityGroupRequest, Ec2Error, Filter, ImportKeyPairRequest, InstanceInfo,
     InstanceState, InstanceStateChange, InstanceTypeInfo, KeyPairInfo, Operation, RUN_INSTANCES_RESOURCE_CAPACITY,
-    RUN_INSTANCES_RESOURCE_REFILL_PER_S, RunInstancesRequest, SecurityGroupInfo, ShutdownBehavior, Tags, ThrottleClass,
-    codes,
+    RUN_INSTANCES_RESOURCE_REFILL_PER_S, RunInstancesRequest, SecurityGroupInfo, ShutdownBehavior,
+    TERMINATE_INSTANCES_RESOURCE_CAPACITY, TERMINATE_INSTANCES_RESOURCE_REFILL_PER_S, Tags, ThrottleClass, codes,
 };
 use backend_api::RegionLabel;
 use base64::Engine;
@@ -24,6 +24,7 @@ use crate::audit::{Audit, op_tag};
 use crate::bucket::TokenBucket;
 use crate::catalogue::{self, InstanceTypeSpec};
 use crate::config::{FaultConfig, SimConfig, SimError};
+use crate::consistency::{self, LagKind, TagView};
 use crate::fxhash::FxHashMap;
 use crate::taglist::TagList;
 use crate::truth::{
@@ -117,6 +118,10 @@ struct Instance {
     shipped_host_key: Option<String>,
     /// The IMDS options it was launched with: tokens required, PUT response hop limit.
     imds: (bool, u8),
+    /// The tags tag filters still see while newer ones propagate (see `consistency`).
+    tag_view: TagView<TagList>,
+    /// Until when DescribeInstances still shows this segment from before TerminateInstances.
+    stale: Option<(u64, Segment)>,
 }
 
 impl Instance {
@@ -204,7 +209,19 @@ impl Instance {
     }
 
     fn info(&self, now: u64) -> InstanceInfo {
-        let seg = self.segment_at(now);
+        self.info_of(self.segment_at(now))
+    }
+
+    /// The segment DescribeInstances shows at `now`: a stale one for a moment after
+    /// TerminateInstances (see `consistency`), else the true one.
+    fn described_segment(&self, now: u64) -> Segment {
+        match self.stale {
+            Some((until, seg)) if now < until => seg,
+            _ => self.segment_at(now),
+        }
+    }
+
+    fn info_of(&self, seg: Segment) -> InstanceInfo {
         let public_dns_name = match seg.state {
             InstanceState::Running | InstanceState::ShuttingDown | InstanceState::Stopping => self.public_dns.clone(),
             _ => String::new(),
@@ -240,6 +257,8 @@ impl Instance {
 struct KeyPair {
     id: String,
     tags: Tags,
+    /// The tags tag filters still see while newer ones propagate.
+    tag_view: TagView<Tags>,
     created_ms: u64,
     visible_at_ms: u64,
     /// The value of [`World::truth_seq`] when it was imported or last tagged.
@@ -250,6 +269,8 @@ struct Group {
     name: String,
     description: String,
     tags: Tags,
+    /// The tags tag filters still see while newer ones propagate.
+    tag_view: TagView<Tags>,
     visible_at_ms: u64,
     rules: BTreeSet<(u16, String)>,
     /// Instances launched into the group (indexes into the region's instances).
@@ -262,8 +283,12 @@ struct Group {
 struct Region {
     label: RegionLabel,
     azs: Vec<String>,
-    buckets: [TokenBucket; 5],
+    /// One request bucket per action, indexed by [`Operation::index`], each sized by its
+    /// category ("Request throttling for the Amazon EC2 API": each API has its own bucket).
+    buckets: [TokenBucket; Operation::ALL.len()],
     run_instances_resource: TokenBucket,
+    /// TerminateInstances' resource bucket: one token per instance terminated.
+    terminate_instances_resource: TokenBucket,
     outage_until_ms: u64,
     /// The value of [`World::truth_seq`] when a key pair or group of the region last came,
     /// went or was tagged.
@@ -281,18 +306,11 @@ struct Region {
     expiry: BinaryHeap<Reverse<(u64, usize)>>,
     client_tokens: FxHashMap<String, ([u8; 32], usize)>,
     capacity_short_until_ms: BTreeMap<(&'static str, u8), u64>,
-}
-
-fn class_index(class: ThrottleClass) -> usize {
-    match class {
-        ThrottleClass::NonMutating => 0,
-        ThrottleClass::Mutating => 1,
-        ThrottleClass::ResourceIntensive => 2,
-        ThrottleClass::RunInstances => 3,
-        ThrottleClass::TerminateInstances => 4,
-        // GetMetricData is CloudWatch's: `World::gate` hands it to `cloudwatch_gate` first.
-        ThrottleClass::GetMetricData => unreachable!("GetMetricData has its own bucket (world::cloudwatch)"),
-    }
+    /// Deleted groups Describe still lists, by id, with the end of their lingering: their
+    /// names stay taken meanwhile (see `consistency`).
+    deleted_groups: BTreeMap<String, (u64, Group)>,
+    /// Deleted key pairs DescribeKeyPairs still lists, by name, likewise.
+    deleted_key_pairs: BTreeMap<String, (u64, KeyPair)>,
 }
 
 fn is_mutating(op: Operation) -> bool {
@@ -440,11 +458,23 @@ fn valid_cidr(cidr: &str) -> bool {
     }
 }
 
+/// True for an OpenSSH public key EC2 imports: RSA or ED25519 only, whose base64 body is a key
+/// blob of the kind its first word names. ECDSA (`ecdsa-sha2-nistp256` ...) and DSA keys are
+/// refused: "ImportKeyPair" API reference ("Imports the public key from an RSA or ED25519 key
+/// pair"), and "Create a key pair using a third-party tool" (supported types: RSA, ED25519).
 fn valid_public_key(key: &str) -> bool {
     let mut parts = key.split_whitespace();
     let (Some(kind), Some(body)) = (parts.next(), parts.next()) else { return false };
-    matches!(kind, "ssh-ed25519" | "ssh-rsa" | "ecdsa-sha2-nistp256" | "ecdsa-sha2-nistp384" | "ecdsa-sha2-nistp521")
-        && base64::engine::general_purpose::STANDARD.decode(body).is_ok()
+    if !matches!(kind, "ssh-ed25519" | "ssh-rsa") {
+        return false;
+    }
+    let Ok(blob) = base64::engine::general_purpose::STANDARD.decode(body) else { return false };
+    // The blob opens with the key type as an SSH string: a 4-byte big-endian length, then it.
+    let named = blob.get(..4).and_then(|len| {
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        blob.get(4..4usize.checked_add(len)?)
+    });
+    named == Some(kind.as_bytes())
 }
 
 /// A digest of every RunInstances parameter except the token, to detect reuse with other parameters.
@@ -548,12 +578,16 @@ impl World {
         for label in labels {
             let azs =
                 (0..config.availability_zones_per_region).map(|i| format!("{label}{}", char::from(b'a' + i))).collect();
-            let buckets = ThrottleClass::ALL.map(|c| TokenBucket::full(c.capacity(), c.refill_per_s(), now_ms));
+            let buckets = Operation::ALL.map(|op| {
+                let class = op.throttle_class();
+                TokenBucket::full(class.capacity(), class.refill_per_s(), now_ms)
+            });
             let default_group_id = new_id(&mut rng, "sg");
             let default_group = Group {
                 name: "default".into(),
                 description: "default VPC security group".into(),
                 tags: Tags::new(),
+                tag_view: None,
                 visible_at_ms: 0,
                 rules: BTreeSet::new(),
                 users: Vec::new(),
@@ -566,6 +600,11 @@ impl World {
                 run_instances_resource: TokenBucket::full(
                     RUN_INSTANCES_RESOURCE_CAPACITY,
                     RUN_INSTANCES_RESOURCE_REFILL_PER_S,
+                    now_ms,
+                ),
+                terminate_instances_resource: TokenBucket::full(
+                    TERMINATE_INSTANCES_RESOURCE_CAPACITY,
+                    TERMINATE_INSTANCES_RESOURCE_REFILL_PER_S,
                     now_ms,
                 ),
                 outage_until_ms: 0,
@@ -581,6 +620,8 @@ impl World {
                 expiry: BinaryHeap::new(),
                 client_tokens: FxHashMap::default(),
                 capacity_short_until_ms: BTreeMap::new(),
+                deleted_groups: BTreeMap::new(),
+                deleted_key_pairs: BTreeMap::new(),
                 label,
             });
         }
@@ -752,10 +793,17 @@ impl World {
             self.fault_about(codes::REQUEST_LIMIT_EXCEEDED, r, about);
             return Err(err(op, codes::REQUEST_LIMIT_EXCEEDED, "Request limit exceeded."));
         }
+        // TerminateInstances also needs one token per instance of its resource bucket (taken
+        // when the call succeeds, as RunInstances' is).
+        let terminating = match about {
+            About::Instances(ids) if op == Operation::TerminateInstances => ids.len() as u64,
+            _ => 0,
+        };
         let reg = &mut self.regions[r];
-        let bucket = class_index(op.throttle_class());
+        let bucket = op.index();
         let allowed = reg.buckets[bucket].has_token(now)
-            && (op != Operation::RunInstances || reg.run_instances_resource.has_token(now));
+            && (op != Operation::RunInstances || reg.run_instances_resource.has_token(now))
+            && reg.terminate_instances_resource.has_tokens(now, terminating);
         if !allowed {
             self.bucket_throttles.push((now, region.clone(), op));
             return Err(err(op, codes::REQUEST_LIMIT_EXCEEDED, "Request limit exceeded."));
@@ -844,7 +892,7 @@ impl World {
             return Err(err(op, extra_codes::KEY_FORMAT, "Key is not in valid OpenSSH public key format"));
         }
         validate_tags(op, &req.tags)?;
-        if self.regions[r].key_pairs.contains_key(name) {
+        if self.regions[r].key_pairs.contains_key(name) || self.deleted_key_pair_lingers(r, name) {
             return Err(err(op, codes::KEY_PAIR_DUPLICATE, format!("The keypair '{name}' already exists.")));
         }
         let id = new_id(&mut self.rng, "key");
@@ -857,7 +905,9 @@ impl World {
             create_time_unix_ms: self.now_ms,
         };
         let changed_seq = self.next_seq();
-        let key_pair = KeyPair { id, tags: req.tags.clone(), created_ms: self.now_ms, visible_at_ms, changed_seq };
+        let tag_view = self.new_tag_view(&id, &Tags::new());
+        let key_pair =
+            KeyPair { id, tags: req.tags.clone(), tag_view, created_ms: self.now_ms, visible_at_ms, changed_seq };
         self.regions[r].key_pairs.insert(name.clone(), key_pair);
         self.regions[r].resources_seq = changed_seq;
         Ok(info)
@@ -874,12 +924,17 @@ impl World {
         let result: Result<Vec<KeyPairInfo>, Ec2Error> = self.serve(op, region, About::Nothing, |w, r| {
             let filters = parse_filters(op, filters, &["key-name", "key-pair-id"])?;
             let now = w.now_ms;
-            Ok(w.regions[r]
-                .key_pairs
-                .iter()
+            let region = &w.regions[r];
+            // Deleted key pairs linger in the list for a while (see `consistency`).
+            let lingering = region.deleted_key_pairs.iter().filter(|(_, (until, _))| now < *until);
+            let mut listed: Vec<(&String, &KeyPair)> =
+                region.key_pairs.iter().chain(lingering.map(|(name, (_, kp))| (name, kp))).collect();
+            listed.sort_by(|a, b| a.0.cmp(b.0));
+            Ok(listed
+                .into_iter()
                 .filter(|(_, kp)| now >= kp.visible_at_ms)
                 .filter(|(name, kp)| {
-                    matches(&filters, &kp.tags, |f| match f {
+                    matches(&filters, consistency::filter_tags(&kp.tags, &kp.tag_view, now), |f| match f {
                         "key-name" => Some(name.as_str()),
                         "key-pair-id" => Some(kp.id.as_str()),
                         _ => None,
@@ -909,8 +964,9 @@ impl World {
         self.audit.str(key_name);
         // EC2 answers success whether or not the key pair exists.
         let result = self.serve(op, region, About::KeyPair(key_name), |w, r| {
-            if w.regions[r].key_pairs.remove(key_name).is_some() {
+            if let Some(kp) = w.regions[r].key_pairs.remove(key_name) {
                 w.regions[r].resources_seq = w.next_seq();
+                w.linger_key_pair(r, key_name, kp);
             }
             Ok(())
         });
@@ -950,10 +1006,11 @@ impl World {
             ));
         }
         validate_tags(op, &req.tags)?;
-        if self.regions[r].group_names.contains_key(name) {
+        if self.regions[r].group_names.contains_key(name) || self.deleted_group_lingers(r, name) {
             return Err(err(op, codes::GROUP_DUPLICATE, format!("The security group '{name}' already exists")));
         }
         let id = new_id(&mut self.rng, "sg");
+        let tag_view = self.new_tag_view(&id, &Tags::new());
         let visible_at_ms =
             self.now_ms + draw(&mut self.rng, self.faults.visibility_delay_ms_min, self.faults.visibility_delay_ms_max);
         let changed_seq = self.next_seq();
@@ -966,6 +1023,7 @@ impl World {
                 name: name.clone(),
                 description: req.description.clone(),
                 tags: req.tags.clone(),
+                tag_view,
                 visible_at_ms,
                 rules: BTreeSet::new(),
                 users: Vec::new(),
@@ -1043,11 +1101,20 @@ impl World {
         let result: Result<Vec<SecurityGroupInfo>, Ec2Error> = self.serve(op, region, About::Nothing, |w, r| {
             let filters = parse_filters(op, filters, &["group-name", "group-id", "description"])?;
             let mut ids: Vec<&str> = Vec::new();
+            let now = w.now_ms;
             if group_ids.is_empty() {
-                let now = w.now_ms;
                 ids.extend(
                     w.regions[r].groups.iter().filter(|(_, g)| now >= g.visible_at_ms).map(|(id, _)| id.as_str()),
                 );
+                // Deleted groups linger in listings (not in lookups by id) for a while.
+                ids.extend(
+                    w.regions[r]
+                        .deleted_groups
+                        .iter()
+                        .filter(|(_, (until, _))| now < *until)
+                        .map(|(id, _)| id.as_str()),
+                );
+                ids.sort_unstable();
             } else {
                 for id in &group_ids {
                     w.visible_group(op, r, id)?;
@@ -1057,11 +1124,14 @@ impl World {
                 ids.dedup();
             }
             let groups = &w.regions[r].groups;
+            let deleted = &w.regions[r].deleted_groups;
             Ok(ids
                 .into_iter()
-                .filter_map(|id| groups.get_key_value(id))
+                .filter_map(|id| {
+                    groups.get_key_value(id).or_else(|| deleted.get_key_value(id).map(|(k, (_, g))| (k, g)))
+                })
                 .filter(|(id, g)| {
-                    matches(&filters, &g.tags, |f| match f {
+                    matches(&filters, consistency::filter_tags(&g.tags, &g.tag_view, now), |f| match f {
                         "group-name" => Some(g.name.as_str()),
                         "group-id" => Some(id.as_str()),
                         "description" => Some(g.description.as_str()),
@@ -1113,6 +1183,7 @@ impl World {
             if let Some(group) = region.groups.remove(group_id) {
                 region.group_names.remove(&group.name);
                 region.resources_seq = seq;
+                w.linger_group(r, group_id, group);
             }
             Ok(())
         });
@@ -1323,7 +1394,10 @@ impl World {
             changed_seq: 0,
             shipped_host_key,
             imds: (req.imdsv2_required, req.imds_hop_limit),
+            tag_view: None,
+            stale: None,
         };
+        instance.tag_view = self.new_tag_view(&instance.id, &TagList::default());
         let mut exit_kind = None;
         let mut terminated_at = None;
         if self.chance(self.faults.spontaneous_exit_probability) {
@@ -1366,6 +1440,51 @@ impl World {
         region.instances.push(instance);
         self.stats.instances_launched += 1;
         (info, idx)
+    }
+
+    // ---------------------------------------------------------------- eventual consistency (issue 14)
+
+    /// The tag view of a resource `id` created now with `tags`: tag filters see `nothing`
+    /// until its tags propagate (see `consistency`).
+    fn new_tag_view<T: Clone>(&self, id: &str, nothing: &T) -> TagView<T> {
+        let now = self.now_ms;
+        let lag = consistency::lag_ms(self.seed, LagKind::Tags, id, now, self.faults.tag_propagation_ms_max);
+        let mut view = None;
+        consistency::tags_changing(&mut view, nothing, now, now + lag);
+        view
+    }
+
+    /// Keeps a group deleted now listed for its lingering lag.
+    fn linger_group(&mut self, r: usize, id: &str, group: Group) {
+        let now = self.now_ms;
+        let lag = consistency::lag_ms(self.seed, LagKind::Deleted, id, now, self.faults.deleted_visible_ms_max);
+        let deleted = &mut self.regions[r].deleted_groups;
+        deleted.retain(|_, (until, _)| now < *until);
+        if lag > 0 {
+            deleted.insert(id.to_string(), (now + lag, group));
+        }
+    }
+
+    /// Keeps a key pair deleted now listed for its lingering lag.
+    fn linger_key_pair(&mut self, r: usize, name: &str, key_pair: KeyPair) {
+        let now = self.now_ms;
+        let lag =
+            consistency::lag_ms(self.seed, LagKind::Deleted, &key_pair.id, now, self.faults.deleted_visible_ms_max);
+        let deleted = &mut self.regions[r].deleted_key_pairs;
+        deleted.retain(|_, (until, _)| now < *until);
+        if lag > 0 {
+            deleted.insert(name.to_string(), (now + lag, key_pair));
+        }
+    }
+
+    /// True while a deleted group named `name` still lingers (its name is taken).
+    fn deleted_group_lingers(&self, r: usize, name: &str) -> bool {
+        self.regions[r].deleted_groups.values().any(|(until, g)| g.name == name && self.now_ms < *until)
+    }
+
+    /// True while a deleted key pair named `name` still lingers (its name is taken).
+    fn deleted_key_pair_lingers(&self, r: usize, name: &str) -> bool {
+        self.regions[r].deleted_key_pairs.get(name).is_some_and(|(until, _)| self.now_ms < *until)
     }
 
     /// GetConsoleOutput: what the guest printed, once EC2 publishes it (a while after the guest
@@ -1481,9 +1600,10 @@ impl World {
             for i in handles {
                 let inst = &mut region.instances[i];
                 let hidden = by_tag && now < inst.hidden_from_tag_filters_until_ms;
+                let described = inst.described_segment(now);
                 let shown = !hidden
-                    && matches(&filters, &inst.tags, |f| match f {
-                        "instance-state-name" => Some(inst.state_at(now).name()),
+                    && matches(&filters, consistency::filter_tags(&inst.tags, &inst.tag_view, now), |f| match f {
+                        "instance-state-name" => Some(described.state.name()),
                         "key-name" => Some(inst.key_name.as_str()),
                         "instance-id" => Some(inst.id.as_str()),
                         "instance-type" => Some(inst.spec.name),
@@ -1492,7 +1612,7 @@ impl World {
                         _ => None,
                     });
                 if shown {
-                    let info = inst.info(now);
+                    let info = inst.info_of(described);
                     if inst.shown.last().is_none_or(|&(_, s)| s != info.state) {
                         inst.shown.push((now, info.state));
                         w.truth_seq += 1;
@@ -1538,6 +1658,7 @@ impl World {
                 }
             }
             let now = w.now_ms;
+            w.regions[r].terminate_instances_resource.take_tokens(handles.len() as u64);
             let mut changes = Vec::with_capacity(handles.len());
             for i in handles {
                 let previous_state = w.regions[r].instances[i].state_at(now);
@@ -1546,7 +1667,18 @@ impl World {
                     _ => {
                         let delay =
                             draw(&mut w.rng, w.faults.termination_delay_ms_min, w.faults.termination_delay_ms_max);
+                        let stale_ms = consistency::lag_ms(
+                            w.seed,
+                            LagKind::StaleState,
+                            &w.regions[r].instances[i].id,
+                            now,
+                            w.faults.stale_state_ms_max,
+                        );
                         let region = &mut w.regions[r];
+                        let before = region.instances[i].segment_at(now);
+                        if stale_ms > 0 {
+                            region.instances[i].stale = Some((now + stale_ms, before));
+                        }
                         let planned =
                             region.instances[i].plan_exit(now, reasons::USER_INITIATED_SHUTDOWN, false, delay);
                         w.truth_seq += 1;
@@ -1688,9 +1820,14 @@ impl World {
                 ));
             }
         }
+        let (seed, tag_lag_max) = (self.seed, self.faults.tag_propagation_ms_max);
+        let until = |id: &str| now + consistency::lag_ms(seed, LagKind::Tags, id, now, tag_lag_max);
         for target in targets {
             let existing = match target {
                 Target::Instance(i) => {
+                    let inst = &mut region.instances[i];
+                    let before = inst.tags.clone();
+                    consistency::tags_changing(&mut inst.tag_view, &before, now, until(&inst.id));
                     region.instances[i].tags.merge(&tags);
                     self.truth_seq += 1;
                     region.instances[i].changed_seq = self.truth_seq;
@@ -1702,8 +1839,14 @@ impl World {
                     region.instances[i].changed_seq = self.truth_seq;
                     continue;
                 }
-                Target::Group(id) => region.groups.get_mut(&id).map(|g| (&mut g.tags, &mut g.changed_seq)),
-                Target::KeyPair(name) => region.key_pairs.get_mut(&name).map(|kp| (&mut kp.tags, &mut kp.changed_seq)),
+                Target::Group(id) => region.groups.get_mut(&id).map(|g| {
+                    consistency::tags_changing(&mut g.tag_view, &g.tags, now, until(&id));
+                    (&mut g.tags, &mut g.changed_seq)
+                }),
+                Target::KeyPair(name) => region.key_pairs.get_mut(&name).map(|kp| {
+                    consistency::tags_changing(&mut kp.tag_view, &kp.tags, now, until(&kp.id));
+                    (&mut kp.tags, &mut kp.changed_seq)
+                }),
             };
             if let Some((existing, changed_seq)) = existing {
                 existing.extend(tags.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -2017,5 +2160,9 @@ mod tests {
         ));
         assert!(!valid_public_key("ssh-ed25519"));
         assert!(!valid_public_key("ssh-dss AAAA"));
+        // The body must name the same kind as the first word.
+        assert!(!valid_public_key(
+            "ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f me@host"
+        ));
     }
 }

@@ -809,3 +809,213 @@ fn fault_config_displays_serializes_and_swarms_deterministically() {
     let clock = Arc::new(sim_ec2::ManualClock::new(T0));
     assert!(SimEc2::new(SimConfig::new(1, vec![]), clock).is_err());
 }
+
+// ---------------------------------------------------------------- issue 14: throttling scope
+
+#[tokio::test(start_paused = true)]
+async fn each_action_has_its_own_bucket_of_its_categorys_size() {
+    let w = World::new(31, FaultConfig::none());
+    let east = us_east();
+    let (_key, group) = w.prerequisites("g").await;
+    for _ in 0..100 {
+        w.sim.describe_instances(&east, vec![], vec![]).await.expect("within the bucket");
+    }
+    assert_eq!(code(w.sim.describe_instances(&east, vec![], vec![]).await), codes::REQUEST_LIMIT_EXCEEDED);
+    // Another non-mutating action is not throttled with it: its own bucket of 100.
+    for _ in 0..100 {
+        w.sim.describe_security_groups(&east, vec![], vec![]).await.expect("DescribeSecurityGroups' own bucket");
+    }
+    assert_eq!(code(w.sim.describe_security_groups(&east, vec![], vec![]).await), codes::REQUEST_LIMIT_EXCEEDED);
+    w.sim.describe_key_pairs(&east, vec![]).await.expect("DescribeKeyPairs' own bucket");
+
+    // CreateTags: 100 tokens refilling 10 per second (not the mutating 50 / 5).
+    for _ in 0..100 {
+        w.sim.create_tags(&east, vec![group.clone()], grant_tags("g")).await.expect("within CreateTags' bucket");
+    }
+    assert_eq!(
+        code(w.sim.create_tags(&east, vec![group.clone()], grant_tags("g")).await),
+        codes::REQUEST_LIMIT_EXCEEDED
+    );
+    // Another mutating action keeps its own bucket.
+    w.sim.delete_key_pair(&east, "nothing").await.expect("DeleteKeyPair's own bucket");
+    w.sleep_ms(99).await;
+    assert_eq!(
+        code(w.sim.create_tags(&east, vec![group.clone()], grant_tags("g")).await),
+        codes::REQUEST_LIMIT_EXCEEDED
+    );
+    w.sleep_ms(1).await;
+    w.sim.create_tags(&east, vec![group], grant_tags("g")).await.expect("one token every 100 ms");
+}
+
+#[tokio::test(start_paused = true)]
+async fn terminate_instances_has_an_instance_bucket_besides_its_request_bucket() {
+    let w = World::new(32, FaultConfig::none());
+    let east = us_east();
+    let (key, group) = w.prerequisites("g").await;
+    let mut ids = Vec::new();
+    for n in 0..10 {
+        loop {
+            match w.run(request(&format!("t{n}"), &key, &group, "g")).await {
+                Ok(info) => break ids.push(info.instance_id),
+                Err(e) if e.is_throttle() => w.sleep_ms(500).await,
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
+    }
+    w.sleep_ms(200_000).await; // every bucket full again
+    // 100 calls of 10 ids: the request bucket (100) and the instance bucket (1,000) both empty.
+    for _ in 0..100 {
+        w.sim.terminate_instances(&east, ids.clone()).await.expect("within both buckets");
+    }
+    // A second later the request bucket holds 5 tokens and the instance bucket 20 instances:
+    // two calls of 10 go, the third is refused although request tokens remain.
+    w.sleep_ms(1_000).await;
+    w.sim.terminate_instances(&east, ids.clone()).await.expect("10 of 20 instances");
+    w.sim.terminate_instances(&east, ids.clone()).await.expect("20 of 20 instances");
+    assert_eq!(code(w.sim.terminate_instances(&east, ids.clone()).await), codes::REQUEST_LIMIT_EXCEEDED);
+    assert_eq!(code(w.sim.terminate_instances(&east, vec![ids[0].clone()]).await), codes::REQUEST_LIMIT_EXCEEDED);
+    // 20 instances per second: one every 50 ms.
+    w.sleep_ms(50).await;
+    w.sim.terminate_instances(&east, vec![ids[0].clone()]).await.expect("one instance token refilled");
+}
+
+// ---------------------------------------------------------------- issue 14: ImportKeyPair key types
+
+/// An OpenSSH public key line of `kind` whose blob holds `kind` and then `rest`.
+fn openssh_key(kind: &str, rest: &[u8]) -> String {
+    let mut blob = (kind.len() as u32).to_be_bytes().to_vec();
+    blob.extend_from_slice(kind.as_bytes());
+    blob.extend_from_slice(rest);
+    format!("{kind} {} test", base64::engine::general_purpose::STANDARD.encode(blob))
+}
+
+#[tokio::test(start_paused = true)]
+async fn import_key_pair_accepts_only_rsa_and_ed25519() {
+    let w = World::new(33, FaultConfig::none());
+    let region = us_east();
+    let import = |name: &str, key: String| {
+        let sim = w.sim.clone();
+        let (region, name) = (region.clone(), name.to_string());
+        async move {
+            sim.import_key_pair(
+                &region,
+                ImportKeyPairRequest { key_name: name, public_key_openssh: key, tags: Tags::new() },
+            )
+            .await
+        }
+    };
+    let body = [0u8, 0, 0, 32].iter().copied().chain([7u8; 32]).collect::<Vec<u8>>();
+    import("ed", openssh_key("ssh-ed25519", &body)).await.expect("ED25519 is imported");
+    import("rsa", openssh_key("ssh-rsa", &[0, 0, 0, 3, 1, 0, 1, 0, 0, 1, 1, 0xc5])).await.expect("RSA is imported");
+    for kind in ["ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-dss"] {
+        assert_eq!(code(import(kind, openssh_key(kind, &body)).await), "InvalidKey.Format", "{kind}");
+    }
+}
+
+// ---------------------------------------------------------------- issue 14: eventual consistency beyond existence
+
+#[tokio::test(start_paused = true)]
+async fn tags_reach_tag_filters_after_a_lag_while_lookups_by_id_show_them() {
+    let w = World::new(34, FaultConfig { tag_propagation_ms_max: 60_000, ..fixed() });
+    let region = us_east();
+    let by_grant = || vec![Filter::tag("grant", ["g"])];
+    // A new group's tags lag too.
+    let group = w
+        .sim
+        .create_security_group(
+            &region,
+            CreateSecurityGroupRequest { group_name: "grp-new".into(), description: "d".into(), tags: grant_tags("g") },
+        )
+        .await
+        .expect("create group");
+    let listed = w.sim.describe_security_groups(&region, vec![], by_grant()).await.expect("describe");
+    assert!(listed.iter().all(|g| g.group_id != group), "a new group's tags have not reached tag filters");
+    assert!(
+        w.sim
+            .describe_security_groups(&region, vec![], vec![])
+            .await
+            .expect("describe")
+            .iter()
+            .any(|g| g.group_id == group)
+    );
+
+    let (key, group) = w.prerequisites("g").await;
+    let id = w.run(request("t", &key, &group, "g")).await.expect("launch").instance_id;
+    let by_id = w.describe(&id).await.expect("by id");
+    assert_eq!(by_id[0].tags.get("grant").map(String::as_str), Some("g"), "lookups by id show the tags");
+    let tagged = w.sim.describe_instances(&region, vec![], by_grant()).await.expect("describe");
+    assert!(tagged.is_empty(), "tag filters do not see a new instance's tags yet");
+    let untagged = w.sim.describe_instances(&region, vec![], vec![]).await.expect("describe");
+    assert_eq!(untagged.len(), 1, "other answers list it");
+    w.sleep_ms(60_001).await;
+    assert_eq!(w.sim.describe_instances(&region, vec![], by_grant()).await.expect("describe").len(), 1);
+
+    // Tags added by CreateTags lag the same way; the tags it had still match meanwhile.
+    let extra = Tags::from([("extra".to_string(), "1".to_string())]);
+    w.sim.create_tags(&region, vec![id.clone()], extra).await.expect("tag");
+    let by_extra = || vec![Filter::tag("extra", ["1"])];
+    assert!(w.sim.describe_instances(&region, vec![], by_extra()).await.expect("describe").is_empty());
+    assert_eq!(w.sim.describe_instances(&region, vec![], by_grant()).await.expect("describe").len(), 1);
+    assert!(w.describe(&id).await.expect("by id")[0].tags.contains_key("extra"));
+    w.sleep_ms(60_001).await;
+    assert_eq!(w.sim.describe_instances(&region, vec![], by_extra()).await.expect("describe").len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn describe_can_show_the_state_from_before_terminate_instances_for_a_moment() {
+    let w = World::new(35, FaultConfig { stale_state_ms_max: 10_000, ..fixed() });
+    let region = us_east();
+    let (key, group) = w.prerequisites("g").await;
+    let id = w.run(request("t", &key, &group, "g")).await.expect("launch").instance_id;
+    w.sleep_ms(10_000).await;
+    assert_eq!(w.state(&id).await, InstanceState::Running);
+    let change = w.sim.terminate_instances(&region, vec![id.clone()]).await.expect("terminate");
+    assert_eq!(change[0].current_state, InstanceState::ShuttingDown, "TerminateInstances' own answer is current");
+    // Ground truth has moved on; Describe still says running, by id and by state filter.
+    assert_eq!(w.sim.instance(&id).expect("truth").state, InstanceState::ShuttingDown);
+    assert_eq!(w.state(&id).await, InstanceState::Running);
+    let running = w.sim.describe_instances(&region, vec![], vec![Filter::instance_states(&[InstanceState::Running])]);
+    assert_eq!(running.await.expect("describe").len(), 1);
+    w.sleep_ms(10_001).await;
+    assert_eq!(w.state(&id).await, InstanceState::ShuttingDown);
+    w.sleep_ms(20_000).await;
+    assert_eq!(w.state(&id).await, InstanceState::Terminated);
+}
+
+#[tokio::test(start_paused = true)]
+async fn deleted_groups_and_key_pairs_stay_listed_and_keep_their_names_for_a_while() {
+    let w = World::new(36, FaultConfig { deleted_visible_ms_max: 30_000, ..FaultConfig::none() });
+    let region = us_east();
+    let (key, group) = w.prerequisites("g").await;
+    w.sim.delete_key_pair(&region, &key).await.expect("delete key pair");
+    w.sim.delete_security_group(&region, &group).await.expect("delete group");
+    assert!(w.sim.live_resources().is_empty(), "ground truth: both are gone");
+
+    // Listed still, by filter and without.
+    let by_name = vec![Filter { name: "key-name".into(), values: vec![key.clone()] }];
+    assert_eq!(w.sim.describe_key_pairs(&region, by_name.clone()).await.expect("describe").len(), 1);
+    let groups = w.sim.describe_security_groups(&region, vec![], vec![Filter::tag("grant", ["g"])]).await;
+    assert_eq!(groups.expect("describe").len(), 1);
+    // A lookup by id, and every other call, knows the group is gone.
+    assert_eq!(
+        code(w.sim.describe_security_groups(&region, vec![group.clone()], vec![]).await),
+        codes::GROUP_NOT_FOUND
+    );
+    assert_eq!(code(w.sim.delete_security_group(&region, &group).await), codes::GROUP_NOT_FOUND);
+    assert_eq!(code(w.run(request("t", &key, "", "g")).await), codes::KEY_PAIR_NOT_FOUND);
+    // The names are still taken.
+    let key_again =
+        ImportKeyPairRequest { key_name: key.clone(), public_key_openssh: PUBLIC_KEY.into(), tags: Tags::new() };
+    let group_again =
+        CreateSecurityGroupRequest { group_name: "grp-g".into(), description: "d".into(), tags: Tags::new() };
+    assert_eq!(code(w.sim.import_key_pair(&region, key_again.clone()).await), codes::KEY_PAIR_DUPLICATE);
+    assert_eq!(code(w.sim.create_security_group(&region, group_again.clone()).await), codes::GROUP_DUPLICATE);
+
+    w.sleep_ms(30_001).await;
+    assert!(w.sim.describe_key_pairs(&region, by_name).await.expect("describe").is_empty());
+    assert!(
+        w.sim.describe_security_groups(&region, vec![], vec![Filter::tag("grant", ["g"])]).await.expect("d").is_empty()
+    );
+    w.sim.import_key_pair(&region, key_again).await.expect("the name is free");
+    w.sim.create_security_group(&region, group_again).await.expect("the name is free");
+}
