@@ -133,6 +133,10 @@ pub struct FaultConfig {
     pub console_delay_ms_min: u64,
     /// Longest such time.
     pub console_delay_ms_max: u64,
+    /// Chance per instance launched with the backend's user data that its guest cannot use the
+    /// image (every fetch fails, or the bytes hash wrong) and powers off shortly after boot.
+    #[serde(default)]
+    pub image_fetch_failure_probability: f64,
 }
 
 impl FaultConfig {
@@ -161,6 +165,7 @@ impl FaultConfig {
             metrics_delay_ms: 0,
             console_delay_ms_min: 0,
             console_delay_ms_max: 0,
+            image_fetch_failure_probability: 0.0,
         }
     }
 
@@ -189,6 +194,8 @@ impl FaultConfig {
         let metrics_delay_ms = rng.gen_range(0..=12 * 60_000);
         // Drawn last, so that every knob drawn before keeps its value for a seed.
         let (console_delay_ms_min, console_delay_ms_max) = range(rng, 0, 30_000, 270_000);
+        // Drawn after the console's delays, for the same reason.
+        let image_fetch_failure_probability = maybe(rng, 0.1);
         Self {
             throttle_probability,
             internal_error_probability,
@@ -211,6 +218,7 @@ impl FaultConfig {
             metrics_delay_ms,
             console_delay_ms_min,
             console_delay_ms_max,
+            image_fetch_failure_probability,
         }
     }
 
@@ -223,6 +231,7 @@ impl FaultConfig {
             ("response_lost_probability", self.response_lost_probability),
             ("insufficient_capacity_probability", self.insufficient_capacity_probability),
             ("spontaneous_exit_probability", self.spontaneous_exit_probability),
+            ("image_fetch_failure_probability", self.image_fetch_failure_probability),
         ];
         for (name, p) in probabilities {
             if !(0.0..=1.0).contains(&p) {
@@ -287,7 +296,8 @@ impl fmt::Display for FaultConfig {
              response_lost_probability={} insufficient_capacity_probability={} capacity_shortage_ms={}..{} \
              visibility_delay_ms={}..{} launch_delay_ms={}..{} termination_delay_ms={}..{} \
              dependency_violation_lag_ms={}..{} spontaneous_exit_probability={} spontaneous_exit_after_ms_max={} \
-             terminated_visible_ms={} metrics_delay_ms={} console_delay_ms={}..{}",
+             terminated_visible_ms={} metrics_delay_ms={} console_delay_ms={}..{} \
+             image_fetch_failure_probability={}",
             self.throttle_probability,
             self.internal_error_probability,
             self.unavailable_probability,
@@ -309,6 +319,7 @@ impl fmt::Display for FaultConfig {
             self.metrics_delay_ms,
             self.console_delay_ms_min,
             self.console_delay_ms_max,
+            self.image_fetch_failure_probability,
         )
     }
 }

@@ -22,6 +22,7 @@ mod clock;
 mod config;
 pub mod console;
 mod fxhash;
+pub mod guest;
 mod taglist;
 mod truth;
 mod world;
