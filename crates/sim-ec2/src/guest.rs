@@ -105,7 +105,9 @@ impl GuestPlan {
 /// document with a well-formed vars file at [`VARS_PATH`]; `None` for anything else.
 pub fn guest_vars(user_data: &str) -> Option<GuestVars> {
     let body = user_data.strip_prefix("#cloud-config\n")?;
-    let document: serde_json::Value = serde_json::from_str(body).ok()?;
+    // The document is JSON (which is YAML); YAML comment lines may follow it, and cloud-init
+    // ignores them, so only the first JSON value counts.
+    let document: serde_json::Value = serde_json::Deserializer::from_str(body).into_iter().next()?.ok()?;
     let vars =
         document["write_files"].as_array()?.iter().find(|file| file["path"].as_str() == Some(VARS_PATH))?["content"]
             .as_str()?;
@@ -193,6 +195,26 @@ mod tests {
 
     fn vars(poweroff_at_unix_s: u64) -> GuestVars {
         GuestVars { poweroff_at_unix_s, fetch_attempts: 5, image_sha256: "ab".repeat(32) }
+    }
+
+    #[test]
+    fn the_vars_are_read_from_the_backends_user_data_and_from_nothing_else() {
+        use aws_backend::guest::{GuestConfig, GuestSpec, render_user_data};
+        let login = aws_backend::keys::SshKeyPair::ed25519_from_seed([7; 32], "grant").expect("key");
+        let spec = GuestSpec {
+            grant_id: backend_api::GrantId([9; 32]),
+            image_hash: backend_api::ImageHash([0xab; 32]),
+            authorized_key_openssh: &login.public_openssh,
+            host_key: None,
+            valid_to_unix_s: 1_700_000_600,
+        };
+        let cfg = GuestConfig::with_content_store("https://store.example/blobs/{hash}");
+        let text = render_user_data(&cfg, &spec).expect("render");
+        let want = GuestVars { poweroff_at_unix_s: 1_700_000_660, fetch_attempts: 5, image_sha256: "ab".repeat(32) };
+        assert_eq!(guest_vars(&text), Some(want.clone()));
+        assert_eq!(guest_vars(&format!("{text}# a YAML comment\n")), Some(want), "comments after the document");
+        assert_eq!(guest_vars("#!/bin/sh\necho hello\n"), None);
+        assert_eq!(guest_vars(&text.replace("POWEROFF_AT_UNIX_S", "POWEROFF_AT")), None);
     }
 
     #[test]

@@ -212,6 +212,13 @@ impl SimEc2 {
         self.world().guest_of(instance_id)
     }
 
+    /// What the guest of `instance_id` does (its power-off time, and when and why it powers
+    /// off), when the instance exists and was launched with the backend's user data; `None`
+    /// otherwise. A cheap part of [`SimEc2::guest_of`], for checkers that look often.
+    pub fn guest_plan_of(&self, instance_id: &str) -> Option<guest::GuestPlan> {
+        self.world().guest_plan_of(instance_id)
+    }
+
     /// A SHA-256 over every call, its inputs and its outcome, and every targeted fault, in
     /// order (hex, then `-` and the number of records). Equal for two runs with the same seed
     /// and the same calls.

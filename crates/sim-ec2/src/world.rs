@@ -1491,6 +1491,13 @@ impl World {
         })
     }
 
+    /// What the guest of `instance_id` does (see `guest`), when the instance exists and its
+    /// user data was the backend's: cheaper than `guest_of`, which derives the host key.
+    pub(crate) fn guest_plan_of(&self, instance_id: &str) -> Option<crate::guest::GuestPlan> {
+        let (r, i) = self.find_instance(instance_id)?;
+        self.regions[r].instances[i].guest.clone()
+    }
+
     /// The instance `id` if DescribeInstances can see it now, else EC2's error for it.
     fn visible_instance(&self, op: Operation, r: usize, id: &str) -> Result<usize, Ec2Error> {
         if !id.starts_with("i-") {
