@@ -3,6 +3,7 @@
 mod backend_sim;
 mod deadline_and_bill;
 mod economy;
+mod guest_backstop;
 mod guest_security;
 mod iam_policy;
 mod moto;

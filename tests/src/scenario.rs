@@ -59,11 +59,13 @@ pub enum Breakage {
     PinBackendHostKey,
     /// Launch with IMDSv1 allowed and a hop limit of 2.
     OpenImds,
+    /// Tell the guest to power off an hour after valid_to + grace.
+    LateGuestPowerOff,
 }
 
 impl Breakage {
     /// Every breakage, in the order the self-test runs them.
-    pub const ALL: [Breakage; 20] = [
+    pub const ALL: [Breakage; 21] = [
         Breakage::TerminateLate,
         Breakage::TerminateEarly,
         Breakage::FreshClientToken,
@@ -84,6 +86,7 @@ impl Breakage {
         Breakage::LeakLoginKey,
         Breakage::PinBackendHostKey,
         Breakage::OpenImds,
+        Breakage::LateGuestPowerOff,
     ];
 
     /// Its name on the command line (`--break NAME`).
@@ -109,6 +112,7 @@ impl Breakage {
             Breakage::LeakLoginKey => "leak-login-key",
             Breakage::PinBackendHostKey => "pin-backend-host-key",
             Breakage::OpenImds => "open-imds",
+            Breakage::LateGuestPowerOff => "late-guest-poweroff",
         }
     }
 
@@ -140,6 +144,7 @@ impl Breakage {
             Breakage::LeakLoginKey => s.leak_login_key = true,
             Breakage::PinBackendHostKey => s.pin_backend_host_key = true,
             Breakage::OpenImds => s.open_imds = true,
+            Breakage::LateGuestPowerOff => s.guest_poweroff_late_s = 3_600,
             Breakage::DropLedgerAppend | Breakage::CorruptLedgerAppend => {}
         }
         s
@@ -173,6 +178,7 @@ impl Breakage {
             Breakage::EarlyStart => names::DEADLINE,
             Breakage::LeakLoginKey => names::SECRETS,
             Breakage::PinBackendHostKey | Breakage::OpenImds => names::GUEST,
+            Breakage::LateGuestPowerOff => names::BACKSTOP,
         }
     }
 
@@ -195,6 +201,7 @@ impl Breakage {
             Breakage::NoPacing => &[names::PROVISION, names::LIVENESS],
             Breakage::EarlyStart | Breakage::LeakLoginKey => &[],
             Breakage::PinBackendHostKey | Breakage::OpenImds => &[],
+            Breakage::LateGuestPowerOff => &[],
         }
     }
 }

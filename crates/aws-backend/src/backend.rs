@@ -107,6 +107,9 @@ pub struct TestSwitches {
     pub pin_backend_host_key: bool,
     /// Launch with IMDSv1 allowed and a hop limit of 2, within reach of containers.
     pub open_imds: bool,
+    /// Tell the guest to power off this many seconds after `valid_to + deadline_grace_s`
+    /// instead of at it: a backstop later than the one promised.
+    pub guest_poweroff_late_s: u64,
 }
 
 impl TestSwitches {
@@ -609,7 +612,7 @@ impl AwsBackend {
                 image_hash: grant.manifest.image_post_hash,
                 authorized_key_openssh: &login.public_openssh,
                 host_key: (cfg.guest.host_keys == HostKeys::UserData).then_some(&host),
-                valid_to_unix_s: valid_to_unix_ms.div_ceil(1_000),
+                valid_to_unix_s: valid_to_unix_ms.div_ceil(1_000) + self.inner.switches.guest_poweroff_late_s,
             },
         )
         .map_err(|e| BackendError::InvalidInput { field: "grant".into(), reason: e.to_string() })?;

@@ -150,6 +150,10 @@ pub struct FaultConfig {
     /// Longest time a deleted security group or key pair stays listed by Describe and keeps its
     /// name taken (`InvalidGroup.Duplicate`, `InvalidKeyPair.Duplicate`); drawn per deletion.
     pub deleted_visible_ms_max: u64,
+    /// Chance per instance launched with the backend's user data that its guest cannot use the
+    /// image (every fetch fails, or the bytes hash wrong) and powers off shortly after boot.
+    #[serde(default)]
+    pub image_fetch_failure_probability: f64,
 }
 
 impl FaultConfig {
@@ -184,6 +188,7 @@ impl FaultConfig {
             tag_propagation_ms_max: 0,
             stale_state_ms_max: 0,
             deleted_visible_ms_max: 0,
+            image_fetch_failure_probability: 0.0,
         }
     }
 
@@ -222,6 +227,8 @@ impl FaultConfig {
         let tag_propagation_ms_max = rng.gen_range(0..=30_000);
         let stale_state_ms_max = rng.gen_range(0..=15_000);
         let deleted_visible_ms_max = rng.gen_range(0..=60_000);
+        // Drawn after the console's delays, for the same reason.
+        let image_fetch_failure_probability = maybe(rng, 0.1);
         Self {
             throttle_probability,
             internal_error_probability,
@@ -250,6 +257,7 @@ impl FaultConfig {
             tag_propagation_ms_max,
             stale_state_ms_max,
             deleted_visible_ms_max,
+            image_fetch_failure_probability,
         }
     }
 
@@ -264,6 +272,7 @@ impl FaultConfig {
             ("spontaneous_exit_probability", self.spontaneous_exit_probability),
             ("metrics_gap_probability", self.metrics_gap_probability),
             ("cloudwatch_throttle_probability", self.cloudwatch_throttle_probability),
+            ("image_fetch_failure_probability", self.image_fetch_failure_probability),
         ];
         for (name, p) in probabilities {
             if !(0.0..=1.0).contains(&p) {
@@ -338,7 +347,8 @@ impl fmt::Display for FaultConfig {
              dependency_violation_lag_ms={}..{} spontaneous_exit_probability={} spontaneous_exit_after_ms_max={} \
              terminated_visible_ms={} metrics_lag_ms={}..{} console_delay_ms={}..{} \
              metrics_gap_probability={} cloudwatch_throttle_probability={} tag_propagation_ms_max={} \
-             stale_state_ms_max={} deleted_visible_ms_max={}",
+             stale_state_ms_max={} deleted_visible_ms_max={} \
+             image_fetch_failure_probability={}",
             self.throttle_probability,
             self.internal_error_probability,
             self.unavailable_probability,
@@ -366,6 +376,7 @@ impl fmt::Display for FaultConfig {
             self.tag_propagation_ms_max,
             self.stale_state_ms_max,
             self.deleted_visible_ms_max,
+            self.image_fetch_failure_probability,
         )
     }
 }

@@ -23,6 +23,15 @@ pub struct GuestTruth {
     pub imds: (bool, u8),
     /// When GetConsoleOutput first shows the key, unix ms; `None` if the guest never ran.
     pub console_at_ms: Option<u64>,
+    /// The power-off time its user data gave it (`POWEROFF_AT_UNIX_S`), unix ms; `None` when
+    /// the user data was not the backend's, so no guest model runs (see `guest`).
+    pub poweroff_at_ms: Option<u64>,
+    /// When the guest powers off by its own plan, unix ms: at `poweroff_at_ms`, or earlier when
+    /// it refuses the image, or at boot when the power-off time had passed. Something else may
+    /// end the instance first.
+    pub powers_off_at_ms: Option<u64>,
+    /// Why the guest powers off before `poweroff_at_ms`, if it does.
+    pub refusal: Option<crate::guest::Refusal>,
 }
 
 /// The host key the simulated guest of `instance_id` generates in a world seeded with `seed`:

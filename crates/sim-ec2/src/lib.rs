@@ -23,6 +23,7 @@ mod config;
 mod consistency;
 pub mod console;
 mod fxhash;
+pub mod guest;
 mod taglist;
 mod truth;
 mod world;
@@ -217,6 +218,13 @@ impl SimEc2 {
     /// [`console::GuestTruth`]), when the instance exists: ground truth for checkers.
     pub fn guest_of(&self, instance_id: &str) -> Option<console::GuestTruth> {
         self.world().guest_of(instance_id)
+    }
+
+    /// What the guest of `instance_id` does (its power-off time, and when and why it powers
+    /// off), when the instance exists and was launched with the backend's user data; `None`
+    /// otherwise. A cheap part of [`SimEc2::guest_of`], for checkers that look often.
+    pub fn guest_plan_of(&self, instance_id: &str) -> Option<guest::GuestPlan> {
+        self.world().guest_plan_of(instance_id)
     }
 
     /// A SHA-256 over every call, its inputs and its outcome, and every targeted fault, in

@@ -122,6 +122,8 @@ struct Instance {
     tag_view: TagView<TagList>,
     /// Until when DescribeInstances still shows this segment from before TerminateInstances.
     stale: Option<(u64, Segment)>,
+    /// What its guest does, when its user data is the backend's (see `guest`).
+    guest: Option<crate::guest::GuestPlan>,
 }
 
 impl Instance {
@@ -169,6 +171,25 @@ impl Instance {
         truth.state = self.state_at(now);
         truth.running_ms = self.running_ms_until(now);
         (truth.network_bytes_in, truth.network_bytes_out) = self.bytes_until(now);
+    }
+
+    /// When the instance leaves `pending`/`running` for good, as planned now.
+    fn exit_from(&self) -> Option<u64> {
+        self.timeline
+            .iter()
+            .find(|s| !matches!(s.state, InstanceState::Pending | InstanceState::Running))
+            .map(|s| s.from_ms)
+    }
+
+    /// True when its guest's own power-off ended it by `t` (nothing ended it before).
+    fn guest_powered_off_by(&self, t: u64) -> bool {
+        self.guest.as_ref().is_some_and(|g| {
+            g.powers_off_at_ms <= t
+                && self
+                    .timeline
+                    .iter()
+                    .any(|s| s.from_ms == g.powers_off_at_ms && s.reason == Some(reasons::INSTANCE_INITIATED_SHUTDOWN))
+        })
     }
 
     /// When the instance is (or is planned to be) terminated.
@@ -1221,9 +1242,15 @@ impl World {
         } else {
             None
         };
+        // The backend's boot script reads its vars file; other user data gets no guest model.
+        let guest_vars = if user_data_text.contains(aws_backend::guest::VARS_PATH) {
+            crate::guest::guest_vars(&user_data_text)
+        } else {
+            None
+        };
         let user_data_len = user_data.map(|bytes| bytes.len());
         let result = self.serve(op, region, About::Tags(&req.instance_tags), |w, r| {
-            w.run_instance_in(r, &req, user_data_len, shipped)
+            w.run_instance_in(r, &req, user_data_len, shipped, guest_vars)
         });
         self.audit.outcome(&result, |a, info| a.instance(info));
         result
@@ -1237,6 +1264,7 @@ impl World {
         req: &RunInstancesRequest,
         user_data_len: Result<usize, base64::DecodeError>,
         shipped_host_key: Option<String>,
+        guest_vars: Option<crate::guest::GuestVars>,
     ) -> Result<InstanceInfo, Ec2Error> {
         let op = Operation::RunInstances;
         let now = self.now_ms;
@@ -1334,7 +1362,7 @@ impl World {
         }
 
         self.regions[r].run_instances_resource.take_token();
-        let instance = self.launch(r, now, spec, az, req, group_ids, shipped_host_key);
+        let instance = self.launch(r, now, spec, az, req, group_ids, shipped_host_key, guest_vars);
         let info = instance.0;
         let idx = instance.1;
         if !token.is_empty() {
@@ -1353,6 +1381,7 @@ impl World {
         req: &RunInstancesRequest,
         group_ids: Vec<String>,
         shipped_host_key: Option<String>,
+        guest_vars: Option<crate::guest::GuestVars>,
     ) -> (InstanceInfo, usize) {
         let f = &self.faults;
         let rng = &mut self.rng;
@@ -1396,6 +1425,7 @@ impl World {
             imds: (req.imdsv2_required, req.imds_hop_limit),
             tag_view: None,
             stale: None,
+            guest: None,
         };
         instance.tag_view = self.new_tag_view(&instance.id, &TagList::default());
         let mut exit_kind = None;
@@ -1422,6 +1452,11 @@ impl World {
         }
         if let Some(reason) = exit_kind {
             self.fault(&format!("exit:{reason}"), vec![req.instance_tags.clone()]);
+        }
+        if let Some(vars) = guest_vars
+            && let Some(t) = self.plan_guest(&mut instance, vars, running_at, &req.instance_tags)
+        {
+            terminated_at = t;
         }
         let info = instance.info(now);
         let region = &mut self.regions[r];
@@ -1487,6 +1522,40 @@ impl World {
         self.regions[r].deleted_key_pairs.get(name).is_some_and(|(until, _)| self.now_ms < *until)
     }
 
+    /// Gives `instance`, about to be launched with the backend's user data and running from
+    /// `running_at`, its guest (see `guest`): the guest powers off at its power-off time, or
+    /// earlier when it refuses the image, unless something ends the instance first. Returns when
+    /// the instance will be terminated, when the guest's power-off is what ends it.
+    fn plan_guest(
+        &mut self,
+        instance: &mut Instance,
+        vars: crate::guest::GuestVars,
+        running_at: u64,
+        tags: &Tags,
+    ) -> Option<Option<u64>> {
+        let f = &self.faults;
+        let plan = crate::guest::plan(vars, running_at, self.seed, &instance.id, f.image_fetch_failure_probability);
+        let at = plan.powers_off_at_ms;
+        let ended_before = instance.exit_from().is_some_and(|t| t <= at);
+        let mut terminated_at = None;
+        if !ended_before {
+            let delay = crate::guest::draw_ms(
+                self.seed,
+                &instance.id,
+                "termination",
+                f.termination_delay_ms_min,
+                f.termination_delay_ms_max,
+            );
+            let stop = instance.shutdown_behavior == ShutdownBehavior::Stop;
+            terminated_at = Some(instance.plan_exit(at, reasons::INSTANCE_INITIATED_SHUTDOWN, stop, delay));
+            if let Some(kind) = plan.fault_kind() {
+                self.fault(kind, vec![tags.clone()]);
+            }
+        }
+        instance.guest = Some(plan);
+        terminated_at
+    }
+
     /// GetConsoleOutput: what the guest printed, once EC2 publishes it (a while after the guest
     /// first ran; see `console`). Terminated instances keep theirs while they are listed.
     pub(crate) fn get_console_output(
@@ -1509,7 +1578,11 @@ impl World {
                 Some(key) => key.clone(),
                 None => crate::console::guest_host_key(w.seed, instance_id),
             };
-            Ok(Some(crate::console::console_text(&inst.id, &key)))
+            let mut text = crate::console::console_text(&inst.id, &key);
+            if let Some(plan) = inst.guest.as_ref().filter(|_| inst.guest_powered_off_by(w.now_ms)) {
+                text.push_str(&plan.console_tail());
+            }
+            Ok(Some(text))
         });
         self.audit.outcome(&result, |a, text| a.str(text.as_deref().unwrap_or_default()));
         result
@@ -1540,7 +1613,21 @@ impl World {
         let host_key =
             inst.shipped_host_key.clone().unwrap_or_else(|| crate::console::guest_host_key(self.seed, instance_id));
         let console_at_ms = inst.running_since().map(|t| t.saturating_add(self.console_delay_ms(instance_id)));
-        Some(crate::console::GuestTruth { host_key, imds: inst.imds, console_at_ms })
+        Some(crate::console::GuestTruth {
+            host_key,
+            imds: inst.imds,
+            console_at_ms,
+            poweroff_at_ms: inst.guest.as_ref().map(|g| g.vars.poweroff_at_unix_s.saturating_mul(1_000)),
+            powers_off_at_ms: inst.guest.as_ref().map(|g| g.powers_off_at_ms),
+            refusal: inst.guest.as_ref().and_then(|g| g.refusal.clone()),
+        })
+    }
+
+    /// What the guest of `instance_id` does (see `guest`), when the instance exists and its
+    /// user data was the backend's: cheaper than `guest_of`, which derives the host key.
+    pub(crate) fn guest_plan_of(&self, instance_id: &str) -> Option<crate::guest::GuestPlan> {
+        let (r, i) = self.find_instance(instance_id)?;
+        self.regions[r].instances[i].guest.clone()
     }
 
     /// The instance `id` if DescribeInstances can see it now, else EC2's error for it.

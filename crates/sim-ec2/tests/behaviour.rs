@@ -1019,3 +1019,93 @@ async fn deleted_groups_and_key_pairs_stay_listed_and_keep_their_names_for_a_whi
     w.sim.import_key_pair(&region, key_again).await.expect("the name is free");
     w.sim.create_security_group(&region, group_again).await.expect("the name is free");
 }
+
+/// The backend's user data for a grant whose deadline is `valid_to_unix_s`, with a grace of 60 s.
+fn backend_user_data(valid_to_unix_s: u64) -> String {
+    use aws_backend::guest::{GuestConfig, GuestSpec, render_user_data};
+    let login = aws_backend::keys::SshKeyPair::ed25519_from_seed([7; 32], "grant").expect("key");
+    let cfg = GuestConfig::with_content_store("https://store.example/blobs/{hash}");
+    let spec = GuestSpec {
+        grant_id: backend_api::GrantId([9; 32]),
+        image_hash: backend_api::ImageHash([3; 32]),
+        authorized_key_openssh: &login.public_openssh,
+        host_key: None,
+        valid_to_unix_s,
+    };
+    let text = render_user_data(&cfg, &spec).expect("render");
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_guest_powers_off_at_the_time_its_user_data_gives_and_ec2_ends_the_instance() {
+    let w = World::new(5, fixed());
+    let (key, group) = w.prerequisites("g").await;
+    let valid_to_s = T0 / 1_000 + 600;
+    let poweroff_ms = (valid_to_s + 60) * 1_000;
+    let mut term = request("term", &key, &group, "g");
+    term.user_data_base64 = backend_user_data(valid_to_s);
+    let mut stop = term.clone();
+    stop.client_token = "stop".into();
+    stop.shutdown_behavior = ShutdownBehavior::Stop;
+    // Another caller's user data: no guest model, so nothing powers it off.
+    let other = w.run(request("other", &key, &group, "g")).await.expect("launch");
+    let term = w.run(term).await.expect("launch");
+    let stop = w.run(stop).await.expect("launch");
+    let truth = w.sim.guest_of(&term.instance_id).expect("known");
+    assert_eq!(truth.poweroff_at_ms, Some(poweroff_ms));
+    assert_eq!(truth.powers_off_at_ms, Some(poweroff_ms));
+    assert_eq!(w.sim.guest_of(&other.instance_id).expect("known").poweroff_at_ms, None);
+
+    w.sleep_ms(poweroff_ms - 1 - w.now()).await;
+    assert_eq!(w.state(&term.instance_id).await, InstanceState::Running);
+    w.sleep_ms(1).await;
+    let ending = &w.describe(&term.instance_id).await.expect("describe")[0];
+    assert_eq!(ending.state, InstanceState::ShuttingDown);
+    assert_eq!(ending.state_reason_code.as_deref(), Some("Client.InstanceInitiatedShutdown"));
+    assert_eq!(w.state(&stop.instance_id).await, InstanceState::Stopping);
+    w.sleep_ms(20_000).await;
+    assert_eq!(w.state(&term.instance_id).await, InstanceState::Terminated);
+    assert_eq!(w.state(&stop.instance_id).await, InstanceState::Stopped);
+    let console = w.sim.get_console_output(&us_east(), &term.instance_id).await.expect("console").expect("text");
+    assert!(console.contains("reboot: Power down"), "{console}");
+    w.sleep_ms(3 * 3_600_000).await;
+    assert_eq!(w.state(&other.instance_id).await, InstanceState::Running, "other user data gets no guest");
+
+    // A power-off time already past at boot: the guest powers off as soon as its script runs.
+    let mut late = request("late", &key, &group, "g");
+    late.user_data_base64 = backend_user_data(T0 / 1_000);
+    let late = w.run(late).await.expect("launch");
+    w.sleep_ms(10_000 + sim_ec2::guest::RUNCMD_AFTER_RUNNING_MS).await;
+    assert_eq!(w.state(&late.instance_id).await, InstanceState::ShuttingDown);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_guest_that_cannot_use_its_image_powers_off_early_and_says_why() {
+    let faults = FaultConfig { image_fetch_failure_probability: 1.0, ..fixed() };
+    let w = World::new(6, faults);
+    let (key, group) = w.prerequisites("g").await;
+    let mut ids = Vec::new();
+    for k in 0..8 {
+        let mut req = request(&format!("t{k}"), &key, &group, "g");
+        req.user_data_base64 = backend_user_data(T0 / 1_000 + 3_600);
+        ids.push(w.run(req).await.expect("launch").instance_id);
+        w.sleep_ms(1_000).await;
+    }
+    // Running at 10 s; five failed fetches take at most 50 s of back-off and 10 s each.
+    w.sleep_ms(10_000 + 10_000 + 50_000 + 50_000 + 20_000).await;
+    let mut why = std::collections::BTreeSet::new();
+    for id in &ids {
+        let info = &w.describe(id).await.expect("describe")[0];
+        assert_eq!(info.state, InstanceState::Terminated, "{id}");
+        assert_eq!(info.state_reason_code.as_deref(), Some("Client.InstanceInitiatedShutdown"));
+        let truth = w.sim.guest_of(id).expect("known");
+        assert!(truth.powers_off_at_ms < truth.poweroff_at_ms, "{truth:?}");
+        let console = w.sim.get_console_output(&us_east(), id).await.expect("console").expect("text");
+        let line = console.lines().find(|l| l.starts_with("grant-guest: refusing: ")).expect("the guest says why");
+        why.insert(line.contains("sha256"));
+    }
+    assert_eq!(why.len(), 2, "both a failed fetch and a hash mismatch among eight guests");
+    assert!(w.sim.fault_log().iter().any(|f| f.kind.starts_with("exit:guest-image")));
+    // Off by default.
+    assert_eq!(FaultConfig::default().image_fetch_failure_probability, 0.0);
+}

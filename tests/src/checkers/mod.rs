@@ -7,6 +7,7 @@
 //! simulator's ground truth and the ledger as stored, never the backend's own arithmetic.
 
 pub mod admission;
+pub mod backstop;
 pub mod deadline;
 pub mod early_end;
 pub mod guest;
@@ -62,8 +63,10 @@ pub mod names {
     pub const SECRETS: &str = "secrets";
     /// The requester pins the guest's own host key; its IMDS is IMDSv2 with a hop limit of 1.
     pub const GUEST: &str = "guest";
+    /// The guest powers off by valid_to + grace, which ends its instance; the bill stops there.
+    pub const BACKSTOP: &str = "backstop";
     /// Every checker.
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 16] = [
         DEADLINE,
         EARLY_END,
         TEARDOWN,
@@ -79,6 +82,7 @@ pub mod names {
         PACING,
         SECRETS,
         GUEST,
+        BACKSTOP,
     ];
 }
 
@@ -414,6 +418,7 @@ pub fn check_all(ctx: &Context<'_>, measures: &mut Measures) -> Vec<Violation> {
     violations.extend(tags::check(ctx));
     violations.extend(pacing::check(ctx));
     violations.extend(guest::check(ctx));
+    violations.extend(backstop::check(ctx));
     violations
 }
 
