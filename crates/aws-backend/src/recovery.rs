@@ -313,8 +313,8 @@ mod tests {
     use crate::config::{AwsBootConfig, OWNER_TAG};
     use crate::port::{
         AuthorizeIngressRequest, CreateSecurityGroupRequest, Ec2Error, Ec2Port, Filter, ImportKeyPairRequest,
-        InstanceInfo, InstanceStateChange, InstanceTypeInfo, InstanceTypeOffering, KeyPairInfo, NetworkUsage, Operation, RunInstancesRequest,
-        SecurityGroupInfo, Tags,
+        InstanceInfo, InstanceStateChange, InstanceTypeInfo, InstanceTypeOffering, KeyPairInfo, NetworkUsage,
+        Operation, RunInstancesRequest, SecurityGroupInfo, Tags,
     };
     use crate::{AwsBackend, BackendParts, DynStore, TestSwitches, names};
 

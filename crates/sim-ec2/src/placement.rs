@@ -39,7 +39,10 @@ pub(crate) fn validate_images(images: &[SimImage]) -> Result<(), SimError> {
             )));
         }
         if image.root_snapshot_gib == 0 {
-            return Err(SimError::Config(format!("images: {} has a 0 GiB root snapshot: use at least 1", image.image_id)));
+            return Err(SimError::Config(format!(
+                "images: {} has a 0 GiB root snapshot: use at least 1",
+                image.image_id
+            )));
         }
     }
     Ok(())
@@ -85,11 +88,7 @@ impl Account {
     /// Source: "Error codes for the Amazon EC2 API" (InvalidAMIID.Malformed, InvalidAMIID.NotFound).
     pub(crate) fn image(&self, op: Operation, region: &RegionLabel, image_id: &str) -> Result<u32, Ec2Error> {
         if !well_formed_ami(image_id) {
-            return Err(err(
-                op,
-                codes::AMI_MALFORMED,
-                format!("Invalid id: \"{image_id}\" (expecting \"ami-...\")"),
-            ));
+            return Err(err(op, codes::AMI_MALFORMED, format!("Invalid id: \"{image_id}\" (expecting \"ami-...\")")));
         }
         if self.images.is_empty() {
             return Ok(DEFAULT_ROOT_SNAPSHOT_GIB);

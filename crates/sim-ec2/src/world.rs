@@ -2067,7 +2067,8 @@ impl World {
             .filter(|z| self.account.offers(&region.label, spec.name, *z, gap))
             .map(|z| region.azs[usize::from(z)].clone())
             .collect();
-        let e = crate::placement::unsupported(Operation::RunInstances, spec.name, &region.azs[usize::from(az)], &offering);
+        let e =
+            crate::placement::unsupported(Operation::RunInstances, spec.name, &region.azs[usize::from(az)], &offering);
         self.fault(codes::UNSUPPORTED, vec![tags.clone()]);
         Err(e)
     }
@@ -2097,7 +2098,10 @@ impl World {
         let spec =
             catalogue::lookup(instance_type).ok_or_else(|| SimError::UnknownInstanceType(instance_type.to_string()))?;
         let az = self.regions[r].azs.iter().position(|z| z == zone).ok_or_else(|| {
-            SimError::Config(format!("zone {zone} is not simulated in {region}: use {}", self.regions[r].azs.join(", ")))
+            SimError::Config(format!(
+                "zone {zone} is not simulated in {region}: use {}",
+                self.regions[r].azs.join(", ")
+            ))
         })?;
         self.audit.begin(0xF4, region.as_str(), self.now_ms);
         self.audit.str(instance_type);

@@ -792,7 +792,8 @@ async fn without_a_default_vpc_groups_and_launches_need_a_vpc() {
         .await;
     assert_eq!(code(group), codes::VPC_ID_NOT_SPECIFIED);
     // Key pairs are not in a VPC.
-    let key = ImportKeyPairRequest { key_name: "k".into(), public_key_openssh: PUBLIC_KEY.into(), tags: grant_tags("g") };
+    let key =
+        ImportKeyPairRequest { key_name: "k".into(), public_key_openssh: PUBLIC_KEY.into(), tags: grant_tags("g") };
     w.sim.import_key_pair(&region, key).await.expect("key pairs need no VPC");
     w.sleep_ms(1_000).await;
     let launch = RunInstancesRequest { security_group_ids: vec![], ..request("a", "k", "", "g") };
