@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use async_trait::async_trait;
 use aws_backend::port::{
     AuthorizeIngressRequest, CreateSecurityGroupRequest, Ec2Error, Ec2Port, Filter, ImportKeyPairRequest, InstanceInfo,
-    InstanceStateChange, InstanceTypeInfo, KeyPairInfo, NetworkUsage, Operation, RunInstancesRequest,
-    SecurityGroupInfo, Tags,
+    InstanceStateChange, InstanceTypeInfo, InstanceTypeOffering, KeyPairInfo, NetworkUsage, Operation,
+    RunInstancesRequest, SecurityGroupInfo, Tags,
 };
 use backend_api::RegionLabel;
 
@@ -174,5 +174,16 @@ impl Ec2Port for CrashingPort {
 
     async fn get_console_output(&self, region: &RegionLabel, instance_id: &str) -> Result<Option<String>, Ec2Error> {
         self.gate(Operation::GetConsoleOutput, self.inner.get_console_output(region, instance_id)).await
+    }
+    async fn describe_instance_type_offerings(
+        &self,
+        region: &RegionLabel,
+        instance_types: Vec<String>,
+    ) -> Result<Vec<InstanceTypeOffering>, Ec2Error> {
+        self.gate(
+            Operation::DescribeInstanceTypeOfferings,
+            self.inner.describe_instance_type_offerings(region, instance_types),
+        )
+        .await
     }
 }

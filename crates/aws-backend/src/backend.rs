@@ -850,7 +850,7 @@ impl AwsBackend {
                             self.inner.pacer.backoff(attempt.min(4) + 2).await;
                             attempt += 1;
                         }
-                        Err(err) => return Err(provider(err)),
+                        Err(err) => return Err(crate::refusals::security_group(region, err)),
                     }
                 };
                 created = Some(self.now_ms());
@@ -1025,6 +1025,11 @@ impl AwsBackend {
                 Err(err) if err.is(codes::INSUFFICIENT_INSTANCE_CAPACITY) => {
                     tracing::info!(instance_type = %itype.instance_type, "no capacity; trying the next fitting type");
                 }
+                // The zone EC2 chose does not offer the type: like a shortage, the next fitting
+                // type (placed anew) may launch; choosing the zone is issue 16's placement.
+                Err(err) if err.is(codes::UNSUPPORTED) => {
+                    tracing::info!(instance_type = %itype.instance_type, error = %err, "type not offered in the zone EC2 chose; trying the next fitting type");
+                }
                 Err(err) if err.is(TOO_LATE) => {
                     return Err(self.check_time_left(valid_to).err().unwrap_or_else(|| local(err)));
                 }
@@ -1040,7 +1045,7 @@ impl AwsBackend {
                         retryable: true,
                     });
                 }
-                Err(err) => return Err(provider(err)),
+                Err(err) => return Err(crate::refusals::launch(region, &request, err)),
             }
         }
         Err(BackendError::CapacityUnavailable { region: region.to_string(), instance_types: tried })

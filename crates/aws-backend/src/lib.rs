@@ -15,6 +15,7 @@ pub mod pacing;
 pub mod poller;
 pub mod port;
 mod recovery;
+mod refusals;
 #[cfg(feature = "sdk")]
 pub mod sdk;
 pub mod sizing;

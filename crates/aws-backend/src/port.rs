@@ -47,6 +47,20 @@ pub mod codes {
     pub const PERMISSION_DUPLICATE: &str = "InvalidPermission.Duplicate";
     /// CloudWatch's answer to a throttled request (its own quota, not EC2's buckets).
     pub const THROTTLING: &str = "Throttling";
+    /// The launch would take the account past its On-Demand vCPU quota for the instance's class
+    /// in the region (running and pending instances count).
+    pub const VCPU_LIMIT_EXCEEDED: &str = "VcpuLimitExceeded";
+    /// The instance type is not offered in the availability zone EC2 placed the request in
+    /// (DescribeInstanceTypeOfferings tells which zones offer it).
+    pub const UNSUPPORTED: &str = "Unsupported";
+    /// The AMI does not exist in the region (or the account may not use it).
+    pub const AMI_NOT_FOUND: &str = "InvalidAMIID.NotFound";
+    /// The AMI id is not `ami-` followed by hexadecimal digits.
+    pub const AMI_MALFORMED: &str = "InvalidAMIID.Malformed";
+    /// A block device mapping is wrong, e.g. a root volume smaller than the AMI's snapshot.
+    pub const INVALID_BLOCK_DEVICE_MAPPING: &str = "InvalidBlockDeviceMapping";
+    /// The account has no default VPC in the region and the call named no VPC or subnet.
+    pub const VPC_ID_NOT_SPECIFIED: &str = "VPCIdNotSpecified";
 }
 
 /// The operations of the port, for throttling, audit and fault injection.
@@ -80,11 +94,13 @@ pub enum Operation {
     GetNetworkUsage,
     /// GetConsoleOutput.
     GetConsoleOutput,
+    /// DescribeInstanceTypeOfferings with location type `availability-zone`.
+    DescribeInstanceTypeOfferings,
 }
 
 impl Operation {
     /// Every operation, in declaration order.
-    pub const ALL: [Operation; 14] = [
+    pub const ALL: [Operation; 15] = [
         Operation::ImportKeyPair,
         Operation::DescribeKeyPairs,
         Operation::DeleteKeyPair,
@@ -99,6 +115,7 @@ impl Operation {
         Operation::CreateTags,
         Operation::GetNetworkUsage,
         Operation::GetConsoleOutput,
+        Operation::DescribeInstanceTypeOfferings,
     ];
 
     /// The API name, e.g. `"RunInstances"`.
@@ -118,6 +135,7 @@ impl Operation {
             Operation::CreateTags => "CreateTags",
             Operation::GetNetworkUsage => "GetNetworkUsage",
             Operation::GetConsoleOutput => "GetConsoleOutput",
+            Operation::DescribeInstanceTypeOfferings => "DescribeInstanceTypeOfferings",
         }
     }
 
@@ -135,7 +153,8 @@ impl Operation {
             | Operation::DescribeSecurityGroups
             | Operation::DescribeInstances
             | Operation::DescribeInstanceTypes
-            | Operation::GetConsoleOutput => ThrottleClass::NonMutating,
+            | Operation::GetConsoleOutput
+            | Operation::DescribeInstanceTypeOfferings => ThrottleClass::NonMutating,
             // ImportKeyPair is in EC2's CreateKeyPair-like "resource-intensive" set together
             // with AuthorizeSecurityGroupIngress.
             Operation::ImportKeyPair | Operation::AuthorizeSecurityGroupIngress => ThrottleClass::ResourceIntensive,
@@ -532,6 +551,16 @@ pub fn metric_window(start_unix_ms: u64, end_unix_ms: u64) -> (u64, u64) {
     (start, end)
 }
 
+/// One (instance type, availability zone) pair EC2 offers, as DescribeInstanceTypeOfferings
+/// with location type `availability-zone` lists them.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct InstanceTypeOffering {
+    /// The type's name, e.g. `m6i.large`.
+    pub instance_type: String,
+    /// The zone that offers it, e.g. `us-east-1a`.
+    pub availability_zone: String,
+}
+
 /// Network bytes of one instance over a window, as CloudWatch's NetworkIn and NetworkOut sum.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkUsage {
@@ -615,6 +644,14 @@ pub trait Ec2Port: Send + Sync + 'static {
     ) -> Result<Vec<NetworkUsage>, Ec2Error>;
     /// GetConsoleOutput: the instance's console output as text, `None` while EC2 has none yet.
     async fn get_console_output(&self, region: &RegionLabel, instance_id: &str) -> Result<Option<String>, Ec2Error>;
+    /// DescribeInstanceTypeOfferings by availability zone: which zones of the region offer each
+    /// of `instance_types` (empty: every type). A type absent from a zone's rows is not offered
+    /// there, and RunInstances placed in that zone answers `Unsupported`.
+    async fn describe_instance_type_offerings(
+        &self,
+        region: &RegionLabel,
+        instance_types: Vec<String>,
+    ) -> Result<Vec<InstanceTypeOffering>, Ec2Error>;
 }
 
 #[cfg(test)]

@@ -315,8 +315,8 @@ mod tests {
     use crate::config::{AwsBootConfig, OWNER_TAG};
     use crate::port::{
         AuthorizeIngressRequest, CreateSecurityGroupRequest, Ec2Error, Ec2Port, Filter, ImportKeyPairRequest,
-        InstanceInfo, InstanceStateChange, InstanceTypeInfo, KeyPairInfo, NetworkUsage, Operation, RunInstancesRequest,
-        SecurityGroupInfo, Tags,
+        InstanceInfo, InstanceStateChange, InstanceTypeInfo, InstanceTypeOffering, KeyPairInfo, NetworkUsage,
+        Operation, RunInstancesRequest, SecurityGroupInfo, Tags,
     };
     use crate::{AwsBackend, BackendParts, DynStore, TestSwitches, names};
 
@@ -496,6 +496,14 @@ mod tests {
 
         async fn get_console_output(&self, _: &RegionLabel, _: &str) -> Result<Option<String>, Ec2Error> {
             unexpected(Operation::GetConsoleOutput)
+        }
+
+        async fn describe_instance_type_offerings(
+            &self,
+            _: &RegionLabel,
+            _: Vec<String>,
+        ) -> Result<Vec<InstanceTypeOffering>, Ec2Error> {
+            unexpected(Operation::DescribeInstanceTypeOfferings)
         }
     }
 

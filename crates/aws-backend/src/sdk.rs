@@ -26,8 +26,8 @@ use tokio::sync::RwLock;
 use crate::config::AwsBootConfig;
 use crate::port::{
     AuthorizeIngressRequest, CreateSecurityGroupRequest, Ec2Error, Ec2Port, Filter, ImportKeyPairRequest, InstanceInfo,
-    InstanceStateChange, InstanceTypeInfo, KeyPairInfo, NetworkUsage, Operation, RunInstancesRequest,
-    SecurityGroupInfo, Tags,
+    InstanceStateChange, InstanceTypeInfo, InstanceTypeOffering, KeyPairInfo, NetworkUsage, Operation,
+    RunInstancesRequest, SecurityGroupInfo, Tags,
 };
 
 pub use inspect::SdkInspector;
@@ -41,6 +41,8 @@ const DESCRIBE_INSTANCES_PAGE: i32 = 1_000;
 const DESCRIBE_GROUPS_PAGE: i32 = 1_000;
 /// DescribeInstanceTypes' page limit.
 const DESCRIBE_TYPES_PAGE: i32 = 100;
+/// DescribeInstanceTypeOfferings' page limit.
+const DESCRIBE_OFFERINGS_PAGE: i32 = 1_000;
 /// DescribeVolumes' page limit.
 const DESCRIBE_VOLUMES_PAGE: i32 = 500;
 /// GetMetricData's limit on queries per call; each instance takes two (in and out).
@@ -466,6 +468,31 @@ impl Ec2Port for SdkEc2 {
             types.extend(page.instance_types().iter().filter_map(convert::instance_type));
         }
         Ok(types)
+    }
+
+    async fn describe_instance_type_offerings(
+        &self,
+        region: &RegionLabel,
+        instance_types: Vec<String>,
+    ) -> Result<Vec<InstanceTypeOffering>, Ec2Error> {
+        let op = Operation::DescribeInstanceTypeOfferings;
+        let client = self.ec2(region, op).await?;
+        let filters = (!instance_types.is_empty())
+            .then(|| vec![ec2::Filter::builder().name("instance-type").set_values(Some(instance_types)).build()]);
+        let mut offerings = Vec::new();
+        let mut pages = client
+            .describe_instance_type_offerings()
+            .location_type(ec2::LocationType::AvailabilityZone)
+            .set_filters(filters)
+            .max_results(DESCRIBE_OFFERINGS_PAGE)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| convert::error(op, e))?;
+            // A row without a type or a zone tells nothing; skip it.
+            offerings.extend(page.instance_type_offerings().iter().filter_map(convert::offering));
+        }
+        Ok(offerings)
     }
 
     async fn create_tags(&self, region: &RegionLabel, resource_ids: Vec<String>, tags: Tags) -> Result<(), Ec2Error> {

@@ -21,6 +21,19 @@ pub struct SimConfig {
     pub network_bytes_per_s_min: u64,
     /// Highest synthetic network rate an instance can draw at launch, each direction, bytes/s.
     pub network_bytes_per_s_max: u64,
+    /// Whether each region has a default VPC. Without one, RunInstances without a subnet and
+    /// CreateSecurityGroup without a VPC answer `VPCIdNotSpecified` (see `placement`).
+    #[serde(default = "default_vpc")]
+    pub default_vpc: bool,
+    /// The AMIs each region knows. Empty: every well-formed id (`ami-` and 8 or 17 hex digits)
+    /// is known everywhere, with a root snapshot of
+    /// [`DEFAULT_ROOT_SNAPSHOT_GIB`](crate::placement::DEFAULT_ROOT_SNAPSHOT_GIB).
+    #[serde(default)]
+    pub images: Vec<crate::placement::SimImage>,
+}
+
+fn default_vpc() -> bool {
+    true
 }
 
 impl SimConfig {
@@ -33,6 +46,8 @@ impl SimConfig {
             availability_zones_per_region: 3,
             network_bytes_per_s_min: 1_000,
             network_bytes_per_s_max: 10_000_000,
+            default_vpc: true,
+            images: Vec::new(),
         }
     }
 
@@ -53,6 +68,7 @@ impl SimConfig {
                 self.availability_zones_per_region
             )));
         }
+        crate::placement::validate_images(&self.images)?;
         if self.network_bytes_per_s_min > self.network_bytes_per_s_max {
             return Err(SimError::Config(format!(
                 "network_bytes_per_s_min {} exceeds network_bytes_per_s_max {}: swap them",
@@ -154,7 +170,26 @@ pub struct FaultConfig {
     /// image (every fetch fails, or the bytes hash wrong) and powers off shortly after boot.
     #[serde(default)]
     pub image_fetch_failure_probability: f64,
+    /// The account's On-Demand vCPU quota per region for the standard classes (A, C, D, H, I,
+    /// M, R, T, Z), counting pending and running instances: a launch past it answers
+    /// `VcpuLimitExceeded`.
+    pub on_demand_vcpu_quota: u32,
+    /// Chance per (instance type, availability zone other than the first) that the zone does
+    /// not offer the type: RunInstances placed there answers `Unsupported`. Drawn from the
+    /// seed and the pair, not the PRNG, so DescribeInstanceTypeOfferings and RunInstances agree.
+    pub zone_offering_gap_probability: f64,
+    /// Chance that a capacity shortage also drains the next smaller and next larger size of
+    /// the family in the same zone.
+    pub capacity_shortage_neighbours_probability: f64,
+    /// Chance that a capacity shortage drains every size of the family in the same zone.
+    pub capacity_shortage_family_probability: f64,
 }
+
+/// The On-Demand vCPU quota [`FaultConfig::default`] gives each region: large enough that the
+/// ordinary workloads never meet it. Not AWS's figure: AWS sets each account's value (Service
+/// Quotas, "Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances", L-1216C47A),
+/// and new accounts can start far lower.
+pub const DEFAULT_ON_DEMAND_VCPU_QUOTA: u32 = 100_000;
 
 impl FaultConfig {
     /// Nothing goes wrong and nothing takes time: every resource is visible at once, instances
@@ -189,6 +224,10 @@ impl FaultConfig {
             stale_state_ms_max: 0,
             deleted_visible_ms_max: 0,
             image_fetch_failure_probability: 0.0,
+            on_demand_vcpu_quota: u32::MAX,
+            zone_offering_gap_probability: 0.0,
+            capacity_shortage_neighbours_probability: 0.0,
+            capacity_shortage_family_probability: 0.0,
         }
     }
 
@@ -229,6 +268,13 @@ impl FaultConfig {
         let deleted_visible_ms_max = rng.gen_range(0..=60_000);
         // Drawn after the console's delays, for the same reason.
         let image_fetch_failure_probability = maybe(rng, 0.1);
+        // Quotas, offerings and correlated shortages (issue 14), drawn after everything older.
+        // A low quota bites one seed in three: from 16 vCPUs (a handful of instances) to 512.
+        let on_demand_vcpu_quota =
+            if rng.gen_bool(1.0 / 3.0) { rng.gen_range(16..=512) } else { DEFAULT_ON_DEMAND_VCPU_QUOTA };
+        let zone_offering_gap_probability = maybe(rng, 0.3);
+        let capacity_shortage_neighbours_probability = round4(rng.gen_range(0.5..=1.0));
+        let capacity_shortage_family_probability = maybe(rng, 0.3);
         Self {
             throttle_probability,
             internal_error_probability,
@@ -258,6 +304,10 @@ impl FaultConfig {
             stale_state_ms_max,
             deleted_visible_ms_max,
             image_fetch_failure_probability,
+            on_demand_vcpu_quota,
+            zone_offering_gap_probability,
+            capacity_shortage_neighbours_probability,
+            capacity_shortage_family_probability,
         }
     }
 
@@ -273,6 +323,9 @@ impl FaultConfig {
             ("metrics_gap_probability", self.metrics_gap_probability),
             ("cloudwatch_throttle_probability", self.cloudwatch_throttle_probability),
             ("image_fetch_failure_probability", self.image_fetch_failure_probability),
+            ("zone_offering_gap_probability", self.zone_offering_gap_probability),
+            ("capacity_shortage_neighbours_probability", self.capacity_shortage_neighbours_probability),
+            ("capacity_shortage_family_probability", self.capacity_shortage_family_probability),
         ];
         for (name, p) in probabilities {
             if !(0.0..=1.0).contains(&p) {
@@ -327,6 +380,11 @@ impl Default for FaultConfig {
             tag_propagation_ms_max: 5_000,
             stale_state_ms_max: 3_000,
             deleted_visible_ms_max: 10_000,
+            on_demand_vcpu_quota: DEFAULT_ON_DEMAND_VCPU_QUOTA,
+            // A shortage in a zone usually reaches the neighbouring sizes of the family, and
+            // sometimes the whole family (they share hosts): "try the next size" is no sure escape.
+            capacity_shortage_neighbours_probability: 0.75,
+            capacity_shortage_family_probability: 0.1,
             ..Self::none()
         }
     }
@@ -348,7 +406,9 @@ impl fmt::Display for FaultConfig {
              terminated_visible_ms={} metrics_lag_ms={}..{} console_delay_ms={}..{} \
              metrics_gap_probability={} cloudwatch_throttle_probability={} tag_propagation_ms_max={} \
              stale_state_ms_max={} deleted_visible_ms_max={} \
-             image_fetch_failure_probability={}",
+             image_fetch_failure_probability={} on_demand_vcpu_quota={} \
+             zone_offering_gap_probability={} capacity_shortage_neighbours_probability={} \
+             capacity_shortage_family_probability={}",
             self.throttle_probability,
             self.internal_error_probability,
             self.unavailable_probability,
@@ -377,6 +437,10 @@ impl fmt::Display for FaultConfig {
             self.stale_state_ms_max,
             self.deleted_visible_ms_max,
             self.image_fetch_failure_probability,
+            self.on_demand_vcpu_quota,
+            self.zone_offering_gap_probability,
+            self.capacity_shortage_neighbours_probability,
+            self.capacity_shortage_family_probability,
         )
     }
 }

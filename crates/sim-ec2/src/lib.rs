@@ -24,6 +24,7 @@ mod consistency;
 pub mod console;
 mod fxhash;
 pub mod guest;
+pub mod placement;
 mod taglist;
 mod truth;
 mod world;
@@ -33,14 +34,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use aws_backend::port::{
     AuthorizeIngressRequest, CreateSecurityGroupRequest, Ec2Error, Ec2Port, Filter, ImportKeyPairRequest, InstanceInfo,
-    InstanceStateChange, InstanceTypeInfo, KeyPairInfo, NetworkUsage, Operation, RunInstancesRequest,
-    SecurityGroupInfo, Tags,
+    InstanceStateChange, InstanceTypeInfo, InstanceTypeOffering, KeyPairInfo, NetworkUsage, Operation,
+    RunInstancesRequest, SecurityGroupInfo, Tags,
 };
 use backend_api::{Clock, RegionLabel};
 use serde::{Deserialize, Serialize};
 
 pub use clock::ManualClock;
-pub use config::{FaultConfig, SimConfig, SimError};
+pub use config::{DEFAULT_ON_DEMAND_VCPU_QUOTA, FaultConfig, SimConfig, SimError};
+pub use placement::SimImage;
 pub use truth::{
     FaultRecord, InstanceTruth, InstanceTruths, LiveResource, LiveResources, ResourceKind, SimStats, StateInterval,
 };
@@ -58,6 +60,9 @@ pub enum InterruptReason {
     GuestShutdown,
     /// An internal error ends it: `Server.InternalError`, then terminated.
     InternalError,
+    /// EC2 retires it (its host is degraded): `Server.ScheduledStop`, stopping then stopped,
+    /// whatever its shutdown behaviour ("Instance retirement", Amazon EC2 User Guide).
+    ScheduledRetirement,
 }
 
 impl InterruptReason {
@@ -67,6 +72,7 @@ impl InterruptReason {
             InterruptReason::SpotReclaim => reasons::SPOT_INSTANCE_TERMINATION,
             InterruptReason::GuestShutdown => reasons::INSTANCE_INITIATED_SHUTDOWN,
             InterruptReason::InternalError => reasons::INTERNAL_ERROR,
+            InterruptReason::ScheduledRetirement => reasons::SCHEDULED_STOP,
         }
     }
 }
@@ -134,6 +140,20 @@ impl SimEc2 {
         duration_ms: u64,
     ) -> Result<(), SimError> {
         self.world().exhaust_capacity(region, instance_type, duration_ms)
+    }
+
+    /// A capacity shortage starts now in `zone`'s pool of `instance_type` for `duration_ms`,
+    /// as a random one would: it also drains the neighbouring sizes, or the whole family, in
+    /// that zone as `capacity_shortage_neighbours_probability` and
+    /// `capacity_shortage_family_probability` draw.
+    pub fn start_capacity_shortage(
+        &self,
+        region: &RegionLabel,
+        instance_type: &str,
+        zone: &str,
+        duration_ms: u64,
+    ) -> Result<(), SimError> {
+        self.world().start_capacity_shortage(region, instance_type, zone, duration_ms)
     }
 
     // ---------------------------------------------------------------- ground truth
@@ -338,5 +358,13 @@ impl Ec2Port for SimEc2 {
 
     async fn get_console_output(&self, region: &RegionLabel, instance_id: &str) -> Result<Option<String>, Ec2Error> {
         self.world().get_console_output(region, instance_id)
+    }
+
+    async fn describe_instance_type_offerings(
+        &self,
+        region: &RegionLabel,
+        instance_types: Vec<String>,
+    ) -> Result<Vec<InstanceTypeOffering>, Ec2Error> {
+        self.world().describe_instance_type_offerings(region, instance_types)
     }
 }

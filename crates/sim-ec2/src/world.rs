@@ -9,9 +9,10 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 
 use aws_backend::port::{
     AuthorizeIngressRequest, CreateSecurityGroupRequest, Ec2Error, Filter, ImportKeyPairRequest, InstanceInfo,
-    InstanceState, InstanceStateChange, InstanceTypeInfo, KeyPairInfo, Operation, RUN_INSTANCES_RESOURCE_CAPACITY,
-    RUN_INSTANCES_RESOURCE_REFILL_PER_S, RunInstancesRequest, SecurityGroupInfo, ShutdownBehavior,
-    TERMINATE_INSTANCES_RESOURCE_CAPACITY, TERMINATE_INSTANCES_RESOURCE_REFILL_PER_S, Tags, ThrottleClass, codes,
+    InstanceState, InstanceStateChange, InstanceTypeInfo, InstanceTypeOffering, KeyPairInfo, Operation,
+    RUN_INSTANCES_RESOURCE_CAPACITY, RUN_INSTANCES_RESOURCE_REFILL_PER_S, RunInstancesRequest, SecurityGroupInfo,
+    ShutdownBehavior, TERMINATE_INSTANCES_RESOURCE_CAPACITY, TERMINATE_INSTANCES_RESOURCE_REFILL_PER_S, Tags,
+    ThrottleClass, codes,
 };
 use backend_api::RegionLabel;
 use base64::Engine;
@@ -46,6 +47,8 @@ pub mod reasons {
     pub const INSTANCE_INITIATED_SHUTDOWN: &str = "Client.InstanceInitiatedShutdown";
     /// EC2 reclaimed a Spot instance.
     pub const SPOT_INSTANCE_TERMINATION: &str = "Server.SpotInstanceTermination";
+    /// EC2 stopped the instance for a scheduled retirement (its host is degraded).
+    pub const SCHEDULED_STOP: &str = "Server.ScheduledStop";
     /// An internal error ended the instance during launch.
     pub const INTERNAL_ERROR: &str = "Server.InternalError";
 }
@@ -587,6 +590,8 @@ pub(crate) struct World {
     seed: u64,
     /// CloudWatch's GetMetricData buckets (see `cloudwatch`).
     cloudwatch: cloudwatch::CloudWatch,
+    /// The account's default VPC and AMIs, for the placement rules (see `placement`).
+    account: crate::placement::Account,
 }
 
 impl World {
@@ -665,6 +670,11 @@ impl World {
             truth_seq: 0,
             seed: config.seed,
             cloudwatch,
+            account: crate::placement::Account {
+                seed: config.seed,
+                default_vpc: config.default_vpc,
+                images: config.images.clone(),
+            },
         })
     }
 
@@ -1027,6 +1037,8 @@ impl World {
             ));
         }
         validate_tags(op, &req.tags)?;
+        // The port's CreateSecurityGroup names no VPC: it needs the default one.
+        self.account.default_vpc(op, &self.regions[r].label)?;
         if self.regions[r].group_names.contains_key(name) || self.deleted_group_lingers(r, name) {
             return Err(err(op, codes::GROUP_DUPLICATE, format!("The security group '{name}' already exists")));
         }
@@ -1302,13 +1314,9 @@ impl World {
         let Some(spec) = catalogue::lookup(&req.instance_type) else {
             return Err(invalid(format!("Invalid value '{}' for InstanceType.", req.instance_type)));
         };
-        if !req.image_id.starts_with("ami-") {
-            return Err(err(
-                op,
-                extra_codes::AMI_ID_MALFORMED,
-                format!("Invalid id: \"{}\" (expecting \"ami-...\")", req.image_id),
-            ));
-        }
+        let snapshot_gib = self.account.image(op, &self.regions[r].label, &req.image_id)?;
+        // The port's RunInstances names no subnet: it needs the default VPC.
+        self.account.default_vpc(op, &self.regions[r].label)?;
         let key_visible = self.regions[r].key_pairs.get(&req.key_name).is_some_and(|kp| now >= kp.visible_at_ms);
         if !key_visible {
             return Err(err(op, codes::KEY_PAIR_NOT_FOUND, format!("The key pair '{}' does not exist", req.key_name)));
@@ -1334,12 +1342,18 @@ impl World {
         if req.root_volume_gib == 0 || req.root_volume_gib > 16_384 {
             return Err(invalid(format!("Volume of {} GiB is outside gp3's 1 to 16384 GiB", req.root_volume_gib)));
         }
+        if req.root_volume_gib < snapshot_gib {
+            return Err(crate::placement::root_volume_too_small(op, &req.image_id, req.root_volume_gib, snapshot_gib));
+        }
         validate_tags(op, &req.instance_tags)?;
         validate_tags(op, &req.volume_tags)?;
+
+        self.within_vcpu_quota(r, spec, &req.instance_tags)?;
 
         // Capacity: EC2 places the instance in one of the region's zones; that zone's pool for
         // the type may be short, for a while.
         let az = self.rng.gen_range(0..self.regions[r].azs.len()) as u8;
+        self.offered_in(r, spec, az, &req.instance_tags)?;
         let pool = (spec.name, az);
         let short = self.regions[r].capacity_short_until_ms.get(&pool).is_some_and(|until| *until > now);
         let starts_shortage = !short && self.chance(self.faults.insufficient_capacity_probability);
@@ -1347,7 +1361,7 @@ impl World {
             if starts_shortage {
                 let length =
                     draw(&mut self.rng, self.faults.capacity_shortage_ms_min, self.faults.capacity_shortage_ms_max);
-                self.regions[r].capacity_short_until_ms.insert(pool, now + length);
+                self.start_shortage(r, spec, az, now + length);
             }
             self.fault(codes::INSUFFICIENT_INSTANCE_CAPACITY, vec![req.instance_tags.clone()]);
             let zone = &self.regions[r].azs[usize::from(az)];
@@ -1441,7 +1455,11 @@ impl World {
             } else {
                 let at = running_at + 1 + draw(rng, 0, f.spontaneous_exit_after_ms_max);
                 if roll < 6 {
-                    (at, reasons::SPOT_INSTANCE_TERMINATION, false)
+                    // A retirement: EC2 stops an EBS-backed On-Demand instance whose host is
+                    // degraded, whatever its shutdown behaviour ("Instance retirement", Amazon
+                    // EC2 User Guide). Spot reclaims are for Spot instances, which the port
+                    // does not launch.
+                    (at, reasons::SCHEDULED_STOP, true)
                 } else {
                     let stop = instance.shutdown_behavior == ShutdownBehavior::Stop;
                     (at, reasons::INSTANCE_INITIATED_SHUTDOWN, stop)
@@ -1971,7 +1989,8 @@ impl World {
             self.audit.u8(0);
             return Ok(false);
         }
-        let stop = reason == InterruptReason::GuestShutdown && instance.shutdown_behavior == ShutdownBehavior::Stop;
+        let stop = reason == InterruptReason::ScheduledRetirement
+            || reason == InterruptReason::GuestShutdown && instance.shutdown_behavior == ShutdownBehavior::Stop;
         let delay = draw(&mut self.rng, self.faults.termination_delay_ms_min, self.faults.termination_delay_ms_max);
         let region = &mut self.regions[r];
         if let Some(t) = region.instances[i].plan_exit(now, code, stop, delay) {
@@ -2206,6 +2225,133 @@ impl World {
             }
         }
         out
+    }
+}
+
+// ---------------------------------------------------------------- placement (issue 14)
+
+impl World {
+    /// `VcpuLimitExceeded` when launching `spec` would take the region's pending and running
+    /// standard-class instances past the account's On-Demand vCPU quota (see `placement`).
+    fn within_vcpu_quota(&mut self, r: usize, spec: &InstanceTypeSpec, tags: &Tags) -> Result<(), Ec2Error> {
+        let quota = self.faults.on_demand_vcpu_quota;
+        if quota == u32::MAX || !crate::placement::is_standard_class(spec) {
+            return Ok(());
+        }
+        let now = self.now_ms;
+        let region = &self.regions[r];
+        // Instances not listed any more terminated over an hour ago: only listed ones can count.
+        let used: u64 = region
+            .listed
+            .iter()
+            .map(|&i| &region.instances[i])
+            .filter(|inst| {
+                matches!(inst.state_at(now), InstanceState::Pending | InstanceState::Running)
+                    && crate::placement::is_standard_class(inst.spec)
+            })
+            .map(|inst| u64::from(inst.spec.vcpus))
+            .sum();
+        if used + u64::from(spec.vcpus) <= u64::from(quota) {
+            return Ok(());
+        }
+        self.fault(codes::VCPU_LIMIT_EXCEEDED, vec![tags.clone()]);
+        Err(crate::placement::vcpu_limit_exceeded(Operation::RunInstances, quota))
+    }
+
+    /// `Unsupported` when zone `az` of region `r` does not offer `spec` (see `placement`).
+    fn offered_in(&mut self, r: usize, spec: &InstanceTypeSpec, az: u8, tags: &Tags) -> Result<(), Ec2Error> {
+        let gap = self.faults.zone_offering_gap_probability;
+        let region = &self.regions[r];
+        if self.account.offers(&region.label, spec.name, az, gap) {
+            return Ok(());
+        }
+        let offering: Vec<String> = (0..region.azs.len() as u8)
+            .filter(|z| self.account.offers(&region.label, spec.name, *z, gap))
+            .map(|z| region.azs[usize::from(z)].clone())
+            .collect();
+        let e =
+            crate::placement::unsupported(Operation::RunInstances, spec.name, &region.azs[usize::from(az)], &offering);
+        self.fault(codes::UNSUPPORTED, vec![tags.clone()]);
+        Err(e)
+    }
+
+    /// Drains `spec`'s pool in zone `az` until `until_ms`, and (as drawn) its neighbouring sizes
+    /// or its whole family in that zone: sizes of a family share hosts, so a shortage seldom
+    /// stops at one size (see `placement::shortage_sizes`).
+    fn start_shortage(&mut self, r: usize, spec: &'static InstanceTypeSpec, az: u8, until_ms: u64) {
+        let family = self.chance(self.faults.capacity_shortage_family_probability);
+        let neighbours = !family && self.chance(self.faults.capacity_shortage_neighbours_probability);
+        for size in crate::placement::shortage_sizes(spec, neighbours, family) {
+            let slot = self.regions[r].capacity_short_until_ms.entry((size, az)).or_default();
+            *slot = (*slot).max(until_ms);
+        }
+    }
+
+    /// A capacity shortage starting now in the pool of `instance_type` in zone `zone`, as a
+    /// random one would: spreading to neighbouring sizes or the family as the knobs draw.
+    pub(crate) fn start_capacity_shortage(
+        &mut self,
+        region: &RegionLabel,
+        instance_type: &str,
+        zone: &str,
+        duration_ms: u64,
+    ) -> Result<(), SimError> {
+        let r = self.region_index(region).ok_or_else(|| SimError::UnknownRegion(region.to_string()))?;
+        let spec =
+            catalogue::lookup(instance_type).ok_or_else(|| SimError::UnknownInstanceType(instance_type.to_string()))?;
+        let az = self.regions[r].azs.iter().position(|z| z == zone).ok_or_else(|| {
+            SimError::Config(format!(
+                "zone {zone} is not simulated in {region}: use {}",
+                self.regions[r].azs.join(", ")
+            ))
+        })?;
+        self.audit.begin(0xF4, region.as_str(), self.now_ms);
+        self.audit.str(instance_type);
+        self.audit.str(zone);
+        self.audit.u64(duration_ms);
+        let until = self.now_ms.saturating_add(duration_ms);
+        self.start_shortage(r, spec, az as u8, until);
+        Ok(())
+    }
+
+    /// DescribeInstanceTypeOfferings by availability zone: each (type, zone) the region offers,
+    /// by type then zone, for `instance_types` (empty: all of the catalogue).
+    pub(crate) fn describe_instance_type_offerings(
+        &mut self,
+        region: &RegionLabel,
+        instance_types: Vec<String>,
+    ) -> Result<Vec<InstanceTypeOffering>, Ec2Error> {
+        let op = Operation::DescribeInstanceTypeOfferings;
+        self.audit.begin(op_tag(op), region.as_str(), self.now_ms);
+        self.audit.strs(&instance_types);
+        let result: Result<Vec<InstanceTypeOffering>, Ec2Error> = self.serve(op, region, About::Nothing, |w, r| {
+            let gap = w.faults.zone_offering_gap_probability;
+            let region = &w.regions[r];
+            let mut answer = Vec::new();
+            for spec in catalogue::CATALOGUE {
+                // EC2's instance-type filter takes wildcards, as Describe filters do.
+                if !instance_types.is_empty() && !instance_types.iter().any(|p| glob(p, spec.name)) {
+                    continue;
+                }
+                for (z, zone) in region.azs.iter().enumerate() {
+                    if w.account.offers(&region.label, spec.name, z as u8, gap) {
+                        answer.push(InstanceTypeOffering {
+                            instance_type: spec.name.to_string(),
+                            availability_zone: zone.clone(),
+                        });
+                    }
+                }
+            }
+            Ok(answer)
+        });
+        self.audit.outcome(&result, |a, list| {
+            a.u64(list.len() as u64);
+            for o in list {
+                a.str(&o.instance_type);
+                a.str(&o.availability_zone);
+            }
+        });
+        result
     }
 }
 

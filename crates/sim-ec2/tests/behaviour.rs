@@ -31,8 +31,11 @@ struct World {
 
 impl World {
     fn new(seed: u64, faults: FaultConfig) -> Self {
+        Self::with_config(SimConfig::new(seed, vec![us_east(), eu_west()]).with_faults(faults))
+    }
+
+    fn with_config(config: SimConfig) -> Self {
         let clock = Arc::new(TokioClock::starting_at(T0));
-        let config = SimConfig::new(seed, vec![us_east(), eu_west()]).with_faults(faults);
         let sim = Arc::new(SimEc2::new(config, clock.clone()).expect("valid config"));
         Self { sim, clock }
     }
@@ -235,17 +238,19 @@ async fn instances_end_on_their_own_with_real_state_reason_codes() {
     let mut reasons = std::collections::BTreeSet::new();
     for id in &ids {
         let truth = w.sim.instance(id).expect("truth");
-        assert_eq!(truth.state, InstanceState::Terminated, "every instance ended by itself: {truth:?}");
         let reason = truth.intervals.last().and_then(|i| i.reason_code.clone()).expect("a reason");
+        // A retirement stops the instance even though its shutdown behaviour is terminate.
+        let end = if reason == "Server.ScheduledStop" { InstanceState::Stopped } else { InstanceState::Terminated };
+        assert_eq!(truth.state, end, "every instance ended by itself: {truth:?}");
         if reason == "Server.InternalError" {
             assert_eq!(truth.running_ms, 0, "a failed launch never runs");
         }
         reasons.insert(reason);
     }
+    // On-demand instances are retired (stopped), shut down by their guest, or fail to launch;
+    // Spot reclaims are for Spot instances, which the port does not launch.
     let expected: std::collections::BTreeSet<String> =
-        ["Server.SpotInstanceTermination", "Client.InstanceInitiatedShutdown", "Server.InternalError"]
-            .map(String::from)
-            .into();
+        ["Server.ScheduledStop", "Client.InstanceInitiatedShutdown", "Server.InternalError"].map(String::from).into();
     assert_eq!(reasons, expected);
     assert!(w.sim.stats().faults.keys().any(|k| k.starts_with("exit:")));
 }
@@ -1108,4 +1113,195 @@ async fn a_guest_that_cannot_use_its_image_powers_off_early_and_says_why() {
     assert!(w.sim.fault_log().iter().any(|f| f.kind.starts_with("exit:guest-image")));
     // Off by default.
     assert_eq!(FaultConfig::default().image_fetch_failure_probability, 0.0);
+}
+
+// ---------------------------------------------------------------- quotas and placement (issue 14)
+
+#[tokio::test(start_paused = true)]
+async fn launches_past_the_on_demand_vcpu_quota_answer_vcpu_limit_exceeded() {
+    let w = World::new(21, FaultConfig { on_demand_vcpu_quota: 6, ..fixed() });
+    let (key, group) = w.prerequisites("g").await;
+    // Two m6i.large (2 vCPUs each) fit a quota of 6; an m6i.xlarge (4 more) does not.
+    let a = w.run(request("a", &key, &group, "g")).await.expect("2 of 6 vCPUs");
+    w.run(request("b", &key, &group, "g")).await.expect("4 of 6 vCPUs");
+    let mut big = request("c", &key, &group, "g");
+    big.instance_type = "m6i.xlarge".into();
+    let refused = w.run(big.clone()).await.expect_err("8 of 6 vCPUs");
+    assert_eq!(refused.code, codes::VCPU_LIMIT_EXCEEDED);
+    assert!(refused.message.contains("vCPU limit of 6"), "{}", refused.message);
+    assert!(w.sim.instances().iter().all(|i| i.instance_type == "m6i.large"), "nothing launched");
+    assert_eq!(w.sim.stats().faults[codes::VCPU_LIMIT_EXCEEDED], 1);
+    // Pending instances count as well as running ones; terminated ones stop counting.
+    w.sim.terminate_instances(&us_east(), vec![a.instance_id]).await.expect("terminate");
+    w.run(big).await.expect("only pending and running instances count, and a is shutting down");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_type_not_offered_in_the_chosen_zone_answers_unsupported() {
+    // Every (type, zone) pair but the first zone's is missing: only us-east-1a offers anything.
+    let w = World::new(22, FaultConfig { zone_offering_gap_probability: 1.0, ..fixed() });
+    let offerings = w
+        .sim
+        .describe_instance_type_offerings(&us_east(), vec!["m6i.large".into(), "c5.*".into()])
+        .await
+        .expect("offerings");
+    assert_eq!(offerings.len(), 10, "m6i.large and the nine c5 sizes, each in one zone: {offerings:?}");
+    assert!(offerings.iter().all(|o| o.availability_zone == "us-east-1a"));
+    let (key, group) = w.prerequisites("g").await;
+    let (mut unsupported, mut launched) = (0u64, 0);
+    for n in 0..30 {
+        match w.run(request(&format!("t{n}"), &key, &group, "g")).await {
+            Ok(info) => {
+                launched += 1;
+                let truth = w.sim.instance(&info.instance_id).expect("truth");
+                assert_eq!(truth.availability_zone, "us-east-1a", "launched only where offered");
+            }
+            Err(e) => {
+                assert_eq!(e.code, codes::UNSUPPORTED);
+                assert!(e.message.contains("m6i.large") && e.message.contains("choosing us-east-1a"), "{}", e.message);
+                unsupported += 1;
+            }
+        }
+        w.sleep_ms(600).await;
+    }
+    assert!(unsupported > 10 && launched > 3, "{unsupported} unsupported, {launched} launched");
+    assert_eq!(w.sim.stats().faults[codes::UNSUPPORTED], unsupported);
+
+    // With no gaps every zone offers every type.
+    let w = World::new(22, fixed());
+    let all = w.sim.describe_instance_type_offerings(&us_east(), vec![]).await.expect("offerings");
+    assert_eq!(all.len(), sim_ec2::catalogue::CATALOGUE.len() * 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn unknown_or_malformed_amis_and_small_root_volumes_are_refused() {
+    let mut config = SimConfig::new(23, vec![us_east(), eu_west()]).with_faults(fixed());
+    config.images = vec![
+        sim_ec2::SimImage { region: us_east(), image_id: "ami-0123456789abcdef0".into(), root_snapshot_gib: 30 },
+        sim_ec2::SimImage { region: eu_west(), image_id: "ami-0fedcba9876543210".into(), root_snapshot_gib: 8 },
+    ];
+    let w = World::with_config(config);
+    let (key, group) = w.prerequisites("g").await;
+    let with = |token: &str, image: &str, gib: u32| RunInstancesRequest {
+        image_id: image.into(),
+        root_volume_gib: gib,
+        ..request(token, &key, &group, "g")
+    };
+    assert_eq!(code(w.run(with("a", "ami-xyz", 40)).await), codes::AMI_MALFORMED);
+    assert_eq!(code(w.run(with("b", "ami-0123456789ABCDEF0", 40)).await), codes::AMI_MALFORMED);
+    // An AMI of another region is unknown here.
+    let missing = w.run(with("c", "ami-0fedcba9876543210", 40)).await.expect_err("not in us-east-1");
+    assert_eq!(missing.code, codes::AMI_NOT_FOUND);
+    assert!(missing.message.contains("ami-0fedcba9876543210"), "{}", missing.message);
+    let small = w.run(with("d", "ami-0123456789abcdef0", 20)).await.expect_err("20 GiB < 30 GiB snapshot");
+    assert_eq!(small.code, codes::INVALID_BLOCK_DEVICE_MAPPING);
+    assert!(small.message.contains("20GB") && small.message.contains(">= 30GB"), "{}", small.message);
+    assert!(w.sim.instances().is_empty(), "nothing launched");
+    w.run(with("e", "ami-0123456789abcdef0", 30)).await.expect("as large as the snapshot");
+    // Without a list, every well-formed id is known with an 8 GiB snapshot.
+    let w = World::new(23, fixed());
+    let (key, group) = w.prerequisites("g").await;
+    let tiny = RunInstancesRequest { root_volume_gib: 7, ..request("a", &key, &group, "g") };
+    assert_eq!(code(w.run(tiny).await), codes::INVALID_BLOCK_DEVICE_MAPPING);
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_default_vpc_groups_and_launches_need_a_vpc() {
+    let mut config = SimConfig::new(24, vec![us_east()]).with_faults(fixed());
+    config.default_vpc = false;
+    let w = World::with_config(config);
+    let region = us_east();
+    let group = w
+        .sim
+        .create_security_group(
+            &region,
+            CreateSecurityGroupRequest { group_name: "grp".into(), description: "test".into(), tags: grant_tags("g") },
+        )
+        .await;
+    assert_eq!(code(group), codes::VPC_ID_NOT_SPECIFIED);
+    // Key pairs are not in a VPC.
+    let key =
+        ImportKeyPairRequest { key_name: "k".into(), public_key_openssh: PUBLIC_KEY.into(), tags: grant_tags("g") };
+    w.sim.import_key_pair(&region, key).await.expect("key pairs need no VPC");
+    w.sleep_ms(1_000).await;
+    let launch = RunInstancesRequest { security_group_ids: vec![], ..request("a", "k", "", "g") };
+    assert_eq!(code(w.run(launch).await), codes::VPC_ID_NOT_SPECIFIED);
+    assert!(w.sim.instances().is_empty());
+    assert!(w.sim.live_resources().iter().all(|r| r.kind == ResourceKind::KeyPair));
+}
+
+#[tokio::test(start_paused = true)]
+async fn capacity_shortages_reach_neighbouring_sizes_in_the_same_zone() {
+    let faults = FaultConfig { capacity_shortage_neighbours_probability: 1.0, ..fixed() };
+    let w = World::new(25, faults);
+    let (key, group) = w.prerequisites("g").await;
+    w.sim.start_capacity_shortage(&us_east(), "m6i.2xlarge", "us-east-1b", 600_000).expect("known pool");
+    // m6i.xlarge, the next smaller size, is short in us-east-1b too, and fine elsewhere.
+    let mut short_zones = std::collections::BTreeSet::new();
+    let mut launched_zones = std::collections::BTreeSet::new();
+    for (n, size) in ["m6i.xlarge", "m6i.4xlarge"].iter().cycle().take(40).enumerate() {
+        let req = RunInstancesRequest { instance_type: (*size).into(), ..request(&format!("t{n}"), &key, &group, "g") };
+        match w.run(req).await {
+            Ok(info) => {
+                launched_zones.insert(w.sim.instance(&info.instance_id).expect("truth").availability_zone);
+            }
+            Err(e) => {
+                assert_eq!(e.code, codes::INSUFFICIENT_INSTANCE_CAPACITY);
+                assert!(e.message.contains("us-east-1b"), "only us-east-1b is short: {}", e.message);
+                short_zones.insert((*size).to_string());
+            }
+        }
+        w.sleep_ms(600).await;
+    }
+    let both: std::collections::BTreeSet<String> = ["m6i.xlarge", "m6i.4xlarge"].map(String::from).into();
+    assert_eq!(short_zones, both, "both neighbours are short in us-east-1b");
+    assert!(!launched_zones.contains("us-east-1b") && launched_zones.len() == 2, "{launched_zones:?}");
+    // Two sizes away is another pool.
+    let far = RunInstancesRequest { instance_type: "m6i.large".into(), ..request("far", &key, &group, "g") };
+    let mut far_ok = 0;
+    for n in 0..12 {
+        let req = RunInstancesRequest { client_token: format!("far{n}"), ..far.clone() };
+        far_ok += usize::from(w.run(req).await.is_ok());
+        w.sleep_ms(600).await;
+    }
+    assert_eq!(far_ok, 12, "m6i.large is two sizes from m6i.2xlarge");
+
+    // The whole family, when the family knob says so.
+    let faults = FaultConfig { capacity_shortage_family_probability: 1.0, ..fixed() };
+    let w = World::new(25, faults);
+    let (key, group) = w.prerequisites("g").await;
+    w.sim.start_capacity_shortage(&us_east(), "m6i.2xlarge", "us-east-1b", 600_000).expect("known pool");
+    let mut refused = 0;
+    for n in 0..30 {
+        let req = request(&format!("t{n}"), &key, &group, "g");
+        if let Err(e) = w.run(req).await {
+            assert!(e.message.contains("us-east-1b"), "{}", e.message);
+            refused += 1;
+        }
+        w.sleep_ms(600).await;
+    }
+    assert!(refused > 3, "m6i.large is short in us-east-1b with its family: {refused}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn retirement_stops_an_on_demand_instance_whatever_its_shutdown_behaviour() {
+    let w = World::new(26, fixed());
+    let (key, group) = w.prerequisites("g").await;
+    let info = w.run(request("a", &key, &group, "g")).await.expect("launch");
+    w.sleep_ms(11_000).await;
+    assert_eq!(w.state(&info.instance_id).await, InstanceState::Running);
+    assert!(w.sim.interrupt(&info.instance_id, InterruptReason::ScheduledRetirement).expect("known"));
+    assert_eq!(w.state(&info.instance_id).await, InstanceState::Stopping);
+    w.sleep_ms(20_000).await;
+    let stopped = &w.describe(&info.instance_id).await.expect("describe")[0];
+    assert_eq!(stopped.state, InstanceState::Stopped, "shutdown behaviour terminate does not apply");
+    assert_eq!(stopped.state_reason_code.as_deref(), Some("Server.ScheduledStop"));
+    // Stopped is not billed, and terminating it still works.
+    let running_ms = w.sim.instance(&info.instance_id).expect("truth").running_ms;
+    w.sleep_ms(60_000).await;
+    assert_eq!(w.sim.instance(&info.instance_id).expect("truth").running_ms, running_ms);
+    let change = w.sim.terminate_instances(&us_east(), vec![info.instance_id.clone()]).await.expect("terminate");
+    assert_eq!(change[0].previous_state, InstanceState::Stopped);
+    w.sleep_ms(20_000).await;
+    assert_eq!(w.state(&info.instance_id).await, InstanceState::Terminated);
 }

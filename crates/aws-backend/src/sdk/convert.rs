@@ -7,8 +7,8 @@ use aws_sdk_ec2::primitives::DateTime;
 use aws_sdk_ec2::types as ec2;
 
 use crate::port::{
-    Ec2Error, Filter, InstanceInfo, InstanceState, InstanceStateChange, InstanceTypeInfo, KeyPairInfo, Operation,
-    SecurityGroupInfo, Tags,
+    Ec2Error, Filter, InstanceInfo, InstanceState, InstanceStateChange, InstanceTypeInfo, InstanceTypeOffering,
+    KeyPairInfo, Operation, SecurityGroupInfo, Tags,
 };
 
 /// The code of an answer we could not make sense of (a field EC2 always sends was missing).
@@ -144,6 +144,14 @@ pub(super) fn instance_type(t: &ec2::InstanceTypeInfo) -> Option<InstanceTypeInf
     Some(InstanceTypeInfo { instance_type: t.instance_type()?.as_str().to_string(), vcpus, memory_mib })
 }
 
+/// One DescribeInstanceTypeOfferings row by availability zone; `None` without a type or zone.
+pub(super) fn offering(o: &ec2::InstanceTypeOffering) -> Option<InstanceTypeOffering> {
+    Some(InstanceTypeOffering {
+        instance_type: o.instance_type()?.as_str().to_string(),
+        availability_zone: o.location()?.to_string(),
+    })
+}
+
 /// Our shutdown behaviour as EC2's.
 pub(super) fn shutdown_behavior(behavior: crate::port::ShutdownBehavior) -> ec2::ShutdownBehavior {
     match behavior {
@@ -193,6 +201,21 @@ mod tests {
         let spec = tag_spec(ec2::ResourceType::Volume, &Tags::from([("a".into(), "b".into())])).expect("spec");
         assert_eq!(spec.resource_type(), Some(&ec2::ResourceType::Volume));
         assert_eq!(spec.tags().len(), 1);
+    }
+
+    #[test]
+    fn offerings_need_a_type_and_a_zone() {
+        let full = ec2::InstanceTypeOffering::builder()
+            .instance_type(ec2::InstanceType::M6iLarge)
+            .location_type(ec2::LocationType::AvailabilityZone)
+            .location("us-east-1b")
+            .build();
+        assert_eq!(
+            offering(&full),
+            Some(InstanceTypeOffering { instance_type: "m6i.large".into(), availability_zone: "us-east-1b".into() })
+        );
+        let partial = ec2::InstanceTypeOffering::builder().instance_type(ec2::InstanceType::M6iLarge).build();
+        assert_eq!(offering(&partial), None);
     }
 
     #[test]
