@@ -2,6 +2,7 @@
 
 mod backend_sim;
 mod deadline_and_bill;
+mod differential;
 mod economy;
 mod guest_backstop;
 mod guest_security;
