@@ -408,8 +408,22 @@ impl AwsBackend {
         &self,
         decide: impl FnOnce(&Books) -> (Vec<(GrantId, u64, Event)>, T),
     ) -> Result<T, BackendError> {
-        let result = self.inner.ledger.append_with(decide).await;
-        self.note_ledger(result.as_ref().err());
+        let mut wrote = false;
+        let result = self
+            .inner
+            .ledger
+            .append_with(|books| {
+                let (events, value) = decide(books);
+                wrote = !events.is_empty();
+                (events, value)
+            })
+            .await;
+        // Only a write says the store takes appends again: a decision to append nothing never
+        // reached it, so it must not clear a failure (the bridge would take new grants on a
+        // store that still fails).
+        if result.is_err() || wrote {
+            self.note_ledger(result.as_ref().err());
+        }
         result.map_err(local)
     }
 
