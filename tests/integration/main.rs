@@ -6,6 +6,7 @@ mod economy;
 mod guest_security;
 mod iam_policy;
 mod moto;
+mod placement;
 mod recovery;
 mod scenarios;
 mod selftest;
