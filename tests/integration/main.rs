@@ -8,6 +8,7 @@ mod guest_backstop;
 mod guest_security;
 mod iam_policy;
 mod moto;
+mod placement;
 mod recovery;
 mod scenarios;
 mod selftest;
