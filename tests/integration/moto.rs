@@ -579,15 +579,20 @@ async fn network_published_to_cloudwatch_is_billed_and_late_datapoints_amend_it(
 
     // EC2 publishes minutes late: a datapoint for a minute the instance ran arrives now.
     publish(&cw, &instance.instance_id, "NetworkIn", 2_000.0, ran_at).await?;
+    // The final measurement comes `network_final_after_s` after the last 5-minute period the
+    // instance ran in has ended (basic monitoring publishes a period's datapoint after it ends):
+    // up to 5 minutes and 20 s from now, and a minute of slack.
+    let unix_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let bound_s = (unix_s / 300 + 1) * 300 - unix_s + 20 + 60;
     let waited = std::time::Instant::now();
     let amended = loop {
         let state = moto.backend.grant_state(&grant.id).context("the grant is in the ledger")?;
-        if state.network_status() == NetworkStatus::Complete || waited.elapsed().as_secs() > 60 {
+        if state.network_status() == NetworkStatus::Complete || waited.elapsed().as_secs() > bound_s {
             break state;
         }
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     };
-    ensure!(amended.network_status() == NetworkStatus::Complete, "not measured again within 60 s");
+    ensure!(amended.network_status() == NetworkStatus::Complete, "not measured again within {bound_s} s");
     ensure!(
         amended.usage().network_bytes == 3_500,
         "the final figure is {} bytes; the datapoints sum to 3500",
