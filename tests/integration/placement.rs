@@ -144,7 +144,7 @@ async fn an_account_without_a_default_vpc_fails_provision_for_good_and_leaves_no
     assert!(!retryable);
     assert!(message.contains("create-default-vpc --region us-east-1"), "{message}");
     // The key pair, imported alongside the failed group, is deleted by the rollback.
-    assert!(rig.sim.stats().calls.get(&Operation::ImportKeyPair).is_some());
+    assert!(rig.sim.stats().calls.contains_key(&Operation::ImportKeyPair));
     assert!(rig.left_of(&g.id).is_empty(), "left: {:?}", rig.left_of(&g.id));
     assert!(backend.grant_state(&g.id).expect("admitted").is_settled());
 }
