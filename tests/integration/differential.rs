@@ -16,7 +16,6 @@
 #![cfg(feature = "sdk")]
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::sync::Arc;
 
 use anyhow::{Context, ensure};
@@ -132,31 +131,6 @@ const KNOWN: &[KnownDifference] = &[
         why: "moto launches any type name; EC2 answers InvalidParameterValue",
     },
 ];
-
-/// moto's endpoint, or `None` after saying loudly that the test is skipped (as `moto.rs` does).
-fn moto_endpoint(test: &str) -> Option<String> {
-    match std::env::var("MOTO_ENDPOINT") {
-        Ok(url) if !url.trim().is_empty() => Some(url.trim().to_string()),
-        _ => {
-            let required = std::env::var("REQUIRE_MOTO").is_ok_and(|v| v == "1");
-            assert!(
-                !required,
-                "REQUIRE_MOTO=1 but MOTO_ENDPOINT is not set: start `moto_server -H 127.0.0.1 -p 5055` and set \
-                 MOTO_ENDPOINT=http://127.0.0.1:5055, or run `cargo xtask ci`, which does both"
-            );
-            // Written to stderr directly: the harness shows `eprintln!` only for failing tests.
-            let _ = writeln!(
-                std::io::stderr(),
-                "\n************************************************************************\n\
-                 *** moto test `{test}` was NOT RUN: MOTO_ENDPOINT is not set.\n\
-                 *** Run `cargo xtask ci`, or start `moto_server -H 127.0.0.1 -p 5055`\n\
-                 *** and set MOTO_ENDPOINT=http://127.0.0.1:5055.\n\
-                 ************************************************************************\n"
-            );
-            None
-        }
-    }
-}
 
 /// One side's record of the script: per step its label and its normalised outcome.
 struct Transcript {
@@ -603,7 +577,9 @@ fn side_by_side(sim: &Transcript, moto: &Transcript) -> String {
 /// differences, each of which still holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sim_and_moto_answer_the_same_script_alike() -> anyhow::Result<()> {
-    let Some(endpoint) = moto_endpoint("the_sim_and_moto_answer_the_same_script_alike") else { return Ok(()) };
+    let Some(endpoint) = crate::moto::moto_endpoint("the_sim_and_moto_answer_the_same_script_alike") else {
+        return Ok(());
+    };
     let started = std::time::Instant::now();
     let salt = format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
     let on_sim = sim_transcript(&salt).await;

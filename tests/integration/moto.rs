@@ -37,7 +37,7 @@ const TICK_MS: u64 = 1_000;
 const LIFETIME_TICKS: u64 = 3;
 
 /// moto's endpoint, or `None` after saying loudly that the moto tests are skipped.
-fn moto_endpoint(test: &str) -> Option<String> {
+pub(crate) fn moto_endpoint(test: &str) -> Option<String> {
     match std::env::var("MOTO_ENDPOINT") {
         Ok(url) if !url.trim().is_empty() => Some(url.trim().to_string()),
         _ => {
