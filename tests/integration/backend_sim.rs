@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use aws_backend::port::{Ec2Port, Operation};
+use aws_backend::port::{Ec2Port, Ec2PortExt, Operation};
 use aws_backend::{AwsBackend, AwsBootConfig, GRANT_TAG, OWNER_TAG, TestSwitches};
 use backend_api::conformance::{self, CloudInspector, Setup};
 use backend_api::{
@@ -50,8 +50,7 @@ impl Rig {
     /// Provisions `g` on a backend that crashes right after its first RunInstances took
     /// effect, and waits until it has.
     pub async fn crash_after_run_instances(&self, g: &ComputeGrant<'_>) {
-        let crashing =
-            Arc::new(CrashingPort::new(self.sim.clone(), CrashPoint::Operation(Operation::RunInstances), true));
+        let crashing = Arc::new(CrashingPort::new(self.sim.clone(), CrashPoint::Effect(Operation::RunInstances), true));
         let doomed = self.backend_over(crashing.clone()).await;
         let m = g.manifest.clone();
         let (id, valid_from, valid_to) = (g.id, g.valid_from, g.valid_to);
@@ -168,7 +167,12 @@ async fn a_crash_between_run_instances_and_its_record_then_a_retry_launches_no_s
     let m = manifest();
     let g = grant(3, &m, rig.now_tick(), 1_800);
     rig.crash_after_run_instances(&g).await;
-    assert_eq!(rig.instances_of(&g.id).len(), 1, "RunInstances took effect before the crash");
+    assert_eq!(
+        rig.instances_of(&g.id).len(),
+        1,
+        "RunInstances took effect before the crash: {:?}",
+        rig.sim.stats().errors
+    );
 
     // The bridge restarts and retries the grant: the launch resumes with the same token.
     let backend = rig.backend().await;
@@ -317,4 +321,118 @@ async fn insufficient_capacity_falls_back_to_the_next_fitting_type() {
     assert_eq!(launched[0].instance_type, fitting[1].instance_type, "not the next fitting type");
     backend.terminate(&instance).await.expect("terminate");
     assert!(rig.left_of(&g.id).is_empty());
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_retried_grant_waits_out_the_names_its_rollback_just_deleted() {
+    // Issue 14: a deleted key pair and group stay listed, their names taken, for up to a minute.
+    let faults = FaultConfig { deleted_visible_ms_max: 60_000, ..FaultConfig::none() };
+    let rig = Rig::new(10, faults);
+    let backend = rig.backend().await;
+    let m = manifest();
+    let g = grant(10, &m, rig.now_tick(), 3_600);
+    // Every attempt of the first RunInstances fails: the provision fails retryably and rolls
+    // back, deleting the key pair and the group.
+    for _ in 0..10 {
+        rig.sim.fail_next(Operation::RunInstances, "Unavailable");
+    }
+    let err = backend.provision(&g, &us_east()).await.expect_err("EC2 is unavailable");
+    let typed = err.downcast_ref::<BackendError>().expect("a BackendError");
+    assert!(matches!(typed, BackendError::Provider { retryable: true, .. }), "{typed:?}");
+    assert!(rig.left_of(&g.id).is_empty(), "left: {:?}", rig.left_of(&g.id));
+    // The retry meets both names still taken, and waits until they are free.
+    let instance = backend.provision(&g, &us_east()).await.expect("the retry provisions");
+    let errors = rig.sim.stats().errors;
+    assert!(errors.contains_key("InvalidKeyPair.Duplicate"), "the key pair's name never lingered: {errors:?}");
+    assert!(errors.contains_key("InvalidGroup.Duplicate"), "the group's name never lingered: {errors:?}");
+    backend.terminate(&instance).await.expect("terminate");
+    assert!(rig.left_of(&g.id).is_empty(), "left: {:?}", rig.left_of(&g.id));
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_stale_running_after_terminate_neither_delays_the_end_nor_leaks() {
+    // Issue 14: DescribeInstances may show `running` for up to 15 s after TerminateInstances.
+    let faults = FaultConfig { stale_state_ms_max: 15_000, tag_propagation_ms_max: 20_000, ..FaultConfig::default() };
+    let rig = Rig::new(11, faults);
+    let backend = rig.backend().await;
+    let m = manifest();
+    let g = grant(11, &m, rig.now_tick(), 900);
+    let instance = backend.provision(&g, &us_east()).await.expect("provision");
+    backend.watch_until_exit(&instance, g.valid_to).await.expect("watch");
+    backend.terminate(&instance).await.expect("terminate");
+    let truth = &rig.instances_of(&g.id)[0];
+    let ended = truth
+        .intervals
+        .iter()
+        .find(|i| i.state != aws_backend::port::InstanceState::Running && i.from_ms > truth.intervals[0].from_ms);
+    let deadline_ms = rig.cfg.almanac.tick_to_unix_ms(g.valid_to);
+    assert!(ended.is_some_and(|i| i.from_ms <= deadline_ms + 60_000), "ended late: {truth:?}");
+    assert!(rig.left_of(&g.id).is_empty(), "left: {:?}", rig.left_of(&g.id));
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn the_reaper_reads_every_page_of_its_listings() {
+    // EC2 may cut any page short, even to nothing, while more remain; only a missing NextToken
+    // ends a listing (EC2 API Reference, "Pagination").
+    let faults = FaultConfig { page_short_probability: 0.8, ..FaultConfig::none() };
+    let rig = Rig::new(13, faults);
+    let region = fixture::region("us-east-1");
+    let orphan = GrantId([0xee; 32]);
+    let tags = aws_backend::port::Tags::from([
+        (OWNER_TAG.to_string(), fixture::OWNER.to_string()),
+        (GRANT_TAG.to_string(), orphan.to_hex()),
+    ]);
+    let key = aws_backend::port::ImportKeyPairRequest {
+        key_name: "orphan-key".into(),
+        public_key_openssh: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGb0c2ltdWxhdGVkLWtleS1mb3ItdGVzdHMtb25seQ== o".into(),
+        tags: tags.clone(),
+    };
+    rig.sim.import_key_pair(&region, key).await.expect("key pair");
+    let group = aws_backend::port::CreateSecurityGroupRequest {
+        group_name: "orphan-group".into(),
+        description: "an orphan".into(),
+        tags: tags.clone(),
+    };
+    let group_id = rig.sim.create_security_group(&region, group).await.expect("group");
+    for n in 0..12 {
+        let request = aws_backend::port::RunInstancesRequest {
+            image_id: "ami-0123456789abcdef0".into(),
+            instance_type: "m6i.large".into(),
+            key_name: "orphan-key".into(),
+            security_group_ids: vec![group_id.clone()],
+            user_data_base64: String::new(),
+            client_token: format!("orphan-{n}"),
+            root_volume_gib: 20,
+            root_device_name: "/dev/xvda".into(),
+            imdsv2_required: true,
+            imds_hop_limit: 1,
+            shutdown_behavior: aws_backend::port::ShutdownBehavior::Terminate,
+            instance_tags: tags.clone(),
+            volume_tags: tags.clone(),
+        };
+        rig.sim.run_instance(&region, request).await.expect("launch");
+        rig.clock.sleep_ms(600).await; // RunInstances' bucket refills 2 a second
+    }
+    rig.clock.sleep_ms(rig.cfg.reaper_grace_ms + 60_000).await;
+    let orphans = || rig.instances_of(&orphan).iter().filter(|i| !i.state.has_exited()).count();
+    assert_eq!(orphans(), 12);
+
+    // A reaper that reads only the first page misses orphans (the check can fail)...
+    let switches = TestSwitches { first_page_only: true, ..TestSwitches::default() };
+    let broken =
+        fixture::backend(&rig.cfg, rig.sim.clone(), rig.clock.clone(), &rig.store, 7, switches).await.expect("backend");
+    broken.reap(false).await;
+    let missed = orphans();
+    assert!(missed > 0, "the first pages held every orphan: the case tests nothing");
+    drop(broken);
+    // ... and one that follows every token finds them all in one pass.
+    assert!(!rig.sim.unfollowed_page_tokens().is_empty(), "the broken reaper followed its pages");
+    rig.clock.sleep_ms(1_000).await;
+    let since = rig.clock.now_unix_ms();
+    let backend = rig.backend().await;
+    let report = backend.reap(false).await;
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(orphans(), 0, "{missed} orphans before the pass, {} after", orphans());
+    let abandoned: Vec<_> = rig.sim.unfollowed_page_tokens().into_iter().filter(|(at, _, _)| *at >= since).collect();
+    assert!(abandoned.is_empty(), "listings stopped before their last page: {abandoned:?}");
 }

@@ -22,8 +22,8 @@ use anyhow::{Context, ensure};
 use aws_backend::AwsBootConfig;
 use aws_backend::keys::SshKeyPair;
 use aws_backend::port::{
-    AuthorizeIngressRequest, CreateSecurityGroupRequest, Ec2Error, Ec2Port, Filter, ImportKeyPairRequest, InstanceInfo,
-    InstanceState, KeyPairInfo, RunInstancesRequest, SecurityGroupInfo, ShutdownBehavior, Tags,
+    AuthorizeIngressRequest, CreateSecurityGroupRequest, Ec2Error, Ec2Port, Ec2PortExt, Filter, ImportKeyPairRequest,
+    InstanceInfo, InstanceState, KeyPairInfo, RunInstancesRequest, SecurityGroupInfo, ShutdownBehavior, Tags,
 };
 use aws_backend::sdk::SdkEc2;
 use backend_api::RegionLabel;

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, ensure};
 use aws_backend::keys::SshKeyPair;
 use aws_backend::port::{
-    CreateSecurityGroupRequest, Ec2Port, Filter, ImportKeyPairRequest, InstanceState, Operation, RunInstancesRequest,
-    ShutdownBehavior, Tags, codes,
+    CreateSecurityGroupRequest, Ec2Port, Ec2PortExt, Filter, ImportKeyPairRequest, InstanceState, Operation,
+    RunInstancesRequest, ShutdownBehavior, Tags, codes,
 };
 use aws_backend::sdk::{SdkEc2, SdkInspector};
 use aws_backend::{AwsBackend, AwsBootConfig, BackendParts, DynStore, GRANT_TAG, OWNER_TAG, TestSwitches, names};

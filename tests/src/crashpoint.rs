@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use async_trait::async_trait;
 use aws_backend::port::{
     AuthorizeIngressRequest, CreateSecurityGroupRequest, Ec2Error, Ec2Port, Filter, ImportKeyPairRequest, InstanceInfo,
-    InstanceStateChange, InstanceTypeInfo, InstanceTypeOffering, KeyPairInfo, NetworkUsage, Operation,
-    RunInstancesRequest, SecurityGroupInfo, Tags,
+    InstanceStateChange, InstanceTypeInfo, InstanceTypeOffering, KeyPairInfo, NetworkUsage, Operation, Page,
+    PageRequest, RunInstancesRequest, SecurityGroupInfo, Tags,
 };
 use backend_api::RegionLabel;
 
@@ -20,6 +20,9 @@ pub enum CrashPoint {
     Call(u64),
     /// At the first call of this operation.
     Operation(Operation),
+    /// After the first call of this operation that succeeds, whatever `effect_first` says: a
+    /// crash known to follow the call's effect (a call EC2 refused had none).
+    Effect(Operation),
 }
 
 /// Forwards to `inner` until the crash point, whose call hangs forever, after its effect when
@@ -81,6 +84,17 @@ impl CrashingPort {
         let hit = match self.crash_at {
             CrashPoint::Call(at) => n == at,
             CrashPoint::Operation(at) => at == op && !self.crashed(),
+            CrashPoint::Effect(at) => {
+                if at != op || self.crashed() {
+                    return call.await;
+                }
+                let result = call.await;
+                if result.is_err() {
+                    return result;
+                }
+                self.crashed.store(true, Ordering::SeqCst);
+                return std::future::pending().await;
+            }
         };
         if !hit || self.crashed() {
             return call.await;
@@ -118,14 +132,18 @@ impl Ec2Port for CrashingPort {
     async fn authorize_ingress(&self, region: &RegionLabel, req: AuthorizeIngressRequest) -> Result<(), Ec2Error> {
         self.gate(Operation::AuthorizeSecurityGroupIngress, self.inner.authorize_ingress(region, req)).await
     }
-    async fn describe_security_groups(
+    async fn describe_security_groups_page(
         &self,
         region: &RegionLabel,
         group_ids: Vec<String>,
         filters: Vec<Filter>,
-    ) -> Result<Vec<SecurityGroupInfo>, Ec2Error> {
-        self.gate(Operation::DescribeSecurityGroups, self.inner.describe_security_groups(region, group_ids, filters))
-            .await
+        page: PageRequest,
+    ) -> Result<Page<SecurityGroupInfo>, Ec2Error> {
+        self.gate(
+            Operation::DescribeSecurityGroups,
+            self.inner.describe_security_groups_page(region, group_ids, filters, page),
+        )
+        .await
     }
     async fn delete_security_group(&self, region: &RegionLabel, group_id: &str) -> Result<(), Ec2Error> {
         self.gate(Operation::DeleteSecurityGroup, self.inner.delete_security_group(region, group_id)).await
@@ -133,13 +151,15 @@ impl Ec2Port for CrashingPort {
     async fn run_instance(&self, region: &RegionLabel, req: RunInstancesRequest) -> Result<InstanceInfo, Ec2Error> {
         self.gate(Operation::RunInstances, self.inner.run_instance(region, req)).await
     }
-    async fn describe_instances(
+    async fn describe_instances_page(
         &self,
         region: &RegionLabel,
         instance_ids: Vec<String>,
         filters: Vec<Filter>,
-    ) -> Result<Vec<InstanceInfo>, Ec2Error> {
-        self.gate(Operation::DescribeInstances, self.inner.describe_instances(region, instance_ids, filters)).await
+        page: PageRequest,
+    ) -> Result<Page<InstanceInfo>, Ec2Error> {
+        self.gate(Operation::DescribeInstances, self.inner.describe_instances_page(region, instance_ids, filters, page))
+            .await
     }
     async fn terminate_instances(
         &self,
@@ -148,12 +168,14 @@ impl Ec2Port for CrashingPort {
     ) -> Result<Vec<InstanceStateChange>, Ec2Error> {
         self.gate(Operation::TerminateInstances, self.inner.terminate_instances(region, instance_ids)).await
     }
-    async fn describe_instance_types(
+    async fn describe_instance_types_page(
         &self,
         region: &RegionLabel,
         families: Vec<String>,
-    ) -> Result<Vec<InstanceTypeInfo>, Ec2Error> {
-        self.gate(Operation::DescribeInstanceTypes, self.inner.describe_instance_types(region, families)).await
+        page: PageRequest,
+    ) -> Result<Page<InstanceTypeInfo>, Ec2Error> {
+        self.gate(Operation::DescribeInstanceTypes, self.inner.describe_instance_types_page(region, families, page))
+            .await
     }
     async fn create_tags(&self, region: &RegionLabel, resource_ids: Vec<String>, tags: Tags) -> Result<(), Ec2Error> {
         self.gate(Operation::CreateTags, self.inner.create_tags(region, resource_ids, tags)).await
@@ -175,14 +197,15 @@ impl Ec2Port for CrashingPort {
     async fn get_console_output(&self, region: &RegionLabel, instance_id: &str) -> Result<Option<String>, Ec2Error> {
         self.gate(Operation::GetConsoleOutput, self.inner.get_console_output(region, instance_id)).await
     }
-    async fn describe_instance_type_offerings(
+    async fn describe_instance_type_offerings_page(
         &self,
         region: &RegionLabel,
         instance_types: Vec<String>,
-    ) -> Result<Vec<InstanceTypeOffering>, Ec2Error> {
+        page: PageRequest,
+    ) -> Result<Page<InstanceTypeOffering>, Ec2Error> {
         self.gate(
             Operation::DescribeInstanceTypeOfferings,
-            self.inner.describe_instance_type_offerings(region, instance_types),
+            self.inner.describe_instance_type_offerings_page(region, instance_types, page),
         )
         .await
     }

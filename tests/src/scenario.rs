@@ -61,11 +61,13 @@ pub enum Breakage {
     OpenImds,
     /// Tell the guest to power off an hour after valid_to + grace.
     LateGuestPowerOff,
+    /// Read only the first page of every paginated listing (run with short pages).
+    FirstPageOnly,
 }
 
 impl Breakage {
     /// Every breakage, in the order the self-test runs them.
-    pub const ALL: [Breakage; 21] = [
+    pub const ALL: [Breakage; 22] = [
         Breakage::TerminateLate,
         Breakage::TerminateEarly,
         Breakage::FreshClientToken,
@@ -87,6 +89,7 @@ impl Breakage {
         Breakage::PinBackendHostKey,
         Breakage::OpenImds,
         Breakage::LateGuestPowerOff,
+        Breakage::FirstPageOnly,
     ];
 
     /// Its name on the command line (`--break NAME`).
@@ -113,6 +116,7 @@ impl Breakage {
             Breakage::PinBackendHostKey => "pin-backend-host-key",
             Breakage::OpenImds => "open-imds",
             Breakage::LateGuestPowerOff => "late-guest-poweroff",
+            Breakage::FirstPageOnly => "first-page-only",
         }
     }
 
@@ -145,6 +149,7 @@ impl Breakage {
             Breakage::PinBackendHostKey => s.pin_backend_host_key = true,
             Breakage::OpenImds => s.open_imds = true,
             Breakage::LateGuestPowerOff => s.guest_poweroff_late_s = 3_600,
+            Breakage::FirstPageOnly => s.first_page_only = true,
             Breakage::DropLedgerAppend | Breakage::CorruptLedgerAppend => {}
         }
         s
@@ -179,6 +184,7 @@ impl Breakage {
             Breakage::LeakLoginKey => names::SECRETS,
             Breakage::PinBackendHostKey | Breakage::OpenImds => names::GUEST,
             Breakage::LateGuestPowerOff => names::BACKSTOP,
+            Breakage::FirstPageOnly => names::PAGINATION,
         }
     }
 
@@ -202,6 +208,7 @@ impl Breakage {
             Breakage::EarlyStart | Breakage::LeakLoginKey => &[],
             Breakage::PinBackendHostKey | Breakage::OpenImds => &[],
             Breakage::LateGuestPowerOff => &[],
+            Breakage::FirstPageOnly => &[],
         }
     }
 }

@@ -26,6 +26,9 @@ pub enum Setting {
     /// 60 grants, every admissible one at an edge (`Scenario::edge_share` 1): some start
     /// minutes after they arrive.
     Edges,
+    /// 60 grants with crashes, and most pages of a listing cut short (some empty): what
+    /// reading only the first page needs to miss resources.
+    ShortPages,
 }
 
 impl Setting {
@@ -35,6 +38,7 @@ impl Setting {
             Breakage::FreshClientToken => Setting::Lossy,
             Breakage::NoPacing => Setting::Burst,
             Breakage::EarlyStart => Setting::Edges,
+            Breakage::FirstPageOnly => Setting::ShortPages,
             _ => Setting::Plain,
         }
     }
@@ -46,6 +50,7 @@ impl Setting {
             Setting::Lossy => "--grants 60 --hours 0.5 --lossy --crashes",
             Setting::Burst => "--grants 120 --hours 0.0005556",
             Setting::Edges => "--grants 60 --hours 0.5 --edges 1",
+            Setting::ShortPages => "--grants 60 --hours 0.5 --short-pages --crashes",
         }
     }
 }
@@ -74,6 +79,11 @@ pub fn lossy_faults() -> FaultConfig {
     FaultConfig { response_lost_probability: 0.3, ..FaultConfig::default() }
 }
 
+/// The default faults with 70 % of the pages of a listing cut short.
+pub fn short_page_faults() -> FaultConfig {
+    FaultConfig { page_short_probability: 0.7, ..FaultConfig::default() }
+}
+
 /// The scenario of `setting` with `breakage` on, on `seed`, with `disabled` checkers ignored.
 pub fn scenario(breakage: Option<Breakage>, setting: Setting, seed: u64, disabled: &[String]) -> Scenario {
     let mut scenario = Scenario::new(seed);
@@ -91,6 +101,10 @@ pub fn scenario(breakage: Option<Breakage>, setting: Setting, seed: u64, disable
             scenario.arrival_window_ms = 2_000;
         }
         Setting::Edges => scenario.edge_share = 1.0,
+        Setting::ShortPages => {
+            scenario.faults_override = Some(short_page_faults());
+            scenario.crashes = true;
+        }
     }
     scenario.breakage = breakage;
     scenario.disabled_checkers = disabled.to_vec();
@@ -136,7 +150,9 @@ pub fn run_case(
 pub fn run_all(disabled: &[String], report: &mut dyn FnMut(&CaseResult)) -> anyhow::Result<Vec<CaseResult>> {
     let mut results = Vec::new();
     let mut cases: Vec<(Option<Breakage>, Setting)> =
-        [Setting::Plain, Setting::Lossy, Setting::Burst, Setting::Edges].map(|s| (None, s)).to_vec();
+        [Setting::Plain, Setting::Lossy, Setting::Burst, Setting::Edges, Setting::ShortPages]
+            .map(|s| (None, s))
+            .to_vec();
     cases.extend(Breakage::ALL.into_iter().map(|b| (Some(b), Setting::for_breakage(b))));
     for (breakage, setting) in cases {
         for seed in SEEDS {

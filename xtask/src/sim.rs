@@ -74,6 +74,10 @@ pub struct SimArgs {
     /// self-test's `fresh-client-token` case runs with.
     #[arg(long)]
     lossy: bool,
+    /// Most pages of a listing cut short, some empty (70 %, on top of the default faults):
+    /// what the self-test's `first-page-only` case runs with.
+    #[arg(long, conflicts_with = "lossy")]
+    short_pages: bool,
 }
 
 fn parse_breakage(name: &str) -> Result<Breakage, String> {
@@ -108,6 +112,9 @@ impl SimArgs {
         if self.lossy {
             scenario.faults_override = Some(selftest::lossy_faults());
         }
+        if self.short_pages {
+            scenario.faults_override = Some(selftest::short_page_faults());
+        }
         scenario
     }
 
@@ -127,6 +134,9 @@ impl SimArgs {
         }
         if self.lossy {
             cmd.push_str(" --lossy");
+        }
+        if self.short_pages {
+            cmd.push_str(" --short-pages");
         }
         if self.edges != 0.05 {
             cmd.push_str(&format!(" --edges {}", self.edges));

@@ -26,7 +26,8 @@ use crate::pacing::{Pacer, PacingStats, RetryPolicy, lock};
 use crate::poller::{RegionPoller, Sighting};
 use crate::port::{
     AuthorizeIngressRequest, CreateSecurityGroupRequest, Ec2Error, Ec2Port, Filter, ImportKeyPairRequest, InstanceInfo,
-    InstanceState, InstanceTypeInfo, Operation, RunInstancesRequest, ShutdownBehavior, codes, metric_window,
+    InstanceState, InstanceTypeInfo, Operation, PageRequest, RunInstancesRequest, ShutdownBehavior, codes,
+    metric_window,
 };
 use crate::sizing;
 
@@ -110,6 +111,8 @@ pub struct TestSwitches {
     /// Tell the guest to power off this many seconds after `valid_to + deadline_grace_s`
     /// instead of at it: a backstop later than the one promised.
     pub guest_poweroff_late_s: u64,
+    /// Read only the first page of every paginated listing.
+    pub first_page_only: bool,
 }
 
 impl TestSwitches {
@@ -117,6 +120,11 @@ impl TestSwitches {
     pub fn any(&self) -> bool {
         *self != Self::default()
     }
+}
+
+/// The first page of a listing by filters: as large as EC2 allows.
+fn listing(op: Operation) -> PageRequest {
+    PageRequest::listing(op, false)
 }
 
 fn picked(grant: &GrantId, below: u8) -> bool {
@@ -322,6 +330,9 @@ impl AwsBackend {
         if parts.switches.skip_pacing {
             pacer = pacer.without_buckets();
         }
+        if parts.switches.first_page_only {
+            pacer = pacer.reading_first_pages_only();
+        }
         let pacer = Arc::new(pacer);
         let backend = Self {
             inner: Arc::new(Inner {
@@ -493,8 +504,8 @@ impl AwsBackend {
         let types = self
             .inner
             .pacer
-            .call(region, Operation::DescribeInstanceTypes, || {
-                self.inner.port.describe_instance_types(region, families.clone())
+            .pages(region, Operation::DescribeInstanceTypes, listing(Operation::DescribeInstanceTypes), |page| {
+                self.inner.port.describe_instance_types_page(region, families.clone(), page)
             })
             .await
             .map_err(provider)?;
@@ -950,8 +961,8 @@ impl AwsBackend {
         match self
             .inner
             .pacer
-            .call(region, Operation::DescribeSecurityGroups, || {
-                self.inner.port.describe_security_groups(region, ids.clone(), Vec::new())
+            .pages(region, Operation::DescribeSecurityGroups, PageRequest::unpaged(), |page| {
+                self.inner.port.describe_security_groups_page(region, ids.clone(), Vec::new(), page)
             })
             .await
         {
@@ -974,8 +985,8 @@ impl AwsBackend {
             let groups = self
                 .inner
                 .pacer
-                .call(region, Operation::DescribeSecurityGroups, || {
-                    self.inner.port.describe_security_groups(region, Vec::new(), filters.clone())
+                .pages(region, Operation::DescribeSecurityGroups, listing(Operation::DescribeSecurityGroups), |page| {
+                    self.inner.port.describe_security_groups_page(region, Vec::new(), filters.clone(), page)
                 })
                 .await
                 .map_err(provider)?;
@@ -1345,8 +1356,8 @@ impl AwsBackend {
         let instances = self
             .inner
             .pacer
-            .call(region, Operation::DescribeInstances, || {
-                self.inner.port.describe_instances(region, Vec::new(), filters.clone())
+            .pages(region, Operation::DescribeInstances, listing(Operation::DescribeInstances), |page| {
+                self.inner.port.describe_instances_page(region, Vec::new(), filters.clone(), page)
             })
             .await
             .map_err(provider)?;
@@ -1445,8 +1456,8 @@ impl AwsBackend {
         let answer = self
             .inner
             .pacer
-            .call(region, Operation::DescribeInstances, || {
-                self.inner.port.describe_instances(region, ids.clone(), Vec::new())
+            .pages(region, Operation::DescribeInstances, PageRequest::unpaged(), |page| {
+                self.inner.port.describe_instances_page(region, ids.clone(), Vec::new(), page)
             })
             .await;
         match answer {
@@ -1475,8 +1486,8 @@ impl AwsBackend {
         let found = self
             .inner
             .pacer
-            .call(region, Operation::DescribeInstances, || {
-                self.inner.port.describe_instances(region, ids.clone(), Vec::new())
+            .pages(region, Operation::DescribeInstances, PageRequest::unpaged(), |page| {
+                self.inner.port.describe_instances_page(region, ids.clone(), Vec::new(), page)
             })
             .await
             .map_err(provider)?;
@@ -1797,8 +1808,8 @@ impl AwsBackend {
             let instances = self
                 .inner
                 .pacer
-                .call(region, Operation::DescribeInstances, || {
-                    self.inner.port.describe_instances(region, Vec::new(), filters.clone())
+                .pages(region, Operation::DescribeInstances, listing(Operation::DescribeInstances), |page| {
+                    self.inner.port.describe_instances_page(region, Vec::new(), filters.clone(), page)
                 })
                 .await
                 .map_err(provider)?;
@@ -1828,8 +1839,8 @@ impl AwsBackend {
                 let found = self
                     .inner
                     .pacer
-                    .call(region, Operation::DescribeInstances, || {
-                        self.inner.port.describe_instances(region, Vec::new(), by_token.clone())
+                    .pages(region, Operation::DescribeInstances, listing(Operation::DescribeInstances), |page| {
+                        self.inner.port.describe_instances_page(region, Vec::new(), by_token.clone(), page)
                     })
                     .await
                     .map_err(provider)?;

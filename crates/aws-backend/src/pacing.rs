@@ -13,7 +13,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::port::{
-    Ec2Error, Operation, RUN_INSTANCES_RESOURCE_CAPACITY, RUN_INSTANCES_RESOURCE_REFILL_PER_S,
+    Ec2Error, Operation, Page, PageRequest, RUN_INSTANCES_RESOURCE_CAPACITY, RUN_INSTANCES_RESOURCE_REFILL_PER_S,
     TERMINATE_INSTANCES_RESOURCE_CAPACITY, TERMINATE_INSTANCES_RESOURCE_REFILL_PER_S,
 };
 
@@ -88,6 +88,8 @@ pub struct Pacer {
     stats: Mutex<PacingStats>,
     /// Skip the buckets (a deliberate bug for the simulation's self-test).
     buckets_off: bool,
+    /// Read only the first page of a listing (a deliberate bug for the self-test).
+    first_page_only: bool,
 }
 
 /// What pacing did, for benches and the simulation summary.
@@ -110,6 +112,7 @@ impl Pacer {
             policy,
             stats: Mutex::new(PacingStats::default()),
             buckets_off: false,
+            first_page_only: false,
         }
     }
 
@@ -117,6 +120,13 @@ impl Pacer {
     /// `TestSwitches::skip_pacing`; never in production.
     pub fn without_buckets(mut self) -> Self {
         self.buckets_off = true;
+        self
+    }
+
+    /// The same pacer reading only the first page of every listing. A deliberate bug, for
+    /// `TestSwitches::first_page_only`; never in production.
+    pub fn reading_first_pages_only(mut self) -> Self {
+        self.first_page_only = true;
         self
     }
 
@@ -199,6 +209,34 @@ impl Pacer {
                     attempt += 1;
                 }
                 Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// Every page of a paginated Describe, starting from `first` (see
+    /// [`PageRequest::listing`]): `call` is asked for each page in turn, and each page is paced
+    /// and retried as the call it is (a retry asks for the same page again). Only a page
+    /// without a token ends the listing: EC2 may answer short pages, even empty ones, while
+    /// more remain (EC2 API Reference, "Pagination").
+    pub async fn pages<T, F, Fut>(
+        &self,
+        region: &RegionLabel,
+        op: Operation,
+        first: PageRequest,
+        mut call: F,
+    ) -> Result<Vec<T>, Ec2Error>
+    where
+        F: FnMut(PageRequest) -> Fut,
+        Fut: Future<Output = Result<Page<T>, Ec2Error>>,
+    {
+        let mut request = first;
+        let mut items = Vec::new();
+        loop {
+            let page = self.call(region, op, || call(request.clone())).await?;
+            items.extend(page.items);
+            match page.next_token {
+                Some(token) if !self.first_page_only => request.next_token = Some(token),
+                _ => return Ok(items),
             }
         }
     }

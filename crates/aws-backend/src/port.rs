@@ -61,6 +61,10 @@ pub mod codes {
     pub const INVALID_BLOCK_DEVICE_MAPPING: &str = "InvalidBlockDeviceMapping";
     /// The account has no default VPC in the region and the call named no VPC or subnet.
     pub const VPC_ID_NOT_SPECIFIED: &str = "VPCIdNotSpecified";
+    /// A NextToken that is not one this query gave out (or has expired).
+    pub const INVALID_PAGINATION_TOKEN: &str = "InvalidPaginationToken";
+    /// Parameters that may not be given together, e.g. MaxResults with InstanceIds.
+    pub const INVALID_PARAMETER_COMBINATION: &str = "InvalidParameterCombination";
 }
 
 /// The operations of the port, for throttling, audit and fault injection.
@@ -171,6 +175,21 @@ impl Operation {
 }
 
 impl Operation {
+    /// The bounds EC2 puts on `MaxResults` for the paginated Describe calls, `(min, max)`;
+    /// `None` for calls without pages (DescribeKeyPairs answers every match at once).
+    ///
+    /// Source: the EC2 API Reference's pages for DescribeInstances, DescribeSecurityGroups and
+    /// DescribeInstanceTypeOfferings (5 to 1,000) and DescribeInstanceTypes (5 to 100).
+    pub fn max_results_limit(self) -> Option<(u32, u32)> {
+        match self {
+            Operation::DescribeInstances
+            | Operation::DescribeSecurityGroups
+            | Operation::DescribeInstanceTypeOfferings => Some((5, 1_000)),
+            Operation::DescribeInstanceTypes => Some((5, 100)),
+            _ => None,
+        }
+    }
+
     /// The operation's place in [`Operation::ALL`], for tables of one entry per action.
     pub fn index(self) -> usize {
         self as usize
@@ -572,6 +591,83 @@ pub struct NetworkUsage {
     pub bytes_out: u64,
 }
 
+/// Which page of a paginated Describe call to ask for: `MaxResults` and `NextToken`.
+///
+/// EC2 refuses `MaxResults` together with a list of ids (`InvalidParameterCombination`), so a
+/// lookup by ids asks [`PageRequest::unpaged`]. See [`Operation::max_results_limit`] for the
+/// bounds of `MaxResults`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageRequest {
+    /// At most this many items in the page; `None`: EC2 answers every match at once.
+    pub max_results: Option<u32>,
+    /// The previous page's token; `None` for the first page.
+    pub next_token: Option<String>,
+}
+
+impl PageRequest {
+    /// The first page, of at most `max_results` items.
+    pub fn first(max_results: u32) -> Self {
+        Self { max_results: Some(max_results), next_token: None }
+    }
+
+    /// No `MaxResults`: the whole answer in one page (lookups by id).
+    pub fn unpaged() -> Self {
+        Self::default()
+    }
+
+    /// The first page of a listing of `op`: as large as EC2 allows when listing by filters,
+    /// unpaged when `by_ids` (EC2 refuses `MaxResults` with ids).
+    pub fn listing(op: Operation, by_ids: bool) -> Self {
+        match op.max_results_limit() {
+            Some((_, max)) if !by_ids => Self::first(max),
+            _ => Self::unpaged(),
+        }
+    }
+}
+
+/// One page of a paginated Describe call.
+///
+/// EC2 may answer fewer than `MaxResults` items, even none, while more remain: only a missing
+/// `next_token` ends the listing (EC2 API Reference, "Pagination",
+/// <https://docs.aws.amazon.com/AWSEC2/latest/APIReference/Query-Requests.html#api-pagination>;
+/// EC2 Developer Guide, "Pagination in the Amazon EC2 API",
+/// <https://docs.aws.amazon.com/ec2/latest/devguide/ec2-api-pagination.html>).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Page<T> {
+    /// This page's items.
+    pub items: Vec<T>,
+    /// The token for the next page; `None` on the last page.
+    pub next_token: Option<String>,
+}
+
+impl<T> Page<T> {
+    /// A last page holding `items`.
+    pub fn last(items: Vec<T>) -> Self {
+        Self { items, next_token: None }
+    }
+}
+
+/// Pages of a listing followed to the end, unpaced: `call` is asked for each page in turn.
+///
+/// For tests and tools. The backend follows pages through `Pacer::pages`, which paces and
+/// retries each page as the call it is.
+pub async fn all_pages<T, F, Fut>(first: PageRequest, mut call: F) -> Result<Vec<T>, Ec2Error>
+where
+    F: FnMut(PageRequest) -> Fut,
+    Fut: std::future::Future<Output = Result<Page<T>, Ec2Error>>,
+{
+    let mut request = first;
+    let mut items = Vec::new();
+    loop {
+        let page = call(request.clone()).await?;
+        items.extend(page.items);
+        match page.next_token {
+            Some(token) => request.next_token = Some(token),
+            None => return Ok(items),
+        }
+    }
+}
+
 /// The EC2 surface the backend uses. Every call names its region.
 ///
 /// Implementations return EC2's real error codes in [`Ec2Error`]; retries and backoff are the
@@ -596,37 +692,40 @@ pub trait Ec2Port: Send + Sync + 'static {
     ) -> Result<String, Ec2Error>;
     /// AuthorizeSecurityGroupIngress.
     async fn authorize_ingress(&self, region: &RegionLabel, req: AuthorizeIngressRequest) -> Result<(), Ec2Error>;
-    /// DescribeSecurityGroups by ids (empty: any) and filters.
-    async fn describe_security_groups(
+    /// One page of DescribeSecurityGroups by ids (empty: any) and filters.
+    async fn describe_security_groups_page(
         &self,
         region: &RegionLabel,
         group_ids: Vec<String>,
         filters: Vec<Filter>,
-    ) -> Result<Vec<SecurityGroupInfo>, Ec2Error>;
+        page: PageRequest,
+    ) -> Result<Page<SecurityGroupInfo>, Ec2Error>;
     /// DeleteSecurityGroup by id.
     async fn delete_security_group(&self, region: &RegionLabel, group_id: &str) -> Result<(), Ec2Error>;
     /// RunInstances for exactly one instance.
     async fn run_instance(&self, region: &RegionLabel, req: RunInstancesRequest) -> Result<InstanceInfo, Ec2Error>;
-    /// DescribeInstances by ids (empty: any) and filters. An id that is unknown (or not yet
-    /// visible) fails the whole call with `InvalidInstanceID.NotFound`, as EC2 does.
-    async fn describe_instances(
+    /// One page of DescribeInstances by ids (empty: any) and filters. An id that is unknown (or
+    /// not yet visible) fails the whole call with `InvalidInstanceID.NotFound`, as EC2 does.
+    async fn describe_instances_page(
         &self,
         region: &RegionLabel,
         instance_ids: Vec<String>,
         filters: Vec<Filter>,
-    ) -> Result<Vec<InstanceInfo>, Ec2Error>;
+        page: PageRequest,
+    ) -> Result<Page<InstanceInfo>, Ec2Error>;
     /// TerminateInstances.
     async fn terminate_instances(
         &self,
         region: &RegionLabel,
         instance_ids: Vec<String>,
     ) -> Result<Vec<InstanceStateChange>, Ec2Error>;
-    /// DescribeInstanceTypes within the given families (e.g. `m6i`); empty: all.
-    async fn describe_instance_types(
+    /// One page of DescribeInstanceTypes within the given families (e.g. `m6i`); empty: all.
+    async fn describe_instance_types_page(
         &self,
         region: &RegionLabel,
         families: Vec<String>,
-    ) -> Result<Vec<InstanceTypeInfo>, Ec2Error>;
+        page: PageRequest,
+    ) -> Result<Page<InstanceTypeInfo>, Ec2Error>;
     /// CreateTags.
     async fn create_tags(&self, region: &RegionLabel, resource_ids: Vec<String>, tags: Tags) -> Result<(), Ec2Error>;
     /// Network bytes per instance: CloudWatch's GetMetricData for NetworkIn and NetworkOut (Sum)
@@ -644,15 +743,66 @@ pub trait Ec2Port: Send + Sync + 'static {
     ) -> Result<Vec<NetworkUsage>, Ec2Error>;
     /// GetConsoleOutput: the instance's console output as text, `None` while EC2 has none yet.
     async fn get_console_output(&self, region: &RegionLabel, instance_id: &str) -> Result<Option<String>, Ec2Error>;
-    /// DescribeInstanceTypeOfferings by availability zone: which zones of the region offer each
-    /// of `instance_types` (empty: every type). A type absent from a zone's rows is not offered
-    /// there, and RunInstances placed in that zone answers `Unsupported`.
+    /// One page of DescribeInstanceTypeOfferings by availability zone: which zones of the region
+    /// offer each of `instance_types` (empty: every type). A type absent from a zone's rows is
+    /// not offered there, and RunInstances placed in that zone answers `Unsupported`.
+    async fn describe_instance_type_offerings_page(
+        &self,
+        region: &RegionLabel,
+        instance_types: Vec<String>,
+        page: PageRequest,
+    ) -> Result<Page<InstanceTypeOffering>, Ec2Error>;
+}
+
+/// The paginated Describe calls with every page followed, unpaced (see [`all_pages`]): for
+/// tests, tools and the simulator's own checks. Backend code uses `Pacer::pages` instead.
+#[async_trait]
+pub trait Ec2PortExt: Ec2Port {
+    /// Every page of DescribeInstances.
+    async fn describe_instances(
+        &self,
+        region: &RegionLabel,
+        instance_ids: Vec<String>,
+        filters: Vec<Filter>,
+    ) -> Result<Vec<InstanceInfo>, Ec2Error> {
+        let first = PageRequest::listing(Operation::DescribeInstances, !instance_ids.is_empty());
+        all_pages(first, |page| self.describe_instances_page(region, instance_ids.clone(), filters.clone(), page)).await
+    }
+
+    /// Every page of DescribeSecurityGroups.
+    async fn describe_security_groups(
+        &self,
+        region: &RegionLabel,
+        group_ids: Vec<String>,
+        filters: Vec<Filter>,
+    ) -> Result<Vec<SecurityGroupInfo>, Ec2Error> {
+        let first = PageRequest::listing(Operation::DescribeSecurityGroups, !group_ids.is_empty());
+        all_pages(first, |page| self.describe_security_groups_page(region, group_ids.clone(), filters.clone(), page))
+            .await
+    }
+
+    /// Every page of DescribeInstanceTypes.
+    async fn describe_instance_types(
+        &self,
+        region: &RegionLabel,
+        families: Vec<String>,
+    ) -> Result<Vec<InstanceTypeInfo>, Ec2Error> {
+        let first = PageRequest::listing(Operation::DescribeInstanceTypes, false);
+        all_pages(first, |page| self.describe_instance_types_page(region, families.clone(), page)).await
+    }
+
+    /// Every page of DescribeInstanceTypeOfferings.
     async fn describe_instance_type_offerings(
         &self,
         region: &RegionLabel,
         instance_types: Vec<String>,
-    ) -> Result<Vec<InstanceTypeOffering>, Ec2Error>;
+    ) -> Result<Vec<InstanceTypeOffering>, Ec2Error> {
+        let first = PageRequest::listing(Operation::DescribeInstanceTypeOfferings, false);
+        all_pages(first, |page| self.describe_instance_type_offerings_page(region, instance_types.clone(), page)).await
+    }
 }
+
+impl<P: Ec2Port + ?Sized> Ec2PortExt for P {}
 
 #[cfg(test)]
 mod tests {

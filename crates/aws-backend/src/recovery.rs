@@ -12,7 +12,7 @@ use usage_ledger::{Event, ObservedState, ResourceKind, TerminationReason};
 
 use crate::backend::AwsBackend;
 use crate::config::{GRANT_TAG, OWNER_TAG};
-use crate::port::{Ec2Error, Filter, InstanceState, Operation, Tags};
+use crate::port::{Ec2Error, Filter, InstanceState, Operation, PageRequest, Tags};
 
 /// What a recovery pass did.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -188,14 +188,17 @@ impl AwsBackend {
         let now = self.now_ms();
         let grace = self.config().reaper_grace_ms;
 
+        let listing = |op| PageRequest::listing(op, false);
         let instances = pacer
-            .call(region, Operation::DescribeInstances, || port.describe_instances(region, Vec::new(), owner.clone()))
+            .pages(region, Operation::DescribeInstances, listing(Operation::DescribeInstances), |page| {
+                port.describe_instances_page(region, Vec::new(), owner.clone(), page)
+            })
             .await?;
         let key_pairs =
             pacer.call(region, Operation::DescribeKeyPairs, || port.describe_key_pairs(region, owner.clone())).await?;
         let groups = pacer
-            .call(region, Operation::DescribeSecurityGroups, || {
-                port.describe_security_groups(region, Vec::new(), owner.clone())
+            .pages(region, Operation::DescribeSecurityGroups, listing(Operation::DescribeSecurityGroups), |page| {
+                port.describe_security_groups_page(region, Vec::new(), owner.clone(), page)
             })
             .await?;
 
@@ -316,7 +319,7 @@ mod tests {
     use crate::port::{
         AuthorizeIngressRequest, CreateSecurityGroupRequest, Ec2Error, Ec2Port, Filter, ImportKeyPairRequest,
         InstanceInfo, InstanceStateChange, InstanceTypeInfo, InstanceTypeOffering, KeyPairInfo, NetworkUsage,
-        Operation, RunInstancesRequest, SecurityGroupInfo, Tags,
+        Operation, Page, PageRequest, RunInstancesRequest, SecurityGroupInfo, Tags,
     };
     use crate::{AwsBackend, BackendParts, DynStore, TestSwitches, names};
 
@@ -437,13 +440,14 @@ mod tests {
             unexpected(Operation::AuthorizeSecurityGroupIngress)
         }
 
-        async fn describe_security_groups(
+        async fn describe_security_groups_page(
             &self,
             _: &RegionLabel,
             _: Vec<String>,
             _: Vec<Filter>,
-        ) -> Result<Vec<SecurityGroupInfo>, Ec2Error> {
-            Ok(Vec::new())
+            _: PageRequest,
+        ) -> Result<Page<SecurityGroupInfo>, Ec2Error> {
+            Ok(Page::last(Vec::new()))
         }
 
         async fn delete_security_group(&self, _: &RegionLabel, group_id: &str) -> Result<(), Ec2Error> {
@@ -455,13 +459,14 @@ mod tests {
             unexpected(Operation::RunInstances)
         }
 
-        async fn describe_instances(
+        async fn describe_instances_page(
             &self,
             _: &RegionLabel,
             _: Vec<String>,
             _: Vec<Filter>,
-        ) -> Result<Vec<InstanceInfo>, Ec2Error> {
-            Ok(Vec::new())
+            _: PageRequest,
+        ) -> Result<Page<InstanceInfo>, Ec2Error> {
+            Ok(Page::last(Vec::new()))
         }
 
         async fn terminate_instances(
@@ -472,12 +477,13 @@ mod tests {
             unexpected(Operation::TerminateInstances)
         }
 
-        async fn describe_instance_types(
+        async fn describe_instance_types_page(
             &self,
             _: &RegionLabel,
             _: Vec<String>,
-        ) -> Result<Vec<InstanceTypeInfo>, Ec2Error> {
-            Ok(vec![InstanceTypeInfo { instance_type: "m6i.large".into(), vcpus: 2, memory_mib: 8_192 }])
+            _: PageRequest,
+        ) -> Result<Page<InstanceTypeInfo>, Ec2Error> {
+            Ok(Page::last(vec![InstanceTypeInfo { instance_type: "m6i.large".into(), vcpus: 2, memory_mib: 8_192 }]))
         }
 
         async fn create_tags(&self, _: &RegionLabel, _: Vec<String>, _: Tags) -> Result<(), Ec2Error> {
@@ -498,11 +504,12 @@ mod tests {
             unexpected(Operation::GetConsoleOutput)
         }
 
-        async fn describe_instance_type_offerings(
+        async fn describe_instance_type_offerings_page(
             &self,
             _: &RegionLabel,
             _: Vec<String>,
-        ) -> Result<Vec<InstanceTypeOffering>, Ec2Error> {
+            _: PageRequest,
+        ) -> Result<Page<InstanceTypeOffering>, Ec2Error> {
             unexpected(Operation::DescribeInstanceTypeOfferings)
         }
     }

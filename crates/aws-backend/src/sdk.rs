@@ -26,8 +26,8 @@ use tokio::sync::RwLock;
 use crate::config::AwsBootConfig;
 use crate::port::{
     AuthorizeIngressRequest, CreateSecurityGroupRequest, Ec2Error, Ec2Port, Filter, ImportKeyPairRequest, InstanceInfo,
-    InstanceStateChange, InstanceTypeInfo, InstanceTypeOffering, KeyPairInfo, NetworkUsage, Operation,
-    RunInstancesRequest, SecurityGroupInfo, Tags,
+    InstanceStateChange, InstanceTypeInfo, InstanceTypeOffering, KeyPairInfo, NetworkUsage, Operation, Page,
+    PageRequest, RunInstancesRequest, SecurityGroupInfo, Tags,
 };
 
 pub use inspect::SdkInspector;
@@ -35,14 +35,6 @@ pub use inspect::SdkInspector;
 /// The code of the error for a region outside the configured allowlist.
 pub const REGION_NOT_ALLOWED: &str = "RegionNotAllowed";
 
-/// The most instance ids per DescribeInstances page when no ids are given.
-const DESCRIBE_INSTANCES_PAGE: i32 = 1_000;
-/// The most security groups per DescribeSecurityGroups page when no ids are given.
-const DESCRIBE_GROUPS_PAGE: i32 = 1_000;
-/// DescribeInstanceTypes' page limit.
-const DESCRIBE_TYPES_PAGE: i32 = 100;
-/// DescribeInstanceTypeOfferings' page limit.
-const DESCRIBE_OFFERINGS_PAGE: i32 = 1_000;
 /// DescribeVolumes' page limit.
 const DESCRIBE_VOLUMES_PAGE: i32 = 500;
 /// GetMetricData's limit on queries per call; each instance takes two (in and out).
@@ -292,33 +284,28 @@ impl Ec2Port for SdkEc2 {
         Ok(())
     }
 
-    async fn describe_security_groups(
+    async fn describe_security_groups_page(
         &self,
         region: &RegionLabel,
         group_ids: Vec<String>,
         filters: Vec<Filter>,
-    ) -> Result<Vec<SecurityGroupInfo>, Ec2Error> {
+        page: PageRequest,
+    ) -> Result<Page<SecurityGroupInfo>, Ec2Error> {
         let op = Operation::DescribeSecurityGroups;
-        let client = self.ec2(region, op).await?;
-        let filters = convert::filters(filters);
-        // EC2 refuses MaxResults together with GroupIds.
-        let page_size = group_ids.is_empty().then_some(DESCRIBE_GROUPS_PAGE);
         let ids = (!group_ids.is_empty()).then_some(group_ids);
-        let mut groups = Vec::new();
-        let mut pages = client
+        let out = self
+            .ec2(region, op)
+            .await?
             .describe_security_groups()
             .set_group_ids(ids)
-            .set_filters(filters)
-            .set_max_results(page_size)
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| convert::error(op, e))?;
-            for g in page.security_groups() {
-                groups.push(convert::security_group(op, g)?);
-            }
-        }
-        Ok(groups)
+            .set_filters(convert::filters(filters))
+            .set_max_results(page.max_results.map(convert::max_results))
+            .set_next_token(page.next_token)
+            .send()
+            .await
+            .map_err(|e| convert::error(op, e))?;
+        let items = out.security_groups().iter().map(|g| convert::security_group(op, g)).collect::<Result<_, _>>()?;
+        Ok(Page { items, next_token: out.next_token().map(str::to_string) })
     }
 
     async fn delete_security_group(&self, region: &RegionLabel, group_id: &str) -> Result<(), Ec2Error> {
@@ -392,35 +379,33 @@ impl Ec2Port for SdkEc2 {
         convert::instance(op, first)
     }
 
-    async fn describe_instances(
+    async fn describe_instances_page(
         &self,
         region: &RegionLabel,
         instance_ids: Vec<String>,
         filters: Vec<Filter>,
-    ) -> Result<Vec<InstanceInfo>, Ec2Error> {
+        page: PageRequest,
+    ) -> Result<Page<InstanceInfo>, Ec2Error> {
         let op = Operation::DescribeInstances;
-        let client = self.ec2(region, op).await?;
-        let filters = convert::filters(filters);
-        // EC2 refuses MaxResults together with InstanceIds.
-        let page_size = instance_ids.is_empty().then_some(DESCRIBE_INSTANCES_PAGE);
         let ids = (!instance_ids.is_empty()).then_some(instance_ids);
-        let mut instances = Vec::new();
-        let mut pages = client
+        let out = self
+            .ec2(region, op)
+            .await?
             .describe_instances()
             .set_instance_ids(ids)
-            .set_filters(filters)
-            .set_max_results(page_size)
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| convert::error(op, e))?;
-            for reservation in page.reservations() {
-                for i in reservation.instances() {
-                    instances.push(convert::instance(op, i)?);
-                }
+            .set_filters(convert::filters(filters))
+            .set_max_results(page.max_results.map(convert::max_results))
+            .set_next_token(page.next_token)
+            .send()
+            .await
+            .map_err(|e| convert::error(op, e))?;
+        let mut items = Vec::new();
+        for reservation in out.reservations() {
+            for i in reservation.instances() {
+                items.push(convert::instance(op, i)?);
             }
         }
-        Ok(instances)
+        Ok(Page { items, next_token: out.next_token().map(str::to_string) })
     }
 
     async fn terminate_instances(
@@ -440,13 +425,13 @@ impl Ec2Port for SdkEc2 {
         out.terminating_instances().iter().map(|c| convert::state_change(op, c)).collect()
     }
 
-    async fn describe_instance_types(
+    async fn describe_instance_types_page(
         &self,
         region: &RegionLabel,
         families: Vec<String>,
-    ) -> Result<Vec<InstanceTypeInfo>, Ec2Error> {
+        page: PageRequest,
+    ) -> Result<Page<InstanceTypeInfo>, Ec2Error> {
         let op = Operation::DescribeInstanceTypes;
-        let client = self.ec2(region, op).await?;
         let filters = (!families.is_empty()).then(|| {
             vec![
                 ec2::Filter::builder()
@@ -455,44 +440,44 @@ impl Ec2Port for SdkEc2 {
                     .build(),
             ]
         });
-        let mut types = Vec::new();
-        let mut pages = client
+        let out = self
+            .ec2(region, op)
+            .await?
             .describe_instance_types()
             .set_filters(filters)
-            .max_results(DESCRIBE_TYPES_PAGE)
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| convert::error(op, e))?;
-            // A type without a vCPU count or memory size cannot be sized against; skip it.
-            types.extend(page.instance_types().iter().filter_map(convert::instance_type));
-        }
-        Ok(types)
+            .set_max_results(page.max_results.map(convert::max_results))
+            .set_next_token(page.next_token)
+            .send()
+            .await
+            .map_err(|e| convert::error(op, e))?;
+        // A type without a vCPU count or memory size cannot be sized against; skip it.
+        let items = out.instance_types().iter().filter_map(convert::instance_type).collect();
+        Ok(Page { items, next_token: out.next_token().map(str::to_string) })
     }
 
-    async fn describe_instance_type_offerings(
+    async fn describe_instance_type_offerings_page(
         &self,
         region: &RegionLabel,
         instance_types: Vec<String>,
-    ) -> Result<Vec<InstanceTypeOffering>, Ec2Error> {
+        page: PageRequest,
+    ) -> Result<Page<InstanceTypeOffering>, Ec2Error> {
         let op = Operation::DescribeInstanceTypeOfferings;
-        let client = self.ec2(region, op).await?;
         let filters = (!instance_types.is_empty())
             .then(|| vec![ec2::Filter::builder().name("instance-type").set_values(Some(instance_types)).build()]);
-        let mut offerings = Vec::new();
-        let mut pages = client
+        let out = self
+            .ec2(region, op)
+            .await?
             .describe_instance_type_offerings()
             .location_type(ec2::LocationType::AvailabilityZone)
             .set_filters(filters)
-            .max_results(DESCRIBE_OFFERINGS_PAGE)
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| convert::error(op, e))?;
-            // A row without a type or a zone tells nothing; skip it.
-            offerings.extend(page.instance_type_offerings().iter().filter_map(convert::offering));
-        }
-        Ok(offerings)
+            .set_max_results(page.max_results.map(convert::max_results))
+            .set_next_token(page.next_token)
+            .send()
+            .await
+            .map_err(|e| convert::error(op, e))?;
+        // A row without a type or a zone tells nothing; skip it.
+        let items = out.instance_type_offerings().iter().filter_map(convert::offering).collect();
+        Ok(Page { items, next_token: out.next_token().map(str::to_string) })
     }
 
     async fn create_tags(&self, region: &RegionLabel, resource_ids: Vec<String>, tags: Tags) -> Result<(), Ec2Error> {

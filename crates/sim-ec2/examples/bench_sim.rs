@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use aws_backend::port::{
-    AuthorizeIngressRequest, CreateSecurityGroupRequest, Ec2Port, Filter, ImportKeyPairRequest, RunInstancesRequest,
-    ShutdownBehavior, Tags,
+    AuthorizeIngressRequest, CreateSecurityGroupRequest, Ec2Port, Ec2PortExt, Filter, ImportKeyPairRequest,
+    RunInstancesRequest, ShutdownBehavior, Tags,
 };
 use backend_api::RegionLabel;
 use sim_ec2::{FaultConfig, ManualClock, SimConfig, SimEc2};

@@ -183,6 +183,11 @@ pub struct FaultConfig {
     pub capacity_shortage_neighbours_probability: f64,
     /// Chance that a capacity shortage drains every size of the family in the same zone.
     pub capacity_shortage_family_probability: f64,
+    /// Chance that a page of a paginated Describe (one that set `MaxResults`) is cut short: it
+    /// holds a drawn number of items, from none to all that fit, and a `NextToken` even when
+    /// nothing remains (EC2 API Reference, "Pagination"; see `pagination`).
+    #[serde(default)]
+    pub page_short_probability: f64,
 }
 
 /// The On-Demand vCPU quota [`FaultConfig::default`] gives each region: large enough that the
@@ -228,6 +233,7 @@ impl FaultConfig {
             zone_offering_gap_probability: 0.0,
             capacity_shortage_neighbours_probability: 0.0,
             capacity_shortage_family_probability: 0.0,
+            page_short_probability: 0.0,
         }
     }
 
@@ -275,6 +281,7 @@ impl FaultConfig {
         let zone_offering_gap_probability = maybe(rng, 0.3);
         let capacity_shortage_neighbours_probability = round4(rng.gen_range(0.5..=1.0));
         let capacity_shortage_family_probability = maybe(rng, 0.3);
+        let page_short_probability = round4(rng.gen_range(0.0..0.6));
         Self {
             throttle_probability,
             internal_error_probability,
@@ -308,6 +315,7 @@ impl FaultConfig {
             zone_offering_gap_probability,
             capacity_shortage_neighbours_probability,
             capacity_shortage_family_probability,
+            page_short_probability,
         }
     }
 
@@ -326,6 +334,7 @@ impl FaultConfig {
             ("zone_offering_gap_probability", self.zone_offering_gap_probability),
             ("capacity_shortage_neighbours_probability", self.capacity_shortage_neighbours_probability),
             ("capacity_shortage_family_probability", self.capacity_shortage_family_probability),
+            ("page_short_probability", self.page_short_probability),
         ];
         for (name, p) in probabilities {
             if !(0.0..=1.0).contains(&p) {
@@ -385,6 +394,8 @@ impl Default for FaultConfig {
             // sometimes the whole family (they share hosts): "try the next size" is no sure escape.
             capacity_shortage_neighbours_probability: 0.75,
             capacity_shortage_family_probability: 0.1,
+            // Pages shorter than MaxResults, now and then empty, are ordinary EC2 answers.
+            page_short_probability: 0.05,
             ..Self::none()
         }
     }
@@ -408,7 +419,7 @@ impl fmt::Display for FaultConfig {
              stale_state_ms_max={} deleted_visible_ms_max={} \
              image_fetch_failure_probability={} on_demand_vcpu_quota={} \
              zone_offering_gap_probability={} capacity_shortage_neighbours_probability={} \
-             capacity_shortage_family_probability={}",
+             capacity_shortage_family_probability={} page_short_probability={}",
             self.throttle_probability,
             self.internal_error_probability,
             self.unavailable_probability,
@@ -441,6 +452,7 @@ impl fmt::Display for FaultConfig {
             self.zone_offering_gap_probability,
             self.capacity_shortage_neighbours_probability,
             self.capacity_shortage_family_probability,
+            self.page_short_probability,
         )
     }
 }

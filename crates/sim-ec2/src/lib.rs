@@ -24,6 +24,7 @@ mod consistency;
 pub mod console;
 mod fxhash;
 pub mod guest;
+mod pagination;
 pub mod placement;
 mod taglist;
 mod truth;
@@ -34,8 +35,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use aws_backend::port::{
     AuthorizeIngressRequest, CreateSecurityGroupRequest, Ec2Error, Ec2Port, Filter, ImportKeyPairRequest, InstanceInfo,
-    InstanceStateChange, InstanceTypeInfo, InstanceTypeOffering, KeyPairInfo, NetworkUsage, Operation,
-    RunInstancesRequest, SecurityGroupInfo, Tags,
+    InstanceStateChange, InstanceTypeInfo, InstanceTypeOffering, KeyPairInfo, NetworkUsage, Operation, Page,
+    PageRequest, RunInstancesRequest, SecurityGroupInfo, Tags,
 };
 use backend_api::{Clock, RegionLabel};
 use serde::{Deserialize, Serialize};
@@ -213,6 +214,12 @@ impl SimEc2 {
         self.world().bucket_throttles().to_vec()
     }
 
+    /// The NextTokens EC2 handed out that no call has presented since: when, where and by which
+    /// Describe each was handed out. A listing that stops before its last page leaves one.
+    pub fn unfollowed_page_tokens(&self) -> Vec<(u64, RegionLabel, Operation)> {
+        self.world().unfollowed_tokens()
+    }
+
     /// The texts calls handed EC2 that a reader of its API can read back (tag values, imported
     /// key material, group descriptions, decoded user data), from the `from`-th on.
     pub fn exposed_since(&self, from: usize) -> Vec<String> {
@@ -300,13 +307,14 @@ impl Ec2Port for SimEc2 {
         self.world().authorize_ingress(region, req)
     }
 
-    async fn describe_security_groups(
+    async fn describe_security_groups_page(
         &self,
         region: &RegionLabel,
         group_ids: Vec<String>,
         filters: Vec<Filter>,
-    ) -> Result<Vec<SecurityGroupInfo>, Ec2Error> {
-        self.world().describe_security_groups(region, group_ids, filters)
+        page: PageRequest,
+    ) -> Result<Page<SecurityGroupInfo>, Ec2Error> {
+        self.world().describe_security_groups(region, group_ids, filters, page)
     }
 
     async fn delete_security_group(&self, region: &RegionLabel, group_id: &str) -> Result<(), Ec2Error> {
@@ -317,13 +325,14 @@ impl Ec2Port for SimEc2 {
         self.world().run_instance(region, req)
     }
 
-    async fn describe_instances(
+    async fn describe_instances_page(
         &self,
         region: &RegionLabel,
         instance_ids: Vec<String>,
         filters: Vec<Filter>,
-    ) -> Result<Vec<InstanceInfo>, Ec2Error> {
-        self.world().describe_instances(region, instance_ids, filters)
+        page: PageRequest,
+    ) -> Result<Page<InstanceInfo>, Ec2Error> {
+        self.world().describe_instances(region, instance_ids, filters, page)
     }
 
     async fn terminate_instances(
@@ -334,12 +343,13 @@ impl Ec2Port for SimEc2 {
         self.world().terminate_instances(region, instance_ids)
     }
 
-    async fn describe_instance_types(
+    async fn describe_instance_types_page(
         &self,
         region: &RegionLabel,
         families: Vec<String>,
-    ) -> Result<Vec<InstanceTypeInfo>, Ec2Error> {
-        self.world().describe_instance_types(region, families)
+        page: PageRequest,
+    ) -> Result<Page<InstanceTypeInfo>, Ec2Error> {
+        self.world().describe_instance_types(region, families, page)
     }
 
     async fn create_tags(&self, region: &RegionLabel, resource_ids: Vec<String>, tags: Tags) -> Result<(), Ec2Error> {
@@ -360,11 +370,12 @@ impl Ec2Port for SimEc2 {
         self.world().get_console_output(region, instance_id)
     }
 
-    async fn describe_instance_type_offerings(
+    async fn describe_instance_type_offerings_page(
         &self,
         region: &RegionLabel,
         instance_types: Vec<String>,
-    ) -> Result<Vec<InstanceTypeOffering>, Ec2Error> {
-        self.world().describe_instance_type_offerings(region, instance_types)
+        page: PageRequest,
+    ) -> Result<Page<InstanceTypeOffering>, Ec2Error> {
+        self.world().describe_instance_type_offerings(region, instance_types, page)
     }
 }

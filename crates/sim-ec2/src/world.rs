@@ -9,10 +9,10 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 
 use aws_backend::port::{
     AuthorizeIngressRequest, CreateSecurityGroupRequest, Ec2Error, Filter, ImportKeyPairRequest, InstanceInfo,
-    InstanceState, InstanceStateChange, InstanceTypeInfo, InstanceTypeOffering, KeyPairInfo, Operation,
-    RUN_INSTANCES_RESOURCE_CAPACITY, RUN_INSTANCES_RESOURCE_REFILL_PER_S, RunInstancesRequest, SecurityGroupInfo,
-    ShutdownBehavior, TERMINATE_INSTANCES_RESOURCE_CAPACITY, TERMINATE_INSTANCES_RESOURCE_REFILL_PER_S, Tags,
-    ThrottleClass, codes,
+    InstanceState, InstanceStateChange, InstanceTypeInfo, InstanceTypeOffering, KeyPairInfo, Operation, Page,
+    PageRequest, RUN_INSTANCES_RESOURCE_CAPACITY, RUN_INSTANCES_RESOURCE_REFILL_PER_S, RunInstancesRequest,
+    SecurityGroupInfo, ShutdownBehavior, TERMINATE_INSTANCES_RESOURCE_CAPACITY,
+    TERMINATE_INSTANCES_RESOURCE_REFILL_PER_S, Tags, ThrottleClass, codes,
 };
 use backend_api::RegionLabel;
 use base64::Engine;
@@ -27,6 +27,7 @@ use crate::catalogue::{self, InstanceTypeSpec};
 use crate::config::{FaultConfig, SimConfig, SimError};
 use crate::consistency::{self, LagKind, TagView};
 use crate::fxhash::FxHashMap;
+use crate::pagination;
 use crate::taglist::TagList;
 use crate::truth::{
     FaultRecord, InstanceTruth, InstanceTruths, LiveResource, LiveResources, ResourceKind, SimStats, StateInterval,
@@ -577,6 +578,9 @@ pub(crate) struct World {
     fault_log: Vec<FaultRecord>,
     /// Every call refused because its bucket was empty (not injected): when, where, what.
     bucket_throttles: Vec<(u64, RegionLabel, Operation)>,
+    /// The NextTokens handed out that no call has presented yet: token, and when, where and
+    /// by what it was handed out.
+    unfollowed_tokens: BTreeMap<String, (u64, RegionLabel, Operation)>,
     /// Every text a call handed EC2 that a reader of EC2's API can read back (tag values, key
     /// material, group descriptions, user data, decoded), one after the other: the texts end
     /// at `exposed_ends`. One buffer instead of a string each keeps a long run's memory small.
@@ -665,6 +669,7 @@ impl World {
             current: None,
             fault_log: Vec::new(),
             bucket_throttles: Vec::new(),
+            unfollowed_tokens: BTreeMap::new(),
             exposed: String::new(),
             exposed_ends: Vec::new(),
             truth_seq: 0,
@@ -745,6 +750,18 @@ impl World {
         &self.bucket_throttles
     }
 
+    pub(crate) fn unfollowed_tokens(&self) -> Vec<(u64, RegionLabel, Operation)> {
+        self.unfollowed_tokens.values().cloned().collect()
+    }
+
+    /// Notes a call presenting `page`'s token (whatever becomes of the call: a retry of a
+    /// refused page presents it again).
+    fn presented(&mut self, page: &PageRequest) {
+        if let Some(token) = &page.next_token {
+            self.unfollowed_tokens.remove(token);
+        }
+    }
+
     /// The exposed texts from the `from`-th on (see `exposed`).
     pub(crate) fn exposed_since(&self, from: usize) -> Vec<String> {
         (from..self.exposed_ends.len())
@@ -789,6 +806,17 @@ impl World {
     fn fault_about(&mut self, kind: &str, r: usize, about: About<'_>) {
         let subjects = self.subjects(r, about);
         self.fault(kind, subjects);
+    }
+
+    /// The page `window` asks for out of `answer` (sorted by key), keys dropped; see
+    /// `pagination`.
+    fn page_of<T>(&mut self, window: pagination::Window, answer: Vec<(String, T)>) -> Page<T> {
+        let page = pagination::cut(window, answer, self.faults.page_short_probability, &mut self.rng);
+        if let (Some(token), Some((op, r))) = (&page.next_token, self.current) {
+            let region = self.regions[r].label.clone();
+            self.unfollowed_tokens.insert(token.clone(), (self.now_ms, region, op));
+        }
+        Page { items: page.items.into_iter().map(|(_, item)| item).collect(), next_token: page.next_token }
     }
 
     fn chance(&mut self, p: f64) -> bool {
@@ -1126,12 +1154,17 @@ impl World {
         region: &RegionLabel,
         group_ids: Vec<String>,
         filters: Vec<Filter>,
-    ) -> Result<Vec<SecurityGroupInfo>, Ec2Error> {
+        page: PageRequest,
+    ) -> Result<Page<SecurityGroupInfo>, Ec2Error> {
         let op = Operation::DescribeSecurityGroups;
+        self.presented(&page);
         self.audit.begin(op_tag(op), region.as_str(), self.now_ms);
         self.audit.strs(&group_ids);
         audit_filters(&mut self.audit, &filters);
-        let result: Result<Vec<SecurityGroupInfo>, Ec2Error> = self.serve(op, region, About::Nothing, |w, r| {
+        audit_page(&mut self.audit, &page);
+        let result: Result<Page<SecurityGroupInfo>, Ec2Error> = self.serve(op, region, About::Nothing, |w, r| {
+            let fingerprint = pagination::fingerprint(op, &[&region, &group_ids, &filters]);
+            let window = pagination::window(op, &page, !group_ids.is_empty(), fingerprint)?;
             let filters = parse_filters(op, filters, &["group-name", "group-id", "description"])?;
             let mut ids: Vec<&str> = Vec::new();
             let now = w.now_ms;
@@ -1158,7 +1191,7 @@ impl World {
             }
             let groups = &w.regions[r].groups;
             let deleted = &w.regions[r].deleted_groups;
-            Ok(ids
+            let answer: Vec<(String, SecurityGroupInfo)> = ids
                 .into_iter()
                 .filter_map(|id| {
                     groups.get_key_value(id).or_else(|| deleted.get_key_value(id).map(|(k, (_, g))| (k, g)))
@@ -1171,16 +1204,18 @@ impl World {
                         _ => None,
                     })
                 })
-                .map(|(id, g)| SecurityGroupInfo {
-                    group_id: id.clone(),
-                    group_name: g.name.clone(),
-                    tags: g.tags.clone(),
+                .map(|(id, g)| {
+                    (
+                        id.clone(),
+                        SecurityGroupInfo { group_id: id.clone(), group_name: g.name.clone(), tags: g.tags.clone() },
+                    )
                 })
-                .collect())
+                .collect();
+            Ok(w.page_of(window, answer))
         });
-        self.audit.outcome(&result, |a, list| {
-            a.u64(list.len() as u64);
-            for g in list {
+        self.audit.outcome(&result, |a, page| {
+            audit_next_token(a, page);
+            for g in &page.items {
                 a.str(&g.group_id);
                 a.str(&g.group_name);
                 a.tags(&g.tags);
@@ -1667,12 +1702,17 @@ impl World {
         region: &RegionLabel,
         instance_ids: Vec<String>,
         filters: Vec<Filter>,
-    ) -> Result<Vec<InstanceInfo>, Ec2Error> {
+        page: PageRequest,
+    ) -> Result<Page<InstanceInfo>, Ec2Error> {
         let op = Operation::DescribeInstances;
+        self.presented(&page);
         self.audit.begin(op_tag(op), region.as_str(), self.now_ms);
         self.audit.strs(&instance_ids);
         audit_filters(&mut self.audit, &filters);
-        let result: Result<Vec<InstanceInfo>, Ec2Error> = self.serve(op, region, About::Nothing, |w, r| {
+        audit_page(&mut self.audit, &page);
+        let result: Result<Page<InstanceInfo>, Ec2Error> = self.serve(op, region, About::Nothing, |w, r| {
+            let fingerprint = pagination::fingerprint(op, &[&region, &instance_ids, &filters]);
+            let window = pagination::window(op, &page, !instance_ids.is_empty(), fingerprint)?;
             let fields = [
                 "instance-state-name",
                 "key-name",
@@ -1699,11 +1739,13 @@ impl World {
                 handles.sort_unstable();
                 handles.dedup();
             }
-            let region = &mut w.regions[r];
+            let region = &w.regions[r];
             let azs = &region.azs;
-            let mut answer = Vec::new();
+            // Keyed by handle, which is creation order: a page resumes after the last
+            // instance it held, and instances launched meanwhile come later.
+            let mut answer: Vec<(String, (usize, InstanceInfo))> = Vec::new();
             for i in handles {
-                let inst = &mut region.instances[i];
+                let inst = &region.instances[i];
                 let hidden = by_tag && now < inst.hidden_from_tag_filters_until_ms;
                 let described = inst.described_segment(now);
                 let shown = !hidden
@@ -1717,20 +1759,26 @@ impl World {
                         _ => None,
                     });
                 if shown {
-                    let info = inst.info_of(described);
-                    if inst.shown.last().is_none_or(|&(_, s)| s != info.state) {
-                        inst.shown.push((now, info.state));
-                        w.truth_seq += 1;
-                        inst.changed_seq = w.truth_seq;
-                    }
-                    answer.push(info);
+                    answer.push((format!("{i:010}"), (i, inst.info_of(described))));
                 }
             }
-            Ok(answer)
+            let page = w.page_of(window, answer);
+            // Only what the page holds counts as shown.
+            let mut items = Vec::with_capacity(page.items.len());
+            for (i, info) in page.items {
+                let inst = &mut w.regions[r].instances[i];
+                if inst.shown.last().is_none_or(|&(_, s)| s != info.state) {
+                    inst.shown.push((now, info.state));
+                    w.truth_seq += 1;
+                    inst.changed_seq = w.truth_seq;
+                }
+                items.push(info);
+            }
+            Ok(Page { items, next_token: page.next_token })
         });
-        self.audit.outcome(&result, |a, list| {
-            a.u64(list.len() as u64);
-            for info in list {
+        self.audit.outcome(&result, |a, page| {
+            audit_next_token(a, page);
+            for info in &page.items {
                 a.instance(info);
             }
         });
@@ -1817,22 +1865,32 @@ impl World {
         &mut self,
         region: &RegionLabel,
         families: Vec<String>,
-    ) -> Result<Vec<InstanceTypeInfo>, Ec2Error> {
+        page: PageRequest,
+    ) -> Result<Page<InstanceTypeInfo>, Ec2Error> {
         let op = Operation::DescribeInstanceTypes;
+        self.presented(&page);
         self.audit.begin(op_tag(op), region.as_str(), self.now_ms);
         self.audit.strs(&families);
-        let result: Result<Vec<InstanceTypeInfo>, Ec2Error> = self.serve(op, region, About::Nothing, |_, _| {
-            Ok(catalogue::CATALOGUE
+        audit_page(&mut self.audit, &page);
+        let result: Result<Page<InstanceTypeInfo>, Ec2Error> = self.serve(op, region, About::Nothing, |w, _| {
+            let window = pagination::window(op, &page, false, pagination::fingerprint(op, &[&region, &families]))?;
+            let answer = catalogue::CATALOGUE
                 .iter()
                 .filter(|spec| families.is_empty() || families.iter().any(|f| f == spec.family()))
-                .map(|spec| InstanceTypeInfo {
-                    instance_type: spec.name.to_string(),
-                    vcpus: spec.vcpus,
-                    memory_mib: spec.memory_mib,
+                .map(|spec| {
+                    let info = InstanceTypeInfo {
+                        instance_type: spec.name.to_string(),
+                        vcpus: spec.vcpus,
+                        memory_mib: spec.memory_mib,
+                    };
+                    (spec.name.to_string(), info)
                 })
-                .collect())
+                .collect::<BTreeMap<_, _>>()
+                .into_iter()
+                .collect();
+            Ok(w.page_of(window, answer))
         });
-        self.audit.outcome(&result, |a, list| a.u64(list.len() as u64));
+        self.audit.outcome(&result, |a, page| audit_next_token(a, page));
         result
     }
 
@@ -2320,11 +2378,16 @@ impl World {
         &mut self,
         region: &RegionLabel,
         instance_types: Vec<String>,
-    ) -> Result<Vec<InstanceTypeOffering>, Ec2Error> {
+        page: PageRequest,
+    ) -> Result<Page<InstanceTypeOffering>, Ec2Error> {
         let op = Operation::DescribeInstanceTypeOfferings;
+        self.presented(&page);
         self.audit.begin(op_tag(op), region.as_str(), self.now_ms);
         self.audit.strs(&instance_types);
-        let result: Result<Vec<InstanceTypeOffering>, Ec2Error> = self.serve(op, region, About::Nothing, |w, r| {
+        audit_page(&mut self.audit, &page);
+        let result: Result<Page<InstanceTypeOffering>, Ec2Error> = self.serve(op, region, About::Nothing, |w, r| {
+            let fingerprint = pagination::fingerprint(op, &[&region, &instance_types]);
+            let window = pagination::window(op, &page, false, fingerprint)?;
             let gap = w.faults.zone_offering_gap_probability;
             let region = &w.regions[r];
             let mut answer = Vec::new();
@@ -2335,24 +2398,36 @@ impl World {
                 }
                 for (z, zone) in region.azs.iter().enumerate() {
                     if w.account.offers(&region.label, spec.name, z as u8, gap) {
-                        answer.push(InstanceTypeOffering {
+                        let offering = InstanceTypeOffering {
                             instance_type: spec.name.to_string(),
                             availability_zone: zone.clone(),
-                        });
+                        };
+                        answer.push((format!("{zone}/{}", spec.name), offering));
                     }
                 }
             }
-            Ok(answer)
+            answer.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            Ok(w.page_of(window, answer))
         });
-        self.audit.outcome(&result, |a, list| {
-            a.u64(list.len() as u64);
-            for o in list {
+        self.audit.outcome(&result, |a, page| {
+            audit_next_token(a, page);
+            for o in &page.items {
                 a.str(&o.instance_type);
                 a.str(&o.availability_zone);
             }
         });
         result
     }
+}
+
+fn audit_page(audit: &mut Audit, page: &PageRequest) {
+    audit.u64(page.max_results.map_or(0, |m| u64::from(m) + 1));
+    audit.str(page.next_token.as_deref().unwrap_or(""));
+}
+
+fn audit_next_token<T>(audit: &mut Audit, page: &Page<T>) {
+    audit.u64(page.items.len() as u64);
+    audit.str(page.next_token.as_deref().unwrap_or(""));
 }
 
 fn audit_filters(audit: &mut Audit, filters: &[Filter]) {

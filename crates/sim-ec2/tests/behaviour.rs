@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use aws_backend::port::{
-    AuthorizeIngressRequest, CreateSecurityGroupRequest, Ec2Error, Ec2Port, Filter, ImportKeyPairRequest,
+    AuthorizeIngressRequest, CreateSecurityGroupRequest, Ec2Error, Ec2Port, Ec2PortExt, Filter, ImportKeyPairRequest,
     InstanceState, Operation, RunInstancesRequest, ShutdownBehavior, Tags, codes,
 };
 use backend_api::{Clock, RegionLabel, TokioClock};
@@ -1304,4 +1304,75 @@ async fn retirement_stops_an_on_demand_instance_whatever_its_shutdown_behaviour(
     assert_eq!(change[0].previous_state, InstanceState::Stopped);
     w.sleep_ms(20_000).await;
     assert_eq!(w.state(&info.instance_id).await, InstanceState::Terminated);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn describes_answer_in_pages_that_may_be_short_or_empty_until_the_token_runs_out() {
+    // EC2 API Reference, "Pagination": a page holds at most MaxResults items, may hold fewer
+    // (even none) while more remain, and only a missing NextToken ends the listing.
+    let w = World::new(31, FaultConfig { page_short_probability: 0.5, ..FaultConfig::none() });
+    let region = us_east();
+    let (key, group) = w.prerequisites("g").await;
+    let mut launched = Vec::new();
+    for n in 0..23 {
+        launched.push(w.run(request(&format!("t{n}"), &key, &group, "g")).await.expect("launch").instance_id);
+        w.sleep_ms(600).await; // RunInstances' bucket refills 2 a second
+    }
+    launched.sort();
+    let by_grant = vec![Filter::tag("grant", ["g"])];
+    let (mut seen, mut pages, mut short, mut empty) = (Vec::new(), 0, 0, 0);
+    let mut page = aws_backend::port::PageRequest::first(5);
+    loop {
+        let answer =
+            w.sim.describe_instances_page(&region, vec![], by_grant.clone(), page.clone()).await.expect("page");
+        pages += 1;
+        assert!(answer.items.len() <= 5, "a page longer than MaxResults: {}", answer.items.len());
+        short += usize::from(answer.items.len() < 5 && answer.next_token.is_some());
+        empty += usize::from(answer.items.is_empty() && answer.next_token.is_some());
+        seen.extend(answer.items.into_iter().map(|i| i.instance_id));
+        match answer.next_token {
+            Some(token) => page.next_token = Some(token),
+            None => break,
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, launched, "following every token lists every instance exactly once");
+    assert!(pages > 5 && short > 0 && empty > 0, "pages {pages}, short {short}, empty {empty}: nothing was cut");
+    // The first page alone misses instances.
+    let first =
+        w.sim.describe_instances_page(&region, vec![], by_grant.clone(), aws_backend::port::PageRequest::first(5));
+    assert!(first.await.expect("page").items.len() < launched.len());
+    // Without MaxResults the whole answer comes at once, and the unpaced helper follows pages.
+    let all = w.sim.describe_instances_page(&region, vec![], by_grant.clone(), Default::default()).await.expect("all");
+    assert_eq!((all.items.len(), all.next_token), (23, None));
+    assert_eq!(w.sim.describe_instances(&region, vec![], by_grant.clone()).await.expect("followed").len(), 23);
+
+    // EC2's refusals: MaxResults with ids, out of bounds, and a token of another query.
+    let code =
+        |r: Result<aws_backend::port::Page<aws_backend::port::InstanceInfo>, Ec2Error>| r.expect_err("refused").code;
+    let paged = aws_backend::port::PageRequest::first(5);
+    let with_ids = w.sim.describe_instances_page(&region, vec![launched[0].clone()], vec![], paged.clone()).await;
+    assert_eq!(code(with_ids), codes::INVALID_PARAMETER_COMBINATION);
+    let too_many = aws_backend::port::PageRequest::first(1_001);
+    assert_eq!(
+        code(w.sim.describe_instances_page(&region, vec![], vec![], too_many).await),
+        codes::INVALID_PARAMETER_VALUE
+    );
+    let types_page = aws_backend::port::PageRequest::first(101);
+    let types = w.sim.describe_instance_types_page(&region, vec![], types_page).await;
+    assert_eq!(types.expect_err("DescribeInstanceTypes takes 5 to 100").code, codes::INVALID_PARAMETER_VALUE);
+    let mut token = None;
+    while token.is_none() {
+        token = w
+            .sim
+            .describe_instances_page(&region, vec![], by_grant.clone(), paged.clone())
+            .await
+            .expect("p")
+            .next_token;
+    }
+    let foreign = aws_backend::port::PageRequest { next_token: token, ..paged };
+    assert_eq!(
+        code(w.sim.describe_instances_page(&region, vec![], vec![], foreign).await),
+        codes::INVALID_PAGINATION_TOKEN
+    );
 }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use aws_backend::port::{
-    CreateSecurityGroupRequest, Ec2Port, Filter, ImportKeyPairRequest, InstanceState, RunInstancesRequest,
+    CreateSecurityGroupRequest, Ec2Port, Ec2PortExt, Filter, ImportKeyPairRequest, InstanceState, RunInstancesRequest,
     ShutdownBehavior, Tags,
 };
 use backend_api::RegionLabel;

@@ -15,6 +15,7 @@ pub mod idempotency;
 pub mod ledger;
 pub mod metering;
 pub mod pacing;
+pub mod pagination;
 pub mod secrets;
 pub mod sizing;
 pub mod tags;
@@ -65,8 +66,10 @@ pub mod names {
     pub const GUEST: &str = "guest";
     /// The guest powers off by valid_to + grace, which ends its instance; the bill stops there.
     pub const BACKSTOP: &str = "backstop";
+    /// Every listing is read to its last page.
+    pub const PAGINATION: &str = "pagination";
     /// Every checker.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 17] = [
         DEADLINE,
         EARLY_END,
         TEARDOWN,
@@ -83,6 +86,7 @@ pub mod names {
         SECRETS,
         GUEST,
         BACKSTOP,
+        PAGINATION,
     ];
 }
 
@@ -417,6 +421,7 @@ pub fn check_all(ctx: &Context<'_>, measures: &mut Measures) -> Vec<Violation> {
     violations.extend(sizing::check(ctx));
     violations.extend(tags::check(ctx));
     violations.extend(pacing::check(ctx));
+    violations.extend(pagination::check(ctx));
     violations.extend(guest::check(ctx));
     violations.extend(backstop::check(ctx));
     violations

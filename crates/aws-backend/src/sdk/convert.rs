@@ -77,6 +77,11 @@ pub(super) fn tag_spec(resource: ec2::ResourceType, tags: &Tags) -> Option<ec2::
 }
 
 /// Our filters as EC2's; `None` for no filters, so the request carries none.
+/// `MaxResults` as the SDK takes it (EC2's bounds are far below `i32::MAX`).
+pub(super) fn max_results(max: u32) -> i32 {
+    i32::try_from(max).unwrap_or(i32::MAX)
+}
+
 pub(super) fn filters(filters: Vec<Filter>) -> Option<Vec<ec2::Filter>> {
     (!filters.is_empty()).then(|| {
         filters.into_iter().map(|f| ec2::Filter::builder().name(f.name).set_values(Some(f.values)).build()).collect()

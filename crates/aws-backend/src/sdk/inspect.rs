@@ -10,7 +10,7 @@ use backend_api::{GrantId, RegionLabel};
 
 use super::SdkEc2;
 use crate::config::{GRANT_TAG, OWNER_TAG};
-use crate::port::{Ec2Port, Filter, InstanceState};
+use crate::port::{Ec2Port, Ec2PortExt, Filter, InstanceState};
 
 /// Lists the resources carrying a tag, in every given region: instances not yet terminated,
 /// key pairs, security groups and volumes not yet deleted.
