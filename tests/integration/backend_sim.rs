@@ -389,6 +389,7 @@ async fn the_reaper_reads_every_page_of_its_listings() {
     };
     rig.sim.import_key_pair(&region, key).await.expect("key pair");
     let group = aws_backend::port::CreateSecurityGroupRequest {
+        vpc_id: None,
         group_name: "orphan-group".into(),
         description: "an orphan".into(),
         tags: tags.clone(),
@@ -409,6 +410,8 @@ async fn the_reaper_reads_every_page_of_its_listings() {
             shutdown_behavior: aws_backend::port::ShutdownBehavior::Terminate,
             instance_tags: tags.clone(),
             volume_tags: tags.clone(),
+            subnet_id: None,
+            availability_zone: None,
         };
         rig.sim.run_instance(&region, request).await.expect("launch");
         rig.clock.sleep_ms(600).await; // RunInstances' bucket refills 2 a second

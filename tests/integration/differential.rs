@@ -273,6 +273,7 @@ async fn script(port: &dyn Ec2Port, region: &RegionLabel, salt: &str, tick: &(dy
     // Security groups.
     tick();
     let create = CreateSecurityGroupRequest {
+        vpc_id: None,
         group_name: group_name.clone(),
         description: "the differential test's group".into(),
         tags: tags(&[run[0], ("role", "group")]),
@@ -329,6 +330,8 @@ async fn script(port: &dyn Ec2Port, region: &RegionLabel, salt: &str, tick: &(dy
         shutdown_behavior: ShutdownBehavior::Terminate,
         instance_tags: tags(&[run[0], ("role", role), ("Name", format!("diff-{salt}-{role}").as_str())]),
         volume_tags: tags(&[run[0], ("role", role)]),
+        subnet_id: None,
+        availability_zone: None,
     };
     let role = |role: &str| Filter::tag("role", [role]);
     tick();
@@ -428,6 +431,7 @@ async fn script(port: &dyn Ec2Port, region: &RegionLabel, salt: &str, tick: &(dy
     // instance ran.
     tick();
     let later = CreateSecurityGroupRequest {
+        vpc_id: None,
         group_name: format!("{group_name}-later"),
         description: "the differential test's group for its later launches".into(),
         tags: tags(&[run[0], ("role", "later-group")]),

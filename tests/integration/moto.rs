@@ -307,6 +307,7 @@ async fn the_reaper_lists_then_removes_what_the_ledger_never_saw() -> anyhow::Re
         .create_security_group(
             &region,
             CreateSecurityGroupRequest {
+                vpc_id: None,
                 group_name: names::group_name(&grant),
                 description: "an orphan for the reaper test".into(),
                 tags: tags.clone(),
@@ -330,6 +331,8 @@ async fn the_reaper_lists_then_removes_what_the_ledger_never_saw() -> anyhow::Re
                 shutdown_behavior: ShutdownBehavior::Terminate,
                 instance_tags: tags.clone(),
                 volume_tags: tags.clone(),
+                subnet_id: None,
+                availability_zone: None,
             },
         )
         .await?;
@@ -607,4 +610,74 @@ async fn network_published_to_cloudwatch_is_billed_and_late_datapoints_amend_it(
         .count();
     ensure!(amendments == 1, "expected one explicit amendment event, found {amendments}");
     moto.assert_nothing_left().await
+}
+
+/// An EC2 client as the operator's own tooling: to make the VPC and subnet the bridge is then
+/// told to use.
+fn operator_ec2(endpoint: &str) -> aws_sdk_ec2::Client {
+    use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
+    let config = aws_sdk_ec2::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(REGION))
+        .endpoint_url(endpoint)
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "moto-test"))
+        .build();
+    aws_sdk_ec2::Client::from_conf(config)
+}
+
+/// A grant launched into a subnet of a VPC that is not the default one, chosen by its tag
+/// (`[network]`), with its security group created in that VPC; nothing is left afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_runs_in_a_subnet_chosen_by_tag_outside_the_default_vpc() -> anyhow::Result<()> {
+    use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
+    let Some(endpoint) = moto_endpoint("a_grant_runs_in_a_subnet_chosen_by_tag_outside_the_default_vpc") else {
+        return Ok(());
+    };
+    let operator = operator_ec2(&endpoint);
+    let tier = format!("grants-{}", hex(&rand::random::<[u8; 6]>()));
+    let octet = rand::random::<u8>() % 200 + 20;
+    let vpc = operator.create_vpc().cidr_block(format!("10.{octet}.0.0/16")).send().await?;
+    let vpc_id = vpc.vpc().and_then(|v| v.vpc_id()).context("CreateVpc gave no id")?.to_string();
+    let tagged = TagSpecification::builder()
+        .resource_type(ResourceType::Subnet)
+        .tags(Tag::builder().key("tier").value(&tier).build())
+        .build();
+    let subnet = operator
+        .create_subnet()
+        .vpc_id(&vpc_id)
+        .cidr_block(format!("10.{octet}.1.0/24"))
+        .availability_zone("us-east-1b")
+        .tag_specifications(tagged)
+        .send()
+        .await?;
+    let subnet_id = subnet.subnet().and_then(|s| s.subnet_id()).context("CreateSubnet gave no id")?.to_string();
+
+    let network = format!(r#"network = {{ {REGION} = {{ subnet_tags = {{ tier = "{tier}" }} }} }}"#);
+    let moto = Moto::start_with(&endpoint, "subnet", None, &network).await?;
+    let setup = moto.setup();
+    let manifest = small_manifest(0x5B);
+    let grant = test_grant(&setup, 0x20, &manifest, LIFETIME_TICKS);
+    let valid_to = grant.valid_to;
+    let instance = moto.backend.provision(&grant, &Envelope::for_region(region())).await?;
+    // Where EC2 put it, and where its group lives, as the operator's tooling sees them.
+    let described = operator.describe_instances().instance_ids(&instance.instance_id).send().await?;
+    let launched =
+        described.reservations().iter().flat_map(|r| r.instances()).next().context("the instance is not described")?;
+    ensure!(
+        launched.subnet_id() == Some(subnet_id.as_str()),
+        "launched into {:?}, not {subnet_id}",
+        launched.subnet_id()
+    );
+    ensure!(launched.vpc_id() == Some(vpc_id.as_str()), "launched into VPC {:?}, not {vpc_id}", launched.vpc_id());
+    let group_id = launched.security_groups().first().and_then(|g| g.group_id()).context("no group")?.to_string();
+    let groups = operator.describe_security_groups().group_ids(&group_id).send().await?;
+    let group_vpc = groups.security_groups().first().and_then(|g| g.vpc_id()).map(str::to_string);
+    ensure!(group_vpc.as_deref() == Some(vpc_id.as_str()), "the group is in {group_vpc:?}, not {vpc_id}");
+
+    moto.backend.watch_until_exit(&instance, valid_to).await?;
+    moto.backend.terminate(&instance).await?;
+    moto.assert_nothing_left().await?;
+    operator.delete_subnet().subnet_id(&subnet_id).send().await?;
+    operator.delete_vpc().vpc_id(&vpc_id).send().await?;
+    Ok(())
 }

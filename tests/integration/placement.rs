@@ -180,3 +180,204 @@ async fn a_retired_instance_is_terminated_billed_only_while_running_and_torn_dow
     assert!(billed_s <= ran_s + 10 && billed_s + 10 >= ran_s, "billed {billed_s} s, ran {ran_s} s");
     assert!(rig.left_of(&g.id).is_empty(), "left: {:?}", rig.left_of(&g.id));
 }
+
+// ------------------------------------------------------------------- zones, subnets, quotas
+
+/// The type and zone of the only instance of grant `id` so far.
+fn placed(rig: &Rig, g: &backend_api::ComputeGrant<'_>) -> (String, String) {
+    let launched = rig.instances_of(&g.id);
+    assert_eq!(launched.len(), 1, "{launched:?}");
+    (launched[0].instance_type.clone(), launched[0].availability_zone.clone())
+}
+
+/// A shortage confined to the pool it starts in.
+fn confined_shortages() -> FaultConfig {
+    FaultConfig {
+        capacity_shortage_neighbours_probability: 0.0,
+        capacity_shortage_family_probability: 0.0,
+        ..FaultConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_zone_out_of_capacity_for_a_type_moves_the_grant_to_the_same_type_in_another_zone() {
+    let rig = rig_with(51, confined_shortages(), |_| {});
+    let backend = rig.backend().await;
+    let m = manifest();
+    let first = grant(0x51, &m, rig.now_tick(), 900);
+    let instance = backend.provision(&first, &us_east()).await.expect("the first grant");
+    let (itype, zone) = placed(&rig, &first);
+    // That zone, the one that launched last and so the first tried, runs out of the type.
+    rig.sim.start_capacity_shortage(&fixture::region("us-east-1"), &itype, &zone, 3_600_000).expect("shortage");
+    let second = grant(0x52, &m, rig.now_tick(), 900);
+    let other = backend.provision(&second, &us_east()).await.expect("another zone has the type");
+    let (itype2, zone2) = placed(&rig, &second);
+    assert_eq!(itype2, itype, "the same type, not another size");
+    assert_ne!(zone2, zone, "another zone");
+    assert_eq!(rig.sim.stats().errors.get("InsufficientInstanceCapacity").copied(), Some(1));
+    // The exhausted (type, zone) is not tried again for a while: a third grant goes straight on.
+    let third = grant(0x53, &m, rig.now_tick(), 900);
+    let last = backend.provision(&third, &us_east()).await.expect("third");
+    assert_eq!(
+        rig.sim.stats().errors.get("InsufficientInstanceCapacity").copied(),
+        Some(1),
+        "tried the short zone again"
+    );
+    for (i, g) in [(instance, &first), (other, &second), (last, &third)] {
+        backend.terminate(&i).await.expect("terminate");
+        assert!(rig.left_of(&g.id).is_empty(), "left: {:?}", rig.left_of(&g.id));
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_family_short_in_every_zone_falls_back_to_the_next_size_after_trying_every_zone() {
+    // A shortage drains the whole family in its zone.
+    let faults = FaultConfig { capacity_shortage_family_probability: 1.0, ..confined_shortages() };
+    let rig = rig_with(52, faults, |_| {});
+    let backend = rig.backend().await;
+    let m = manifest();
+    let probe = grant(0x54, &m, rig.now_tick(), 900);
+    let instance = backend.provision(&probe, &us_east()).await.expect("probe");
+    let (itype, _) = placed(&rig, &probe);
+    backend.terminate(&instance).await.expect("terminate");
+    let region = fixture::region("us-east-1");
+    for zone in ["us-east-1a", "us-east-1b", "us-east-1c"] {
+        rig.sim.start_capacity_shortage(&region, &itype, zone, 3_600_000).expect("shortage");
+    }
+    let g = grant(0x55, &m, rig.now_tick(), 900);
+    let other = backend.provision(&g, &us_east()).await.expect("the next size of another family");
+    let (itype2, _) = placed(&rig, &g);
+    let family = |t: &str| t.split('.').next().unwrap_or_default().to_string();
+    assert_ne!(family(&itype2), family(&itype), "{itype2} is of the short family of {itype}");
+    // The short type was tried in each zone that offers it before any other size.
+    let short = rig.sim.stats().errors.get("InsufficientInstanceCapacity").copied().unwrap_or(0);
+    assert!(short >= 3, "{short} shortages met: not every zone was tried first");
+    backend.terminate(&other).await.expect("terminate");
+    assert!(rig.left_of(&g.id).is_empty(), "left: {:?}", rig.left_of(&g.id));
+}
+
+/// Calls that create something, so far.
+fn creations(rig: &Rig) -> u64 {
+    let calls = rig.sim.stats().calls;
+    [Operation::ImportKeyPair, Operation::CreateSecurityGroup, Operation::RunInstances]
+        .iter()
+        .map(|op| calls.get(op).copied().unwrap_or(0))
+        .sum()
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_quota_learnt_from_ec2_refuses_the_next_grant_before_anything_is_created_until_headroom_returns() {
+    // Room for two 2-vCPU instances.
+    let rig = rig_with(53, FaultConfig { on_demand_vcpu_quota: 4, ..FaultConfig::default() }, |_| {});
+    let backend = rig.backend().await;
+    let m = manifest();
+    let ids = [0x56, 0x57];
+    let mut running = Vec::new();
+    for id in ids {
+        let g = grant(id, &m, rig.now_tick(), 3_600);
+        running.push(backend.provision(&g, &us_east()).await.expect("within the quota"));
+    }
+    // The third meets EC2's VcpuLimitExceeded: the bridge learns the quota from it.
+    let third = grant(0x58, &m, rig.now_tick(), 3_600);
+    let (code, _, retryable) = provider_error(&backend.provision(&third, &us_east()).await.expect_err("quota"));
+    assert_eq!((code.as_str(), retryable), ("VcpuLimitExceeded", true));
+    assert_eq!(backend.vcpu_headroom(&fixture::region("us-east-1")), Some(1));
+    // The fourth is refused before anything is created, retryably.
+    let fourth = grant(0x59, &m, rig.now_tick(), 3_600);
+    let before = creations(&rig);
+    let err = backend.provision(&fourth, &us_east()).await.expect_err("no headroom");
+    let (code, message, retryable) = provider_error(&err);
+    assert_eq!((code.as_str(), retryable), ("VcpuLimitExceeded", true), "{message}");
+    assert!(message.contains("nothing was created") && message.contains("L-1216C47A"), "{message}");
+    assert_eq!(creations(&rig), before, "the refused grant created something");
+    assert!(backend.grant_state(&fourth.id).is_none(), "the refused grant was admitted");
+    // Headroom returns when a grant ends; the refused grant's retry then provisions.
+    backend.terminate(&running.remove(0)).await.expect("terminate");
+    let retried = backend.provision(&fourth, &us_east()).await.expect("headroom returned");
+    for instance in running.into_iter().chain([retried]) {
+        backend.terminate(&instance).await.expect("terminate");
+    }
+    for id in [0x56, 0x57, 0x58, 0x59] {
+        assert!(rig.left_of(&backend_api::GrantId([id; 32])).is_empty());
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_configured_quota_refuses_a_grant_before_ec2_ever_does() {
+    let mut rig = rig_with(54, FaultConfig { on_demand_vcpu_quota: 4, ..FaultConfig::default() }, |_| {});
+    rig.cfg.vcpu_quota.insert("us-east-1".into(), 2);
+    let backend = rig.backend().await;
+    let m = manifest();
+    let first = grant(0x5a, &m, rig.now_tick(), 3_600);
+    let instance = backend.provision(&first, &us_east()).await.expect("within the quota");
+    let second = grant(0x5b, &m, rig.now_tick(), 3_600);
+    let before = creations(&rig);
+    let (code, _, retryable) = provider_error(&backend.provision(&second, &us_east()).await.expect_err("quota"));
+    assert_eq!((code.as_str(), retryable), ("VcpuLimitExceeded", true));
+    assert_eq!(creations(&rig), before);
+    assert_eq!(rig.sim.stats().errors.get("VcpuLimitExceeded"), None, "EC2 was asked");
+    backend.terminate(&instance).await.expect("terminate");
+}
+
+fn grant_subnets() -> Vec<sim_ec2::network::SimSubnet> {
+    let subnet = |id: &str, vpc: &str, zone: &str, tier: &str| sim_ec2::network::SimSubnet {
+        region: fixture::region("us-east-1"),
+        subnet_id: id.into(),
+        vpc_id: vpc.into(),
+        availability_zone: zone.into(),
+        tags: aws_backend::port::Tags::from([("tier".to_string(), tier.to_string())]),
+    };
+    vec![
+        subnet("subnet-0aaaaaaaaaaaaaaa1", "vpc-0bbbbbbbbbbbbbbb1", "us-east-1b", "grants"),
+        subnet("subnet-0aaaaaaaaaaaaaaa2", "vpc-0bbbbbbbbbbbbbbb1", "us-east-1c", "grants"),
+        subnet("subnet-0aaaaaaaaaaaaaaa3", "vpc-0bbbbbbbbbbbbbbb2", "us-east-1a", "other"),
+    ]
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn subnets_chosen_by_tag_take_the_grant_without_a_default_vpc() {
+    let mut rig = rig_with(55, FaultConfig::default(), |c| {
+        c.default_vpc = false;
+        c.subnets = grant_subnets();
+    });
+    let network = aws_backend::config::NetworkConfig {
+        subnet_ids: Vec::new(),
+        subnet_tags: [("tier".to_string(), "grants".to_string())].into(),
+    };
+    rig.cfg.network.insert("us-east-1".into(), network);
+    let backend = rig.backend().await;
+    let m = manifest();
+    let g = grant(0x5c, &m, rig.now_tick(), 900);
+    let instance = backend.provision(&g, &us_east()).await.expect("launches into a tagged subnet");
+    let (_, zone) = placed(&rig, &g);
+    assert!(["us-east-1b", "us-east-1c"].contains(&zone.as_str()), "launched in {zone}, which has no tagged subnet");
+    backend.terminate(&instance).await.expect("terminate");
+    assert!(rig.left_of(&g.id).is_empty(), "left: {:?}", rig.left_of(&g.id));
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_missing_subnet_or_subnets_of_two_vpcs_fail_the_start_naming_the_fix() {
+    let start = |rig: Rig| async move {
+        fixture::backend(&rig.cfg, rig.sim.clone(), rig.clock.clone(), &rig.store, 7, Default::default())
+            .await
+            .err()
+            .map(|e| format!("{e:#}"))
+    };
+    let mut rig = rig_with(56, FaultConfig::default(), |c| c.subnets = grant_subnets());
+    let missing = aws_backend::config::NetworkConfig {
+        subnet_ids: vec!["subnet-0dead0dead0dead0d".into()],
+        ..Default::default()
+    };
+    rig.cfg.network.insert("us-east-1".into(), missing);
+    let message = start(rig).await.expect("a subnet that does not exist fails the start");
+    assert!(message.contains("network.us-east-1") && message.contains("subnet-0dead0dead0dead0d"), "{message}");
+
+    let mut rig = rig_with(57, FaultConfig::default(), |c| c.subnets = grant_subnets());
+    let two_vpcs = aws_backend::config::NetworkConfig {
+        subnet_ids: vec!["subnet-0aaaaaaaaaaaaaaa1".into(), "subnet-0aaaaaaaaaaaaaaa3".into()],
+        ..Default::default()
+    };
+    rig.cfg.network.insert("us-east-1".into(), two_vpcs);
+    let message = start(rig).await.expect("subnets of two VPCs fail the start");
+    assert!(message.contains("vpc-0bbbbbbbbbbbbbbb1") && message.contains("vpc-0bbbbbbbbbbbbbbb2"), "{message}");
+}

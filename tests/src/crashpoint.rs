@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use aws_backend::port::{
     AuthorizeIngressRequest, CreateSecurityGroupRequest, Ec2Error, Ec2Port, Filter, ImportKeyPairRequest, InstanceInfo,
     InstanceStateChange, InstanceTypeInfo, InstanceTypeOffering, KeyPairInfo, NetworkUsage, Operation, Page,
-    PageRequest, RunInstancesRequest, SecurityGroupInfo, Tags,
+    PageRequest, RunInstancesRequest, SecurityGroupInfo, SubnetInfo, Tags,
 };
 use backend_api::RegionLabel;
 
@@ -88,10 +88,8 @@ impl CrashingPort {
                 if at != op || self.crashed() {
                     return call.await;
                 }
-                let result = call.await;
-                if result.is_err() {
-                    return result;
-                }
+                // A refused call had no effect: the crash waits for one that has.
+                call.await?;
                 self.crashed.store(true, Ordering::SeqCst);
                 return std::future::pending().await;
             }
@@ -196,6 +194,15 @@ impl Ec2Port for CrashingPort {
 
     async fn get_console_output(&self, region: &RegionLabel, instance_id: &str) -> Result<Option<String>, Ec2Error> {
         self.gate(Operation::GetConsoleOutput, self.inner.get_console_output(region, instance_id)).await
+    }
+    async fn describe_subnets_page(
+        &self,
+        region: &RegionLabel,
+        subnet_ids: Vec<String>,
+        filters: Vec<Filter>,
+        page: PageRequest,
+    ) -> Result<Page<SubnetInfo>, Ec2Error> {
+        self.gate(Operation::DescribeSubnets, self.inner.describe_subnets_page(region, subnet_ids, filters, page)).await
     }
     async fn describe_instance_type_offerings_page(
         &self,

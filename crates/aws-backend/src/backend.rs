@@ -23,6 +23,7 @@ use crate::guest::{GuestSpec, HostKeys, render_user_data};
 use crate::keys::SshKeyPair;
 use crate::names;
 use crate::pacing::{Pacer, PacingStats, RetryPolicy, lock};
+use crate::placement::{Candidate, RegionNetwork, RegionPlacement};
 use crate::poller::{RegionPoller, Sighting};
 use crate::port::{
     AuthorizeIngressRequest, CreateSecurityGroupRequest, Ec2Error, Ec2Port, Filter, ImportKeyPairRequest, InstanceInfo,
@@ -214,6 +215,10 @@ pub(crate) struct Inner {
     pub(crate) lags: Lags,
     /// Per region, the instances waiting to be terminated together (see `terminate_together`).
     terminate_queue: Mutex<BTreeMap<RegionLabel, Vec<Gathered>>>,
+    /// The networks of the regions with a `[network]`, once resolved (see `placement`).
+    pub(crate) networks: Mutex<BTreeMap<RegionLabel, RegionNetwork>>,
+    /// What each region taught about zones, capacity and the vCPU quota (see `placement`).
+    pub(crate) placement: Mutex<BTreeMap<RegionLabel, RegionPlacement>>,
 }
 
 /// An instance waiting in `terminate_together`, and where to tell it what became of it.
@@ -353,11 +358,20 @@ impl AwsBackend {
                 prep_slots: Mutex::new(BTreeMap::new()),
                 lags: Lags::default(),
                 terminate_queue: Mutex::new(BTreeMap::new()),
+                networks: Mutex::new(BTreeMap::new()),
+                placement: Mutex::new(BTreeMap::new()),
             }),
         };
         for region in &cfg.regions {
             if let Err(err) = backend.catalogue(region).await {
                 tracing::warn!(%region, error = %err, "could not load the instance-type catalogue; retrying on first use");
+            }
+            match backend.network(region).await {
+                Ok(Some(_)) => {}
+                Ok(None) => tracing::info!(%region, "no [network] for this region: launching into its default VPC"),
+                // A subnet that does not exist, or subnets of several VPCs: the operator's to fix.
+                Err(err @ BackendError::InvalidInput { .. }) => return Err(err.into()),
+                Err(err) => tracing::warn!(%region, error = %err, "could not resolve [network]; retrying on first use"),
             }
         }
         Ok(backend)
@@ -644,6 +658,17 @@ impl AwsBackend {
         if self.inner.switches.leak_login_key {
             user_data.push_str(&format!("\n# {}\n", login.private_openssh.expose().replace('\n', "\n# ")));
         }
+        let network = self.network(&region).await?;
+        // The vCPU quota, when known, is checked before anything is created: a grant it cannot
+        // hold is refused retryably, and the types it cannot hold are never tried.
+        let headroom = self.vcpu_headroom(&region);
+        if let Some(room) = headroom {
+            let needed = fitting.iter().map(|t| t.vcpus).min().unwrap_or(0);
+            if needed > room && self.grant_state(&grant.id).is_none_or(|s| s.is_settled()) {
+                return Err(crate::refusals::no_vcpu_headroom(&region, room, needed));
+            }
+        }
+        self.refresh_offerings(&region).await;
 
         // Validation is over: from here on things get created, and every step is recorded
         // before the next one starts.
@@ -708,9 +733,10 @@ impl AwsBackend {
                 .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(PREP_SLOTS_PER_REGION)))
                 .clone();
             let slot = slots.acquire_owned().await.map_err(local)?;
+            let vpc_id = network.as_ref().map(|n| n.vpc_id.clone());
             let (key, group) = tokio::join!(
                 self.ensure_key_pair(&grant.id, &region, &login),
-                self.ensure_security_group(&grant.id, &region)
+                self.ensure_security_group(&grant.id, &region, vpc_id)
             );
             drop(slot);
             let key_created = key?;
@@ -737,9 +763,21 @@ impl AwsBackend {
                     tags
                 },
                 volume_tags: names::grant_tags(cfg, &grant.id),
+                subnet_id: None,
+                availability_zone: None,
             };
-            let instance_id =
-                self.ensure_instance(&grant.id, &region, &fitting, request, grant.valid_to, created).await?;
+            let instance_id = self
+                .ensure_instance(
+                    &grant.id,
+                    &region,
+                    &fitting,
+                    network.as_ref(),
+                    headroom,
+                    request,
+                    grant.valid_to,
+                    created,
+                )
+                .await?;
             self.arm_deadline(grant.id, region.clone(), valid_to_unix_ms);
             tracing::Span::current().record("instance_id", instance_id.as_str());
             let info = self.wait_running(&grant.id, &region, &instance_id, valid_to_unix_ms).await?;
@@ -831,6 +869,7 @@ impl AwsBackend {
         &self,
         grant: &GrantId,
         region: &RegionLabel,
+        vpc_id: Option<String>,
     ) -> Result<(String, Option<u64>), BackendError> {
         let cfg = &self.inner.cfg;
         let mut created = None;
@@ -840,6 +879,7 @@ impl AwsBackend {
                 let group_name = names::group_name(grant);
                 let request = CreateSecurityGroupRequest {
                     group_name: group_name.clone(),
+                    vpc_id,
                     description: format!("compute-bridge grant {}: SSH only", grant.short()),
                     tags: names::grant_tags(cfg, grant),
                 };
@@ -1001,11 +1041,20 @@ impl AwsBackend {
 
     /// Launches the grant's instance, resuming a recorded launch with its own token, and falling
     /// back to the next fitting type on `InsufficientInstanceCapacity`.
+    /// The grant's instance: the one the ledger knows, or one launched now. Tries the places
+    /// `placement::candidates` orders (other zones of a type before other types), each with a
+    /// ClientToken of its own that names its type and zone (`placement::try_index`), so at
+    /// most one instance results; a resumed launch is re-sent with its own token, type and zone
+    /// first. A shortage takes its (type, zone) out of the candidates for a while, an
+    /// `Unsupported` until the offerings are asked again.
+    #[allow(clippy::too_many_arguments, reason = "one launch's inputs, each already resolved by the caller")]
     async fn ensure_instance(
         &self,
         grant: &GrantId,
         region: &RegionLabel,
         fitting: &[InstanceTypeInfo],
+        network: Option<&RegionNetwork>,
+        headroom: Option<u32>,
         template: RunInstancesRequest,
         valid_to: AlmanacTick,
         created: Option<u64>,
@@ -1014,14 +1063,44 @@ impl AwsBackend {
         if let Some(id) = state.instance() {
             return Ok(id.to_string());
         }
-        let resume = state.launch_requested().and_then(names::token_attempt);
-        let first_attempt = resume.unwrap_or(0);
+        let position = |name: &str| fitting.iter().position(|t| t.instance_type == name);
+        let mut tries: Vec<(usize, Candidate)> = Vec::new();
+        // A launch requested before a crash goes first, exactly as it was sent.
+        let resumed = state.launch_requested().and_then(names::token_attempt);
+        if let Some(index) = resumed {
+            let (type_pos, zone) = crate::placement::from_try_index(index, region);
+            if let Some(itype) = fitting.get(type_pos) {
+                let subnet_id = zone.as_ref().and_then(|z| network?.subnets_by_zone.get(z)?.first().cloned());
+                tries.push((index, Candidate { itype: itype.clone(), zone, subnet_id }));
+            }
+        }
+        let candidates = {
+            let mut placement = lock(&self.inner.placement);
+            let known = placement.entry(region.clone()).or_default();
+            crate::placement::candidates(fitting, known, network, self.now_ms())
+        };
+        let resumed_type = resumed.map(|i| crate::placement::from_try_index(i, region).0);
+        for candidate in candidates {
+            let Some(type_pos) = position(&candidate.itype.instance_type) else { continue };
+            // Types before the resumed one were tried before the crash; the quota rules out
+            // types it cannot hold.
+            if resumed_type.is_some_and(|r| type_pos < r) || headroom.is_some_and(|room| candidate.itype.vcpus > room) {
+                continue;
+            }
+            let index = crate::placement::try_index(type_pos, candidate.zone.as_deref());
+            if !tries.iter().any(|(i, _)| *i == index) {
+                tries.push((index, candidate));
+            }
+        }
         let mut tried = Vec::new();
-        for (attempt, itype) in fitting.iter().enumerate().skip(first_attempt) {
-            let token = names::client_token_for(grant, state.attempt(), attempt);
+        for (index, candidate) in tries {
+            let itype = &candidate.itype;
+            let token = names::client_token_for(grant, state.attempt(), index);
             let request = RunInstancesRequest {
                 instance_type: itype.instance_type.clone(),
                 client_token: token.clone(),
+                subnet_id: candidate.subnet_id.clone(),
+                availability_zone: candidate.zone.clone(),
                 ..template.clone()
             };
             let launch =
@@ -1030,10 +1109,21 @@ impl AwsBackend {
                 (s.and_then(GrantState::launch_requested) != Some(token.as_str())).then_some(launch)
             })
             .await?;
-            tried.push(itype.instance_type.clone());
+            let place = match &candidate.zone {
+                Some(zone) => format!("{} in {zone}", itype.instance_type),
+                None => itype.instance_type.clone(),
+            };
+            tried.push(place.clone());
             let result = self.run_instance_when_visible(region, &request, valid_to, created).await;
+            let now = self.now_ms();
             match result {
                 Ok(info) => {
+                    if !info.availability_zone.is_empty() {
+                        lock(&self.inner.placement)
+                            .entry(region.clone())
+                            .or_default()
+                            .note_success(&info.availability_zone, now);
+                    }
                     self.record(
                         *grant,
                         Event::InstanceLaunched {
@@ -1048,12 +1138,34 @@ impl AwsBackend {
                     return Ok(info.instance_id);
                 }
                 Err(err) if err.is(codes::INSUFFICIENT_INSTANCE_CAPACITY) => {
-                    tracing::info!(instance_type = %itype.instance_type, "no capacity; trying the next fitting type");
+                    if let Some(zone) = &candidate.zone {
+                        lock(&self.inner.placement).entry(region.clone()).or_default().note_exhausted(
+                            &itype.instance_type,
+                            zone,
+                            now,
+                        );
+                    }
+                    tracing::info!(place, "no capacity; trying the next place");
                 }
-                // The zone EC2 chose does not offer the type: like a shortage, the next fitting
-                // type (placed anew) may launch; choosing the zone is issue 16's placement.
+                // The zone does not offer the type after all (or EC2 picked one that does not):
+                // the next place may launch.
                 Err(err) if err.is(codes::UNSUPPORTED) => {
-                    tracing::info!(instance_type = %itype.instance_type, error = %err, "type not offered in the zone EC2 chose; trying the next fitting type");
+                    if let Some(zone) = &candidate.zone {
+                        lock(&self.inner.placement)
+                            .entry(region.clone())
+                            .or_default()
+                            .note_unsupported(&itype.instance_type, zone);
+                    }
+                    tracing::info!(place, error = %err, "type not offered in the zone; trying the next place");
+                }
+                Err(err) if err.is(codes::VCPU_LIMIT_EXCEEDED) => {
+                    let in_use = self.vcpus_in_use(region);
+                    lock(&self.inner.placement).entry(region.clone()).or_default().note_vcpu_limit(
+                        in_use,
+                        itype.vcpus,
+                        now,
+                    );
+                    return Err(crate::refusals::launch(region, &request, err));
                 }
                 Err(err) if err.is(TOO_LATE) => {
                     return Err(self.check_time_left(valid_to).err().unwrap_or_else(|| local(err)));

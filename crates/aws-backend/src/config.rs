@@ -185,6 +185,16 @@ pub struct AwsBootConfig {
     /// Extra tags on every resource.
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    /// The subnets to launch into, per region (`[network.us-east-1]`). A region without an entry
+    /// launches into its default VPC, as before, and says so in the log at start.
+    #[serde(default)]
+    pub network: BTreeMap<String, NetworkConfig>,
+    /// The account's On-Demand vCPU quota per region for the standard classes (Service Quotas
+    /// code L-1216C47A), when the operator knows it: grants the headroom cannot hold are
+    /// refused before anything is created. Without it the bridge learns the quota from
+    /// `VcpuLimitExceeded`.
+    #[serde(default)]
+    pub vcpu_quota: BTreeMap<String, u32>,
     /// How often the shared per-region poller describes the watched instances.
     #[serde(default = "default_poll_interval_ms")]
     pub poll_interval_ms: u64,
@@ -216,6 +226,20 @@ pub struct AwsBootConfig {
     pub ledger_path: PathBuf,
     /// The guest contract: content store, login user, container runtime.
     pub guest: GuestConfig,
+}
+
+/// Where a region's grants launch: subnets named by id, or chosen by their tags (every tag
+/// must match, as a term of Karpenter's `subnetSelectorTerms` does). Exactly one of the two.
+/// The subnets must all be in one VPC, where each grant's security group is created.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// Subnet ids, e.g. `["subnet-0123456789abcdef0"]`.
+    #[serde(default)]
+    pub subnet_ids: Vec<String>,
+    /// Tags a subnet must carry to be used, e.g. `{ "compute-bridge/subnet" = "grants" }`.
+    #[serde(default)]
+    pub subnet_tags: BTreeMap<String, String>,
 }
 
 fn default_root_device_name() -> String {
@@ -322,6 +346,49 @@ impl AwsBootConfig {
                     return Err(invalid(format!("ami.{region}"), format!("{ami:?} is not an AMI id (ami-...)")));
                 }
                 Some(_) => {}
+            }
+        }
+        for (region, network) in &self.network {
+            if !self.regions.iter().any(|r| r.as_str() == region) {
+                return Err(invalid(
+                    format!("network.{region}"),
+                    format!("names a region not in `regions`: add {region} to `regions` or drop the entry"),
+                ));
+            }
+            match (network.subnet_ids.is_empty(), network.subnet_tags.is_empty()) {
+                (true, true) => {
+                    return Err(invalid(
+                        format!("network.{region}"),
+                        "names no subnet: give `subnet_ids = [\"subnet-...\"]` or `subnet_tags = { key = \"value\" }`",
+                    ));
+                }
+                (false, false) => {
+                    return Err(invalid(
+                        format!("network.{region}"),
+                        "gives both `subnet_ids` and `subnet_tags`: keep one",
+                    ));
+                }
+                _ => {}
+            }
+            if let Some(bad) = network.subnet_ids.iter().find(|id| !(id.starts_with("subnet-") && is_name(id, 64))) {
+                return Err(invalid(
+                    format!("network.{region}.subnet_ids"),
+                    format!("{bad:?} is not a subnet id (subnet-...)"),
+                ));
+            }
+        }
+        for (region, quota) in &self.vcpu_quota {
+            if !self.regions.iter().any(|r| r.as_str() == region) {
+                return Err(invalid(
+                    format!("vcpu_quota.{region}"),
+                    format!("names a region not in `regions`: add {region} to `regions` or drop the entry"),
+                ));
+            }
+            if *quota == 0 {
+                return Err(invalid(
+                    format!("vcpu_quota.{region}"),
+                    "is 0: no grant could run; give the quota in vCPUs",
+                ));
             }
         }
         if self.instance_families.is_empty() {

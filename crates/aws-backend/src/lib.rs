@@ -12,6 +12,7 @@ pub mod keys;
 pub(crate) mod lag;
 pub mod names;
 pub mod pacing;
+pub mod placement;
 pub mod poller;
 pub mod port;
 mod recovery;

@@ -61,6 +61,12 @@ pub mod codes {
     pub const INVALID_BLOCK_DEVICE_MAPPING: &str = "InvalidBlockDeviceMapping";
     /// The account has no default VPC in the region and the call named no VPC or subnet.
     pub const VPC_ID_NOT_SPECIFIED: &str = "VPCIdNotSpecified";
+    /// The subnet id does not exist in the region.
+    pub const SUBNET_NOT_FOUND: &str = "InvalidSubnetID.NotFound";
+    /// The VPC id does not exist in the region.
+    pub const VPC_NOT_FOUND: &str = "InvalidVpcID.NotFound";
+    /// A parameter conflicts with another, e.g. a security group of another VPC than the subnet.
+    pub const INVALID_PARAMETER: &str = "InvalidParameter";
     /// A NextToken that is not one this query gave out (or has expired).
     pub const INVALID_PAGINATION_TOKEN: &str = "InvalidPaginationToken";
     /// Parameters that may not be given together, e.g. MaxResults with InstanceIds.
@@ -100,11 +106,13 @@ pub enum Operation {
     GetConsoleOutput,
     /// DescribeInstanceTypeOfferings with location type `availability-zone`.
     DescribeInstanceTypeOfferings,
+    /// DescribeSubnets.
+    DescribeSubnets,
 }
 
 impl Operation {
     /// Every operation, in declaration order.
-    pub const ALL: [Operation; 15] = [
+    pub const ALL: [Operation; 16] = [
         Operation::ImportKeyPair,
         Operation::DescribeKeyPairs,
         Operation::DeleteKeyPair,
@@ -120,6 +128,7 @@ impl Operation {
         Operation::GetNetworkUsage,
         Operation::GetConsoleOutput,
         Operation::DescribeInstanceTypeOfferings,
+        Operation::DescribeSubnets,
     ];
 
     /// The API name, e.g. `"RunInstances"`.
@@ -140,6 +149,7 @@ impl Operation {
             Operation::GetNetworkUsage => "GetNetworkUsage",
             Operation::GetConsoleOutput => "GetConsoleOutput",
             Operation::DescribeInstanceTypeOfferings => "DescribeInstanceTypeOfferings",
+            Operation::DescribeSubnets => "DescribeSubnets",
         }
     }
 
@@ -158,7 +168,8 @@ impl Operation {
             | Operation::DescribeInstances
             | Operation::DescribeInstanceTypes
             | Operation::GetConsoleOutput
-            | Operation::DescribeInstanceTypeOfferings => ThrottleClass::NonMutating,
+            | Operation::DescribeInstanceTypeOfferings
+            | Operation::DescribeSubnets => ThrottleClass::NonMutating,
             // ImportKeyPair is in EC2's CreateKeyPair-like "resource-intensive" set together
             // with AuthorizeSecurityGroupIngress.
             Operation::ImportKeyPair | Operation::AuthorizeSecurityGroupIngress => ThrottleClass::ResourceIntensive,
@@ -184,7 +195,8 @@ impl Operation {
         match self {
             Operation::DescribeInstances
             | Operation::DescribeSecurityGroups
-            | Operation::DescribeInstanceTypeOfferings => Some((5, 1_000)),
+            | Operation::DescribeInstanceTypeOfferings
+            | Operation::DescribeSubnets => Some((5, 1_000)),
             Operation::DescribeInstanceTypes => Some((5, 100)),
             _ => None,
         }
@@ -446,6 +458,9 @@ pub struct KeyPairInfo {
 pub struct CreateSecurityGroupRequest {
     /// The group's name, unique per VPC.
     pub group_name: String,
+    /// The VPC to create it in; `None`: the region's default VPC (EC2 answers
+    /// `VPCIdNotSpecified` when there is none).
+    pub vpc_id: Option<String>,
     /// A description (EC2 requires one).
     pub description: String,
     /// Tags applied at creation.
@@ -507,6 +522,11 @@ pub struct RunInstancesRequest {
     pub instance_tags: Tags,
     /// Tags applied to its volumes at launch.
     pub volume_tags: Tags,
+    /// The subnet to launch into (its VPC and zone); `None`: the default VPC.
+    pub subnet_id: Option<String>,
+    /// The availability zone to place it in (`Placement.AvailabilityZone`) when no subnet is
+    /// named; `None`: EC2 picks one.
+    pub availability_zone: Option<String>,
 }
 
 /// An instance as Describe returns it.
@@ -528,6 +548,8 @@ pub struct InstanceInfo {
     pub tags: Tags,
     /// The idempotency token it was launched with.
     pub client_token: String,
+    /// The availability zone it runs in (`Placement.AvailabilityZone`).
+    pub availability_zone: String,
 }
 
 /// The change TerminateInstances made to one instance.
@@ -578,6 +600,21 @@ pub struct InstanceTypeOffering {
     pub instance_type: String,
     /// The zone that offers it, e.g. `us-east-1a`.
     pub availability_zone: String,
+}
+
+/// A subnet, as DescribeSubnets lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubnetInfo {
+    /// EC2's id, `subnet-...`.
+    pub subnet_id: String,
+    /// The VPC it belongs to.
+    pub vpc_id: String,
+    /// Its availability zone, e.g. `us-east-1a`.
+    pub availability_zone: String,
+    /// Whether it is its zone's default subnet (of the default VPC).
+    pub default_for_az: bool,
+    /// Its tags.
+    pub tags: Tags,
 }
 
 /// Network bytes of one instance over a window, as CloudWatch's NetworkIn and NetworkOut sum.
@@ -743,6 +780,16 @@ pub trait Ec2Port: Send + Sync + 'static {
     ) -> Result<Vec<NetworkUsage>, Ec2Error>;
     /// GetConsoleOutput: the instance's console output as text, `None` while EC2 has none yet.
     async fn get_console_output(&self, region: &RegionLabel, instance_id: &str) -> Result<Option<String>, Ec2Error>;
+    /// One page of DescribeSubnets by ids (empty: any) and filters (`tag:KEY`, `tag-key`,
+    /// `vpc-id`, `availability-zone`, `subnet-id`, `default-for-az`). An unknown id fails the
+    /// whole call with `InvalidSubnetID.NotFound`.
+    async fn describe_subnets_page(
+        &self,
+        region: &RegionLabel,
+        subnet_ids: Vec<String>,
+        filters: Vec<Filter>,
+        page: PageRequest,
+    ) -> Result<Page<SubnetInfo>, Ec2Error>;
     /// One page of DescribeInstanceTypeOfferings by availability zone: which zones of the region
     /// offer each of `instance_types` (empty: every type). A type absent from a zone's rows is
     /// not offered there, and RunInstances placed in that zone answers `Unsupported`.
@@ -789,6 +836,17 @@ pub trait Ec2PortExt: Ec2Port {
     ) -> Result<Vec<InstanceTypeInfo>, Ec2Error> {
         let first = PageRequest::listing(Operation::DescribeInstanceTypes, false);
         all_pages(first, |page| self.describe_instance_types_page(region, families.clone(), page)).await
+    }
+
+    /// Every page of DescribeSubnets.
+    async fn describe_subnets(
+        &self,
+        region: &RegionLabel,
+        subnet_ids: Vec<String>,
+        filters: Vec<Filter>,
+    ) -> Result<Vec<SubnetInfo>, Ec2Error> {
+        let first = PageRequest::listing(Operation::DescribeSubnets, !subnet_ids.is_empty());
+        all_pages(first, |page| self.describe_subnets_page(region, subnet_ids.clone(), filters.clone(), page)).await
     }
 
     /// Every page of DescribeInstanceTypeOfferings.

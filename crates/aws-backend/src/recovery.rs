@@ -319,7 +319,7 @@ mod tests {
     use crate::port::{
         AuthorizeIngressRequest, CreateSecurityGroupRequest, Ec2Error, Ec2Port, Filter, ImportKeyPairRequest,
         InstanceInfo, InstanceStateChange, InstanceTypeInfo, InstanceTypeOffering, KeyPairInfo, NetworkUsage,
-        Operation, Page, PageRequest, RunInstancesRequest, SecurityGroupInfo, Tags,
+        Operation, Page, PageRequest, RunInstancesRequest, SecurityGroupInfo, SubnetInfo, Tags,
     };
     use crate::{AwsBackend, BackendParts, DynStore, TestSwitches, names};
 
@@ -502,6 +502,16 @@ mod tests {
 
         async fn get_console_output(&self, _: &RegionLabel, _: &str) -> Result<Option<String>, Ec2Error> {
             unexpected(Operation::GetConsoleOutput)
+        }
+
+        async fn describe_subnets_page(
+            &self,
+            _: &RegionLabel,
+            _: Vec<String>,
+            _: Vec<Filter>,
+            _: PageRequest,
+        ) -> Result<Page<SubnetInfo>, Ec2Error> {
+            unexpected(Operation::DescribeSubnets)
         }
 
         async fn describe_instance_type_offerings_page(

@@ -63,6 +63,22 @@ pub(crate) fn security_group(region: &RegionLabel, err: Ec2Error) -> BackendErro
     provider(err)
 }
 
+/// A grant the known vCPU quota cannot hold, refused before anything is created: retryable,
+/// since the headroom returns as the bridge's own instances end (or the quota is raised).
+pub(crate) fn no_vcpu_headroom(region: &RegionLabel, headroom: u32, needed: u32) -> BackendError {
+    BackendError::Provider {
+        operation: "RunInstances".into(),
+        code: codes::VCPU_LIMIT_EXCEEDED.into(),
+        message: format!(
+            "the account's On-Demand vCPU quota in {region} (Service Quotas L-1216C47A, as configured in \
+             `vcpu_quota.{region}` or learnt from EC2's VcpuLimitExceeded) leaves {headroom} vCPUs and the \
+             smallest fitting type needs {needed}: nothing was created; retry once running grants have ended, \
+             or request a quota increase"
+        ),
+        retryable: true,
+    }
+}
+
 /// The bridge launches into the region's default VPC (it names no VPC or subnet): without one,
 /// nothing can be created there until the operator makes one.
 fn no_default_vpc(region: &RegionLabel, err: Ec2Error) -> BackendError {

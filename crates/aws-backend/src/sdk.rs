@@ -27,7 +27,7 @@ use crate::config::AwsBootConfig;
 use crate::port::{
     AuthorizeIngressRequest, CreateSecurityGroupRequest, Ec2Error, Ec2Port, Filter, ImportKeyPairRequest, InstanceInfo,
     InstanceStateChange, InstanceTypeInfo, InstanceTypeOffering, KeyPairInfo, NetworkUsage, Operation, Page,
-    PageRequest, RunInstancesRequest, SecurityGroupInfo, Tags,
+    PageRequest, RunInstancesRequest, SecurityGroupInfo, SubnetInfo, Tags,
 };
 
 pub use inspect::SdkInspector;
@@ -263,6 +263,7 @@ impl Ec2Port for SdkEc2 {
             .create_security_group()
             .group_name(req.group_name)
             .description(req.description)
+            .set_vpc_id(req.vpc_id)
             .set_tag_specifications(convert::tag_spec(ec2::ResourceType::SecurityGroup, &req.tags).map(|s| vec![s]))
             .send()
             .await
@@ -356,11 +357,17 @@ impl Ec2Port for SdkEc2 {
         .into_iter()
         .flatten()
         .collect();
+        let placement = req
+            .availability_zone
+            .filter(|_| req.subnet_id.is_none())
+            .map(|zone| ec2::Placement::builder().availability_zone(zone).build());
         let out = self
             .ec2(region, op)
             .await?
             .run_instances()
             .image_id(req.image_id)
+            .set_subnet_id(req.subnet_id)
+            .set_placement(placement)
             .instance_type(ec2::InstanceType::from(req.instance_type.as_str()))
             .key_name(req.key_name)
             .set_security_group_ids(Some(req.security_group_ids))
@@ -452,6 +459,30 @@ impl Ec2Port for SdkEc2 {
             .map_err(|e| convert::error(op, e))?;
         // A type without a vCPU count or memory size cannot be sized against; skip it.
         let items = out.instance_types().iter().filter_map(convert::instance_type).collect();
+        Ok(Page { items, next_token: out.next_token().map(str::to_string) })
+    }
+
+    async fn describe_subnets_page(
+        &self,
+        region: &RegionLabel,
+        subnet_ids: Vec<String>,
+        filters: Vec<Filter>,
+        page: PageRequest,
+    ) -> Result<Page<SubnetInfo>, Ec2Error> {
+        let op = Operation::DescribeSubnets;
+        let ids = (!subnet_ids.is_empty()).then_some(subnet_ids);
+        let out = self
+            .ec2(region, op)
+            .await?
+            .describe_subnets()
+            .set_subnet_ids(ids)
+            .set_filters(convert::filters(filters))
+            .set_max_results(page.max_results.map(convert::max_results))
+            .set_next_token(page.next_token)
+            .send()
+            .await
+            .map_err(|e| convert::error(op, e))?;
+        let items = out.subnets().iter().map(|s| convert::subnet(op, s)).collect::<Result<_, _>>()?;
         Ok(Page { items, next_token: out.next_token().map(str::to_string) })
     }
 

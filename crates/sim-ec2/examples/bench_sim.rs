@@ -50,6 +50,7 @@ impl Driver {
         let _ = sim.import_key_pair(&region, key).await;
         self.tick();
         let group = CreateSecurityGroupRequest {
+            vpc_id: None,
             group_name: format!("g-{n}"),
             description: "bench".into(),
             tags: tags.clone(),
@@ -81,6 +82,8 @@ impl Driver {
             shutdown_behavior: ShutdownBehavior::Terminate,
             instance_tags: tags.clone(),
             volume_tags: tags.clone(),
+            subnet_id: None,
+            availability_zone: None,
         };
         let mut instance_id = String::new();
         for _ in 0..5 {

@@ -30,6 +30,10 @@ pub struct SimConfig {
     /// [`DEFAULT_ROOT_SNAPSHOT_GIB`](crate::placement::DEFAULT_ROOT_SNAPSHOT_GIB).
     #[serde(default)]
     pub images: Vec<crate::placement::SimImage>,
+    /// The operator's subnets outside the default VPC (see `network`); the default VPC's
+    /// subnets, one per zone, exist whenever `default_vpc` is on.
+    #[serde(default)]
+    pub subnets: Vec<crate::network::SimSubnet>,
 }
 
 fn default_vpc() -> bool {
@@ -48,6 +52,7 @@ impl SimConfig {
             network_bytes_per_s_max: 10_000_000,
             default_vpc: true,
             images: Vec::new(),
+            subnets: Vec::new(),
         }
     }
 
@@ -69,6 +74,7 @@ impl SimConfig {
             )));
         }
         crate::placement::validate_images(&self.images)?;
+        crate::network::validate_subnets(&self.subnets, &self.regions, self.availability_zones_per_region)?;
         if self.network_bytes_per_s_min > self.network_bytes_per_s_max {
             return Err(SimError::Config(format!(
                 "network_bytes_per_s_min {} exceeds network_bytes_per_s_max {}: swap them",

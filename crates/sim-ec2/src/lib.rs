@@ -24,6 +24,7 @@ mod consistency;
 pub mod console;
 mod fxhash;
 pub mod guest;
+pub mod network;
 mod pagination;
 pub mod placement;
 mod taglist;
@@ -36,7 +37,7 @@ use async_trait::async_trait;
 use aws_backend::port::{
     AuthorizeIngressRequest, CreateSecurityGroupRequest, Ec2Error, Ec2Port, Filter, ImportKeyPairRequest, InstanceInfo,
     InstanceStateChange, InstanceTypeInfo, InstanceTypeOffering, KeyPairInfo, NetworkUsage, Operation, Page,
-    PageRequest, RunInstancesRequest, SecurityGroupInfo, Tags,
+    PageRequest, RunInstancesRequest, SecurityGroupInfo, SubnetInfo, Tags,
 };
 use backend_api::{Clock, RegionLabel};
 use serde::{Deserialize, Serialize};
@@ -368,6 +369,16 @@ impl Ec2Port for SimEc2 {
 
     async fn get_console_output(&self, region: &RegionLabel, instance_id: &str) -> Result<Option<String>, Ec2Error> {
         self.world().get_console_output(region, instance_id)
+    }
+
+    async fn describe_subnets_page(
+        &self,
+        region: &RegionLabel,
+        subnet_ids: Vec<String>,
+        filters: Vec<Filter>,
+        page: PageRequest,
+    ) -> Result<Page<SubnetInfo>, Ec2Error> {
+        self.world().describe_subnets(region, subnet_ids, filters, page)
     }
 
     async fn describe_instance_type_offerings_page(

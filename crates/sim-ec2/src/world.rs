@@ -11,7 +11,7 @@ use aws_backend::port::{
     AuthorizeIngressRequest, CreateSecurityGroupRequest, Ec2Error, Filter, ImportKeyPairRequest, InstanceInfo,
     InstanceState, InstanceStateChange, InstanceTypeInfo, InstanceTypeOffering, KeyPairInfo, Operation, Page,
     PageRequest, RUN_INSTANCES_RESOURCE_CAPACITY, RUN_INSTANCES_RESOURCE_REFILL_PER_S, RunInstancesRequest,
-    SecurityGroupInfo, ShutdownBehavior, TERMINATE_INSTANCES_RESOURCE_CAPACITY,
+    SecurityGroupInfo, ShutdownBehavior, SubnetInfo, TERMINATE_INSTANCES_RESOURCE_CAPACITY,
     TERMINATE_INSTANCES_RESOURCE_REFILL_PER_S, Tags, ThrottleClass, codes,
 };
 use backend_api::RegionLabel;
@@ -92,6 +92,8 @@ struct Instance {
     volume_id: String,
     spec: &'static InstanceTypeSpec,
     az: u8,
+    /// The zone's name, as Describe shows it.
+    zone: String,
     client_token: String,
     key_name: String,
     group_ids: Vec<String>,
@@ -260,6 +262,7 @@ impl Instance {
             launch_time_unix_ms: self.launched_ms,
             tags: self.tags.to_tags(),
             client_token: self.client_token.clone(),
+            availability_zone: self.zone.clone(),
         }
     }
 
@@ -301,6 +304,8 @@ struct Group {
     /// Instances launched into the group (indexes into the region's instances).
     users: Vec<usize>,
     is_default: bool,
+    /// The VPC it belongs to (empty for the default group of a region without a default VPC).
+    vpc_id: String,
     /// The value of [`World::truth_seq`] when it was created or last tagged.
     changed_seq: u64,
 }
@@ -308,6 +313,8 @@ struct Group {
 struct Region {
     label: RegionLabel,
     azs: Vec<String>,
+    /// Its VPCs and subnets (see `network`).
+    networks: crate::network::Networks,
     /// One request bucket per action, indexed by [`Operation::index`], each sized by its
     /// category ("Request throttling for the Amazon EC2 API": each API has its own bucket).
     buckets: [TokenBucket; Operation::ALL.len()],
@@ -520,6 +527,8 @@ fn run_fingerprint(req: &RunInstancesRequest) -> [u8; 32] {
     s(&req.root_volume_gib.to_string());
     s(&req.root_device_name);
     s(if req.imdsv2_required { "imdsv2" } else { "imdsv1" });
+    s(req.subnet_id.as_deref().unwrap_or("-"));
+    s(req.availability_zone.as_deref().unwrap_or("-"));
     s(&req.imds_hop_limit.to_string());
     s(match req.shutdown_behavior {
         ShutdownBehavior::Stop => "stop",
@@ -606,14 +615,18 @@ impl World {
         labels.dedup();
         let mut regions = Vec::with_capacity(labels.len());
         for label in labels {
-            let azs =
-                (0..config.availability_zones_per_region).map(|i| format!("{label}{}", char::from(b'a' + i))).collect();
+            let azs = (0..config.availability_zones_per_region)
+                .map(|i| format!("{label}{}", char::from(b'a' + i)))
+                .collect::<Vec<String>>();
             let buckets = Operation::ALL.map(|op| {
                 let class = op.throttle_class();
                 TokenBucket::full(class.capacity(), class.refill_per_s(), now_ms)
             });
             let default_group_id = new_id(&mut rng, "sg");
+            let networks =
+                crate::network::Networks::new(config.seed, &label, &azs, config.default_vpc, &config.subnets);
             let default_group = Group {
+                vpc_id: networks.default_vpc_id.clone().unwrap_or_default(),
                 name: "default".into(),
                 description: "default VPC security group".into(),
                 tags: Tags::new(),
@@ -626,6 +639,7 @@ impl World {
             };
             regions.push(Region {
                 azs,
+                networks,
                 buckets,
                 run_instances_resource: TokenBucket::full(
                     RUN_INSTANCES_RESOURCE_CAPACITY,
@@ -1065,8 +1079,15 @@ impl World {
             ));
         }
         validate_tags(op, &req.tags)?;
-        // The port's CreateSecurityGroup names no VPC: it needs the default one.
-        self.account.default_vpc(op, &self.regions[r].label)?;
+        // A named VPC must exist; without one the group goes to the default VPC.
+        let vpc_id = match &req.vpc_id {
+            Some(vpc) if self.regions[r].networks.has_vpc(vpc) => vpc.clone(),
+            Some(vpc) => return Err(err(op, codes::VPC_NOT_FOUND, format!("The vpc ID '{vpc}' does not exist"))),
+            None => {
+                self.account.default_vpc(op, &self.regions[r].label)?;
+                self.regions[r].networks.default_vpc_id.clone().unwrap_or_default()
+            }
+        };
         if self.regions[r].group_names.contains_key(name) || self.deleted_group_lingers(r, name) {
             return Err(err(op, codes::GROUP_DUPLICATE, format!("The security group '{name}' already exists")));
         }
@@ -1089,6 +1110,7 @@ impl World {
                 rules: BTreeSet::new(),
                 users: Vec::new(),
                 is_default: false,
+                vpc_id,
                 changed_seq,
             },
         );
@@ -1350,8 +1372,28 @@ impl World {
             return Err(invalid(format!("Invalid value '{}' for InstanceType.", req.instance_type)));
         };
         let snapshot_gib = self.account.image(op, &self.regions[r].label, &req.image_id)?;
-        // The port's RunInstances names no subnet: it needs the default VPC.
-        self.account.default_vpc(op, &self.regions[r].label)?;
+        // The network: the subnet's VPC and zone, or the default VPC and the zone Placement
+        // names (or one EC2 picks below). See `network`.
+        let (vpc_id, placed_az) = match &req.subnet_id {
+            Some(id) => {
+                let Some(subnet) = self.regions[r].networks.subnet(id) else {
+                    return Err(err(op, codes::SUBNET_NOT_FOUND, format!("The subnet ID '{id}' does not exist")));
+                };
+                let az = self.regions[r].azs.iter().position(|z| *z == subnet.availability_zone).unwrap_or(0);
+                (subnet.vpc_id.clone(), Some(az as u8))
+            }
+            None => {
+                self.account.default_vpc(op, &self.regions[r].label)?;
+                let az = match &req.availability_zone {
+                    Some(zone) => match self.regions[r].azs.iter().position(|z| z == zone) {
+                        Some(az) => Some(az as u8),
+                        None => return Err(invalid(format!("Invalid availability zone: [{zone}]"))),
+                    },
+                    None => None,
+                };
+                (self.regions[r].networks.default_vpc_id.clone().unwrap_or_default(), az)
+            }
+        };
         let key_visible = self.regions[r].key_pairs.get(&req.key_name).is_some_and(|kp| now >= kp.visible_at_ms);
         if !key_visible {
             return Err(err(op, codes::KEY_PAIR_NOT_FOUND, format!("The key pair '{}' does not exist", req.key_name)));
@@ -1361,7 +1403,15 @@ impl World {
             group_ids.push(self.regions[r].default_group_id.clone());
         }
         for id in &group_ids {
-            self.visible_group(op, r, id)?;
+            let group = self.visible_group(op, r, id)?;
+            if group.vpc_id != vpc_id {
+                let subnet = req.subnet_id.as_deref().unwrap_or("the default subnet");
+                return Err(err(
+                    op,
+                    codes::INVALID_PARAMETER,
+                    format!("Security group {id} and subnet {subnet} belong to different networks."),
+                ));
+            }
         }
         let user_data_len = user_data_len.map_err(|_| invalid("Invalid BASE64 encoding of user data.".into()))?;
         if user_data_len > 16_384 {
@@ -1387,7 +1437,10 @@ impl World {
 
         // Capacity: EC2 places the instance in one of the region's zones; that zone's pool for
         // the type may be short, for a while.
-        let az = self.rng.gen_range(0..self.regions[r].azs.len()) as u8;
+        let az = match placed_az {
+            Some(az) => az,
+            None => self.rng.gen_range(0..self.regions[r].azs.len()) as u8,
+        };
         self.offered_in(r, spec, az, &req.instance_tags)?;
         let pool = (spec.name, az);
         let short = self.regions[r].capacity_short_until_ms.get(&pool).is_some_and(|until| *until > now);
@@ -1450,6 +1503,7 @@ impl World {
             volume_id: volume_id.clone(),
             spec,
             az,
+            zone: self.regions[r].azs[usize::from(az)].clone(),
             client_token: req.client_token.clone(),
             key_name: req.key_name.clone(),
             group_ids,
@@ -1890,7 +1944,7 @@ impl World {
                 .collect();
             Ok(w.page_of(window, answer))
         });
-        self.audit.outcome(&result, |a, page| audit_next_token(a, page));
+        self.audit.outcome(&result, audit_next_token);
         result
     }
 
@@ -2414,6 +2468,59 @@ impl World {
             for o in &page.items {
                 a.str(&o.instance_type);
                 a.str(&o.availability_zone);
+            }
+        });
+        result
+    }
+}
+
+impl World {
+    pub(crate) fn describe_subnets(
+        &mut self,
+        region: &RegionLabel,
+        subnet_ids: Vec<String>,
+        filters: Vec<Filter>,
+        page: PageRequest,
+    ) -> Result<Page<SubnetInfo>, Ec2Error> {
+        let op = Operation::DescribeSubnets;
+        self.presented(&page);
+        self.audit.begin(op_tag(op), region.as_str(), self.now_ms);
+        self.audit.strs(&subnet_ids);
+        audit_filters(&mut self.audit, &filters);
+        audit_page(&mut self.audit, &page);
+        let result: Result<Page<SubnetInfo>, Ec2Error> = self.serve(op, region, About::Nothing, |w, r| {
+            let fingerprint = pagination::fingerprint(op, &[&region, &subnet_ids, &filters]);
+            let window = pagination::window(op, &page, !subnet_ids.is_empty(), fingerprint)?;
+            let fields = ["vpc-id", "availability-zone", "subnet-id", "default-for-az"];
+            let filters = parse_filters(op, filters, &fields)?;
+            let networks = &w.regions[r].networks;
+            for id in &subnet_ids {
+                if networks.subnet(id).is_none() {
+                    return Err(err(op, codes::SUBNET_NOT_FOUND, format!("The subnet ID '{id}' does not exist")));
+                }
+            }
+            let mut answer: Vec<(String, SubnetInfo)> = networks
+                .subnets
+                .iter()
+                .filter(|s| subnet_ids.is_empty() || subnet_ids.contains(&s.subnet_id))
+                .filter(|s| {
+                    matches(&filters, &s.tags, |f| match f {
+                        "vpc-id" => Some(s.vpc_id.as_str()),
+                        "availability-zone" => Some(s.availability_zone.as_str()),
+                        "subnet-id" => Some(s.subnet_id.as_str()),
+                        "default-for-az" => Some(if s.default_for_az { "true" } else { "false" }),
+                        _ => None,
+                    })
+                })
+                .map(|s| (s.subnet_id.clone(), s.clone()))
+                .collect();
+            answer.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            Ok(w.page_of(window, answer))
+        });
+        self.audit.outcome(&result, |a, page| {
+            audit_next_token(a, page);
+            for s in &page.items {
+                a.str(&s.subnet_id);
             }
         });
         result

@@ -68,6 +68,7 @@ impl World {
             .create_security_group(
                 &region,
                 CreateSecurityGroupRequest {
+                    vpc_id: None,
                     group_name: format!("sg-of-{grant}").replace("sg-of", "grp"),
                     description: "test".into(),
                     tags: grant_tags(grant),
@@ -111,6 +112,8 @@ fn request(token: &str, key: &str, group: &str, grant: &str) -> RunInstancesRequ
         shutdown_behavior: ShutdownBehavior::Terminate,
         instance_tags: grant_tags(grant),
         volume_tags: grant_tags(grant),
+        subnet_id: None,
+        availability_zone: None,
     }
 }
 
@@ -279,7 +282,12 @@ async fn new_groups_are_invisible_for_a_while() {
     let faults = FaultConfig { visibility_delay_ms_min: 2_000, visibility_delay_ms_max: 2_000, ..FaultConfig::none() };
     let w = World::new(6, faults);
     let region = us_east();
-    let req = CreateSecurityGroupRequest { group_name: "g".into(), description: "d".into(), tags: grant_tags("g") };
+    let req = CreateSecurityGroupRequest {
+        vpc_id: None,
+        group_name: "g".into(),
+        description: "d".into(),
+        tags: grant_tags("g"),
+    };
     let id = w.sim.create_security_group(&region, req).await.expect("create");
     let ingress = AuthorizeIngressRequest { group_id: id.clone(), port: 22, cidrs: vec!["0.0.0.0/0".into()] };
     assert_eq!(code(w.sim.authorize_ingress(&region, ingress.clone()).await), codes::GROUP_NOT_FOUND);
@@ -415,8 +423,12 @@ async fn duplicate_names_fail_and_deleting_a_missing_key_pair_succeeds() {
     let dup_key =
         ImportKeyPairRequest { key_name: key.clone(), public_key_openssh: PUBLIC_KEY.into(), tags: Tags::new() };
     assert_eq!(code(w.sim.import_key_pair(&region, dup_key.clone()).await), codes::KEY_PAIR_DUPLICATE);
-    let dup_group =
-        CreateSecurityGroupRequest { group_name: "grp-g".into(), description: "d".into(), tags: Tags::new() };
+    let dup_group = CreateSecurityGroupRequest {
+        vpc_id: None,
+        group_name: "grp-g".into(),
+        description: "d".into(),
+        tags: Tags::new(),
+    };
     assert_eq!(code(w.sim.create_security_group(&region, dup_group.clone()).await), codes::GROUP_DUPLICATE);
     // Names are per region.
     w.sim.import_key_pair(&eu_west(), dup_key.clone()).await.expect("another region");
@@ -477,7 +489,12 @@ async fn a_lost_response_still_takes_effect() {
     let faults = FaultConfig { response_lost_probability: 1.0, ..FaultConfig::none() };
     let w = World::new(15, faults);
     let region = us_east();
-    let req = CreateSecurityGroupRequest { group_name: "g".into(), description: "d".into(), tags: grant_tags("g") };
+    let req = CreateSecurityGroupRequest {
+        vpc_id: None,
+        group_name: "g".into(),
+        description: "d".into(),
+        tags: grant_tags("g"),
+    };
     assert_eq!(code(w.sim.create_security_group(&region, req.clone()).await), codes::INTERNAL_ERROR);
     assert_eq!(w.sim.live_resources_tagged("grant", "g").len(), 1, "the group exists although the call failed");
     assert_eq!(code(w.sim.create_security_group(&region, req).await), codes::GROUP_DUPLICATE);
@@ -929,7 +946,12 @@ async fn tags_reach_tag_filters_after_a_lag_while_lookups_by_id_show_them() {
         .sim
         .create_security_group(
             &region,
-            CreateSecurityGroupRequest { group_name: "grp-new".into(), description: "d".into(), tags: grant_tags("g") },
+            CreateSecurityGroupRequest {
+                vpc_id: None,
+                group_name: "grp-new".into(),
+                description: "d".into(),
+                tags: grant_tags("g"),
+            },
         )
         .await
         .expect("create group");
@@ -1011,8 +1033,12 @@ async fn deleted_groups_and_key_pairs_stay_listed_and_keep_their_names_for_a_whi
     // The names are still taken.
     let key_again =
         ImportKeyPairRequest { key_name: key.clone(), public_key_openssh: PUBLIC_KEY.into(), tags: Tags::new() };
-    let group_again =
-        CreateSecurityGroupRequest { group_name: "grp-g".into(), description: "d".into(), tags: Tags::new() };
+    let group_again = CreateSecurityGroupRequest {
+        vpc_id: None,
+        group_name: "grp-g".into(),
+        description: "d".into(),
+        tags: Tags::new(),
+    };
     assert_eq!(code(w.sim.import_key_pair(&region, key_again.clone()).await), codes::KEY_PAIR_DUPLICATE);
     assert_eq!(code(w.sim.create_security_group(&region, group_again.clone()).await), codes::GROUP_DUPLICATE);
 
@@ -1215,7 +1241,12 @@ async fn without_a_default_vpc_groups_and_launches_need_a_vpc() {
         .sim
         .create_security_group(
             &region,
-            CreateSecurityGroupRequest { group_name: "grp".into(), description: "test".into(), tags: grant_tags("g") },
+            CreateSecurityGroupRequest {
+                vpc_id: None,
+                group_name: "grp".into(),
+                description: "test".into(),
+                tags: grant_tags("g"),
+            },
         )
         .await;
     assert_eq!(code(group), codes::VPC_ID_NOT_SPECIFIED);
@@ -1375,4 +1406,58 @@ async fn describes_answer_in_pages_that_may_be_short_or_empty_until_the_token_ru
         code(w.sim.describe_instances_page(&region, vec![], vec![], foreign).await),
         codes::INVALID_PAGINATION_TOKEN
     );
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn subnets_place_instances_in_their_vpc_and_zone_and_groups_must_share_the_vpc() {
+    // "RunInstances" (SubnetId, Placement), "CreateSecurityGroup" (VpcId), "DescribeSubnets".
+    let own = sim_ec2::network::SimSubnet {
+        region: us_east(),
+        subnet_id: "subnet-0aaaaaaaaaaaaaaa1".into(),
+        vpc_id: "vpc-0bbbbbbbbbbbbbbb1".into(),
+        availability_zone: "us-east-1c".into(),
+        tags: grant_tags("net"),
+    };
+    let mut config = SimConfig::new(32, vec![us_east(), eu_west()]).with_faults(FaultConfig::none());
+    config.subnets = vec![own.clone()];
+    let w = World::with_config(config);
+    let region = us_east();
+    // The default VPC's subnets, one per zone, and the operator's, chosen by tag.
+    let all = w.sim.describe_subnets(&region, vec![], vec![]).await.expect("subnets");
+    assert_eq!((all.len(), all.iter().filter(|s| s.default_for_az).count()), (4, 3));
+    let tagged = w.sim.describe_subnets(&region, vec![], vec![Filter::tag("grant", ["net"])]).await.expect("by tag");
+    assert_eq!(tagged.iter().map(|s| s.subnet_id.as_str()).collect::<Vec<_>>(), [own.subnet_id.as_str()]);
+    let missing = w.sim.describe_subnets(&region, vec!["subnet-0dead0dead0dead0d".into()], vec![]).await;
+    assert_eq!(code(missing), codes::SUBNET_NOT_FOUND);
+
+    let (key, default_group) = w.prerequisites("g").await;
+    let group = |name: &str, vpc: Option<&str>| CreateSecurityGroupRequest {
+        vpc_id: vpc.map(str::to_string),
+        group_name: name.into(),
+        description: "d".into(),
+        tags: grant_tags("g"),
+    };
+    let unknown = w.sim.create_security_group(&region, group("grp-x", Some("vpc-0ccccccccccccccc1"))).await;
+    assert_eq!(code(unknown), codes::VPC_NOT_FOUND);
+    let in_vpc = w.sim.create_security_group(&region, group("grp-vpc", Some(&own.vpc_id))).await.expect("group");
+    // Into the subnet: its zone; a group of the default VPC is of another network.
+    let into = |token: &str, group: &str| RunInstancesRequest {
+        subnet_id: Some(own.subnet_id.clone()),
+        ..request(token, &key, group, "g")
+    };
+    assert_eq!(code(w.run(into("t1", &default_group)).await), codes::INVALID_PARAMETER);
+    let launched = w.run(into("t2", &in_vpc)).await.expect("into the subnet");
+    assert_eq!(launched.availability_zone, "us-east-1c");
+    // Without a subnet, Placement names the zone of the default VPC; the VPC's group is refused.
+    let placed = RunInstancesRequest {
+        availability_zone: Some("us-east-1b".into()),
+        ..request("t3", &key, &default_group, "g")
+    };
+    assert_eq!(w.run(placed).await.expect("placed").availability_zone, "us-east-1b");
+    let elsewhere = RunInstancesRequest {
+        availability_zone: Some("us-east-1z".into()),
+        ..request("t4", &key, &default_group, "g")
+    };
+    assert_eq!(code(w.run(elsewhere).await), codes::INVALID_PARAMETER_VALUE);
+    assert_eq!(code(w.run(request("t5", &key, &in_vpc, "g")).await), codes::INVALID_PARAMETER);
 }

@@ -82,7 +82,8 @@ fn run_watched(
             let imported = sim.import_key_pair(&region, key).await;
             answers.push(format!("{imported:?}"));
             key_ids.push(imported.map(|k| k.key_pair_id).unwrap_or_default());
-            let group = CreateSecurityGroupRequest { group_name: format!("g{n}"), description: "d".into(), tags };
+            let group =
+                CreateSecurityGroupRequest { vpc_id: None, group_name: format!("g{n}"), description: "d".into(), tags };
             let id = sim.create_security_group(&region, group).await;
             answers.push(format!("{id:?}"));
             groups.push(id.unwrap_or_default());
@@ -112,6 +113,8 @@ fn run_watched(
                         },
                         instance_tags: tags.clone(),
                         volume_tags: tags,
+                        subnet_id: None,
+                        availability_zone: None,
                     };
                     let result = sim.run_instance(&region, req).await;
                     if let Ok(info) = &result

@@ -56,7 +56,8 @@ pub fn check_outcomes(ctx: &Context<'_>) -> Vec<Violation> {
             Outcome::ProvisionFailed(err) if !must_refuse(plan.expect) => {
                 let explained = ctx.faults.touched(grant, &plan.region, plan.arrival_unix_ms, *outcome_at_unix_ms)
                     || mentions_deadline(err) && (plan.expect == Expect::Short || pending_at_deadline(ctx, plan))
-                    || (mentions_deadline(err) || err.contains("host key")) && console_too_late(ctx, plan);
+                    || (mentions_deadline(err) || err.contains("host key")) && console_too_late(ctx, plan)
+                    || quota_refusal(ctx, plan, err, *outcome_at_unix_ms);
                 if !explained {
                     violations.push(Violation::safety(
                         names::PROVISION,
@@ -99,6 +100,17 @@ fn console_too_late(ctx: &Context<'_>, plan: &GrantPlan) -> bool {
             _ => false,
         }
     })
+}
+
+/// True for a grant refused for the vCPU quota before anything was created, within the time a
+/// quota learnt from EC2 holds after EC2 last answered `VcpuLimitExceeded` in the region: the
+/// bridge plans with what EC2 told it.
+fn quota_refusal(ctx: &Context<'_>, plan: &GrantPlan, err: &str, at_unix_ms: u64) -> bool {
+    let learnt_from = at_unix_ms.saturating_sub(aws_backend::placement::LEARNED_QUOTA_TTL_MS);
+    err.contains("VcpuLimitExceeded")
+        && err.contains("nothing was created")
+        && ctx.faults.quota_met(&plan.region, learnt_from, at_unix_ms)
+        && ctx.granted_instances().all(|(grant, _)| grant != plan.id)
 }
 
 fn mentions_deadline(err: &str) -> bool {

@@ -205,6 +205,8 @@ pub struct FaultIndex {
     seen: usize,
     by_grant: BTreeMap<GrantId, Vec<Fault>>,
     by_region: BTreeMap<RegionLabel, Vec<Fault>>,
+    /// When EC2 answered `VcpuLimitExceeded` in each region, whichever grant asked.
+    quota_met: BTreeMap<RegionLabel, Vec<u64>>,
 }
 
 fn grant_tag(tags: &Tags) -> Option<GrantId> {
@@ -219,6 +221,11 @@ impl FaultIndex {
         for record in new {
             let fault = Fault { at_unix_ms: record.at_unix_ms, operation: record.operation, kind: record.kind };
             let grants: Vec<GrantId> = record.subjects.iter().filter_map(grant_tag).collect();
+            if fault.kind == aws_backend::port::codes::VCPU_LIMIT_EXCEEDED
+                && let Some(region) = &record.region
+            {
+                self.quota_met.entry(region.clone()).or_default().push(fault.at_unix_ms);
+            }
             if grants.is_empty() {
                 if let Some(region) = record.region {
                     self.by_region.entry(region).or_default().push(fault);
@@ -257,6 +264,11 @@ impl FaultIndex {
     /// True when a fault in `[from, to]` hit `grant` or its region (see [`FaultIndex::region_wide`]).
     pub fn touched(&self, grant: &GrantId, region: &RegionLabel, from: u64, to: u64) -> bool {
         !self.on_grant(grant, from, to, None).is_empty() || !self.region_wide(region, from, to).is_empty()
+    }
+
+    /// True when EC2 answered `VcpuLimitExceeded` in `region` within `[from, to]`, to any grant.
+    pub fn quota_met(&self, region: &RegionLabel, from: u64, to: u64) -> bool {
+        self.quota_met.get(region).into_iter().flatten().any(|at| (from..=to).contains(at))
     }
 
     /// Faults injected so far.

@@ -8,7 +8,7 @@ use aws_sdk_ec2::types as ec2;
 
 use crate::port::{
     Ec2Error, Filter, InstanceInfo, InstanceState, InstanceStateChange, InstanceTypeInfo, InstanceTypeOffering,
-    KeyPairInfo, Operation, SecurityGroupInfo, Tags,
+    KeyPairInfo, Operation, SecurityGroupInfo, SubnetInfo, Tags,
 };
 
 /// The code of an answer we could not make sense of (a field EC2 always sends was missing).
@@ -107,7 +107,19 @@ pub(super) fn instance(operation: Operation, i: &ec2::Instance) -> Result<Instan
         launch_time_unix_ms: unix_ms(i.launch_time()),
         tags: tags(i.tags()),
         client_token: i.client_token().unwrap_or_default().to_string(),
+        availability_zone: i.placement().and_then(|p| p.availability_zone()).unwrap_or_default().to_string(),
         instance_id,
+    })
+}
+
+/// A described subnet as ours.
+pub(super) fn subnet(operation: Operation, s: &ec2::Subnet) -> Result<SubnetInfo, Ec2Error> {
+    Ok(SubnetInfo {
+        subnet_id: s.subnet_id().ok_or_else(|| unexpected(operation, "subnet id"))?.to_string(),
+        vpc_id: s.vpc_id().ok_or_else(|| unexpected(operation, "vpc id"))?.to_string(),
+        availability_zone: s.availability_zone().ok_or_else(|| unexpected(operation, "availability zone"))?.to_string(),
+        default_for_az: s.default_for_az().unwrap_or(false),
+        tags: tags(s.tags()),
     })
 }
 
