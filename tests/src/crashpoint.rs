@@ -88,10 +88,8 @@ impl CrashingPort {
                 if at != op || self.crashed() {
                     return call.await;
                 }
-                let result = call.await;
-                if result.is_err() {
-                    return result;
-                }
+                // A call that failed took no effect: the crash waits for one that did.
+                call.await?;
                 self.crashed.store(true, Ordering::SeqCst);
                 return std::future::pending().await;
             }
@@ -208,5 +206,8 @@ impl Ec2Port for CrashingPort {
             self.inner.describe_instance_type_offerings_page(region, instance_types, page),
         )
         .await
+    }
+    async fn get_parameter(&self, region: &RegionLabel, name: &str) -> Result<String, Ec2Error> {
+        self.gate(Operation::GetParameter, self.inner.get_parameter(region, name)).await
     }
 }

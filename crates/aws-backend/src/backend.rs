@@ -25,9 +25,9 @@ use crate::names;
 use crate::pacing::{Pacer, PacingStats, RetryPolicy, lock};
 use crate::poller::{RegionPoller, Sighting};
 use crate::port::{
-    AuthorizeIngressRequest, CreateSecurityGroupRequest, Ec2Error, Ec2Port, Filter, ImportKeyPairRequest, InstanceInfo,
-    InstanceState, InstanceTypeInfo, Operation, PageRequest, RunInstancesRequest, ShutdownBehavior, codes,
-    metric_window,
+    Architecture, AuthorizeIngressRequest, CreateSecurityGroupRequest, Ec2Error, Ec2Port, Filter, ImportKeyPairRequest,
+    InstanceInfo, InstanceState, InstanceTypeInfo, Operation, PageRequest, RunInstancesRequest, ShutdownBehavior,
+    codes, metric_window,
 };
 use crate::sizing;
 
@@ -214,6 +214,8 @@ pub(crate) struct Inner {
     pub(crate) lags: Lags,
     /// Per region, the instances waiting to be terminated together (see `terminate_together`).
     terminate_queue: Mutex<BTreeMap<RegionLabel, Vec<Gathered>>>,
+    /// The AMI ids aliases resolved to, per region and architecture (see `images`).
+    pub(crate) images: crate::images::ImageCache,
 }
 
 /// An instance waiting in `terminate_together`, and where to tell it what became of it.
@@ -353,6 +355,7 @@ impl AwsBackend {
                 prep_slots: Mutex::new(BTreeMap::new()),
                 lags: Lags::default(),
                 terminate_queue: Mutex::new(BTreeMap::new()),
+                images: crate::images::ImageCache::default(),
             }),
         };
         for region in &cfg.regions {
@@ -514,6 +517,13 @@ impl AwsBackend {
         Ok(types)
     }
 
+    /// The region's catalogue without the types whose architecture has no AMI there, smallest
+    /// first (see `sizing::launchable`).
+    async fn launchable_types(&self, region: &RegionLabel) -> Result<Vec<InstanceTypeInfo>, BackendError> {
+        let types = self.catalogue(region).await?;
+        sizing::launchable(&types, &self.inner.cfg.architectures(region.as_str()), region.as_str())
+    }
+
     /// The region's shared poller, started on first use.
     pub(crate) fn poller(&self, region: &RegionLabel) -> Arc<RegionPoller> {
         let mut pollers = lock(&self.inner.pollers);
@@ -622,11 +632,14 @@ impl AwsBackend {
         region: RegionLabel,
     ) -> Result<ProvisionedInstance, BackendError> {
         let cfg = &self.inner.cfg;
-        let types = self.catalogue(&region).await?;
-        let mut fitting = sizing::fitting(&types, grant.manifest)?;
+        let types = self.launchable_types(&region).await?;
+        let mut fitting = sizing::by_price(sizing::fitting(&types, grant.manifest)?, &cfg.prices_for(region.as_str()));
         if self.inner.switches.undersize {
             fitting = types.iter().take(1).cloned().collect();
         }
+        // Every architecture the launch may need has its AMI before anything is created: an
+        // alias that has never resolved fails the provision here, with nothing to roll back.
+        let images = self.images_for(&region, &fitting).await?;
         let storage_gib = grant.manifest.storage_gib.max(cfg.min_root_volume_gib);
         let valid_to_unix_ms = cfg.almanac.tick_to_unix_ms(grant.valid_to);
         let (login, host) = self.keys_for(&grant.id)?;
@@ -718,7 +731,8 @@ impl AwsBackend {
             // RunInstances needs both visible: wait out the lag since the later creation.
             let created = key_created.max(group_created);
             let request = RunInstancesRequest {
-                image_id: cfg.ami.get(region.as_str()).cloned().unwrap_or_default(),
+                // Set per attempt, to the AMI of the attempt's architecture (`ensure_instance`).
+                image_id: String::new(),
                 instance_type: String::new(),
                 key_name: names::key_name(&grant.id),
                 security_group_ids: vec![group_id],
@@ -739,7 +753,7 @@ impl AwsBackend {
                 volume_tags: names::grant_tags(cfg, &grant.id),
             };
             let instance_id =
-                self.ensure_instance(&grant.id, &region, &fitting, request, grant.valid_to, created).await?;
+                self.ensure_instance(&grant.id, &region, &fitting, &images, request, grant.valid_to, created).await?;
             self.arm_deadline(grant.id, region.clone(), valid_to_unix_ms);
             tracing::Span::current().record("instance_id", instance_id.as_str());
             let info = self.wait_running(&grant.id, &region, &instance_id, valid_to_unix_ms).await?;
@@ -1000,12 +1014,17 @@ impl AwsBackend {
     }
 
     /// Launches the grant's instance, resuming a recorded launch with its own token, and falling
-    /// back to the next fitting type on `InsufficientInstanceCapacity`.
+    /// back to the next fitting type on `InsufficientInstanceCapacity`. Each attempt launches
+    /// the AMI of its type's architecture from `images`; a resumed attempt, the AMI its
+    /// `LaunchRequested` recorded (the alias may have moved on since, and the same token with
+    /// another image would be `IdempotentParameterMismatch`).
+    #[allow(clippy::too_many_arguments)]
     async fn ensure_instance(
         &self,
         grant: &GrantId,
         region: &RegionLabel,
         fitting: &[InstanceTypeInfo],
+        images: &BTreeMap<Architecture, String>,
         template: RunInstancesRequest,
         valid_to: AlmanacTick,
         created: Option<u64>,
@@ -1019,13 +1038,29 @@ impl AwsBackend {
         let mut tried = Vec::new();
         for (attempt, itype) in fitting.iter().enumerate().skip(first_attempt) {
             let token = names::client_token_for(grant, state.attempt(), attempt);
+            let recorded = (state.launch_requested() == Some(token.as_str()))
+                .then(|| state.launch_requested_image().map(str::to_string))
+                .flatten();
+            let image_id = match recorded.or_else(|| images.get(&itype.architecture).cloned()) {
+                Some(id) => id,
+                None => {
+                    return Err(local(format!(
+                        "no AMI was resolved for {} ({}) in {region}",
+                        itype.instance_type, itype.architecture
+                    )));
+                }
+            };
             let request = RunInstancesRequest {
                 instance_type: itype.instance_type.clone(),
                 client_token: token.clone(),
+                image_id: image_id.clone(),
                 ..template.clone()
             };
-            let launch =
-                Event::LaunchRequested { client_token: token.clone(), instance_type: itype.instance_type.clone() };
+            let launch = Event::LaunchRequested {
+                client_token: token.clone(),
+                instance_type: itype.instance_type.clone(),
+                image_id: Some(image_id),
+            };
             self.record_if(*grant, |s| {
                 (s.and_then(GrantState::launch_requested) != Some(token.as_str())).then_some(launch)
             })
@@ -1936,13 +1971,19 @@ impl Backend for AwsBackend {
         if self.check_grant(grant).is_err() {
             return false;
         }
-        // Sizes are checked against the cached catalogues (loaded at start): a grant that fits
-        // in no allowed region cannot be satisfied.
+        // Sizes are checked against the cached catalogues (loaded at start), among the types
+        // whose architecture has an AMI: a grant that fits in no allowed region cannot be
+        // satisfied.
         let catalogue = lock(&self.inner.catalogue);
         if catalogue.is_empty() {
             return true;
         }
-        catalogue.values().any(|types| sizing::fitting(types, grant.manifest).is_ok())
+        catalogue.iter().any(|(region, types)| {
+            let archs = self.inner.cfg.architectures(region.as_str());
+            sizing::launchable(types, &archs, region.as_str())
+                .and_then(|usable| sizing::fitting(&usable, grant.manifest))
+                .is_ok()
+        })
     }
 
     async fn provision(&self, grant: &ComputeGrant<'_>, envelope: &Envelope) -> anyhow::Result<ProvisionedInstance> {

@@ -30,6 +30,10 @@ pub struct SimConfig {
     /// [`DEFAULT_ROOT_SNAPSHOT_GIB`](crate::placement::DEFAULT_ROOT_SNAPSHOT_GIB).
     #[serde(default)]
     pub images: Vec<crate::placement::SimImage>,
+    /// The public SSM parameters (AMI aliases) each region serves to GetParameter. Empty: the
+    /// Amazon Linux 2023 aliases for x86_64 and arm64 in every region (see `ssm::defaults`).
+    #[serde(default)]
+    pub public_parameters: Vec<crate::ssm::SimParameter>,
 }
 
 fn default_vpc() -> bool {
@@ -48,6 +52,7 @@ impl SimConfig {
             network_bytes_per_s_max: 10_000_000,
             default_vpc: true,
             images: Vec::new(),
+            public_parameters: Vec::new(),
         }
     }
 
@@ -69,6 +74,7 @@ impl SimConfig {
             )));
         }
         crate::placement::validate_images(&self.images)?;
+        crate::ssm::validate_parameters(&self.public_parameters, &self.images)?;
         if self.network_bytes_per_s_min > self.network_bytes_per_s_max {
             return Err(SimError::Config(format!(
                 "network_bytes_per_s_min {} exceeds network_bytes_per_s_max {}: swap them",
