@@ -1,5 +1,6 @@
 //! The IAM policy operators give the bridge (`docs/iam-policy.json`), checked against AWS's own
-//! lists of EC2 and CloudWatch actions, resource types and condition keys (`tests/data/iam-*.txt`,
+//! lists of EC2, CloudWatch and (Parameter Store's) SSM actions, resource types and condition
+//! keys (`tests/data/iam-*.txt`,
 //! taken from the Service Authorization Reference; each file names its source), and against the
 //! calls the backend makes (`Operation::ALL`).
 //!
@@ -63,6 +64,8 @@ fn iam_action(op: Operation) -> String {
     match op {
         // The port's one CloudWatch call: GetMetricData for NetworkIn and NetworkOut.
         Operation::GetNetworkUsage => "cloudwatch:GetMetricData".into(),
+        // SSM's GetParameter, for AMI aliases.
+        Operation::GetParameter => "ssm:GetParameter".into(),
         // Every other operation is the EC2 API call of the same name, and IAM's EC2 action is
         // named after its API call.
         other => format!("ec2:{}", other.name()),
@@ -395,8 +398,8 @@ fn resource_problems(statements: &[Statement], reference: &Reference) -> Vec<Str
                 problems.push(format!("{}: {arn} is not arn:partition:service:region:account:resource", s.sid));
                 continue;
             };
-            if prefix != "arn" || partition != "aws" || !matches!(service, "ec2" | "cloudwatch") {
-                problems.push(format!("{}: {arn} must start arn:aws:ec2: or arn:aws:cloudwatch:", s.sid));
+            if prefix != "arn" || partition != "aws" || !matches!(service, "ec2" | "cloudwatch" | "ssm") {
+                problems.push(format!("{}: {arn} must start arn:aws:ec2:, arn:aws:cloudwatch: or arn:aws:ssm:", s.sid));
                 continue;
             }
             if !is_region(region) {
@@ -411,7 +414,11 @@ fn resource_problems(statements: &[Statement], reference: &Reference) -> Vec<Str
             };
             let has_account =
                 reference.resource_types.get(&(service.to_string(), kind.clone())).is_some_and(|t| t.has_account);
-            if has_account && !is_account(account) {
+            // AWS's public parameters belong to no account: their ARNs leave it empty
+            // ("Discovering public parameters in Parameter Store", AWS Systems Manager User
+            // Guide, shows arn:aws:ssm:REGION::parameter/aws/service/...).
+            let public_parameter = service == "ssm" && resource.starts_with("parameter/aws/service/");
+            if has_account && !is_account(account) && !(public_parameter && account.is_empty()) {
                 problems.push(format!("{}: {arn}: {account:?} is neither * nor a 12-digit account", s.sid));
             }
             if !has_account && !account.is_empty() {
@@ -536,6 +543,8 @@ fn the_reference_data_holds_the_actions_and_keys_the_policy_relies_on() {
     assert_eq!(console.resource_types, [("instance".to_string(), true)]);
     assert!(reference.actions["ec2:DescribeInstances"].resource_types.is_empty());
     assert!(reference.actions["cloudwatch:GetMetricData"].resource_types.is_empty());
+    assert_eq!(reference.actions["ssm:GetParameter"].resource_types, [("parameter".to_string(), true)]);
+    assert!(reference.resource_types[&("ssm".to_string(), "parameter".to_string())].has_account);
     assert!(reference.actions["ec2:CreateTags"].keys.iter().any(|k| k == "ec2:CreateAction"));
     assert!(!reference.resource_types[&("ec2".to_string(), "image".to_string())].has_account);
     assert!(reference.key_applies("aws:ResourceTag/compute-bridge:owner", "ec2:DeleteKeyPair", &["*".into()]));
@@ -641,6 +650,17 @@ fn each_check_fails_on_a_policy_broken_its_way() {
             );
         }),
         "names no account",
+    );
+    // SSM: a parameter ARN naming no parameter, and an account-less ARN outside AWS's public
+    // parameters.
+    assert_caught(&broken("ResolvePublicAmiAliases", resource("arn:aws:ssm:*::parameter/")), "names no parameter");
+    assert_caught(
+        &broken("ResolvePublicAmiAliases", resource("arn:aws:ssm:*::parameter/golden-ami")),
+        "12-digit account",
+    );
+    assert_caught(
+        &broken("ResolvePublicAmiAliases", |s| drop(s.insert("Action".into(), json!("ssm:GetParameters")))),
+        "Operation::GetParameter",
     );
     // RunInstances without its required subnet.
     assert_caught(

@@ -7,6 +7,7 @@ mod economy;
 mod guest_backstop;
 mod guest_security;
 mod iam_policy;
+mod images;
 mod moto;
 mod placement;
 mod recovery;

@@ -93,7 +93,8 @@ impl Moto {
         Self::start_with(endpoint, test, reaper_grace_ms, "").await
     }
 
-    /// As [`Moto::start_with_reaper_grace`], with `extra` lines of configuration.
+    /// As [`Moto::start_with_reaper_grace`], with `extra` lines of configuration (which may
+    /// replace the default `ami` by giving one of their own).
     async fn start_with(endpoint: &str, test: &str, reaper_grace_ms: Option<u64>, extra: &str) -> anyhow::Result<Self> {
         let salt: [u8; 8] = rand::random();
         let owner = format!("moto-{test}-{}", hex(&salt));
@@ -101,12 +102,17 @@ impl Moto {
         let secret_access_key = format!("moto-secret-{}", hex(&rand::random::<[u8; 16]>()));
         let now_ms = wall_clock_unix_ms();
         let reaper_grace = reaper_grace_ms.map(|ms| format!("reaper_grace_ms = {ms}")).unwrap_or_default();
+        let ami = if extra.lines().any(|l| l.trim_start().starts_with("ami")) {
+            String::new()
+        } else {
+            format!("ami = {{ {REGION} = \"{MOTO_AMI}\" }}")
+        };
         let toml = format!(
             r#"
             regions = ["{REGION}"]
             instance_families = ["m6i", "t3"]
             owner = "{owner}"
-            ami = {{ {REGION} = "{MOTO_AMI}" }}
+            {ami}
             root_device_name = "{MOTO_ROOT_DEVICE}"
             endpoint_url = "{endpoint}"
             poll_interval_ms = 200
@@ -680,4 +686,52 @@ async fn a_grant_runs_in_a_subnet_chosen_by_tag_outside_the_default_vpc() -> any
     operator.delete_subnet().subnet_id(&subnet_id).send().await?;
     operator.delete_vpc().vpc_id(&vpc_id).send().await?;
     Ok(())
+}
+
+/// The AL2023 alias moto's SSM serves in us-east-1 (moto 5.2 ships AWS's
+/// `/aws/service/ami-amazon-linux-latest/*` parameters per region, and the AMIs they name in
+/// its EC2 image list).
+const AL2023_X86_64_ALIAS: &str = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64";
+
+/// The SDK port resolves an AMI alias through SSM on moto's endpoint, maps SSM's
+/// `ParameterNotFound`, and a grant whose AMI is given by alias launches that AMI, is recorded
+/// with it, and leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_launches_the_ami_an_ssm_alias_resolves_to() -> anyhow::Result<()> {
+    let Some(endpoint) = moto_endpoint("a_grant_launches_the_ami_an_ssm_alias_resolves_to") else { return Ok(()) };
+    let extra = format!("ami = {{ {REGION} = \"resolve:ssm:{AL2023_X86_64_ALIAS}\" }}");
+    let moto = Moto::start_with(&endpoint, "ssm", None, &extra).await?;
+    let region = region();
+
+    let resolved = moto.port.get_parameter(&region, AL2023_X86_64_ALIAS).await?;
+    ensure!(aws_backend::config::looks_like_ami_id(&resolved), "the alias resolved to {resolved:?}");
+    let err = moto
+        .port
+        .get_parameter(&region, "/aws/service/ami-amazon-linux-latest/no-such-alias")
+        .await
+        .expect_err("an unknown parameter");
+    ensure!(
+        err.is(codes::PARAMETER_NOT_FOUND) && err.operation == Operation::GetParameter && !err.is_transient(),
+        "unknown parameter: {err}"
+    );
+
+    let setup = moto.setup();
+    let manifest = small_manifest(0x55);
+    let grant = test_grant(&setup, 0x55, &manifest, 60);
+    let instance = moto.backend.provision(&grant, &Envelope::for_region(region.clone())).await?;
+    let launched = moto
+        .store
+        .records()
+        .into_iter()
+        .filter(|r| r.grant == grant.id)
+        .find_map(|r| match r.event {
+            Event::LaunchRequested { image_id, .. } => Some(image_id),
+            _ => None,
+        })
+        .context("no LaunchRequested in the ledger")?;
+    ensure!(launched.as_deref() == Some(resolved.as_str()), "launched {launched:?}, the alias holds {resolved}");
+    let described = moto.port.describe_instances(&region, vec![instance.instance_id.clone()], Vec::new()).await?;
+    ensure!(described.len() == 1, "described {described:?}");
+    moto.backend.terminate(&instance).await?;
+    moto.assert_nothing_left().await
 }

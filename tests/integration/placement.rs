@@ -6,7 +6,8 @@
 
 use std::sync::Arc;
 
-use aws_backend::port::Operation;
+use aws_backend::config::AmiEntry;
+use aws_backend::port::{Architecture, Operation};
 use backend_api::{Backend, BackendError, Clock, TokioClock};
 use sim_ec2::{FaultConfig, InterruptReason, SimConfig, SimEc2, SimImage};
 use tests::fixture::{self, START_UNIX_MS};
@@ -80,6 +81,7 @@ async fn an_unknown_or_malformed_ami_fails_provision_for_good_and_leaves_nothing
             region: fixture::region("us-east-1"),
             image_id: "ami-0aaaaaaaaaaaaaaaa".into(),
             root_snapshot_gib: 8,
+            architecture: Architecture::X86_64,
         }];
     });
     let backend = rig.backend().await;
@@ -89,14 +91,14 @@ async fn an_unknown_or_malformed_ami_fails_provision_for_good_and_leaves_nothing
     let (code, message, retryable) = provider_error(&err);
     assert_eq!(code, "InvalidAMIID.NotFound");
     assert!(!retryable, "the same AMI stays unknown: fix the configuration");
-    let configured = &rig.cfg.ami["us-east-1"];
+    let configured = rig.cfg.image_source("us-east-1", Architecture::X86_64).expect("configured").to_string();
     assert!(message.contains(configured.as_str()) && message.contains("ami.us-east-1"), "{message}");
     assert!(rig.left_of(&g.id).is_empty(), "left: {:?}", rig.left_of(&g.id));
     assert!(backend.grant_state(&g.id).expect("admitted").is_settled());
 
     // An id the configuration check lets through but EC2 calls malformed.
     let mut rig = rig_with(44, FaultConfig::default(), |_| {});
-    rig.cfg.ami.insert("us-east-1".into(), "ami-notahexid".into());
+    rig.cfg.ami.insert("us-east-1".into(), AmiEntry::X86_64("ami-notahexid".into()));
     let backend = rig.backend().await;
     let g = grant(0x44, &m, rig.now_tick(), 900);
     let err = backend.provision(&g, &us_east()).await.expect_err("malformed AMI");
@@ -113,9 +115,10 @@ async fn a_root_volume_smaller_than_the_snapshot_fails_provision_for_good() {
             region: fixture::region("us-east-1"),
             image_id: "ami-0123456789abcdef0".into(),
             root_snapshot_gib: 500,
+            architecture: Architecture::X86_64,
         }];
     });
-    assert_eq!(rig.cfg.ami["us-east-1"], "ami-0123456789abcdef0", "the fixture's AMI");
+    assert_eq!(rig.cfg.ami["us-east-1"], AmiEntry::X86_64("ami-0123456789abcdef0".into()), "the fixture's AMI");
     let backend = rig.backend().await;
     let m = manifest();
     let g = grant(0x45, &m, rig.now_tick(), 900);
@@ -282,6 +285,9 @@ async fn a_quota_learnt_from_ec2_refuses_the_next_grant_before_anything_is_creat
     let (code, _, retryable) = provider_error(&backend.provision(&third, &us_east()).await.expect_err("quota"));
     assert_eq!((code.as_str(), retryable), ("VcpuLimitExceeded", true));
     assert_eq!(backend.vcpu_headroom(&fixture::region("us-east-1")), Some(1));
+    let capabilities = backend.capabilities().await.expect("capabilities");
+    assert_eq!(capabilities.vcpu_headroom.get(&fixture::region("us-east-1")), Some(&1), "{capabilities:?}");
+    assert_eq!(capabilities.vcpu_headroom.get(&fixture::region("eu-west-1")), None, "no quota known there");
     // The fourth is refused before anything is created, retryably.
     let fourth = grant(0x59, &m, rig.now_tick(), 3_600);
     let before = creations(&rig);

@@ -216,4 +216,7 @@ impl Ec2Port for CrashingPort {
         )
         .await
     }
+    async fn get_parameter(&self, region: &RegionLabel, name: &str) -> Result<String, Ec2Error> {
+        self.gate(Operation::GetParameter, self.inner.get_parameter(region, name)).await
+    }
 }

@@ -26,9 +26,9 @@ use crate::pacing::{Pacer, PacingStats, RetryPolicy, lock};
 use crate::placement::{Candidate, RegionNetwork, RegionPlacement};
 use crate::poller::{RegionPoller, Sighting};
 use crate::port::{
-    AuthorizeIngressRequest, CreateSecurityGroupRequest, Ec2Error, Ec2Port, Filter, ImportKeyPairRequest, InstanceInfo,
-    InstanceState, InstanceTypeInfo, Operation, PageRequest, RunInstancesRequest, ShutdownBehavior, codes,
-    metric_window,
+    Architecture, AuthorizeIngressRequest, CreateSecurityGroupRequest, Ec2Error, Ec2Port, Filter, ImportKeyPairRequest,
+    InstanceInfo, InstanceState, InstanceTypeInfo, Operation, PageRequest, RunInstancesRequest, ShutdownBehavior,
+    codes, metric_window,
 };
 use crate::sizing;
 
@@ -219,6 +219,8 @@ pub(crate) struct Inner {
     pub(crate) networks: Mutex<BTreeMap<RegionLabel, RegionNetwork>>,
     /// What each region taught about zones, capacity and the vCPU quota (see `placement`).
     pub(crate) placement: Mutex<BTreeMap<RegionLabel, RegionPlacement>>,
+    /// The AMI ids aliases resolved to, per region and architecture (see `images`).
+    pub(crate) images: crate::images::ImageCache,
 }
 
 /// An instance waiting in `terminate_together`, and where to tell it what became of it.
@@ -360,6 +362,7 @@ impl AwsBackend {
                 terminate_queue: Mutex::new(BTreeMap::new()),
                 networks: Mutex::new(BTreeMap::new()),
                 placement: Mutex::new(BTreeMap::new()),
+                images: crate::images::ImageCache::default(),
             }),
         };
         for region in &cfg.regions {
@@ -528,6 +531,13 @@ impl AwsBackend {
         Ok(types)
     }
 
+    /// The region's catalogue without the types whose architecture has no AMI there, smallest
+    /// first (see `sizing::launchable`).
+    async fn launchable_types(&self, region: &RegionLabel) -> Result<Vec<InstanceTypeInfo>, BackendError> {
+        let types = self.catalogue(region).await?;
+        sizing::launchable(&types, &self.inner.cfg.architectures(region.as_str()), region.as_str())
+    }
+
     /// The region's shared poller, started on first use.
     pub(crate) fn poller(&self, region: &RegionLabel) -> Arc<RegionPoller> {
         let mut pollers = lock(&self.inner.pollers);
@@ -636,11 +646,14 @@ impl AwsBackend {
         region: RegionLabel,
     ) -> Result<ProvisionedInstance, BackendError> {
         let cfg = &self.inner.cfg;
-        let types = self.catalogue(&region).await?;
-        let mut fitting = sizing::fitting(&types, grant.manifest)?;
+        let types = self.launchable_types(&region).await?;
+        let mut fitting = sizing::by_price(sizing::fitting(&types, grant.manifest)?, &cfg.prices_for(region.as_str()));
         if self.inner.switches.undersize {
             fitting = types.iter().take(1).cloned().collect();
         }
+        // Every architecture the launch may need has its AMI before anything is created: an
+        // alias that has never resolved fails the provision here, with nothing to roll back.
+        let images = self.images_for(&region, &fitting).await?;
         let storage_gib = grant.manifest.storage_gib.max(cfg.min_root_volume_gib);
         let valid_to_unix_ms = cfg.almanac.tick_to_unix_ms(grant.valid_to);
         let (login, host) = self.keys_for(&grant.id)?;
@@ -744,7 +757,8 @@ impl AwsBackend {
             // RunInstances needs both visible: wait out the lag since the later creation.
             let created = key_created.max(group_created);
             let request = RunInstancesRequest {
-                image_id: cfg.ami.get(region.as_str()).cloned().unwrap_or_default(),
+                // Set per attempt, to the AMI of the attempt's architecture (`ensure_instance`).
+                image_id: String::new(),
                 instance_type: String::new(),
                 key_name: names::key_name(&grant.id),
                 security_group_ids: vec![group_id],
@@ -771,6 +785,7 @@ impl AwsBackend {
                     &grant.id,
                     &region,
                     &fitting,
+                    &images,
                     network.as_ref(),
                     headroom,
                     request,
@@ -1039,20 +1054,21 @@ impl AwsBackend {
         Ok(None)
     }
 
-    /// Launches the grant's instance, resuming a recorded launch with its own token, and falling
-    /// back to the next fitting type on `InsufficientInstanceCapacity`.
     /// The grant's instance: the one the ledger knows, or one launched now. Tries the places
     /// `placement::candidates` orders (other zones of a type before other types), each with a
     /// ClientToken of its own that names its type and zone (`placement::try_index`), so at
-    /// most one instance results; a resumed launch is re-sent with its own token, type and zone
-    /// first. A shortage takes its (type, zone) out of the candidates for a while, an
-    /// `Unsupported` until the offerings are asked again.
+    /// most one instance results; a resumed launch is re-sent with its own token, type, zone and
+    /// AMI first (the alias may have moved on since, and the same token with another image
+    /// would be `IdempotentParameterMismatch`). Each other try launches the AMI of its type's
+    /// architecture from `images`. A shortage takes its (type, zone) out of the candidates for
+    /// a while, an `Unsupported` until the offerings are asked again.
     #[allow(clippy::too_many_arguments, reason = "one launch's inputs, each already resolved by the caller")]
     async fn ensure_instance(
         &self,
         grant: &GrantId,
         region: &RegionLabel,
         fitting: &[InstanceTypeInfo],
+        images: &BTreeMap<Architecture, String>,
         network: Option<&RegionNetwork>,
         headroom: Option<u32>,
         template: RunInstancesRequest,
@@ -1096,15 +1112,31 @@ impl AwsBackend {
         for (index, candidate) in tries {
             let itype = &candidate.itype;
             let token = names::client_token_for(grant, state.attempt(), index);
+            let recorded = (state.launch_requested() == Some(token.as_str()))
+                .then(|| state.launch_requested_image().map(str::to_string))
+                .flatten();
+            let image_id = match recorded.or_else(|| images.get(&itype.architecture).cloned()) {
+                Some(id) => id,
+                None => {
+                    return Err(local(format!(
+                        "no AMI was resolved for {} ({}) in {region}",
+                        itype.instance_type, itype.architecture
+                    )));
+                }
+            };
             let request = RunInstancesRequest {
                 instance_type: itype.instance_type.clone(),
                 client_token: token.clone(),
+                image_id: image_id.clone(),
                 subnet_id: candidate.subnet_id.clone(),
                 availability_zone: candidate.zone.clone(),
                 ..template.clone()
             };
-            let launch =
-                Event::LaunchRequested { client_token: token.clone(), instance_type: itype.instance_type.clone() };
+            let launch = Event::LaunchRequested {
+                client_token: token.clone(),
+                instance_type: itype.instance_type.clone(),
+                image_id: Some(image_id),
+            };
             self.record_if(*grant, |s| {
                 (s.and_then(GrantState::launch_requested) != Some(token.as_str())).then_some(launch)
             })
@@ -2041,6 +2073,13 @@ impl Backend for AwsBackend {
             tdx_capable: false,
             max_cpu_millicores,
             max_ram_mib,
+            vcpu_headroom: self
+                .inner
+                .cfg
+                .regions
+                .iter()
+                .filter_map(|r| self.vcpu_headroom(r).map(|room| (r.clone(), room)))
+                .collect(),
         })
     }
 
@@ -2048,13 +2087,19 @@ impl Backend for AwsBackend {
         if self.check_grant(grant).is_err() {
             return false;
         }
-        // Sizes are checked against the cached catalogues (loaded at start): a grant that fits
-        // in no allowed region cannot be satisfied.
+        // Sizes are checked against the cached catalogues (loaded at start), among the types
+        // whose architecture has an AMI: a grant that fits in no allowed region cannot be
+        // satisfied.
         let catalogue = lock(&self.inner.catalogue);
         if catalogue.is_empty() {
             return true;
         }
-        catalogue.values().any(|types| sizing::fitting(types, grant.manifest).is_ok())
+        catalogue.iter().any(|(region, types)| {
+            let archs = self.inner.cfg.architectures(region.as_str());
+            sizing::launchable(types, &archs, region.as_str())
+                .and_then(|usable| sizing::fitting(&usable, grant.manifest))
+                .is_ok()
+        })
     }
 
     async fn provision(&self, grant: &ComputeGrant<'_>, envelope: &Envelope) -> anyhow::Result<ProvisionedInstance> {

@@ -8,6 +8,7 @@ use backend_api::{Almanac, RegionLabel, Secret};
 use serde::Deserialize;
 
 use crate::guest::GuestConfig;
+use crate::port::Architecture;
 
 /// The tag key that marks every resource this backend creates; its value is [`AwsBootConfig::owner`].
 pub const OWNER_TAG: &str = "compute-bridge:owner";
@@ -157,8 +158,20 @@ pub struct AwsBootConfig {
     /// The value of the owner tag on every resource: which bridge owns it. The reaper only
     /// ever touches resources with this owner.
     pub owner: String,
-    /// The AMI to launch, per region.
-    pub ami: BTreeMap<String, String>,
+    /// The AMI to launch, per region: an id or an SSM alias, for x86_64 alone
+    /// (`us-east-1 = "ami-..."`) or per architecture
+    /// (`us-east-1 = { x86_64 = "resolve:ssm:/aws/service/...", arm64 = "..." }`). See
+    /// [`AmiEntry`] and [`ImageSource`].
+    pub ami: BTreeMap<String, AmiEntry>,
+    /// How long an AMI resolved from an SSM alias is used before the alias is read again, s.
+    #[serde(default = "default_ami_refresh_s")]
+    pub ami_refresh_s: u64,
+    /// The operator's On-Demand prices, USD per hour: `"m7g.large" = 0.0816` for every region,
+    /// or a table per region (`[prices.us-east-1]`), which wins over the global figure. When
+    /// given, fitting types are tried cheapest first (see `sizing::by_price`); otherwise
+    /// smallest first.
+    #[serde(default)]
+    pub prices: BTreeMap<String, PriceEntry>,
     /// The AMI's root device name.
     #[serde(default = "default_root_device_name")]
     pub root_device_name: String,
@@ -177,6 +190,10 @@ pub struct AwsBootConfig {
     /// resolution (`AWS_ENDPOINT_URL_CLOUDWATCH`, `AWS_ENDPOINT_URL`).
     #[serde(default)]
     pub cloudwatch_endpoint_url: Option<String>,
+    /// An endpoint override for SSM alone (a VPC endpoint). Falls back to `endpoint_url`, then
+    /// to the SDK's own resolution (`AWS_ENDPOINT_URL_SSM`, `AWS_ENDPOINT_URL`).
+    #[serde(default)]
+    pub ssm_endpoint_url: Option<String>,
     /// IPv4 and IPv6 CIDRs allowed to reach TCP 22. The default, `["0.0.0.0/0"]`, is the seed's
     /// "from anywhere": kept so that existing configurations behave as before, but the binary
     /// warns at start about it (see [`AwsBootConfig::warnings`]).
@@ -242,6 +259,9 @@ pub struct NetworkConfig {
     pub subnet_tags: BTreeMap<String, String>,
 }
 
+fn default_ami_refresh_s() -> u64 {
+    3_600
+}
 fn default_root_device_name() -> String {
     "/dev/xvda".into()
 }
@@ -265,6 +285,97 @@ fn default_max_start_wait_s() -> u64 {
 }
 fn default_network_final_after_s() -> u64 {
     900
+}
+
+/// One region's `ami` entry, as written: one image for x86_64, or one per architecture. The
+/// strings are checked at load ([`AwsBootConfig::validate`]) and read as [`ImageSource`]s.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum AmiEntry {
+    /// `us-east-1 = "ami-..."` or `"resolve:ssm:..."`: the x86_64 image (as before
+    /// architectures were configurable).
+    X86_64(String),
+    /// `us-east-1 = { x86_64 = "...", arm64 = "..." }`: an image per architecture, keyed by
+    /// EC2's architecture names.
+    PerArchitecture(BTreeMap<String, String>),
+}
+
+impl AmiEntry {
+    /// The raw value for `arch`, if the entry names one.
+    fn raw(&self, arch: Architecture) -> Option<&str> {
+        match self {
+            AmiEntry::X86_64(value) => (arch == Architecture::X86_64).then_some(value.as_str()),
+            AmiEntry::PerArchitecture(map) => map.get(arch.as_str()).map(String::as_str),
+        }
+    }
+}
+
+/// The prefix of an AMI alias, in the syntax EC2 launch templates and RunInstances take
+/// ("Use a Systems Manager parameter instead of an AMI ID", Amazon EC2 User Guide:
+/// `resolve:ssm:parameter-name`).
+pub const SSM_ALIAS_PREFIX: &str = "resolve:ssm:";
+
+/// Where an AMI id comes from.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ImageSource {
+    /// A fixed id, `ami-...`.
+    Id(String),
+    /// The SSM parameter whose value is the id, e.g.
+    /// `/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64`, re-read every
+    /// `ami_refresh_s`.
+    Parameter(String),
+}
+
+impl ImageSource {
+    /// Parses `ami-...` or `resolve:ssm:NAME`; the error names the value and what to write.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if let Some(name) = text.strip_prefix(SSM_ALIAS_PREFIX) {
+            // Parameter names: letters, digits and `_.-/`, at most 2,048 characters with the
+            // path ("PutParameter", AWS Systems Manager API Reference, Name). A `:version` or
+            // `:label` selector is not taken: the alias is read as it is now.
+            let ok = !name.is_empty()
+                && name.len() <= 2_048
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'/'));
+            if !ok {
+                return Err(format!(
+                    "{text:?} is not an SSM alias: write resolve:ssm: and a parameter name of letters, digits and _.-/, e.g. \"resolve:ssm:/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64\""
+                ));
+            }
+            return Ok(ImageSource::Parameter(name.to_string()));
+        }
+        if looks_like_ami_id(text) {
+            return Ok(ImageSource::Id(text.to_string()));
+        }
+        Err(format!(
+            "{text:?} is neither an AMI id (ami-...) nor an SSM alias: write \"ami-0123456789abcdef0\" or \"resolve:ssm:/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64\""
+        ))
+    }
+}
+
+impl std::fmt::Display for ImageSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ImageSource::Id(id) => f.write_str(id),
+            ImageSource::Parameter(name) => write!(f, "{SSM_ALIAS_PREFIX}{name}"),
+        }
+    }
+}
+
+/// `ami-` and up to 60 more name characters: what the configuration check has always taken
+/// for an AMI id. Deliberately looser than EC2's hex rule, so that EC2's own refusal
+/// (`InvalidAMIID.Malformed`) names a slightly wrong id with EC2's words (`refusals`).
+pub fn looks_like_ami_id(id: &str) -> bool {
+    id.len() > 4 && id.starts_with("ami-") && is_name(id, 64)
+}
+
+/// One `prices` entry, as written: a global price for an instance type, or a region's table.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum PriceEntry {
+    /// `"m7g.large" = 0.0816`: USD per hour in every region without a figure of its own.
+    UsdPerHour(f64),
+    /// `[prices.us-east-1]`: USD per hour by instance type in that region.
+    Region(BTreeMap<String, f64>),
 }
 
 /// A configuration that cannot be used: names the field and the fix.
@@ -335,17 +446,70 @@ impl AwsBootConfig {
             if !seen.insert(region.as_str()) {
                 return Err(invalid("regions", format!("lists {region} twice")));
             }
-            match self.ami.get(region.as_str()) {
-                None => {
+            if !self.ami.contains_key(region.as_str()) {
+                return Err(invalid(
+                    "ami",
+                    format!(
+                        "has no AMI for region {region}: add `{region} = \"ami-...\"` or `{region} = \"resolve:ssm:/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64\"`"
+                    ),
+                ));
+            }
+        }
+        for (region, entry) in &self.ami {
+            let values: Vec<(String, &str)> = match entry {
+                AmiEntry::X86_64(value) => vec![(format!("ami.{region}"), value.as_str())],
+                AmiEntry::PerArchitecture(map) if map.is_empty() => {
                     return Err(invalid(
-                        "ami",
-                        format!("has no AMI for region {region}: add `{region} = \"ami-...\"`"),
+                        format!("ami.{region}"),
+                        "is an empty table: give at least one architecture, e.g. { x86_64 = \"ami-...\" }",
                     ));
                 }
-                Some(ami) if !(ami.starts_with("ami-") && is_name(ami, 64)) => {
-                    return Err(invalid(format!("ami.{region}"), format!("{ami:?} is not an AMI id (ami-...)")));
+                AmiEntry::PerArchitecture(map) => {
+                    let mut values = Vec::new();
+                    for (arch, value) in map {
+                        if Architecture::from_name(arch).is_none() {
+                            return Err(invalid(
+                                format!("ami.{region}.{arch}"),
+                                format!(
+                                    "{arch:?} is not an architecture the backend launches: use x86_64 or arm64 (EC2's names)"
+                                ),
+                            ));
+                        }
+                        values.push((format!("ami.{region}.{arch}"), value.as_str()));
+                    }
+                    values
                 }
-                Some(_) => {}
+            };
+            for (field, value) in values {
+                ImageSource::parse(value).map_err(|reason| invalid(field, reason))?;
+            }
+        }
+        if self.ami_refresh_s < 60 || self.ami_refresh_s > 7 * 86_400 {
+            return Err(invalid(
+                "ami_refresh_s",
+                format!(
+                    "{} s is outside 60 to 604800: AWS publishes new AMIs every few weeks; use 3600",
+                    self.ami_refresh_s
+                ),
+            ));
+        }
+        for (key, entry) in &self.prices {
+            match entry {
+                PriceEntry::UsdPerHour(usd) => check_price(&format!("prices.\"{key}\""), key, *usd)?,
+                PriceEntry::Region(table) => {
+                    if !self.allows(key) {
+                        return Err(invalid(
+                            format!("prices.{key}"),
+                            format!(
+                                "{key:?} is not one of the configured regions {:?}: a table under [prices] names a region; an instance type's price is written \"m7g.large\" = 0.0816",
+                                self.regions.iter().map(RegionLabel::as_str).collect::<Vec<_>>()
+                            ),
+                        ));
+                    }
+                    for (itype, usd) in table {
+                        check_price(&format!("prices.{key}.\"{itype}\""), itype, *usd)?;
+                    }
+                }
             }
         }
         for (region, network) in &self.network {
@@ -429,9 +593,11 @@ impl AwsBootConfig {
                 return Err(invalid("ssh_ingress_cidrs", format!("lists {cidr} twice: remove one")));
             }
         }
-        for (field, url) in
-            [("endpoint_url", &self.endpoint_url), ("cloudwatch_endpoint_url", &self.cloudwatch_endpoint_url)]
-        {
+        for (field, url) in [
+            ("endpoint_url", &self.endpoint_url),
+            ("cloudwatch_endpoint_url", &self.cloudwatch_endpoint_url),
+            ("ssm_endpoint_url", &self.ssm_endpoint_url),
+        ] {
             if let Some(url) = url {
                 match url::Url::parse(url) {
                     Ok(u) if matches!(u.scheme(), "http" | "https") => {}
@@ -538,6 +704,56 @@ impl AwsBootConfig {
     pub fn allows(&self, region: &str) -> bool {
         self.regions.iter().any(|r| r == region)
     }
+
+    /// Where the AMI for `arch` in `region` comes from; `None` when the configuration gives
+    /// none (instance types of that architecture are then never chosen there).
+    pub fn image_source(&self, region: &str, arch: Architecture) -> Option<ImageSource> {
+        // Checked at load, so a value that does not parse here cannot occur; it reads as none.
+        self.ami.get(region)?.raw(arch).and_then(|raw| ImageSource::parse(raw).ok())
+    }
+
+    /// The architectures `region` has an AMI for.
+    pub fn architectures(&self, region: &str) -> std::collections::BTreeSet<Architecture> {
+        Architecture::ALL.into_iter().filter(|arch| self.image_source(region, *arch).is_some()).collect()
+    }
+
+    /// [`AwsBootConfig::ami_refresh_s`] in milliseconds.
+    pub fn ami_refresh_ms(&self) -> u64 {
+        self.ami_refresh_s.saturating_mul(1_000)
+    }
+
+    /// The operator's prices in `region`, USD per hour by instance type: the region's table
+    /// over the global figures. Empty when no prices are configured.
+    pub fn prices_for(&self, region: &str) -> BTreeMap<String, f64> {
+        let mut prices: BTreeMap<String, f64> = self
+            .prices
+            .iter()
+            .filter_map(|(key, entry)| match entry {
+                PriceEntry::UsdPerHour(usd) => Some((key.clone(), *usd)),
+                PriceEntry::Region(_) => None,
+            })
+            .collect();
+        if let Some(PriceEntry::Region(table)) = self.prices.get(region) {
+            prices.extend(table.iter().map(|(k, v)| (k.clone(), *v)));
+        }
+        prices
+    }
+}
+
+/// Refuses a price that is not a positive, finite USD figure, or a key that is no type name.
+fn check_price(field: &str, instance_type: &str, usd_per_hour: f64) -> Result<(), ConfigError> {
+    if !instance_type.contains('.') || !is_name(instance_type, 64) {
+        return Err(invalid(
+            field,
+            format!(
+                "{instance_type:?} is neither an instance type (like \"m7g.large\") nor, with a table, a configured region"
+            ),
+        ));
+    }
+    if !(usd_per_hour.is_finite() && usd_per_hour > 0.0) {
+        return Err(invalid(field, format!("{usd_per_hour} is not a price: write USD per hour above 0, e.g. 0.0816")));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -647,5 +863,125 @@ mod tests {
 
         let narrow = config_with(r#"ssh_ingress_cidrs = ["203.0.113.0/24", "2001:db8::/32", "0.0.0.0/1"]"#);
         assert_eq!(narrow.expect("valid").warnings(), Vec::<String>::new());
+    }
+
+    /// A valid configuration whose `ami` part is `ami` (`regions` names us-east-1 and
+    /// eu-west-1) followed by the lines `extra` (tables last, as TOML wants).
+    fn config_ami(ami: &str, extra: &str) -> Result<AwsBootConfig, ConfigError> {
+        AwsBootConfig::from_toml(&format!(
+            r#"
+            regions = ["us-east-1", "eu-west-1"]
+            instance_families = ["m6i", "m7g"]
+            owner = "unit"
+            ledger_path = "/nonexistent/ledger"
+            almanac = {{ epoch_unix_ms = 0, tick_ms = 1000 }}
+            guest = {{ content_store_url = "http://127.0.0.1:9/blobs/{{hash}}" }}
+            {ami}
+            {extra}
+            "#
+        ))
+    }
+
+    const X86_ALIAS: &str = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64";
+
+    #[test]
+    fn amis_are_ids_or_aliases_for_one_or_each_architecture() {
+        let cfg = config_ami(
+            &format!(
+                r#"
+                [ami]
+                eu-west-1 = "ami-0123456789abcdef0"
+                us-east-1 = {{ x86_64 = "resolve:ssm:{X86_ALIAS}", arm64 = "ami-0fedcba9876543210" }}
+                "#
+            ),
+            "",
+        )
+        .expect("valid");
+        // The old form still means x86_64.
+        assert_eq!(
+            cfg.image_source("eu-west-1", Architecture::X86_64),
+            Some(ImageSource::Id("ami-0123456789abcdef0".into()))
+        );
+        assert_eq!(cfg.image_source("eu-west-1", Architecture::Arm64), None);
+        assert_eq!(cfg.architectures("eu-west-1"), [Architecture::X86_64].into());
+        assert_eq!(cfg.image_source("us-east-1", Architecture::X86_64), Some(ImageSource::Parameter(X86_ALIAS.into())));
+        assert_eq!(cfg.architectures("us-east-1"), Architecture::ALL.into());
+        assert_eq!(cfg.ami_refresh_s, 3_600, "the default refresh");
+        assert_eq!(
+            ImageSource::Parameter(X86_ALIAS.into()).to_string(),
+            format!("resolve:ssm:{X86_ALIAS}"),
+            "printed as written"
+        );
+        // A dotted key works as well as an inline table.
+        let dotted = config_ami(
+            &format!(
+                r#"
+                ami.us-east-1.arm64 = "resolve:ssm:/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-arm64"
+                ami.eu-west-1 = "resolve:ssm:{X86_ALIAS}"
+                "#
+            ),
+            "ami_refresh_s = 600",
+        )
+        .expect("valid");
+        assert_eq!(dotted.architectures("us-east-1"), [Architecture::Arm64].into());
+        assert_eq!(dotted.ami_refresh_ms(), 600_000);
+    }
+
+    #[test]
+    fn bad_amis_are_refused_naming_the_key_and_the_fix() {
+        let refused = |ami: &str, extra: &str| match config_ami(ami, extra) {
+            Ok(_) => panic!("{ami} {extra} was accepted"),
+            Err(err) => err.to_string(),
+        };
+        let err = refused(r#"ami = { us-east-1 = "ami-0123456789abcdef0", eu-west-1 = "al2023" }"#, "");
+        assert!(err.contains("ami.eu-west-1") && err.contains("\"al2023\"") && err.contains("resolve:ssm:"), "{err}");
+        let err = refused(
+            r#"ami = { us-east-1 = "ami-0123456789abcdef0", eu-west-1 = { aarch64 = "ami-0123456789abcdef0" } }"#,
+            "",
+        );
+        assert!(err.contains("ami.eu-west-1.aarch64") && err.contains("x86_64 or arm64"), "{err}");
+        let err = refused(
+            r#"ami = { us-east-1 = "ami-0123456789abcdef0", eu-west-1 = { arm64 = "resolve:ssm:/aws/service/a b" } }"#,
+            "",
+        );
+        assert!(err.contains("ami.eu-west-1.arm64") && err.contains("not an SSM alias"), "{err}");
+        let err = refused(r#"ami = { us-east-1 = "ami-0123456789abcdef0", eu-west-1 = {} }"#, "");
+        assert!(err.contains("ami.eu-west-1") && err.contains("empty table"), "{err}");
+        let err = refused(r#"ami = { us-east-1 = "ami-0123456789abcdef0" }"#, "");
+        assert!(err.contains("no AMI for region eu-west-1") && err.contains("resolve:ssm:"), "{err}");
+        let both = r#"ami = { us-east-1 = "ami-0123456789abcdef0", eu-west-1 = "ami-0123456789abcdef0" }"#;
+        let err = refused(both, "ami_refresh_s = 5");
+        assert!(err.contains("ami_refresh_s") && err.contains("3600"), "{err}");
+    }
+
+    #[test]
+    fn prices_are_global_or_per_region_and_the_region_wins() {
+        let both = r#"ami = { us-east-1 = "ami-0123456789abcdef0", eu-west-1 = "ami-0123456789abcdef0" }"#;
+        let cfg = config_ami(
+            both,
+            r#"
+            [prices]
+            "m7g.large" = 0.0816
+            "m6i.large" = 0.096
+            [prices.eu-west-1]
+            "m7g.large" = 0.0892
+            "#,
+        )
+        .expect("valid");
+        assert_eq!(cfg.prices_for("us-east-1")["m7g.large"], 0.0816);
+        assert_eq!(cfg.prices_for("eu-west-1")["m7g.large"], 0.0892);
+        assert_eq!(cfg.prices_for("eu-west-1")["m6i.large"], 0.096);
+        assert!(config_ami(both, "").expect("valid").prices_for("us-east-1").is_empty());
+
+        let refused = |extra: &str| match config_ami(both, extra) {
+            Ok(_) => panic!("{extra} was accepted"),
+            Err(err) => err.to_string(),
+        };
+        let err = refused("[prices]\n\"m7g.large\" = -1.0");
+        assert!(err.contains("prices.\"m7g.large\"") && err.contains("above 0"), "{err}");
+        let err = refused("[prices.ap-south-1]\n\"m7g.large\" = 0.05");
+        assert!(err.contains("prices.ap-south-1") && err.contains("configured regions"), "{err}");
+        let err = refused("[prices]\nm7g = 0.05");
+        assert!(err.contains("\"m7g\"") && err.contains("instance type"), "{err}");
     }
 }

@@ -8,6 +8,7 @@ mod backend;
 pub mod config;
 pub mod guest;
 mod hostkey;
+mod images;
 pub mod keys;
 pub(crate) mod lag;
 pub mod names;

@@ -319,7 +319,12 @@ mod tests {
     use super::*;
 
     fn t(name: &str, vcpus: u32) -> InstanceTypeInfo {
-        InstanceTypeInfo { instance_type: name.into(), vcpus, memory_mib: u64::from(vcpus) * 4_096 }
+        InstanceTypeInfo {
+            instance_type: name.into(),
+            vcpus,
+            memory_mib: u64::from(vcpus) * 4_096,
+            architecture: crate::port::Architecture::X86_64,
+        }
     }
 
     fn offerings(pairs: &[(&str, &str)]) -> Vec<InstanceTypeOffering> {

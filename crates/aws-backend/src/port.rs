@@ -71,6 +71,16 @@ pub mod codes {
     pub const INVALID_PAGINATION_TOKEN: &str = "InvalidPaginationToken";
     /// Parameters that may not be given together, e.g. MaxResults with InstanceIds.
     pub const INVALID_PARAMETER_COMBINATION: &str = "InvalidParameterCombination";
+    /// SSM: no parameter of that name exists in the region (or the caller may not see it).
+    /// Source: "GetParameter", AWS Systems Manager API Reference, Errors.
+    pub const PARAMETER_NOT_FOUND: &str = "ParameterNotFound";
+    /// SSM's answer to a throttled request (Parameter Store's own throughput quota, not EC2's
+    /// buckets). Source: "GetParameter", AWS Systems Manager API Reference ("If you experience
+    /// ThrottlingException: Rate exceeded errors, enable higher throughput").
+    pub const THROTTLING_EXCEPTION: &str = "ThrottlingException";
+    /// SSM's internal error (HTTP 500); retry. Source: "GetParameter", AWS Systems Manager API
+    /// Reference, Errors.
+    pub const INTERNAL_SERVER_ERROR: &str = "InternalServerError";
 }
 
 /// The operations of the port, for throttling, audit and fault injection.
@@ -108,11 +118,14 @@ pub enum Operation {
     DescribeInstanceTypeOfferings,
     /// DescribeSubnets.
     DescribeSubnets,
+    /// SSM's GetParameter: an AMI alias (a public parameter such as
+    /// `/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64`) read as an id.
+    GetParameter,
 }
 
 impl Operation {
     /// Every operation, in declaration order.
-    pub const ALL: [Operation; 16] = [
+    pub const ALL: [Operation; 17] = [
         Operation::ImportKeyPair,
         Operation::DescribeKeyPairs,
         Operation::DeleteKeyPair,
@@ -129,6 +142,7 @@ impl Operation {
         Operation::GetConsoleOutput,
         Operation::DescribeInstanceTypeOfferings,
         Operation::DescribeSubnets,
+        Operation::GetParameter,
     ];
 
     /// The API name, e.g. `"RunInstances"`.
@@ -150,13 +164,14 @@ impl Operation {
             Operation::GetConsoleOutput => "GetConsoleOutput",
             Operation::DescribeInstanceTypeOfferings => "DescribeInstanceTypeOfferings",
             Operation::DescribeSubnets => "DescribeSubnets",
+            Operation::GetParameter => "GetParameter",
         }
     }
 
     /// The category that sizes the call's request-rate token bucket. Each action has its own
     /// bucket of its category's size and refill (per account and region): being throttled on
     /// one action does not throttle another of the same category. GetNetworkUsage draws from
-    /// CloudWatch's own quota instead.
+    /// CloudWatch's own quota instead, and GetParameter from Parameter Store's.
     ///
     /// Source: "Request throttling for the Amazon EC2 API", EC2 developer guide
     /// (docs.aws.amazon.com/ec2/latest/devguide/ec2-api-throttling.html; shared/EC2-FACTS.md,
@@ -181,6 +196,8 @@ impl Operation {
             }
             // CloudWatch's quota, not EC2's buckets.
             Operation::GetNetworkUsage => ThrottleClass::GetMetricData,
+            // Parameter Store's quota, not EC2's buckets.
+            Operation::GetParameter => ThrottleClass::GetParameter,
         }
     }
 }
@@ -237,6 +254,13 @@ pub enum ThrottleClass {
     /// queries, the quota is 50 TPS per Region"). Modelled as 50 tokens refilling 50/s. Not one
     /// of EC2's buckets, so not in [`ThrottleClass::ALL`].
     GetMetricData,
+    /// SSM Parameter Store's standard throughput: 40 transactions per second per account and
+    /// region, shared by GetParameter, GetParameters and GetParametersByPath, answered
+    /// `ThrottlingException` beyond ("AWS Systems Manager endpoints and quotas",
+    /// docs.aws.amazon.com/general/latest/gr/ssm.html, Parameter Store "Max throughput
+    /// (transactions per second)": "Default throughput: 40"). Modelled as 40 tokens refilling
+    /// 40/s. Not one of EC2's buckets, so not in [`ThrottleClass::ALL`].
+    GetParameter,
 }
 
 impl ThrottleClass {
@@ -260,6 +284,7 @@ impl ThrottleClass {
             ThrottleClass::TerminateInstances => 100,
             ThrottleClass::GetMetricData => 50,
             ThrottleClass::CreateTags => 100,
+            ThrottleClass::GetParameter => 40,
         }
     }
 
@@ -273,6 +298,7 @@ impl ThrottleClass {
             ThrottleClass::TerminateInstances => 5,
             ThrottleClass::GetMetricData => 50,
             ThrottleClass::CreateTags => 10,
+            ThrottleClass::GetParameter => 40,
         }
     }
 }
@@ -308,10 +334,10 @@ impl Ec2Error {
         Self { operation, code: code.into(), message: message.into() }
     }
 
-    /// True for throttling: EC2's `RequestLimitExceeded`, CloudWatch's `Throttling` (and
-    /// `ThrottlingException`, the name AWS's knowledge center gives the same answer).
+    /// True for throttling: EC2's `RequestLimitExceeded`, CloudWatch's `Throttling`, and SSM's
+    /// `ThrottlingException` (also the name AWS's knowledge center gives CloudWatch's answer).
     pub fn is_throttle(&self) -> bool {
-        matches!(self.code.as_str(), codes::REQUEST_LIMIT_EXCEEDED | codes::THROTTLING | "ThrottlingException")
+        matches!(self.code.as_str(), codes::REQUEST_LIMIT_EXCEEDED | codes::THROTTLING | codes::THROTTLING_EXCEPTION)
     }
 
     /// True when the same call may succeed if retried: throttling, internal errors, outages,
@@ -320,7 +346,12 @@ impl Ec2Error {
         self.is_throttle()
             || matches!(
                 self.code.as_str(),
-                codes::INTERNAL_ERROR | codes::UNAVAILABLE | "ServiceUnavailable" | "InternalFailure" | "Transport"
+                codes::INTERNAL_ERROR
+                    | codes::UNAVAILABLE
+                    | codes::INTERNAL_SERVER_ERROR
+                    | "ServiceUnavailable"
+                    | "InternalFailure"
+                    | "Transport"
             )
             || self.code.starts_with("Http5")
     }
@@ -563,7 +594,7 @@ pub struct InstanceStateChange {
     pub current_state: InstanceState,
 }
 
-/// An instance type's size.
+/// An instance type's size and architecture.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceTypeInfo {
     /// The type's name, e.g. `m6i.large`.
@@ -572,6 +603,46 @@ pub struct InstanceTypeInfo {
     pub vcpus: u32,
     /// Memory in MiB.
     pub memory_mib: u64,
+    /// The architecture its AMI must have.
+    pub architecture: Architecture,
+}
+
+/// A processor architecture, as EC2 names it in DescribeInstanceTypes'
+/// `ProcessorInfo.SupportedArchitectures` and DescribeImages' `Architecture`: the AMI's must
+/// match the instance type's, or RunInstances refuses the launch (`InvalidParameterValue`).
+///
+/// Only the two Linux architectures the backend launches: `i386` (which x86_64 types also
+/// list) is never chosen, and the Mac types' `x86_64_mac` and `arm64_mac` need dedicated hosts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Architecture {
+    /// `x86_64`: Intel and AMD types (m6i, c6i, r6i, t3, ...).
+    X86_64,
+    /// `arm64`: AWS Graviton types (m7g, c7g, r7g, ...).
+    Arm64,
+}
+
+impl Architecture {
+    /// Both, in order.
+    pub const ALL: [Architecture; 2] = [Architecture::X86_64, Architecture::Arm64];
+
+    /// EC2's name: `x86_64` or `arm64`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Architecture::X86_64 => "x86_64",
+            Architecture::Arm64 => "arm64",
+        }
+    }
+
+    /// The architecture EC2 names `name`, if it is one of ours.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for Architecture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The period of EC2's basic monitoring, the only one the backend's instances have (it never
@@ -799,6 +870,10 @@ pub trait Ec2Port: Send + Sync + 'static {
         instance_types: Vec<String>,
         page: PageRequest,
     ) -> Result<Page<InstanceTypeOffering>, Ec2Error>;
+    /// SSM's GetParameter: the value of the parameter `name` in the region, e.g. the AMI id
+    /// `/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64` holds today. An
+    /// unknown name answers `ParameterNotFound`; throttling answers `ThrottlingException`.
+    async fn get_parameter(&self, region: &RegionLabel, name: &str) -> Result<String, Ec2Error>;
 }
 
 /// The paginated Describe calls with every page followed, unpaced (see [`all_pages`]): for
@@ -882,5 +957,25 @@ mod tests {
         let class = Operation::GetNetworkUsage.throttle_class();
         assert_eq!((class, class.capacity(), class.refill_per_s()), (ThrottleClass::GetMetricData, 50, 50));
         assert!(!ThrottleClass::ALL.contains(&class), "not one of EC2's buckets");
+    }
+
+    #[test]
+    fn ssm_throttling_is_a_throttle_with_parameter_stores_quota() {
+        let err = Ec2Error::new(Operation::GetParameter, codes::THROTTLING_EXCEPTION, "Rate exceeded");
+        assert!(err.is_throttle() && err.is_transient());
+        assert!(Ec2Error::new(Operation::GetParameter, codes::INTERNAL_SERVER_ERROR, "").is_transient());
+        assert!(!Ec2Error::new(Operation::GetParameter, codes::PARAMETER_NOT_FOUND, "").is_transient());
+        let class = Operation::GetParameter.throttle_class();
+        assert_eq!((class, class.capacity(), class.refill_per_s()), (ThrottleClass::GetParameter, 40, 40));
+        assert!(!ThrottleClass::ALL.contains(&class), "not one of EC2's buckets");
+        assert_eq!(Operation::ALL[Operation::GetParameter.index()], Operation::GetParameter);
+    }
+
+    #[test]
+    fn architectures_have_ec2s_names() {
+        assert_eq!(Architecture::from_name("arm64"), Some(Architecture::Arm64));
+        assert_eq!(Architecture::from_name("x86_64"), Some(Architecture::X86_64));
+        assert_eq!(Architecture::from_name("i386"), None);
+        assert_eq!(Architecture::Arm64.to_string(), "arm64");
     }
 }

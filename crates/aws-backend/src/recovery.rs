@@ -483,7 +483,12 @@ mod tests {
             _: Vec<String>,
             _: PageRequest,
         ) -> Result<Page<InstanceTypeInfo>, Ec2Error> {
-            Ok(Page::last(vec![InstanceTypeInfo { instance_type: "m6i.large".into(), vcpus: 2, memory_mib: 8_192 }]))
+            Ok(Page::last(vec![InstanceTypeInfo {
+                instance_type: "m6i.large".into(),
+                vcpus: 2,
+                memory_mib: 8_192,
+                architecture: crate::port::Architecture::X86_64,
+            }]))
         }
 
         async fn create_tags(&self, _: &RegionLabel, _: Vec<String>, _: Tags) -> Result<(), Ec2Error> {
@@ -521,6 +526,10 @@ mod tests {
             _: PageRequest,
         ) -> Result<Page<InstanceTypeOffering>, Ec2Error> {
             unexpected(Operation::DescribeInstanceTypeOfferings)
+        }
+
+        async fn get_parameter(&self, _: &RegionLabel, _: &str) -> Result<String, Ec2Error> {
+            unexpected(Operation::GetParameter)
         }
     }
 

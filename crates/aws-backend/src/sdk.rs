@@ -1,6 +1,6 @@
-//! The EC2 port over the real AWS SDK (aws-sdk-ec2 and aws-sdk-cloudwatch).
+//! The EC2 port over the real AWS SDK (aws-sdk-ec2, aws-sdk-cloudwatch and aws-sdk-ssm).
 //!
-//! [`SdkEc2`] keeps one pair of clients per allowed region, built on first use. The SDK's own
+//! [`SdkEc2`] keeps one set of clients per allowed region, built on first use. The SDK's own
 //! retries are off: the backend's pacer retries with full jitter and keeps its own token buckets,
 //! and two retry loops stacked on each other would multiply the calls a throttled account sees.
 //! SDK types stay inside this module; its `convert` submodule maps them to the port's types.
@@ -27,7 +27,7 @@ use crate::config::AwsBootConfig;
 use crate::port::{
     AuthorizeIngressRequest, CreateSecurityGroupRequest, Ec2Error, Ec2Port, Filter, ImportKeyPairRequest, InstanceInfo,
     InstanceStateChange, InstanceTypeInfo, InstanceTypeOffering, KeyPairInfo, NetworkUsage, Operation, Page,
-    PageRequest, RunInstancesRequest, SecurityGroupInfo, SubnetInfo, Tags,
+    PageRequest, RunInstancesRequest, SecurityGroupInfo, SubnetInfo, Tags, codes,
 };
 
 pub use inspect::SdkInspector;
@@ -52,6 +52,7 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
 struct RegionClients {
     ec2: aws_sdk_ec2::Client,
     cloudwatch: aws_sdk_cloudwatch::Client,
+    ssm: aws_sdk_ssm::Client,
 }
 
 /// A volume as DescribeVolumes returns it: enough to tell whether one was left behind.
@@ -74,6 +75,7 @@ pub struct SdkEc2 {
     credentials: Option<Credentials>,
     endpoint_url: Option<String>,
     cloudwatch_endpoint_url: Option<String>,
+    ssm_endpoint_url: Option<String>,
     clients: RwLock<BTreeMap<RegionLabel, Arc<RegionClients>>>,
 }
 
@@ -84,6 +86,7 @@ impl std::fmt::Debug for SdkEc2 {
             .field("static_credentials", &self.credentials.is_some())
             .field("endpoint_url", &self.endpoint_url)
             .field("cloudwatch_endpoint_url", &self.cloudwatch_endpoint_url)
+            .field("ssm_endpoint_url", &self.ssm_endpoint_url)
             .finish_non_exhaustive()
     }
 }
@@ -108,6 +111,7 @@ impl SdkEc2 {
             credentials,
             endpoint_url: cfg.endpoint_url.clone(),
             cloudwatch_endpoint_url: cfg.cloudwatch_endpoint_url.clone(),
+            ssm_endpoint_url: cfg.ssm_endpoint_url.clone(),
             clients: RwLock::new(BTreeMap::new()),
         };
         for region in &cfg.regions {
@@ -139,9 +143,17 @@ impl SdkEc2 {
         if let Some(url) = &self.cloudwatch_endpoint_url {
             cloudwatch = cloudwatch.endpoint_url(url.clone());
         }
+        // SSM follows `endpoint_url` (moto serves it on the same port as EC2) unless
+        // `ssm_endpoint_url` names its own; without either the SDK reads AWS_ENDPOINT_URL_SSM /
+        // AWS_ENDPOINT_URL itself.
+        let mut ssm = aws_sdk_ssm::config::Builder::from(&shared);
+        if let Some(url) = &self.ssm_endpoint_url {
+            ssm = ssm.endpoint_url(url.clone());
+        }
         RegionClients {
             ec2: aws_sdk_ec2::Client::new(&shared),
             cloudwatch: aws_sdk_cloudwatch::Client::from_conf(cloudwatch.build()),
+            ssm: aws_sdk_ssm::Client::from_conf(ssm.build()),
         }
     }
 
@@ -573,6 +585,16 @@ impl Ec2Port for SdkEc2 {
             }
         }
         Ok(usage)
+    }
+
+    async fn get_parameter(&self, region: &RegionLabel, name: &str) -> Result<String, Ec2Error> {
+        let op = Operation::GetParameter;
+        let client = self.client_for(region, op).await?.ssm.clone();
+        let out = client.get_parameter().name(name).send().await.map_err(|e| convert::error(op, e))?;
+        let value = out.parameter().and_then(|p| p.value()).filter(|v| !v.is_empty());
+        value.map(str::to_string).ok_or_else(|| {
+            Ec2Error::new(op, codes::PARAMETER_NOT_FOUND, format!("the parameter {name} answered no value"))
+        })
     }
 
     async fn get_console_output(&self, region: &RegionLabel, instance_id: &str) -> Result<Option<String>, Ec2Error> {

@@ -76,6 +76,11 @@ pub struct Capabilities {
     pub max_cpu_millicores: u32,
     /// The largest memory request any one grant can get, in MiB.
     pub max_ram_mib: u32,
+    /// Per region, the vCPUs new grants can still get under the provider's quota, where the
+    /// backend knows the quota (absent: unknown, or no quota). A grant needing more is refused
+    /// retryably until the headroom returns.
+    #[serde(default)]
+    pub vcpu_headroom: std::collections::BTreeMap<RegionLabel, u32>,
 }
 
 /// A machine running for a grant: what the requester needs to reach it, and what the backend

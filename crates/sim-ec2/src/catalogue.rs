@@ -1,9 +1,15 @@
 //! The instance-type catalogue DescribeInstanceTypes answers from: real EC2 sizes.
 //!
 //! Figures are the default vCPUs and memory (MiB) that DescribeInstanceTypes reports for each
-//! type (see "Amazon EC2 instance type specifications", docs.aws.amazon.com/ec2/latest/instancetypes/).
+//! type (see "Amazon EC2 instance type specifications", docs.aws.amazon.com/ec2/latest/instancetypes/),
+//! and the architecture its `ProcessorInfo.SupportedArchitectures` lists (x86_64 for the Intel
+//! families, arm64 for the Graviton3 families m7g, c7g and r7g: "General purpose instances",
+//! "Compute optimized instances" and "Memory optimized instances" in the same guide; the
+//! figures agree with moto 5.2's copy of DescribeInstanceTypes, `ec2/resources/instance_types.json`).
 
-/// One instance type's size.
+use aws_backend::port::Architecture;
+
+/// One instance type's size and architecture.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InstanceTypeSpec {
     /// The type's name, e.g. `m6i.large`.
@@ -12,6 +18,8 @@ pub struct InstanceTypeSpec {
     pub vcpus: u32,
     /// Memory in MiB.
     pub memory_mib: u64,
+    /// The architecture an AMI must have to launch on it.
+    pub architecture: Architecture,
 }
 
 impl InstanceTypeSpec {
@@ -22,7 +30,12 @@ impl InstanceTypeSpec {
 }
 
 const fn spec(name: &'static str, vcpus: u32, memory_mib: u64) -> InstanceTypeSpec {
-    InstanceTypeSpec { name, vcpus, memory_mib }
+    InstanceTypeSpec { name, vcpus, memory_mib, architecture: Architecture::X86_64 }
+}
+
+/// A Graviton (arm64) type.
+const fn spec_arm(name: &'static str, vcpus: u32, memory_mib: u64) -> InstanceTypeSpec {
+    InstanceTypeSpec { name, vcpus, memory_mib, architecture: Architecture::Arm64 }
 }
 
 /// Every simulated instance type, family by family, smallest first.
@@ -91,6 +104,33 @@ pub const CATALOGUE: &[InstanceTypeSpec] = &[
     spec("r6i.24xlarge", 96, 786432),
     spec("r6i.32xlarge", 128, 1048576),
     spec("r6i.metal", 128, 1048576),
+    spec_arm("m7g.medium", 1, 4096),
+    spec_arm("m7g.large", 2, 8192),
+    spec_arm("m7g.xlarge", 4, 16384),
+    spec_arm("m7g.2xlarge", 8, 32768),
+    spec_arm("m7g.4xlarge", 16, 65536),
+    spec_arm("m7g.8xlarge", 32, 131072),
+    spec_arm("m7g.12xlarge", 48, 196608),
+    spec_arm("m7g.16xlarge", 64, 262144),
+    spec_arm("m7g.metal", 64, 262144),
+    spec_arm("c7g.medium", 1, 2048),
+    spec_arm("c7g.large", 2, 4096),
+    spec_arm("c7g.xlarge", 4, 8192),
+    spec_arm("c7g.2xlarge", 8, 16384),
+    spec_arm("c7g.4xlarge", 16, 32768),
+    spec_arm("c7g.8xlarge", 32, 65536),
+    spec_arm("c7g.12xlarge", 48, 98304),
+    spec_arm("c7g.16xlarge", 64, 131072),
+    spec_arm("c7g.metal", 64, 131072),
+    spec_arm("r7g.medium", 1, 8192),
+    spec_arm("r7g.large", 2, 16384),
+    spec_arm("r7g.xlarge", 4, 32768),
+    spec_arm("r7g.2xlarge", 8, 65536),
+    spec_arm("r7g.4xlarge", 16, 131072),
+    spec_arm("r7g.8xlarge", 32, 262144),
+    spec_arm("r7g.12xlarge", 48, 393216),
+    spec_arm("r7g.16xlarge", 64, 524288),
+    spec_arm("r7g.metal", 64, 524288),
 ];
 
 /// The family part of a type name: everything before the first dot.
@@ -120,5 +160,8 @@ mod tests {
         assert_eq!(lookup("m6i.large"), Some(&spec("m6i.large", 2, 8192)));
         assert_eq!(lookup("r6i.32xlarge").map(|s| s.memory_mib), Some(1_048_576));
         assert_eq!(lookup("m6i.huge"), None);
+        assert_eq!(lookup("m7g.large"), Some(&spec_arm("m7g.large", 2, 8192)));
+        assert_eq!(lookup("m6i.large").map(|s| s.architecture), Some(Architecture::X86_64));
+        assert!(CATALOGUE.iter().all(|s| (s.family().ends_with('g')) == (s.architecture == Architecture::Arm64)));
     }
 }

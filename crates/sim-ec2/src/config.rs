@@ -34,6 +34,10 @@ pub struct SimConfig {
     /// subnets, one per zone, exist whenever `default_vpc` is on.
     #[serde(default)]
     pub subnets: Vec<crate::network::SimSubnet>,
+    /// The public SSM parameters (AMI aliases) each region serves to GetParameter. Empty: the
+    /// Amazon Linux 2023 aliases for x86_64 and arm64 in every region (see `ssm::defaults`).
+    #[serde(default)]
+    pub public_parameters: Vec<crate::ssm::SimParameter>,
 }
 
 fn default_vpc() -> bool {
@@ -53,6 +57,7 @@ impl SimConfig {
             default_vpc: true,
             images: Vec::new(),
             subnets: Vec::new(),
+            public_parameters: Vec::new(),
         }
     }
 
@@ -75,6 +80,7 @@ impl SimConfig {
         }
         crate::placement::validate_images(&self.images)?;
         crate::network::validate_subnets(&self.subnets, &self.regions, self.availability_zones_per_region)?;
+        crate::ssm::validate_parameters(&self.public_parameters, &self.images)?;
         if self.network_bytes_per_s_min > self.network_bytes_per_s_max {
             return Err(SimError::Config(format!(
                 "network_bytes_per_s_min {} exceeds network_bytes_per_s_max {}: swap them",

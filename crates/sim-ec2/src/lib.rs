@@ -27,6 +27,7 @@ pub mod guest;
 pub mod network;
 mod pagination;
 pub mod placement;
+pub mod ssm;
 mod taglist;
 mod truth;
 mod world;
@@ -45,6 +46,7 @@ use serde::{Deserialize, Serialize};
 pub use clock::ManualClock;
 pub use config::{DEFAULT_ON_DEMAND_VCPU_QUOTA, FaultConfig, SimConfig, SimError};
 pub use placement::SimImage;
+pub use ssm::SimParameter;
 pub use truth::{
     FaultRecord, InstanceTruth, InstanceTruths, LiveResource, LiveResources, ResourceKind, SimStats, StateInterval,
 };
@@ -109,6 +111,13 @@ impl SimEc2 {
     }
 
     // ---------------------------------------------------------------- targeted faults
+
+    /// AWS releases a new AMI under `alias` (an SSM parameter name such as
+    /// [`ssm::AL2023_X86_64_ALIAS`]): `image` exists in its region from now on, and
+    /// GetParameter of `alias` there answers its id.
+    pub fn publish_image(&self, alias: &str, image: SimImage) -> Result<(), SimError> {
+        self.world().publish_image(alias, image)
+    }
 
     /// The next call of `op` (in any region) fails with `code` and does nothing.
     pub fn fail_next(&self, op: Operation, code: &str) {
@@ -388,5 +397,9 @@ impl Ec2Port for SimEc2 {
         page: PageRequest,
     ) -> Result<Page<InstanceTypeOffering>, Ec2Error> {
         self.world().describe_instance_type_offerings(region, instance_types, page)
+    }
+
+    async fn get_parameter(&self, region: &RegionLabel, name: &str) -> Result<String, Ec2Error> {
+        self.world().get_parameter(region, name)
     }
 }

@@ -6,7 +6,7 @@
 //! here, called from `World::run_instance_in` (and `create_security_group_in` for the VPC), so
 //! the rules and their AWS sources sit in one place.
 
-use aws_backend::port::{Ec2Error, Operation, codes};
+use aws_backend::port::{Architecture, Ec2Error, Operation, codes};
 use backend_api::RegionLabel;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -27,6 +27,14 @@ pub struct SimImage {
     pub image_id: String,
     /// The size of its root snapshot, GiB: a smaller root volume is refused.
     pub root_snapshot_gib: u32,
+    /// Its architecture: RunInstances refuses an instance type of another one. x86_64 when a
+    /// serialized configuration does not say.
+    #[serde(default = "x86_64")]
+    pub architecture: Architecture,
+}
+
+fn x86_64() -> Architecture {
+    Architecture::X86_64
 }
 
 /// Refuses image lists RunInstances could never use.
@@ -56,6 +64,10 @@ pub(crate) struct Account {
     pub default_vpc: bool,
     /// The AMIs regions know; empty: every well-formed id.
     pub images: Vec<SimImage>,
+    /// AMIs published since the start (`SimEc2::publish_image`) and, with no `images`, the
+    /// default public parameters' AMIs: known in their region whatever `images` says, and
+    /// with a known architecture.
+    pub published: Vec<SimImage>,
 }
 
 fn err(op: Operation, code: &str, message: impl Into<String>) -> Ec2Error {
@@ -82,22 +94,28 @@ impl Account {
         Err(err(op, codes::VPC_ID_NOT_SPECIFIED, format!("No default VPC for this user in {region}")))
     }
 
-    /// The AMI's root snapshot size, or EC2's error for an id that is malformed or unknown in
-    /// `region`.
+    /// The AMI's root snapshot size and architecture (`None`: any id goes, of no architecture
+    /// in particular), or EC2's error for an id that is malformed or unknown in `region`.
     ///
     /// Source: "Error codes for the Amazon EC2 API" (InvalidAMIID.Malformed, InvalidAMIID.NotFound).
-    pub(crate) fn image(&self, op: Operation, region: &RegionLabel, image_id: &str) -> Result<u32, Ec2Error> {
+    pub(crate) fn image(
+        &self,
+        op: Operation,
+        region: &RegionLabel,
+        image_id: &str,
+    ) -> Result<(u32, Option<Architecture>), Ec2Error> {
         if !well_formed_ami(image_id) {
             return Err(err(op, codes::AMI_MALFORMED, format!("Invalid id: \"{image_id}\" (expecting \"ami-...\")")));
         }
-        if self.images.is_empty() {
-            return Ok(DEFAULT_ROOT_SNAPSHOT_GIB);
+        if let Some(image) =
+            self.images.iter().chain(&self.published).find(|i| i.region == *region && i.image_id == image_id)
+        {
+            return Ok((image.root_snapshot_gib, Some(image.architecture)));
         }
-        self.images
-            .iter()
-            .find(|i| i.region == *region && i.image_id == image_id)
-            .map(|i| i.root_snapshot_gib)
-            .ok_or_else(|| err(op, codes::AMI_NOT_FOUND, format!("The image id '[{image_id}]' does not exist")))
+        if self.images.is_empty() {
+            return Ok((DEFAULT_ROOT_SNAPSHOT_GIB, None));
+        }
+        Err(err(op, codes::AMI_NOT_FOUND, format!("The image id '[{image_id}]' does not exist")))
     }
 
     /// Whether the zone `az` (0 for `<region>a`) of `region` offers `instance_type`. The first
@@ -136,6 +154,25 @@ pub(crate) fn unsupported(op: Operation, instance_type: &str, zone: &str, offeri
             "Your requested instance type ({instance_type}) is not supported in your requested Availability Zone \
              ({zone}). Please retry your request by not specifying an Availability Zone or choosing {}.",
             offering.join(", ")
+        ),
+    )
+}
+
+/// RunInstances' answer when the AMI's architecture is not the instance type's.
+///
+/// Source: "Error codes for the Amazon EC2 API" (InvalidParameterValue) and the message EC2
+/// gives for RunInstances, as quoted in skypilot-org/skypilot#6315 ("An error occurred
+/// (InvalidParameterValue) when calling the RunInstances operation: The architecture 'arm64' of
+/// the specified instance type does not match the architecture 'x86_64' of the specified AMI")
+/// and aws/eks-anywhere-build-tooling#2158.
+pub(crate) fn architecture_mismatch(op: Operation, type_arch: Architecture, image_arch: Architecture) -> Ec2Error {
+    err(
+        op,
+        codes::INVALID_PARAMETER_VALUE,
+        format!(
+            "The architecture '{type_arch}' of the specified instance type does not match the architecture \
+             '{image_arch}' of the specified AMI. Specify an instance type and an AMI that have matching \
+             architectures, and try again."
         ),
     )
 }

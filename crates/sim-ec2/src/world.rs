@@ -35,6 +35,7 @@ use crate::truth::{
 };
 
 mod cloudwatch;
+mod ssm;
 
 pub use cloudwatch::Datapoint;
 
@@ -346,7 +347,10 @@ struct Region {
 }
 
 fn is_mutating(op: Operation) -> bool {
-    !matches!(op.throttle_class(), ThrottleClass::NonMutating | ThrottleClass::GetMetricData)
+    !matches!(
+        op.throttle_class(),
+        ThrottleClass::NonMutating | ThrottleClass::GetMetricData | ThrottleClass::GetParameter
+    )
 }
 
 fn err(op: Operation, code: &str, message: impl Into<String>) -> Ec2Error {
@@ -605,6 +609,8 @@ pub(crate) struct World {
     cloudwatch: cloudwatch::CloudWatch,
     /// The account's default VPC and AMIs, for the placement rules (see `placement`).
     account: crate::placement::Account,
+    /// SSM's public parameters: value by (region index, name) (see `ssm`).
+    parameters: BTreeMap<(usize, String), String>,
 }
 
 impl World {
@@ -670,6 +676,22 @@ impl World {
             });
         }
         let cloudwatch = cloudwatch::CloudWatch::new(regions.len(), now_ms);
+        let mut published = Vec::new();
+        let mut parameters = BTreeMap::new();
+        for (r, region) in regions.iter().enumerate() {
+            let given: Vec<crate::ssm::SimParameter> =
+                config.public_parameters.iter().filter(|p| p.region == region.label).cloned().collect();
+            let params = if config.public_parameters.is_empty() {
+                let (params, images) = crate::ssm::defaults(&region.label, &config.images);
+                published.extend(images);
+                params
+            } else {
+                given
+            };
+            for p in params {
+                parameters.insert((r, p.name), p.value);
+            }
+        }
         Ok(Self {
             faults: config.faults.clone(),
             network_bytes_per_s_min: config.network_bytes_per_s_min,
@@ -693,7 +715,9 @@ impl World {
                 seed: config.seed,
                 default_vpc: config.default_vpc,
                 images: config.images.clone(),
+                published,
             },
+            parameters,
         })
     }
 
@@ -842,6 +866,9 @@ impl World {
     fn gate(&mut self, op: Operation, region: &RegionLabel, about: About<'_>) -> Result<usize, Ec2Error> {
         if op.throttle_class() == ThrottleClass::GetMetricData {
             return self.cloudwatch_gate(op, region, about);
+        }
+        if op.throttle_class() == ThrottleClass::GetParameter {
+            return self.ssm_gate(op, region, about);
         }
         let now = self.now_ms;
         let Some(r) = self.region_index(region) else {
@@ -1371,7 +1398,12 @@ impl World {
         let Some(spec) = catalogue::lookup(&req.instance_type) else {
             return Err(invalid(format!("Invalid value '{}' for InstanceType.", req.instance_type)));
         };
-        let snapshot_gib = self.account.image(op, &self.regions[r].label, &req.image_id)?;
+        let (snapshot_gib, image_arch) = self.account.image(op, &self.regions[r].label, &req.image_id)?;
+        if let Some(image_arch) = image_arch
+            && image_arch != spec.architecture
+        {
+            return Err(crate::placement::architecture_mismatch(op, spec.architecture, image_arch));
+        }
         // The network: the subnet's VPC and zone, or the default VPC and the zone Placement
         // names (or one EC2 picks below). See `network`.
         let (vpc_id, placed_az) = match &req.subnet_id {
@@ -1936,6 +1968,7 @@ impl World {
                         instance_type: spec.name.to_string(),
                         vcpus: spec.vcpus,
                         memory_mib: spec.memory_mib,
+                        architecture: spec.architecture,
                     };
                     (spec.name.to_string(), info)
                 })
@@ -2076,6 +2109,17 @@ impl World {
     }
 
     // ---------------------------------------------------------------- targeted faults
+
+    /// Publishes `image` in its region and points the parameter `alias` there at it.
+    pub(crate) fn publish_image(&mut self, alias: &str, image: crate::placement::SimImage) -> Result<(), SimError> {
+        crate::placement::validate_images(std::slice::from_ref(&image))?;
+        let r = self.region_index(&image.region).ok_or_else(|| SimError::UnknownRegion(image.region.to_string()))?;
+        self.account.published.retain(|i| !(i.region == image.region && i.image_id == image.image_id));
+        let id = image.image_id.clone();
+        self.account.published.push(image);
+        self.set_parameter(r, alias, &id);
+        Ok(())
+    }
 
     pub(crate) fn fail_next(&mut self, op: Operation, code: &str) {
         self.audit.begin(0xF0, "", self.now_ms);

@@ -1203,8 +1203,18 @@ async fn a_type_not_offered_in_the_chosen_zone_answers_unsupported() {
 async fn unknown_or_malformed_amis_and_small_root_volumes_are_refused() {
     let mut config = SimConfig::new(23, vec![us_east(), eu_west()]).with_faults(fixed());
     config.images = vec![
-        sim_ec2::SimImage { region: us_east(), image_id: "ami-0123456789abcdef0".into(), root_snapshot_gib: 30 },
-        sim_ec2::SimImage { region: eu_west(), image_id: "ami-0fedcba9876543210".into(), root_snapshot_gib: 8 },
+        sim_ec2::SimImage {
+            region: us_east(),
+            image_id: "ami-0123456789abcdef0".into(),
+            root_snapshot_gib: 30,
+            architecture: aws_backend::port::Architecture::X86_64,
+        },
+        sim_ec2::SimImage {
+            region: eu_west(),
+            image_id: "ami-0fedcba9876543210".into(),
+            root_snapshot_gib: 8,
+            architecture: aws_backend::port::Architecture::X86_64,
+        },
     ];
     let w = World::with_config(config);
     let (key, group) = w.prerequisites("g").await;
@@ -1460,4 +1470,101 @@ async fn subnets_place_instances_in_their_vpc_and_zone_and_groups_must_share_the
     };
     assert_eq!(code(w.run(elsewhere).await), codes::INVALID_PARAMETER_VALUE);
     assert_eq!(code(w.run(request("t5", &key, &in_vpc, "g")).await), codes::INVALID_PARAMETER);
+}
+
+#[tokio::test(start_paused = true)]
+async fn get_parameter_answers_the_public_ami_aliases_and_parameter_not_found() {
+    use sim_ec2::ssm::{AL2023_ARM64_ALIAS, AL2023_X86_64_ALIAS, DEFAULT_AL2023_ARM64_AMI, DEFAULT_AL2023_X86_64_AMI};
+    let w = World::new(30, fixed());
+    // Without configured parameters every region serves the AL2023 aliases.
+    for region in [us_east(), eu_west()] {
+        assert_eq!(w.sim.get_parameter(&region, AL2023_X86_64_ALIAS).await.expect("x86_64"), DEFAULT_AL2023_X86_64_AMI);
+        assert_eq!(w.sim.get_parameter(&region, AL2023_ARM64_ALIAS).await.expect("arm64"), DEFAULT_AL2023_ARM64_AMI);
+    }
+    let missing = w.sim.get_parameter(&us_east(), "/aws/service/ami-amazon-linux-latest/al2029").await;
+    let missing = missing.expect_err("no such parameter");
+    assert_eq!(missing.code, codes::PARAMETER_NOT_FOUND);
+    assert!(missing.message.contains("al2029"), "{}", missing.message);
+    assert!(!missing.is_transient());
+
+    // Configured parameters replace the defaults, and must name images the region knows.
+    let mut config = SimConfig::new(31, vec![us_east()]).with_faults(fixed());
+    let image = sim_ec2::SimImage {
+        region: us_east(),
+        image_id: "ami-0123456789abcdef0".into(),
+        root_snapshot_gib: 8,
+        architecture: aws_backend::port::Architecture::X86_64,
+    };
+    config.images = vec![image.clone()];
+    config.public_parameters =
+        vec![sim_ec2::SimParameter { region: us_east(), name: "/golden-ami".into(), value: image.image_id.clone() }];
+    let w = World::with_config(config.clone());
+    assert_eq!(w.sim.get_parameter(&us_east(), "/golden-ami").await.expect("configured"), image.image_id);
+    assert_eq!(code(w.sim.get_parameter(&us_east(), AL2023_X86_64_ALIAS).await), codes::PARAMETER_NOT_FOUND);
+    config.public_parameters[0].value = "ami-0fedcba9876543210".into();
+    let err = SimEc2::new(config, Arc::new(TokioClock::starting_at(T0))).expect_err("names an unlisted image");
+    assert!(err.to_string().contains("/golden-ami") && err.to_string().contains("ami-0fedcba9876543210"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_republished_alias_answers_the_new_ami_which_then_launches() {
+    use sim_ec2::ssm::AL2023_X86_64_ALIAS;
+    let w = World::new(32, fixed());
+    let before = w.sim.get_parameter(&us_east(), AL2023_X86_64_ALIAS).await.expect("resolves");
+    let release = sim_ec2::SimImage {
+        region: us_east(),
+        image_id: "ami-0b2023112000000a1".into(),
+        root_snapshot_gib: 8,
+        architecture: aws_backend::port::Architecture::X86_64,
+    };
+    w.sim.publish_image(AL2023_X86_64_ALIAS, release.clone()).expect("published");
+    let after = w.sim.get_parameter(&us_east(), AL2023_X86_64_ALIAS).await.expect("resolves");
+    assert_ne!(before, after);
+    assert_eq!(after, release.image_id);
+    // Other regions keep theirs.
+    let eu = w.sim.get_parameter(&eu_west(), AL2023_X86_64_ALIAS).await.expect("resolves");
+    assert_eq!(eu, before);
+    let (key, group) = w.prerequisites("g").await;
+    w.run(RunInstancesRequest { image_id: after, ..request("new", &key, &group, "g") }).await.expect("launches");
+    // A malformed id is not published.
+    let bad = sim_ec2::SimImage { image_id: "ami-new".into(), ..release };
+    assert!(w.sim.publish_image(AL2023_X86_64_ALIAS, bad).is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn get_parameter_has_parameter_stores_own_bucket_and_throttling_exception() {
+    use sim_ec2::ssm::AL2023_X86_64_ALIAS;
+    let w = World::new(33, FaultConfig::none());
+    // 40 at once pass, the 41st is throttled with SSM's code; EC2's buckets are untouched.
+    for n in 0..40 {
+        w.sim.get_parameter(&us_east(), AL2023_X86_64_ALIAS).await.unwrap_or_else(|e| panic!("call {n}: {e}"));
+    }
+    let throttled = w.sim.get_parameter(&us_east(), AL2023_X86_64_ALIAS).await.expect_err("bucket empty");
+    assert_eq!(throttled.code, codes::THROTTLING_EXCEPTION);
+    assert!(throttled.is_throttle());
+    w.sim.describe_instance_types(&us_east(), vec!["m6i".into()]).await.expect("EC2 is not throttled");
+    // It refills 40 a second.
+    w.sleep_ms(1_000).await;
+    w.sim.get_parameter(&us_east(), AL2023_X86_64_ALIAS).await.expect("refilled");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_ami_of_another_architecture_than_the_type_is_refused() {
+    use aws_backend::port::Architecture;
+    use sim_ec2::ssm::{DEFAULT_AL2023_ARM64_AMI, DEFAULT_AL2023_X86_64_AMI};
+    let w = World::new(34, fixed());
+    let (key, group) = w.prerequisites("g").await;
+    let launch = |token: &str, image: &str, itype: &str| RunInstancesRequest {
+        image_id: image.into(),
+        instance_type: itype.into(),
+        ..request(token, &key, &group, "g")
+    };
+    let err = w.run(launch("a", DEFAULT_AL2023_X86_64_AMI, "m7g.large")).await.expect_err("arm64 type, x86_64 AMI");
+    assert_eq!(err.code, codes::INVALID_PARAMETER_VALUE);
+    assert!(err.message.contains("'arm64' of the specified instance type") && err.message.contains("'x86_64'"));
+    assert_eq!(code(w.run(launch("b", DEFAULT_AL2023_ARM64_AMI, "m6i.large")).await), codes::INVALID_PARAMETER_VALUE);
+    w.run(launch("c", DEFAULT_AL2023_ARM64_AMI, "m7g.large")).await.expect("matching architectures");
+    // Graviton types are in the catalogue with their architecture.
+    let types = w.sim.describe_instance_types(&us_east(), vec!["m7g".into()]).await.expect("m7g");
+    assert!(!types.is_empty() && types.iter().all(|t| t.architecture == Architecture::Arm64), "{types:?}");
 }

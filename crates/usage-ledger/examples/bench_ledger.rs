@@ -58,7 +58,11 @@ impl Life {
             },
             1 => Event::KeyPairImported { key_name: format!("cb-{n:016x}"), key_pair_id: format!("key-{n:017x}") },
             2 => Event::SecurityGroupCreated { group_id: format!("sg-{n:017x}"), group_name: format!("cb-{n:016x}") },
-            3 => Event::LaunchRequested { client_token: format!("tok-{n:016x}"), instance_type: "m7i.large".into() },
+            3 => Event::LaunchRequested {
+                client_token: format!("tok-{n:016x}"),
+                instance_type: "m7i.large".into(),
+                image_id: Some("ami-0123456789abcdef0".into()),
+            },
             4 => Event::InstanceLaunched {
                 instance_id: instance(),
                 client_token: format!("tok-{n:016x}"),

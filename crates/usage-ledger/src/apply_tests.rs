@@ -34,7 +34,11 @@ fn group_created() -> Event {
     Event::SecurityGroupCreated { group_id: "sg-1".into(), group_name: "grant-g".into() }
 }
 fn launch_requested(token: &str) -> Event {
-    Event::LaunchRequested { client_token: token.into(), instance_type: "t3.small".into() }
+    Event::LaunchRequested {
+        client_token: token.into(),
+        instance_type: "t3.small".into(),
+        image_id: Some("ami-0123456789abcdef0".into()),
+    }
 }
 fn launched(id: &str, token: &str) -> Event {
     Event::InstanceLaunched {

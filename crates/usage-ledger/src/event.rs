@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 ///
 /// Persisted through a versioned envelope (see `docs/metering.md`): new variants go at the end
 /// and existing variants never change shape; a change of shape freezes the old types and adds
-/// a new envelope version so that old logs stay readable.
+/// a new envelope version so that old logs stay readable (version 2 added
+/// `LaunchRequested::image_id`; version 1's types are frozen in `v1.rs`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
     /// The backend accepted the grant and will provision it. Always a grant's first event.
@@ -53,6 +54,10 @@ pub enum Event {
         client_token: String,
         /// The instance type asked for.
         instance_type: String,
+        /// The AMI launched, as resolved when the launch was requested (an alias's id moves on
+        /// with every release). `None` in records written before format version 2, which did
+        /// not record it.
+        image_id: Option<String>,
     },
     /// An instance exists for the grant. Its sizes are the ones metering uses.
     InstanceLaunched {

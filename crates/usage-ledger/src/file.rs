@@ -53,21 +53,28 @@ const PREALLOCATE_MIN_BYTES: u64 = 64 << 10;
 static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 
 /// The persisted form of a record. New versions are added as new variants; a reader converts
-/// every older version to the current [`Record`].
+/// every older version to the current [`Record`]. Version 2 added `LaunchRequested::image_id`;
+/// version 1 records decode through the frozen types of `v1`.
 #[derive(Serialize)]
 enum EnvelopeRef<'a> {
-    V1(&'a Record),
+    /// Never written again: a placeholder keeping `V2`'s variant index (bincode encodes the
+    /// index).
+    #[allow(dead_code)]
+    V1(()),
+    V2(&'a Record),
 }
 
 #[derive(Deserialize)]
 enum Envelope {
-    V1(Record),
+    V1(crate::v1::RecordV1),
+    V2(Record),
 }
 
 impl Envelope {
     fn into_record(self) -> Record {
         match self {
-            Envelope::V1(record) => record,
+            Envelope::V1(record) => record.into(),
+            Envelope::V2(record) => record,
         }
     }
 }
@@ -106,7 +113,7 @@ fn parse_length_word(word: u32) -> Option<u32> {
 
 /// Appends the envelope encoding of `record` (a frame's payload) to `out`.
 pub fn encode_payload(record: &Record, out: &mut Vec<u8>) -> Result<(), StoreError> {
-    bincode::serde::encode_into_std_write(EnvelopeRef::V1(record), out, bincode::config::standard())
+    bincode::serde::encode_into_std_write(EnvelopeRef::V2(record), out, bincode::config::standard())
         .map_err(|e| StoreError::Encode { grant: record.grant.to_hex(), seq: record.seq, reason: e.to_string() })?;
     Ok(())
 }

@@ -15,6 +15,7 @@ mod ledger;
 mod shared;
 mod state;
 mod store;
+mod v1;
 
 pub use event::{Event, ObservedState, Record, ResourceKind, TerminationReason};
 pub use file::{FileStore, OpenReport, ReplayReport, ScanOutcome, TornTail, decode_frame, encode_frame, scan_file};

@@ -126,6 +126,8 @@ struct LiveGrant {
     key_pair: Option<String>,
     security_group: Option<String>,
     launch_requested: Option<String>,
+    /// The AMI of the last `LaunchRequested`, when it recorded one.
+    launch_image: Option<String>,
     instance: Option<String>,
     ever_launched: Vec<String>,
     termination: Option<TerminationReason>,
@@ -214,6 +216,12 @@ impl GrantState {
     /// launched with it.
     pub fn launch_requested(&self) -> Option<&str> {
         self.live.as_ref().and_then(|l| l.launch_requested.as_deref())
+    }
+
+    /// The AMI the last `LaunchRequested` recorded, if any (none before format version 2): a
+    /// resumed launch sends it again with the same token.
+    pub fn launch_requested_image(&self) -> Option<&str> {
+        self.live.as_ref().and_then(|l| l.launch_image.as_deref())
     }
 
     /// The instance the grant holds, until `InstanceTerminated`.
@@ -499,7 +507,7 @@ impl GrantState {
                     next_phase = Phase::Provisioning;
                 }
             }
-            Event::LaunchRequested { client_token, .. } => {
+            Event::LaunchRequested { client_token, image_id, .. } => {
                 if let Some(first) = live.ever_launched.first() {
                     return fail(Impossible::AlreadyLaunched { instance_id: first.clone() });
                 }
@@ -507,6 +515,7 @@ impl GrantState {
                     return fail(Impossible::WrongPhase { phase, allowed: "Admitted or Provisioning" });
                 }
                 live.launch_requested = Some(client_token.clone());
+                live.launch_image.clone_from(image_id);
                 next_phase = Phase::Provisioning;
             }
             Event::InstanceLaunched { instance_id, client_token, instance_type: _, vcpus, memory_mib } => {
@@ -671,6 +680,7 @@ impl GrantState {
                     });
                 }
                 live.launch_requested = None;
+                live.launch_image = None;
             }
             Event::BillingCapped { at_unix_ms } => {
                 if live.ever_launched.is_empty() {
@@ -759,6 +769,7 @@ impl LiveGrant {
             key_pair: None,
             security_group: None,
             launch_requested: None,
+            launch_image: None,
             instance: None,
             ever_launched: Vec::new(),
             termination: None,

@@ -47,7 +47,11 @@ fn write_log_with(path: &Path, reaped: usize) -> UsageMetrics {
     };
     let events = vec![
         admitted("a"),
-        Event::LaunchRequested { client_token: "tok".into(), instance_type: "t3.small".into() },
+        Event::LaunchRequested {
+            client_token: "tok".into(),
+            instance_type: "t3.small".into(),
+            image_id: Some("ami-0123456789abcdef0".into()),
+        },
         Event::InstanceLaunched {
             instance_id: "i-a".into(),
             client_token: "tok".into(),

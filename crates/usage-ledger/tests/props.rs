@@ -76,7 +76,11 @@ fn candidates(index: u8, state: Option<&GrantState>, now: u64, n: u64) -> Vec<Ev
         });
     }
     if provisioning && state.ever_launched().is_empty() {
-        out.push(Event::LaunchRequested { client_token: format!("tok-{}", n % 3), instance_type: "t3.small".into() });
+        out.push(Event::LaunchRequested {
+            client_token: format!("tok-{}", n % 3),
+            instance_type: "t3.small".into(),
+            image_id: n.is_multiple_of(2).then(|| format!("ami-{n:08x}")),
+        });
     }
     if let (Some(token), true) = (state.launch_requested(), state.ever_launched().is_empty()) {
         out.push(Event::InstanceLaunched {
@@ -472,25 +476,102 @@ fn a_second_open_of_the_same_file_is_refused_while_the_first_is_held() {
 }
 
 /// A frame written by the first format version decodes unchanged (old logs stay readable).
+/// The bytes are what usage-ledger wrote before format version 2, pinned when version 1 was
+/// current.
 #[test]
-fn a_version_1_log_written_today_matches_its_golden_bytes() {
+fn a_version_1_frame_still_decodes() {
     let record = Record {
         grant: GrantId([0xab; 32]),
         seq: 3,
         at_unix_ms: 1_700_000_000_123,
         event: Event::TerminationRequested { reason: TerminationReason::Deadline },
     };
-    let mut frame = Vec::new();
-    usage_ledger::file::encode_frame(&record, &mut frame).unwrap();
-    let golden =
+    let golden_v1 =
         "2d0000d2f4be9ed800abababababababababababababababababababababababababababababababab03fd7b68e5cf8b0100000700";
+    let frame = hex::decode(golden_v1).unwrap();
+    let (decoded, used) = usage_ledger::decode_frame(&frame).unwrap().expect("a whole frame");
+    assert_eq!((decoded, used), (record, frame.len()));
+}
+
+/// A version 1 `LaunchRequested`, which recorded no AMI, decodes with `image_id: None`. The
+/// frame was encoded by hand from the version 1 layout (envelope tag 0, the record's fields,
+/// event index 3, the token and the type), not by this build.
+#[test]
+fn a_version_1_launch_requested_decodes_without_an_image() {
+    let golden_v1 = "3c00001bc48f533500abababababababababababababababababababababababababababababababab03fd7b68e5cf8b0100000305746f6b2d31096d36692e6c61726765";
+    let frame = hex::decode(golden_v1).unwrap();
+    let (decoded, _) = usage_ledger::decode_frame(&frame).unwrap().expect("a whole frame");
     assert_eq!(
-        hex::encode(&frame),
-        golden,
-        "the v1 encoding changed: freeze the old types and add an envelope version"
+        decoded,
+        Record {
+            grant: GrantId([0xab; 32]),
+            seq: 3,
+            at_unix_ms: 1_700_000_000_123,
+            event: Event::LaunchRequested {
+                client_token: "tok-1".into(),
+                instance_type: "m6i.large".into(),
+                image_id: None
+            },
+        }
     );
-    let decoded = usage_ledger::file::decode_payload(&frame[8..]).unwrap();
-    assert_eq!(decoded, record);
+    // A ledger of version 1 records replays: the state shows the launch without an image.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v1.log");
+    let (store, _) = FileStore::open(&path).unwrap();
+    drop(store);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let header = usage_ledger::file::HEADER_LEN as usize;
+    bytes.truncate(header);
+    for record in v1_history() {
+        bytes.extend_from_slice(&record);
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    let (ledger, _) = Ledger::open_file(&path).unwrap();
+    let state = ledger.grant(&GrantId([0xab; 32])).expect("replayed");
+    assert_eq!(state.launch_requested(), Some("tok-1"));
+    assert_eq!(state.launch_requested_image(), None);
+}
+
+/// A grant's first two records as version 1 wrote them, encoded by hand from the version 1
+/// layout: `GrantAdmitted` (us-east-1, m6i.large) and `LaunchRequested` (tok-1).
+fn v1_history() -> Vec<Vec<u8>> {
+    [
+        "690000ffd7e5660300abababababababababababababababababababababababababababababababab00fd0068e5cf8b010000000975732d656173742d31096d36692e6c6172676502fb0020fd0000000002000000fb100efd80561cd08b0100000663622d6b65790863622d67726f7570",
+        "3c00001be0b0857000abababababababababababababababababababababababababababababababab01fde86be5cf8b0100000305746f6b2d31096d36692e6c61726765",
+    ]
+    .iter()
+    .map(|h| hex::decode(h).unwrap())
+    .collect()
+}
+
+/// Today's encoding is version 2: the envelope tag 1, and `LaunchRequested` carries its AMI.
+#[test]
+fn a_version_2_log_written_today_matches_its_golden_bytes() {
+    let record = |event| Record { grant: GrantId([0xab; 32]), seq: 3, at_unix_ms: 1_700_000_000_123, event };
+    for (event, golden) in [
+        (
+            Event::TerminationRequested { reason: TerminationReason::Deadline },
+            "2d0000d2b896087b01abababababababababababababababababababababababababababababababab03fd7b68e5cf8b0100000700",
+        ),
+        (
+            Event::LaunchRequested {
+                client_token: "tok-1".into(),
+                instance_type: "m6i.large".into(),
+                image_id: Some("ami-0123456789abcdef0".into()),
+            },
+            "530000992b64047901abababababababababababababababababababababababababababababababab03fd7b68e5cf8b0100000305746f6b2d31096d36692e6c617267650115616d692d3031323334353637383961626364656630",
+        ),
+    ] {
+        let mut frame = Vec::new();
+        usage_ledger::file::encode_frame(&record(event.clone()), &mut frame).unwrap();
+        assert_eq!(
+            hex::encode(&frame),
+            golden,
+            "the v2 encoding changed: freeze the old types and add an envelope version"
+        );
+        let decoded = usage_ledger::file::decode_payload(&frame[8..]).unwrap();
+        assert_eq!(decoded, record(event));
+    }
 }
 
 fn crc32(bytes: &[u8]) -> u32 {

@@ -7,14 +7,14 @@ use aws_sdk_ec2::primitives::DateTime;
 use aws_sdk_ec2::types as ec2;
 
 use crate::port::{
-    Ec2Error, Filter, InstanceInfo, InstanceState, InstanceStateChange, InstanceTypeInfo, InstanceTypeOffering,
-    KeyPairInfo, Operation, SecurityGroupInfo, SubnetInfo, Tags,
+    Architecture, Ec2Error, Filter, InstanceInfo, InstanceState, InstanceStateChange, InstanceTypeInfo,
+    InstanceTypeOffering, KeyPairInfo, Operation, SecurityGroupInfo, SubnetInfo, Tags,
 };
 
 /// The code of an answer we could not make sense of (a field EC2 always sends was missing).
 pub(super) const UNEXPECTED_RESPONSE: &str = "UnexpectedResponse";
 
-/// Maps an SDK error (EC2's or CloudWatch's: both use the same smithy error types) to ours:
+/// Maps an SDK error (EC2's, CloudWatch's or SSM's: all use the same smithy error types) to ours:
 /// the service's own code when it sent one, `Transport` when the request never got an answer,
 /// and `Http<status>` when only the status is known.
 pub(super) fn error<E>(operation: Operation, err: SdkError<E, HttpResponse>) -> Ec2Error
@@ -154,11 +154,17 @@ pub(super) fn security_group(operation: Operation, g: &ec2::SecurityGroup) -> Re
     })
 }
 
-/// A described instance type as ours; `None` for a type without a vCPU count or memory size.
+/// A described instance type as ours; `None` for a type without a vCPU count or memory size,
+/// or without an architecture the backend launches (`ProcessorInfo.SupportedArchitectures`:
+/// x86_64 types also list `i386`, which is never chosen; Mac types list only `x86_64_mac` or
+/// `arm64_mac`, which need dedicated hosts).
 pub(super) fn instance_type(t: &ec2::InstanceTypeInfo) -> Option<InstanceTypeInfo> {
     let vcpus = u32::try_from(t.v_cpu_info()?.default_v_cpus()?).ok()?;
     let memory_mib = u64::try_from(t.memory_info()?.size_in_mib()?).ok()?;
-    Some(InstanceTypeInfo { instance_type: t.instance_type()?.as_str().to_string(), vcpus, memory_mib })
+    let supported = t.processor_info()?.supported_architectures();
+    let architecture =
+        Architecture::ALL.into_iter().find(|ours| supported.iter().any(|theirs| theirs.as_str() == ours.as_str()))?;
+    Some(InstanceTypeInfo { instance_type: t.instance_type()?.as_str().to_string(), vcpus, memory_mib, architecture })
 }
 
 /// One DescribeInstanceTypeOfferings row by availability zone; `None` without a type or zone.
@@ -237,15 +243,38 @@ mod tests {
 
     #[test]
     fn instance_types_need_vcpus_and_memory() {
+        let processor = |archs: &[ec2::ArchitectureType]| {
+            ec2::ProcessorInfo::builder().set_supported_architectures(Some(archs.to_vec())).build()
+        };
         let full = ec2::InstanceTypeInfo::builder()
             .instance_type(ec2::InstanceType::M6iXlarge)
             .v_cpu_info(ec2::VCpuInfo::builder().default_v_cpus(4).build())
             .memory_info(ec2::MemoryInfo::builder().size_in_mib(16_384).build())
+            .processor_info(processor(&[ec2::ArchitectureType::I386, ec2::ArchitectureType::X8664]))
             .build();
         assert_eq!(
             instance_type(&full),
-            Some(InstanceTypeInfo { instance_type: "m6i.xlarge".into(), vcpus: 4, memory_mib: 16_384 })
+            Some(InstanceTypeInfo {
+                instance_type: "m6i.xlarge".into(),
+                vcpus: 4,
+                memory_mib: 16_384,
+                architecture: Architecture::X86_64
+            })
         );
+        let graviton = ec2::InstanceTypeInfo::builder()
+            .instance_type(ec2::InstanceType::M7gLarge)
+            .v_cpu_info(ec2::VCpuInfo::builder().default_v_cpus(2).build())
+            .memory_info(ec2::MemoryInfo::builder().size_in_mib(8_192).build())
+            .processor_info(processor(&[ec2::ArchitectureType::Arm64]))
+            .build();
+        assert_eq!(instance_type(&graviton).map(|t| t.architecture), Some(Architecture::Arm64));
+        let mac = ec2::InstanceTypeInfo::builder()
+            .instance_type(ec2::InstanceType::Mac2Metal)
+            .v_cpu_info(ec2::VCpuInfo::builder().default_v_cpus(12).build())
+            .memory_info(ec2::MemoryInfo::builder().size_in_mib(16_384).build())
+            .processor_info(processor(&[ec2::ArchitectureType::Arm64Mac]))
+            .build();
+        assert_eq!(instance_type(&mac), None, "Mac types need dedicated hosts");
         let partial = ec2::InstanceTypeInfo::builder().instance_type(ec2::InstanceType::M6iXlarge).build();
         assert_eq!(instance_type(&partial), None);
     }
