@@ -632,11 +632,14 @@ fn operator_ec2(endpoint: &str) -> aws_sdk_ec2::Client {
 }
 
 /// A grant launched into a subnet of a VPC that is not the default one, chosen by its tag
-/// (`[network]`), with its security group created in that VPC; nothing is left afterwards.
+/// (`[network]`), with its security group created in that VPC and the AMI an SSM alias
+/// resolves to; nothing is left afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_grant_runs_in_a_subnet_chosen_by_tag_outside_the_default_vpc() -> anyhow::Result<()> {
+async fn a_grant_runs_in_a_subnet_chosen_by_tag_outside_the_default_vpc_with_an_ami_by_alias() -> anyhow::Result<()> {
     use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
-    let Some(endpoint) = moto_endpoint("a_grant_runs_in_a_subnet_chosen_by_tag_outside_the_default_vpc") else {
+    let Some(endpoint) =
+        moto_endpoint("a_grant_runs_in_a_subnet_chosen_by_tag_outside_the_default_vpc_with_an_ami_by_alias")
+    else {
         return Ok(());
     };
     let operator = operator_ec2(&endpoint);
@@ -658,8 +661,14 @@ async fn a_grant_runs_in_a_subnet_chosen_by_tag_outside_the_default_vpc() -> any
         .await?;
     let subnet_id = subnet.subnet().and_then(|s| s.subnet_id()).context("CreateSubnet gave no id")?.to_string();
 
-    let network = format!(r#"network = {{ {REGION} = {{ subnet_tags = {{ tier = "{tier}" }} }} }}"#);
-    let moto = Moto::start_with(&endpoint, "subnet", None, &network).await?;
+    // The operator's shape of a real account: its own subnet, chosen by tag, and the AMI by
+    // AWS's public alias (issue 16's acceptance).
+    let extra = format!(
+        "network = {{ {REGION} = {{ subnet_tags = {{ tier = \"{tier}\" }} }} }}\n\
+         ami = {{ {REGION} = \"resolve:ssm:{AL2023_X86_64_ALIAS}\" }}"
+    );
+    let moto = Moto::start_with(&endpoint, "subnet", None, &extra).await?;
+    let resolved = moto.port.get_parameter(&region(), AL2023_X86_64_ALIAS).await?;
     let setup = moto.setup();
     let manifest = small_manifest(0x5B);
     let grant = test_grant(&setup, 0x20, &manifest, LIFETIME_TICKS);
@@ -675,6 +684,11 @@ async fn a_grant_runs_in_a_subnet_chosen_by_tag_outside_the_default_vpc() -> any
         launched.subnet_id()
     );
     ensure!(launched.vpc_id() == Some(vpc_id.as_str()), "launched into VPC {:?}, not {vpc_id}", launched.vpc_id());
+    ensure!(
+        launched.image_id() == Some(resolved.as_str()),
+        "launched {:?}, the alias holds {resolved}",
+        launched.image_id()
+    );
     let group_id = launched.security_groups().first().and_then(|g| g.group_id()).context("no group")?.to_string();
     let groups = operator.describe_security_groups().group_ids(&group_id).send().await?;
     let group_vpc = groups.security_groups().first().and_then(|g| g.vpc_id()).map(str::to_string);
