@@ -236,6 +236,26 @@ async fn the_sdk_port_speaks_ec2_codes_over_http() -> anyhow::Result<()> {
     let large = types.iter().find(|t| t.instance_type == "m6i.large").context("m6i.large missing")?;
     ensure!(large.vcpus == 2 && large.memory_mib == 8_192, "m6i.large is {large:?}");
 
+    // Zone-first placement reads which zones offer a type, one row per (type, zone).
+    let offerings = port.describe_instance_type_offerings(&region, vec!["m6i.large".into()]).await?;
+    ensure!(
+        offerings.iter().all(|o| o.instance_type == "m6i.large" && o.availability_zone.starts_with(REGION)),
+        "offerings of another type or region: {offerings:?}"
+    );
+    ensure!(
+        offerings.iter().any(|o| o.availability_zone == "us-east-1a"),
+        "us-east-1a offers no m6i.large: {offerings:?}"
+    );
+    // And which subnets a selector names: the default VPC's, one per zone.
+    let default_subnets = port
+        .describe_subnets(
+            &region,
+            Vec::new(),
+            vec![Filter { name: "default-for-az".into(), values: vec!["true".into()] }],
+        )
+        .await?;
+    ensure!(!default_subnets.is_empty() && default_subnets.iter().all(|s| s.default_for_az), "{default_subnets:?}");
+
     let err = port
         .describe_instances(&region, vec!["i-0123456789abcdef0".into()], Vec::new())
         .await

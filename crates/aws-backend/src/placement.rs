@@ -272,7 +272,12 @@ impl AwsBackend {
         if !lock(&self.inner.placement).entry(region.clone()).or_default().offerings_stale(now) {
             return;
         }
-        let families: Vec<String> = self.config().instance_families.iter().map(|f| format!("{f}.*")).collect();
+        // The catalogue's own names: exact values work on every server (moto ignores wildcards
+        // in this filter); the families' wildcards when the catalogue is not loaded.
+        let families: Vec<String> = match self.catalogue(region).await {
+            Ok(types) if !types.is_empty() => types.iter().map(|t| t.instance_type.clone()).collect(),
+            _ => self.config().instance_families.iter().map(|f| format!("{f}.*")).collect(),
+        };
         let first = PageRequest::listing(Operation::DescribeInstanceTypeOfferings, false);
         let answer = self
             .inner
