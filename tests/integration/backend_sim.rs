@@ -439,3 +439,35 @@ async fn the_reaper_reads_every_page_of_its_listings() {
     let abandoned: Vec<_> = rig.sim.unfollowed_page_tokens().into_iter().filter(|(at, _, _)| *at >= since).collect();
     assert!(abandoned.is_empty(), "listings stopped before their last page: {abandoned:?}");
 }
+
+/// A crash right after RunInstances, the instance still invisible to EC2's API: recovery rolls
+/// the provision back, and its TerminateInstances waits out the visibility lag while the
+/// instance starts running. It ran, so EC2 bills it (at least 60 s); so must the ledger: the
+/// rollback watches the instance from the moment it knows it, and records what finding it
+/// showed.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn an_instance_that_runs_while_its_rollback_waits_for_it_to_be_visible_is_billed() {
+    let faults = FaultConfig {
+        visibility_delay_ms_min: 12_000,
+        visibility_delay_ms_max: 12_000,
+        launch_delay_ms_min: 3_000,
+        launch_delay_ms_max: 3_000,
+        termination_delay_ms_min: 2_000,
+        termination_delay_ms_max: 2_000,
+        ..FaultConfig::none()
+    };
+    let rig = Rig::new(21, faults);
+    let m = manifest();
+    let g = grant(21, &m, rig.now_tick(), 3_600);
+    rig.crash_after_run_instances(&g).await;
+    let backend = rig.backend().await;
+    let report = backend.recover().await;
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    let truth = &rig.instances_of(&g.id)[0];
+    assert!(truth.running_ms > 0, "the instance never ran: the case tests nothing: {truth:?}");
+    let state = backend.grant_state(&g.id).expect("known");
+    assert!(state.is_settled(), "{state:?}");
+    let billed_s = state.usage().cpu_seconds / u64::from(truth.vcpus);
+    assert!(billed_s >= 60, "EC2 bills at least 60 s for a run; the ledger billed {billed_s} s: {truth:?}");
+    assert!(rig.left_of(&g.id).is_empty(), "left: {:?}", rig.left_of(&g.id));
+}

@@ -1820,6 +1820,10 @@ impl AwsBackend {
             self.adopt_unrecorded_instance(&grant, &region, token).await?;
         }
         if let Some(instance_id) = self.grant_state(&grant).and_then(|s| s.instance().map(str::to_string)) {
+            // Watched from now: TerminateInstances may wait out EC2's visibility lag while the
+            // instance starts running, and a poll's sighting reaches only a watched instance;
+            // `follow_to_end` then reads the latest one.
+            let _watching = self.poller(&region).subscribe(&instance_id);
             self.request_termination(&grant, &region, &instance_id, reason).await?;
             self.follow_to_end(&grant, &region, &instance_id, None).await?;
         }
@@ -1974,6 +1978,9 @@ impl AwsBackend {
                     },
                 )
                 .await?;
+                // What finding it showed is an observation like any other: an instance found
+                // running is billed from here, even if it ends before the next poll.
+                self.observe(grant, info, self.now_ms(), true).await?;
                 return Ok(());
             }
             if self.now_ms() > started + VISIBILITY_WINDOW_MS {
