@@ -8,6 +8,7 @@ mod guest_backstop;
 mod guest_security;
 mod iam_policy;
 mod images;
+mod ledger_dynamodb;
 mod moto;
 mod placement;
 mod recovery;

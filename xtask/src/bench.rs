@@ -15,7 +15,8 @@ pub struct BenchArgs {
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Bench {
-    /// usage-ledger: fold, replay and durable append (against SQLite), peak memory.
+    /// usage-ledger: fold, replay and durable append (against SQLite), peak memory; then the
+    /// DynamoDB store against moto on loopback (when MOTO_ENDPOINT is set).
     Ledger,
     /// sim-ec2: simulated API calls per wall second.
     Sim,
@@ -39,6 +40,30 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             args.push("--no-default-features");
         }
         crate::run_cmd("cargo", &args, &[])?;
+        if bench == Bench::Ledger {
+            dynamodb_store()?;
+        }
     }
     Ok(())
+}
+
+/// The DynamoDB store against moto on loopback (`MOTO_ENDPOINT`), or a line saying it was
+/// skipped. Built in the dev profile with the whole workspace, as the tests build it: a release
+/// build of the AWS SDK takes half an hour, and the figure measures moto's Python server anyway.
+fn dynamodb_store() -> anyhow::Result<()> {
+    println!("== bench bench_dynamodb (ledger-dynamodb, dev profile, LOOPBACK MOTO) ==");
+    if std::env::var("MOTO_ENDPOINT").map_or(true, |e| e.trim().is_empty()) {
+        println!(
+            "bench ledger (DynamoDB store): SKIPPED: MOTO_ENDPOINT is not set; start `moto_server -H 127.0.0.1 -p 5055` \
+             and set MOTO_ENDPOINT=http://127.0.0.1:5055 to measure it against moto"
+        );
+        return Ok(());
+    }
+    crate::run_cmd("cargo", &["build", "--quiet", "--workspace", "--examples"], &[])?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| crate::workspace_root().join("target"));
+    let example = target.join("debug").join("examples").join("bench_dynamodb");
+    let example = example.to_str().ok_or_else(|| anyhow::anyhow!("{} is not UTF-8", example.display()))?;
+    crate::run_cmd(example, &[], &[])
 }

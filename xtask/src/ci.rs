@@ -1,7 +1,8 @@
 //! `cargo xtask ci`: everything CI checks, so a green local run means a green CI.
 //!
 //! Steps: formatting, clippy with warnings denied, docs with warnings denied, the dependency
-//! invariants of docs/ARCHITECTURE.md, then every test with moto's EC2 server running on
+//! invariants of docs/ARCHITECTURE.md, then every test with moto's server (EC2, and DynamoDB for
+//! the ledger store's tests, on one port) running on
 //! 127.0.0.1 (installed with pip when missing) and cloud-init's schema validator present
 //! (installed with apt-get when missing), then the simulation: `sim --self-test`, a fixed-seed
 //! swarm sweep with crashes and `--check-determinism`, and one seed drawn from the clock.
@@ -70,9 +71,12 @@ pub fn run(args: CiArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `backend-api` holds no AWS crate; the simulation path (xtask) holds no AWS SDK crate.
+/// `backend-api` and `usage-ledger` hold no AWS crate (the DynamoDB store is `ledger-dynamodb`'s);
+/// the simulation path (xtask) holds no AWS SDK crate.
 fn check_dependency_invariants() -> anyhow::Result<()> {
-    for (package, forbidden) in [("backend-api", "aws-"), ("xtask", "aws-sdk-"), ("sim-ec2", "aws-sdk-")] {
+    for (package, forbidden) in
+        [("backend-api", "aws-"), ("usage-ledger", "aws-"), ("xtask", "aws-sdk-"), ("sim-ec2", "aws-sdk-")]
+    {
         let out = Command::new("cargo")
             .args(["tree", "-p", package, "-e", "normal,build", "--prefix", "none"])
             .current_dir(workspace_root())
@@ -83,7 +87,7 @@ fn check_dependency_invariants() -> anyhow::Result<()> {
         let offending: Vec<&str> = tree.lines().filter(|l| l.starts_with(forbidden)).collect();
         ensure!(
             offending.is_empty(),
-            "architecture invariant broken: `{package}` depends on {offending:?}; keep {forbidden}* crates behind aws-backend's `sdk` feature"
+            "architecture invariant broken: `{package}` depends on {offending:?}; keep {forbidden}* crates behind aws-backend's `sdk` feature or in ledger-dynamodb"
         );
         eprintln!("invariant: {package} depends on no {forbidden}* crate");
     }

@@ -305,6 +305,22 @@ impl<S: EventStore> Ledger<S> {
         Ok(Self { store, books })
     }
 
+    /// A ledger over `store`, whose existing records are `replayed` with their payloads as
+    /// stored (the bytes [`encode_payload`](crate::file::encode_payload) wrote, perhaps in an
+    /// older version). The records hash is over the stored bytes, as [`Ledger::open_file`]'s is,
+    /// so a ledger copied between stores keeps its hash. Fails on the first impossible
+    /// transition.
+    pub fn open_replayed<P: AsRef<[u8]>>(
+        store: S,
+        replayed: impl IntoIterator<Item = (Record, P)>,
+    ) -> Result<Self, LedgerError> {
+        let mut books = Books::default();
+        for (record, payload) in replayed {
+            books.replay(&record, payload.as_ref())?;
+        }
+        Ok(Self { store, books })
+    }
+
     /// Writes what is staged; on failure everything staged is undone.
     fn commit(&mut self) -> Result<(), LedgerError> {
         let (records, through, _) = self.books.take_staged();

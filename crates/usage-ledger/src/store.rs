@@ -127,6 +127,42 @@ pub enum StoreError {
     /// A failure injected by [`MemoryStore::fail_next_appends`].
     #[error("injected store failure")]
     Injected,
+    /// This writer no longer holds the ledger's lease: another owner took it (a higher epoch),
+    /// so nothing of the append was written. Retrying cannot help: the process must stop acting
+    /// for the ledger and leave its grants to the new holder's recovery.
+    #[error(
+        "lost the ledger lease of bridge group {group} (held epoch {epoch}): {reason}; nothing was written: stop this bridge, the lease holder recovers its grants"
+    )]
+    Fenced {
+        /// The bridge group whose lease was lost.
+        group: String,
+        /// The epoch this writer held.
+        epoch: u64,
+        /// What the store found instead.
+        reason: String,
+    },
+    /// The record's place in its grant's sequence is already taken in the store: another writer
+    /// appended it. Nothing of the append was written.
+    #[error(
+        "grant {grant} seq {seq} is already in the store and was not overwritten: another writer appended it; reopen the ledger to replay it"
+    )]
+    SequenceTaken {
+        /// The record's grant, in hex.
+        grant: String,
+        /// The sequence number already taken.
+        seq: u64,
+    },
+    /// A store reached over the network failed or did not answer; what was written is unknown
+    /// until the store heals (see [`EventStore::heal`]).
+    #[error("{store}: {op} failed: {reason}")]
+    Remote {
+        /// The store (e.g. `dynamodb table usage-ledger`).
+        store: String,
+        /// What was being done.
+        op: &'static str,
+        /// The service's answer, with what to do when it says.
+        reason: String,
+    },
 }
 
 impl StoreError {
@@ -152,6 +188,13 @@ impl StoreError {
                 StoreError::Encode { grant: grant.clone(), seq: *seq, reason: reason.clone() }
             }
             StoreError::Injected => StoreError::Injected,
+            StoreError::Fenced { group, epoch, reason } => {
+                StoreError::Fenced { group: group.clone(), epoch: *epoch, reason: reason.clone() }
+            }
+            StoreError::SequenceTaken { grant, seq } => StoreError::SequenceTaken { grant: grant.clone(), seq: *seq },
+            StoreError::Remote { store, op, reason } => {
+                StoreError::Remote { store: store.clone(), op, reason: reason.clone() }
+            }
         }
     }
 }

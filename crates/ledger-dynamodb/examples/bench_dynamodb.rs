@@ -1,0 +1,110 @@
+//! `cargo xtask bench ledger`, DynamoDB part: the DynamoDB store's appends per second and
+//! latency percentiles against moto on loopback, one record per append and group commits of
+//! `BATCH` records. A loopback-moto figure: it measures moto's Python server and this process,
+//! not DynamoDB (whose conditional transactions take milliseconds over a real network), and moto
+//! deep-copies a table for every transaction, so its figures fall as the table grows. Skipped,
+//! saying so, when `MOTO_ENDPOINT` is not set.
+//!
+//! Options: `--appends N` (default 300).
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Instant;
+
+use backend_api::{AlmanacTick, GrantId, Secret, TokioClock};
+use ledger_dynamodb::{Connection, DynamoTable, open_ledger};
+use usage_ledger::{Event, Ledger};
+
+const BATCH: usize = 25;
+const T0: u64 = 1_800_000_000_000;
+
+fn admitted(n: u64) -> (GrantId, u64, Event) {
+    let mut id = [0u8; 32];
+    id[..8].copy_from_slice(&n.to_be_bytes());
+    let event = Event::GrantAdmitted {
+        region: "us-east-1".into(),
+        instance_type: "m7i.large".into(),
+        vcpus: 2,
+        memory_mib: 8192,
+        storage_bytes: 20 << 30,
+        valid_to: AlmanacTick(n + 1000),
+        valid_to_unix_ms: T0 + 3_600_000,
+        key_name: format!("cb-{n:016x}"),
+        group_name: format!("cb-{n:016x}"),
+    };
+    (GrantId(id), T0 + n, event)
+}
+
+fn percentile_ms(sorted_s: &[f64], p: f64) -> f64 {
+    let index = ((sorted_s.len() as f64 - 1.0) * p).round() as usize;
+    sorted_s[index] * 1e3
+}
+
+fn main() {
+    let Some(endpoint) = std::env::var("MOTO_ENDPOINT").ok().filter(|e| !e.trim().is_empty()) else {
+        println!(
+            "bench ledger (DynamoDB store): SKIPPED: MOTO_ENDPOINT is not set; start `moto_server -H 127.0.0.1 -p 5055` \
+             and set MOTO_ENDPOINT=http://127.0.0.1:5055 to measure it against moto"
+        );
+        return;
+    };
+    let mut appends = 300usize;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--appends" => appends = args.next().and_then(|v| v.parse().ok()).expect("--appends N"),
+            other => panic!("unknown option {other}: use --appends N"),
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let table = runtime.block_on(async {
+        let connection = Connection {
+            region: "us-east-1".into(),
+            endpoint_url: Some(endpoint.clone()),
+            static_credentials: Some(("testing".into(), Secret::new("testing"))),
+        };
+        let table = DynamoTable::new(connection.client().await, format!("bench-ledger-{}", std::process::id()));
+        table.create().await.unwrap();
+        table
+    });
+    let lease = runtime.block_on(table.acquire("bench", "bench", 3_600_000, &TokioClock::starting_at(T0))).unwrap();
+    let mut ledger: Ledger<_> = runtime.block_on(open_ledger(table.clone(), lease)).unwrap();
+    println!(
+        "bench ledger (DynamoDB store): LOOPBACK MOTO at {endpoint}, not DynamoDB; {appends} appends \
+         (moto copies the table per transaction: slower as it grows)"
+    );
+
+    let mut latencies_s = Vec::with_capacity(appends);
+    let started = Instant::now();
+    for n in 0..appends as u64 {
+        let (id, at, event) = admitted(n);
+        let t = Instant::now();
+        ledger.append(id, at, event).unwrap();
+        latencies_s.push(t.elapsed().as_secs_f64());
+    }
+    let single = appends as f64 / started.elapsed().as_secs_f64();
+    latencies_s.sort_by(f64::total_cmp);
+    println!(
+        "dynamodb (loopback moto) append, 1 record per transaction: {single:.0} appends/s, p50 {:.2} ms, p99 {:.2} ms",
+        percentile_ms(&latencies_s, 0.50),
+        percentile_ms(&latencies_s, 0.99)
+    );
+
+    let batches = (appends / BATCH).max(1);
+    let mut latencies_s = Vec::with_capacity(batches);
+    let started = Instant::now();
+    for b in 0..batches as u64 {
+        let batch: Vec<_> = (0..BATCH as u64).map(|i| admitted(1_000_000 + b * BATCH as u64 + i)).collect();
+        let t = Instant::now();
+        ledger.append_batch(batch).unwrap();
+        latencies_s.push(t.elapsed().as_secs_f64());
+    }
+    let batched = (batches * BATCH) as f64 / started.elapsed().as_secs_f64();
+    latencies_s.sort_by(f64::total_cmp);
+    println!(
+        "dynamodb (loopback moto) append, group commit of {BATCH}: {batched:.0} records/s, p50 {:.2} ms, p99 {:.2} ms per commit",
+        percentile_ms(&latencies_s, 0.50),
+        percentile_ms(&latencies_s, 0.99)
+    );
+    drop(ledger);
+}

@@ -1,0 +1,209 @@
+//! The lease of a bridge group: who may write the ledger, with which epoch, and until when a
+//! standby must wait before it may take over.
+//!
+//! Safety rests on the epoch alone: [`DynamoTable::acquire`] raises it, and every write is
+//! conditional on the lease item still holding the writer's epoch, so once another holder has
+//! acquired the lease the earlier one cannot write, whatever the clocks say. The expiry only
+//! decides when a standby may take over (see `docs/ARCHITECTURE.md`).
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
+use backend_api::Clock;
+use usage_ledger::StoreError;
+
+use crate::table::{DynamoTable, PK, SK};
+
+const LEASE_PREFIX: &str = "lease#";
+/// The longest group or holder name: short enough to print, long enough for a host name.
+const MAX_NAME_CHARS: usize = 128;
+
+/// The lease a writer holds: the ledger of `group` is written by `holder`, at `epoch`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The bridge group whose ledger this is.
+    pub group: String,
+    /// Who holds it (unique per bridge process, e.g. host name and start time).
+    pub holder: String,
+    /// Raised by every acquisition: writes carrying an older epoch are refused.
+    pub epoch: u64,
+    /// Until when, by the holder's clock, no standby may take the lease (unix milliseconds).
+    pub expires_unix_ms: u64,
+}
+
+/// The lease as the table holds it, for `status` and for an error saying who holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseInfo {
+    /// The holder.
+    pub holder: String,
+    /// The epoch of its acquisition.
+    pub epoch: u64,
+    /// Until when it is held, unix milliseconds (0 once released).
+    pub expires_unix_ms: u64,
+}
+
+/// Why a lease was not acquired.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    /// Another holder's lease has not expired yet.
+    #[error(
+        "the ledger lease of bridge group {group} is held by {} at epoch {} until unix ms {} (now {now_unix_ms}): wait for it to expire, or stop that bridge",
+        held.holder, held.epoch, held.expires_unix_ms
+    )]
+    Held {
+        /// The group.
+        group: String,
+        /// Who holds it.
+        held: LeaseInfo,
+        /// The time this acquirer compared the expiry with.
+        now_unix_ms: u64,
+    },
+    /// A group or holder name that cannot be used.
+    #[error("{what} {value:?} is not usable: use 1-{MAX_NAME_CHARS} printable characters")]
+    InvalidName {
+        /// `group` or `holder`.
+        what: &'static str,
+        /// The name given.
+        value: String,
+    },
+    /// The table failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn check_name(what: &'static str, value: &str) -> Result<(), LeaseError> {
+    let usable = !value.is_empty()
+        && value.chars().count() <= MAX_NAME_CHARS
+        && value.chars().all(|c| !c.is_control() && !c.is_whitespace());
+    if usable { Ok(()) } else { Err(LeaseError::InvalidName { what, value: value.to_string() }) }
+}
+
+fn lease_key(group: &str) -> HashMap<String, AttributeValue> {
+    HashMap::from([
+        (PK.to_string(), AttributeValue::S(format!("{LEASE_PREFIX}{group}"))),
+        (SK.to_string(), AttributeValue::N("0".to_string())),
+    ])
+}
+
+fn number(item: &HashMap<String, AttributeValue>, name: &str) -> Option<u64> {
+    item.get(name)?.as_n().ok()?.parse().ok()
+}
+
+impl Lease {
+    /// The lease item's key.
+    pub(crate) fn key(&self) -> HashMap<String, AttributeValue> {
+        lease_key(&self.group)
+    }
+}
+
+impl DynamoTable {
+    /// Acquires the lease of `group` for `holder` until `duration_ms` from now (by `clock`):
+    /// when nobody holds it, when its expiry has passed, or when `holder` itself holds it (a
+    /// restarted process, or a retried call). Each acquisition raises the epoch, so whatever
+    /// wrote with an earlier epoch (an earlier process of the same holder included) is fenced
+    /// from now on.
+    pub async fn acquire(
+        &self,
+        group: &str,
+        holder: &str,
+        duration_ms: u64,
+        clock: &dyn Clock,
+    ) -> Result<Lease, LeaseError> {
+        check_name("group", group)?;
+        check_name("holder", holder)?;
+        let now_unix_ms = clock.now_unix_ms();
+        let expires_unix_ms = now_unix_ms.saturating_add(duration_ms);
+        let answer = self
+            .client()
+            .update_item()
+            .table_name(self.name())
+            .set_key(Some(lease_key(group)))
+            .update_expression("SET holder = :holder, expires_unix_ms = :expires ADD epoch :one")
+            .condition_expression("attribute_not_exists(pk) OR expires_unix_ms <= :now OR holder = :holder")
+            .expression_attribute_values(":holder", AttributeValue::S(holder.to_string()))
+            .expression_attribute_values(":expires", AttributeValue::N(expires_unix_ms.to_string()))
+            .expression_attribute_values(":now", AttributeValue::N(now_unix_ms.to_string()))
+            .expression_attribute_values(":one", AttributeValue::N("1".to_string()))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        match answer {
+            Ok(out) => {
+                let epoch = out.attributes().and_then(|a| number(a, "epoch")).ok_or_else(|| StoreError::Remote {
+                    store: self.label(),
+                    op: "UpdateItem (acquire the lease)",
+                    reason: "the answer carries no epoch".to_string(),
+                })?;
+                Ok(Lease { group: group.to_string(), holder: holder.to_string(), epoch, expires_unix_ms })
+            }
+            Err(err) if matches!(err.as_service_error(), Some(UpdateItemError::ConditionalCheckFailedException(_))) => {
+                let held = self.lease_holder(group).await?.unwrap_or(LeaseInfo {
+                    holder: "(unknown: the lease item vanished)".to_string(),
+                    epoch: 0,
+                    expires_unix_ms: 0,
+                });
+                Err(LeaseError::Held { group: group.to_string(), held, now_unix_ms })
+            }
+            Err(err) => Err(self.remote("UpdateItem (acquire the lease)", &err).into()),
+        }
+    }
+
+    /// Extends `lease` to `duration_ms` from now, if it is still this holder's at this epoch;
+    /// [`StoreError::Fenced`] when another holder has acquired it.
+    pub async fn renew(&self, lease: &mut Lease, duration_ms: u64, clock: &dyn Clock) -> Result<(), StoreError> {
+        let expires_unix_ms = clock.now_unix_ms().saturating_add(duration_ms);
+        self.set_expiry(lease, expires_unix_ms, "UpdateItem (renew the lease)").await?;
+        lease.expires_unix_ms = expires_unix_ms;
+        Ok(())
+    }
+
+    /// Gives `lease` up (its expiry becomes 0), so a standby may take over at once. The epoch
+    /// stays: the next holder raises it.
+    pub async fn release(&self, lease: Lease) -> Result<(), StoreError> {
+        self.set_expiry(&lease, 0, "UpdateItem (release the lease)").await
+    }
+
+    async fn set_expiry(&self, lease: &Lease, expires_unix_ms: u64, op: &'static str) -> Result<(), StoreError> {
+        let answer = self
+            .client()
+            .update_item()
+            .table_name(self.name())
+            .set_key(Some(lease.key()))
+            .update_expression("SET expires_unix_ms = :expires")
+            .condition_expression("holder = :holder AND epoch = :epoch")
+            .expression_attribute_values(":holder", AttributeValue::S(lease.holder.clone()))
+            .expression_attribute_values(":epoch", AttributeValue::N(lease.epoch.to_string()))
+            .expression_attribute_values(":expires", AttributeValue::N(expires_unix_ms.to_string()))
+            .send()
+            .await;
+        match answer {
+            Ok(_) => Ok(()),
+            Err(err) if matches!(err.as_service_error(), Some(UpdateItemError::ConditionalCheckFailedException(_))) => {
+                Err(self.fenced(lease).await)
+            }
+            Err(err) => Err(self.remote(op, &err)),
+        }
+    }
+
+    /// Who holds the lease of `group` now (a strongly consistent read), or `None` when it has
+    /// never been acquired.
+    pub async fn lease_holder(&self, group: &str) -> Result<Option<LeaseInfo>, StoreError> {
+        let out = self
+            .client()
+            .get_item()
+            .table_name(self.name())
+            .set_key(Some(lease_key(group)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| self.remote("GetItem (read the lease)", &e))?;
+        let Some(item) = out.item() else { return Ok(None) };
+        let holder = item.get("holder").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
+        Ok(Some(LeaseInfo {
+            holder,
+            epoch: number(item, "epoch").unwrap_or(0),
+            expires_unix_ms: number(item, "expires_unix_ms").unwrap_or(0),
+        }))
+    }
+}

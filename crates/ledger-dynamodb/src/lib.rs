@@ -1,0 +1,28 @@
+//! The usage ledger's event store over DynamoDB, with fenced ownership.
+//!
+//! One table holds one ledger: an item per record, keyed by grant (`pk = "grant#<hex>"`, the
+//! partition key) and sequence (`sk`, the sort key), holding the record in the file store's
+//! versioned payload encoding (`rec`) and its place in the order of appends (`pos`); and the lease
+//! item of the bridge group that owns the ledger (`pk = "lease#<group>"`, `sk = 0`).
+//!
+//! - [`DynamoTable`] is the table: creation ([`DynamoTable::create`]), reads
+//!   ([`DynamoTable::replay`], [`DynamoTable::grant_records`]) and the lease protocol
+//!   ([`DynamoTable::acquire`], [`DynamoTable::renew`], [`DynamoTable::release`],
+//!   [`DynamoTable::lease_holder`]).
+//! - [`DynamoStore`] is the [`usage_ledger::EventStore`] a [`usage_ledger::Ledger`] writes
+//!   through, holding a [`Lease`]: every append is one `TransactWriteItems` (per
+//!   [`MAX_RECORDS_PER_TRANSACTION`] records) of conditional puts and a check that the lease
+//!   item still holds the writer's epoch.
+//!
+//! The protocol and its safety argument are in `docs/ARCHITECTURE.md` ("Fenced ownership of a
+//! DynamoDB ledger"); the table, its IAM and the import of a file ledger in `docs/operations.md`.
+
+mod copy;
+mod lease;
+mod store;
+mod table;
+
+pub use copy::{CopyError, CopyReport, export_file, import_file};
+pub use lease::{Lease, LeaseError, LeaseInfo};
+pub use store::{DynamoStore, open_ledger};
+pub use table::{Connection, DynamoTable, MAX_RECORDS_PER_TRANSACTION, Replayed};

@@ -1,0 +1,493 @@
+//! The table: how records are laid out in items, the table's creation, the reads a replay makes,
+//! and the conditional transactions every append and heal is made of.
+
+use std::time::Duration;
+
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::client::Waiters;
+use aws_sdk_dynamodb::config::Credentials;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::primitives::Blob;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, Delete, KeySchemaElement, KeyType,
+    PointInTimeRecoverySpecification, Put, ScalarAttributeType, TransactWriteItem,
+};
+use backend_api::{GrantId, Secret};
+use usage_ledger::file::{decode_payload, encode_payload};
+use usage_ledger::{Record, StoreError};
+
+use crate::lease::Lease;
+
+/// The most records one `TransactWriteItems` carries: DynamoDB takes at most 100 items per
+/// transaction, and one of them is the lease check.
+pub const MAX_RECORDS_PER_TRANSACTION: usize = 99;
+/// The most payload bytes one transaction carries, well under DynamoDB's 4 MB per transaction
+/// (item names and attribute names count too).
+const MAX_TRANSACTION_PAYLOAD_BYTES: usize = 2 << 20;
+/// The largest record payload an item holds: DynamoDB refuses items over 400 KB, names
+/// included.
+const MAX_ITEM_PAYLOAD_BYTES: usize = 350 << 10;
+/// How long one HTTP attempt may take before it counts as failed. An append blocks its caller
+/// for at most the SDK's attempts times this, so a partitioned table fails appends (and the
+/// ledger degrades) instead of hanging the bridge.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub(crate) const PK: &str = "pk";
+pub(crate) const SK: &str = "sk";
+const POS: &str = "pos";
+const REC: &str = "rec";
+const GRANT_PREFIX: &str = "grant#";
+
+/// Where the table is and who signs for it.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    /// The AWS region, e.g. `us-east-1`.
+    pub region: String,
+    /// An endpoint other than AWS's (moto, DynamoDB Local), or `None` for the SDK's own
+    /// resolution (`AWS_ENDPOINT_URL_DYNAMODB`, `AWS_ENDPOINT_URL`, then AWS).
+    pub endpoint_url: Option<String>,
+    /// An access key id and its secret; `None` uses the standard AWS credential chain.
+    pub static_credentials: Option<(String, Secret)>,
+}
+
+impl Connection {
+    /// A DynamoDB client for this connection. It reads the environment and profile files but
+    /// makes no network call. The SDK's standard retries stay on: every write is conditional
+    /// and every transaction carries a ClientRequestToken, so a retried call cannot apply twice.
+    pub async fn client(&self) -> Client {
+        let mut loader =
+            aws_config::defaults(BehaviorVersion::latest()).region(Region::new(self.region.clone())).timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                    .build(),
+            );
+        if let Some(url) = &self.endpoint_url {
+            loader = loader.endpoint_url(url.clone());
+        }
+        if let Some((id, secret)) = &self.static_credentials {
+            // The only place the secret leaves its wrapper: into the SDK's signer.
+            loader = loader.credentials_provider(Credentials::new(
+                id.clone(),
+                secret.expose().to_string(),
+                None,
+                None,
+                "ledger-dynamodb",
+            ));
+        }
+        Client::new(&loader.load().await)
+    }
+}
+
+/// What a replay of the table found: every record with its payload as stored, in the order
+/// they were appended, and the position the next append takes.
+#[derive(Debug, Default)]
+pub struct Replayed {
+    /// The records and their stored payloads, in append order (`pos`).
+    pub records: Vec<(Record, Vec<u8>)>,
+    /// One past the highest `pos` in the table.
+    pub next_pos: u64,
+}
+
+/// One DynamoDB table holding one ledger and the lease of the bridge group that owns it.
+#[derive(Debug, Clone)]
+pub struct DynamoTable {
+    client: Client,
+    name: String,
+}
+
+fn grant_pk(grant: &GrantId) -> String {
+    format!("{GRANT_PREFIX}{}", grant.to_hex())
+}
+
+fn n(value: u64) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+impl DynamoTable {
+    /// The table `name`, reached through `client`.
+    pub fn new(client: Client, name: impl Into<String>) -> Self {
+        Self { client, name: name.into() }
+    }
+
+    /// The table's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub(crate) fn label(&self) -> String {
+        format!("dynamodb table {}", self.name)
+    }
+
+    /// A store error for a failed call, naming the table and, for the answers an operator can
+    /// fix, the fix.
+    pub(crate) fn remote<E, R>(&self, op: &'static str, err: &SdkError<E, R>) -> StoreError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug,
+    {
+        let hint = match err.code() {
+            Some("ResourceNotFoundException") => format!(
+                ": the table does not exist in this region: create it (`ledger-dynamodb create-table --table {}`, docs/operations.md)",
+                self.name
+            ),
+            Some("AccessDeniedException" | "UnrecognizedClientException") => {
+                ": the credentials may not use this table: grant the IAM actions listed in docs/operations.md"
+                    .to_string()
+            }
+            Some("ProvisionedThroughputExceededException" | "ThrottlingException" | "RequestLimitExceeded") => {
+                ": throttled: use on-demand capacity (docs/operations.md) and retry".to_string()
+            }
+            _ => String::new(),
+        };
+        StoreError::Remote { store: self.label(), op, reason: format!("{}{hint}", DisplayErrorContext(err)) }
+    }
+
+    /// Creates the table with on-demand capacity, waits until it is active, and turns
+    /// point-in-time recovery on. For tests and operators (docs/operations.md); the bridge never
+    /// creates tables.
+    pub async fn create(&self) -> Result<(), StoreError> {
+        let attribute = |name: &str, kind| {
+            AttributeDefinition::builder().attribute_name(name).attribute_type(kind).build().map_err(|e| self.build(e))
+        };
+        let key = |name: &str, kind| {
+            KeySchemaElement::builder().attribute_name(name).key_type(kind).build().map_err(|e| self.build(e))
+        };
+        self.client
+            .create_table()
+            .table_name(&self.name)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(attribute(PK, ScalarAttributeType::S)?)
+            .attribute_definitions(attribute(SK, ScalarAttributeType::N)?)
+            .key_schema(key(PK, KeyType::Hash)?)
+            .key_schema(key(SK, KeyType::Range)?)
+            .send()
+            .await
+            .map_err(|e| self.remote("CreateTable", &e))?;
+        self.client.wait_until_table_exists().table_name(&self.name).wait(Duration::from_secs(300)).await.map_err(
+            |e| StoreError::Remote {
+                store: self.label(),
+                op: "wait for the table to be active (DescribeTable)",
+                reason: DisplayErrorContext(&e).to_string(),
+            },
+        )?;
+        let recovery = PointInTimeRecoverySpecification::builder()
+            .point_in_time_recovery_enabled(true)
+            .build()
+            .map_err(|e| self.build(e))?;
+        self.client
+            .update_continuous_backups()
+            .table_name(&self.name)
+            .point_in_time_recovery_specification(recovery)
+            .send()
+            .await
+            .map_err(|e| self.remote("UpdateContinuousBackups (point-in-time recovery)", &e))?;
+        Ok(())
+    }
+
+    pub(crate) fn build(&self, err: aws_sdk_dynamodb::error::BuildError) -> StoreError {
+        StoreError::Remote { store: self.label(), op: "build a request", reason: err.to_string() }
+    }
+
+    fn corrupt(&self, item: &std::collections::HashMap<String, AttributeValue>, why: &str) -> StoreError {
+        let key = |name: &str| item.get(name).map_or_else(|| "?".to_string(), |v| format!("{v:?}"));
+        StoreError::Remote {
+            store: self.label(),
+            op: "decode a record item",
+            reason: format!(
+                "item pk={} sk={}: {why}; it was not written by ledger-dynamodb: remove it, or restore the table with point-in-time recovery",
+                key(PK),
+                key(SK)
+            ),
+        }
+    }
+
+    /// Decodes a record item: the record, its stored payload and its position.
+    fn decode(
+        &self,
+        item: &std::collections::HashMap<String, AttributeValue>,
+    ) -> Result<(Record, Vec<u8>, u64), StoreError> {
+        let number = |name: &str| {
+            item.get(name)
+                .and_then(|v| v.as_n().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| self.corrupt(item, &format!("`{name}` is not a whole number")))
+        };
+        let pk = item.get(PK).and_then(|v| v.as_s().ok()).ok_or_else(|| self.corrupt(item, "`pk` is not a string"))?;
+        let seq = number(SK)?;
+        let pos = number(POS)?;
+        let payload = item
+            .get(REC)
+            .and_then(|v| v.as_b().ok())
+            .ok_or_else(|| self.corrupt(item, "`rec` is not binary"))?
+            .as_ref()
+            .to_vec();
+        let record = decode_payload(&payload).map_err(|e| self.corrupt(item, &e))?;
+        if *pk != grant_pk(&record.grant) || seq != record.seq {
+            return Err(self.corrupt(item, &format!("holds grant {} seq {}", record.grant.to_hex(), record.seq)));
+        }
+        Ok((record, payload, pos))
+    }
+
+    /// Every record in the table, in the order they were appended, read with strongly
+    /// consistent scans (a new lease holder must see every acknowledged append).
+    pub async fn replay(&self) -> Result<Replayed, StoreError> {
+        let mut found = Vec::new();
+        let mut start = None;
+        loop {
+            let page = self
+                .client
+                .scan()
+                .table_name(&self.name)
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| self.remote("Scan", &e))?;
+            for item in page.items() {
+                let is_record = item.get(PK).and_then(|v| v.as_s().ok()).is_some_and(|pk| pk.starts_with(GRANT_PREFIX));
+                if is_record {
+                    found.push(self.decode(item)?);
+                }
+            }
+            match page.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => break,
+            }
+        }
+        // Append order; within one position (never written twice by one lease holder) the
+        // grant's own order.
+        found.sort_by_key(|(record, _, pos)| (*pos, record.grant, record.seq));
+        let next_pos = found.last().map_or(0, |(_, _, pos)| pos + 1);
+        Ok(Replayed { records: found.into_iter().map(|(record, payload, _)| (record, payload)).collect(), next_pos })
+    }
+
+    /// Every record of `grant`, in sequence order (a strongly consistent, paginated Query).
+    pub async fn grant_records(&self, grant: &GrantId) -> Result<Vec<Record>, StoreError> {
+        let mut records = Vec::new();
+        let mut start = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.name)
+                .consistent_read(true)
+                .key_condition_expression("pk = :pk")
+                .expression_attribute_values(":pk", AttributeValue::S(grant_pk(grant)))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| self.remote("Query", &e))?;
+            for item in page.items() {
+                records.push(self.decode(item)?.0);
+            }
+            match page.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => break,
+            }
+        }
+        Ok(records)
+    }
+
+    /// The lease check every write transaction starts with: the lease item still names this
+    /// holder at this epoch.
+    fn lease_check(&self, lease: &Lease) -> Result<TransactWriteItem, StoreError> {
+        let check = ConditionCheck::builder()
+            .table_name(&self.name)
+            .set_key(Some(lease.key()))
+            .condition_expression("holder = :holder AND epoch = :epoch")
+            .expression_attribute_values(":holder", AttributeValue::S(lease.holder.clone()))
+            .expression_attribute_values(":epoch", n(lease.epoch))
+            .build()
+            .map_err(|e| self.build(e))?;
+        Ok(TransactWriteItem::builder().condition_check(check).build())
+    }
+
+    /// Writes `records` at positions `first_pos..`, in transactions of at most
+    /// [`MAX_RECORDS_PER_TRANSACTION`] records (and 2 MiB of payload), in order, each
+    /// conditional on the lease and on every sequence being new. Stops at the first transaction
+    /// that fails: those before it are written, it and those after it are not.
+    pub(crate) async fn write(&self, lease: &Lease, records: &[Record], first_pos: u64) -> Result<(), StoreError> {
+        let mut payloads = Vec::with_capacity(records.len());
+        for record in records {
+            let mut payload = Vec::new();
+            encode_payload(record, &mut payload)?;
+            payloads.push(payload);
+        }
+        self.write_encoded(lease, records, &payloads, first_pos).await
+    }
+
+    /// [`DynamoTable::write`] with each record's payload as already encoded (an import keeps
+    /// a file's bytes, older versions included, so the records hash stays the same).
+    pub(crate) async fn write_encoded(
+        &self,
+        lease: &Lease,
+        records: &[Record],
+        payloads: &[Vec<u8>],
+        first_pos: u64,
+    ) -> Result<(), StoreError> {
+        for (record, payload) in records.iter().zip(payloads) {
+            if payload.len() > MAX_ITEM_PAYLOAD_BYTES {
+                return Err(StoreError::Encode {
+                    grant: record.grant.to_hex(),
+                    seq: record.seq,
+                    reason: format!(
+                        "{} bytes is more than a DynamoDB item holds ({MAX_ITEM_PAYLOAD_BYTES})",
+                        payload.len()
+                    ),
+                });
+            }
+        }
+        let mut start = 0;
+        while start < records.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < records.len()
+                && end - start < MAX_RECORDS_PER_TRANSACTION
+                && (end == start || bytes + payloads[end].len() <= MAX_TRANSACTION_PAYLOAD_BYTES)
+            {
+                bytes += payloads[end].len();
+                end += 1;
+            }
+            let pos = first_pos + start as u64;
+            self.write_chunk(lease, &records[start..end], &payloads[start..end], pos).await?;
+            start = end;
+        }
+        Ok(())
+    }
+
+    async fn write_chunk(
+        &self,
+        lease: &Lease,
+        records: &[Record],
+        payloads: &[Vec<u8>],
+        first_pos: u64,
+    ) -> Result<(), StoreError> {
+        let mut items = vec![self.lease_check(lease)?];
+        for (i, (record, payload)) in records.iter().zip(payloads).enumerate() {
+            let put = Put::builder()
+                .table_name(&self.name)
+                .item(PK, AttributeValue::S(grant_pk(&record.grant)))
+                .item(SK, n(record.seq))
+                .item(POS, n(first_pos + i as u64))
+                .item(REC, AttributeValue::B(Blob::new(payload.clone())))
+                .condition_expression("attribute_not_exists(pk)")
+                .build()
+                .map_err(|e| self.build(e))?;
+            items.push(TransactWriteItem::builder().put(put).build());
+        }
+        // Positions are never reused by one holder (a failed append's are skipped), so the
+        // token names one request: a retry of it returns its first outcome and applies nothing
+        // twice.
+        let token = format!("e{:x}p{first_pos:x}", lease.epoch);
+        let sent =
+            self.client.transact_write_items().set_transact_items(Some(items)).client_request_token(token).send().await;
+        match sent {
+            Ok(_) => Ok(()),
+            Err(err) => Err(self.cancelled(lease, &err, |i| records.get(i)).await),
+        }
+    }
+
+    /// Names why a write transaction was refused: the lease check failed (fenced), a record's
+    /// sequence was taken, or something else.
+    async fn cancelled<'a, R: std::fmt::Debug>(
+        &self,
+        lease: &Lease,
+        err: &SdkError<TransactWriteItemsError, R>,
+        record_at: impl Fn(usize) -> Option<&'a Record>,
+    ) -> StoreError {
+        let Some(TransactWriteItemsError::TransactionCanceledException(cancel)) = err.as_service_error() else {
+            return self.remote("TransactWriteItems", err);
+        };
+        let reasons = cancel.cancellation_reasons();
+        let failed = |i: usize| reasons.get(i).and_then(|r| r.code()) == Some("ConditionalCheckFailed");
+        if failed(0) {
+            return self.fenced(lease).await;
+        }
+        if let Some(record) = (1..reasons.len()).find(|&i| failed(i)).and_then(|i| record_at(i - 1)) {
+            return StoreError::SequenceTaken { grant: record.grant.to_hex(), seq: record.seq };
+        }
+        self.remote("TransactWriteItems", err)
+    }
+
+    /// The fencing error for `lease`, naming who holds the lease now when that can be read.
+    pub(crate) async fn fenced(&self, lease: &Lease) -> StoreError {
+        let reason = match self.lease_holder(&lease.group).await {
+            Ok(Some(now)) => format!("the lease is now held by {} at epoch {}", now.holder, now.epoch),
+            Ok(None) => "the lease item is gone".to_string(),
+            Err(err) => format!("the lease item no longer names this holder at this epoch (reading it failed: {err})"),
+        };
+        StoreError::Fenced { group: lease.group.clone(), epoch: lease.epoch, reason }
+    }
+
+    /// Deletes the items of a failed append (`records` in order, at positions from
+    /// `first_pos`), in transactions conditional on the lease. An item is deleted only when it
+    /// holds the position this append gave it, so a record another writer put at one of those
+    /// keys is never deleted: it is left in place and the rest are deleted.
+    pub(crate) async fn delete_unacknowledged(
+        &self,
+        lease: &Lease,
+        records: &[(GrantId, u64)],
+        first_pos: u64,
+    ) -> Result<(), StoreError> {
+        let positioned: Vec<(GrantId, u64, u64)> =
+            records.iter().enumerate().map(|(i, (grant, seq))| (*grant, *seq, first_pos + i as u64)).collect();
+        for (chunk_index, chunk) in positioned.chunks(MAX_RECORDS_PER_TRANSACTION).enumerate() {
+            let mut left = chunk.to_vec();
+            let mut attempt = 0u32;
+            while !left.is_empty() {
+                let mut items = vec![self.lease_check(lease)?];
+                for (grant, seq, pos) in &left {
+                    let delete = Delete::builder()
+                        .table_name(&self.name)
+                        .key(PK, AttributeValue::S(grant_pk(grant)))
+                        .key(SK, n(*seq))
+                        .condition_expression("attribute_not_exists(pk) OR pos = :pos")
+                        .expression_attribute_values(":pos", n(*pos))
+                        .build()
+                        .map_err(|e| self.build(e))?;
+                    items.push(TransactWriteItem::builder().delete(delete).build());
+                }
+                let token = format!("e{:x}d{first_pos:x}c{chunk_index:x}a{attempt:x}", lease.epoch);
+                let sent = self
+                    .client
+                    .transact_write_items()
+                    .set_transact_items(Some(items))
+                    .client_request_token(token)
+                    .send()
+                    .await;
+                let Err(err) = sent else { break };
+                let reasons = match err.as_service_error() {
+                    Some(TransactWriteItemsError::TransactionCanceledException(cancel)) => {
+                        cancel.cancellation_reasons().to_vec()
+                    }
+                    _ => Vec::new(),
+                };
+                let failed = |i: usize| reasons.get(i).and_then(|r| r.code()) == Some("ConditionalCheckFailed");
+                if failed(0) {
+                    return Err(self.fenced(lease).await);
+                }
+                let before = left.len();
+                let mut index = 0;
+                // Item i + 1 of the transaction is left[i]: drop the keys another writer holds.
+                left.retain(|_| {
+                    index += 1;
+                    !failed(index)
+                });
+                if left.len() == before {
+                    return Err(self.remote("TransactWriteItems (remove the items of an unacknowledged append)", &err));
+                }
+                attempt += 1;
+            }
+        }
+        Ok(())
+    }
+}
