@@ -27,8 +27,8 @@ use crate::placement::{Candidate, RegionNetwork, RegionPlacement};
 use crate::poller::{RegionPoller, Sighting};
 use crate::port::{
     Architecture, AuthorizeIngressRequest, CreateSecurityGroupRequest, Ec2Error, Ec2Port, Filter, ImportKeyPairRequest,
-    InstanceInfo, InstanceState, InstanceTypeInfo, Operation, PageRequest, RunInstancesRequest, ShutdownBehavior,
-    codes, metric_window,
+    InstanceInfo, InstanceState, InstanceTypeInfo, Operation, RunInstancesRequest, ShutdownBehavior, codes,
+    metric_window,
 };
 use crate::sizing;
 
@@ -121,11 +121,6 @@ impl TestSwitches {
     pub fn any(&self) -> bool {
         *self != Self::default()
     }
-}
-
-/// The first page of a listing by filters: as large as EC2 allows.
-fn listing(op: Operation) -> PageRequest {
-    PageRequest::listing(op, false)
 }
 
 fn picked(grant: &GrantId, below: u8) -> bool {
@@ -521,7 +516,7 @@ impl AwsBackend {
         let types = self
             .inner
             .pacer
-            .pages(region, Operation::DescribeInstanceTypes, listing(Operation::DescribeInstanceTypes), |page| {
+            .pages(region, Operation::DescribeInstanceTypes, false, |page| {
                 self.inner.port.describe_instance_types_page(region, families.clone(), page)
             })
             .await
@@ -1016,7 +1011,7 @@ impl AwsBackend {
         match self
             .inner
             .pacer
-            .pages(region, Operation::DescribeSecurityGroups, PageRequest::unpaged(), |page| {
+            .pages(region, Operation::DescribeSecurityGroups, true, |page| {
                 self.inner.port.describe_security_groups_page(region, ids.clone(), Vec::new(), page)
             })
             .await
@@ -1040,7 +1035,7 @@ impl AwsBackend {
             let groups = self
                 .inner
                 .pacer
-                .pages(region, Operation::DescribeSecurityGroups, listing(Operation::DescribeSecurityGroups), |page| {
+                .pages(region, Operation::DescribeSecurityGroups, false, |page| {
                     self.inner.port.describe_security_groups_page(region, Vec::new(), filters.clone(), page)
                 })
                 .await
@@ -1083,8 +1078,10 @@ impl AwsBackend {
         let mut tries: Vec<(usize, Candidate)> = Vec::new();
         // A launch requested before a crash goes first, exactly as it was sent.
         let resumed = state.launch_requested().and_then(names::token_attempt);
+        let mut resumed_type = None;
         if let Some(index) = resumed {
             let (type_pos, zone) = crate::placement::from_try_index(index, region);
+            resumed_type = Some(type_pos);
             if let Some(itype) = fitting.get(type_pos) {
                 let subnet_id = zone.as_ref().and_then(|z| network?.subnets_by_zone.get(z)?.first().cloned());
                 tries.push((index, Candidate { itype: itype.clone(), zone, subnet_id }));
@@ -1095,7 +1092,6 @@ impl AwsBackend {
             let known = placement.entry(region.clone()).or_default();
             crate::placement::candidates(fitting, known, network, self.now_ms())
         };
-        let resumed_type = resumed.map(|i| crate::placement::from_try_index(i, region).0);
         for candidate in candidates {
             let Some(type_pos) = position(&candidate.itype.instance_type) else { continue };
             // Types before the resumed one were tried before the crash; the quota rules out
@@ -1500,7 +1496,7 @@ impl AwsBackend {
         let instances = self
             .inner
             .pacer
-            .pages(region, Operation::DescribeInstances, listing(Operation::DescribeInstances), |page| {
+            .pages(region, Operation::DescribeInstances, false, |page| {
                 self.inner.port.describe_instances_page(region, Vec::new(), filters.clone(), page)
             })
             .await
@@ -1600,7 +1596,7 @@ impl AwsBackend {
         let answer = self
             .inner
             .pacer
-            .pages(region, Operation::DescribeInstances, PageRequest::unpaged(), |page| {
+            .pages(region, Operation::DescribeInstances, true, |page| {
                 self.inner.port.describe_instances_page(region, ids.clone(), Vec::new(), page)
             })
             .await;
@@ -1630,7 +1626,7 @@ impl AwsBackend {
         let found = self
             .inner
             .pacer
-            .pages(region, Operation::DescribeInstances, PageRequest::unpaged(), |page| {
+            .pages(region, Operation::DescribeInstances, true, |page| {
                 self.inner.port.describe_instances_page(region, ids.clone(), Vec::new(), page)
             })
             .await
@@ -1956,7 +1952,7 @@ impl AwsBackend {
             let instances = self
                 .inner
                 .pacer
-                .pages(region, Operation::DescribeInstances, listing(Operation::DescribeInstances), |page| {
+                .pages(region, Operation::DescribeInstances, false, |page| {
                     self.inner.port.describe_instances_page(region, Vec::new(), filters.clone(), page)
                 })
                 .await
@@ -1990,7 +1986,7 @@ impl AwsBackend {
                 let found = self
                     .inner
                     .pacer
-                    .pages(region, Operation::DescribeInstances, listing(Operation::DescribeInstances), |page| {
+                    .pages(region, Operation::DescribeInstances, false, |page| {
                         self.inner.port.describe_instances_page(region, Vec::new(), by_token.clone(), page)
                     })
                     .await

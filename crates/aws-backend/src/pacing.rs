@@ -213,8 +213,8 @@ impl Pacer {
         }
     }
 
-    /// Every page of a paginated Describe, starting from `first` (see
-    /// [`PageRequest::listing`]): `call` is asked for each page in turn, and each page is paced
+    /// Every page of a paginated Describe of `op`, by ids or by filters (`by_ids`; the first
+    /// page is [`PageRequest::listing`]'s): `call` is asked for each page in turn, and each page is paced
     /// and retried as the call it is (a retry asks for the same page again). Only a page
     /// without a token ends the listing: EC2 may answer short pages, even empty ones, while
     /// more remain (EC2 API Reference, "Pagination").
@@ -222,14 +222,14 @@ impl Pacer {
         &self,
         region: &RegionLabel,
         op: Operation,
-        first: PageRequest,
+        by_ids: bool,
         mut call: F,
     ) -> Result<Vec<T>, Ec2Error>
     where
         F: FnMut(PageRequest) -> Fut,
         Fut: Future<Output = Result<Page<T>, Ec2Error>>,
     {
-        let mut request = first;
+        let mut request = PageRequest::listing(op, by_ids);
         let mut items = Vec::new();
         loop {
             let page = self.call(region, op, || call(request.clone())).await?;

@@ -18,7 +18,7 @@ use backend_api::{BackendError, RegionLabel};
 
 use crate::backend::{AwsBackend, provider};
 use crate::pacing::lock;
-use crate::port::{Filter, InstanceTypeInfo, InstanceTypeOffering, Operation, PageRequest, SubnetInfo, codes};
+use crate::port::{Filter, InstanceTypeInfo, InstanceTypeOffering, Operation, SubnetInfo, codes};
 
 /// How long a (type, zone) stays out of the candidates after `InsufficientInstanceCapacity`:
 /// Karpenter's figure for its cache of unavailable offerings (about 3 minutes).
@@ -240,11 +240,10 @@ impl AwsBackend {
         } else {
             (config.subnet_ids.clone(), Vec::new(), format!("network.{region}.subnet_ids {:?}", config.subnet_ids))
         };
-        let first = PageRequest::listing(Operation::DescribeSubnets, !ids.is_empty());
         let subnets = self
             .inner
             .pacer
-            .pages(region, Operation::DescribeSubnets, first, |page| {
+            .pages(region, Operation::DescribeSubnets, !ids.is_empty(), |page| {
                 self.inner.port.describe_subnets_page(region, ids.clone(), filters.clone(), page)
             })
             .await;
@@ -278,11 +277,10 @@ impl AwsBackend {
             Ok(types) if !types.is_empty() => types.iter().map(|t| t.instance_type.clone()).collect(),
             _ => self.config().instance_families.iter().map(|f| format!("{f}.*")).collect(),
         };
-        let first = PageRequest::listing(Operation::DescribeInstanceTypeOfferings, false);
         let answer = self
             .inner
             .pacer
-            .pages(region, Operation::DescribeInstanceTypeOfferings, first, |page| {
+            .pages(region, Operation::DescribeInstanceTypeOfferings, false, |page| {
                 self.inner.port.describe_instance_type_offerings_page(region, families.clone(), page)
             })
             .await;

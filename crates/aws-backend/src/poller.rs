@@ -9,7 +9,7 @@ use tokio::sync::Notify;
 
 use crate::config::OWNER_TAG;
 use crate::pacing::{Pacer, lock};
-use crate::port::{Ec2Port, Filter, InstanceInfo, Operation, PageRequest};
+use crate::port::{Ec2Port, Filter, InstanceInfo, Operation};
 
 /// What the poller last saw of one instance.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -147,12 +147,9 @@ impl RegionPoller {
         let filters = vec![Filter::tag(OWNER_TAG, [self.owner.clone()])];
         let result = self
             .pacer
-            .pages(
-                &self.region,
-                Operation::DescribeInstances,
-                PageRequest::listing(Operation::DescribeInstances, false),
-                |page| self.port.describe_instances_page(&self.region, Vec::new(), filters.clone(), page),
-            )
+            .pages(&self.region, Operation::DescribeInstances, false, |page| {
+                self.port.describe_instances_page(&self.region, Vec::new(), filters.clone(), page)
+            })
             .await;
         *lock(&self.polls) += 1;
         let at_unix_ms = self.clock.now_unix_ms();

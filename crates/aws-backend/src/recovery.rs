@@ -12,7 +12,7 @@ use usage_ledger::{Event, ObservedState, ResourceKind, TerminationReason};
 
 use crate::backend::AwsBackend;
 use crate::config::{GRANT_TAG, OWNER_TAG};
-use crate::port::{Ec2Error, Filter, InstanceState, Operation, PageRequest, Tags};
+use crate::port::{Ec2Error, Filter, InstanceState, Operation, Tags};
 
 /// What a recovery pass did.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -188,16 +188,15 @@ impl AwsBackend {
         let now = self.now_ms();
         let grace = self.config().reaper_grace_ms;
 
-        let listing = |op| PageRequest::listing(op, false);
         let instances = pacer
-            .pages(region, Operation::DescribeInstances, listing(Operation::DescribeInstances), |page| {
+            .pages(region, Operation::DescribeInstances, false, |page| {
                 port.describe_instances_page(region, Vec::new(), owner.clone(), page)
             })
             .await?;
         let key_pairs =
             pacer.call(region, Operation::DescribeKeyPairs, || port.describe_key_pairs(region, owner.clone())).await?;
         let groups = pacer
-            .pages(region, Operation::DescribeSecurityGroups, listing(Operation::DescribeSecurityGroups), |page| {
+            .pages(region, Operation::DescribeSecurityGroups, false, |page| {
                 port.describe_security_groups_page(region, Vec::new(), owner.clone(), page)
             })
             .await?;

@@ -861,6 +861,37 @@ impl World {
         p > 0.0 && (p >= 1.0 || self.rng.gen_bool(p))
     }
 
+    /// What every service's gate does first: the region (`OptInRequired` when it is not
+    /// simulated), an outage (answered with the service's own `unavailable` code), and a
+    /// targeted `fail_next`. Returns the region's index.
+    fn gate_common(
+        &mut self,
+        op: Operation,
+        region: &RegionLabel,
+        about: About<'_>,
+        unavailable: &str,
+    ) -> Result<usize, Ec2Error> {
+        let Some(r) = self.region_index(region) else {
+            return Err(err(
+                op,
+                extra_codes::OPT_IN_REQUIRED,
+                format!("region {region} is not simulated: add it to SimConfig::regions"),
+            ));
+        };
+        self.current = Some((op, r));
+        if self.regions[r].outage_until_ms > self.now_ms {
+            self.fault_about("RegionOutage", r, about);
+            return Err(err(op, unavailable, format!("The service is unavailable in {region}")));
+        }
+        if let Some(queue) = self.fail_next.get_mut(&op)
+            && let Some(code) = queue.pop_front()
+        {
+            self.fault_about(&format!("fail_next:{code}"), r, about);
+            return Err(err(op, &code, "injected by fail_next"));
+        }
+        Ok(r)
+    }
+
     /// Everything that happens before a call reaches its operation: region, outage, targeted
     /// faults, throttling (a throttled call takes no token), random failures.
     fn gate(&mut self, op: Operation, region: &RegionLabel, about: About<'_>) -> Result<usize, Ec2Error> {
@@ -871,24 +902,7 @@ impl World {
             return self.ssm_gate(op, region, about);
         }
         let now = self.now_ms;
-        let Some(r) = self.region_index(region) else {
-            return Err(err(
-                op,
-                extra_codes::OPT_IN_REQUIRED,
-                format!("region {region} is not simulated: add it to SimConfig::regions"),
-            ));
-        };
-        self.current = Some((op, r));
-        if self.regions[r].outage_until_ms > now {
-            self.fault_about("RegionOutage", r, about);
-            return Err(err(op, codes::UNAVAILABLE, format!("The service is unavailable in {region}")));
-        }
-        if let Some(queue) = self.fail_next.get_mut(&op)
-            && let Some(code) = queue.pop_front()
-        {
-            self.fault_about(&format!("fail_next:{code}"), r, about);
-            return Err(err(op, &code, "injected by fail_next"));
-        }
+        let r = self.gate_common(op, region, about, codes::UNAVAILABLE)?;
         if self.chance(self.faults.throttle_probability) {
             self.fault_about(codes::REQUEST_LIMIT_EXCEEDED, r, about);
             return Err(err(op, codes::REQUEST_LIMIT_EXCEEDED, "Request limit exceeded."));

@@ -36,7 +36,7 @@ use aws_backend::port::{Ec2Error, METRIC_PERIOD_MS, NetworkUsage, Operation, Thr
 use backend_api::RegionLabel;
 use sha2::{Digest, Sha256};
 
-use super::{About, Instance, World, err, extra_codes};
+use super::{About, Instance, World, err};
 use crate::audit::op_tag;
 use crate::bucket::TokenBucket;
 use crate::config::FaultConfig;
@@ -165,24 +165,7 @@ impl World {
         about: About<'_>,
     ) -> Result<usize, Ec2Error> {
         let now = self.now_ms;
-        let Some(r) = self.region_index(region) else {
-            return Err(err(
-                op,
-                extra_codes::OPT_IN_REQUIRED,
-                format!("region {region} is not simulated: add it to SimConfig::regions"),
-            ));
-        };
-        self.current = Some((op, r));
-        if self.regions[r].outage_until_ms > now {
-            self.fault_about("RegionOutage", r, about);
-            return Err(err(op, SERVICE_UNAVAILABLE, format!("The service is unavailable in {region}")));
-        }
-        if let Some(queue) = self.fail_next.get_mut(&op)
-            && let Some(code) = queue.pop_front()
-        {
-            self.fault_about(&format!("fail_next:{code}"), r, about);
-            return Err(err(op, &code, "injected by fail_next"));
-        }
+        let r = self.gate_common(op, region, about, SERVICE_UNAVAILABLE)?;
         if self.chance(self.faults.cloudwatch_throttle_probability) {
             self.fault_about(codes::THROTTLING, r, about);
             return Err(err(op, codes::THROTTLING, "Rate exceeded"));

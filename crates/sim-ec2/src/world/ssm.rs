@@ -18,7 +18,7 @@
 use aws_backend::port::{Ec2Error, Operation, codes};
 use backend_api::RegionLabel;
 
-use super::{About, World, err, extra_codes};
+use super::{About, World, err};
 use crate::audit::op_tag;
 
 impl World {
@@ -31,24 +31,7 @@ impl World {
         about: About<'_>,
     ) -> Result<usize, Ec2Error> {
         let now = self.now_ms;
-        let Some(r) = self.region_index(region) else {
-            return Err(err(
-                op,
-                extra_codes::OPT_IN_REQUIRED,
-                format!("region {region} is not simulated: add it to SimConfig::regions"),
-            ));
-        };
-        self.current = Some((op, r));
-        if self.regions[r].outage_until_ms > now {
-            self.fault_about("RegionOutage", r, about);
-            return Err(err(op, codes::INTERNAL_SERVER_ERROR, format!("The service is unavailable in {region}")));
-        }
-        if let Some(queue) = self.fail_next.get_mut(&op)
-            && let Some(code) = queue.pop_front()
-        {
-            self.fault_about(&format!("fail_next:{code}"), r, about);
-            return Err(err(op, &code, "injected by fail_next"));
-        }
+        let r = self.gate_common(op, region, about, codes::INTERNAL_SERVER_ERROR)?;
         let bucket = &mut self.regions[r].buckets[op.index()];
         if !bucket.has_token(now) {
             self.bucket_throttles.push((now, region.clone(), op));
