@@ -143,6 +143,7 @@ impl Moto {
                 key_seed: Secret::new(hex(&rand::random::<[u8; 32]>())),
                 jitter_seed: u64::from_le_bytes(salt),
                 switches: TestSwitches::default(),
+                tenure: None,
             },
         )
         .await?;

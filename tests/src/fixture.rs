@@ -91,6 +91,7 @@ pub async fn backend_on(
             key_seed: key_seed(seed),
             jitter_seed: seed ^ incarnation ^ 0x5EED,
             switches,
+            tenure: None,
         },
     )
     .await

@@ -31,6 +31,7 @@ use crate::port::{
     metric_window,
 };
 use crate::sizing;
+use crate::standby::{LeaseTable, LeaseTimes, Tenure};
 
 /// The name this backend reports.
 pub const BACKEND_NAME: &str = "aws";
@@ -114,6 +115,9 @@ pub struct TestSwitches {
     pub guest_poweroff_late_s: u64,
     /// Read only the first page of every paginated listing.
     pub first_page_only: bool,
+    /// Act as if the lease were held forever: send EC2 calls past its end, and keep going once
+    /// it is lost (a fenced replica that does not stop).
+    pub ignore_lease: bool,
 }
 
 impl TestSwitches {
@@ -143,6 +147,9 @@ pub struct BackendParts {
     pub jitter_seed: u64,
     /// Deliberate faults for tests.
     pub switches: TestSwitches,
+    /// The lease this backend acts under when its ledger is shared by a bridge group (see
+    /// `standby`); `None` for a ledger of its own (the file store).
+    pub tenure: Option<Arc<Tenure>>,
 }
 
 /// The right to send TerminateInstances for one instance: taken by one caller at a time, and
@@ -216,6 +223,8 @@ pub(crate) struct Inner {
     pub(crate) placement: Mutex<BTreeMap<RegionLabel, RegionPlacement>>,
     /// The AMI ids aliases resolved to, per region and architecture (see `images`).
     pub(crate) images: crate::images::ImageCache,
+    /// The lease the backend acts under, when its ledger is shared (see `standby`).
+    tenure: Option<Arc<Tenure>>,
 }
 
 /// An instance waiting in `terminate_together`, and where to tell it what became of it.
@@ -335,6 +344,11 @@ impl AwsBackend {
         if parts.switches.first_page_only {
             pacer = pacer.reading_first_pages_only();
         }
+        if let Some(tenure) = &parts.tenure
+            && !parts.switches.ignore_lease
+        {
+            pacer = pacer.acting_under(tenure.clone());
+        }
         let pacer = Arc::new(pacer);
         let backend = Self {
             inner: Arc::new(Inner {
@@ -358,6 +372,7 @@ impl AwsBackend {
                 networks: Mutex::new(BTreeMap::new()),
                 placement: Mutex::new(BTreeMap::new()),
                 images: crate::images::ImageCache::default(),
+                tenure: parts.tenure,
             }),
         };
         for region in &cfg.regions {
@@ -380,6 +395,42 @@ impl AwsBackend {
     /// handle alone may leave it running. The simulation calls this when it crashes a backend.
     pub fn shutdown(&self) {
         self.inner.stop_tasks();
+    }
+
+    /// Stops acting for good because the lease is lost, for `why`: every task of the backend's
+    /// own stops, and the pacer refuses every EC2 call from now on; whatever is in flight is the
+    /// next lease holder's recovery's to finish. The process should exit (its supervisor
+    /// starts it again as a standby).
+    pub fn lose_lease(&self, why: &str) {
+        let Some(tenure) = &self.inner.tenure else { return };
+        if tenure.lose(why) {
+            tracing::error!(
+                holder = tenure.holder(),
+                epoch = tenure.epoch(),
+                why,
+                "lost the ledger lease: this bridge stops acting"
+            );
+        }
+        if !self.inner.switches.ignore_lease {
+            self.inner.stop_tasks();
+        }
+    }
+
+    /// Why the lease this backend acted under is lost, once it is.
+    pub fn lease_lost(&self) -> Option<String> {
+        self.inner.tenure.as_ref().and_then(|t| t.lost())
+    }
+
+    /// Renews the lease this backend acts under (`lease`, in `table`) until it is lost, then
+    /// stops acting ([`AwsBackend::lose_lease`]) and returns why. Returns at once for a backend
+    /// with a ledger of its own.
+    pub async fn keep_lease(&self, table: &dyn LeaseTable, lease: usage_ledger::Lease, times: &LeaseTimes) -> String {
+        let Some(tenure) = self.inner.tenure.clone() else {
+            return "this backend holds no lease: its ledger is its own".to_string();
+        };
+        let why = crate::standby::keep_lease(table, lease, &tenure, times, self.inner.clock.as_ref()).await;
+        self.lose_lease(&why);
+        why
     }
 
     /// How many network figures (of instances of any grant, settled or not) are not complete
@@ -459,6 +510,10 @@ impl AwsBackend {
                     tracing::error!(error = %err, "the usage ledger cannot be written: refusing new grants, still terminating");
                 }
                 *slot = Some(err.to_string());
+                if matches!(err, usage_ledger::StoreError::Fenced { .. }) {
+                    drop(slot);
+                    self.lose_lease(&err.to_string());
+                }
             }
             Some(_) => {}
             None => {

@@ -21,6 +21,7 @@ mod refusals;
 #[cfg(feature = "sdk")]
 pub mod sdk;
 pub mod sizing;
+pub mod standby;
 
 pub use backend::{AwsBackend, BACKEND_NAME, BackendLedger, BackendParts, DynStore, TestSwitches};
 pub use config::{AwsBootConfig, ConfigError, GRANT_TAG, OWNER_TAG};

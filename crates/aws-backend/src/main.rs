@@ -310,6 +310,7 @@ async fn open_backend(
             key_seed,
             jitter_seed: rand::rngs::OsRng.next_u64(),
             switches: TestSwitches::default(),
+            tenure: None,
         },
     )
     .await?;

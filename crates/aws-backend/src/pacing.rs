@@ -12,9 +12,11 @@ use backend_api::{Clock, RegionLabel};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
+use crate::standby::Tenure;
+
 use crate::port::{
     Ec2Error, Operation, Page, PageRequest, RUN_INSTANCES_RESOURCE_CAPACITY, RUN_INSTANCES_RESOURCE_REFILL_PER_S,
-    TERMINATE_INSTANCES_RESOURCE_CAPACITY, TERMINATE_INSTANCES_RESOURCE_REFILL_PER_S,
+    TERMINATE_INSTANCES_RESOURCE_CAPACITY, TERMINATE_INSTANCES_RESOURCE_REFILL_PER_S, codes,
 };
 
 /// A token bucket as a generic cell rate algorithm: each call reserves the next slot at once
@@ -90,6 +92,9 @@ pub struct Pacer {
     buckets_off: bool,
     /// Read only the first page of a listing (a deliberate bug for the self-test).
     first_page_only: bool,
+    /// The lease this process acts under, when it shares its ledger (see `standby`): no call
+    /// goes out once it may not act.
+    tenure: Option<Arc<Tenure>>,
 }
 
 /// What pacing did, for benches and the simulation summary.
@@ -113,7 +118,15 @@ impl Pacer {
             stats: Mutex::new(PacingStats::default()),
             buckets_off: false,
             first_page_only: false,
+            tenure: None,
         }
+    }
+
+    /// The same pacer sending calls only while `tenure` says this process may act: past that,
+    /// each call fails at once with [`codes::LEASE_LOST`], sending nothing.
+    pub fn acting_under(mut self, tenure: Arc<Tenure>) -> Self {
+        self.tenure = Some(tenure);
+        self
     }
 
     /// The same pacer without its buckets: retries only. A deliberate bug, for
@@ -200,6 +213,13 @@ impl Pacer {
         let mut attempt = 0u32;
         loop {
             self.admit_for(region, op, instances).await;
+            // Checked after any wait, right before sending: a process paused in the wait finds
+            // its lease run out when it wakes.
+            if let Some(tenure) = &self.tenure
+                && let Err(why) = tenure.may_act(self.clock.now_unix_ms())
+            {
+                return Err(Ec2Error::new(op, codes::LEASE_LOST, format!("not sent: {why}")));
+            }
             match call().await {
                 Ok(value) => return Ok(value),
                 Err(err) if err.is_transient() && attempt + 1 < self.policy.attempts_max => {

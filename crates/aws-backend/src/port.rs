@@ -53,6 +53,9 @@ pub mod codes {
     /// The instance type is not offered in the availability zone EC2 placed the request in
     /// (DescribeInstanceTypeOfferings tells which zones offer it).
     pub const UNSUPPORTED: &str = "Unsupported";
+    /// Not an EC2 code: the call was not sent, because this bridge may no longer act for its
+    /// ledger (its lease ran out or another bridge took it; see `standby`).
+    pub const LEASE_LOST: &str = "Local.LeaseLost";
     /// The AMI does not exist in the region (or the account may not use it).
     pub const AMI_NOT_FOUND: &str = "InvalidAMIID.NotFound";
     /// The AMI id is not `ami-` followed by hexadecimal digits.

@@ -583,6 +583,7 @@ mod tests {
                 key_seed: Secret::new("unit-key-seed"),
                 jitter_seed: 7,
                 switches: TestSwitches::default(),
+                tenure: None,
             },
         )
         .await

@@ -4,8 +4,8 @@ use std::path::Path;
 
 use usage_ledger::{EventStore, Ledger, LedgerError, MemoryStore, Record, StoreError, scan_file};
 
-use crate::lease::Lease;
 use crate::table::DynamoTable;
+use usage_ledger::Lease;
 
 /// What an import or export copied.
 #[derive(Debug, Clone, PartialEq, Eq)]

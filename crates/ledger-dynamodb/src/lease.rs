@@ -11,75 +11,13 @@ use std::collections::HashMap;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use backend_api::Clock;
-use usage_ledger::StoreError;
+use usage_ledger::{Lease, LeaseError, LeaseInfo, StoreError, check_lease_name};
 
 use crate::table::{DynamoTable, PK, SK};
 
 const LEASE_PREFIX: &str = "lease#";
-/// The longest group or holder name: short enough to print, long enough for a host name.
-const MAX_NAME_CHARS: usize = 128;
 
-/// The lease a writer holds: the ledger of `group` is written by `holder`, at `epoch`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Lease {
-    /// The bridge group whose ledger this is.
-    pub group: String,
-    /// Who holds it (unique per bridge process, e.g. host name and start time).
-    pub holder: String,
-    /// Raised by every acquisition: writes carrying an older epoch are refused.
-    pub epoch: u64,
-    /// Until when, by the holder's clock, no standby may take the lease (unix milliseconds).
-    pub expires_unix_ms: u64,
-}
-
-/// The lease as the table holds it, for `status` and for an error saying who holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LeaseInfo {
-    /// The holder.
-    pub holder: String,
-    /// The epoch of its acquisition.
-    pub epoch: u64,
-    /// Until when it is held, unix milliseconds (0 once released).
-    pub expires_unix_ms: u64,
-}
-
-/// Why a lease was not acquired.
-#[derive(Debug, thiserror::Error)]
-pub enum LeaseError {
-    /// Another holder's lease has not expired yet.
-    #[error(
-        "the ledger lease of bridge group {group} is held by {} at epoch {} until unix ms {} (now {now_unix_ms}): wait for it to expire, or stop that bridge",
-        held.holder, held.epoch, held.expires_unix_ms
-    )]
-    Held {
-        /// The group.
-        group: String,
-        /// Who holds it.
-        held: LeaseInfo,
-        /// The time this acquirer compared the expiry with.
-        now_unix_ms: u64,
-    },
-    /// A group or holder name that cannot be used.
-    #[error("{what} {value:?} is not usable: use 1-{MAX_NAME_CHARS} printable characters")]
-    InvalidName {
-        /// `group` or `holder`.
-        what: &'static str,
-        /// The name given.
-        value: String,
-    },
-    /// The table failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-fn check_name(what: &'static str, value: &str) -> Result<(), LeaseError> {
-    let usable = !value.is_empty()
-        && value.chars().count() <= MAX_NAME_CHARS
-        && value.chars().all(|c| !c.is_control() && !c.is_whitespace());
-    if usable { Ok(()) } else { Err(LeaseError::InvalidName { what, value: value.to_string() }) }
-}
-
-fn lease_key(group: &str) -> HashMap<String, AttributeValue> {
+pub(crate) fn lease_key(group: &str) -> HashMap<String, AttributeValue> {
     HashMap::from([
         (PK.to_string(), AttributeValue::S(format!("{LEASE_PREFIX}{group}"))),
         (SK.to_string(), AttributeValue::N("0".to_string())),
@@ -88,13 +26,6 @@ fn lease_key(group: &str) -> HashMap<String, AttributeValue> {
 
 fn number(item: &HashMap<String, AttributeValue>, name: &str) -> Option<u64> {
     item.get(name)?.as_n().ok()?.parse().ok()
-}
-
-impl Lease {
-    /// The lease item's key.
-    pub(crate) fn key(&self) -> HashMap<String, AttributeValue> {
-        lease_key(&self.group)
-    }
 }
 
 impl DynamoTable {
@@ -110,8 +41,8 @@ impl DynamoTable {
         duration_ms: u64,
         clock: &dyn Clock,
     ) -> Result<Lease, LeaseError> {
-        check_name("group", group)?;
-        check_name("holder", holder)?;
+        check_lease_name("group", group)?;
+        check_lease_name("holder", holder)?;
         let now_unix_ms = clock.now_unix_ms();
         let expires_unix_ms = now_unix_ms.saturating_add(duration_ms);
         let answer = self
@@ -169,7 +100,7 @@ impl DynamoTable {
             .client()
             .update_item()
             .table_name(self.name())
-            .set_key(Some(lease.key()))
+            .set_key(Some(lease_key(&lease.group)))
             .update_expression("SET expires_unix_ms = :expires")
             .condition_expression("holder = :holder AND epoch = :epoch")
             .expression_attribute_values(":holder", AttributeValue::S(lease.holder.clone()))

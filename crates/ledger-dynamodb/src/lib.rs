@@ -23,6 +23,6 @@ mod store;
 mod table;
 
 pub use copy::{CopyError, CopyReport, export_file, import_file};
-pub use lease::{Lease, LeaseError, LeaseInfo};
 pub use store::{DynamoStore, open_ledger};
 pub use table::{Connection, DynamoTable, MAX_RECORDS_PER_TRANSACTION, Replayed};
+pub use usage_ledger::{Lease, LeaseError, LeaseInfo};

@@ -16,8 +16,8 @@ use usage_ledger::{EventStore, Ledger, LedgerError, Record, StoreError};
 
 use backend_api::GrantId;
 
-use crate::lease::Lease;
 use crate::table::DynamoTable;
+use usage_ledger::Lease;
 
 /// The ledger's store in a DynamoDB table, written under a [`Lease`].
 ///

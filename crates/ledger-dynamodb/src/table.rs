@@ -19,7 +19,7 @@ use backend_api::{GrantId, Secret};
 use usage_ledger::file::{decode_payload, encode_payload};
 use usage_ledger::{Record, StoreError};
 
-use crate::lease::Lease;
+use usage_ledger::Lease;
 
 /// The most records one `TransactWriteItems` carries: DynamoDB takes at most 100 items per
 /// transaction, and one of them is the lease check.
@@ -302,7 +302,7 @@ impl DynamoTable {
     fn lease_check(&self, lease: &Lease) -> Result<TransactWriteItem, StoreError> {
         let check = ConditionCheck::builder()
             .table_name(&self.name)
-            .set_key(Some(lease.key()))
+            .set_key(Some(crate::lease::lease_key(&lease.group)))
             .condition_expression("holder = :holder AND epoch = :epoch")
             .expression_attribute_values(":holder", AttributeValue::S(lease.holder.clone()))
             .expression_attribute_values(":epoch", n(lease.epoch))

@@ -11,6 +11,7 @@
 
 mod event;
 pub mod file;
+mod lease;
 mod ledger;
 mod shared;
 mod state;
@@ -19,6 +20,7 @@ mod v1;
 
 pub use event::{Event, ObservedState, Record, ResourceKind, TerminationReason};
 pub use file::{FileStore, OpenReport, ReplayReport, ScanOutcome, TornTail, decode_frame, encode_frame, scan_file};
+pub use lease::{LEASE_NAME_CHARS_MAX, Lease, LeaseError, LeaseInfo, check_lease_name};
 pub use ledger::{Books, Ledger, LedgerError};
 pub use shared::SharedLedger;
 pub use state::{
