@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use aws_backend::port::Ec2Port;
-use aws_backend::{AwsBackend, AwsBootConfig, BackendParts, DynStore, TestSwitches};
+use aws_backend::standby::Tenure;
+use aws_backend::{AwsBackend, AwsBootConfig, BackendLedger, BackendParts, DynStore, TestSwitches};
 use backend_api::{Clock, RegionLabel, Secret};
 use usage_ledger::{EventStore, Ledger, MemoryStore, Record};
 
@@ -82,6 +83,22 @@ pub async fn backend_on(
     switches: TestSwitches,
 ) -> anyhow::Result<AwsBackend> {
     let ledger = Ledger::open(DynStore(store), replayed)?;
+    backend_with(cfg, port, clock, ledger, seed, incarnation, switches, None).await
+}
+
+/// A backend over `port` and an opened `ledger`, acting under `tenure` when it shares the
+/// ledger with other replicas.
+#[allow(clippy::too_many_arguments)]
+pub async fn backend_with(
+    cfg: &AwsBootConfig,
+    port: Arc<dyn Ec2Port>,
+    clock: Arc<dyn Clock>,
+    ledger: BackendLedger,
+    seed: u64,
+    incarnation: u64,
+    switches: TestSwitches,
+    tenure: Option<Arc<Tenure>>,
+) -> anyhow::Result<AwsBackend> {
     AwsBackend::new(
         cfg,
         BackendParts {
@@ -91,7 +108,7 @@ pub async fn backend_on(
             key_seed: key_seed(seed),
             jitter_seed: seed ^ incarnation ^ 0x5EED,
             switches,
-            tenure: None,
+            tenure,
         },
     )
     .await

@@ -1,10 +1,15 @@
 //! The simulation's ledger store: records kept as the file store's frames (the real encoder),
 //! so that replaying it, after a crash or in the `ledger` checker, goes through the real decoder.
 //! It can also lose or damage an append on purpose, for the self-test of the `ledger` checker.
+//! With replicas it keeps the lease item too, and a handle opened under a lease
+//! ([`FrameStore::writing_under`]) appends only while the item holds its epoch (see `replicas`).
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use usage_ledger::{EventStore, Record, StoreError, decode_frame, encode_frame};
+use std::collections::HashSet;
+
+use backend_api::GrantId;
+use usage_ledger::{EventStore, LeaseInfo, Record, StoreError, decode_frame, encode_frame};
 
 /// A deliberate store fault, at the n-th append (1-based).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,6 +24,8 @@ pub enum StoreFault {
 #[derive(Clone, Debug, Default)]
 pub struct FrameStore {
     inner: Arc<Mutex<Inner>>,
+    /// The lease epoch this handle writes under; `None`: a bridge's own store, unfenced.
+    epoch: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -26,12 +33,26 @@ struct Inner {
     bytes: Vec<u8>,
     appends: u64,
     fault: Option<StoreFault>,
+    /// The lease item of the replicas' group.
+    lease: Option<LeaseInfo>,
+    /// Every (grant, sequence) stored under a lease, as DynamoDB's keys.
+    keys: HashSet<(GrantId, u64)>,
 }
 
 impl FrameStore {
     /// An empty store, with `fault` armed if given.
     pub fn new(fault: Option<StoreFault>) -> Self {
-        Self { inner: Arc::new(Mutex::new(Inner { fault, ..Inner::default() })) }
+        Self { inner: Arc::new(Mutex::new(Inner { fault, ..Inner::default() })), epoch: None }
+    }
+
+    /// A handle on the same records that appends only while the lease item holds `epoch`.
+    pub fn writing_under(&self, epoch: u64) -> Self {
+        Self { inner: self.inner.clone(), epoch: Some(epoch) }
+    }
+
+    /// Runs `f` on the lease item, atomically.
+    pub fn with_lease<T>(&self, f: impl FnOnce(&mut Option<LeaseInfo>) -> T) -> T {
+        f(&mut self.lock().lease)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -79,6 +100,22 @@ impl EventStore for FrameStore {
             encode_frame(record, &mut frames)?;
         }
         let mut inner = self.lock();
+        if let Some(epoch) = self.epoch {
+            let group = crate::replicas::GROUP.to_string();
+            match &inner.lease {
+                Some(l) if l.epoch == epoch => {}
+                held => {
+                    let reason = held.as_ref().map_or("the lease item is gone".to_string(), |l| {
+                        format!("{} holds it at epoch {}", l.holder, l.epoch)
+                    });
+                    return Err(StoreError::Fenced { group, epoch, reason });
+                }
+            }
+            if let Some(taken) = records.iter().find(|r| inner.keys.contains(&(r.grant, r.seq))) {
+                return Err(StoreError::SequenceTaken { grant: taken.grant.to_hex(), seq: taken.seq });
+            }
+            inner.keys.extend(records.iter().map(|r| (r.grant, r.seq)));
+        }
         inner.appends += 1;
         match inner.fault {
             Some(StoreFault::DropAppend(n)) if n == inner.appends => return Ok(()),

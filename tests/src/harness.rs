@@ -3,24 +3,29 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::time::Instant;
 
 use aws_backend::pacing::RetryPolicy;
 use aws_backend::port::Ec2Port;
-use aws_backend::{AwsBackend, OWNER_TAG};
+use aws_backend::standby::{LeaseTimes, wait_for_lease};
+use aws_backend::{AwsBackend, OWNER_TAG, TestSwitches};
 use backend_api::{Backend, BackendError, Clock, Envelope, GrantId, TokioClock};
+use rand::Rng as _;
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::SeedableRng;
 use sim_ec2::{InstanceTruths, LiveResources, SimConfig, SimEc2};
 use tokio::task::JoinHandle;
 
+use crate::checkers::fence::{FenceChecker, FenceLog};
 use crate::checkers::{
     self, Context, Downtime, FaultIndex, GrantFacts, GrantTags, InstanceNote, LiveNote, Measures, Outcome, Replay,
     Violation, admission, names,
 };
 use crate::fixture::{self, START_UNIX_MS};
 use crate::framestore::FrameStore;
+use crate::replicas::{ReplicaClock, ReplicaPort, SimLeases};
 use crate::scenario::{GrantPlan, Scenario, generate};
 use crate::summary::{GrantCounts, Summary};
 
@@ -48,6 +53,10 @@ enum Task {
     Recovery,
     Reaper,
 }
+
+/// A spawned task, with the incarnation of the bridge process it belongs to (0 for a bridge
+/// with a ledger of its own): killing a process ends its tasks.
+type Spawned = (Task, JoinHandle<()>, u64);
 
 type Facts = Arc<Mutex<BTreeMap<GrantId, GrantFacts>>>;
 type Findings = Arc<Mutex<Vec<Violation>>>;
@@ -102,7 +111,11 @@ async fn lifecycle(backend: AwsBackend, plan: Arc<GrantPlan>, facts: Facts, cloc
         clock.sleep_ms(RETRY_AFTER_MS).await;
         provisioned = backend.provision(&grant, &envelope).await;
     }
+    // A replica that lost its lease stops acting, and its process exits: what it had in flight
+    // is the new holder's recovery's, as after a crash.
+    let interrupted = |backend: &AwsBackend| !backend.acting() || backend.lease_lost().is_some();
     match provisioned {
+        Err(_) if interrupted(&backend) => settle(Outcome::Interrupted),
         Err(err) => {
             let refused = matches!(
                 err.downcast_ref::<BackendError>(),
@@ -134,9 +147,23 @@ async fn lifecycle(backend: AwsBackend, plan: Arc<GrantPlan>, facts: Facts, cloc
             let ended = backend.terminate(&instance).await;
             settle(match (watched, ended) {
                 (Ok(_), Ok(())) => Outcome::Completed,
+                _ if interrupted(&backend) => Outcome::Interrupted,
                 (Err(err), _) | (_, Err(err)) => Outcome::AfterProvisionFailed(format!("{err:#}")),
             });
         }
+    }
+}
+
+/// Recovery of a (re)started bridge, reporting a grant it left unfinished with no fault to
+/// explain it.
+async fn recover(backend: AwsBackend, sim: Arc<SimEc2>, findings: Findings) {
+    let faults_before = sim.faults_injected();
+    let report = backend.recover().await;
+    if !report.failed.is_empty() && sim.faults_injected() == faults_before && backend.acting() {
+        lock(&findings).push(Violation::liveness(
+            names::LIVENESS,
+            format!("recovery left grants unfinished with no fault injected: {:?}", report.failed),
+        ));
     }
 }
 
@@ -163,6 +190,9 @@ struct World {
     /// The workload's grants by their tag value.
     grant_tags: GrantTags,
     secrets: checkers::secrets::Secrets,
+    /// The replicas' lease acquisitions and calls, and the `fence` checker reading them.
+    fence_log: FenceLog,
+    fence: FenceChecker,
     faulted_termination_bound_ms: u64,
     retries: BTreeMap<String, u64>,
 }
@@ -211,6 +241,7 @@ impl World {
     fn check(&mut self, backend: &AwsBackend) {
         let mut found = self.with_context(backend, checkers::check_all);
         found.extend(self.secrets.check(&self.sim));
+        found.extend(self.fence.check());
         let reported: Vec<Violation> = lock(&self.findings).drain(..).collect();
         for v in found.into_iter().chain(reported) {
             self.report(v);
@@ -225,11 +256,17 @@ impl World {
 
     /// Awaits the finished tasks (all of them with `all`), reporting panics and marking grants
     /// whose lifecycle was cut short.
-    async fn join(&mut self, tasks: &mut Vec<(Task, JoinHandle<()>)>, all: bool) {
+    async fn join(&mut self, tasks: &mut Vec<Spawned>, all: bool) {
+        self.join_where(tasks, |_, handle| all || handle.is_finished()).await;
+    }
+
+    /// Awaits the tasks `pick` picks (aborting those still running), reporting panics and
+    /// marking grants whose lifecycle was cut short.
+    async fn join_where(&mut self, tasks: &mut Vec<Spawned>, pick: impl Fn(u64, &JoinHandle<()>) -> bool) {
         let mut kept = Vec::new();
-        for (task, handle) in tasks.drain(..) {
-            if !all && !handle.is_finished() {
-                kept.push((task, handle));
+        for (task, handle, incarnation) in tasks.drain(..) {
+            if !pick(incarnation, &handle) {
+                kept.push((task, handle, incarnation));
                 continue;
             }
             handle.abort();
@@ -247,6 +284,162 @@ impl World {
             }
         }
         *tasks = kept;
+    }
+}
+
+/// The lease of the simulation's replicas: short, so that the crash schedule's downtimes (1 to
+/// 20 s) both outlast it (a standby takes over) and fall short of it (the holder carries on).
+const REPLICA_LEASE_MS: u64 = 8_000;
+/// How long after a crash a replica must have taken over, or the run reports it.
+const TAKEOVER_WITHIN_MS: u64 = 10 * 60_000;
+
+/// What every replica of a run shares.
+struct ReplicaShared {
+    cfg: aws_backend::AwsBootConfig,
+    sim: Arc<SimEc2>,
+    store: FrameStore,
+    clocks: Vec<Arc<ReplicaClock>>,
+    log: FenceLog,
+    seed: u64,
+    switches: TestSwitches,
+    times: LeaseTimes,
+    findings: Findings,
+    incarnations: AtomicU64,
+    /// The process holding the lease, once it has built its backend.
+    active: Mutex<Option<Active>>,
+    /// Tasks the replicas started (their recovery), for the harness to own.
+    spawned: Mutex<Vec<Spawned>>,
+    /// Processes that lost their lease and exited.
+    exited: Mutex<Vec<u64>>,
+}
+
+/// The replica process acting for the ledger.
+#[derive(Clone)]
+struct Active {
+    replica: usize,
+    incarnation: u64,
+    backend: AwsBackend,
+}
+
+/// The bridge replicas of a run with `--replicas`: each a process that stands by until it holds
+/// the lease, acts while it holds it, and exits when it loses it, to stand by again (its
+/// supervisor's restart).
+struct Replicas {
+    shared: Arc<ReplicaShared>,
+    serving: Vec<Option<JoinHandle<()>>>,
+}
+
+/// The incarnation of the process the harness hands work to (0 without replicas).
+fn incarnation_of(replicas: &Option<Replicas>) -> u64 {
+    replicas.as_ref().and_then(|r| lock(&r.shared.active).as_ref().map(|a| a.incarnation)).unwrap_or(0)
+}
+
+/// One replica: stand by for the lease, replay, act and recover, renew; exit on losing it; again.
+async fn serve(shared: Arc<ReplicaShared>, replica: usize) {
+    loop {
+        let incarnation = shared.incarnations.fetch_add(1, Ordering::SeqCst) + 1;
+        let holder = format!("replica-{replica}.{incarnation}");
+        let clock = shared.clocks[replica].clone();
+        let table = SimLeases::new(shared.store.clone(), clock.clone(), shared.log.clone());
+        let failed = |what: &str, e: anyhow::Error| {
+            lock(&shared.findings).push(Violation::safety(names::LEDGER, format!("{holder} {what}: {e:#}")));
+        };
+        let holding = match wait_for_lease(&table, &holder, &shared.times, clock.as_ref()).await {
+            Ok(holding) => holding,
+            Err(e) => return failed("cannot take over the ledger", e),
+        };
+        let port = Arc::new(ReplicaPort::new(shared.sim.clone(), &holder, clock.clone(), shared.log.clone()));
+        let built = fixture::backend_with(
+            &shared.cfg,
+            port,
+            clock.clone(),
+            holding.ledger,
+            shared.seed,
+            incarnation,
+            shared.switches,
+            Some(holding.tenure),
+        )
+        .await;
+        let backend = match built {
+            Ok(backend) => backend,
+            Err(e) => return failed("cannot start its backend", e),
+        };
+        *lock(&shared.active) = Some(Active { replica, incarnation, backend: backend.clone() });
+        // Recovery before any grant is admitted, as the binary does.
+        let recovery = tokio::spawn(recover(backend.clone(), shared.sim.clone(), shared.findings.clone()));
+        lock(&shared.spawned).push((Task::Recovery, recovery, incarnation));
+        let _why = backend.keep_lease(&table, holding.lease, &shared.times).await;
+        // The process exits: nothing of it runs on.
+        backend.shutdown();
+        {
+            let mut active = lock(&shared.active);
+            if active.as_ref().is_some_and(|a| a.incarnation == incarnation) {
+                *active = None;
+            }
+        }
+        lock(&shared.exited).push(incarnation);
+    }
+}
+
+impl Replicas {
+    /// Starts `count` replicas; returns once the first holds the lease, with its backend.
+    async fn start(shared: ReplicaShared, count: usize, clock: &TokioClock) -> anyhow::Result<(Self, AwsBackend)> {
+        let mut replicas = Self { shared: Arc::new(shared), serving: (0..count).map(|_| None).collect() };
+        replicas.serve(0);
+        let first = loop {
+            clock.sleep_ms(1).await;
+            if let Some(active) = lock(&replicas.shared.active).clone() {
+                break active.backend;
+            }
+            if clock.now_unix_ms() > START_UNIX_MS + TAKEOVER_WITHIN_MS {
+                anyhow::bail!("the first replica did not take the lease: {:?}", lock(&replicas.shared.findings));
+            }
+        };
+        for replica in 1..count {
+            replicas.serve(replica);
+        }
+        Ok((replicas, first))
+    }
+
+    fn serve(&mut self, replica: usize) {
+        self.serving[replica] = Some(tokio::spawn(serve(self.shared.clone(), replica)));
+    }
+
+    /// The acting replica's backend, if one acts.
+    fn active_backend(&self) -> Option<AwsBackend> {
+        lock(&self.shared.active).as_ref().map(|a| a.backend.clone())
+    }
+
+    /// Takes over the tasks the replicas started, and ends those of exited processes.
+    async fn absorb(&self, world: &mut World, tasks: &mut Vec<Spawned>) {
+        tasks.append(&mut lock(&self.shared.spawned));
+        let exited: Vec<u64> = lock(&self.shared.exited).drain(..).collect();
+        if !exited.is_empty() {
+            world.join_where(tasks, |incarnation, _| exited.contains(&incarnation)).await;
+        }
+    }
+
+    /// Kills the process of `victim`: its tasks end where they are; it holds the lease until the
+    /// lease expires.
+    async fn kill(&mut self, victim: &Active, world: &mut World, tasks: &mut Vec<Spawned>) {
+        if let Some(serving) = self.serving[victim.replica].take() {
+            serving.abort();
+            let _ = serving.await;
+        }
+        world.join_where(tasks, |incarnation, _| incarnation == victim.incarnation).await;
+        world.absorb_stats(&victim.backend);
+        victim.backend.shutdown();
+        let mut active = lock(&self.shared.active);
+        if active.as_ref().is_some_and(|a| a.incarnation == victim.incarnation) {
+            *active = None;
+        }
+    }
+
+    /// Ends every replica (at the end of the run).
+    fn stop(&mut self) {
+        for serving in self.serving.iter_mut().filter_map(Option::take) {
+            serving.abort();
+        }
     }
 }
 
@@ -282,6 +475,7 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
     let store = FrameStore::new(breakage.and_then(|b| b.store_fault()));
     let switches = breakage.map(|b| b.switches()).unwrap_or_default();
     let port = sim.clone() as Arc<dyn Ec2Port>;
+    let fence_log = FenceLog::default();
     let mut world = World {
         scenario: scenario.clone(),
         cfg: cfg.clone(),
@@ -301,21 +495,45 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
         live: LiveResources::new(),
         grant_tags: GrantTags::new(plans.iter().map(|p| &p.id)),
         secrets: checkers::secrets::Secrets::new(plans.iter().map(|p| &p.id), &fixture::key_seed(scenario.seed)),
+        fence_log: fence_log.clone(),
+        fence: FenceChecker::new(fence_log),
         // Two full retry cycles (the watch's, then terminate's) and a poll.
         faulted_termination_bound_ms: 2 * RetryPolicy::default().backoff_ms_total_max() + scenario.poll_interval_ms,
         retries: BTreeMap::new(),
     };
-    let mut backend = fixture::backend_on(
-        &cfg,
-        port.clone(),
-        clock.clone(),
-        Box::new(store.clone()),
-        Vec::new(),
-        scenario.seed,
-        0,
-        switches,
-    )
-    .await?;
+    let (mut replicas, mut backend) = if scenario.replicas > 1 {
+        let count = usize::from(scenario.replicas);
+        let shared = ReplicaShared {
+            cfg: cfg.clone(),
+            sim: sim.clone(),
+            store: store.clone(),
+            clocks: (0..count).map(|_| ReplicaClock::new(clock.clone())).collect(),
+            log: world.fence_log.clone(),
+            seed: scenario.seed,
+            switches,
+            times: LeaseTimes::for_duration(REPLICA_LEASE_MS),
+            findings: world.findings.clone(),
+            incarnations: AtomicU64::new(0),
+            active: Mutex::new(None),
+            spawned: Mutex::new(Vec::new()),
+            exited: Mutex::new(Vec::new()),
+        };
+        let (replicas, first) = Replicas::start(shared, count, &clock).await?;
+        (Some(replicas), first)
+    } else {
+        let backend = fixture::backend_on(
+            &cfg,
+            port.clone(),
+            clock.clone(),
+            Box::new(store.clone()),
+            Vec::new(),
+            scenario.seed,
+            0,
+            switches,
+        )
+        .await?;
+        (None, backend)
+    };
 
     // The schedule: arrivals, crashes, checks and reaper passes, in time order.
     let mut steps: Vec<(u64, Step)> = Vec::new();
@@ -339,14 +557,56 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
     }
     steps.sort();
 
-    let mut tasks: Vec<(Task, JoinHandle<()>)> = Vec::new();
+    let mut tasks: Vec<Spawned> = Vec::new();
     let mut crash_count = 0u64;
     let mut halted = false;
     let mut next_progress = START_UNIX_MS + 15 * 60_000;
     for (at, step) in steps {
         clock.sleep_until_unix_ms(at).await;
         world.join(&mut tasks, false).await;
+        if let Some(replicas) = &replicas {
+            replicas.absorb(&mut world, &mut tasks).await;
+            backend = replicas.active_backend().unwrap_or(backend);
+        }
         match step {
+            Step::Crash(i) if replicas.is_some() => {
+                let Some(replicas) = replicas.as_mut() else { unreachable!("checked by the guard") };
+                let Some(victim) = lock(&replicas.shared.active).clone() else { continue };
+                crash_count += 1;
+                let downtime_ms = crashes[i].downtime_ms;
+                let pause = rng.gen_bool(scenario.pause_share);
+                if pause {
+                    replicas.shared.clocks[victim.replica].pause_until(at + downtime_ms);
+                } else {
+                    replicas.kill(&victim, &mut world, &mut tasks).await;
+                }
+                // Down until the downtime has passed and a replica acts: the holder woken from
+                // its pause, or the standby that took over.
+                let mut restarted = pause;
+                loop {
+                    clock.sleep_ms(500).await;
+                    replicas.absorb(&mut world, &mut tasks).await;
+                    world.join(&mut tasks, false).await;
+                    let now = clock.now_unix_ms();
+                    if !restarted && now >= at + downtime_ms {
+                        replicas.serve(victim.replica);
+                        restarted = true;
+                    }
+                    let acting = lock(&replicas.shared.active).as_ref().is_some_and(|a| a.backend.acting());
+                    if restarted && acting && now >= at + downtime_ms {
+                        break;
+                    }
+                    if now >= at + TAKEOVER_WITHIN_MS {
+                        world.report(Violation::liveness(
+                            names::LIVENESS,
+                            format!("no replica acted within {TAKEOVER_WITHIN_MS} ms of a crash of {}", victim.replica),
+                        ));
+                        break;
+                    }
+                }
+                world.downtimes.push(Downtime { from_unix_ms: at, to_unix_ms: clock.now_unix_ms() });
+                backend = replicas.active_backend().unwrap_or(backend);
+            }
             Step::Arrive(i) => {
                 let plan = Arc::new(plans[i].clone());
                 let accepted = backend.can_satisfy(&plan.grant());
@@ -361,7 +621,7 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
                     clock.clone(),
                     world.sim.clone(),
                 ));
-                tasks.push((Task::Grant(plan.id), handle));
+                tasks.push((Task::Grant(plan.id), handle, incarnation_of(&replicas)));
             }
             Step::Crash(i) => {
                 crash_count += 1;
@@ -413,36 +673,26 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
                 };
                 let recovering = backend.clone();
                 let (sim, findings) = (sim.clone(), world.findings.clone());
-                tasks.push((
-                    Task::Recovery,
-                    tokio::spawn(async move {
-                        let faults_before = sim.faults_injected();
-                        let report = recovering.recover().await;
-                        if !report.failed.is_empty() && sim.faults_injected() == faults_before {
-                            lock(&findings).push(Violation::liveness(
-                                names::LIVENESS,
-                                format!("recovery left grants unfinished with no fault injected: {:?}", report.failed),
-                            ));
-                        }
-                    }),
-                ));
+                tasks.push((Task::Recovery, tokio::spawn(recover(recovering, sim, findings)), 0));
             }
             Step::Check => world.check(&backend),
             Step::Reap => {
                 let reaping = backend.clone();
                 let (sim, findings) = (sim.clone(), world.findings.clone());
+                let incarnation = incarnation_of(&replicas);
                 tasks.push((
                     Task::Reaper,
                     tokio::spawn(async move {
                         let faults_before = sim.faults_injected();
                         let report = reaping.reap(false).await;
-                        if !report.errors.is_empty() && sim.faults_injected() == faults_before {
+                        if !report.errors.is_empty() && sim.faults_injected() == faults_before && reaping.acting() {
                             lock(&findings).push(Violation::liveness(
                                 names::LIVENESS,
                                 format!("a reaper pass failed with no fault injected: {:?}", report.errors),
                             ));
                         }
                     }),
+                    incarnation,
                 ));
             }
         }
@@ -464,13 +714,17 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
         let quiet_deadline = clock.now_unix_ms() + 2 * 3_600_000;
         loop {
             world.join(&mut tasks, false).await;
+            if let Some(replicas) = &replicas {
+                replicas.absorb(&mut world, &mut tasks).await;
+                backend = replicas.active_backend().unwrap_or(backend);
+            }
             if tasks.is_empty() || clock.now_unix_ms() >= quiet_deadline {
                 break;
             }
             clock.sleep_ms(10_000).await;
             world.check(&backend);
         }
-        for (task, _) in &tasks {
+        for (task, _, _) in &tasks {
             world.report(Violation::liveness(
                 names::LIVENESS,
                 format!("a task ({task:?}) was still running two virtual hours after the last deadline"),
@@ -510,6 +764,9 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
                 ));
             }
         }
+    }
+    if let Some(replicas) = &mut replicas {
+        replicas.stop();
     }
     world.absorb_stats(&backend);
     if !halted {
@@ -567,6 +824,7 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
         retries: world.retries.clone(),
         faults_injected: stats.faults.clone(),
         crashes: crash_count,
+        takeovers: (world.fence_log.acquisitions() as u64).saturating_sub(1),
         leaked_resources: leaked.len() as u64,
         measures: world.measures.clone(),
         virtual_ms: clock.now_unix_ms() - START_UNIX_MS,

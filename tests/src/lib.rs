@@ -11,6 +11,7 @@ pub mod crashpoint;
 pub mod fixture;
 pub mod framestore;
 pub mod harness;
+pub mod replicas;
 pub mod scenario;
 pub mod selftest;
 pub mod summary;

@@ -63,11 +63,13 @@ pub enum Breakage {
     LateGuestPowerOff,
     /// Read only the first page of every paginated listing (run with short pages).
     FirstPageOnly,
+    /// A replica that lost its lease keeps acting (run with replicas and long pauses).
+    FencedReplicaActs,
 }
 
 impl Breakage {
     /// Every breakage, in the order the self-test runs them.
-    pub const ALL: [Breakage; 22] = [
+    pub const ALL: [Breakage; 23] = [
         Breakage::TerminateLate,
         Breakage::TerminateEarly,
         Breakage::FreshClientToken,
@@ -90,6 +92,7 @@ impl Breakage {
         Breakage::OpenImds,
         Breakage::LateGuestPowerOff,
         Breakage::FirstPageOnly,
+        Breakage::FencedReplicaActs,
     ];
 
     /// Its name on the command line (`--break NAME`).
@@ -117,6 +120,7 @@ impl Breakage {
             Breakage::OpenImds => "open-imds",
             Breakage::LateGuestPowerOff => "late-guest-poweroff",
             Breakage::FirstPageOnly => "first-page-only",
+            Breakage::FencedReplicaActs => "fenced-replica-acts",
         }
     }
 
@@ -150,6 +154,7 @@ impl Breakage {
             Breakage::OpenImds => s.open_imds = true,
             Breakage::LateGuestPowerOff => s.guest_poweroff_late_s = 3_600,
             Breakage::FirstPageOnly => s.first_page_only = true,
+            Breakage::FencedReplicaActs => s.ignore_lease = true,
             Breakage::DropLedgerAppend | Breakage::CorruptLedgerAppend => {}
         }
         s
@@ -185,6 +190,7 @@ impl Breakage {
             Breakage::PinBackendHostKey | Breakage::OpenImds => names::GUEST,
             Breakage::LateGuestPowerOff => names::BACKSTOP,
             Breakage::FirstPageOnly => names::PAGINATION,
+            Breakage::FencedReplicaActs => names::FENCE,
         }
     }
 
@@ -209,6 +215,7 @@ impl Breakage {
             Breakage::PinBackendHostKey | Breakage::OpenImds => &[],
             Breakage::LateGuestPowerOff => &[],
             Breakage::FirstPageOnly => &[],
+            Breakage::FencedReplicaActs => &[],
         }
     }
 }
@@ -269,6 +276,12 @@ pub struct Scenario {
     pub disabled_checkers: Vec<String>,
     /// A fault configuration that replaces the mode's (the self-test's targeted runs).
     pub faults_override: Option<FaultConfig>,
+    /// How many bridge replicas share the ledger (1: one bridge with a ledger of its own, crashed
+    /// and restarted in place; 2 or more: replicas under one lease, a crash killing or pausing
+    /// the holder while a standby takes over).
+    pub replicas: u8,
+    /// With replicas, the share of crashes that pause the holder instead of killing it.
+    pub pause_share: f64,
     /// The share of admissible grants drawn at an edge: zero CPU or RAM, storage at or past the
     /// gp3 limit, more RAM than any type, a deadline seconds away.
     pub edge_share: f64,
@@ -286,6 +299,8 @@ impl Scenario {
             lifetime_ms_min: 5 * 60_000,
             lifetime_ms_max: 45 * 60_000,
             poll_interval_ms: 5_000,
+            replicas: 1,
+            pause_share: 0.5,
             breakage: None,
             disabled_checkers: Vec::new(),
             faults_override: None,
@@ -469,7 +484,9 @@ pub fn generate(scenario: &Scenario, rng: &mut ChaCha8Rng) -> (Vec<GrantPlan>, V
     let mut crashes = Vec::new();
     if scenario.crashes {
         let horizon = scenario.arrival_window_ms + scenario.lifetime_ms_max;
-        for _ in 0..rng.gen_range(1..=4) {
+        // Replicas crash more often: each crash of the holder is a takeover to test.
+        let count = if scenario.replicas > 1 { rng.gen_range(3..=8) } else { rng.gen_range(1..=4) };
+        for _ in 0..count {
             crashes.push(Crash {
                 at_unix_ms: START_UNIX_MS + rng.gen_range(0..horizon),
                 downtime_ms: rng.gen_range(1_000..=20_000),

@@ -29,6 +29,9 @@ pub enum Setting {
     /// 60 grants with crashes, and most pages of a listing cut short (some empty): what
     /// reading only the first page needs to miss resources.
     ShortPages,
+    /// 60 grants on two replicas sharing the ledger, every crash a pause of the lease holder:
+    /// what a replica that keeps acting after losing its lease needs to be seen.
+    Replicas,
 }
 
 impl Setting {
@@ -39,6 +42,7 @@ impl Setting {
             Breakage::NoPacing => Setting::Burst,
             Breakage::EarlyStart => Setting::Edges,
             Breakage::FirstPageOnly => Setting::ShortPages,
+            Breakage::FencedReplicaActs => Setting::Replicas,
             _ => Setting::Plain,
         }
     }
@@ -51,6 +55,7 @@ impl Setting {
             Setting::Burst => "--grants 120 --hours 0.0005556",
             Setting::Edges => "--grants 60 --hours 0.5 --edges 1",
             Setting::ShortPages => "--grants 60 --hours 0.5 --short-pages --crashes",
+            Setting::Replicas => "--grants 60 --hours 0.5 --crashes --replicas 2 --pause-share 1",
         }
     }
 }
@@ -105,6 +110,11 @@ pub fn scenario(breakage: Option<Breakage>, setting: Setting, seed: u64, disable
             scenario.faults_override = Some(short_page_faults());
             scenario.crashes = true;
         }
+        Setting::Replicas => {
+            scenario.crashes = true;
+            scenario.replicas = 2;
+            scenario.pause_share = 1.0;
+        }
     }
     scenario.breakage = breakage;
     scenario.disabled_checkers = disabled.to_vec();
@@ -150,7 +160,7 @@ pub fn run_case(
 pub fn run_all(disabled: &[String], report: &mut dyn FnMut(&CaseResult)) -> anyhow::Result<Vec<CaseResult>> {
     let mut results = Vec::new();
     let mut cases: Vec<(Option<Breakage>, Setting)> =
-        [Setting::Plain, Setting::Lossy, Setting::Burst, Setting::Edges, Setting::ShortPages]
+        [Setting::Plain, Setting::Lossy, Setting::Burst, Setting::Edges, Setting::ShortPages, Setting::Replicas]
             .map(|s| (None, s))
             .to_vec();
     cases.extend(Breakage::ALL.into_iter().map(|b| (Some(b), Setting::for_breakage(b))));

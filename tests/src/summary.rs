@@ -51,8 +51,10 @@ pub struct Summary {
     pub retries: BTreeMap<String, u64>,
     /// Faults injected by the simulator, per kind.
     pub faults_injected: BTreeMap<String, u64>,
-    /// Backend crashes.
+    /// Backend crashes (with replicas: kills and pauses of the lease holder).
     pub crashes: u64,
+    /// With replicas, how many times a process took the lease over from another.
+    pub takeovers: u64,
     /// Resources with our owner tag still alive at the end.
     pub leaked_resources: u64,
     /// Figures the checkers measured.
@@ -99,6 +101,7 @@ impl Summary {
             ("backend retries", self.retries.values().sum::<u64>().to_string()),
             ("faults injected", self.faults_injected.values().sum::<u64>().to_string()),
             ("crashes", self.crashes.to_string()),
+            ("lease takeovers", self.takeovers.to_string()),
             ("leaked resources", self.leaked_resources.to_string()),
             ("deadline overruns", m.deadline_overruns.to_string()),
             ("max termination lateness", format!("{} ms", m.termination_lateness_ms_max)),

@@ -78,6 +78,21 @@ pub struct SimArgs {
     /// what the self-test's `first-page-only` case runs with.
     #[arg(long, conflicts_with = "lossy")]
     short_pages: bool,
+    /// Bridge replicas sharing one ledger under a lease (1: a single bridge with a ledger of
+    /// its own). With `--crashes`, each crash kills or pauses the lease holder and a standby
+    /// takes over once the lease runs out.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=8))]
+    replicas: u8,
+    /// With replicas, the share of crashes that pause the holder rather than kill it.
+    #[arg(long, default_value_t = 0.5, value_parser = parse_share)]
+    pause_share: f64,
+}
+
+fn parse_share(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(share) if (0.0..=1.0).contains(&share) => Ok(share),
+        _ => Err(format!("{text:?} is not a share: give a number from 0 to 1, e.g. 0.5")),
+    }
 }
 
 fn parse_breakage(name: &str) -> Result<Breakage, String> {
@@ -107,6 +122,8 @@ impl SimArgs {
         };
         scenario.crashes = self.crashes;
         scenario.edge_share = self.edges;
+        scenario.replicas = self.replicas;
+        scenario.pause_share = self.pause_share;
         scenario.breakage = self.breakage;
         scenario.disabled_checkers = self.disabled_checkers.clone();
         if self.lossy {
@@ -140,6 +157,12 @@ impl SimArgs {
         }
         if self.edges != 0.05 {
             cmd.push_str(&format!(" --edges {}", self.edges));
+        }
+        if self.replicas != 1 {
+            cmd.push_str(&format!(" --replicas {}", self.replicas));
+        }
+        if self.pause_share != 0.5 {
+            cmd.push_str(&format!(" --pause-share {}", self.pause_share));
         }
         if let Some(b) = self.breakage {
             cmd.push_str(&format!(" --break {}", b.name()));

@@ -416,6 +416,12 @@ impl AwsBackend {
         }
     }
 
+    /// Whether this backend may act now: always, for a ledger of its own; while its lease is
+    /// surely held, for a shared one.
+    pub fn acting(&self) -> bool {
+        self.inner.tenure.as_ref().is_none_or(|t| t.may_act(self.now_ms()).is_ok())
+    }
+
     /// Why the lease this backend acted under is lost, once it is.
     pub fn lease_lost(&self) -> Option<String> {
         self.inner.tenure.as_ref().and_then(|t| t.lost())

@@ -10,6 +10,7 @@ pub mod admission;
 pub mod backstop;
 pub mod deadline;
 pub mod early_end;
+pub mod fence;
 pub mod guest;
 pub mod idempotency;
 pub mod ledger;
@@ -68,8 +69,10 @@ pub mod names {
     pub const BACKSTOP: &str = "backstop";
     /// Every listing is read to its last page.
     pub const PAGINATION: &str = "pagination";
+    /// Once a replica has taken the ledger lease, no other replica acts.
+    pub const FENCE: &str = "fence";
     /// Every checker.
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 18] = [
         DEADLINE,
         EARLY_END,
         TEARDOWN,
@@ -87,6 +90,7 @@ pub mod names {
         GUEST,
         BACKSTOP,
         PAGINATION,
+        FENCE,
     ];
 }
 

@@ -1,0 +1,308 @@
+//! Bridge replicas sharing one ledger (`cargo xtask sim --replicas N`): the in-memory lease
+//! table, each replica's clock (which a pause stops) and each replica's view of EC2 (which
+//! notes every call it sends, for the `fence` checker).
+//!
+//! [`SimLeases`] keeps the lease item beside the [`FrameStore`]'s records, with DynamoDB's
+//! conditions (see `ledger-dynamodb`): acquiring raises the epoch when the lease is free,
+//! expired or the acquirer's own; renewing needs the holder and epoch unchanged; a store opened
+//! under a lease refuses every append once the epoch has moved on ([`StoreError::Fenced`]) and
+//! every record whose grant and sequence are already stored ([`StoreError::SequenceTaken`]).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use aws_backend::port::{
+    AuthorizeIngressRequest, CreateSecurityGroupRequest, Ec2Error, Ec2Port, Filter, ImportKeyPairRequest, InstanceInfo,
+    InstanceStateChange, InstanceTypeInfo, InstanceTypeOffering, KeyPairInfo, NetworkUsage, Operation, Page,
+    PageRequest, RunInstancesRequest, SecurityGroupInfo, SubnetInfo, Tags,
+};
+use aws_backend::standby::LeaseTable;
+use aws_backend::{BackendLedger, DynStore};
+use backend_api::{Clock, RegionLabel, TokioClock};
+use usage_ledger::{Lease, LeaseError, LeaseInfo, Ledger, LedgerError, StoreError, check_lease_name};
+
+use crate::checkers::fence::FenceLog;
+use crate::framestore::FrameStore;
+
+/// The bridge group the simulation's replicas belong to.
+pub const GROUP: &str = "sim";
+
+/// The lease table over a [`FrameStore`], noting each acquisition in the fence log.
+pub struct SimLeases {
+    store: FrameStore,
+    clock: Arc<dyn Clock>,
+    log: FenceLog,
+}
+
+impl SimLeases {
+    /// The lease table of `store`, read with `clock` (the acquiring replica's).
+    pub fn new(store: FrameStore, clock: Arc<dyn Clock>, log: FenceLog) -> Self {
+        Self { store, clock, log }
+    }
+}
+
+#[async_trait]
+impl LeaseTable for SimLeases {
+    fn group(&self) -> &str {
+        GROUP
+    }
+
+    async fn acquire(&self, holder: &str, duration_ms: u64) -> Result<Lease, LeaseError> {
+        check_lease_name("holder", holder)?;
+        let now_unix_ms = self.clock.now_unix_ms();
+        let lease = self.store.with_lease(|item| {
+            let free = item.as_ref().is_none_or(|l| l.expires_unix_ms <= now_unix_ms || l.holder == holder);
+            if !free {
+                let held = item.clone().expect("a held lease exists");
+                return Err(LeaseError::Held { group: GROUP.to_string(), held, now_unix_ms });
+            }
+            let epoch = item.as_ref().map_or(0, |l| l.epoch) + 1;
+            let expires_unix_ms = now_unix_ms.saturating_add(duration_ms);
+            *item = Some(LeaseInfo { holder: holder.to_string(), epoch, expires_unix_ms });
+            Ok(Lease { group: GROUP.to_string(), holder: holder.to_string(), epoch, expires_unix_ms })
+        })?;
+        self.log.acquired(&lease.holder, lease.epoch, now_unix_ms);
+        Ok(lease)
+    }
+
+    async fn renew(&self, lease: &mut Lease, duration_ms: u64) -> Result<(), StoreError> {
+        let expires_unix_ms = self.clock.now_unix_ms().saturating_add(duration_ms);
+        self.store.with_lease(|item| match item {
+            Some(l) if l.holder == lease.holder && l.epoch == lease.epoch => {
+                l.expires_unix_ms = expires_unix_ms;
+                Ok(())
+            }
+            other => Err(fenced(lease, other.as_ref())),
+        })?;
+        lease.expires_unix_ms = expires_unix_ms;
+        Ok(())
+    }
+
+    async fn release(&self, lease: Lease) -> Result<(), StoreError> {
+        self.store.with_lease(|item| match item {
+            Some(l) if l.holder == lease.holder && l.epoch == lease.epoch => {
+                l.expires_unix_ms = 0;
+                Ok(())
+            }
+            other => Err(fenced(&lease, other.as_ref())),
+        })
+    }
+
+    async fn holder(&self) -> Result<Option<LeaseInfo>, StoreError> {
+        Ok(self.store.with_lease(|item| item.clone()))
+    }
+
+    async fn open_ledger(&self, lease: &Lease) -> Result<BackendLedger, LedgerError> {
+        let records = self.store.records().map_err(|reason| {
+            LedgerError::Store(StoreError::Remote { store: "the simulation's store".into(), op: "replay", reason })
+        })?;
+        Ledger::open(DynStore(Box::new(self.store.writing_under(lease.epoch))), records)
+    }
+}
+
+/// The error of a write whose lease `item` no longer is `lease`.
+pub fn fenced(lease: &Lease, item: Option<&LeaseInfo>) -> StoreError {
+    StoreError::Fenced {
+        group: lease.group.clone(),
+        epoch: lease.epoch,
+        reason: match item {
+            Some(now) => format!("{} holds it at epoch {}", now.holder, now.epoch),
+            None => "the lease item is gone".to_string(),
+        },
+    }
+}
+
+/// A replica's clock: the simulation's, except that a pause holds every sleep of the replica's
+/// tasks until the pause ends, as a stopped process (a VM frozen, a long GC) wakes only then.
+/// A pause lands at a task's next sleep: the pacer's wait before a call, a poll's interval, a
+/// backoff, the renewal's interval.
+#[derive(Debug)]
+pub struct ReplicaClock {
+    inner: Arc<TokioClock>,
+    paused_until_unix_ms: AtomicU64,
+}
+
+impl ReplicaClock {
+    /// A clock reading `inner`.
+    pub fn new(inner: Arc<TokioClock>) -> Arc<Self> {
+        Arc::new(Self { inner, paused_until_unix_ms: AtomicU64::new(0) })
+    }
+
+    /// Pauses the replica until `until_unix_ms`.
+    pub fn pause_until(&self, until_unix_ms: u64) {
+        self.paused_until_unix_ms.fetch_max(until_unix_ms, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl Clock for ReplicaClock {
+    fn now_unix_ms(&self) -> u64 {
+        self.inner.now_unix_ms()
+    }
+
+    async fn sleep_until_unix_ms(&self, deadline_unix_ms: u64) {
+        self.inner.sleep_until_unix_ms(deadline_unix_ms).await;
+        loop {
+            let paused_until = self.paused_until_unix_ms.load(Ordering::SeqCst);
+            if self.inner.now_unix_ms() >= paused_until {
+                return;
+            }
+            self.inner.sleep_until_unix_ms(paused_until).await;
+        }
+    }
+}
+
+/// One replica's process's view of EC2: the simulator, with every call noted in the fence log
+/// under the holder name of the process that sent it.
+pub struct ReplicaPort {
+    inner: Arc<dyn Ec2Port>,
+    holder: String,
+    clock: Arc<dyn Clock>,
+    log: FenceLog,
+}
+
+impl ReplicaPort {
+    /// `inner` as the process `holder` sees it.
+    pub fn new(inner: Arc<dyn Ec2Port>, holder: &str, clock: Arc<dyn Clock>, log: FenceLog) -> Self {
+        Self { inner, holder: holder.to_string(), clock, log }
+    }
+
+    fn note(&self, op: Operation) {
+        self.log.called(&self.holder, op, self.clock.now_unix_ms());
+    }
+}
+
+#[async_trait]
+impl Ec2Port for ReplicaPort {
+    async fn import_key_pair(&self, region: &RegionLabel, req: ImportKeyPairRequest) -> Result<KeyPairInfo, Ec2Error> {
+        self.note(Operation::ImportKeyPair);
+        self.inner.import_key_pair(region, req).await
+    }
+
+    async fn describe_key_pairs(
+        &self,
+        region: &RegionLabel,
+        filters: Vec<Filter>,
+    ) -> Result<Vec<KeyPairInfo>, Ec2Error> {
+        self.note(Operation::DescribeKeyPairs);
+        self.inner.describe_key_pairs(region, filters).await
+    }
+
+    async fn delete_key_pair(&self, region: &RegionLabel, key_name: &str) -> Result<(), Ec2Error> {
+        self.note(Operation::DeleteKeyPair);
+        self.inner.delete_key_pair(region, key_name).await
+    }
+
+    async fn create_security_group(
+        &self,
+        region: &RegionLabel,
+        req: CreateSecurityGroupRequest,
+    ) -> Result<String, Ec2Error> {
+        self.note(Operation::CreateSecurityGroup);
+        self.inner.create_security_group(region, req).await
+    }
+
+    async fn authorize_ingress(&self, region: &RegionLabel, req: AuthorizeIngressRequest) -> Result<(), Ec2Error> {
+        self.note(Operation::AuthorizeSecurityGroupIngress);
+        self.inner.authorize_ingress(region, req).await
+    }
+
+    async fn describe_security_groups_page(
+        &self,
+        region: &RegionLabel,
+        group_ids: Vec<String>,
+        filters: Vec<Filter>,
+        page: PageRequest,
+    ) -> Result<Page<SecurityGroupInfo>, Ec2Error> {
+        self.note(Operation::DescribeSecurityGroups);
+        self.inner.describe_security_groups_page(region, group_ids, filters, page).await
+    }
+
+    async fn delete_security_group(&self, region: &RegionLabel, group_id: &str) -> Result<(), Ec2Error> {
+        self.note(Operation::DeleteSecurityGroup);
+        self.inner.delete_security_group(region, group_id).await
+    }
+
+    async fn run_instance(&self, region: &RegionLabel, req: RunInstancesRequest) -> Result<InstanceInfo, Ec2Error> {
+        self.note(Operation::RunInstances);
+        self.inner.run_instance(region, req).await
+    }
+
+    async fn describe_instances_page(
+        &self,
+        region: &RegionLabel,
+        instance_ids: Vec<String>,
+        filters: Vec<Filter>,
+        page: PageRequest,
+    ) -> Result<Page<InstanceInfo>, Ec2Error> {
+        self.note(Operation::DescribeInstances);
+        self.inner.describe_instances_page(region, instance_ids, filters, page).await
+    }
+
+    async fn terminate_instances(
+        &self,
+        region: &RegionLabel,
+        instance_ids: Vec<String>,
+    ) -> Result<Vec<InstanceStateChange>, Ec2Error> {
+        self.note(Operation::TerminateInstances);
+        self.inner.terminate_instances(region, instance_ids).await
+    }
+
+    async fn describe_instance_types_page(
+        &self,
+        region: &RegionLabel,
+        families: Vec<String>,
+        page: PageRequest,
+    ) -> Result<Page<InstanceTypeInfo>, Ec2Error> {
+        self.note(Operation::DescribeInstanceTypes);
+        self.inner.describe_instance_types_page(region, families, page).await
+    }
+
+    async fn create_tags(&self, region: &RegionLabel, resource_ids: Vec<String>, tags: Tags) -> Result<(), Ec2Error> {
+        self.note(Operation::CreateTags);
+        self.inner.create_tags(region, resource_ids, tags).await
+    }
+
+    async fn network_usage(
+        &self,
+        region: &RegionLabel,
+        instance_ids: Vec<String>,
+        start_unix_ms: u64,
+        end_unix_ms: u64,
+    ) -> Result<Vec<NetworkUsage>, Ec2Error> {
+        self.note(Operation::GetNetworkUsage);
+        self.inner.network_usage(region, instance_ids, start_unix_ms, end_unix_ms).await
+    }
+
+    async fn get_console_output(&self, region: &RegionLabel, instance_id: &str) -> Result<Option<String>, Ec2Error> {
+        self.note(Operation::GetConsoleOutput);
+        self.inner.get_console_output(region, instance_id).await
+    }
+
+    async fn describe_subnets_page(
+        &self,
+        region: &RegionLabel,
+        subnet_ids: Vec<String>,
+        filters: Vec<Filter>,
+        page: PageRequest,
+    ) -> Result<Page<SubnetInfo>, Ec2Error> {
+        self.note(Operation::DescribeSubnets);
+        self.inner.describe_subnets_page(region, subnet_ids, filters, page).await
+    }
+
+    async fn describe_instance_type_offerings_page(
+        &self,
+        region: &RegionLabel,
+        instance_types: Vec<String>,
+        page: PageRequest,
+    ) -> Result<Page<InstanceTypeOffering>, Ec2Error> {
+        self.note(Operation::DescribeInstanceTypeOfferings);
+        self.inner.describe_instance_type_offerings_page(region, instance_types, page).await
+    }
+
+    async fn get_parameter(&self, region: &RegionLabel, name: &str) -> Result<String, Ec2Error> {
+        self.note(Operation::GetParameter);
+        self.inner.get_parameter(region, name).await
+    }
+}
