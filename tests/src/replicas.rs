@@ -306,3 +306,58 @@ impl Ec2Port for ReplicaPort {
         self.inner.get_parameter(region, name).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use backend_api::GrantId;
+    use usage_ledger::{Event, EventStore, Record};
+
+    use super::*;
+
+    fn record(seq: u64) -> Record {
+        Record { grant: GrantId([7; 32]), seq, at_unix_ms: 1, event: Event::GrantSettled { usage: Default::default() } }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_standby_takes_an_expired_lease_and_fences_the_holder() {
+        let clock = Arc::new(TokioClock::starting_at(1_000_000));
+        let store = FrameStore::new(None);
+        let log = FenceLog::default();
+        let table = SimLeases::new(store.clone(), clock.clone(), log.clone());
+        let mut first = table.acquire("a", 8_000).await.unwrap();
+        assert_eq!(first.epoch, 1);
+        let mut writer = store.writing_under(first.epoch);
+        writer.append(&[record(0)]).unwrap();
+        // Held: another may not take it, and the holder renews.
+        match table.acquire("b", 8_000).await {
+            Err(LeaseError::Held { held, .. }) => assert_eq!(held.holder, "a"),
+            other => panic!("acquired a held lease: {other:?}"),
+        }
+        clock.sleep_ms(5_000).await;
+        table.renew(&mut first, 8_000).await.unwrap();
+        clock.sleep_ms(7_999).await;
+        assert!(table.acquire("b", 8_000).await.is_err(), "the renewal holds to 13 s");
+        clock.sleep_ms(1).await;
+        let second = table.acquire("b", 8_000).await.unwrap();
+        assert_eq!(second.epoch, 2);
+        // The old holder can neither write nor renew; the new one writes, once per sequence.
+        assert!(matches!(writer.append(&[record(1)]), Err(StoreError::Fenced { epoch: 1, .. })));
+        assert!(matches!(table.renew(&mut first, 8_000).await, Err(StoreError::Fenced { .. })));
+        let mut new_writer = store.writing_under(second.epoch);
+        assert!(matches!(new_writer.append(&[record(0)]), Err(StoreError::SequenceTaken { seq: 0, .. })));
+        new_writer.append(&[record(1)]).unwrap();
+        assert_eq!(store.records().unwrap().len(), 2);
+        assert_eq!(log.acquisitions(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_holds_a_replicas_sleeps_until_it_ends() {
+        let base = Arc::new(TokioClock::starting_at(1_000_000));
+        let clock = ReplicaClock::new(base.clone());
+        clock.pause_until(1_010_000);
+        clock.sleep_ms(1_000).await;
+        assert_eq!(clock.now_unix_ms(), 1_010_000);
+        clock.sleep_ms(1_000).await;
+        assert_eq!(clock.now_unix_ms(), 1_011_000, "after the pause, sleeps are as long as asked");
+    }
+}

@@ -5,7 +5,8 @@
 //! the ledger store's tests, on one port) running on
 //! 127.0.0.1 (installed with pip when missing) and cloud-init's schema validator present
 //! (installed with apt-get when missing), then the simulation: `sim --self-test`, a fixed-seed
-//! swarm sweep with crashes and `--check-determinism`, and one seed drawn from the clock.
+//! swarm sweep with crashes and `--check-determinism`, the same with two replicas sharing the
+//! ledger, and one seed drawn from the clock.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -18,6 +19,8 @@ use crate::{run_cmd, workspace_root};
 
 /// Seeds in CI's swarm sweep: about two minutes on two cores (each seed runs twice).
 const SWEEP_SEEDS: &str = "100";
+/// Seeds in CI's sweep with two replicas under one lease: about a minute.
+const REPLICA_SWEEP_SEEDS: &str = "40";
 
 /// The proptest seed of CI's test run.
 const PROPTEST_SEED: &str = "20261129";
@@ -64,6 +67,26 @@ pub fn run(args: CiArgs) -> anyhow::Result<()> {
         "cargo",
         &[&sim[..], &["--seed", "1", "--seeds", SWEEP_SEEDS, "--faults", "swarm", "--crashes", "--check-determinism"]]
             .concat(),
+        &[],
+    )?;
+    run_cmd(
+        "cargo",
+        &[
+            &sim[..],
+            &[
+                "--seed",
+                "1001",
+                "--seeds",
+                REPLICA_SWEEP_SEEDS,
+                "--faults",
+                "swarm",
+                "--crashes",
+                "--replicas",
+                "2",
+                "--check-determinism",
+            ],
+        ]
+        .concat(),
         &[],
     )?;
     run_cmd("cargo", &sim, &[])?;
