@@ -4,12 +4,16 @@
 //! With replicas it keeps the lease item too, and a handle opened under a lease
 //! ([`FrameStore::writing_under`]) appends only while the item holds its epoch (see `replicas`).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use std::collections::HashSet;
 
 use backend_api::GrantId;
 use usage_ledger::{EventStore, LeaseInfo, Record, StoreError, decode_frame, encode_frame};
+
+/// What a store cut off by a partition answers.
+pub const PARTITIONED: &str = "unreachable (a partition)";
 
 /// A deliberate store fault, at the n-th append (1-based).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,6 +30,8 @@ pub struct FrameStore {
     inner: Arc<Mutex<Inner>>,
     /// The lease epoch this handle writes under; `None`: a bridge's own store, unfenced.
     epoch: Option<u64>,
+    /// When set, this handle's process cannot reach the store (a partition, with replicas).
+    cut_off: Option<Arc<AtomicBool>>,
 }
 
 #[derive(Debug, Default)]
@@ -42,12 +48,29 @@ struct Inner {
 impl FrameStore {
     /// An empty store, with `fault` armed if given.
     pub fn new(fault: Option<StoreFault>) -> Self {
-        Self { inner: Arc::new(Mutex::new(Inner { fault, ..Inner::default() })), epoch: None }
+        Self { inner: Arc::new(Mutex::new(Inner { fault, ..Inner::default() })), epoch: None, cut_off: None }
     }
 
     /// A handle on the same records that appends only while the lease item holds `epoch`.
     pub fn writing_under(&self, epoch: u64) -> Self {
-        Self { inner: self.inner.clone(), epoch: Some(epoch) }
+        Self { epoch: Some(epoch), ..self.clone() }
+    }
+
+    /// A handle on the same records that cannot reach them while `cut_off` is set.
+    pub fn reached_through(&self, cut_off: Arc<AtomicBool>) -> Self {
+        Self { cut_off: Some(cut_off), ..self.clone() }
+    }
+
+    /// Refuses when this handle's process is cut off from the store.
+    pub fn reach(&self, op: &'static str) -> Result<(), StoreError> {
+        match &self.cut_off {
+            Some(cut) if cut.load(Ordering::SeqCst) => Err(StoreError::Remote {
+                store: "the simulation's shared store".to_string(),
+                op,
+                reason: PARTITIONED.to_string(),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Runs `f` on the lease item, atomically.
@@ -99,6 +122,7 @@ impl EventStore for FrameStore {
         for record in records {
             encode_frame(record, &mut frames)?;
         }
+        self.reach("append")?;
         let mut inner = self.lock();
         if let Some(epoch) = self.epoch {
             let group = crate::replicas::GROUP.to_string();

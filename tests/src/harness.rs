@@ -3,7 +3,7 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::time::Instant;
 
@@ -299,6 +299,8 @@ struct ReplicaShared {
     sim: Arc<SimEc2>,
     store: FrameStore,
     clocks: Vec<Arc<ReplicaClock>>,
+    /// Per replica, whether it is cut off from the store (a partition).
+    cut_off: Vec<Arc<AtomicBool>>,
     log: FenceLog,
     seed: u64,
     switches: TestSwitches,
@@ -311,6 +313,17 @@ struct ReplicaShared {
     spawned: Mutex<Vec<Spawned>>,
     /// Processes that lost their lease and exited.
     exited: Mutex<Vec<u64>>,
+}
+
+/// What a crash does to the replica acting, with replicas.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outage {
+    /// Its process ends at once; it comes back as a standby after the downtime.
+    Kill,
+    /// Its process stops for the downtime (its sleeps are held), then carries on.
+    Pause,
+    /// It cannot reach the lease table and the ledger for the downtime, but reaches EC2.
+    Partition,
 }
 
 /// The replica process acting for the ledger.
@@ -340,12 +353,15 @@ async fn serve(shared: Arc<ReplicaShared>, replica: usize) {
         let incarnation = shared.incarnations.fetch_add(1, Ordering::SeqCst) + 1;
         let holder = format!("replica-{replica}.{incarnation}");
         let clock = shared.clocks[replica].clone();
-        let table = SimLeases::new(shared.store.clone(), clock.clone(), shared.log.clone());
+        let store = shared.store.reached_through(shared.cut_off[replica].clone());
+        let table = SimLeases::new(store, clock.clone(), shared.log.clone());
         let failed = |what: &str, e: anyhow::Error| {
             lock(&shared.findings).push(Violation::safety(names::LEDGER, format!("{holder} {what}: {e:#}")));
         };
         let holding = match wait_for_lease(&table, &holder, &shared.times, clock.as_ref()).await {
             Ok(holding) => holding,
+            // Cut off between acquiring and replaying: the process exits and stands by again.
+            Err(_) if shared.cut_off[replica].load(Ordering::SeqCst) => continue,
             Err(e) => return failed("cannot take over the ledger", e),
         };
         let port = Arc::new(ReplicaPort::new(shared.sim.clone(), &holder, clock.clone(), shared.log.clone()));
@@ -508,6 +524,7 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
             sim: sim.clone(),
             store: store.clone(),
             clocks: (0..count).map(|_| ReplicaClock::new(clock.clone())).collect(),
+            cut_off: (0..count).map(|_| Arc::new(AtomicBool::new(false))).collect(),
             log: world.fence_log.clone(),
             seed: scenario.seed,
             switches,
@@ -574,26 +591,39 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
                 let Some(victim) = lock(&replicas.shared.active).clone() else { continue };
                 crash_count += 1;
                 let downtime_ms = crashes[i].downtime_ms;
-                let pause = rng.gen_bool(scenario.pause_share);
-                if pause {
-                    replicas.shared.clocks[victim.replica].pause_until(at + downtime_ms);
+                let how = if rng.gen_bool(scenario.pause_share) {
+                    Outage::Pause
+                } else if rng.gen_bool(0.5) {
+                    Outage::Kill
                 } else {
-                    replicas.kill(&victim, &mut world, &mut tasks).await;
+                    Outage::Partition
+                };
+                match how {
+                    Outage::Pause => replicas.shared.clocks[victim.replica].pause_until(at + downtime_ms),
+                    Outage::Kill => replicas.kill(&victim, &mut world, &mut tasks).await,
+                    Outage::Partition => replicas.shared.cut_off[victim.replica].store(true, Ordering::SeqCst),
                 }
                 // Down until the downtime has passed and a replica acts: the holder woken from
-                // its pause, or the standby that took over.
-                let mut restarted = pause;
+                // its pause or reconnected, or the standby that took over.
+                let mut restarted = how != Outage::Kill;
                 loop {
                     clock.sleep_ms(500).await;
                     replicas.absorb(&mut world, &mut tasks).await;
                     world.join(&mut tasks, false).await;
                     let now = clock.now_unix_ms();
-                    if !restarted && now >= at + downtime_ms {
-                        replicas.serve(victim.replica);
-                        restarted = true;
+                    if now >= at + downtime_ms {
+                        replicas.shared.cut_off[victim.replica].store(false, Ordering::SeqCst);
+                        if !restarted {
+                            replicas.serve(victim.replica);
+                            restarted = true;
+                        }
                     }
-                    let acting = lock(&replicas.shared.active).as_ref().is_some_and(|a| a.backend.acting());
-                    if restarted && acting && now >= at + downtime_ms {
+                    // Back once a replica acts under a lease secured after the outage ended (a
+                    // holder whose renewals failed may still lose it).
+                    let back = lock(&replicas.shared.active).as_ref().is_some_and(|a| {
+                        a.backend.acting() && a.backend.lease_secured_unix_ms().is_some_and(|t| t >= at + downtime_ms)
+                    });
+                    if restarted && back {
                         break;
                     }
                     if now >= at + TAKEOVER_WITHIN_MS {

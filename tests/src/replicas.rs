@@ -50,6 +50,7 @@ impl LeaseTable for SimLeases {
 
     async fn acquire(&self, holder: &str, duration_ms: u64) -> Result<Lease, LeaseError> {
         check_lease_name("holder", holder)?;
+        self.store.reach("acquire the lease")?;
         let now_unix_ms = self.clock.now_unix_ms();
         let lease = self.store.with_lease(|item| {
             let free = item.as_ref().is_none_or(|l| l.expires_unix_ms <= now_unix_ms || l.holder == holder);
@@ -67,6 +68,7 @@ impl LeaseTable for SimLeases {
     }
 
     async fn renew(&self, lease: &mut Lease, duration_ms: u64) -> Result<(), StoreError> {
+        self.store.reach("renew the lease")?;
         let expires_unix_ms = self.clock.now_unix_ms().saturating_add(duration_ms);
         self.store.with_lease(|item| match item {
             Some(l) if l.holder == lease.holder && l.epoch == lease.epoch => {
@@ -80,6 +82,7 @@ impl LeaseTable for SimLeases {
     }
 
     async fn release(&self, lease: Lease) -> Result<(), StoreError> {
+        self.store.reach("release the lease")?;
         self.store.with_lease(|item| match item {
             Some(l) if l.holder == lease.holder && l.epoch == lease.epoch => {
                 l.expires_unix_ms = 0;
@@ -90,10 +93,12 @@ impl LeaseTable for SimLeases {
     }
 
     async fn holder(&self) -> Result<Option<LeaseInfo>, StoreError> {
+        self.store.reach("read the lease")?;
         Ok(self.store.with_lease(|item| item.clone()))
     }
 
     async fn open_ledger(&self, lease: &Lease) -> Result<BackendLedger, LedgerError> {
+        self.store.reach("replay")?;
         let records = self.store.records().map_err(|reason| {
             LedgerError::Store(StoreError::Remote { store: "the simulation's store".into(), op: "replay", reason })
         })?;

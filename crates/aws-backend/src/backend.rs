@@ -422,6 +422,12 @@ impl AwsBackend {
         self.inner.tenure.as_ref().is_none_or(|t| t.may_act(self.now_ms()).is_ok())
     }
 
+    /// When this backend last secured its lease (acquired or renewed it: the send time), for a
+    /// shared ledger.
+    pub fn lease_secured_unix_ms(&self) -> Option<u64> {
+        self.inner.tenure.as_ref().map(|t| t.secured_unix_ms())
+    }
+
     /// Why the lease this backend acted under is lost, once it is.
     pub fn lease_lost(&self) -> Option<String> {
         self.inner.tenure.as_ref().and_then(|t| t.lost())

@@ -155,10 +155,23 @@ impl AwsBackend {
     /// One reaper pass over every allowed region: one Describe per resource kind per region.
     /// Removes (or, with `dry_run`, only lists) every resource carrying our owner tag that no
     /// live grant owns and that is older than `reaper_grace_ms`, recording each removal in the
-    /// ledger; runs the teardown of live grants past their deadline plus grace.
+    /// ledger; runs the teardown of live grants past their deadline plus grace: those with an
+    /// instance still up, and those whose ledger has been quiet for `reaper_grace_ms` (a
+    /// teardown that failed half way, its instance gone but its group or key pair left, with
+    /// no task left to finish it).
     pub async fn reap(&self, dry_run: bool) -> ReapReport {
         let mut report = ReapReport::default();
         let mut overdue: BTreeMap<GrantId, ()> = BTreeMap::new();
+        let now = self.now_ms();
+        let (grace, quiet) = (self.config().deadline_grace_ms(), self.config().reaper_grace_ms);
+        self.with_ledger(|books| {
+            let stalled = books.grants().filter(|(_, s)| {
+                !s.is_settled()
+                    && now > s.valid_to_unix_ms().saturating_add(grace)
+                    && now >= s.latest_unix_ms().saturating_add(quiet)
+            });
+            overdue.extend(stalled.map(|(grant, _)| (*grant, ())));
+        });
         for region in self.config().regions.clone() {
             if let Err(err) = self.reap_region(&region, dry_run, &mut report, &mut overdue).await {
                 report.errors.push(format!("{region}: {err}"));

@@ -79,6 +79,8 @@ pub struct Tenure {
     epoch: u64,
     margin_ms: u64,
     act_until_unix_ms: AtomicU64,
+    /// When the last acquisition or renewal that got through was sent.
+    secured_unix_ms: AtomicU64,
     lost: std::sync::Mutex<Option<String>>,
 }
 
@@ -90,6 +92,7 @@ impl Tenure {
             epoch: lease.epoch,
             margin_ms: times.margin_ms,
             act_until_unix_ms: AtomicU64::new(lease.expires_unix_ms.saturating_sub(times.margin_ms)),
+            secured_unix_ms: AtomicU64::new(lease.expires_unix_ms.saturating_sub(times.duration_ms)),
             lost: std::sync::Mutex::new(None),
         })
     }
@@ -126,6 +129,12 @@ impl Tenure {
     fn renewed(&self, sent_unix_ms: u64, times: &LeaseTimes) {
         let until = sent_unix_ms.saturating_add(times.duration_ms).saturating_sub(times.margin_ms);
         self.act_until_unix_ms.fetch_max(until, Ordering::SeqCst);
+        self.secured_unix_ms.fetch_max(sent_unix_ms, Ordering::SeqCst);
+    }
+
+    /// When the last acquisition or renewal that got through was sent.
+    pub fn secured_unix_ms(&self) -> u64 {
+        self.secured_unix_ms.load(Ordering::SeqCst)
     }
 
     /// Marks the lease lost, for `why` (the first reason stays). Returns true the first time.
@@ -207,7 +216,8 @@ pub async fn wait_for_lease(
     }
 }
 
-/// Renews `lease` every [`LeaseTimes::renew_every_ms`] for as long as it holds, and returns why
+/// Renews `lease` every [`LeaseTimes::renew_every_ms`] (a renewal that failed is tried again
+/// every [`LeaseTimes::poll_ms`]) for as long as it holds, and returns why
 /// it stopped holding: the store fenced a renewal or an append (another bridge took over), or
 /// the lease ran out by this process's clock before a renewal got through (a pause, or a store
 /// that failed for too long). The caller then stops acting (see
@@ -248,7 +258,7 @@ mod tests {
         let times = LeaseTimes::for_duration(30_000);
         let tenure = Tenure::new(&lease(100_000), &times);
         assert!(tenure.may_act(94_999).is_ok());
-        let why = tenure.may_act(95_000).unwrap_err();
+        let why = tenure.may_act(95_000).expect_err("past the margin");
         assert!(why.contains("epoch 3") && why.contains("100000"), "{why}");
         tenure.renewed(90_000, &times);
         assert!(tenure.may_act(114_999).is_ok(), "a renewal sent at 90 s holds to 120 s less the margin");
@@ -262,6 +272,6 @@ mod tests {
         assert!(tenure.lose("fenced by epoch 4"));
         assert!(!tenure.lose("ran out"));
         tenure.renewed(90_000, &times);
-        assert_eq!(tenure.may_act(1).unwrap_err(), "fenced by epoch 4");
+        assert_eq!(tenure.may_act(1).expect_err("lost"), "fenced by epoch 4");
     }
 }

@@ -57,7 +57,8 @@ pub fn check_outcomes(ctx: &Context<'_>) -> Vec<Violation> {
                 let explained = ctx.faults.touched(grant, &plan.region, plan.arrival_unix_ms, *outcome_at_unix_ms)
                     || mentions_deadline(err) && (plan.expect == Expect::Short || pending_at_deadline(ctx, plan))
                     || (mentions_deadline(err) || err.contains("host key")) && console_too_late(ctx, plan)
-                    || quota_refusal(ctx, plan, err, *outcome_at_unix_ms);
+                    || quota_refusal(ctx, plan, err, *outcome_at_unix_ms)
+                    || partitioned(ctx, plan, err, *outcome_at_unix_ms);
                 if !explained {
                     violations.push(Violation::safety(
                         names::PROVISION,
@@ -74,6 +75,14 @@ pub fn check_outcomes(ctx: &Context<'_>) -> Vec<Violation> {
         }
     }
     violations
+}
+
+/// True when the provision failed because its replica could not reach the ledger during a
+/// partition (with `--replicas`; the harness counts a partition as a downtime): the backend must
+/// not go on with what it cannot record.
+fn partitioned(ctx: &Context<'_>, plan: &GrantPlan, err: &str, failed_at_unix_ms: u64) -> bool {
+    err.contains(crate::framestore::PARTITIONED)
+        && ctx.downtimes.iter().any(|d| d.overlaps(plan.arrival_unix_ms, failed_at_unix_ms))
 }
 
 /// True when EC2 still had an instance of the grant pending at its deadline: ordinary launch
