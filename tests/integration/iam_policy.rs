@@ -1,8 +1,10 @@
 //! The IAM policy operators give the bridge (`docs/iam-policy.json`), checked against AWS's own
-//! lists of EC2, CloudWatch and (Parameter Store's) SSM actions, resource types and condition
-//! keys (`tests/data/iam-*.txt`,
+//! lists of EC2, CloudWatch, (Parameter Store's) SSM and DynamoDB actions, resource types and
+//! condition keys (`tests/data/iam-*.txt`,
 //! taken from the Service Authorization Reference; each file names its source), and against the
-//! calls the backend makes (`Operation::ALL`).
+//! calls the backend makes (`Operation::ALL`) and those a bridge makes on its ledger's table
+//! (`ledger_dynamodb::DYNAMODB_ACTIONS`, itself checked against the SDK calls in
+//! `crates/ledger-dynamodb/src`).
 //!
 //! moto does not enforce IAM and CI has no AWS account, so nothing else tells us that the
 //! document is written in names IAM knows, grants every call the backend makes, and grants
@@ -19,6 +21,15 @@ const POLICY_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/iam-poli
 const ACTIONS_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/iam-actions.txt");
 const RESOURCE_TYPES_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/iam-resource-types.txt");
 const CONDITION_KEYS_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/iam-condition-keys.txt");
+const LEDGER_DYNAMODB_SRC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../crates/ledger-dynamodb/src");
+
+/// What a bridge calls on its ledger's table. The actions are `ledger-dynamodb`'s, which only
+/// the `sdk` feature builds (as CI and the default do); without it the DynamoDB statement goes
+/// unchecked against the code.
+#[cfg(feature = "sdk")]
+const DYNAMODB_ACTIONS: &[&str] = ledger_dynamodb::DYNAMODB_ACTIONS;
+#[cfg(not(feature = "sdk"))]
+const DYNAMODB_ACTIONS: &[&str] = &[];
 
 /// Actions the policy must never grant, with the reason.
 const FORBIDDEN_ACTIONS: [(&str, &str); 1] = [(
@@ -88,6 +99,9 @@ struct ActionInfo {
 struct ResourceType {
     /// The ARN's resource part up to its variable, e.g. `key-pair/`.
     resource_prefix: String,
+    /// The ARN's whole resource part, e.g. `table/${TableName}/index/${IndexName}`: DynamoDB's
+    /// table, index and stream share their prefix `table/`.
+    resource_format: String,
     /// Whether its ARNs name an account (an AMI's do not: `arn:aws:ec2:region::image/ami-...`).
     has_account: bool,
     /// Condition keys that apply to it.
@@ -144,9 +158,12 @@ fn reference() -> Reference {
         let parts: Vec<&str> = f[2].splitn(6, ':').collect();
         assert_eq!(parts.len(), 6, "{RESOURCE_TYPES_PATH} line {line}: {} is not an ARN format", f[2]);
         let resource_prefix = parts[5].split("${").next().unwrap_or_default().to_string();
+        let resource_format = parts[5].to_string();
         let has_account = !parts[4].is_empty();
-        resource_types
-            .insert((f[0].clone(), f[1].clone()), ResourceType { resource_prefix, has_account, keys: list(&f[3]) });
+        resource_types.insert(
+            (f[0].clone(), f[1].clone()),
+            ResourceType { resource_prefix, resource_format, has_account, keys: list(&f[3]) },
+        );
     }
     let condition_keys =
         data_rows(CONDITION_KEYS_PATH, 2).into_iter().map(|(_, f)| (f[0].clone(), f[1].clone())).collect();
@@ -173,7 +190,7 @@ impl Reference {
             .filter(|((s, _), t)| {
                 s == service && !t.resource_prefix.is_empty() && resource.starts_with(&t.resource_prefix)
             })
-            .max_by_key(|(_, t)| t.resource_prefix.len())
+            .max_by_key(|(_, t)| (t.resource_prefix.len(), fits_format(&t.resource_format, resource)))
             .map(|((_, name), _)| name.clone())
     }
 
@@ -191,6 +208,13 @@ impl Reference {
             .flat_map(|t| t.keys.iter());
         global || info.keys.iter().chain(of_types).any(|pattern| key_matches(pattern, key))
     }
+}
+
+/// True when an ARN's resource part has the segments of a resource type's format: as many
+/// `/`-separated segments, the literal ones equal (`${...}` stands for any segment).
+fn fits_format(format: &str, resource: &str) -> bool {
+    let (format, resource): (Vec<&str>, Vec<&str>) = (format.split('/').collect(), resource.split('/').collect());
+    format.len() == resource.len() && format.iter().zip(&resource).all(|(f, r)| f.contains("${") || f == r)
 }
 
 fn service_of(action: &str) -> &str {
@@ -324,22 +348,72 @@ fn action_problems(statements: &[Statement], reference: &Reference) -> Vec<Strin
     problems
 }
 
-/// The difference between what the policy grants and what `Operation::ALL` calls.
+/// The difference between what the policy grants and what `Operation::ALL` and a bridge's
+/// ledger table (`DYNAMODB_ACTIONS`) call.
 fn coverage_problems(statements: &[Statement]) -> Vec<String> {
     let granted: BTreeSet<&str> = statements.iter().flat_map(|s| s.actions.iter().map(String::as_str)).collect();
-    let needed: BTreeMap<String, Operation> = Operation::ALL.iter().map(|op| (iam_action(*op), *op)).collect();
+    let mut needed: BTreeMap<String, String> =
+        Operation::ALL.iter().map(|op| (iam_action(*op), format!("Operation::{op:?}"))).collect();
+    needed.extend(DYNAMODB_ACTIONS.iter().map(|a| (a.to_string(), "ledger_dynamodb::DYNAMODB_ACTIONS".to_string())));
     let mut problems: Vec<String> = needed
         .iter()
         .filter(|(action, _)| !granted.contains(action.as_str()))
-        .map(|(action, op)| format!("Operation::{op:?} needs {action}, which no statement grants"))
+        .map(|(action, caller)| format!("{caller} needs {action}, which no statement grants"))
         .collect();
     problems.extend(
         granted
             .iter()
             .filter(|a| !needed.contains_key(**a))
-            .map(|a| format!("{a} is granted but no Operation calls it: remove it, or add the operation")),
+            .filter(|a| cfg!(feature = "sdk") || !a.starts_with("dynamodb:"))
+            .map(|a| {
+                format!(
+                    "{a} is granted but no Operation calls it, nor a bridge on its ledger table \
+                     (ledger_dynamodb::DYNAMODB_ACTIONS): remove it, or add the operation"
+                )
+            }),
     );
     problems
+}
+
+/// The IAM actions of the DynamoDB calls in `ledger-dynamodb`'s source: each client call
+/// (`.client().update_item()`, `self.client.scan()`: UpdateItem, Scan), the waiter
+/// (`wait_until_table_exists`: DescribeTable), and each item of a transaction
+/// (`ConditionCheck::builder()`: ConditionCheckItem), which IAM authorises in place of the
+/// transaction itself.
+fn dynamodb_calls_in(source: &str) -> BTreeSet<String> {
+    let flat: String = source.chars().filter(|c| !c.is_whitespace()).collect();
+    let mut found = BTreeSet::new();
+    for marker in [".client().", ".client."] {
+        for (at, _) in flat.match_indices(marker) {
+            let rest = &flat[at + marker.len()..];
+            let method: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            if !rest[method.len()..].starts_with('(') || method.is_empty() {
+                continue;
+            }
+            let action = match method.as_str() {
+                "wait_until_table_exists" => "DescribeTable".to_string(),
+                // Authorised as the items it carries, found below.
+                "transact_write_items" => continue,
+                snake => snake.split('_').map(|w| w[..1].to_ascii_uppercase() + &w[1..]).collect(),
+            };
+            found.insert(format!("dynamodb:{action}"));
+        }
+    }
+    for (item, action) in [
+        ("ConditionCheck", "ConditionCheckItem"),
+        ("Put", "PutItem"),
+        ("Delete", "DeleteItem"),
+        ("Update", "UpdateItem"),
+    ] {
+        let marker = format!("{item}::builder(");
+        let used = flat
+            .match_indices(&marker)
+            .any(|(at, _)| !flat[..at].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_'));
+        if used {
+            found.insert(format!("dynamodb:{action}"));
+        }
+    }
+    found
 }
 
 /// Condition operators and keys IAM does not know, keys that do not apply to the statement's
@@ -398,8 +472,11 @@ fn resource_problems(statements: &[Statement], reference: &Reference) -> Vec<Str
                 problems.push(format!("{}: {arn} is not arn:partition:service:region:account:resource", s.sid));
                 continue;
             };
-            if prefix != "arn" || partition != "aws" || !matches!(service, "ec2" | "cloudwatch" | "ssm") {
-                problems.push(format!("{}: {arn} must start arn:aws:ec2:, arn:aws:cloudwatch: or arn:aws:ssm:", s.sid));
+            if prefix != "arn" || partition != "aws" || !matches!(service, "ec2" | "cloudwatch" | "ssm" | "dynamodb") {
+                problems.push(format!(
+                    "{}: {arn} must start arn:aws:ec2:, arn:aws:cloudwatch:, arn:aws:ssm: or arn:aws:dynamodb:",
+                    s.sid
+                ));
                 continue;
             }
             if !is_region(region) {
@@ -532,6 +609,62 @@ fn every_required_resource_of_a_granted_action_is_granted() {
     assert_none(required_resource_problems(&statements, &reference));
 }
 
+#[cfg(feature = "sdk")]
+#[test]
+fn the_ledger_table_is_granted_exactly_what_ledger_dynamodb_calls_on_it() {
+    // Given every DynamoDB call in ledger-dynamodb's source.
+    let mut called = BTreeSet::new();
+    for entry in std::fs::read_dir(LEDGER_DYNAMODB_SRC).unwrap_or_else(|e| panic!("{LEDGER_DYNAMODB_SRC}: {e}")) {
+        let path = entry.expect("a directory entry").path();
+        if path.extension().is_some_and(|e| e == "rs") {
+            let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            called.extend(dynamodb_calls_in(&text));
+        }
+    }
+    // Then each is the bridge's or the operator's, and each listed action is called.
+    let listed: BTreeSet<String> = ledger_dynamodb::DYNAMODB_ACTIONS
+        .iter()
+        .chain(ledger_dynamodb::OPERATOR_ACTIONS)
+        .map(|a| a.to_string())
+        .collect();
+    assert_eq!(
+        called, listed,
+        "the DynamoDB calls in {LEDGER_DYNAMODB_SRC} and ledger_dynamodb's DYNAMODB_ACTIONS and OPERATOR_ACTIONS differ: \
+         list each call's action in ledger-dynamodb/src/iam.rs (and grant the bridge's in docs/iam-policy.json)"
+    );
+    assert!(ledger_dynamodb::DYNAMODB_ACTIONS.iter().all(|a| !ledger_dynamodb::OPERATOR_ACTIONS.contains(a)));
+    // And the policy's table statement grants the bridge's, on the table alone.
+    let (statements, _) = shipped();
+    let table = statements.iter().find(|s| s.sid == "UsageLedgerTable").expect("a UsageLedgerTable statement");
+    let granted: BTreeSet<&str> = table.actions.iter().map(String::as_str).collect();
+    assert_eq!(granted, ledger_dynamodb::DYNAMODB_ACTIONS.iter().copied().collect::<BTreeSet<_>>());
+    assert!(table.resources.iter().all(|r| r.starts_with("arn:aws:dynamodb:") && r.contains(":table/")), "{table:?}");
+    let elsewhere: Vec<&Statement> = statements
+        .iter()
+        .filter(|s| s.sid != table.sid && s.actions.iter().any(|a| a.starts_with("dynamodb:")))
+        .collect();
+    assert!(elsewhere.is_empty(), "DynamoDB actions outside UsageLedgerTable: {elsewhere:?}");
+}
+
+#[test]
+fn the_dynamodb_call_scanner_sees_client_calls_waiters_and_transaction_items() {
+    let source = r#"
+        let out = self
+            .client()
+            .update_item()
+            .table_name(self.name());
+        self.client.wait_until_table_exists().table_name(&self.name);
+        let sent = self.client.transact_write_items().send().await;
+        let check = ConditionCheck::builder().table_name(&self.name);
+        let put = Put::builder().item(PK, pk);
+        let not_ours = InputPut::builder();
+        let field = self.client; // not a call
+    "#;
+    let found = dynamodb_calls_in(source);
+    let expected = ["dynamodb:UpdateItem", "dynamodb:DescribeTable", "dynamodb:ConditionCheckItem", "dynamodb:PutItem"];
+    assert_eq!(found, expected.iter().map(|a| a.to_string()).collect::<BTreeSet<_>>());
+}
+
 #[test]
 fn the_reference_data_holds_the_actions_and_keys_the_policy_relies_on() {
     // The data files are only evidence if they hold real entries: spot-check a few with what
@@ -550,6 +683,16 @@ fn the_reference_data_holds_the_actions_and_keys_the_policy_relies_on() {
     assert!(reference.key_applies("aws:ResourceTag/compute-bridge:owner", "ec2:DeleteKeyPair", &["*".into()]));
     assert!(!reference.key_applies("aws:ResourceTag/compute-bridge:owner", "ec2:DescribeInstances", &["*".into()]));
     assert!(reference.key_applies("aws:SourceIp", "ec2:DescribeInstances", &["*".into()]));
+    assert_eq!(reference.actions["dynamodb:ConditionCheckItem"].resource_types, [("table".to_string(), true)]);
+    assert!(!reference.actions.contains_key("dynamodb:TransactWriteItems"), "IAM authorises a transaction's items");
+    assert_eq!(
+        reference.resource_type_of("dynamodb", "arn:aws:dynamodb:*:*:table/compute-bridge-ledger").as_deref(),
+        Some("table")
+    );
+    assert_eq!(
+        reference.resource_type_of("dynamodb", "arn:aws:dynamodb:*:*:table/t/index/i").as_deref(),
+        Some("index")
+    );
     assert!(key_matches("aws:RequestTag/${TagKey}", "aws:requesttag/compute-bridge:owner"));
     assert!(!key_matches("aws:RequestTag/${TagKey}", "aws:RequestTag/"));
 }
@@ -661,6 +804,43 @@ fn each_check_fails_on_a_policy_broken_its_way() {
     assert_caught(
         &broken("ResolvePublicAmiAliases", |s| drop(s.insert("Action".into(), json!("ssm:GetParameters")))),
         "Operation::GetParameter",
+    );
+    // The ledger table: the transaction itself (not an IAM action), an action the bridge calls
+    // left out, one it does not call, and an index where the table belongs.
+    let ledger_actions =
+        |actions: Value| move |s: &mut serde_json::Map<String, Value>| drop(s.insert("Action".into(), actions));
+    assert_caught(
+        &broken("UsageLedgerTable", |s| {
+            if let Some(actions) = s["Action"].as_array_mut() {
+                actions.push(json!("dynamodb:TransactWriteItems"));
+            }
+        }),
+        "dynamodb:TransactWriteItems is not in",
+    );
+    if cfg!(feature = "sdk") {
+        let without_delete = json!([
+            "dynamodb:UpdateItem",
+            "dynamodb:GetItem",
+            "dynamodb:Scan",
+            "dynamodb:ConditionCheckItem",
+            "dynamodb:PutItem"
+        ]);
+        assert_caught(
+            &broken("UsageLedgerTable", ledger_actions(without_delete)),
+            "DYNAMODB_ACTIONS needs dynamodb:DeleteItem",
+        );
+        assert_caught(
+            &broken("UsageLedgerTable", |s| {
+                if let Some(actions) = s["Action"].as_array_mut() {
+                    actions.push(json!("dynamodb:Query"));
+                }
+            }),
+            "dynamodb:Query is granted but no Operation calls it",
+        );
+    }
+    assert_caught(
+        &broken("UsageLedgerTable", resource("arn:aws:dynamodb:*:*:table/compute-bridge-ledger/index/by-pos")),
+        "takes none of",
     );
     // RunInstances without its required subnet.
     assert_caught(

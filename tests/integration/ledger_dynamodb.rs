@@ -35,6 +35,7 @@ async fn table(test: &str) -> Option<DynamoTable> {
         region: "us-east-1".to_string(),
         endpoint_url: Some(endpoint),
         static_credentials: Some(("testing".to_string(), Secret::new("testing"))),
+        session_token: None,
     };
     let table = DynamoTable::new(connection.client().await, name);
     table.create().await.expect("create the table on moto");

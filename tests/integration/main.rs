@@ -14,3 +14,4 @@ mod placement;
 mod recovery;
 mod scenarios;
 mod selftest;
+mod standby;

@@ -26,9 +26,9 @@ use backend_api::{
 use usage_ledger::{Event, Ledger, MemoryStore, ResourceKind};
 
 /// An AMI that moto ships in its default image list (moto refuses unknown AMI ids).
-const MOTO_AMI: &str = "ami-1e749f67";
+pub(crate) const MOTO_AMI: &str = "ami-1e749f67";
 /// That AMI's root device.
-const MOTO_ROOT_DEVICE: &str = "/dev/sda1";
+pub(crate) const MOTO_ROOT_DEVICE: &str = "/dev/sda1";
 const REGION: &str = "us-east-1";
 const DISALLOWED_REGION: &str = "eu-north-1";
 const TICK_MS: u64 = 1_000;

@@ -24,5 +24,5 @@ pub mod sizing;
 pub mod standby;
 
 pub use backend::{AwsBackend, BACKEND_NAME, BackendLedger, BackendParts, DynStore, TestSwitches};
-pub use config::{AwsBootConfig, ConfigError, GRANT_TAG, OWNER_TAG};
+pub use config::{AwsBootConfig, ConfigError, DynamoLedger, GRANT_TAG, LedgerStore, OWNER_TAG};
 pub use recovery::{Orphan, ReapReport, RecoveryReport};

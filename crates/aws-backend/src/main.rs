@@ -3,9 +3,13 @@
 //! `run` resumes the grants a previous process left unfinished, provisions every grant of a
 //! grants file, watches each to its deadline, tears it down and prints its usage as a JSON line;
 //! `reap` lists (and without `--dry-run` removes) what carries our owner tag but no live grant
-//! owns; `status` prints what the ledger says about the grants still holding resources. This
-//! binary is the edge of the system: the only place that reads the wall clock and the OS's
-//! randomness and hands them to the backend.
+//! owns; `status` prints what the ledger says about the grants still holding resources. With
+//! `[ledger] store = "dynamodb"` each works under the bridge group's lease (the `shared`
+//! module): `run` stands by until it holds it. This binary is the edge of the system: the only
+//! place that reads the wall clock and the OS's randomness and hands them to the backend.
+
+#[path = "main/shared.rs"]
+mod shared;
 
 use std::io::{IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -14,7 +18,10 @@ use std::sync::Arc;
 
 use anyhow::{Context, ensure};
 use aws_backend::sdk::SdkEc2;
-use aws_backend::{AwsBackend, AwsBootConfig, BackendParts, DynStore, ReapReport, RecoveryReport, TestSwitches};
+use aws_backend::standby::Tenure;
+use aws_backend::{
+    AwsBackend, AwsBootConfig, BackendParts, DynStore, LedgerStore, ReapReport, RecoveryReport, TestSwitches,
+};
 use backend_api::{
     AlmanacTick, Backend, Clock, ComputeGrant, ComputeManifest, Envelope, GrantId, ImageHash, RegionLabel, Secret,
     TokioClock, UsageMetrics,
@@ -38,7 +45,9 @@ enum Command {
     /// Resume the grants the ledger shows unfinished (in the background), provision each grant
     /// of the file, watch it to its deadline, tear it down, and print its usage as one JSON line
     /// per grant on stdout. Returns once the file's grants and the resumed ones have all ended.
-    /// Exits non-zero if any grant failed or recovery left a grant unfinished.
+    /// Exits non-zero if any grant failed or recovery left a grant unfinished. With
+    /// `[ledger] store = "dynamodb"`, first stands by until it holds the bridge group's ledger
+    /// lease, and exits non-zero, naming why, if it loses it.
     Run {
         /// The backend configuration (TOML).
         #[arg(long, value_name = "FILE")]
@@ -51,7 +60,8 @@ enum Command {
     /// One reaper pass over every allowed region: list each resource carrying our owner tag that
     /// no live grant owns (older than `reaper_grace_ms`) as a JSON line, remove it unless
     /// `--dry-run`, end live grants past their deadline, and print a summary line. Takes the
-    /// ledger's lock, so it cannot run while `run` does. Exits non-zero if anything failed.
+    /// ledger's lock (in DynamoDB, the group's lease), so it cannot run while `run` does. Exits
+    /// non-zero if anything failed.
     Reap {
         /// The backend configuration (TOML).
         #[arg(long, value_name = "FILE")]
@@ -62,7 +72,7 @@ enum Command {
     },
     /// Print each grant the ledger shows still holding resources: phase, resources and the
     /// usage recorded so far, one JSON line per grant. Reads the ledger without locking it, so
-    /// it works while `run` is running.
+    /// it works while `run` is running. In DynamoDB, a first line says who holds the lease.
     Status {
         /// The backend configuration (TOML).
         #[arg(long, value_name = "FILE")]
@@ -107,7 +117,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run { config, grants } => run(&config, &grants).await,
             Command::Reap { config, dry_run } => reap(&config, dry_run).await,
-            Command::Status { config } => status(&config).map(|()| true),
+            Command::Status { config } => status(&config).await.map(|()| true),
         }
     });
     match result {
@@ -167,19 +177,9 @@ fn key_seed(ledger_path: &Path) -> anyhow::Result<Secret> {
     let mut name = ledger_path.as_os_str().to_owned();
     name.push(".keyseed");
     let path = PathBuf::from(name);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let seed = Secret::new(text.trim());
-            let ok = seed.expose().len() == 64 && seed.expose().bytes().all(|b| b.is_ascii_hexdigit());
-            ensure!(
-                ok,
-                "key seed file {} is not 64 hex characters: restore it from backup, or delete it only if no grant is live",
-                path.display()
-            );
-            warn_if_readable_by_others(&path);
-            Ok(seed)
-        }
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+    match read_key_seed(&path) {
+        Ok(seed) => Ok(seed),
+        Err(err) if err.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound) => {
             let mut bytes = [0u8; 32];
             rand::rngs::OsRng.fill_bytes(&mut bytes);
             let seed = Secret::new(hex::encode(bytes));
@@ -189,8 +189,27 @@ fn key_seed(ledger_path: &Path) -> anyhow::Result<Secret> {
             tracing::info!(path = %path.display(), "created a new backend key seed");
             Ok(seed)
         }
-        Err(err) => Err(err).with_context(|| format!("reading key seed file {}", path.display())),
+        Err(err) => Err(err),
     }
+}
+
+/// Reads and checks the key seed file at `path` (64 hex characters). A missing file is an
+/// `std::io::Error` of kind `NotFound` (the caller decides whether to create one).
+fn read_key_seed(path: &Path) -> anyhow::Result<Secret> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Err(err.into()),
+        Err(err) => return Err(err).with_context(|| format!("reading key seed file {}", path.display())),
+    };
+    let seed = Secret::new(text.trim());
+    let ok = seed.expose().len() == 64 && seed.expose().bytes().all(|b| b.is_ascii_hexdigit());
+    ensure!(
+        ok,
+        "key seed file {} is not 64 hex characters: restore it from backup, or delete it only if no grant is live",
+        path.display()
+    );
+    warn_if_readable_by_others(path);
+    Ok(seed)
 }
 
 #[cfg(unix)]
@@ -292,14 +311,20 @@ fn read_ledger_without_lock(path: &Path) -> anyhow::Result<Ledger<DynStore>> {
     Ok(ledger)
 }
 
-/// The backend over the SDK, `ledger` and `key_seed`, with the wall clock and the OS's
-/// randomness.
+/// The wall clock, as the `Clock` handed to the backend and the lease.
+fn wall_clock() -> anyhow::Result<Arc<dyn Clock>> {
+    Ok(Arc::new(TokioClock::starting_at(wall_clock_unix_ms()?)))
+}
+
+/// The backend over the SDK, `ledger` and `key_seed`, with `clock` and the OS's randomness,
+/// acting under `tenure` when its ledger is shared.
 async fn open_backend(
     cfg: &AwsBootConfig,
+    clock: Arc<dyn Clock>,
     ledger: Ledger<DynStore>,
     key_seed: Secret,
-) -> anyhow::Result<(AwsBackend, Arc<dyn Clock>)> {
-    let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(wall_clock_unix_ms()?));
+    tenure: Option<Arc<Tenure>>,
+) -> anyhow::Result<AwsBackend> {
     let port = Arc::new(SdkEc2::new(cfg).await);
     let backend = AwsBackend::new(
         cfg,
@@ -310,11 +335,11 @@ async fn open_backend(
             key_seed,
             jitter_seed: rand::rngs::OsRng.next_u64(),
             switches: TestSwitches::default(),
-            tenure: None,
+            tenure,
         },
     )
     .await?;
-    Ok((backend, clock))
+    Ok(backend)
 }
 
 /// Starts `recover()` in a task of its own. `recover()` lists the ledger's live grants when it is
@@ -364,13 +389,26 @@ async fn run(config: &Path, grants_path: &Path) -> anyhow::Result<bool> {
     if grants.is_empty() {
         tracing::info!(path = %grants_path.display(), "the grants file holds no grants: only resuming unfinished ones");
     }
-    let ledger = open_ledger(&cfg.ledger_path)?;
-    let key_seed = key_seed(&cfg.ledger_path)?;
-    let (backend, clock) = open_backend(&cfg, ledger, key_seed).await?;
+    match cfg.ledger_store() {
+        LedgerStore::File { path } => {
+            let ledger = open_ledger(&path)?;
+            let key_seed = key_seed(&path)?;
+            let clock = wall_clock()?;
+            let backend = open_backend(&cfg, clock.clone(), ledger, key_seed, None).await?;
+            run_grants(&backend, clock, grants).await
+        }
+        LedgerStore::DynamoDb(ledger) => shared::run(&cfg, &ledger, grants).await,
+    }
+}
+
+/// The work of `run` once the backend is open: recovery in the background, every grant of the
+/// file concurrently, the periodic reaper; true when all succeeded and recovery finished what it
+/// resumed.
+async fn run_grants(backend: &AwsBackend, clock: Arc<dyn Clock>, grants: Vec<GrantLine>) -> anyhow::Result<bool> {
     // Grants of a previous process are resumed alongside the new ones: a running one is watched
     // to its deadline, anything else is torn down. `run` waits for them before it exits.
-    let recovery = start_recovery(&backend);
-    let reaper = start_reaper(&backend, clock.clone());
+    let recovery = start_recovery(backend);
+    let reaper = start_reaper(backend, clock.clone());
 
     let mut tasks = tokio::task::JoinSet::new();
     for grant in grants {
@@ -465,14 +503,19 @@ async fn run_grant(backend: &AwsBackend, clock: &dyn Clock, line: GrantLine) -> 
 /// `run` is running and creates no file.
 async fn reap(config: &Path, dry_run: bool) -> anyhow::Result<bool> {
     let cfg = AwsBootConfig::load(config)?;
-    let (ledger, key_seed) = if dry_run {
-        // A dry run provisions nothing, so no key is ever derived from this seed.
-        (read_ledger_without_lock(&cfg.ledger_path)?, Secret::new("unused by a dry run"))
-    } else {
-        (open_ledger(&cfg.ledger_path)?, key_seed(&cfg.ledger_path)?)
+    let report = match cfg.ledger_store() {
+        LedgerStore::File { path } => {
+            let (ledger, key_seed) = if dry_run {
+                // A dry run provisions nothing, so no key is ever derived from this seed.
+                (read_ledger_without_lock(&path)?, Secret::new("unused by a dry run"))
+            } else {
+                (open_ledger(&path)?, key_seed(&path)?)
+            };
+            let backend = open_backend(&cfg, wall_clock()?, ledger, key_seed, None).await?;
+            backend.reap(dry_run).await
+        }
+        LedgerStore::DynamoDb(ledger) => shared::reap(&cfg, &ledger, dry_run).await?,
     };
-    let (backend, _clock) = open_backend(&cfg, ledger, key_seed).await?;
-    let report = backend.reap(dry_run).await;
     let mut stdout = std::io::stdout().lock();
     for line in reap_lines(&report, dry_run) {
         writeln!(stdout, "{line}").context("writing to stdout")?;
@@ -519,16 +562,27 @@ fn reap_lines(report: &ReapReport, dry_run: bool) -> Vec<serde_json::Value> {
     lines
 }
 
-/// `status`: the live grants of the ledger, read without taking its lock.
-fn status(config: &Path) -> anyhow::Result<()> {
+/// `status`: the live grants of the ledger, read without taking its lock (or, in DynamoDB,
+/// without its lease, after a line saying who holds the lease).
+async fn status(config: &Path) -> anyhow::Result<()> {
     let cfg = AwsBootConfig::load(config)?;
-    let path = &cfg.ledger_path;
-    if !path.exists() {
-        tracing::info!(path = %path.display(), "no ledger yet: nothing has run");
-        return Ok(());
+    match cfg.ledger_store() {
+        LedgerStore::File { path } => {
+            if !path.exists() {
+                tracing::info!(path = %path.display(), "no ledger yet: nothing has run");
+                return Ok(());
+            }
+            let records = scan_ledger(&path)?;
+            print_live_grants(&cfg, &records, &format!("ledger {}", path.display()))
+        }
+        LedgerStore::DynamoDb(ledger) => shared::status(&cfg, &ledger).await,
     }
-    let records = scan_ledger(path)?;
-    let grants = usage_ledger::fold(&records).with_context(|| format!("replaying ledger {}", path.display()))?;
+}
+
+/// Prints a JSON line for each grant of `records` still holding resources, and warns when some
+/// are past their deadline. `source` names the ledger in errors.
+fn print_live_grants(cfg: &AwsBootConfig, records: &[usage_ledger::Record], source: &str) -> anyhow::Result<()> {
+    let grants = usage_ledger::fold(records).with_context(|| format!("replaying {source}"))?;
     let mut stdout = std::io::stdout().lock();
     for (id, state) in grants.iter().filter(|(_, s)| !s.is_settled()) {
         let resources: Vec<_> =

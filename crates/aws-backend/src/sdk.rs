@@ -1,4 +1,5 @@
-//! The EC2 port over the real AWS SDK (aws-sdk-ec2, aws-sdk-cloudwatch and aws-sdk-ssm).
+//! The EC2 port over the real AWS SDK (aws-sdk-ec2, aws-sdk-cloudwatch and aws-sdk-ssm), and the
+//! lease table of a ledger in DynamoDB ([`DynamoLeases`], over `ledger-dynamodb`).
 //!
 //! [`SdkEc2`] keeps one set of clients per allowed region, built on first use. The SDK's own
 //! retries are off: the backend's pacer retries with full jitter and keeps its own token buckets,
@@ -7,6 +8,7 @@
 
 mod convert;
 mod inspect;
+mod leases;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -31,6 +33,7 @@ use crate::port::{
 };
 
 pub use inspect::SdkInspector;
+pub use leases::DynamoLeases;
 
 /// The code of the error for a region outside the configured allowlist.
 pub const REGION_NOT_ALLOWED: &str = "RegionNotAllowed";

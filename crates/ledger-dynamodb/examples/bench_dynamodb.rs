@@ -62,6 +62,7 @@ fn main() {
             region: "us-east-1".into(),
             endpoint_url: Some(endpoint.clone()),
             static_credentials: Some(("testing".into(), Secret::new("testing"))),
+            session_token: None,
         };
         let table = DynamoTable::new(connection.client().await, format!("bench-ledger-{}", std::process::id()));
         table.create().await.unwrap();

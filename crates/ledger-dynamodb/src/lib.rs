@@ -18,11 +18,13 @@
 //! DynamoDB ledger"); the table, its IAM and the import of a file ledger in `docs/operations.md`.
 
 mod copy;
+mod iam;
 mod lease;
 mod store;
 mod table;
 
 pub use copy::{CopyError, CopyReport, export_file, import_file};
-pub use store::{DynamoStore, open_ledger};
+pub use iam::{DYNAMODB_ACTIONS, OPERATOR_ACTIONS};
+pub use store::{DynamoStore, open_ledger, open_ledger_as};
 pub use table::{Connection, DynamoTable, MAX_RECORDS_PER_TRANSACTION, Replayed};
 pub use usage_ledger::{Lease, LeaseError, LeaseInfo};

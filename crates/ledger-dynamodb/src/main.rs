@@ -125,7 +125,12 @@ fn wall_clock() -> anyhow::Result<TokioClock> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let connection = Connection { region: cli.region, endpoint_url: cli.endpoint_url, static_credentials: None };
+    let connection = Connection {
+        region: cli.region,
+        endpoint_url: cli.endpoint_url,
+        static_credentials: None,
+        session_token: None,
+    };
     let client = connection.client().await;
     let open = |name: &str| DynamoTable::new(client.clone(), name);
     match cli.command {

@@ -48,9 +48,19 @@ pub struct DynamoStore {
 /// Replays `table` and opens a ledger over it, writing under `lease`. Acquire the lease first:
 /// a replay made before acquiring could miss the last appends of the previous holder.
 pub async fn open_ledger(table: DynamoTable, lease: Lease) -> Result<Ledger<DynamoStore>, LedgerError> {
+    open_ledger_as(table, lease, |store| store).await
+}
+
+/// [`open_ledger`] with the store wrapped by `wrap` (a caller that keeps its ledgers behind one
+/// store type, such as a box of any [`EventStore`]).
+pub async fn open_ledger_as<S: EventStore>(
+    table: DynamoTable,
+    lease: Lease,
+    wrap: impl FnOnce(DynamoStore) -> S,
+) -> Result<Ledger<S>, LedgerError> {
     let replayed = table.replay().await?;
     let store = DynamoStore::new(table, lease, replayed.next_pos)?;
-    Ledger::open_replayed(store, replayed.records)
+    Ledger::open_replayed(wrap(store), replayed.records)
 }
 
 impl DynamoStore {

@@ -52,6 +52,8 @@ pub struct Connection {
     pub endpoint_url: Option<String>,
     /// An access key id and its secret; `None` uses the standard AWS credential chain.
     pub static_credentials: Option<(String, Secret)>,
+    /// The session token that goes with temporary `static_credentials`.
+    pub session_token: Option<Secret>,
 }
 
 impl Connection {
@@ -74,7 +76,7 @@ impl Connection {
             loader = loader.credentials_provider(Credentials::new(
                 id.clone(),
                 secret.expose().to_string(),
-                None,
+                self.session_token.as_ref().map(|token| token.expose().to_string()),
                 None,
                 "ledger-dynamodb",
             ));

@@ -1,0 +1,265 @@
+//! A bridge group over moto (EC2 and DynamoDB from one server): two in-process bridges share a
+//! DynamoDB ledger under the group's lease (`aws_backend::sdk::DynamoLeases`), the way two
+//! `aws-backend run` processes with `[ledger] store = "dynamodb"` do. The holder provisions a
+//! grant, the standby waits while it renews, the holder dies without releasing, the standby
+//! takes over after the lease expires and its recovery finishes the grant; the dead holder's
+//! writes are then fenced and its pacer sends nothing.
+//!
+//! Like the other moto tests, it says loudly that it did not run without `MOTO_ENDPOINT`, and
+//! fails under `REQUIRE_MOTO=1`.
+#![cfg(feature = "sdk")]
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, bail, ensure};
+use aws_backend::port::{Ec2PortExt, Filter, InstanceState, codes};
+use aws_backend::sdk::{DynamoLeases, SdkEc2, SdkInspector};
+use aws_backend::standby::{LeaseTable, LeaseTimes, wait_for_lease};
+use aws_backend::{AwsBackend, AwsBootConfig, BackendParts, GRANT_TAG, LedgerStore, OWNER_TAG, TestSwitches};
+use backend_api::{
+    AlmanacTick, Backend, BackendError, Clock, ComputeGrant, ComputeManifest, Envelope, GrantId, ImageHash,
+    RegionLabel, Secret, TokioClock,
+};
+use ledger_dynamodb::DynamoStore;
+use usage_ledger::{Event, EventStore, Record, StoreError};
+
+use crate::moto::{MOTO_AMI, MOTO_ROOT_DEVICE, moto_endpoint};
+
+const REGION: &str = "us-east-1";
+/// The shortest lease the configuration takes: renewed every 2 s, a standby asking every 1 s,
+/// a holder stopping 1 s before its lease ends.
+const LEASE_S: u64 = 6;
+/// The grant's life, in ticks of 1 s: past the takeover, so the new holder's recovery watches it
+/// to its deadline.
+const LIFETIME_TICKS: u64 = 18;
+
+fn wall_clock_unix_ms() -> u64 {
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock after 1970");
+    u64::try_from(since_epoch.as_millis()).expect("fits u64")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The group's configuration, as both bridges would read it: moto for EC2 and, through the
+/// fallback to `endpoint_url`, for DynamoDB.
+fn config(endpoint: &str, salt: &str, now_ms: u64) -> anyhow::Result<AwsBootConfig> {
+    let toml = format!(
+        r#"
+        regions = ["{REGION}"]
+        instance_families = ["m6i", "t3"]
+        owner = "moto-standby-{salt}"
+        ami = {{ {REGION} = "{MOTO_AMI}" }}
+        root_device_name = "{MOTO_ROOT_DEVICE}"
+        endpoint_url = "{endpoint}"
+        poll_interval_ms = 200
+        min_lifetime_s = 0
+        network_final_after_s = 0
+        almanac = {{ epoch_unix_ms = {now_ms}, tick_ms = 1000 }}
+        credentials = {{ access_key_id = "testing", secret_access_key = "testing" }}
+        guest = {{ content_store_url = "http://127.0.0.1:9/blobs/{{hash}}", host_keys = "user_data" }}
+        [ledger]
+        store = "dynamodb"
+        table = "ledger-standby-{salt}"
+        group = "moto-standby"
+        lease_s = {LEASE_S}
+        # Not read in process: the test hands both bridges the same seed, as the file would.
+        key_seed_path = "/nonexistent/group.keyseed"
+        "#
+    );
+    Ok(AwsBootConfig::from_toml(&toml)?)
+}
+
+/// A bridge of the group: its backend, the lease it acts under, and the task renewing it.
+struct Bridge {
+    backend: AwsBackend,
+    lease: usage_ledger::Lease,
+    keeper: tokio::task::JoinHandle<String>,
+}
+
+/// Starts a bridge the way `aws-backend run` does once `wait_for_lease` has returned: the
+/// backend acts under the holding's tenure, and a task renews the lease until it is lost.
+async fn start_bridge(
+    cfg: &AwsBootConfig,
+    leases: Arc<DynamoLeases>,
+    holding: aws_backend::standby::Holding,
+    times: LeaseTimes,
+    clock: Arc<dyn Clock>,
+    key_seed: &str,
+) -> anyhow::Result<Bridge> {
+    let backend = AwsBackend::new(
+        cfg,
+        BackendParts {
+            port: Arc::new(SdkEc2::new(cfg).await),
+            clock,
+            ledger: holding.ledger,
+            key_seed: Secret::new(key_seed),
+            jitter_seed: rand::random(),
+            switches: TestSwitches::default(),
+            tenure: Some(holding.tenure),
+        },
+    )
+    .await?;
+    let keeper = tokio::spawn({
+        let (backend, lease) = (backend.clone(), holding.lease.clone());
+        async move { backend.keep_lease(leases.as_ref(), lease, &times).await }
+    });
+    Ok(Bridge { backend, lease: holding.lease, keeper })
+}
+
+fn grant_id(salt: &[u8; 8], tag: u8) -> GrantId {
+    let mut id = [0u8; 32];
+    id[..8].copy_from_slice(salt);
+    id[31] = tag;
+    GrantId(id)
+}
+
+/// The instances moto holds for `grant`, terminated or not.
+async fn instances_of(port: &SdkEc2, grant: &GrantId) -> anyhow::Result<Vec<(String, InstanceState)>> {
+    let region = RegionLabel::new(REGION)?;
+    let found = port.describe_instances(&region, Vec::new(), vec![Filter::tag(GRANT_TAG, [grant.to_hex()])]).await?;
+    Ok(found.into_iter().map(|i| (i.instance_id, i.state)).collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_a_dead_holders_grant_and_the_dead_holder_is_fenced() -> anyhow::Result<()> {
+    let Some(endpoint) = moto_endpoint("a_standby_takes_over_a_dead_holders_grant_and_the_dead_holder_is_fenced")
+    else {
+        return Ok(());
+    };
+    let started = Instant::now();
+    let salt: [u8; 8] = rand::random();
+    let now_ms = wall_clock_unix_ms();
+    let cfg = config(&endpoint, &hex(&salt), now_ms)?;
+    let LedgerStore::DynamoDb(shared) = cfg.ledger_store() else { bail!("the config keeps the ledger in a file") };
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(now_ms));
+    let times = LeaseTimes::for_duration(shared.lease_ms);
+    let key_seed = hex(&rand::random::<[u8; 32]>());
+    let leases_a = Arc::new(DynamoLeases::connect(&cfg, &shared, clock.clone()).await);
+    let leases_b = Arc::new(DynamoLeases::connect(&cfg, &shared, clock.clone()).await);
+    leases_a.table().create().await.context("creating the table on moto")?;
+    let port = Arc::new(SdkEc2::new(&cfg).await);
+
+    // Given bridge A holds the group's lease and has provisioned a grant.
+    let holding = wait_for_lease(leases_a.as_ref(), "bridge-a", &times, clock.as_ref()).await?;
+    let a = start_bridge(&cfg, leases_a.clone(), holding, times, clock.clone(), &key_seed).await?;
+    let manifest = ComputeManifest {
+        cpu_millicores: 1_000,
+        ram_mib: 1_024,
+        storage_gib: 8,
+        tdx_required: false,
+        image_post_hash: ImageHash([7; 32]),
+    };
+    let now_tick = cfg.almanac.unix_ms_to_tick(clock.now_unix_ms());
+    let valid_to = AlmanacTick(now_tick.0 + LIFETIME_TICKS);
+    let valid_to_unix_ms = cfg.almanac.tick_to_unix_ms(valid_to);
+    let grant = ComputeGrant { id: grant_id(&salt, 1), manifest: &manifest, valid_from: now_tick, valid_to };
+    let instance = a.backend.provision(&grant, &Envelope { region: None }).await.context("A provisions")?;
+
+    // When bridge B stands by. Then it does not acquire while A renews (twice in 4 s).
+    let waiter = tokio::spawn({
+        let (leases, clock) = (leases_b.clone(), clock.clone());
+        async move { wait_for_lease(leases.as_ref(), "bridge-b", &times, clock.as_ref()).await }
+    });
+    let first_expiry = a.lease.expires_unix_ms;
+    clock.sleep_ms(2 * times.renew_every_ms + 300).await;
+    ensure!(!waiter.is_finished(), "B acquired the lease while A was renewing it");
+    let held = leases_b.holder().await?.context("the lease item exists")?;
+    ensure!(
+        held.holder == "bridge-a" && held.epoch == a.lease.epoch && held.expires_unix_ms > first_expiry,
+        "A should hold its renewed lease: {held:?}"
+    );
+
+    // When A dies: its tasks stop, its lease is not released.
+    a.keeper.abort();
+    a.backend.shutdown();
+    let died_at = clock.now_unix_ms();
+    let a_expiry = leases_b.holder().await?.context("the lease item exists")?.expires_unix_ms;
+
+    // Then B acquires only once A's lease has expired, replays the ledger, and its recovery
+    // finishes the grant: the instance runs until valid_to and is terminated then.
+    let holding = waiter.await??;
+    let acquired_at = holding.lease.expires_unix_ms - times.duration_ms;
+    ensure!(holding.lease.epoch == a.lease.epoch + 1, "B's epoch: {:?}", holding.lease);
+    ensure!(acquired_at >= a_expiry, "B acquired at {acquired_at}, before A's lease ended at {a_expiry}");
+    ensure!(
+        holding.ledger.grant(&grant.id).is_some_and(|s| !s.is_settled()),
+        "B's replay does not hold A's live grant"
+    );
+    let takeover_ms = acquired_at - died_at;
+    let b = start_bridge(&cfg, leases_b.clone(), holding, times, clock.clone(), &key_seed).await?;
+    let recovery = tokio::spawn(b.backend.recover());
+    clock.sleep_until_unix_ms(valid_to_unix_ms.saturating_sub(1_500)).await;
+    let before = instances_of(&port, &grant.id).await?;
+    ensure!(
+        before == [(instance.instance_id.clone(), InstanceState::Running)],
+        "the grant's instance should still run before valid_to: {before:?}"
+    );
+    let report = recovery.await?;
+    let ended_at = clock.now_unix_ms();
+    ensure!(report.resumed == 1 && report.failed.is_empty(), "B's recovery: {report:?}");
+    ensure!(ended_at >= valid_to_unix_ms, "recovery ended at {ended_at}, before valid_to {valid_to_unix_ms}");
+    let after = instances_of(&port, &grant.id).await?;
+    ensure!(
+        after.iter().all(|(_, state)| matches!(state, InstanceState::ShuttingDown | InstanceState::Terminated)),
+        "the grant's instance was not terminated: {after:?}"
+    );
+    ensure!(b.backend.grant_state(&grant.id).is_some_and(|s| s.is_settled()), "B did not settle the grant");
+    let inspector = SdkInspector::new(port.clone(), cfg.regions.clone());
+    let left = inspector.resources_of_owner(&cfg.owner).await?;
+    ensure!(left.is_empty(), "resources left behind: {left:#?}");
+
+    // Then A's ledger writes are fenced: an append under A's lease is refused as a whole.
+    let mut store = DynamoStore::new(leases_a.table().clone(), a.lease.clone(), 1_000_000)?;
+    let stray = Record {
+        grant: grant_id(&salt, 2),
+        seq: 0,
+        at_unix_ms: clock.now_unix_ms(),
+        event: Event::OrphanReaped { resource_kind: usage_ledger::ResourceKind::KeyPair, resource_id: "cb-x".into() },
+    };
+    match store.append(std::slice::from_ref(&stray)) {
+        Err(StoreError::Fenced { epoch, reason, .. }) => {
+            ensure!(epoch == a.lease.epoch && reason.contains("bridge-b"), "fenced for {reason} at {epoch}")
+        }
+        other => bail!("an append under A's lost lease was not fenced: {other:?}"),
+    }
+    ensure!(
+        leases_b.table().replay().await?.records.iter().all(|(r, _)| r.grant != stray.grant),
+        "the fenced append reached the table"
+    );
+
+    // And A's pacer sends nothing: a provision through A fails, and moto launched nothing.
+    let second = ComputeGrant {
+        id: grant_id(&salt, 3),
+        manifest: &manifest,
+        valid_from: cfg.almanac.unix_ms_to_tick(clock.now_unix_ms()),
+        valid_to: AlmanacTick(cfg.almanac.unix_ms_to_tick(clock.now_unix_ms()).0 + LIFETIME_TICKS),
+    };
+    let refused = a.backend.provision(&second, &Envelope { region: None }).await;
+    let err = match refused {
+        Ok(instance) => bail!("A, fenced, provisioned {instance:?}"),
+        Err(err) => err,
+    };
+    let named = match err.downcast_ref::<BackendError>() {
+        Some(BackendError::Provider { code, .. }) => code == codes::LEASE_LOST,
+        _ => format!("{err:#}").contains("lease"),
+    };
+    ensure!(named, "A's provision failed, but not for its lost lease: {err:?}");
+    ensure!(instances_of(&port, &second.id).await?.is_empty(), "A launched an instance after losing its lease");
+    let owned = port
+        .describe_instances(&RegionLabel::new(REGION)?, Vec::new(), vec![Filter::tag(OWNER_TAG, [cfg.owner.clone()])])
+        .await?;
+    ensure!(owned.len() == 1, "moto holds instances other than the grant's: {owned:?}");
+
+    b.keeper.abort();
+    b.backend.shutdown();
+    leases_b.release(b.lease.clone()).await?;
+    eprintln!(
+        "moto standby test passed in {:.1} s (takeover {takeover_ms} ms after the holder died, lease {LEASE_S} s; \
+         the fenced holder's provision: {err:#})",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
