@@ -329,29 +329,29 @@ mod tests {
         let store = FrameStore::new(None);
         let log = FenceLog::default();
         let table = SimLeases::new(store.clone(), clock.clone(), log.clone());
-        let mut first = table.acquire("a", 8_000).await.unwrap();
+        let mut first = table.acquire("a", 8_000).await.expect("a free lease");
         assert_eq!(first.epoch, 1);
         let mut writer = store.writing_under(first.epoch);
-        writer.append(&[record(0)]).unwrap();
+        writer.append(&[record(0)]).expect("the holder writes");
         // Held: another may not take it, and the holder renews.
         match table.acquire("b", 8_000).await {
             Err(LeaseError::Held { held, .. }) => assert_eq!(held.holder, "a"),
             other => panic!("acquired a held lease: {other:?}"),
         }
         clock.sleep_ms(5_000).await;
-        table.renew(&mut first, 8_000).await.unwrap();
+        table.renew(&mut first, 8_000).await.expect("the holder renews");
         clock.sleep_ms(7_999).await;
         assert!(table.acquire("b", 8_000).await.is_err(), "the renewal holds to 13 s");
         clock.sleep_ms(1).await;
-        let second = table.acquire("b", 8_000).await.unwrap();
+        let second = table.acquire("b", 8_000).await.expect("an expired lease");
         assert_eq!(second.epoch, 2);
         // The old holder can neither write nor renew; the new one writes, once per sequence.
         assert!(matches!(writer.append(&[record(1)]), Err(StoreError::Fenced { epoch: 1, .. })));
         assert!(matches!(table.renew(&mut first, 8_000).await, Err(StoreError::Fenced { .. })));
         let mut new_writer = store.writing_under(second.epoch);
         assert!(matches!(new_writer.append(&[record(0)]), Err(StoreError::SequenceTaken { seq: 0, .. })));
-        new_writer.append(&[record(1)]).unwrap();
-        assert_eq!(store.records().unwrap().len(), 2);
+        new_writer.append(&[record(1)]).expect("the new holder writes");
+        assert_eq!(store.records().expect("decodes").len(), 2);
         assert_eq!(log.acquisitions(), 2);
     }
 
