@@ -10,6 +10,7 @@ pub mod cloudwatch_bridge;
 pub mod crashpoint;
 pub mod fixture;
 pub mod framestore;
+pub mod gated;
 pub mod harness;
 pub mod replicas;
 pub mod scenario;

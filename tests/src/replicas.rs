@@ -8,22 +8,20 @@
 //! under a lease refuses every append once the epoch has moved on ([`StoreError::Fenced`]) and
 //! every record whose grant and sequence are already stored ([`StoreError::SequenceTaken`]).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
-use aws_backend::port::{
-    AuthorizeIngressRequest, CreateSecurityGroupRequest, Ec2Error, Ec2Port, Filter, ImportKeyPairRequest, InstanceInfo,
-    InstanceStateChange, InstanceTypeInfo, InstanceTypeOffering, KeyPairInfo, NetworkUsage, Operation, Page,
-    PageRequest, RunInstancesRequest, SecurityGroupInfo, SubnetInfo, Tags,
-};
+use aws_backend::port::{Ec2Error, Ec2Port, Operation};
 use aws_backend::standby::LeaseTable;
 use aws_backend::{BackendLedger, DynStore};
-use backend_api::{Clock, RegionLabel, TokioClock};
+use backend_api::{Clock, TokioClock};
 use usage_ledger::{Lease, LeaseError, LeaseInfo, Ledger, LedgerError, StoreError, check_lease_name};
 
 use crate::checkers::fence::FenceLog;
 use crate::framestore::FrameStore;
+use crate::gated::{Gate, GatedPort};
 
 /// The bridge group the simulation's replicas belong to.
 pub const GROUP: &str = "sim";
@@ -160,8 +158,10 @@ impl Clock for ReplicaClock {
 
 /// One replica's process's view of EC2: the simulator, with every call noted in the fence log
 /// under the holder name of the process that sent it.
-pub struct ReplicaPort {
-    inner: Arc<dyn Ec2Port>,
+pub type ReplicaPort = GatedPort<FenceNote>;
+
+/// The gate of a [`ReplicaPort`]: notes each call, then sends it.
+pub struct FenceNote {
     holder: String,
     clock: Arc<dyn Clock>,
     log: FenceLog,
@@ -170,145 +170,18 @@ pub struct ReplicaPort {
 impl ReplicaPort {
     /// `inner` as the process `holder` sees it.
     pub fn new(inner: Arc<dyn Ec2Port>, holder: &str, clock: Arc<dyn Clock>, log: FenceLog) -> Self {
-        Self { inner, holder: holder.to_string(), clock, log }
-    }
-
-    fn note(&self, op: Operation) {
-        self.log.called(&self.holder, op, self.clock.now_unix_ms());
+        GatedPort::with_gate(inner, FenceNote { holder: holder.to_string(), clock, log })
     }
 }
 
-#[async_trait]
-impl Ec2Port for ReplicaPort {
-    async fn import_key_pair(&self, region: &RegionLabel, req: ImportKeyPairRequest) -> Result<KeyPairInfo, Ec2Error> {
-        self.note(Operation::ImportKeyPair);
-        self.inner.import_key_pair(region, req).await
-    }
-
-    async fn describe_key_pairs(
+impl Gate for FenceNote {
+    async fn pass<T: Send>(
         &self,
-        region: &RegionLabel,
-        filters: Vec<Filter>,
-    ) -> Result<Vec<KeyPairInfo>, Ec2Error> {
-        self.note(Operation::DescribeKeyPairs);
-        self.inner.describe_key_pairs(region, filters).await
-    }
-
-    async fn delete_key_pair(&self, region: &RegionLabel, key_name: &str) -> Result<(), Ec2Error> {
-        self.note(Operation::DeleteKeyPair);
-        self.inner.delete_key_pair(region, key_name).await
-    }
-
-    async fn create_security_group(
-        &self,
-        region: &RegionLabel,
-        req: CreateSecurityGroupRequest,
-    ) -> Result<String, Ec2Error> {
-        self.note(Operation::CreateSecurityGroup);
-        self.inner.create_security_group(region, req).await
-    }
-
-    async fn authorize_ingress(&self, region: &RegionLabel, req: AuthorizeIngressRequest) -> Result<(), Ec2Error> {
-        self.note(Operation::AuthorizeSecurityGroupIngress);
-        self.inner.authorize_ingress(region, req).await
-    }
-
-    async fn describe_security_groups_page(
-        &self,
-        region: &RegionLabel,
-        group_ids: Vec<String>,
-        filters: Vec<Filter>,
-        page: PageRequest,
-    ) -> Result<Page<SecurityGroupInfo>, Ec2Error> {
-        self.note(Operation::DescribeSecurityGroups);
-        self.inner.describe_security_groups_page(region, group_ids, filters, page).await
-    }
-
-    async fn delete_security_group(&self, region: &RegionLabel, group_id: &str) -> Result<(), Ec2Error> {
-        self.note(Operation::DeleteSecurityGroup);
-        self.inner.delete_security_group(region, group_id).await
-    }
-
-    async fn run_instance(&self, region: &RegionLabel, req: RunInstancesRequest) -> Result<InstanceInfo, Ec2Error> {
-        self.note(Operation::RunInstances);
-        self.inner.run_instance(region, req).await
-    }
-
-    async fn describe_instances_page(
-        &self,
-        region: &RegionLabel,
-        instance_ids: Vec<String>,
-        filters: Vec<Filter>,
-        page: PageRequest,
-    ) -> Result<Page<InstanceInfo>, Ec2Error> {
-        self.note(Operation::DescribeInstances);
-        self.inner.describe_instances_page(region, instance_ids, filters, page).await
-    }
-
-    async fn terminate_instances(
-        &self,
-        region: &RegionLabel,
-        instance_ids: Vec<String>,
-    ) -> Result<Vec<InstanceStateChange>, Ec2Error> {
-        self.note(Operation::TerminateInstances);
-        self.inner.terminate_instances(region, instance_ids).await
-    }
-
-    async fn describe_instance_types_page(
-        &self,
-        region: &RegionLabel,
-        families: Vec<String>,
-        page: PageRequest,
-    ) -> Result<Page<InstanceTypeInfo>, Ec2Error> {
-        self.note(Operation::DescribeInstanceTypes);
-        self.inner.describe_instance_types_page(region, families, page).await
-    }
-
-    async fn create_tags(&self, region: &RegionLabel, resource_ids: Vec<String>, tags: Tags) -> Result<(), Ec2Error> {
-        self.note(Operation::CreateTags);
-        self.inner.create_tags(region, resource_ids, tags).await
-    }
-
-    async fn network_usage(
-        &self,
-        region: &RegionLabel,
-        instance_ids: Vec<String>,
-        start_unix_ms: u64,
-        end_unix_ms: u64,
-    ) -> Result<Vec<NetworkUsage>, Ec2Error> {
-        self.note(Operation::GetNetworkUsage);
-        self.inner.network_usage(region, instance_ids, start_unix_ms, end_unix_ms).await
-    }
-
-    async fn get_console_output(&self, region: &RegionLabel, instance_id: &str) -> Result<Option<String>, Ec2Error> {
-        self.note(Operation::GetConsoleOutput);
-        self.inner.get_console_output(region, instance_id).await
-    }
-
-    async fn describe_subnets_page(
-        &self,
-        region: &RegionLabel,
-        subnet_ids: Vec<String>,
-        filters: Vec<Filter>,
-        page: PageRequest,
-    ) -> Result<Page<SubnetInfo>, Ec2Error> {
-        self.note(Operation::DescribeSubnets);
-        self.inner.describe_subnets_page(region, subnet_ids, filters, page).await
-    }
-
-    async fn describe_instance_type_offerings_page(
-        &self,
-        region: &RegionLabel,
-        instance_types: Vec<String>,
-        page: PageRequest,
-    ) -> Result<Page<InstanceTypeOffering>, Ec2Error> {
-        self.note(Operation::DescribeInstanceTypeOfferings);
-        self.inner.describe_instance_type_offerings_page(region, instance_types, page).await
-    }
-
-    async fn get_parameter(&self, region: &RegionLabel, name: &str) -> Result<String, Ec2Error> {
-        self.note(Operation::GetParameter);
-        self.inner.get_parameter(region, name).await
+        op: Operation,
+        call: impl Future<Output = Result<T, Ec2Error>> + Send,
+    ) -> Result<T, Ec2Error> {
+        self.log.called(&self.holder, op, self.clock.now_unix_ms());
+        call.await
     }
 }
 
