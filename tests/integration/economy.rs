@@ -92,3 +92,50 @@ async fn learned_lags_spare_the_mutating_calls() {
     assert!(delete <= n * 12 / 10, "{delete} DeleteSecurityGroup for {n} groups");
     assert!(wasted <= n / 4, "{wasted} calls failed on a lag");
 }
+
+/// Holds every DescribeInstanceTypeOfferings for a second of virtual time, as a real endpoint
+/// takes a round trip, and counts them.
+struct SlowOfferings {
+    clock: Arc<dyn Clock>,
+    asked: std::sync::atomic::AtomicU64,
+}
+
+impl tests::gated::Gate for SlowOfferings {
+    async fn pass<T: Send>(
+        &self,
+        op: Operation,
+        call: impl std::future::Future<Output = Result<T, aws_backend::port::Ec2Error>> + Send,
+    ) -> Result<T, aws_backend::port::Ec2Error> {
+        if op == Operation::DescribeInstanceTypeOfferings {
+            self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.clock.sleep_ms(1_000).await;
+        }
+        call.await
+    }
+}
+
+/// A burst of grants on a cold backend asks for a region's zone offerings once: the first asks,
+/// the others wait for its answer instead of asking too (the simulator answers without a
+/// round trip, so the port here holds each answer for a second).
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_burst_on_a_cold_backend_asks_for_the_zone_offerings_once() {
+    let rig = Rig::new(43, FaultConfig::default());
+    let gate = SlowOfferings { clock: rig.clock.clone(), asked: Default::default() };
+    let port = Arc::new(tests::gated::GatedPort::with_gate(rig.sim.clone(), gate));
+    let backend = rig.backend_over(port.clone()).await;
+    let m = Arc::new(manifest());
+    let valid_to = AlmanacTick(rig.now_tick().0 + 900);
+    let mut provisions = Vec::new();
+    for i in 0..10u8 {
+        let (backend, m, now) = (backend.clone(), m.clone(), rig.now_tick());
+        provisions.push(tokio::spawn(async move {
+            let g = ComputeGrant { id: GrantId([0x60 + i; 32]), manifest: &m, valid_from: now, valid_to };
+            backend.provision(&g, &us_east()).await
+        }));
+    }
+    for p in provisions {
+        p.await.expect("task").expect("provision");
+    }
+    let asked = port.gate().asked.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(asked, 1, "10 grants at once asked for us-east-1's offerings {asked} times");
+}

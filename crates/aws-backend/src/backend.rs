@@ -221,6 +221,8 @@ pub(crate) struct Inner {
     pub(crate) networks: Mutex<BTreeMap<RegionLabel, RegionNetwork>>,
     /// What each region taught about zones, capacity and the vCPU quota (see `placement`).
     pub(crate) placement: Mutex<BTreeMap<RegionLabel, RegionPlacement>>,
+    /// Per region, the turn to ask for the zone offerings (see `refresh_offerings`).
+    pub(crate) offering_asks: Mutex<BTreeMap<RegionLabel, Arc<tokio::sync::Mutex<()>>>>,
     /// The AMI ids aliases resolved to, per region and architecture (see `images`).
     pub(crate) images: crate::images::ImageCache,
     /// The lease the backend acts under, when its ledger is shared (see `standby`).
@@ -371,6 +373,7 @@ impl AwsBackend {
                 terminate_queue: Mutex::new(BTreeMap::new()),
                 networks: Mutex::new(BTreeMap::new()),
                 placement: Mutex::new(BTreeMap::new()),
+                offering_asks: Mutex::new(BTreeMap::new()),
                 images: crate::images::ImageCache::default(),
                 tenure: parts.tenure,
             }),

@@ -264,13 +264,22 @@ impl AwsBackend {
         Ok(Some(network))
     }
 
-    /// Asks DescribeInstanceTypeOfferings again when the region's offerings are stale. A
-    /// failure is logged and leaves them as they were: without offerings EC2 picks the zone.
+    /// Asks DescribeInstanceTypeOfferings again when the region's offerings are stale, one
+    /// caller at a time: a burst of grants on a cold backend waits for the first one's answer
+    /// instead of each asking. A failure is logged and leaves them as they were: without
+    /// offerings EC2 picks the zone.
     pub(crate) async fn refresh_offerings(&self, region: &RegionLabel) {
-        let now = self.now_ms();
-        if !lock(&self.inner.placement).entry(region.clone()).or_default().offerings_stale(now) {
+        let stale = || lock(&self.inner.placement).entry(region.clone()).or_default().offerings_stale(self.now_ms());
+        if !stale() {
             return;
         }
+        let asking = lock(&self.inner.offering_asks).entry(region.clone()).or_default().clone();
+        let _asking = asking.lock().await;
+        // Whoever held the turn before this caller may have refreshed them.
+        if !stale() {
+            return;
+        }
+        let now = self.now_ms();
         // The catalogue's own names: exact values work on every server (moto ignores wildcards
         // in this filter); the families' wildcards when the catalogue is not loaded.
         let families: Vec<String> = match self.catalogue(region).await {
