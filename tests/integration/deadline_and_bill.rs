@@ -2,6 +2,8 @@
 //! them (issue "The deadline and the bill hold whatever fails"), each written to fail on that
 //! version and pass on this one.
 
+use std::sync::Arc;
+
 use aws_backend::port::{METRIC_PERIOD_MS, Operation};
 use backend_api::{AlmanacTick, Backend, BackendError, Clock, ComputeGrant, UsageMetrics};
 use sim_ec2::FaultConfig;
@@ -400,11 +402,12 @@ async fn case4_network_unknown_at_the_end_is_measured_later_even_across_a_restar
 }
 
 /// A teardown the ledger cut short (found by `--replicas 2` seed 19, a partition from the
-/// ledger in the middle of a teardown): the instance is gone but its group is not, no task is
-/// left to finish, and the grant is past its deadline. The next reaper pass finishes it, though
-/// nothing of it is running: its ledger has been quiet past `reaper_grace_ms`.
+/// ledger in the middle of a teardown) in a process that then stopped: the instance is gone but
+/// its group is not, and no task is left to finish it. A reaper pass (`aws-backend reap`, a
+/// process that runs no recovery) finishes it, though nothing of it is running: the grant is
+/// past its deadline and its ledger has been quiet past `reaper_grace_ms`.
 #[tokio::test(flavor = "current_thread", start_paused = true)]
-async fn a_teardown_the_ledger_cut_short_is_finished_by_the_next_reaper_pass() {
+async fn a_teardown_the_ledger_cut_short_is_finished_by_a_reaper_pass() {
     let rig = Rig::new(24, FaultConfig::default());
     let backend = rig.backend().await;
     let m = manifest();
@@ -417,20 +420,70 @@ async fn a_teardown_the_ledger_cut_short_is_finished_by_the_next_reaper_pass() {
             backend.terminate(&instance).await
         })
     };
-    // The ledger fails from just after the deadline's request until well after the teardown
-    // gave up.
+    // The ledger fails from just after the deadline's request until the process stops.
     rig.clock.sleep_until_unix_ms(valid_to_ms(&rig, &g) + 1).await;
     rig.store.fail_next_appends(u32::MAX);
     let ended = lifecycle.await.expect("the lifecycle task");
     assert!(ended.is_err(), "the teardown cannot finish while its ledger fails");
     rig.clock.sleep_until_unix_ms(valid_to_ms(&rig, &g) + 5 * 60_000).await;
+    backend.shutdown();
+    drop(backend);
     rig.store.fail_next_appends(0);
     assert!(!rig.left_of(&g.id).is_empty(), "something of the grant is left for the reaper");
 
     rig.clock.sleep_until_unix_ms(valid_to_ms(&rig, &g) + 20 * 60_000).await;
-    let report = backend.reap(false).await;
+    let reaper = rig.backend().await;
+    let report = reaper.reap(false).await;
     assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(report.overdue_grants, 1, "{report:?}");
     assert!(rig.left_of(&g.id).is_empty(), "{:?}", rig.left_of(&g.id));
+    let state = reaper.grant_state(&g.id).expect("known");
+    assert!(state.is_settled(), "{state:?}");
+}
+
+/// Breaks the ledger the moment a RunInstances call has taken effect.
+struct BreakLedgerAfterLaunch {
+    store: usage_ledger::MemoryStore,
+}
+
+impl tests::gated::Gate for BreakLedgerAfterLaunch {
+    async fn pass<T: Send>(
+        &self,
+        op: Operation,
+        call: impl std::future::Future<Output = Result<T, aws_backend::port::Ec2Error>> + Send,
+    ) -> Result<T, aws_backend::port::Ec2Error> {
+        let answer = call.await;
+        if op == Operation::RunInstances && answer.is_ok() {
+            self.store.fail_next_appends(u32::MAX);
+        }
+        answer
+    }
+}
+
+/// A rollback the ledger cut short (found by `--replicas 2` seed 150: a partition from the
+/// ledger just after a launch): provision fails, its rollback cannot record anything, and
+/// nothing followed the instance, which ran unbilled to its deadline. Once the ledger heals,
+/// the teardown goes on by itself, well before any reaper pass.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_rollback_the_ledger_cut_short_goes_on_once_the_ledger_heals() {
+    let rig = Rig::new(25, FaultConfig::default());
+    let port = Arc::new(tests::gated::GatedPort::with_gate(
+        rig.sim.clone(),
+        BreakLedgerAfterLaunch { store: rig.store.clone() },
+    ));
+    let backend = rig.backend_over(port).await;
+    let m = manifest();
+    let g = grant(0x27, &m, rig.now_tick(), 2 * 3_600);
+    backend.provision(&g, &us_east()).await.expect_err("the ledger fails right after the launch");
+    let launched = rig.instances_of(&g.id);
+    assert_eq!(launched.len(), 1, "{launched:?}");
+    let healed_at = rig.clock.now_unix_ms() + 10_000;
+    rig.clock.sleep_until_unix_ms(healed_at).await;
+    rig.store.fail_next_appends(0);
+    rig.clock.sleep_until_unix_ms(healed_at + 5 * 60_000).await;
+    let ended = ended_at(&rig, &g.id).expect("the instance was terminated");
+    assert!(ended <= healed_at + 60_000, "terminated {} s after the ledger healed", (ended - healed_at) / 1_000);
     let state = backend.grant_state(&g.id).expect("known");
     assert!(state.is_settled(), "{state:?}");
+    assert!(rig.left_of(&g.id).is_empty(), "{:?}", rig.left_of(&g.id));
 }

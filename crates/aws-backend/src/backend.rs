@@ -47,6 +47,8 @@ const TOO_LATE: &str = "Local.TooLateToLaunch";
 /// `InvalidKeyPair.Duplicate` (a deleted resource stays listed, its name taken, for a while:
 /// "Eventual consistency in the Amazon EC2 API"): creation is retried through it this long.
 const DELETED_NAME_WINDOW_MS: u64 = 3 * 60_000;
+/// The longest wait between two tries of a failed teardown (see `arm_finish`).
+const FINISH_RETRY_MAX_MS: u64 = 5 * 60_000;
 /// How long DeleteSecurityGroup is retried through `DependencyViolation`.
 const DEPENDENCY_WINDOW_MS: u64 = 15 * 60_000;
 
@@ -201,6 +203,8 @@ pub(crate) struct Inner {
     ledger_failure: Mutex<Option<String>>,
     /// Each armed deadline's task, by grant (see `arm_deadline`).
     deadlines: Mutex<BTreeMap<GrantId, tokio::task::JoinHandle<()>>>,
+    /// Each failed teardown's retrying task, by grant (see `arm_finish`).
+    finishing: Mutex<BTreeMap<GrantId, tokio::task::JoinHandle<()>>>,
     /// Each armed final network measurement's task, by grant and instance (see
     /// `arm_network_final`).
     network_finals: Mutex<BTreeMap<(GrantId, String), tokio::task::JoinHandle<()>>>,
@@ -288,6 +292,9 @@ impl Inner {
         for task in lock(&self.network_finals).values() {
             task.abort();
         }
+        for task in lock(&self.finishing).values() {
+            task.abort();
+        }
     }
 }
 
@@ -364,6 +371,7 @@ impl AwsBackend {
                 run_calls: std::sync::atomic::AtomicU64::new(0),
                 ledger_failure: Mutex::new(None),
                 deadlines: Mutex::new(BTreeMap::new()),
+                finishing: Mutex::new(BTreeMap::new()),
                 network_finals: Mutex::new(BTreeMap::new()),
                 terminate_sent: Mutex::new(std::collections::BTreeSet::new()),
                 catalogue: Mutex::new(BTreeMap::new()),
@@ -1867,8 +1875,64 @@ impl AwsBackend {
     }
 
     /// Removes everything the grant holds and settles it. Idempotent; works on a grant in any
-    /// phase, including one whose records stop mid-provision.
+    /// phase, including one whose records stop mid-provision. When it fails (the ledger cannot
+    /// be written, EC2 keeps refusing), a task of the backend's own goes on trying (see
+    /// `arm_finish`): nothing else may be left to follow the instance, and its run would go
+    /// unobserved and unbilled.
     pub(crate) async fn teardown(&self, grant: GrantId, reason: TerminationReason) -> Result<(), BackendError> {
+        let result = self.teardown_once(grant, reason).await;
+        if result.is_err() {
+            self.arm_finish(grant, reason);
+        }
+        result
+    }
+
+    /// Tries `teardown_once` again until the grant settles: every poll interval while the
+    /// ledger cannot be written (so that the instance is followed again as soon as it heals),
+    /// otherwise backing off from a poll interval to 5 minutes. One task per grant; stopped
+    /// with the backend's other tasks, and never armed by a backend that may no longer act.
+    fn arm_finish(&self, grant: GrantId, reason: TerminationReason) {
+        if !self.acting() || self.lease_lost().is_some() {
+            return;
+        }
+        let mut finishing = lock(&self.inner.finishing);
+        if finishing.get(&grant).is_some_and(|task| !task.is_finished()) {
+            return;
+        }
+        let weak = Arc::downgrade(&self.inner);
+        let clock = self.inner.clock.clone();
+        let poll_ms = self.config().poll_interval_ms.max(1);
+        let task = tokio::spawn(async move {
+            let mut wait_ms = poll_ms;
+            loop {
+                clock.sleep_ms(wait_ms).await;
+                let Some(inner) = weak.upgrade() else { return };
+                let backend = AwsBackend { inner };
+                if !backend.acting() || backend.grant_state(&grant).is_none_or(|s| s.is_settled()) {
+                    break;
+                }
+                match backend.teardown_once(grant, reason).await {
+                    Ok(()) => break,
+                    Err(err) => {
+                        tracing::warn!(grant = %grant.short(), error = %err, "teardown failed again; retrying");
+                        wait_ms = if lock(&backend.inner.ledger_failure).is_some() {
+                            poll_ms
+                        } else {
+                            (wait_ms * 2).min(FINISH_RETRY_MAX_MS)
+                        };
+                    }
+                }
+            }
+            if let Some(inner) = weak.upgrade() {
+                lock(&inner.finishing).remove(&grant);
+            }
+        });
+        if let Some(previous) = finishing.insert(grant, task) {
+            previous.abort();
+        }
+    }
+
+    async fn teardown_once(&self, grant: GrantId, reason: TerminationReason) -> Result<(), BackendError> {
         let Some(state) = self.grant_state(&grant) else { return Ok(()) };
         if state.is_settled() {
             return Ok(());
