@@ -1913,13 +1913,15 @@ impl AwsBackend {
                 }
                 match backend.teardown_once(grant, reason).await {
                     Ok(()) => break,
+                    // While the ledger fails, that failure is logged once (`note_ledger`), not
+                    // once per grant every poll interval.
+                    Err(err) if lock(&backend.inner.ledger_failure).is_some() => {
+                        tracing::debug!(grant = %grant.short(), error = %err, "teardown waits for the ledger");
+                        wait_ms = poll_ms;
+                    }
                     Err(err) => {
                         tracing::warn!(grant = %grant.short(), error = %err, "teardown failed again; retrying");
-                        wait_ms = if lock(&backend.inner.ledger_failure).is_some() {
-                            poll_ms
-                        } else {
-                            (wait_ms * 2).min(FINISH_RETRY_MAX_MS)
-                        };
+                        wait_ms = (wait_ms * 2).min(FINISH_RETRY_MAX_MS);
                     }
                 }
             }
