@@ -8,9 +8,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, anyhow};
-use backend_api::{GrantId, TokioClock, UsageMetrics};
+use backend_api::{GrantId, TokioClock};
 use clap::{Parser, Subcommand};
 use ledger_dynamodb::{Connection, DynamoTable, export_file, import_file};
+use usage_ledger::report::usage_json;
 use usage_ledger::{GrantState, Phase, Record};
 
 /// Read and move a usage ledger kept in DynamoDB.
@@ -171,18 +172,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Usage { table, grant } => {
             let (grants, _) = fold(&open(&table)).await?;
-            let value = match grant {
-                Some(id) => {
-                    let state =
-                        grants.get(&id).with_context(|| format!("grant {id} has no events in table {table}"))?;
-                    grant_json(&id, state)
-                }
-                None => {
-                    let total: UsageMetrics = grants.values().map(GrantState::usage).sum();
-                    let list: Vec<_> = grants.iter().map(|(id, state)| grant_json(id, state)).collect();
-                    serde_json::json!({ "grants": list, "total": total })
-                }
-            };
+            let value = usage_json(&grants, grant).with_context(|| {
+                format!("grant {} has no events in table {table}", grant.map(|g| g.to_hex()).unwrap_or_default())
+            })?;
             println!("{}", serde_json::to_string_pretty(&value)?);
         }
         Command::Dump { table } => {
@@ -210,11 +202,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// The same shape as `usage-ledger usage` prints for a file.
-fn grant_json(id: &GrantId, state: &GrantState) -> serde_json::Value {
-    serde_json::json!({ "grant": id.to_hex(), "phase": state.phase(), "usage": state.usage() })
 }
 
 /// Folds the whole table, naming the record whose transition is impossible.

@@ -13,6 +13,7 @@ mod event;
 pub mod file;
 mod lease;
 mod ledger;
+pub mod report;
 mod shared;
 mod state;
 mod store;

@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, anyhow};
-use backend_api::{GrantId, UsageMetrics};
+use backend_api::GrantId;
 use clap::{Parser, Subcommand};
+use usage_ledger::report::usage_json;
 use usage_ledger::{GrantState, LedgerError, Phase, Record, ScanOutcome, StoreError, scan_file};
 
 /// Inspect a usage-ledger file without modifying it.
@@ -113,24 +114,12 @@ fn verify(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn grant_json(id: &GrantId, state: &GrantState) -> serde_json::Value {
-    serde_json::json!({ "grant": id.to_hex(), "phase": state.phase(), "usage": state.usage() })
-}
-
 fn usage(path: &Path, grant: Option<GrantId>) -> anyhow::Result<()> {
     let (grants, outcome) = fold_file(path)?;
     warn_torn(path, &outcome);
-    let value = match grant {
-        Some(id) => {
-            let state = grants.get(&id).with_context(|| format!("grant {id} has no events in {}", path.display()))?;
-            grant_json(&id, state)
-        }
-        None => {
-            let total: UsageMetrics = grants.values().map(GrantState::usage).sum();
-            let list: Vec<_> = grants.iter().map(|(id, state)| grant_json(id, state)).collect();
-            serde_json::json!({ "grants": list, "total": total })
-        }
-    };
+    let value = usage_json(&grants, grant).with_context(|| {
+        format!("grant {} has no events in {}", grant.map(|g| g.to_hex()).unwrap_or_default(), path.display())
+    })?;
     println!("{}", serde_json::to_string_pretty(&value)?);
     Ok(())
 }
