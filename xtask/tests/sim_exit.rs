@@ -1,5 +1,6 @@
 //! `cargo xtask sim` exits with the safety code and prints a reproduce line when an invariant
-//! breaks, and exits 0 when none does.
+//! breaks, with the hung code and a reproduce line when a run outlives the watchdog, and exits 0
+//! when none does.
 
 use std::process::Command;
 
@@ -43,4 +44,19 @@ fn an_unknown_breakage_or_checker_is_a_usage_error_naming_the_choices() {
     let out = sim(&["--disable-checker", "nonsense"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("metering"));
+}
+
+#[test]
+fn a_run_past_the_watchdog_exits_with_the_hung_code_and_a_reproduce_line() {
+    // Ten virtual hours of 5,000 grants take far longer than a second in any build.
+    let out = sim(&["--seed", "5", "--grants", "5000", "--hours", "10", "--watchdog-s", "1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "stderr: {stderr}");
+    assert!(
+        stderr.contains(
+            "SEED=5: Hung run (no result within 1 s, the watchdog stopped the sweep); reproduce: cargo xtask sim \
+             --seed 5 --grants 5000 --hours 10 --faults default --watchdog-s 1"
+        ),
+        "{stderr}"
+    );
 }
