@@ -163,7 +163,11 @@ fn run_watched(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    // 48 cases unless PROPTEST_CASES says otherwise (a local soak).
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(48),
+        ..ProptestConfig::default()
+    })]
 
     /// The same seed and the same calls give the same answers, ground truth and audit hash.
     #[test]

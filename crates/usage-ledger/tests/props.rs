@@ -170,8 +170,14 @@ fn frame_offsets(path: &Path) -> (Vec<u64>, u64) {
     (offsets, outcome.end_offset)
 }
 
+/// `PROPTEST_CASES` when it is set (a local soak), else `default`: an explicit `cases` would
+/// otherwise hide the variable.
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(default)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(128), ..ProptestConfig::default() })]
 
     #[test]
     fn usage_of_every_prefix_is_at_most_the_usage_of_the_whole(records in histories(80)) {
@@ -193,7 +199,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(32), ..ProptestConfig::default() })]
 
     #[test]
     fn replaying_a_file_gives_the_in_memory_state(records in histories(60), batch in 1usize..5) {
