@@ -8,6 +8,7 @@
 
 use std::collections::BTreeSet;
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, ensure};
@@ -71,6 +72,53 @@ fn region() -> RegionLabel {
     RegionLabel::new(REGION).expect("valid region")
 }
 
+/// The backend's clock in these tests: the wall clock (tokio's time, unpaused), which a test
+/// may move forward to let the backend's own long waits pass, as a paused runtime lets the
+/// simulation's pass. Until it is moved, it is exactly a [`TokioClock`].
+///
+/// moto answers at once, so what a backend waits minutes for in real EC2 (CloudWatch's
+/// publication lag) is there as soon as it asks; only the backend's schedule keeps a test
+/// waiting, and the test's own assertions show the schedule is kept.
+struct MovableClock {
+    wall: TokioClock,
+    moved_ms: AtomicU64,
+    moved: tokio::sync::Notify,
+}
+
+impl MovableClock {
+    fn starting_at(anchor_unix_ms: u64) -> Self {
+        Self { wall: TokioClock::starting_at(anchor_unix_ms), moved_ms: AtomicU64::new(0), moved: Default::default() }
+    }
+
+    /// Moves the clock `ms` forward at once, waking every sleep that is then over.
+    fn move_forward_ms(&self, ms: u64) {
+        self.moved_ms.fetch_add(ms, Ordering::SeqCst);
+        self.moved.notify_waiters();
+    }
+}
+
+#[async_trait::async_trait]
+impl Clock for MovableClock {
+    fn now_unix_ms(&self) -> u64 {
+        self.wall.now_unix_ms().saturating_add(self.moved_ms.load(Ordering::SeqCst))
+    }
+
+    async fn sleep_until_unix_ms(&self, deadline_unix_ms: u64) {
+        loop {
+            // Made before `now` is read, so a move in between still wakes this sleep.
+            let moved = self.moved.notified();
+            let wait_ms = deadline_unix_ms.saturating_sub(self.now_unix_ms());
+            if wait_ms == 0 {
+                return;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(std::time::Duration::from_millis(wait_ms)) => {}
+                () = moved => {}
+            }
+        }
+    }
+}
+
 /// One test's world: a config for moto with an owner of its own, the SDK port, the backend
 /// over an in-memory ledger (whose records the test can read), and an inspector.
 struct Moto {
@@ -78,7 +126,7 @@ struct Moto {
     port: Arc<SdkEc2>,
     backend: AwsBackend,
     inspector: SdkInspector,
-    clock: Arc<TokioClock>,
+    clock: Arc<MovableClock>,
     store: MemoryStore,
     secret_access_key: String,
 }
@@ -132,7 +180,7 @@ impl Moto {
         );
         let cfg = AwsBootConfig::from_toml(&toml).context("the moto config")?;
         let port = Arc::new(SdkEc2::new(&cfg).await);
-        let clock = Arc::new(TokioClock::starting_at(now_ms));
+        let clock = Arc::new(MovableClock::starting_at(now_ms));
         let store = MemoryStore::new();
         let backend = AwsBackend::new(
             &cfg,
@@ -574,10 +622,13 @@ async fn publish(
 /// Given a running instance whose `NetworkIn`/`NetworkOut` datapoints are in moto's CloudWatch
 /// (published as EC2 would, through the SDK), when the grant ends, then it settles with their
 /// sum as a provisional figure; and a datapoint published late, for a minute the instance ran,
-/// is added by the final measurement, so the settled usage equals every datapoint's sum.
+/// is added by the final measurement, no sooner than `network_final_after_s` after the last
+/// 5-minute period the instance ran in ended, so the settled usage equals every datapoint's sum.
 ///
 /// The SDK's CloudWatch protocol (RPC v2 CBOR) is not served by moto 5.2.x; the backend's
-/// unchanged SDK client reaches moto's JSON protocol through `tests::cloudwatch_bridge`.
+/// unchanged SDK client reaches moto's JSON protocol through `tests::cloudwatch_bridge`. The
+/// backend's clock is moved to the final measurement's time rather than waited for: up to
+/// 5 minutes 20 s of real time, which this test once spent idle in every CI run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn network_published_to_cloudwatch_is_billed_and_late_datapoints_amend_it() -> anyhow::Result<()> {
     use usage_ledger::NetworkStatus;
@@ -585,7 +636,12 @@ async fn network_published_to_cloudwatch_is_billed_and_late_datapoints_amend_it(
         return Ok(());
     };
     let bridge = tests::cloudwatch_bridge::CloudWatchBridge::start(&endpoint).await?;
-    let extra = format!("cloudwatch_endpoint_url = \"{}\"\nnetwork_final_after_s = 20", bridge.endpoint);
+    const FINAL_AFTER_MS: u64 = 20_000;
+    let extra = format!(
+        "cloudwatch_endpoint_url = \"{}\"\nnetwork_final_after_s = {}",
+        bridge.endpoint,
+        FINAL_AFTER_MS / 1_000
+    );
     let moto = Moto::start_with(&endpoint, "network", None, &extra).await?;
     let cw = publisher(&bridge);
     let setup = moto.setup();
@@ -609,20 +665,53 @@ async fn network_published_to_cloudwatch_is_billed_and_late_datapoints_amend_it(
 
     // EC2 publishes minutes late: a datapoint for a minute the instance ran arrives now.
     publish(&cw, &instance.instance_id, "NetworkIn", 2_000.0, ran_at).await?;
-    // The final measurement comes `network_final_after_s` after the last 5-minute period the
-    // instance ran in has ended (basic monitoring publishes a period's datapoint after it ends):
-    // up to 5 minutes and 20 s from now, and a minute of slack.
-    let unix_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
-    let bound_s = (unix_s / 300 + 1) * 300 - unix_s + 20 + 60;
+    // The final measurement is due `network_final_after_s` after the end of the last 5-minute
+    // period the instance ran in (basic monitoring publishes a period's datapoint after it
+    // ends), reckoned from the end of the window the provisional figure covers.
+    let window_end_unix_ms = moto
+        .store
+        .records()
+        .into_iter()
+        .find_map(|r| match r.event {
+            Event::NetworkMeasured { window_end_unix_ms, complete: false, .. } if r.grant == grant.id => {
+                Some(window_end_unix_ms)
+            }
+            _ => None,
+        })
+        .context("no provisional NetworkMeasured in the ledger")?;
+    const PERIOD_MS: u64 = 300_000;
+    let due_unix_ms = window_end_unix_ms.div_ceil(PERIOD_MS) * PERIOD_MS + FINAL_AFTER_MS;
+    let provisional = |what: &str| -> anyhow::Result<()> {
+        let state = moto.backend.grant_state(&grant.id).context("the grant is in the ledger")?;
+        ensure!(
+            state.network_status() == NetworkStatus::Provisional && state.usage().network_bytes == 1_500,
+            "{what}, the network figure is {} bytes ({:?}); the final measurement is due at {due_unix_ms}",
+            state.usage().network_bytes,
+            state.network_status()
+        );
+        Ok(())
+    };
+    // Not before it is due: to a few seconds short of it, the figure stays as it was.
+    provisional("before the clock moved")?;
+    let early_ms = 5_000;
+    moto.clock.move_forward_ms(due_unix_ms.saturating_sub(early_ms).saturating_sub(moto.clock.now_unix_ms()));
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    provisional(&format!(
+        "{} ms before the final measurement is due",
+        due_unix_ms.saturating_sub(moto.clock.now_unix_ms())
+    ))?;
+    // Then, once due, measured again and complete within seconds.
+    moto.clock.move_forward_ms(due_unix_ms.saturating_sub(moto.clock.now_unix_ms()));
     let waited = std::time::Instant::now();
+    let bound_s = 30;
     let amended = loop {
         let state = moto.backend.grant_state(&grant.id).context("the grant is in the ledger")?;
         if state.network_status() == NetworkStatus::Complete || waited.elapsed().as_secs() > bound_s {
             break state;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
-    ensure!(amended.network_status() == NetworkStatus::Complete, "not measured again within {bound_s} s");
+    ensure!(amended.network_status() == NetworkStatus::Complete, "not measured again within {bound_s} s of being due");
     ensure!(
         amended.usage().network_bytes == 3_500,
         "the final figure is {} bytes; the datapoints sum to 3500",
