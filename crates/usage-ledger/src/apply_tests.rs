@@ -698,3 +698,83 @@ fn launch_absent_is_refused_once_an_instance_launched() {
     let refused = when(&state, T0 + 20_000, Event::LaunchAbsent { client_token: "tok-1".into() });
     assert!(matches!(impossible(refused), Impossible::LaunchNotRequested { .. }));
 }
+
+fn rules_3() -> Event {
+    Event::BillingRulesAdopted { version: 3 }
+}
+
+/// A grant admitted under rules 3 (valid_to at T0 + 1 h), launched at T0 + 2 s.
+fn under_rules_3() -> Vec<(u64, Event)> {
+    vec![
+        (T0, admitted()),
+        (T0, rules_3()),
+        (T0 + 1, key_imported()),
+        (T0 + 1, group_created()),
+        (T0 + 2_000, launch_requested("tok-1")),
+        (T0 + 3_000, launched("i-1", "tok-1")),
+    ]
+}
+
+#[test]
+fn under_rules_3_a_period_closed_after_valid_to_is_billed_up_to_valid_to() {
+    // Given a grant under rules 3 running since T0 + 10 s,
+    let mut events = under_rules_3();
+    events.push((T0 + 10_000, observed("i-1", ObservedState::Running, T0 + 10_000)));
+    // when the reaper's teardown requests the termination three hours after the deadline,
+    events.push((T0 + 4 * 3_600_000, termination(TerminationReason::Deadline)));
+    let state = given(&events).unwrap();
+    // then it is billed up to valid_to only.
+    assert_eq!(state.usage().cpu_seconds, 4 * 3_590);
+}
+
+#[test]
+fn under_rules_3_an_open_period_counts_up_to_valid_to_only() {
+    let mut events = under_rules_3();
+    events.push((T0 + 10_000, observed("i-1", ObservedState::Running, T0 + 10_000)));
+    events.push((T0 + 5 * 3_600_000, observed("i-1", ObservedState::Running, T0 + 5 * 3_600_000)));
+    let state = given(&events).unwrap();
+    assert_eq!(state.usage().cpu_seconds, 4 * 3_590);
+}
+
+#[test]
+fn under_rules_3_a_missed_run_opens_at_launch_time_before_the_grants_clock() {
+    // Given a launch recorded hours after it happened (adopted by its token after a crash),
+    let mut events = under_rules_3();
+    events.truncate(5);
+    events.push((T0 + 3 * 3_600_000, launched("i-1", "tok-1")));
+    // when the bridge records the run from EC2's LaunchTime (T0 + 5 s),
+    events.push((T0 + 3 * 3_600_000, observed("i-1", ObservedState::Running, T0 + 5_000)));
+    events.push((T0 + 3 * 3_600_000 + 1_000, observed("i-1", ObservedState::ShuttingDown, T0 + 3 * 3_600_000 + 1_000)));
+    let state = given(&events).unwrap();
+    // then the period opens there, not at the record's time, and stops at valid_to.
+    assert_eq!(state.usage().cpu_seconds, 4 * 3_595);
+}
+
+#[test]
+fn under_rules_3_a_run_never_reaches_back_before_the_launch_request() {
+    let mut events = under_rules_3();
+    events.push((T0 + 20_000, observed("i-1", ObservedState::Running, T0 - 60_000)));
+    events.push((T0 + 602_000, observed("i-1", ObservedState::ShuttingDown, T0 + 602_000)));
+    let state = given(&events).unwrap();
+    assert_eq!(state.usage().cpu_seconds, 4 * 600);
+}
+
+#[test]
+fn without_rules_3_a_late_deadline_bills_as_recorded() {
+    // An attempt recorded before rules 3 replays to what it settled: up to the record's time.
+    let mut events = running();
+    events.push((T0 + 4 * 3_600_000, termination(TerminationReason::Deadline)));
+    let state = given(&events).unwrap();
+    assert_eq!(state.usage().cpu_seconds, 4 * (4 * 3_600 - 10));
+}
+
+#[test]
+fn billing_rules_come_with_the_admission_and_must_be_known() {
+    let state = given(&[(T0, admitted())]);
+    assert!(matches!(
+        impossible(when(&state, T0, Event::BillingRulesAdopted { version: 4 })),
+        Impossible::UnknownBillingRules { version: 4 }
+    ));
+    let launched = given(&under_rules_3());
+    assert!(matches!(impossible(when(&launched, T0 + 4_000, rules_3())), Impossible::WrongPhase { .. }));
+}

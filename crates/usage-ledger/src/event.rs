@@ -201,7 +201,22 @@ pub enum Event {
         /// End of that window, unix ms.
         window_end_unix_ms: u64,
     },
+    /// The attempt is billed by the rules of `version` (recorded with its `GrantAdmitted` or
+    /// `GrantRetried` by ledgers since [`BILLING_RULES_VERSION`]; an attempt without it is billed
+    /// by the rules its records were written under, so old logs replay to what they settled).
+    /// Version 3: a running period ends at the grant's `valid_to` at the latest, whatever
+    /// closes it later, and a period none of the attempt's earlier ones opened may open before
+    /// the grant's clock, down to its `LaunchRequested` (a run the bridge missed while down is
+    /// billed from EC2's LaunchTime); see docs/metering.md.
+    BillingRulesAdopted {
+        /// The rules' version.
+        version: u32,
+    },
 }
+
+/// The billing rules this build records for every attempt it admits (see
+/// [`Event::BillingRulesAdopted`]).
+pub const BILLING_RULES_VERSION: u32 = 3;
 
 impl Event {
     /// The `GrantRetried` of `attempt` admitting what this `GrantAdmitted` admits; any other
@@ -256,6 +271,7 @@ impl Event {
             Event::GrantRetried { .. } => "GrantRetried",
             Event::NetworkMeasured { .. } => "NetworkMeasured",
             Event::NetworkUnknown { .. } => "NetworkUnknown",
+            Event::BillingRulesAdopted { .. } => "BillingRulesAdopted",
         }
     }
 }

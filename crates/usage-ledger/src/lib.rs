@@ -19,7 +19,7 @@ mod state;
 mod store;
 mod v1;
 
-pub use event::{Event, ObservedState, Record, ResourceKind, TerminationReason};
+pub use event::{BILLING_RULES_VERSION, Event, ObservedState, Record, ResourceKind, TerminationReason};
 pub use file::{FileStore, OpenReport, ReplayReport, ScanOutcome, TornTail, decode_frame, encode_frame, scan_file};
 pub use lease::{LEASE_NAME_CHARS_MAX, Lease, LeaseError, LeaseInfo, check_lease_name};
 pub use ledger::{Books, Ledger, LedgerError};

@@ -137,6 +137,14 @@ struct LiveGrant {
     closed_running_seconds: u64,
     running_since_unix_ms: Option<u64>,
     deadline_cut: bool,
+    /// The billing rules of the attempt (`BillingRulesAdopted`; 0 for an attempt recorded
+    /// before them).
+    billing_rules: u32,
+    /// When the attempt's last `LaunchRequested` was recorded (its grant clock): no instance of
+    /// it ran before.
+    launch_requested_unix_ms: u64,
+    /// Whether a running period of the attempt ever opened.
+    ever_running: bool,
     network_bytes: u64,
     /// The usage of earlier attempts, settled before this one was admitted.
     carried: UsageMetrics,
@@ -515,6 +523,7 @@ impl GrantState {
                     return fail(Impossible::WrongPhase { phase, allowed: "Admitted or Provisioning" });
                 }
                 live.launch_requested = Some(client_token.clone());
+                live.launch_requested_unix_ms = now;
                 live.launch_image.clone_from(image_id);
                 next_phase = Phase::Provisioning;
             }
@@ -558,8 +567,17 @@ impl GrantState {
                 let at = self.latest_unix_ms.max(*observed_at_unix_ms);
                 latest = now.max(at);
                 if *state == ObservedState::Running {
-                    if live.running_since_unix_ms.is_none() && !live.deadline_cut {
-                        live.running_since_unix_ms = Some(at);
+                    // Under rules 3 the attempt's first period may open before the grant's
+                    // clock, down to the launch request: the bridge saw the run late (it was
+                    // down) and records EC2's LaunchTime. Later periods never reach back.
+                    let opens_at = if live.billing_rules >= 3 && !live.ever_running {
+                        (*observed_at_unix_ms).max(live.launch_requested_unix_ms)
+                    } else {
+                        at
+                    };
+                    if live.running_since_unix_ms.is_none() && !live.deadline_cut && !live.past_deadline(opens_at) {
+                        live.running_since_unix_ms = Some(opens_at);
+                        live.ever_running = true;
                     }
                 } else if state.ends_running() {
                     live.close_period(at);
@@ -682,6 +700,15 @@ impl GrantState {
                 live.launch_requested = None;
                 live.launch_image = None;
             }
+            Event::BillingRulesAdopted { version } => {
+                if !(3..=crate::BILLING_RULES_VERSION).contains(version) {
+                    return fail(Impossible::UnknownBillingRules { version: *version });
+                }
+                if phase != Phase::Admitted || live.launch_requested.is_some() || !live.ever_launched.is_empty() {
+                    return fail(Impossible::WrongPhase { phase, allowed: "Admitted, before any launch" });
+                }
+                live.billing_rules = *version;
+            }
             Event::BillingCapped { at_unix_ms } => {
                 if live.ever_launched.is_empty() {
                     return fail(Impossible::InstanceNeverLaunched { instance_id: String::new() });
@@ -781,6 +808,9 @@ impl LiveGrant {
             closed_running_seconds: 0,
             running_since_unix_ms: None,
             deadline_cut: false,
+            billing_rules: 0,
+            launch_requested_unix_ms: 0,
+            ever_running: false,
             network_bytes: 0,
             carried,
         }
@@ -788,9 +818,23 @@ impl LiveGrant {
 
     fn close_period(&mut self, at_unix_ms: u64) {
         if let Some(since) = self.running_since_unix_ms.take() {
+            let end = self.billable_until(at_unix_ms);
             self.closed_running_seconds =
-                self.closed_running_seconds.saturating_add(billed_seconds(at_unix_ms.saturating_sub(since)));
+                self.closed_running_seconds.saturating_add(billed_seconds(end.saturating_sub(since)));
         }
+    }
+
+    /// Where a period closing (or counted) at `at_unix_ms` stops being billed: there, or under
+    /// rules 3 at `valid_to` when that is earlier. The requester pays EC2's running time up to
+    /// its deadline, never the time the bridge or its ledger took to end it.
+    fn billable_until(&self, at_unix_ms: u64) -> u64 {
+        if self.billing_rules >= 3 { at_unix_ms.min(self.valid_to_unix_ms) } else { at_unix_ms }
+    }
+
+    /// True when, under rules 3, a period opening at `at_unix_ms` would lie wholly after the
+    /// deadline (nothing of it is billed).
+    fn past_deadline(&self, at_unix_ms: u64) -> bool {
+        self.billing_rules >= 3 && at_unix_ms >= self.valid_to_unix_ms
     }
 
     fn usage(&self, latest_unix_ms: u64) -> UsageMetrics {
@@ -801,7 +845,9 @@ impl LiveGrant {
         if self.ever_launched.is_empty() {
             return UsageMetrics { network_bytes: self.network_bytes, ..UsageMetrics::default() };
         }
-        let open = self.running_since_unix_ms.map_or(0, |since| billed_seconds(latest_unix_ms.saturating_sub(since)));
+        let open = self
+            .running_since_unix_ms
+            .map_or(0, |since| billed_seconds(self.billable_until(latest_unix_ms).saturating_sub(since)));
         let seconds = self.closed_running_seconds.saturating_add(open);
         UsageMetrics {
             cpu_seconds: u64::from(self.launched_vcpus).saturating_mul(seconds),
@@ -926,6 +972,15 @@ pub enum Impossible {
     /// `GrantAdmitted` for a grant that already has events.
     #[error("the grant was already admitted")]
     AlreadyAdmitted,
+    /// `BillingRulesAdopted` of rules this build does not know.
+    #[error(
+        "billing rules version {version} are unknown to this build (it knows 3 to {})",
+        crate::BILLING_RULES_VERSION
+    )]
+    UnknownBillingRules {
+        /// The version in the event.
+        version: u32,
+    },
     /// The sequence number is not the grant's next one.
     #[error("sequence gap: expected seq {expected}")]
     SequenceGap {
