@@ -442,8 +442,8 @@ async fn a_teardown_the_ledger_cut_short_is_finished_by_a_reaper_pass() {
 }
 
 /// Breaks the ledger the moment a RunInstances call has taken effect.
-struct BreakLedgerAfterLaunch {
-    store: usage_ledger::MemoryStore,
+pub(crate) struct BreakLedgerAfterLaunch {
+    pub(crate) store: usage_ledger::MemoryStore,
 }
 
 impl tests::gated::Gate for BreakLedgerAfterLaunch {

@@ -4,6 +4,7 @@ mod backend_sim;
 mod deadline_and_bill;
 mod differential;
 mod economy;
+mod every_path;
 mod guest_backstop;
 mod guest_security;
 mod iam_policy;

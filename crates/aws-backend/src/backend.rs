@@ -38,9 +38,6 @@ pub const BACKEND_NAME: &str = "aws";
 
 /// How long an id EC2 returned may stay invisible to Describe before we stop waiting for it.
 const VISIBILITY_WINDOW_MS: u64 = 5 * 60_000;
-/// How long after LaunchTime a first `running` sighting means the bridge missed the run (see
-/// `observe`): longer than any pending EC2 documents or the simulator draws.
-const MISSED_RUN_MS: u64 = 10 * 60_000;
 /// The code `run_instance_when_visible` answers, sending nothing, once it is too late to launch.
 const TOO_LATE: &str = "Local.TooLateToLaunch";
 /// How long a name deleted a moment ago may still answer `InvalidGroup.Duplicate` or
@@ -115,6 +112,23 @@ pub struct TestSwitches {
     /// Tell the guest to power off this many seconds after `valid_to + deadline_grace_s`
     /// instead of at it: a backstop later than the one promised.
     pub guest_poweroff_late_s: u64,
+    /// Tell the guest to power off this many seconds before `valid_to + deadline_grace_s`: a
+    /// backstop that cuts grants short.
+    pub guest_poweroff_early_s: u64,
+    /// Recovery follows an instance already past its deadline without terminating it (and
+    /// arms no deadline for it): only the guest's power-off ends it.
+    pub recovery_skips_overdue: bool,
+    /// Record no billing rules with an admission and no `BillingCapped`: a deadline handled
+    /// late (after downtime) bills the time the bridge was away.
+    pub bill_downtime: bool,
+    /// Record a run nobody watched from its first sighting, not from EC2's LaunchTime.
+    pub ignore_launch_time: bool,
+    /// `watch_until_exit` returns one cpu-second more than the ledger holds.
+    pub watch_usage_extra: bool,
+    /// Let SSH in from anywhere (`0.0.0.0/0`) besides the configured CIDRs.
+    pub open_ingress: bool,
+    /// Launch up to `valid_to` itself, ignoring `min_lifetime_s`.
+    pub ignore_min_lifetime: bool,
     /// Read only the first page of every paginated listing.
     pub first_page_only: bool,
     /// Act as if the lease were held forever: send EC2 calls past its end, and keep going once
@@ -154,6 +168,15 @@ pub struct BackendParts {
     pub tenure: Option<Arc<Tenure>>,
 }
 
+/// Where TerminateInstances stands for one instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Claim {
+    /// A caller is sending it.
+    InFlight,
+    /// EC2 accepted it.
+    Accepted,
+}
+
 /// The right to send TerminateInstances for one instance: taken by one caller at a time, and
 /// given back when dropped unless the call succeeded (`keep`).
 struct TerminateClaim<'a> {
@@ -162,17 +185,32 @@ struct TerminateClaim<'a> {
     kept: bool,
 }
 
+/// What asking for the claim found.
+enum ClaimAsk<'a> {
+    /// This caller sends the call.
+    Taken(TerminateClaim<'a>),
+    /// Another caller is sending it now; it may still fail.
+    InFlight,
+    /// EC2 has accepted it already.
+    Accepted,
+}
+
 impl<'a> TerminateClaim<'a> {
-    fn take(inner: &'a Inner, instance_id: &str) -> Option<Self> {
-        lock(&inner.terminate_sent).insert(instance_id.to_string()).then(|| Self {
-            inner,
-            instance_id: instance_id.to_string(),
-            kept: false,
-        })
+    fn take(inner: &'a Inner, instance_id: &str) -> ClaimAsk<'a> {
+        let mut sent = lock(&inner.terminate_sent);
+        match sent.get(instance_id) {
+            Some(Claim::InFlight) => ClaimAsk::InFlight,
+            Some(Claim::Accepted) => ClaimAsk::Accepted,
+            None => {
+                sent.insert(instance_id.to_string(), Claim::InFlight);
+                ClaimAsk::Taken(Self { inner, instance_id: instance_id.to_string(), kept: false })
+            }
+        }
     }
 
     fn keep(mut self) {
         self.kept = true;
+        lock(&self.inner.terminate_sent).insert(self.instance_id.clone(), Claim::Accepted);
     }
 }
 
@@ -195,7 +233,7 @@ pub(crate) struct Inner {
     pub(crate) ledger: SharedLedger<DynStore>,
     pub(crate) pacer: Arc<Pacer>,
     key_seed: Secret,
-    switches: TestSwitches,
+    pub(crate) switches: TestSwitches,
     /// Counts RunInstances calls, for `TestSwitches::fresh_client_token_per_call`.
     run_calls: std::sync::atomic::AtomicU64,
     /// Why the ledger last failed to take an append, while it has not taken one since: the
@@ -210,7 +248,13 @@ pub(crate) struct Inner {
     network_finals: Mutex<BTreeMap<(GrantId, String), tokio::task::JoinHandle<()>>>,
     /// Instances TerminateInstances has accepted, or is being sent for: asking again gains
     /// nothing (see `TerminateClaim`).
-    terminate_sent: Mutex<std::collections::BTreeSet<String>>,
+    terminate_sent: Mutex<BTreeMap<String, Claim>>,
+    /// Instances RunInstances answered with whose `InstanceLaunched` is not recorded yet, by
+    /// grant: the deadline and a rollback end them even while the ledger cannot be written.
+    launched_unrecorded: Mutex<BTreeMap<GrantId, String>>,
+    /// When this process's backend started, unix ms: an instance launched before it that this
+    /// process first sees running ran while nobody looked (see `observe`).
+    started_unix_ms: u64,
     catalogue: Mutex<BTreeMap<RegionLabel, Arc<Vec<InstanceTypeInfo>>>>,
     pollers: Mutex<BTreeMap<RegionLabel, PollerTask>>,
     /// Per region, how many grants may be creating their key pair and group at once (first
@@ -363,6 +407,7 @@ impl AwsBackend {
             inner: Arc::new(Inner {
                 cfg: cfg.clone(),
                 port: parts.port,
+                started_unix_ms: parts.clock.now_unix_ms(),
                 clock: parts.clock,
                 ledger: SharedLedger::new(parts.ledger),
                 pacer,
@@ -373,7 +418,8 @@ impl AwsBackend {
                 deadlines: Mutex::new(BTreeMap::new()),
                 finishing: Mutex::new(BTreeMap::new()),
                 network_finals: Mutex::new(BTreeMap::new()),
-                terminate_sent: Mutex::new(std::collections::BTreeSet::new()),
+                terminate_sent: Mutex::new(BTreeMap::new()),
+                launched_unrecorded: Mutex::new(BTreeMap::new()),
                 catalogue: Mutex::new(BTreeMap::new()),
                 pollers: Mutex::new(BTreeMap::new()),
                 prep_slots: Mutex::new(BTreeMap::new()),
@@ -497,6 +543,17 @@ impl AwsBackend {
         let result = self.inner.ledger.append(grant, now, event).await;
         self.note_ledger(result.as_ref().err());
         result.map_err(local)
+    }
+
+    /// Appends an attempt's admission (`GrantAdmitted` or `GrantRetried`) with the billing rules
+    /// it is billed by, in one write.
+    async fn admit(&self, grant: GrantId, admission: Event) -> Result<(), BackendError> {
+        let now = self.now_ms();
+        let mut events = vec![(grant, now, admission)];
+        if !self.inner.switches.bill_downtime {
+            events.push((grant, now, Event::BillingRulesAdopted { version: usage_ledger::BILLING_RULES_VERSION }));
+        }
+        self.record_with(|_| (events, ())).await
     }
 
     /// Appends the events `decide` returns, looking at the books atomically with the append,
@@ -692,7 +749,7 @@ impl AwsBackend {
     fn check_time_left(&self, valid_to: AlmanacTick) -> Result<(), BackendError> {
         let cfg = &self.inner.cfg;
         let left_ms = cfg.almanac.tick_to_unix_ms(valid_to).saturating_sub(self.now_ms());
-        if left_ms < cfg.min_lifetime_ms() {
+        if left_ms < cfg.min_lifetime_ms() && !(self.inner.switches.ignore_min_lifetime && left_ms > 0) {
             return Err(BackendError::Unsatisfiable {
                 reason: format!(
                     "valid_to {valid_to} is {} s away, less than min_lifetime_s ({} s): too late to launch an instance; send the grant with more time left",
@@ -737,7 +794,8 @@ impl AwsBackend {
                 image_hash: grant.manifest.image_post_hash,
                 authorized_key_openssh: &login.public_openssh,
                 host_key: (cfg.guest.host_keys == HostKeys::UserData).then_some(&host),
-                valid_to_unix_s: valid_to_unix_ms.div_ceil(1_000) + self.inner.switches.guest_poweroff_late_s,
+                valid_to_unix_s: (valid_to_unix_ms.div_ceil(1_000) + self.inner.switches.guest_poweroff_late_s)
+                    .saturating_sub(self.inner.switches.guest_poweroff_early_s),
             },
         )
         .map_err(|e| BackendError::InvalidInput { field: "grant".into(), reason: e.to_string() })?;
@@ -779,7 +837,7 @@ impl AwsBackend {
                     attempt = state.attempt() + 1,
                     "retrying a provision that failed with a retryable error"
                 );
-                self.record(grant.id, admission.retried(state.attempt() + 1)).await?;
+                self.admit(grant.id, admission.retried(state.attempt() + 1)).await?;
             }
             Some(state) if state.is_settled() => {
                 return Err(BackendError::InvalidInput {
@@ -797,9 +855,7 @@ impl AwsBackend {
                 });
             }
             Some(_) => tracing::info!("resuming a provision the ledger shows unfinished"),
-            None => {
-                self.record(grant.id, admission).await?;
-            }
+            None => self.admit(grant.id, admission).await?,
         }
 
         let created = async {
@@ -1014,7 +1070,13 @@ impl AwsBackend {
         let request = AuthorizeIngressRequest {
             group_id: group_id.clone(),
             port: 22,
-            cidrs: cfg.ssh_ingress_cidrs.iter().map(ToString::to_string).collect(),
+            cidrs: {
+                let mut cidrs: Vec<String> = cfg.ssh_ingress_cidrs.iter().map(ToString::to_string).collect();
+                if self.inner.switches.open_ingress {
+                    cidrs.push("0.0.0.0/0".into());
+                }
+                cidrs
+            },
         };
         // A group just created may not be visible yet.
         let result = self
@@ -1230,6 +1292,10 @@ impl AwsBackend {
                             .or_default()
                             .note_success(&info.availability_zone, now);
                     }
+                    // The deadline is armed from EC2's answer, before the ledger is asked to
+                    // record it: a ledger that fails now must not leave the instance unended.
+                    lock(&self.inner.launched_unrecorded).insert(*grant, info.instance_id.clone());
+                    self.arm_deadline(*grant, region.clone(), self.inner.cfg.almanac.tick_to_unix_ms(valid_to));
                     self.record(
                         *grant,
                         Event::InstanceLaunched {
@@ -1241,6 +1307,7 @@ impl AwsBackend {
                         },
                     )
                     .await?;
+                    lock(&self.inner.launched_unrecorded).remove(grant);
                     return Ok(info.instance_id);
                 }
                 Err(err) if err.is(codes::INSUFFICIENT_INSTANCE_CAPACITY) => {
@@ -1326,12 +1393,14 @@ impl AwsBackend {
 
     /// Records a state observation when it differs from the last one recorded.
     ///
-    /// With `missed`, this process never saw the instance pending: it became `running` while
-    /// nobody looked. When that was longer than `MISSED_RUN_MS` after EC2's LaunchTime (the
-    /// bridge was down), the period opens at LaunchTime (which the fold brings up to the
-    /// launch's record), not at this observation: EC2 billed it from about then, and the hours
-    /// the bridge was down are not lost; it over-bills at most the time the instance was
-    /// pending. A shorter miss opens at the observation, under-billing at most the miss.
+    /// With `missed`, nobody recorded the instance pending: it became `running` while nobody
+    /// looked (the bridge or its ledger was down, or the instance was found by its token). The
+    /// period then opens at EC2's LaunchTime, not at this observation (the fold lets the
+    /// attempt's first period reach back to its launch request): EC2 billed it from about then,
+    /// and the time nobody looked is not lost; it over-bills at most the time the instance was
+    /// pending. A `running` shown after the instance was seen shutting down or terminated is
+    /// a Describe still showing the state from before TerminateInstances, and is ignored: those
+    /// states never go back.
     pub(crate) async fn observe(
         &self,
         grant: &GrantId,
@@ -1345,8 +1414,16 @@ impl AwsBackend {
         self.record_if(*grant, |s| {
             let s = s?;
             let mut at_unix_ms = at_unix_ms;
-            if missed && state == ObservedState::Running && at_unix_ms > info.launch_time_unix_ms + MISSED_RUN_MS {
-                at_unix_ms = info.launch_time_unix_ms;
+            let ended = matches!(s.last_state(), Some(ObservedState::ShuttingDown | ObservedState::Terminated));
+            if state == ObservedState::Running && ended {
+                return None;
+            }
+            if missed
+                && state == ObservedState::Running
+                && s.running_since_unix_ms().is_none()
+                && !self.inner.switches.ignore_launch_time
+            {
+                at_unix_ms = at_unix_ms.min(info.launch_time_unix_ms);
             }
             if overbill > 0 && state == ObservedState::Running {
                 at_unix_ms -= s.valid_to_unix_ms().saturating_sub(at_unix_ms) * overbill / 100;
@@ -1355,6 +1432,13 @@ impl AwsBackend {
                 .then_some(Event::InstanceStateObserved { instance_id, state, observed_at_unix_ms: at_unix_ms })
         })
         .await
+    }
+
+    /// Whether a sighting of `info` comes after a run nobody watched: this process never saw it
+    /// pending, and it was launched before this process started (by a process that died, or
+    /// whose ledger failed, before recording its run).
+    fn missed(&self, info: &InstanceInfo, seen_pending: bool) -> bool {
+        !seen_pending && info.launch_time_unix_ms < self.inner.started_unix_ms
     }
 
     /// Waits (through the region's poller) until the instance runs.
@@ -1371,7 +1455,7 @@ impl AwsBackend {
             let sighting = rx.borrow_and_update();
             if let Sighting::Seen { info, at_unix_ms } = sighting {
                 seen_pending |= info.state == InstanceState::Pending;
-                self.observe(grant, &info, at_unix_ms, !seen_pending).await?;
+                self.observe(grant, &info, at_unix_ms, self.missed(&info, seen_pending)).await?;
                 match info.state {
                     InstanceState::Running => return Ok(*info),
                     InstanceState::Pending => {}
@@ -1409,10 +1493,27 @@ impl AwsBackend {
         instance_id: &str,
         reason: TerminationReason,
     ) -> Result<(), BackendError> {
+        self.request_termination_sent(grant, region, instance_id, reason).await.map(|_| ())
+    }
+
+    /// `request_termination`, saying whether the call is done (`true`: EC2 accepted it, from
+    /// this caller or an earlier one, or the instance is gone) or another caller is sending it
+    /// now and may yet fail (`false`): the deadline task then keeps trying (see `arm_deadline`).
+    async fn request_termination_sent(
+        &self,
+        grant: &GrantId,
+        region: &RegionLabel,
+        instance_id: &str,
+        reason: TerminationReason,
+    ) -> Result<bool, BackendError> {
         // One caller at a time sends it (the deadline task and a watch wake at the same
         // instant), and nobody once EC2 has accepted it. The claim is released when the call
         // fails or its caller is cancelled.
-        let Some(claim) = TerminateClaim::take(&self.inner, instance_id) else { return Ok(()) };
+        let claim = match TerminateClaim::take(&self.inner, instance_id) {
+            ClaimAsk::Taken(claim) => claim,
+            ClaimAsk::Accepted => return Ok(true),
+            ClaimAsk::InFlight => return Ok(false),
+        };
         // The call goes out whether or not the ledger takes the record: a full disk must not
         // keep an instance past its deadline. The failure is noted (the backend degrades).
         if let Err(err) = self.record_termination(*grant, reason).await {
@@ -1422,7 +1523,8 @@ impl AwsBackend {
         match self.terminate_together(region, instance_id).await {
             Together::Done => {
                 claim.keep();
-                return Ok(());
+                self.observe_terminating(grant, instance_id).await;
+                return Ok(true);
             }
             Together::Failed(err) if !err.is(codes::INSTANCE_NOT_FOUND) => return Err(provider(err)),
             Together::Failed(_) | Together::Alone => {}
@@ -1441,20 +1543,44 @@ impl AwsBackend {
             match result {
                 Ok(_) => {
                     claim.keep();
-                    return Ok(());
+                    self.observe_terminating(grant, instance_id).await;
+                    return Ok(true);
                 }
                 Err(err) if err.is(codes::INSTANCE_NOT_FOUND) => {
                     // Either not visible yet, or gone for good: a filtered Describe tells.
                     if self.instance_gone(grant, region, instance_id).await?
                         || self.now_ms() > started + VISIBILITY_WINDOW_MS
                     {
-                        return Ok(());
+                        return Ok(true);
                     }
                     self.inner.pacer.backoff(attempt.min(6)).await;
                     attempt += 1;
                 }
                 Err(err) => return Err(provider(err)),
             }
+        }
+    }
+
+    /// Records TerminateInstances' answer as what it is, an observation: EC2 moved the instance
+    /// to `shutting-down` when it accepted the call, so its running period ends now, whatever
+    /// a Describe still showing the state from before says (see `observe`). Best effort: a
+    /// ledger that fails here leaves the next poll's sighting to close the period.
+    async fn observe_terminating(&self, grant: &GrantId, instance_id: &str) {
+        let at_unix_ms = self.now_ms();
+        let recorded = self
+            .record_if(*grant, |s| {
+                let s = s?;
+                (s.instance() == Some(instance_id) && !s.last_state().is_some_and(ObservedState::ends_running)).then(
+                    || Event::InstanceStateObserved {
+                        instance_id: instance_id.to_string(),
+                        state: ObservedState::ShuttingDown,
+                        observed_at_unix_ms: at_unix_ms,
+                    },
+                )
+            })
+            .await;
+        if let Err(err) = recorded {
+            tracing::warn!(error = %err, "could not record TerminateInstances' answer; the next sighting will");
         }
     }
 
@@ -1510,7 +1636,11 @@ impl AwsBackend {
             };
             let mut events = Vec::new();
             let valid_to = state.valid_to_unix_ms();
-            if reason == TerminationReason::Deadline && now > valid_to && !state.ever_launched().is_empty() {
+            if reason == TerminationReason::Deadline
+                && now > valid_to
+                && !state.ever_launched().is_empty()
+                && !self.inner.switches.bill_downtime
+            {
                 events.push((grant, now, Event::BillingCapped { at_unix_ms: valid_to }));
             }
             events.push((grant, now, Event::TerminationRequested { reason }));
@@ -1533,15 +1663,18 @@ impl AwsBackend {
             loop {
                 let Some(inner) = weak.upgrade() else { return };
                 let backend = AwsBackend { inner };
-                let Some(instance_id) = backend
-                    .grant_state(&grant)
-                    .filter(|s| !s.is_settled())
-                    .and_then(|s| s.instance().map(str::to_string))
-                else {
-                    break;
-                };
-                match backend.request_termination(&grant, &region, &instance_id, TerminationReason::Deadline).await {
-                    Ok(()) => break,
+                let Some(instance_id) = backend.instance_to_end(&grant) else { break };
+                match backend.request_termination_sent(&grant, &region, &instance_id, TerminationReason::Deadline).await
+                {
+                    Ok(true) => break,
+                    // Another caller (a watch, recovery) is sending it and may fail: look again
+                    // shortly, and send it ourselves once its claim is given back.
+                    Ok(false) => {
+                        let pacer = backend.inner.pacer.clone();
+                        drop(backend);
+                        pacer.backoff(attempt.min(6)).await;
+                        attempt += 1;
+                    }
                     Err(err) => {
                         tracing::warn!(grant = %grant.short(), error = %err, "deadline termination failed; retrying");
                         let pacer = backend.inner.pacer.clone();
@@ -1558,6 +1691,19 @@ impl AwsBackend {
         if let Some(previous) = lock(&self.inner.deadlines).insert(grant, task) {
             previous.abort();
         }
+    }
+
+    /// The instance the grant's deadline ends: the one the ledger holds, or the one RunInstances
+    /// answered with whose launch could not be recorded yet. `None` once the grant is settled.
+    fn instance_to_end(&self, grant: &GrantId) -> Option<String> {
+        let state = self.grant_state(grant);
+        if state.as_ref().is_some_and(GrantState::is_settled) {
+            return None;
+        }
+        state
+            .as_ref()
+            .and_then(|s| s.instance().map(str::to_string))
+            .or_else(|| lock(&self.inner.launched_unrecorded).get(grant).cloned())
     }
 
     /// True when a Describe filtered by the grant's tag lists the instance as terminated. The
@@ -1607,7 +1753,7 @@ impl AwsBackend {
                     absent_since = None;
                     launched_at = Some(info.launch_time_unix_ms);
                     seen_pending |= info.state == InstanceState::Pending;
-                    self.observe(grant, &info, at_unix_ms, !seen_pending).await?;
+                    self.observe(grant, &info, at_unix_ms, self.missed(&info, seen_pending)).await?;
                     if info.state == InstanceState::Terminated {
                         // Terminated without our asking: EC2 or the guest ended it, and the
                         // ledger says so (the reason of the first request is the one kept).
@@ -1891,7 +2037,7 @@ impl AwsBackend {
     /// ledger cannot be written (so that the instance is followed again as soon as it heals),
     /// otherwise backing off from a poll interval to 5 minutes. One task per grant; stopped
     /// with the backend's other tasks, and never armed by a backend that may no longer act.
-    fn arm_finish(&self, grant: GrantId, reason: TerminationReason) {
+    pub(crate) fn arm_finish(&self, grant: GrantId, reason: TerminationReason) {
         if !self.acting() || self.lease_lost().is_some() {
             return;
         }
@@ -1902,7 +2048,14 @@ impl AwsBackend {
         let weak = Arc::downgrade(&self.inner);
         let clock = self.inner.clock.clone();
         let poll_ms = self.config().poll_interval_ms.max(1);
+        // A deadline's teardown never starts before the deadline (a resume that failed while
+        // the grant still had time).
+        let not_before = match reason {
+            TerminationReason::Deadline => self.grant_state(&grant).map_or(0, |s| s.valid_to_unix_ms()),
+            _ => 0,
+        };
         let task = tokio::spawn(async move {
+            clock.sleep_until_unix_ms(not_before).await;
             let mut wait_ms = poll_ms;
             loop {
                 clock.sleep_ms(wait_ms).await;
@@ -1940,10 +2093,14 @@ impl AwsBackend {
             return Ok(());
         }
         let region = RegionLabel::new(state.region()).map_err(local)?;
-        self.record_if(grant, |s| {
-            s.filter(|s| s.termination().is_none()).map(|_| Event::TerminationRequested { reason })
-        })
-        .await?;
+        if let Err(err) = self.record_termination(grant, reason).await {
+            // The instance is ended whether or not the ledger takes the request (recorded
+            // when it heals, by the next try): a rollback must not leave it running.
+            if let Some(instance_id) = self.instance_to_end(&grant) {
+                let _ = self.request_termination(&grant, &region, &instance_id, reason).await;
+            }
+            return Err(err);
+        }
 
         // An instance whose launch was requested but never recorded: find it by its token.
         if state.ever_launched().is_empty()
@@ -2110,8 +2267,9 @@ impl AwsBackend {
                     },
                 )
                 .await?;
-                // What finding it showed is an observation like any other: an instance found
-                // running is billed from here, even if it ends before the next poll.
+                lock(&self.inner.launched_unrecorded).remove(grant);
+                // What finding it showed is an observation like any other; an instance found
+                // running ran while nobody recorded it, and is billed from its LaunchTime.
                 self.observe(grant, info, self.now_ms(), true).await?;
                 return Ok(());
             }
@@ -2287,7 +2445,11 @@ impl Backend for AwsBackend {
                     instance_id: instance.instance_id.clone(),
                 });
             }
-            Ok(self.grant_state(&grant).map(|s| s.usage()).unwrap_or_default())
+            let mut usage = self.grant_state(&grant).map(|s| s.usage()).unwrap_or_default();
+            if self.inner.switches.watch_usage_extra {
+                usage.cpu_seconds += 1;
+            }
+            Ok(usage)
         }
         .instrument(span)
         .await

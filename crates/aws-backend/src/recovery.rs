@@ -104,8 +104,26 @@ impl AwsBackend {
         }
     }
 
-    /// Brings one unfinished grant to its end.
+    /// Brings one unfinished grant to its end. A resume that fails (TerminateInstances
+    /// refused through its retries, say) is not dropped: its teardown is tried again by the
+    /// backend's own task (`arm_finish`), and the armed deadline keeps trying to end the
+    /// instance meanwhile.
     pub async fn resume_grant(&self, grant: GrantId) -> Result<(), BackendError> {
+        let result = self.resume_grant_once(grant).await;
+        if result.is_err()
+            && let Some(state) = self.grant_state(&grant).filter(|s| !s.is_settled())
+        {
+            let reason = state.termination().unwrap_or(if state.last_state() == Some(ObservedState::Running) {
+                TerminationReason::Deadline
+            } else {
+                TerminationReason::Rollback
+            });
+            self.arm_finish(grant, reason);
+        }
+        result
+    }
+
+    async fn resume_grant_once(&self, grant: GrantId) -> Result<(), BackendError> {
         let Some(state) = self.grant_state(&grant) else { return Ok(()) };
         if state.is_settled() {
             return Ok(());
@@ -118,16 +136,21 @@ impl AwsBackend {
             // the deadline armed again (it died with the last process).
             Some(instance_id) if serving => {
                 let instance_id = instance_id.to_string();
+                if self.inner.switches.recovery_skips_overdue && self.now_ms() > state.valid_to_unix_ms() {
+                    self.follow_to_end(&grant, &region, &instance_id, None).await?;
+                    return self.teardown(grant, TerminationReason::Deadline).await;
+                }
                 self.arm_deadline(grant, region.clone(), state.valid_to_unix_ms());
                 self.follow_to_end(&grant, &region, &instance_id, Some(state.valid_to_unix_ms())).await?;
                 self.teardown(grant, TerminationReason::Deadline).await
             }
             // Never seen running (provision died on the way) or already ending: tear down. First
-            // look at it by id: it may have been running all the while the bridge was down, and
-            // that is billed.
+            // look at it by id, unless the ledger saw it end: it may have been running all the
+            // while the bridge was down (also after a termination was requested, by a process
+            // that died before sending it), and that is billed.
             Some(instance_id) => {
                 let instance_id = instance_id.to_string();
-                if state.termination().is_none()
+                if !state.last_state().is_some_and(ObservedState::ends_running)
                     && let Err(err) = self.observe_by_id(&grant, &region, &instance_id).await
                 {
                     tracing::warn!(error = %err, "could not look at the instance before tearing it down");
