@@ -7,9 +7,9 @@ use tests::selftest::{SEEDS, Setting, run_case};
 
 fn case_passes(breakage: Breakage, disabled: &[&str]) -> bool {
     let disabled: Vec<String> = disabled.iter().map(ToString::to_string).collect();
-    let result = run_case(Some(breakage), Setting::for_breakage(breakage), SEEDS[0], &disabled)
+    let result = run_case(Some(breakage), Setting::for_breakage(breakage), false, SEEDS[0], &disabled)
         .unwrap_or_else(|e| panic!("run failed: {e:#}"));
-    result.passed
+    result.passed && result.clause_fired
 }
 
 #[test]

@@ -27,6 +27,11 @@ pub fn region(name: &str) -> RegionLabel {
     RegionLabel::new(name).unwrap_or_else(|e| panic!("fixture region: {e}"))
 }
 
+/// The one CIDR the simulated operator lets SSH in from.
+const SSH_INGRESS_CIDR: &str = "203.0.113.0/24";
+/// The CIDRs the simulated operator lets SSH in from (`ssh_ingress_cidrs`).
+pub const SSH_INGRESS_CIDRS: [&str; 1] = [SSH_INGRESS_CIDR];
+
 /// The configuration of a simulated operator with `poll_interval_ms`.
 pub fn config(poll_interval_ms: u64) -> AwsBootConfig {
     let text = format!(
@@ -38,7 +43,7 @@ poll_interval_ms = {poll_interval_ms}
 reaper_grace_ms = 600000
 min_root_volume_gib = {MIN_ROOT_VOLUME_GIB}
 ledger_path = "/nonexistent/sim.ledger"
-ssh_ingress_cidrs = ["203.0.113.0/24"]
+ssh_ingress_cidrs = ["{SSH_INGRESS_CIDR}"]
 
 [ami]
 us-east-1 = "ami-0123456789abcdef0"

@@ -19,7 +19,7 @@ use crate::framestore::StoreFault;
 /// (`cargo xtask sim --self-test`). Each breaks the backend (or its store) in one way.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub enum Breakage {
-    /// Terminate 30 s after valid_to.
+    /// Terminate 5 s after valid_to.
     TerminateLate,
     /// Terminate 2 minutes before valid_to.
     TerminateEarly,
@@ -27,7 +27,7 @@ pub enum Breakage {
     FreshClientToken,
     /// Skip DeleteSecurityGroup but record the group deleted.
     SkipGroupDelete,
-    /// Over-bill each running period by about 5 %.
+    /// Over-bill each running period by about 1 %.
     Overbill,
     /// Never record the network sample.
     DropNetworkSample,
@@ -65,11 +65,25 @@ pub enum Breakage {
     FirstPageOnly,
     /// A replica that lost its lease keeps acting (run with replicas and long pauses).
     FencedReplicaActs,
+    /// Tell the guest to power off two minutes before valid_to + grace (before valid_to).
+    EarlyGuestPowerOff,
+    /// Recovery leaves instances already past their deadline to the guest.
+    RecoverySkipsOverdue,
+    /// Bill the time the bridge was away when it handles a deadline late.
+    BillDowntime,
+    /// Bill a run nobody watched from its first sighting, not from LaunchTime.
+    IgnoreLaunchTime,
+    /// `watch_until_exit` returns one cpu-second more than the ledger holds.
+    WatchUsageOff,
+    /// Let SSH in from anywhere besides the configured CIDRs.
+    OpenIngress,
+    /// Launch up to valid_to itself, ignoring `min_lifetime_s` (run on edge grants).
+    IgnoreMinLifetime,
 }
 
 impl Breakage {
     /// Every breakage, in the order the self-test runs them.
-    pub const ALL: [Breakage; 23] = [
+    pub const ALL: [Breakage; 30] = [
         Breakage::TerminateLate,
         Breakage::TerminateEarly,
         Breakage::FreshClientToken,
@@ -93,6 +107,13 @@ impl Breakage {
         Breakage::LateGuestPowerOff,
         Breakage::FirstPageOnly,
         Breakage::FencedReplicaActs,
+        Breakage::EarlyGuestPowerOff,
+        Breakage::RecoverySkipsOverdue,
+        Breakage::BillDowntime,
+        Breakage::IgnoreLaunchTime,
+        Breakage::WatchUsageOff,
+        Breakage::OpenIngress,
+        Breakage::IgnoreMinLifetime,
     ];
 
     /// Its name on the command line (`--break NAME`).
@@ -121,6 +142,13 @@ impl Breakage {
             Breakage::LateGuestPowerOff => "late-guest-poweroff",
             Breakage::FirstPageOnly => "first-page-only",
             Breakage::FencedReplicaActs => "fenced-replica-acts",
+            Breakage::EarlyGuestPowerOff => "early-guest-poweroff",
+            Breakage::RecoverySkipsOverdue => "recovery-skips-overdue",
+            Breakage::BillDowntime => "bill-downtime",
+            Breakage::IgnoreLaunchTime => "ignore-launch-time",
+            Breakage::WatchUsageOff => "watch-usage-off",
+            Breakage::OpenIngress => "open-ingress",
+            Breakage::IgnoreMinLifetime => "ignore-min-lifetime",
         }
     }
 
@@ -134,11 +162,11 @@ impl Breakage {
         const ONE_IN_EIGHT: u8 = 32;
         let mut s = TestSwitches::default();
         match self {
-            Breakage::TerminateLate => s.terminate_late_ms = 30_000,
+            Breakage::TerminateLate => s.terminate_late_ms = 5_000,
             Breakage::TerminateEarly => s.terminate_early_ms = 120_000,
             Breakage::FreshClientToken => s.fresh_client_token_per_call = true,
             Breakage::SkipGroupDelete => s.skip_security_group_delete = true,
-            Breakage::Overbill => s.overbill_percent = 5,
+            Breakage::Overbill => s.overbill_percent = 1,
             Breakage::DropNetworkSample => s.skip_network_sample = true,
             Breakage::ProvisionalNetwork => s.skip_network_final = true,
             Breakage::Panic => s.panic_below = ONE_IN_EIGHT,
@@ -155,6 +183,13 @@ impl Breakage {
             Breakage::LateGuestPowerOff => s.guest_poweroff_late_s = 3_600,
             Breakage::FirstPageOnly => s.first_page_only = true,
             Breakage::FencedReplicaActs => s.ignore_lease = true,
+            Breakage::EarlyGuestPowerOff => s.guest_poweroff_early_s = 120,
+            Breakage::RecoverySkipsOverdue => s.recovery_skips_overdue = true,
+            Breakage::BillDowntime => s.bill_downtime = true,
+            Breakage::IgnoreLaunchTime => s.ignore_launch_time = true,
+            Breakage::WatchUsageOff => s.watch_usage_extra = true,
+            Breakage::OpenIngress => s.open_ingress = true,
+            Breakage::IgnoreMinLifetime => s.ignore_min_lifetime = true,
             Breakage::DropLedgerAppend | Breakage::CorruptLedgerAppend => {}
         }
         s
@@ -187,8 +222,11 @@ impl Breakage {
             Breakage::NoPacing => names::PACING,
             Breakage::EarlyStart => names::DEADLINE,
             Breakage::LeakLoginKey => names::SECRETS,
-            Breakage::PinBackendHostKey | Breakage::OpenImds => names::GUEST,
-            Breakage::LateGuestPowerOff => names::BACKSTOP,
+            Breakage::PinBackendHostKey | Breakage::OpenImds | Breakage::OpenIngress => names::GUEST,
+            Breakage::LateGuestPowerOff | Breakage::EarlyGuestPowerOff => names::BACKSTOP,
+            Breakage::RecoverySkipsOverdue | Breakage::IgnoreMinLifetime => names::DEADLINE,
+            Breakage::BillDowntime | Breakage::IgnoreLaunchTime => names::METERING,
+            Breakage::WatchUsageOff => names::CONTRACT,
             Breakage::FirstPageOnly => names::PAGINATION,
             Breakage::FencedReplicaActs => names::FENCE,
         }
@@ -214,8 +252,53 @@ impl Breakage {
             Breakage::EarlyStart | Breakage::LeakLoginKey => &[],
             Breakage::PinBackendHostKey | Breakage::OpenImds => &[],
             Breakage::LateGuestPowerOff => &[],
-            Breakage::FirstPageOnly => &[],
+            // Instances missed on later pages are seen late: their runs are billed short.
+            Breakage::FirstPageOnly => &[names::METERING],
             Breakage::FencedReplicaActs => &[],
+            // The guest ends its instance before valid_to: the grant's bill and the watch's
+            // account of it follow.
+            // A retried provision may then come too late to launch.
+            Breakage::EarlyGuestPowerOff => &[names::METERING, names::EARLY_END, names::CONTRACT, names::PROVISION],
+            Breakage::RecoverySkipsOverdue => &[names::METERING],
+            Breakage::BillDowntime | Breakage::IgnoreLaunchTime => &[names::CONTRACT],
+            Breakage::WatchUsageOff | Breakage::OpenIngress => &[],
+            // Short grants now launch, and may be refused or fail by their deadline instead.
+            Breakage::IgnoreMinLifetime => &[names::ADMISSION, names::PROVISION, names::METERING, names::CONTRACT],
+        }
+    }
+
+    /// The clause of its checker the bug must trip: a phrase of that clause's violation
+    /// message, so that a checker firing for another reason does not count.
+    pub fn clause(self) -> &'static str {
+        match self {
+            Breakage::TerminateLate => "a bridge was acting at valid_to",
+            Breakage::TerminateEarly => "terminated by the bridge",
+            Breakage::FreshClientToken => "launched",
+            Breakage::SkipGroupDelete => "still holds",
+            Breakage::Overbill => "over by",
+            Breakage::DropNetworkSample | Breakage::ProvisionalNetwork => "network",
+            Breakage::DropLedgerAppend | Breakage::CorruptLedgerAppend => "",
+            Breakage::Panic => "panic",
+            Breakage::AdmitTdx => "must be refused",
+            Breakage::FailProvision => "provision failed with no injected fault",
+            Breakage::SkipSettle => "not settled",
+            Breakage::Undersize => "",
+            Breakage::UntaggedInstance => "",
+            Breakage::NoPacing => "",
+            Breakage::EarlyStart => "before valid_from",
+            Breakage::LeakLoginKey => "",
+            Breakage::PinBackendHostKey => "to pin host key",
+            Breakage::OpenImds => "IMDS options",
+            Breakage::LateGuestPowerOff => "after valid_to + grace",
+            Breakage::FirstPageOnly => "",
+            Breakage::FencedReplicaActs => "",
+            Breakage::EarlyGuestPowerOff => "before valid_to + grace",
+            Breakage::RecoverySkipsOverdue => "its return plus recovery",
+            Breakage::BillDowntime => "over by",
+            Breakage::IgnoreLaunchTime => "under by",
+            Breakage::WatchUsageOff => "watch_until_exit returned",
+            Breakage::OpenIngress => "ingress rules",
+            Breakage::IgnoreMinLifetime => "within min_lifetime_s",
         }
     }
 }
@@ -282,6 +365,10 @@ pub struct Scenario {
     pub replicas: u8,
     /// With replicas, the share of crashes that pause the holder instead of killing it.
     pub pause_share: f64,
+    /// With crashes, draw 8 to 12 of them instead of 1 to 4, one in three down for 2 to 10
+    /// minutes instead of 1 to 20 s (what the self-test's recovery cases need to meet a crash
+    /// at the moments their bugs matter).
+    pub crash_heavy: bool,
     /// The share of admissible grants drawn at an edge: zero CPU or RAM, storage at or past the
     /// gp3 limit, more RAM than any type, a deadline seconds away.
     pub edge_share: f64,
@@ -301,6 +388,7 @@ impl Scenario {
             poll_interval_ms: 5_000,
             replicas: 1,
             pause_share: 0.5,
+            crash_heavy: false,
             breakage: None,
             disabled_checkers: Vec::new(),
             faults_override: None,
@@ -485,12 +573,22 @@ pub fn generate(scenario: &Scenario, rng: &mut ChaCha8Rng) -> (Vec<GrantPlan>, V
     if scenario.crashes {
         let horizon = scenario.arrival_window_ms + scenario.lifetime_ms_max;
         // Replicas crash more often: each crash of the holder is a takeover to test.
-        let count = if scenario.replicas > 1 { rng.gen_range(3..=8) } else { rng.gen_range(1..=4) };
+        let count = if scenario.replicas > 1 {
+            rng.gen_range(3..=8)
+        } else if scenario.crash_heavy {
+            rng.gen_range(8..=12)
+        } else {
+            rng.gen_range(1..=4)
+        };
         for _ in 0..count {
-            crashes.push(Crash {
-                at_unix_ms: START_UNIX_MS + rng.gen_range(0..horizon),
-                downtime_ms: rng.gen_range(1_000..=20_000),
-            });
+            let at_unix_ms = START_UNIX_MS + rng.gen_range(0..horizon);
+            let mut downtime_ms = rng.gen_range(1_000..=20_000);
+            // A heavy schedule keeps the bridge away for minutes now and then: runs start and
+            // deadlines pass while nobody looks, longer than EC2's one-minute minimum.
+            if scenario.crash_heavy && rng.gen_bool(1.0 / 3.0) {
+                downtime_ms = rng.gen_range(120_000..=600_000);
+            }
+            crashes.push(Crash { at_unix_ms, downtime_ms });
         }
         // Some crashes hit recovery itself: the backend dies again while it resumes.
         for i in 0..crashes.len() {

@@ -10,8 +10,8 @@ use sim_ec2::FaultConfig;
 use crate::harness;
 use crate::scenario::{Breakage, FaultMode, Scenario};
 
-/// The fixed seeds every case runs.
-pub const SEEDS: [u64; 2] = [11, 12];
+/// The fixed seeds every case runs, in each of its two regimes.
+pub const SEEDS: [u64; 4] = [11, 12, 13, 14];
 
 /// The scenario a case runs in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +32,10 @@ pub enum Setting {
     /// 60 grants on two replicas sharing the ledger, every crash a pause of the lease holder:
     /// what a replica that keeps acting after losing its lease needs to be seen.
     Replicas,
+    /// 200 grants over a virtual hour with 8 to 12 crashes, and launches pending a minute or
+    /// two: what recovery's bugs need to be seen (instances start running, and deadlines pass,
+    /// while the bridge is down).
+    Crashes,
 }
 
 impl Setting {
@@ -40,9 +44,11 @@ impl Setting {
         match breakage {
             Breakage::FreshClientToken => Setting::Lossy,
             Breakage::NoPacing => Setting::Burst,
-            Breakage::EarlyStart => Setting::Edges,
+            Breakage::EarlyStart | Breakage::IgnoreMinLifetime => Setting::Edges,
             Breakage::FirstPageOnly => Setting::ShortPages,
             Breakage::FencedReplicaActs => Setting::Replicas,
+            // Bugs on the paths a restart takes need crashes to show.
+            Breakage::RecoverySkipsOverdue | Breakage::BillDowntime | Breakage::IgnoreLaunchTime => Setting::Crashes,
             _ => Setting::Plain,
         }
     }
@@ -56,24 +62,33 @@ impl Setting {
             Setting::Edges => "--grants 60 --hours 0.5 --edges 1",
             Setting::ShortPages => "--grants 60 --hours 0.5 --short-pages --crashes",
             Setting::Replicas => "--grants 60 --hours 0.5 --crashes --replicas 2 --pause-share 1",
+            Setting::Crashes => "--grants 200 --hours 1 --crashes --crash-heavy",
         }
     }
 }
 
-/// One case: a breakage (or none, the control) on one seed, and what fired.
+/// One case: a breakage (or none, the control) on one seed of one regime, and what fired.
 #[derive(Clone, Debug)]
 pub struct CaseResult {
     /// The deliberate bug, or `None` for the control run.
     pub breakage: Option<Breakage>,
     /// The scenario it ran in.
     pub setting: Setting,
+    /// Whether it ran in the regime CI sweeps (swarm faults and crashes) rather than the
+    /// setting's default faults.
+    pub swarm: bool,
     /// The seed.
     pub seed: u64,
     /// Every checker that reported a violation.
     pub fired: BTreeSet<&'static str>,
-    /// Whether the case passed.
+    /// Whether the bug's clause fired on this seed (a violation of its checker whose message
+    /// names the clause).
+    pub clause_fired: bool,
+    /// Whether the case passed: nothing implausible fired on this seed, and the clause fired on
+    /// some seed of its regime (a seed whose draw never reaches the buggy path proves nothing
+    /// either way; one where it does must fire).
     pub passed: bool,
-    /// Why not, when it did not.
+    /// Why not, when it did not; the clause, when it did.
     pub why: String,
     /// A command that repeats the run.
     pub reproduce: String,
@@ -84,13 +99,18 @@ pub fn lossy_faults() -> FaultConfig {
     FaultConfig { response_lost_probability: 0.3, ..FaultConfig::default() }
 }
 
+/// The default faults with launches pending one to two minutes.
+pub fn slow_launch_faults() -> FaultConfig {
+    FaultConfig { launch_delay_ms_min: 60_000, launch_delay_ms_max: 120_000, ..FaultConfig::default() }
+}
+
 /// The default faults with 70 % of the pages of a listing cut short.
 pub fn short_page_faults() -> FaultConfig {
     FaultConfig { page_short_probability: 0.7, ..FaultConfig::default() }
 }
 
 /// The scenario of `setting` with `breakage` on, on `seed`, with `disabled` checkers ignored.
-pub fn scenario(breakage: Option<Breakage>, setting: Setting, seed: u64, disabled: &[String]) -> Scenario {
+pub fn scenario(breakage: Option<Breakage>, setting: Setting, swarm: bool, seed: u64, disabled: &[String]) -> Scenario {
     let mut scenario = Scenario::new(seed);
     scenario.grants = 60;
     scenario.arrival_window_ms = 30 * 60_000;
@@ -115,6 +135,18 @@ pub fn scenario(breakage: Option<Breakage>, setting: Setting, seed: u64, disable
             scenario.replicas = 2;
             scenario.pause_share = 1.0;
         }
+        Setting::Crashes => {
+            scenario.grants = 200;
+            scenario.arrival_window_ms = 60 * 60_000;
+            scenario.crashes = true;
+            scenario.faults_override = Some(slow_launch_faults());
+            scenario.crash_heavy = true;
+        }
+    }
+    if swarm {
+        // The regime CI sweeps: each seed draws its own fault mix, and the bridge crashes.
+        scenario.faults = FaultMode::Swarm;
+        scenario.crashes = true;
     }
     scenario.breakage = breakage;
     scenario.disabled_checkers = disabled.to_vec();
@@ -125,50 +157,81 @@ pub fn scenario(breakage: Option<Breakage>, setting: Setting, seed: u64, disable
 pub fn run_case(
     breakage: Option<Breakage>,
     setting: Setting,
+    swarm: bool,
     seed: u64,
     disabled: &[String],
 ) -> anyhow::Result<CaseResult> {
-    let summary = harness::run(&scenario(breakage, setting, seed, disabled), &mut |_| {})?;
+    let summary = harness::run(&scenario(breakage, setting, swarm, seed, disabled), &mut |_| {})?;
     let fired: BTreeSet<&'static str> = summary.violations.iter().map(|v| v.checker).collect();
+    let mut clause_fired = false;
     let (passed, why) = match breakage {
         None => (fired.is_empty(), format!("the control run reported {:?}", summary.violations.first())),
         Some(b) => {
+            clause_fired =
+                summary.violations.iter().any(|v| v.checker == b.caught_by() && v.message.contains(b.clause()));
             let unexpected: Vec<&str> =
                 fired.iter().copied().filter(|c| *c != b.caught_by() && !b.also_plausible().contains(c)).collect();
-            if !fired.contains(b.caught_by()) {
-                (false, format!("`{}` did not fire (fired: {fired:?})", b.caught_by()))
-            } else if !unexpected.is_empty() {
+            if !unexpected.is_empty() {
                 let first = summary.violations.iter().find(|v| unexpected.contains(&v.checker));
                 (false, format!("implausible checkers fired too: {unexpected:?}, e.g. {first:?}"))
             } else {
-                (true, String::new())
+                (true, format!("clause `{}: {}`", b.caught_by(), b.clause()))
             }
         }
     };
     let mut reproduce = format!("cargo xtask sim --seed {seed} {}", setting.flags());
+    if swarm {
+        reproduce.push_str(" --faults swarm --crashes");
+    }
     if let Some(b) = breakage {
         reproduce.push_str(&format!(" --break {}", b.name()));
     }
     for d in disabled {
         reproduce.push_str(&format!(" --disable-checker {d}"));
     }
-    Ok(CaseResult { breakage, setting, seed, fired, passed, why, reproduce })
+    Ok(CaseResult { breakage, setting, swarm, seed, fired, clause_fired, passed, why, reproduce })
 }
 
-/// Runs the controls and every breakage on every seed, with `disabled` checkers ignored, and
-/// hands each result to `report` as it comes.
+/// Runs the controls and every breakage on every seed of both regimes (the setting's own
+/// faults, then swarm faults with crashes), with `disabled` checkers ignored, and hands each
+/// result to `report` once its regime is done.
 pub fn run_all(disabled: &[String], report: &mut dyn FnMut(&CaseResult)) -> anyhow::Result<Vec<CaseResult>> {
     let mut results = Vec::new();
-    let mut cases: Vec<(Option<Breakage>, Setting)> =
-        [Setting::Plain, Setting::Lossy, Setting::Burst, Setting::Edges, Setting::ShortPages, Setting::Replicas]
-            .map(|s| (None, s))
-            .to_vec();
+    let mut cases: Vec<(Option<Breakage>, Setting)> = [
+        Setting::Plain,
+        Setting::Lossy,
+        Setting::Burst,
+        Setting::Edges,
+        Setting::ShortPages,
+        Setting::Replicas,
+        Setting::Crashes,
+    ]
+    .map(|s| (None, s))
+    .to_vec();
     cases.extend(Breakage::ALL.into_iter().map(|b| (Some(b), Setting::for_breakage(b))));
     for (breakage, setting) in cases {
-        for seed in SEEDS {
-            let result = run_case(breakage, setting, seed, disabled)?;
-            report(&result);
-            results.push(result);
+        for swarm in [false, true] {
+            let mut regime = Vec::new();
+            for seed in SEEDS {
+                regime.push(run_case(breakage, setting, swarm, seed, disabled)?);
+            }
+            if let Some(b) = breakage
+                && !regime.iter().any(|r| r.clause_fired)
+            {
+                for r in &mut regime {
+                    r.passed = false;
+                    r.why = format!(
+                        "clause `{}: {}` fired on none of the seeds {SEEDS:?} (fired: {:?})",
+                        b.caught_by(),
+                        b.clause(),
+                        r.fired
+                    );
+                }
+            }
+            for r in regime {
+                report(&r);
+                results.push(r);
+            }
         }
     }
     Ok(results)

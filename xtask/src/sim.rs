@@ -99,6 +99,11 @@ pub struct SimArgs {
     /// what the self-test's `first-page-only` case runs with.
     #[arg(long, conflicts_with = "lossy")]
     short_pages: bool,
+    /// Launches pending one to two minutes (on top of the default faults) and, with
+    /// `--crashes`, 8 to 12 crashes, a third of them minutes long: what the self-test's recovery cases run with, so that
+    /// instances start running, and deadlines pass, while the bridge is down.
+    #[arg(long, conflicts_with_all = ["lossy", "short_pages"])]
+    crash_heavy: bool,
     /// Bridge replicas sharing one ledger under a lease (1: a single bridge with a ledger of
     /// its own). With `--crashes`, each crash kills or pauses the lease holder and a standby
     /// takes over once the lease runs out.
@@ -161,6 +166,10 @@ impl SimArgs {
         if self.short_pages {
             scenario.faults_override = Some(selftest::short_page_faults());
         }
+        if self.crash_heavy {
+            scenario.faults_override = Some(selftest::slow_launch_faults());
+            scenario.crash_heavy = true;
+        }
         scenario
     }
 
@@ -183,6 +192,9 @@ impl SimArgs {
         }
         if self.short_pages {
             cmd.push_str(" --short-pages");
+        }
+        if self.crash_heavy {
+            cmd.push_str(" --crash-heavy");
         }
         if self.edges != 0.05 {
             cmd.push_str(&format!(" --edges {}", self.edges));

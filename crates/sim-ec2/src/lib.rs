@@ -251,6 +251,12 @@ impl SimEc2 {
         self.world().stats().clone()
     }
 
+    /// The ingress rules (TCP port, CIDR) of security group `group_id`, in any region, while it
+    /// exists: ground truth for checkers.
+    pub fn ingress_of(&self, group_id: &str) -> Option<Vec<(u16, String)>> {
+        self.world().ingress_of(group_id)
+    }
+
     /// What the guest of `instance_id` holds and when its console shows it (see
     /// [`console::GuestTruth`]), when the instance exists: ground truth for checkers.
     pub fn guest_of(&self, instance_id: &str) -> Option<console::GuestTruth> {

@@ -1760,6 +1760,10 @@ impl World {
     }
 
     /// What checkers may know of the guest of `instance_id`, when the instance exists.
+    pub(crate) fn ingress_of(&self, group_id: &str) -> Option<Vec<(u16, String)>> {
+        self.regions.iter().find_map(|region| region.groups.get(group_id)).map(|g| g.rules.iter().cloned().collect())
+    }
+
     pub(crate) fn guest_of(&self, instance_id: &str) -> Option<crate::console::GuestTruth> {
         let (r, i) = self.find_instance(instance_id)?;
         let inst = &self.regions[r].instances[i];

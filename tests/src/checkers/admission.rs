@@ -6,10 +6,11 @@
 //!   region is left to `provision`. A short grant may go either way.
 //! - `provision` must refuse what must be refused and must not refuse what is admissible.
 //! - A provision that fails after admitting the grant is acceptable only when the run injected
-//!   a fault that explains it: one that hit the grant's own calls (or its instance) between its
-//!   arrival and the failure, or one on a call about no grant in its region then (except the
-//!   poller's DescribeInstances, which only delays it), or its deadline: for a short grant, or
-//!   when EC2 still had its instance pending at `valid_to`.
+//!   faults that explain it between its arrival and the failure
+//!   ([`super::FaultIndex::explain_failure`]: a fault that is not transient on the grant's calls
+//!   or its instance or its region, or a transient one persisting past a correct client's
+//!   retries), or its deadline: for a short grant, or when EC2 still had its instance pending at
+//!   `valid_to`.
 
 use super::{Context, GrantFacts, Outcome, Violation, names};
 use crate::scenario::{Expect, GrantPlan};
@@ -54,11 +55,12 @@ pub fn check_outcomes(ctx: &Context<'_>) -> Vec<Violation> {
             Outcome::Refused(err) if plan.expect == Expect::Admit => violations
                 .push(Violation::safety(names::ADMISSION, format!("admissible grant {grant} was refused: {err}"))),
             Outcome::ProvisionFailed(err) if !must_refuse(plan.expect) => {
-                let explained = ctx.faults.touched(grant, &plan.region, plan.arrival_unix_ms, *outcome_at_unix_ms)
-                    || mentions_deadline(err) && (plan.expect == Expect::Short || pending_at_deadline(ctx, plan))
-                    || (mentions_deadline(err) || err.contains("host key")) && console_too_late(ctx, plan)
-                    || quota_refusal(ctx, plan, err, *outcome_at_unix_ms)
-                    || partitioned(ctx, plan, err, *outcome_at_unix_ms);
+                let explained =
+                    ctx.faults.explain_failure(grant, &plan.region, plan.arrival_unix_ms, *outcome_at_unix_ms)
+                        || mentions_deadline(err) && (plan.expect == Expect::Short || pending_at_deadline(ctx, plan))
+                        || (mentions_deadline(err) || err.contains("host key")) && console_too_late(ctx, plan)
+                        || quota_refusal(ctx, plan, err, *outcome_at_unix_ms)
+                        || partitioned(ctx, plan, err, *outcome_at_unix_ms);
                 if !explained {
                     violations.push(Violation::safety(
                         names::PROVISION,

@@ -9,19 +9,30 @@
 //! figure a meter reading CloudWatch can reach; docs/metering.md); storage = the root volume
 //! provisioned (0 when nothing launched).
 //!
-//! The tolerance is what a correct poller can miss, derived per running period `[a, b)` from
-//! the times EC2 showed the instance's state to a Describe (`InstanceTruth::shown`):
-//! - under-billing by at most `(o - a) + poll`, where `o` is the first time `running` was shown
-//!   (the period opens at an observation; `poll` because the poller, not every Describe,
-//!   records it); the whole period when `running` was never shown;
-//! - over-billing by at most `(c - b) + poll`, where `c` is the first time the exit was shown;
-//! - under-billing by `b - valid_to` more when the period outlived `valid_to` (billing stops
-//!   at the deadline's termination request);
-//! - a crash near the period (between `a - poll` and `c + poll`): the whole period under, and
-//!   the downtime plus two polls over (a Describe answered just before a crash is lost);
-//! - over-billing by the time the instance was pending when the backend was down until over
-//!   ten minutes after the launch: the period then opens at LaunchTime;
-//! - one second per period each way for rounding.
+//! The bill is capped at the grant's `valid_to`: each running period `[a, b)` is billed as
+//! `[a, min(b, valid_to))` (nothing when it starts at or after `valid_to`), whatever crashed or
+//! failed: the requester pays EC2's running time up to its deadline, never the time the bridge
+//! or its ledger took to end it.
+//!
+//! The tolerance comes from EC2's truth, the run's settings and the harness's named bounds
+//! ([`super::bounds`]), never from what the backend's own polls were shown. Per period:
+//! - under-billing at its start by at most one sighting: the poll interval plus
+//!   [`bounds::SIGHTING_MS`], counted from when EC2 lets a tag-filtered Describe see the
+//!   instance (a new instance may stay hidden from it for the run's longest visibility delay
+//!   plus its longest tag propagation), plus [`bounds::FAULT_BUDGET_MS`] when faults hit the
+//!   region's Describe calls then. A bridge that missed the start (it was down) bills from EC2's
+//!   LaunchTime, so downtime adds nothing here;
+//! - over-billing at the first period's start by the time the instance was pending (LaunchTime
+//!   to `running`), what billing from LaunchTime adds, when the bridge may have missed the
+//!   start: it was down between LaunchTime and a sighting after `running`, or a fault hit the
+//!   grant's RunInstances (a lost answer: the instance is found by its token later);
+//! - under-billing the whole period when it started and ended inside one downtime, or lasted
+//!   less than one sighting after it could be seen (nobody could see it run);
+//! - over-billing at its end, when it ended before `valid_to` without the bridge (EC2, the
+//!   guest), by one sighting after the bridge could see it: after the end, or after the bridge
+//!   was back when it was down then (the specific gap: nobody looked), plus the budget when
+//!   faults hit the region's Describe calls; never past `valid_to`;
+//! - one second each way for rounding.
 //!
 //! Network bytes: a complete figure (measured after CloudWatch's publication lag, over the
 //! instance's whole life) must equal CloudWatch's eventual figure exactly; a provisional one may
@@ -33,12 +44,8 @@ use backend_api::UsageMetrics;
 use sim_ec2::InstanceTruth;
 use usage_ledger::NetworkStatus;
 
-use super::{Context, Measures, Violation, names};
+use super::{Context, Measures, Violation, bounds, names};
 use crate::scenario::GrantPlan;
-
-/// After how long the backend takes a first `running` sighting for a run it missed and bills
-/// from LaunchTime (`aws-backend`'s `MISSED_RUN_MS`).
-const MISSED_RUN_MS: u64 = 10 * 60_000;
 
 /// EC2's minimum billed time per running period, seconds.
 const MINIMUM_S: u64 = 60;
@@ -62,43 +69,62 @@ fn billed_s(ms: u64) -> u64 {
 /// The oracle for one instance of `plan` as of `now_unix_ms`.
 pub fn oracle(instance: &InstanceTruth, plan: &GrantPlan, ctx: &Context<'_>) -> Bill {
     use aws_backend::port::InstanceState::Running;
-    let poll = ctx.poll_interval_ms;
+    let sighting = ctx.poll_interval_ms + bounds::SIGHTING_MS;
+    let faults = ctx.sim.faults();
+    let hidden_until = instance.launch_time_unix_ms + faults.visibility_delay_ms_max + faults.tag_propagation_ms_max;
+    let valid_to = plan.valid_to_unix_ms;
+    let region = &instance.region;
+    let budget =
+        |from: u64, to: u64| if ctx.faults.describe_hit(region, from, to) { bounds::FAULT_BUDGET_MS } else { 0 };
     let mut bill = Bill::default();
     let (mut under_ms, mut over_ms) = (0u64, 0u64);
-    for interval in instance.intervals.iter().filter(|i| i.state == Running) {
+    for (k, interval) in instance.intervals.iter().filter(|i| i.state == Running).enumerate() {
         let (a, b) = (interval.from_ms, interval.to_ms.unwrap_or(ctx.now_unix_ms));
-        let seconds = billed_s(b - a);
+        // A bridge that missed the start (down then), or found the instance by its token after
+        // a RunInstances answer was lost, bills from LaunchTime: the pending time more.
+        if k == 0 && (ctx.down_during(instance.launch_time_unix_ms, a + sighting) || run_faulted(ctx, instance)) {
+            over_ms += a - instance.launch_time_unix_ms;
+        }
+        if a >= valid_to {
+            // Ran only after the deadline (pending across it): owed nothing, but a meter that
+            // bills a missed run from LaunchTime may bill its minimum.
+            over_ms += MINIMUM_S * 1_000;
+            continue;
+        }
+        let end = b.min(valid_to);
+        let seconds = billed_s(end - a);
         bill.seconds += seconds;
         bill.under_s += 1;
         bill.over_s += 1;
-        let opened = instance.shown.iter().find(|(t, s)| *s == Running && (a..=b).contains(t)).map(|(t, _)| *t);
-        let closed = instance.shown.iter().find(|(t, s)| *s != Running && *t >= b).map_or(ctx.now_unix_ms, |(t, _)| *t);
-        match opened {
-            Some(o) => under_ms += o - a + poll,
-            None => under_ms += seconds * 1_000,
-        }
-        // A first period the backend was down for, first shown running over ten minutes after
-        // launch, opens at LaunchTime: the pending time may be billed.
-        let first = instance.intervals.iter().find(|i| i.state == Running).map(|i| i.from_ms) == Some(a);
-        let seen_at = opened.unwrap_or(b);
-        if first
-            && seen_at > instance.launch_time_unix_ms + MISSED_RUN_MS
-            && ctx.down_during(instance.launch_time_unix_ms, seen_at)
-        {
-            over_ms += a - instance.launch_time_unix_ms;
-        }
-        over_ms += closed.saturating_sub(b) + poll;
-        if b > plan.valid_to_unix_ms {
-            under_ms += b - plan.valid_to_unix_ms.max(opened.unwrap_or(a));
-        }
-        for down in ctx.downtimes.iter().filter(|d| d.overlaps(a.saturating_sub(poll), closed + poll)) {
-            under_ms += seconds * 1_000;
-            over_ms += down.to_unix_ms - down.from_unix_ms + 2 * poll;
+        let seen_from = a.max(hidden_until);
+        // A run wholly inside a downtime (it started and ended while nobody looked) cannot be
+        // seen running at all: the specific gap is the whole period.
+        // So is a run shorter than one sighting, which a poller may never catch running.
+        let unseen = ctx.downtimes.iter().any(|d| d.from_unix_ms <= a + sighting && b < d.to_unix_ms)
+            || b < seen_from + sighting;
+        under_ms += if unseen {
+            seconds * 1_000
+        } else {
+            (seen_from - a + sighting + budget(a, seen_from + sighting)).min(seconds * 1_000)
+        };
+        if b < valid_to {
+            let back = ctx.downtimes.iter().filter(|d| d.overlaps(b, b + sighting)).map(|d| d.to_unix_ms).max();
+            let seen_by = back.unwrap_or(b).max(b) + sighting;
+            over_ms += (seen_by + budget(b, seen_by)).min(valid_to) - b;
         }
     }
     bill.under_s += under_ms.div_ceil(1_000);
     bill.over_s += over_ms.div_ceil(1_000);
     bill
+}
+
+/// True when an injected fault hit a RunInstances call of the instance's grant: a lost answer
+/// leaves the bridge to find the instance by its token later.
+fn run_faulted(ctx: &Context<'_>, instance: &InstanceTruth) -> bool {
+    let grant = ctx.grant_of(&instance.tags);
+    grant.is_some_and(|g| {
+        !ctx.faults.on_grant(&g, 0, u64::MAX, Some(aws_backend::port::Operation::RunInstances)).is_empty()
+    })
 }
 
 /// Compares every settled grant's stored usage with the oracle.

@@ -8,6 +8,7 @@
 
 pub mod admission;
 pub mod backstop;
+pub mod contract;
 pub mod deadline;
 pub mod early_end;
 pub mod fence;
@@ -32,6 +33,32 @@ use sim_ec2::{InstanceTruth, InstanceTruths, LiveResource, LiveResources, SimEc2
 
 use crate::scenario::GrantPlan;
 pub use ledger::Replay;
+
+/// The harness's named bounds: how late or how far off a correct bridge may be, each derived
+/// from EC2's documented behaviour and the run's own settings, never from the backend's
+/// constants (loosening the backend must not loosen a check). docs/simulation.md, "Bounds",
+/// says why each is its size.
+pub mod bounds {
+    /// How late after `valid_to` an instance may leave `running` when a bridge was acting
+    /// then and nothing touched its termination: EC2 moves an instance to `shutting-down` the
+    /// moment it accepts TerminateInstances, so this is the timer and one call.
+    pub const PROMPT_MS: u64 = 1_000;
+    /// How long after it is back a bridge that was down at `valid_to` may take to end an
+    /// overdue instance: its start-up (the catalogue, a few paced calls) and recovery's first
+    /// TerminateInstances.
+    pub const RECOVERY_MS: u64 = 10_000;
+    /// How much longer an injected fault on a promise's own calls may delay it. The swarm's
+    /// random failures (throttle, internal error, unavailable, lost response) add up to at most
+    /// 0.12 per call, so eight failures of one call in a row happen less than once in twenty
+    /// million calls; a correct client retries every failure and waits no more than 20 s
+    /// between two tries ("Retry behavior", AWS SDKs and Tools Reference Guide: the standard
+    /// mode's 20 s backoff cap), so eight failures cost it well under a minute.
+    pub const FAULT_BUDGET_MS: u64 = 60_000;
+    /// How long after a state change EC2 shows it to Describe and a bridge acting all along
+    /// records it, besides its poll interval (the run's own setting, `Scenario::poll_interval_ms`):
+    /// the Describe, its pages, and the append.
+    pub const SIGHTING_MS: u64 = 1_000;
+}
 
 /// The checkers' names, as violations and `--disable-checker` spell them.
 pub mod names {
@@ -71,8 +98,11 @@ pub mod names {
     pub const PAGINATION: &str = "pagination";
     /// Once a replica has taken the ledger lease, no other replica acts.
     pub const FENCE: &str = "fence";
+    /// The `Backend` trait's own promises: provision returns a running instance; the usage
+    /// watch returns is the settled one; watch and terminate fail only for a reason.
+    pub const CONTRACT: &str = "contract";
     /// Every checker.
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 19] = [
         DEADLINE,
         EARLY_END,
         TEARDOWN,
@@ -91,6 +121,7 @@ pub mod names {
         BACKSTOP,
         PAGINATION,
         FENCE,
+        CONTRACT,
     ];
 }
 
@@ -160,6 +191,10 @@ pub struct GrantFacts {
     pub handed_over_at_unix_ms: u64,
     /// What it handed over of the guest, with the simulator's truth about it.
     pub guest: Option<guest::GuestFacts>,
+    /// The state EC2 showed the instance in when provision returned it.
+    pub handed_over_state: Option<aws_backend::port::InstanceState>,
+    /// What `watch_until_exit` returned, when it returned.
+    pub watched_usage: Option<backend_api::UsageMetrics>,
 }
 
 impl Default for GrantFacts {
@@ -171,6 +206,8 @@ impl Default for GrantFacts {
             handed_over: false,
             handed_over_at_unix_ms: 0,
             guest: None,
+            handed_over_state: None,
+            watched_usage: None,
         }
     }
 }
@@ -189,6 +226,26 @@ impl Downtime {
     pub fn overlaps(&self, from: u64, to: u64) -> bool {
         self.from_unix_ms <= to && from <= self.to_unix_ms
     }
+}
+
+/// How many transient failures of one operation explain a failed call (see
+/// [`FaultIndex::explain_failure`]): as for [`bounds::FAULT_BUDGET_MS`], eight in a row are
+/// vanishingly rare at the swarm's rates, and a client that retries gives up only after more.
+pub const TRANSIENT_RUN: usize = 8;
+
+/// True for a fault a correct client rides out by retrying.
+fn is_transient(kind: &str) -> bool {
+    matches!(
+        kind,
+        "RequestLimitExceeded"
+            | "InternalError"
+            | "Unavailable"
+            | "ResponseLost"
+            | "Throttling"
+            | "InternalFailure"
+            | "ServiceUnavailable"
+            | "InternalServerError"
+    )
 }
 
 /// One injected fault, as the checkers need it.
@@ -265,6 +322,34 @@ impl FaultIndex {
             .collect()
     }
 
+    /// True when a fault within `[from, to]` hit a DescribeInstances call in `region` (the
+    /// poller's listing, whose failures delay sightings) or the whole region (an outage).
+    pub fn describe_hit(&self, region: &RegionLabel, from: u64, to: u64) -> bool {
+        self.by_region.get(region).into_iter().flatten().any(|f| {
+            (from..=to).contains(&f.at_unix_ms)
+                && (f.operation == Some(Operation::DescribeInstances) || f.kind == "RegionOutage")
+        })
+    }
+
+    /// True when the faults within `[from, to]` can explain a failed provision of `grant`, as the
+    /// docs say a provision may fail: a fault that is not transient on the grant's own calls or
+    /// its instance (a capacity shortage, a quota, an instance that died, a targeted failure,
+    /// an outage of its region), or a transient one (throttling, internal errors, unavailable,
+    /// lost answers) persisting: [`TRANSIENT_RUN`] of them on one operation, of the grant's or
+    /// about no grant in its region (not the poller's Describe, whose failures only delay it).
+    pub fn explain_failure(&self, grant: &GrantId, region: &RegionLabel, from: u64, to: u64) -> bool {
+        let own = self.on_grant(grant, from, to, None);
+        let wide = self.region_wide(region, from, to);
+        if own.iter().chain(&wide).any(|f| !is_transient(&f.kind)) {
+            return true;
+        }
+        let mut runs: BTreeMap<Option<Operation>, usize> = BTreeMap::new();
+        for f in own.iter().chain(&wide) {
+            *runs.entry(f.operation).or_default() += 1;
+        }
+        runs.values().any(|n| *n >= TRANSIENT_RUN)
+    }
+
     /// True when a fault in `[from, to]` hit `grant` or its region (see [`FaultIndex::region_wide`]).
     pub fn touched(&self, grant: &GrantId, region: &RegionLabel, from: u64, to: u64) -> bool {
         !self.on_grant(grant, from, to, None).is_empty() || !self.region_wide(region, from, to).is_empty()
@@ -296,10 +381,10 @@ pub struct Context<'a> {
     pub facts: &'a BTreeMap<GrantId, GrantFacts>,
     /// The guest's own backstop after valid_to (bounds lateness only while the bridge is down).
     pub grace_ms: u64,
+    /// The configured `min_lifetime_s`, in ms: nothing launches closer to `valid_to`.
+    pub min_lifetime_ms: u64,
     /// The backend's poll interval.
     pub poll_interval_ms: u64,
-    /// How long a termination may take when faults hit its path (see `deadline`).
-    pub faulted_termination_bound_ms: u64,
     /// The times the backend was down so far.
     pub downtimes: &'a [Downtime],
     /// The faults injected so far.
@@ -440,6 +525,7 @@ pub fn check_all(ctx: &Context<'_>, measures: &mut Measures) -> Vec<Violation> {
     violations.extend(pagination::check(ctx));
     violations.extend(guest::check(ctx));
     violations.extend(backstop::check(ctx));
+    violations.extend(contract::check(ctx));
     violations
 }
 
