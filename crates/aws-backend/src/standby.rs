@@ -7,11 +7,14 @@
 //! surely still ours, and the pacer refuses every EC2 call past that time or once the lease is
 //! known lost. A standby acquires only after the lease's expiry (by its clock), and the holder
 //! stops acting [`LeaseTimes::margin_ms`] before it (by its own): with clocks that drift apart
-//! by less than the margin over one lease, the two never act at once. A holder that could not
-//! renew in time, or whose append or renewal the store fenced, stops for good: its process
-//! exits (the simulation drops it), and whatever it left in flight is the next holder's
-//! recovery's to finish.
+//! by less than the margin over one lease, the two never act at once. A holder renews from the
+//! moment it acquires, through its replay of the ledger and its start-up ([`renewing`]), then
+//! for as long as it acts ([`keep_lease`]), so a replay or a start-up longer than the lease
+//! keeps it. A holder that could not renew in time, or whose append or renewal the store
+//! fenced, stops for good: its process exits (the simulation drops it), and whatever it left in
+//! flight is the next holder's recovery's to finish.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -175,8 +178,10 @@ impl Tenure {
 
 /// A lease acquired and the ledger replayed under it: what a bridge starts from.
 pub struct Holding {
-    /// The lease.
+    /// The lease, as last renewed.
     pub lease: Lease,
+    /// When this process acquired the lease, by its clock.
+    pub acquired_unix_ms: u64,
     /// Its tenure, for the backend's pacer.
     pub tenure: Arc<Tenure>,
     /// The ledger, replayed after the lease was acquired.
@@ -184,9 +189,10 @@ pub struct Holding {
 }
 
 /// Waits as a standby until `holder` acquires the lease of `table`'s group, then replays the
-/// ledger under it. Asks every [`LeaseTimes::poll_ms`]; logs who holds the lease when that
-/// changes. Fails only when the lease or the ledger cannot be used at all (a bad name, a ledger
-/// that does not replay).
+/// ledger under it ([`replay_under`], renewing the lease meanwhile). Asks every
+/// [`LeaseTimes::poll_ms`]; logs who holds the lease when that changes. Fails only when the
+/// lease or the ledger cannot be used at all (a bad name, a ledger that does not replay), or
+/// when the lease is lost during the replay.
 pub async fn wait_for_lease(
     table: &dyn LeaseTable,
     holder: &str,
@@ -223,25 +229,69 @@ pub async fn wait_for_lease(
         epoch = lease.epoch,
         "acquired the ledger lease: replaying the ledger"
     );
+    replay_under(table, lease, times, clock).await
+}
+
+/// Replays the ledger of `table` under `lease`, just acquired, renewing the lease meanwhile
+/// (a long ledger's replay may outlast it): what a bridge that took the lease starts from.
+/// Releases the lease when the ledger does not replay, so a standby need not wait it out; fails,
+/// naming why, when the lease is lost during the replay.
+pub async fn replay_under(
+    table: &dyn LeaseTable,
+    mut lease: Lease,
+    times: &LeaseTimes,
+    clock: &dyn Clock,
+) -> anyhow::Result<Holding> {
+    let acquired_unix_ms = lease.expires_unix_ms.saturating_sub(times.duration_ms);
     let tenure = Tenure::new(&lease, times);
-    match table.open_ledger(&lease).await {
-        Ok(ledger) => Ok(Holding { lease, tenure, ledger }),
-        Err(err) => {
+    let acquired = lease.clone();
+    match renewing(table, &mut lease, &tenure, times, clock, table.open_ledger(&acquired)).await {
+        Ok(Ok(ledger)) => Ok(Holding { lease, acquired_unix_ms, tenure, ledger }),
+        Ok(Err(err)) => {
             // Let a standby try rather than make it wait out the lease.
             if let Err(release) = table.release(lease).await {
                 tracing::warn!(error = %release, "could not release the lease after failing to replay the ledger");
             }
             Err(anyhow::Error::new(err).context("replaying the shared ledger after acquiring its lease"))
         }
+        Err(why) => Err(anyhow::anyhow!(
+            "lost the ledger lease of bridge group {} (epoch {}) while replaying the ledger: {why}",
+            table.group(),
+            lease.epoch
+        )),
+    }
+}
+
+/// Runs `work` while renewing `lease` on `tenure`'s schedule, as a holder must between acquiring
+/// and [`keep_lease`]: its replay and its start-up (the backend asks EC2 for each region's
+/// instance types and subnets, paced) may outlast the lease. Returns what `work` returned, with
+/// `lease` as last renewed for [`keep_lease`] to carry on; or, when the lease is lost first, why
+/// (the tenure is then marked lost, so nothing built under it acts, and `work` is dropped).
+pub async fn renewing<T>(
+    table: &dyn LeaseTable,
+    lease: &mut Lease,
+    tenure: &Tenure,
+    times: &LeaseTimes,
+    clock: &dyn Clock,
+    work: impl Future<Output = T>,
+) -> Result<T, String> {
+    // Biased, as the simulation needs (tokio's select! otherwise draws its order at random).
+    tokio::select! {
+        biased;
+        out = work => Ok(out),
+        why = renew_until_lost(table, lease, tenure, times, clock) => {
+            tenure.lose(why.clone());
+            Err(why)
+        }
     }
 }
 
 /// Renews `lease` [`LeaseTimes::renew_every_ms`] after the last renewal that got through (or
-/// the acquisition), and tries a renewal that failed again [`LeaseTimes::poll_ms`] later, for
-/// as long as it holds; returns why it stopped holding: the store fenced a renewal or an append
-/// (another bridge took over), or the lease ran out by this process's clock before a renewal
-/// got through (a pause, or a store that failed for too long). The caller then stops acting
-/// (see [`crate::AwsBackend::lose_lease`]).
+/// the acquisition: the schedule [`renewing`] kept carries on), and tries a renewal that failed
+/// again [`LeaseTimes::poll_ms`] later, for as long as it holds; returns why it stopped holding:
+/// the store fenced a renewal or an append (another bridge took over), or the lease ran out by
+/// this process's clock before a renewal got through (a pause, or a store that failed for too
+/// long). The caller then stops acting (see [`crate::AwsBackend::lose_lease`]).
 pub async fn keep_lease(
     table: &dyn LeaseTable,
     mut lease: Lease,
@@ -373,6 +423,108 @@ mod tests {
             self.clock.sleep_ms(self.replay_ms).await;
             Ledger::open(DynStore(Box::new(MemoryStore::new())), Vec::new())
         }
+    }
+
+    /// A standby that asks for the lease every `poll_ms` until it acquires it.
+    async fn stand_by(table: &MemLeases, holder: &str, times: &LeaseTimes) -> Lease {
+        loop {
+            if let Ok(lease) = table.acquire(holder, times.duration_ms).await {
+                return lease;
+            }
+            table.clock.sleep_ms(times.poll_ms).await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replay_slower_than_the_lease_keeps_it() {
+        // Given a 6 s lease and a ledger whose replay takes twice that, and a standby asking.
+        let times = LeaseTimes::for_duration(6_000);
+        let clock = Arc::new(TokioClock::starting_at(START_UNIX_MS));
+        let table = MemLeases::new(clock.clone(), 2 * times.duration_ms, 0);
+        let standby = stand_by(&table, "b", &times);
+        tokio::pin!(standby);
+
+        // When A acquires the free lease and replays.
+        let holding = tokio::select! {
+            biased;
+            holding = wait_for_lease(&table, "a", &times, clock.as_ref()) => holding.expect("A takes the free lease"),
+            taken = &mut standby => panic!(
+                "B acquired the lease (epoch {}) {} ms after the start, while A was replaying",
+                taken.epoch,
+                clock.now_unix_ms() - START_UNIX_MS
+            ),
+        };
+
+        // Then A still holds its lease after the replay, and may act.
+        let now = clock.now_unix_ms();
+        assert_eq!(now - START_UNIX_MS, 2 * times.duration_ms, "the replay takes twice the lease");
+        assert_eq!(holding.tenure.may_act(now), Ok(()));
+        let held = table.holder().await.expect("reads").expect("held");
+        assert_eq!((held.holder.as_str(), held.epoch), ("a", 1), "{held:?}");
+        assert!(held.expires_unix_ms > now, "A's lease ran out during its replay: {held:?}, now {now}");
+        assert_eq!(holding.lease.expires_unix_ms, held.expires_unix_ms, "the holding carries the renewed lease");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_start_up_slower_than_the_lease_keeps_it_and_the_schedule_carries_on() {
+        // Given A took the lease and replayed in 1 s, and a standby asking.
+        let times = LeaseTimes::for_duration(6_000);
+        let clock = Arc::new(TokioClock::starting_at(START_UNIX_MS));
+        let table = MemLeases::new(clock.clone(), 1_000, 0);
+        let mut holding = wait_for_lease(&table, "a", &times, clock.as_ref()).await.expect("A takes the free lease");
+        assert_eq!(holding.acquired_unix_ms, START_UNIX_MS);
+        let standby = stand_by(&table, "b", &times);
+        tokio::pin!(standby);
+
+        // When A's start-up takes twice the lease, under `renewing`.
+        let start_up = clock.sleep_ms(2 * times.duration_ms);
+        let started = tokio::select! {
+            biased;
+            started = renewing(&table, &mut holding.lease, &holding.tenure, &times, clock.as_ref(), start_up) => started,
+            taken = &mut standby => panic!("B acquired the lease (epoch {}) during A's start-up", taken.epoch),
+        };
+
+        // Then A still holds its lease and may act.
+        let now = clock.now_unix_ms();
+        assert_eq!(now - START_UNIX_MS, 13_000);
+        assert_eq!(started, Ok(()));
+        assert_eq!(holding.tenure.may_act(now), Ok(()));
+
+        // When A then keeps its lease for 3.5 s.
+        tokio::select! {
+            biased;
+            why = keep_lease(&table, holding.lease, &holding.tenure, &times, clock.as_ref()) => panic!("A lost its lease: {why}"),
+            taken = &mut standby => panic!("B acquired the lease (epoch {}) while A kept it", taken.epoch),
+            () = clock.sleep_ms(3_500) => {}
+        }
+
+        // Then A renewed every 2 s from its acquisition on: through the replay, the start-up
+        // and after it.
+        let renewals: Vec<u64> = table.renewals().into_iter().map(|(at, ok)| if ok { at } else { 0 }).collect();
+        assert_eq!(renewals, [2_000, 4_000, 6_000, 8_000, 10_000, 12_000, 14_000, 16_000]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_lost_during_the_start_up_stops_it_and_marks_the_tenure_lost() {
+        // Given A holds the lease, and B took it over behind A's back (A's clock was stopped).
+        let times = LeaseTimes::for_duration(6_000);
+        let clock = Arc::new(TokioClock::starting_at(START_UNIX_MS));
+        let table = MemLeases::new(clock.clone(), 0, 0);
+        let mut holding = wait_for_lease(&table, "a", &times, clock.as_ref()).await.expect("A takes the free lease");
+        lock(&table.item).as_mut().expect("held").expires_unix_ms = START_UNIX_MS;
+        table.acquire("b", times.duration_ms).await.expect("B takes the expired lease");
+
+        // When A starts up. Then its first renewal is fenced, the start-up is dropped, and A may
+        // not act.
+        let start_up = async {
+            clock.sleep_ms(2 * times.duration_ms).await;
+            "started"
+        };
+        let started = renewing(&table, &mut holding.lease, &holding.tenure, &times, clock.as_ref(), start_up).await;
+        let why = started.expect_err("the lease was fenced");
+        assert_eq!(clock.now_unix_ms() - START_UNIX_MS, times.renew_every_ms, "{why}");
+        assert!(why.contains("epoch 1"), "{why}");
+        assert_eq!(holding.tenure.may_act(clock.now_unix_ms()), Err(why));
     }
 
     #[tokio::test(start_paused = true)]
