@@ -15,7 +15,7 @@ use std::time::Instant;
 use anyhow::{Context, bail, ensure};
 use aws_backend::port::{Ec2PortExt, Filter, InstanceState, codes};
 use aws_backend::sdk::{DynamoLeases, SdkEc2, SdkInspector};
-use aws_backend::standby::{LeaseTable, LeaseTimes, wait_for_lease};
+use aws_backend::standby::{Holding, LeaseTable, LeaseTimes, renewing, wait_for_lease};
 use aws_backend::{AwsBackend, AwsBootConfig, BackendParts, GRANT_TAG, LedgerStore, OWNER_TAG, TestSwitches};
 use backend_api::{
     AlmanacTick, Backend, BackendError, Clock, ComputeGrant, ComputeManifest, Envelope, GrantId, ImageHash,
@@ -80,33 +80,38 @@ struct Bridge {
 }
 
 /// Starts a bridge the way `aws-backend run` does once `wait_for_lease` has returned: the
-/// backend acts under the holding's tenure, and a task renews the lease until it is lost.
+/// backend starts and then acts under the holding's tenure, and the lease is renewed all along
+/// (while the backend starts, then by a task until it is lost).
 async fn start_bridge(
     cfg: &AwsBootConfig,
     leases: Arc<DynamoLeases>,
-    holding: aws_backend::standby::Holding,
+    holding: Holding,
     times: LeaseTimes,
     clock: Arc<dyn Clock>,
     key_seed: &str,
 ) -> anyhow::Result<Bridge> {
-    let backend = AwsBackend::new(
+    let Holding { mut lease, tenure, ledger, .. } = holding;
+    let started = AwsBackend::new(
         cfg,
         BackendParts {
             port: Arc::new(SdkEc2::new(cfg).await),
-            clock,
-            ledger: holding.ledger,
+            clock: clock.clone(),
+            ledger,
             key_seed: Secret::new(key_seed),
             jitter_seed: rand::random(),
             switches: TestSwitches::default(),
-            tenure: Some(holding.tenure),
+            tenure: Some(tenure.clone()),
         },
-    )
-    .await?;
+    );
+    let backend = match renewing(leases.as_ref(), &mut lease, &tenure, &times, clock.as_ref(), started).await {
+        Ok(started) => started?,
+        Err(why) => bail!("lost the lease while the backend started: {why}"),
+    };
     let keeper = tokio::spawn({
-        let (backend, lease) = (backend.clone(), holding.lease.clone());
+        let (backend, lease) = (backend.clone(), lease.clone());
         async move { backend.keep_lease(leases.as_ref(), lease, &times).await }
     });
-    Ok(Bridge { backend, lease: holding.lease, keeper })
+    Ok(Bridge { backend, lease, keeper })
 }
 
 fn grant_id(salt: &[u8; 8], tag: u8) -> GrantId {
@@ -181,7 +186,7 @@ async fn a_standby_takes_over_a_dead_holders_grant_and_the_dead_holder_is_fenced
     // Then B acquires only once A's lease has expired, replays the ledger, and its recovery
     // finishes the grant: the instance runs until valid_to and is terminated then.
     let holding = waiter.await??;
-    let acquired_at = holding.lease.expires_unix_ms - times.duration_ms;
+    let acquired_at = holding.acquired_unix_ms;
     ensure!(holding.lease.epoch == a.lease.epoch + 1, "B's epoch: {:?}", holding.lease);
     ensure!(acquired_at >= a_expiry, "B acquired at {acquired_at}, before A's lease ended at {a_expiry}");
     ensure!(

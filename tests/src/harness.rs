@@ -414,18 +414,24 @@ async fn serve(shared: Arc<ReplicaShared>, replica: usize) {
             shared.seed,
             incarnation,
             shared.switches,
-            Some(holding.tenure),
-        )
-        .await;
+            Some(holding.tenure.clone()),
+        );
+        // Renewing while the backend starts, as the binary does.
+        let mut lease = holding.lease;
+        let built =
+            aws_backend::standby::renewing(&table, &mut lease, &holding.tenure, &shared.times, clock.as_ref(), built)
+                .await;
         let backend = match built {
-            Ok(backend) => backend,
-            Err(e) => return failed("cannot start its backend", e),
+            Ok(Ok(backend)) => backend,
+            Ok(Err(e)) => return failed("cannot start its backend", e),
+            // Lost the lease while starting: the process exits and stands by again.
+            Err(_) => continue,
         };
         *lock(&shared.active) = Some(Active { replica, incarnation, backend: backend.clone() });
         // Recovery before any grant is admitted, as the binary does.
         let recovery = tokio::spawn(recover(backend.clone(), shared.sim.clone(), shared.findings.clone()));
         lock(&shared.spawned).push((Task::Recovery, recovery, incarnation));
-        let _why = backend.keep_lease(&table, holding.lease, &shared.times).await;
+        let _why = backend.keep_lease(&table, lease, &shared.times).await;
         // The process exits: nothing of it runs on.
         backend.shutdown();
         {

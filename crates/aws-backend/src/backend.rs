@@ -490,9 +490,11 @@ impl AwsBackend {
         self.inner.tenure.as_ref().and_then(|t| t.lost())
     }
 
-    /// Renews the lease this backend acts under (`lease`, in `table`) until it is lost, then
-    /// stops acting ([`AwsBackend::lose_lease`]) and returns why. Returns at once for a backend
-    /// with a ledger of its own.
+    /// Renews the lease this backend acts under (`lease`, in `table`, as last renewed) until it
+    /// is lost, then stops acting ([`AwsBackend::lose_lease`]) and returns why. The schedule
+    /// carries on from the acquisition and the renewals made while the ledger replayed and the
+    /// backend started ([`crate::standby::renewing`]). Returns at once for a backend with a
+    /// ledger of its own.
     pub async fn keep_lease(&self, table: &dyn LeaseTable, lease: usage_ledger::Lease, times: &LeaseTimes) -> String {
         let Some(tenure) = self.inner.tenure.clone() else {
             return "this backend holds no lease: its ledger is its own".to_string();

@@ -2,16 +2,18 @@
 //! "dynamodb"`): every bridge of the group runs `aws-backend run`; one holds the group's lease
 //! and acts, the others stand by in `wait_for_lease` until it stops renewing, then one of them
 //! replays the table, recovers what the last holder left and carries on (see
-//! `aws_backend::standby` and docs/operations.md, "Running a standby").
+//! `aws_backend::standby` and docs/operations.md, "Running a standby"). The holder renews from
+//! the moment it acquires: through its replay, its start-up and its work.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, anyhow, bail};
 use aws_backend::sdk::DynamoLeases;
-use aws_backend::standby::{Holding, LeaseTable, LeaseTimes, Tenure, wait_for_lease};
+use aws_backend::standby::{Holding, LeaseTable, LeaseTimes, renewing, replay_under, wait_for_lease};
 use aws_backend::{AwsBackend, AwsBootConfig, DynStore, DynamoLedger, ReapReport};
-use backend_api::Secret;
+use backend_api::{Clock, Secret};
 use serde_json::json;
 use usage_ledger::{Lease, LeaseError, LeaseInfo};
 
@@ -35,20 +37,14 @@ pub(crate) async fn run(cfg: &AwsBootConfig, ledger: &DynamoLedger, grants: Vec<
         lease_ms = ledger.lease_ms,
         "asking for the ledger lease of the bridge group; standing by while another bridge holds it"
     );
-    let Holding { lease, tenure, ledger: books } = wait_for_lease(&leases, &holder, &times, clock.as_ref()).await?;
+    let holding = wait_for_lease(&leases, &holder, &times, clock.as_ref()).await?;
     tracing::info!(
         group = %ledger.group,
-        epoch = lease.epoch,
-        records = books.record_count(),
+        epoch = holding.lease.epoch,
+        records = holding.ledger.record_count(),
         "holding the ledger lease: the ledger is replayed, recovering and running grants"
     );
-    let backend = match open_backend(cfg, clock.clone(), books, key_seed, Some(tenure)).await {
-        Ok(backend) => backend,
-        Err(err) => {
-            release(&leases, lease).await;
-            return Err(err);
-        }
-    };
+    let (backend, lease) = start_holding(cfg, &leases, clock.clone(), holding, key_seed, &times).await?;
     hold_while(&backend, &leases, lease, &times, run_grants(&backend, clock, grants)).await
 }
 
@@ -84,21 +80,10 @@ pub(crate) async fn reap(cfg: &AwsBootConfig, ledger: &DynamoLedger, dry_run: bo
             return Err(anyhow::Error::new(err).context(format!("taking the lease of {}", ledger_label(ledger))));
         }
     };
-    let tenure = Tenure::new(&lease, &times);
-    let books = match leases.open_ledger(&lease).await {
-        Ok(books) => books,
-        Err(err) => {
-            release(&leases, lease).await;
-            return Err(anyhow::Error::new(err).context(format!("replaying {}", ledger_label(ledger))));
-        }
-    };
-    let backend = match open_backend(cfg, clock, books, key_seed, Some(tenure)).await {
-        Ok(backend) => backend,
-        Err(err) => {
-            release(&leases, lease).await;
-            return Err(err);
-        }
-    };
+    let holding = replay_under(&leases, lease, &times, clock.as_ref())
+        .await
+        .with_context(|| format!("replaying {}", ledger_label(ledger)))?;
+    let (backend, lease) = start_holding(cfg, &leases, clock, holding, key_seed, &times).await?;
     hold_while(&backend, &leases, lease, &times, async { Ok(backend.reap(false).await) }).await
 }
 
@@ -136,6 +121,40 @@ fn lease_line(group: &str, held: Option<&LeaseInfo>, now_unix_ms: u64) -> serde_
     json!({ "lease": lease })
 }
 
+/// Builds the backend that acts under `holding`'s lease, renewing the lease meanwhile: start-up
+/// asks EC2 for each region's instance types and subnets, paced, which may outlast the lease.
+/// Returns the backend and the lease as last renewed, for [`hold_while`]. Releases the lease
+/// when the backend cannot start; fails naming why when the lease is lost first.
+async fn start_holding(
+    cfg: &AwsBootConfig,
+    leases: &DynamoLeases,
+    clock: Arc<dyn Clock>,
+    holding: Holding,
+    key_seed: Secret,
+    times: &LeaseTimes,
+) -> anyhow::Result<(AwsBackend, Lease)> {
+    let Holding { mut lease, tenure, ledger: books, .. } = holding;
+    let opened = open_backend(cfg, clock.clone(), books, key_seed, Some(tenure.clone()));
+    match renewing(leases, &mut lease, &tenure, times, clock.as_ref(), opened).await {
+        Ok(Ok(backend)) => Ok((backend, lease)),
+        Ok(Err(err)) => {
+            release(leases, lease).await;
+            Err(err)
+        }
+        Err(why) => Err(lost(&lease, &why)),
+    }
+}
+
+/// The error of a bridge that lost its lease (epoch of `lease`) for `why`.
+fn lost(lease: &Lease, why: &str) -> anyhow::Error {
+    anyhow!(
+        "lost the ledger lease of bridge group {} (epoch {}): {why}; this bridge stopped acting, and the next holder's \
+         recovery finishes its grants: start it again to stand by",
+        lease.group,
+        lease.epoch
+    )
+}
+
 /// Runs `work` while renewing `lease`. When `work` ends, the backend's own tasks stop and the
 /// lease is released, so a standby takes over at once. When the lease is lost first (fenced, or
 /// not renewed in time), `work` is dropped and the error names why.
@@ -146,13 +165,6 @@ async fn hold_while<T>(
     times: &LeaseTimes,
     work: impl Future<Output = anyhow::Result<T>>,
 ) -> anyhow::Result<T> {
-    let (group, epoch) = (lease.group.clone(), lease.epoch);
-    let lost = |why: &str| {
-        anyhow!(
-            "lost the ledger lease of bridge group {group} (epoch {epoch}): {why}; this bridge stopped acting, and the \
-             next holder's recovery finishes its grants: start it again to stand by"
-        )
-    };
     let kept = lease.clone();
     tokio::select! {
         out = work => {
@@ -160,12 +172,12 @@ async fn hold_while<T>(
             // Work that ended because the lease was lost (a fenced append stops the backend)
             // is reported as that.
             if let Some(why) = backend.lease_lost() {
-                return Err(lost(&why));
+                return Err(lost(&kept, &why));
             }
             release(leases, kept).await;
             out
         }
-        why = backend.keep_lease(leases, lease, times) => Err(lost(&why)),
+        why = backend.keep_lease(leases, lease, times) => Err(lost(&kept, &why)),
     }
 }
 
