@@ -277,6 +277,22 @@ pub(crate) struct Inner {
     tenure: Option<Arc<Tenure>>,
 }
 
+/// What a retrying task of `arm_finish` tries again.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Finish {
+    /// The teardown, for this reason.
+    Teardown(TerminationReason),
+    /// Recovery's resume of the grant: follow a serving instance to its deadline (or its end),
+    /// then tear down.
+    Resume,
+}
+
+impl From<TerminationReason> for Finish {
+    fn from(reason: TerminationReason) -> Self {
+        Finish::Teardown(reason)
+    }
+}
+
 /// An instance waiting in `terminate_together`, and where to tell it what became of it.
 type Gathered = (String, tokio::sync::oneshot::Sender<Together>);
 
@@ -2035,11 +2051,14 @@ impl AwsBackend {
         result
     }
 
-    /// Tries `teardown_once` again until the grant settles: every poll interval while the
-    /// ledger cannot be written (so that the instance is followed again as soon as it heals),
-    /// otherwise backing off from a poll interval to 5 minutes. One task per grant; stopped
-    /// with the backend's other tasks, and never armed by a backend that may no longer act.
-    pub(crate) fn arm_finish(&self, grant: GrantId, reason: TerminationReason) {
+    /// Tries `teardown_once` (or, for [`Finish::Resume`], recovery's `resume_grant_once`, which
+    /// follows a serving instance to its deadline first) again until the grant settles: every
+    /// poll interval while the ledger cannot be written (so that the instance is followed again
+    /// as soon as it heals), otherwise backing off from a poll interval to 5 minutes. One task
+    /// per grant; stopped with the backend's other tasks, and never armed by a backend that may
+    /// no longer act.
+    pub(crate) fn arm_finish(&self, grant: GrantId, finish: impl Into<Finish>) {
+        let finish = finish.into();
         if !self.acting() || self.lease_lost().is_some() {
             return;
         }
@@ -2050,14 +2069,7 @@ impl AwsBackend {
         let weak = Arc::downgrade(&self.inner);
         let clock = self.inner.clock.clone();
         let poll_ms = self.config().poll_interval_ms.max(1);
-        // A deadline's teardown never starts before the deadline (a resume that failed while
-        // the grant still had time).
-        let not_before = match reason {
-            TerminationReason::Deadline => self.grant_state(&grant).map_or(0, |s| s.valid_to_unix_ms()),
-            _ => 0,
-        };
         let task = tokio::spawn(async move {
-            clock.sleep_until_unix_ms(not_before).await;
             let mut wait_ms = poll_ms;
             loop {
                 clock.sleep_ms(wait_ms).await;
@@ -2066,7 +2078,11 @@ impl AwsBackend {
                 if !backend.acting() || backend.grant_state(&grant).is_none_or(|s| s.is_settled()) {
                     break;
                 }
-                match backend.teardown_once(grant, reason).await {
+                let tried = match finish {
+                    Finish::Teardown(reason) => backend.teardown_once(grant, reason).await,
+                    Finish::Resume => backend.resume_grant_once(grant).await,
+                };
+                match tried {
                     Ok(()) => break,
                     // While the ledger fails, that failure is logged once (`note_ledger`), not
                     // once per grant every poll interval.

@@ -105,25 +105,19 @@ impl AwsBackend {
     }
 
     /// Brings one unfinished grant to its end. A resume that fails (TerminateInstances
-    /// refused through its retries, say) is not dropped: its teardown is tried again by the
-    /// backend's own task (`arm_finish`), and the armed deadline keeps trying to end the
-    /// instance meanwhile.
+    /// refused through its retries, the ledger cut off, say) is not dropped: it is tried again
+    /// by the backend's own task (`arm_finish`), which follows a serving instance to its
+    /// deadline (or its own end) as this did, and the armed deadline keeps trying to end the
+    /// instance meanwhile. A failed teardown has armed its own retry already.
     pub async fn resume_grant(&self, grant: GrantId) -> Result<(), BackendError> {
         let result = self.resume_grant_once(grant).await;
-        if result.is_err()
-            && let Some(state) = self.grant_state(&grant).filter(|s| !s.is_settled())
-        {
-            let reason = state.termination().unwrap_or(if state.last_state() == Some(ObservedState::Running) {
-                TerminationReason::Deadline
-            } else {
-                TerminationReason::Rollback
-            });
-            self.arm_finish(grant, reason);
+        if result.is_err() && self.grant_state(&grant).is_some_and(|s| !s.is_settled()) {
+            self.arm_finish(grant, crate::backend::Finish::Resume);
         }
         result
     }
 
-    async fn resume_grant_once(&self, grant: GrantId) -> Result<(), BackendError> {
+    pub(crate) async fn resume_grant_once(&self, grant: GrantId) -> Result<(), BackendError> {
         let Some(state) = self.grant_state(&grant) else { return Ok(()) };
         if state.is_settled() {
             return Ok(());
