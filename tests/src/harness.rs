@@ -179,6 +179,8 @@ async fn recover(backend: AwsBackend, sim: Arc<SimEc2>, findings: Findings) {
     let unexplained: Vec<&(String, String)> = report
         .failed
         .iter()
+        // A partition (replicas) cuts the process off its ledger: the harness's own outage.
+        .filter(|(_, err)| !err.contains(crate::framestore::PARTITIONED))
         .filter(|(hex, _)| {
             let region =
                 hex.parse::<GrantId>().ok().and_then(|g| backend.grant_state(&g)).map(|s| s.region().to_string());

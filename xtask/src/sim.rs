@@ -293,9 +293,15 @@ fn self_test(args: &SimArgs) -> anyhow::Result<ExitCode> {
     let results = match watched(args.watchdog(), move |beat| {
         selftest::run_all(&disabled, &mut |r| {
             let name = r.breakage.map_or("control (no bug)", |b| b.name());
-            let fault_note = format!(" {:?}", r.setting).to_lowercase();
+            let regime = if r.swarm { ", swarm + crashes" } else { "" };
+            let fault_note = format!(" {:?}{regime}", r.setting).to_lowercase();
             if r.passed {
-                println!("self-test {name:<24} seed {}{fault_note}: ok, fired {:?}", r.seed, r.fired);
+                let clause = match (r.breakage, r.clause_fired) {
+                    (None, _) => "nothing fired".to_string(),
+                    (Some(_), true) => format!("{} fired", r.why),
+                    (Some(_), false) => format!("{} not reached on this seed", r.why),
+                };
+                println!("self-test {name:<24} seed {}{fault_note}: ok, {clause}; fired {:?}", r.seed, r.fired);
             } else {
                 println!("self-test {name:<24} seed {}{fault_note}: FAILED: {}", r.seed, r.why);
                 eprintln!("reproduce: {}", r.reproduce);

@@ -7,8 +7,9 @@
 //!   cpu-seconds, MiB-seconds and storage equal it (the network figure may still be amended
 //!   upwards by the final measurement);
 //! - `watch_until_exit` and `terminate` fail only when something explains it: the bridge process
-//!   that ran them stopped (a crash or a lost lease: `Outcome::Interrupted`), or an injected fault
-//!   hit the grant's own calls or its region (not the poller's Describe) in the meantime.
+//!   that ran them stopped (a crash or a lost lease: `Outcome::Interrupted`), a partition cut it
+//!   off its ledger meanwhile (replicas), or an injected fault hit the grant's own calls or its
+//!   region (not the poller's Describe) in the meantime.
 
 use aws_backend::port::InstanceState;
 
@@ -55,8 +56,12 @@ pub fn check(ctx: &Context<'_>) -> Vec<Violation> {
             }
         }
         if let Outcome::AfterProvisionFailed(err) = &facts.outcome {
-            let explained =
-                ctx.faults.touched(grant, &plan.region, facts.handed_over_at_unix_ms, facts.outcome_at_unix_ms);
+            let (from, to) = (facts.handed_over_at_unix_ms, facts.outcome_at_unix_ms);
+            // With replicas, a partition cuts the process off its ledger: what it cannot record
+            // it must not pretend done (the harness counts a partition as a downtime).
+            let partitioned =
+                err.contains(crate::framestore::PARTITIONED) && ctx.downtimes.iter().any(|d| d.overlaps(from, to));
+            let explained = partitioned || ctx.faults.touched(grant, &plan.region, from, to);
             if !explained {
                 fail(format!(
                     "grant {grant}: watch_until_exit or terminate failed with no injected fault to explain it: {err}"
