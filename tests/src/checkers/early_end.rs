@@ -1,22 +1,22 @@
 //! No early end: an instance handed to its requester leaves `running` before `valid_to` only
 //! when EC2 or the guest ends it, never because the bridge terminated it, and when EC2 or the
 //! guest does end it, the ledger says so (the grant's termination reason is `Exited`) whenever
-//! the backend could know before the deadline (EC2 showed the exit to a Describe more than a
-//! poll interval before `valid_to`, and the backend was up from then on).
+//! the backend could know before the deadline: the exit came more than one sighting (the poll
+//! interval plus [`bounds::SIGHTING_MS`], plus [`bounds::FAULT_BUDGET_MS`] when faults hit the
+//! region's Describe) before `valid_to`, and the backend was up from then on. EC2's truth, not
+//! what the backend's polls were shown, decides.
 
 use sim_ec2::reasons;
 use usage_ledger::TerminationReason;
 
-use super::{Context, Violation, names};
+use super::{Context, Violation, bounds, names};
 
-/// True when the backend, up all along, must have seen the exit before `valid_to`: EC2 showed
-/// it to a Describe more than a poll interval before.
+/// True when the backend, up all along, must have seen the exit before `valid_to`.
 fn knowable_before(ctx: &Context<'_>, instance: &sim_ec2::InstanceTruth, valid_to: u64) -> bool {
-    use aws_backend::port::InstanceState::{Pending, Running};
-    let Some(shown_at) = instance.shown.iter().find(|(_, s)| !matches!(s, Pending | Running)).map(|(t, _)| *t) else {
-        return false;
-    };
-    shown_at + ctx.poll_interval_ms < valid_to && !ctx.down_during(shown_at, valid_to)
+    let Some(left_at) = instance.up_until_ms() else { return false };
+    let budget =
+        if ctx.faults.describe_hit(&instance.region, left_at, valid_to) { bounds::FAULT_BUDGET_MS } else { 0 };
+    left_at + ctx.poll_interval_ms + bounds::SIGHTING_MS + budget < valid_to && !ctx.down_during(left_at, valid_to)
 }
 
 /// Checks the first exit of every handed-over instance.
