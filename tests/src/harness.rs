@@ -25,7 +25,7 @@ use crate::checkers::{
 use crate::fixture::{self, START_UNIX_MS};
 use crate::framestore::FrameStore;
 use crate::replicas::{ReplicaClock, ReplicaPort, SimLeases};
-use crate::scenario::{GrantPlan, Scenario, generate};
+use crate::scenario::{Expect, GrantPlan, Scenario, generate};
 use crate::summary::{GrantCounts, Summary};
 
 /// How often the checkers run, in virtual time.
@@ -34,6 +34,10 @@ const CHECK_EVERY_MS: u64 = 10_000;
 const REAP_EVERY_MS: u64 = 20 * 60_000;
 /// How long the simulated compute-bridge waits before retrying a retryable provision failure.
 const RETRY_AFTER_MS: u64 = 30_000;
+/// Time left until `valid_to` under which a grant that reached the bridge late (it arrived
+/// while the bridge was down) counts as short: `min_lifetime_s` (60 s here) plus two minutes to
+/// create its key pair and group and launch.
+const LATE_ARRIVAL_SHORT_MS: u64 = 180_000;
 /// How long the final reaper pass may take, in virtual time: one Describe per kind and region
 /// and a delete per orphan, paced, with retries; far less than this.
 const FINAL_REAP_MS_MAX: u64 = 30 * 60_000;
@@ -685,7 +689,18 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
                 backend = replicas.active_backend().unwrap_or(backend);
             }
             Step::Arrive(i) => {
-                let plan = Arc::new(plans[i].clone());
+                let mut plan = plans[i].clone();
+                // A grant that arrived while the bridge was down reaches it only now: with
+                // little time left it is short, and may go either way (see `admission`).
+                let left_ms = plan.valid_to_unix_ms.saturating_sub(clock.now_unix_ms());
+                if plan.expect == Expect::Admit
+                    && clock.now_unix_ms() > plan.arrival_unix_ms
+                    && left_ms < LATE_ARRIVAL_SHORT_MS
+                {
+                    plan.expect = Expect::Short;
+                    world.plans.insert(plan.id, plan.clone());
+                }
+                let plan = Arc::new(plan);
                 let accepted = backend.can_satisfy(&plan.grant());
                 lock(&world.facts).entry(plan.id).or_default().can_satisfy = Some(accepted);
                 if let Some(v) = admission::check_arrival(&plan, accepted) {

@@ -366,7 +366,7 @@ pub struct Scenario {
     /// With replicas, the share of crashes that pause the holder instead of killing it.
     pub pause_share: f64,
     /// With crashes, draw 8 to 12 of them instead of 1 to 4, one in three down for 2 to 10
-    /// minutes instead of 1 to 20 s (what the self-test's recovery cases need to meet a crash
+    /// minutes instead of one in ten (what the self-test's recovery cases need to meet a crash
     /// at the moments their bugs matter).
     pub crash_heavy: bool,
     /// The share of admissible grants drawn at an edge: zero CPU or RAM, storage at or past the
@@ -583,9 +583,11 @@ pub fn generate(scenario: &Scenario, rng: &mut ChaCha8Rng) -> (Vec<GrantPlan>, V
         for _ in 0..count {
             let at_unix_ms = START_UNIX_MS + rng.gen_range(0..horizon);
             let mut downtime_ms = rng.gen_range(1_000..=20_000);
-            // A heavy schedule keeps the bridge away for minutes now and then: runs start and
-            // deadlines pass while nobody looks, longer than EC2's one-minute minimum.
-            if scenario.crash_heavy && rng.gen_bool(1.0 / 3.0) {
+            // Now and then the bridge stays away for minutes (a slow deploy, a host replaced):
+            // runs start and deadlines pass while nobody looks, for longer than EC2's one-minute
+            // minimum. One crash in ten; one in three on a heavy schedule.
+            let long_share = if scenario.crash_heavy { 1.0 / 3.0 } else { 0.1 };
+            if rng.gen_bool(long_share) {
                 downtime_ms = rng.gen_range(120_000..=600_000);
             }
             crashes.push(Crash { at_unix_ms, downtime_ms });
