@@ -47,6 +47,16 @@ fn valid_to_ms(rig: &Rig, g: &ComputeGrant<'_>) -> u64 {
 /// period's start, plus a second of rounding.
 const SIGHTING_MS: u64 = 6_000;
 
+/// Asserts the settled grant `g` was billed EC2's running time up to `valid_to`: no more (a
+/// second of rounding), no less than a sighting at the start. Returns its instance's truth.
+fn assert_billed_up_to_valid_to(rig: &Rig, backend: &aws_backend::AwsBackend, g: &ComputeGrant<'_>) -> InstanceTruth {
+    let (truth, billed_s) = settled_bill(rig, backend, g);
+    let owed_s = ec2_bill_s(&truth, valid_to_ms(rig, g));
+    assert!(billed_s <= owed_s + 1, "billed {billed_s} s; EC2 ran it {owed_s} s up to valid_to");
+    assert!(billed_s * 1_000 + SIGHTING_MS >= owed_s * 1_000, "billed {billed_s} s of {owed_s} s");
+    truth
+}
+
 /// Case 1: the bridge dies before the deadline, the guest powers itself off after it, and the
 /// operator's reaper ends the grant hours later: billed up to valid_to, not up to the reaper.
 #[tokio::test(flavor = "current_thread", start_paused = true)]
@@ -71,10 +81,7 @@ async fn case1_the_reaper_after_downtime_bills_up_to_valid_to() {
     let reaper = rig.backend().await;
     let report = reaper.reap(false).await;
     assert!(report.errors.is_empty(), "{:?}", report.errors);
-    let (truth, billed_s) = settled_bill(&rig, &reaper, &g);
-    let owed_s = ec2_bill_s(&truth, valid_to_ms(&rig, &g));
-    assert!(billed_s <= owed_s + 1, "billed {billed_s} s; EC2 ran it {owed_s} s up to valid_to");
-    assert!(billed_s * 1_000 + SIGHTING_MS >= owed_s * 1_000, "billed {billed_s} s of {owed_s} s");
+    assert_billed_up_to_valid_to(&rig, &reaper, &g);
 }
 
 /// Case 2: the ledger cannot be written from just before the deadline until half an hour
@@ -100,12 +107,9 @@ async fn case2_a_ledger_outage_across_the_deadline_bills_up_to_valid_to() {
     rig.store.fail_next_appends(0);
     rig.clock.sleep_until_unix_ms(valid_to_ms(&rig, &g) + 40 * 60_000).await;
     let _ = lifecycle.await;
-    let (truth, billed_s) = settled_bill(&rig, &backend, &g);
+    let truth = assert_billed_up_to_valid_to(&rig, &backend, &g);
     let ended = truth.up_until_ms().expect("it ended");
     assert!(ended <= valid_to_ms(&rig, &g) + 1_000, "ended {} ms after valid_to", ended - valid_to_ms(&rig, &g));
-    let owed_s = ec2_bill_s(&truth, valid_to_ms(&rig, &g));
-    assert!(billed_s <= owed_s + 1, "billed {billed_s} s; EC2 ran it {owed_s} s up to valid_to");
-    assert!(billed_s * 1_000 + SIGHTING_MS >= owed_s * 1_000, "billed {billed_s} s of {owed_s} s");
 }
 
 /// Case 3: a crash right after RunInstances took effect, before `InstanceLaunched`; the bridge
