@@ -14,8 +14,7 @@ use super::{Context, Violation, bounds, names};
 /// True when the backend, up all along, must have seen the exit before `valid_to`.
 fn knowable_before(ctx: &Context<'_>, instance: &sim_ec2::InstanceTruth, valid_to: u64) -> bool {
     let Some(left_at) = instance.up_until_ms() else { return false };
-    let budget =
-        if ctx.faults.describe_hit(&instance.region, left_at, valid_to) { bounds::FAULT_BUDGET_MS } else { 0 };
+    let budget = if ctx.faults.describe_hit(&instance.region, left_at, valid_to) { bounds::FAULT_BUDGET_MS } else { 0 };
     left_at + ctx.poll_interval_ms + bounds::SIGHTING_MS + budget < valid_to && !ctx.down_during(left_at, valid_to)
 }
 
