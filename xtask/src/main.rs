@@ -51,10 +51,27 @@ fn workspace_root() -> std::path::PathBuf {
     manifest.parent().map(std::path::Path::to_path_buf).unwrap_or_else(|| manifest.to_path_buf())
 }
 
+/// A command for `program` without the variables `cargo run` set for xtask itself
+/// (`CARGO_MANIFEST_DIR`, `CARGO_MANIFEST_PATH`, `CARGO_PKG_*`). Build scripts watch some of
+/// them (ring's: `rerun-if-env-changed=CARGO_PKG_NAME`, `CARGO_MANIFEST_DIR`, ...), and cargo
+/// compares what it was started with: a cargo started by xtask with xtask's values would run
+/// ring's build script again, and rebuild ring and every crate above it (rustls, the AWS SDK:
+/// a quarter of an hour on two cores) each time `cargo xtask ci` follows a plain `cargo test`,
+/// and the plain `cargo test` after it would do the same.
+fn command(program: &str) -> std::process::Command {
+    let mut command = std::process::Command::new(program);
+    for (key, _) in std::env::vars_os() {
+        if key.to_str().is_some_and(|k| k.starts_with("CARGO_PKG_") || k.starts_with("CARGO_MANIFEST_")) {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
 /// Runs `program args` in the workspace root, echoing the command, and fails on a non-zero exit.
 fn run_cmd(program: &str, args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<()> {
     eprintln!("$ {program} {}", args.join(" "));
-    let status = std::process::Command::new(program)
+    let status = command(program)
         .args(args)
         .envs(envs.iter().copied())
         .current_dir(workspace_root())
