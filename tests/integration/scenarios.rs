@@ -78,7 +78,8 @@ fn skipping_delete_security_group_is_caught_as_a_safety_failure() {
 }
 
 proptest! {
-    // 12 cases unless PROPTEST_CASES says more (a local soak); CI fixes PROPTEST_RNG_SEED.
+    // 12 cases unless PROPTEST_CASES says otherwise (a local soak); CI draws a fresh
+    // PROPTEST_RNG_SEED each run and prints it.
     #![proptest_config(ProptestConfig {
         cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(12),
         ..ProptestConfig::default()
