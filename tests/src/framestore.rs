@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::collections::HashSet;
 
 use backend_api::GrantId;
-use usage_ledger::{EventStore, LeaseInfo, Record, StoreError, decode_frame, encode_frame};
+use usage_ledger::{Event, EventStore, LeaseInfo, Record, StoreError, decode_frame, encode_frame};
 
 /// What a store cut off by a partition answers.
 pub const PARTITIONED: &str = "unreachable (a partition)";
@@ -43,6 +43,10 @@ struct Inner {
     lease: Option<LeaseInfo>,
     /// Every (grant, sequence) stored under a lease, as DynamoDB's keys.
     keys: HashSet<(GrantId, u64)>,
+    /// The key pair and group names of every stored `GrantAdmitted`.
+    admitted_names: HashSet<String>,
+    /// The client token of every stored `LaunchRequested`.
+    launch_tokens: HashSet<String>,
 }
 
 impl FrameStore {
@@ -86,6 +90,16 @@ impl FrameStore {
     pub fn with_bytes_from<T>(&self, offset: usize, f: impl FnOnce(&[u8]) -> T) -> T {
         let inner = self.lock();
         f(inner.bytes.get(offset..).unwrap_or_default())
+    }
+
+    /// True when a stored `GrantAdmitted` names `name` as its key pair or group.
+    pub fn holds_admission_naming(&self, name: &str) -> bool {
+        self.lock().admitted_names.contains(name)
+    }
+
+    /// True when a stored `LaunchRequested` carries `client_token`.
+    pub fn holds_launch_request(&self, client_token: &str) -> bool {
+        self.lock().launch_tokens.contains(client_token)
     }
 
     /// Every stored record, decoded, or why the bytes do not decode (naming the offset).
@@ -148,6 +162,17 @@ impl EventStore for FrameStore {
                 frames[middle] ^= 0x10;
             }
             _ => {}
+        }
+        for record in records {
+            match &record.event {
+                Event::GrantAdmitted { key_name, group_name, .. } => {
+                    inner.admitted_names.extend([key_name.clone(), group_name.clone()]);
+                }
+                Event::LaunchRequested { client_token, .. } => {
+                    inner.launch_tokens.insert(client_token.clone());
+                }
+                _ => {}
+            }
         }
         inner.bytes.extend_from_slice(&frames);
         Ok(())

@@ -21,6 +21,24 @@ pub trait Gate: Send + Sync + 'static {
         op: Operation,
         call: impl Future<Output = Result<T, Ec2Error>> + Send,
     ) -> impl Future<Output = Result<T, Ec2Error>> + Send;
+
+    /// Sees each call that creates something, before it is passed on (default: nothing).
+    fn creating(&self, _region: &RegionLabel, _call: Creating<'_>) {}
+
+    /// Sees the first page of each DescribeInstances listing (no instance ids), once it is
+    /// answered: `ok` when EC2 answered it (default: nothing).
+    fn listed(&self, _region: &RegionLabel, _filters: &[Filter], _ok: bool) {}
+}
+
+/// A call that creates something, as its request names it.
+#[derive(Clone, Copy, Debug)]
+pub enum Creating<'a> {
+    /// ImportKeyPair.
+    KeyPair(&'a ImportKeyPairRequest),
+    /// CreateSecurityGroup.
+    SecurityGroup(&'a CreateSecurityGroupRequest),
+    /// RunInstances.
+    Instance(&'a RunInstancesRequest),
 }
 
 /// `inner` behind `gate`.
@@ -44,6 +62,7 @@ impl<G: Gate> GatedPort<G> {
 #[async_trait]
 impl<G: Gate> Ec2Port for GatedPort<G> {
     async fn import_key_pair(&self, region: &RegionLabel, req: ImportKeyPairRequest) -> Result<KeyPairInfo, Ec2Error> {
+        self.gate.creating(region, Creating::KeyPair(&req));
         self.gate.pass(Operation::ImportKeyPair, self.inner.import_key_pair(region, req)).await
     }
 
@@ -64,6 +83,7 @@ impl<G: Gate> Ec2Port for GatedPort<G> {
         region: &RegionLabel,
         req: CreateSecurityGroupRequest,
     ) -> Result<String, Ec2Error> {
+        self.gate.creating(region, Creating::SecurityGroup(&req));
         self.gate.pass(Operation::CreateSecurityGroup, self.inner.create_security_group(region, req)).await
     }
 
@@ -91,6 +111,7 @@ impl<G: Gate> Ec2Port for GatedPort<G> {
     }
 
     async fn run_instance(&self, region: &RegionLabel, req: RunInstancesRequest) -> Result<InstanceInfo, Ec2Error> {
+        self.gate.creating(region, Creating::Instance(&req));
         self.gate.pass(Operation::RunInstances, self.inner.run_instance(region, req)).await
     }
 
@@ -101,9 +122,15 @@ impl<G: Gate> Ec2Port for GatedPort<G> {
         filters: Vec<Filter>,
         page: PageRequest,
     ) -> Result<Page<InstanceInfo>, Ec2Error> {
-        self.gate
+        let listing = (instance_ids.is_empty() && page.next_token.is_none()).then(|| filters.clone());
+        let answer = self
+            .gate
             .pass(Operation::DescribeInstances, self.inner.describe_instances_page(region, instance_ids, filters, page))
-            .await
+            .await;
+        if let Some(filters) = listing {
+            self.gate.listed(region, &filters, answer.is_ok());
+        }
+        answer
     }
 
     async fn terminate_instances(

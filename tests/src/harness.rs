@@ -24,9 +24,11 @@ use crate::checkers::{
 };
 use crate::fixture::{self, START_UNIX_MS};
 use crate::framestore::FrameStore;
+use crate::gated::GatedPort;
 use crate::replicas::{ReplicaClock, ReplicaPort, SimLeases};
 use crate::scenario::{Expect, GrantPlan, Scenario, generate};
 use crate::summary::{GrantCounts, Summary};
+use crate::witness::Witness;
 
 /// How often the checkers run, in virtual time.
 const CHECK_EVERY_MS: u64 = 10_000;
@@ -67,7 +69,7 @@ type Spawned = (Task, JoinHandle<()>, u64);
 type Facts = Arc<Mutex<BTreeMap<GrantId, GrantFacts>>>;
 type Findings = Arc<Mutex<Vec<Violation>>>;
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -344,6 +346,8 @@ const TAKEOVER_WITHIN_MS: u64 = 10 * 60_000;
 struct ReplicaShared {
     cfg: aws_backend::AwsBootConfig,
     sim: Arc<SimEc2>,
+    /// The simulator behind the witness: what every replica's port forwards to.
+    port: Arc<dyn Ec2Port>,
     store: FrameStore,
     clocks: Vec<Arc<ReplicaClock>>,
     /// Per replica, whether it is cut off from the store (a partition).
@@ -411,7 +415,7 @@ async fn serve(shared: Arc<ReplicaShared>, replica: usize) {
             Err(_) if shared.cut_off[replica].load(Ordering::SeqCst) => continue,
             Err(e) => return failed("cannot take over the ledger", e),
         };
-        let port = Arc::new(ReplicaPort::new(shared.sim.clone(), &holder, clock.clone(), shared.log.clone()));
+        let port = Arc::new(ReplicaPort::new(shared.port.clone(), &holder, clock.clone(), shared.log.clone()));
         let built = fixture::backend_with(
             &shared.cfg,
             port,
@@ -543,7 +547,10 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
     let breakage = scenario.breakage;
     let store = FrameStore::new(breakage.and_then(|b| b.store_fault()));
     let switches = breakage.map(|b| b.switches()).unwrap_or_default();
-    let port = sim.clone() as Arc<dyn Ec2Port>;
+    let findings: Findings = Arc::new(Mutex::new(Vec::new()));
+    // Every process's calls reach the simulator through the witness (see `witness`).
+    let witness = Witness::new(store.clone(), &plans, clock.clone(), scenario.poll_interval_ms, findings.clone());
+    let port = Arc::new(GatedPort::with_gate(sim.clone() as Arc<dyn Ec2Port>, witness)) as Arc<dyn Ec2Port>;
     let fence_log = FenceLog::default();
     let mut world = World {
         scenario: scenario.clone(),
@@ -553,7 +560,7 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
         store: store.clone(),
         plans: plans.iter().map(|p| (p.id, p.clone())).collect(),
         facts: Arc::new(Mutex::new(plans.iter().map(|p| (p.id, GrantFacts::default())).collect())),
-        findings: Arc::new(Mutex::new(Vec::new())),
+        findings,
         measures: Measures::default(),
         violations: Vec::new(),
         suppressed: BTreeMap::new(),
@@ -573,6 +580,7 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
         let shared = ReplicaShared {
             cfg: cfg.clone(),
             sim: sim.clone(),
+            port: port.clone(),
             store: store.clone(),
             clocks: (0..count).map(|_| ReplicaClock::new(clock.clone())).collect(),
             cut_off: (0..count).map(|_| Arc::new(AtomicBool::new(false))).collect(),

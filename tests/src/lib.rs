@@ -16,3 +16,4 @@ pub mod replicas;
 pub mod scenario;
 pub mod selftest;
 pub mod summary;
+pub mod witness;

@@ -79,11 +79,17 @@ pub enum Breakage {
     OpenIngress,
     /// Launch up to valid_to itself, ignoring `min_lifetime_s` (run on edge grants).
     IgnoreMinLifetime,
+    /// Launch instances without the grant tag and add it with CreateTags once launched.
+    TagAfterCreate,
+    /// Record `LaunchRequested` once RunInstances has answered, not before.
+    RecordAfterLaunch,
+    /// The watch lists a region's instances once per watched instance at every poll.
+    ListingPerInstance,
 }
 
 impl Breakage {
     /// Every breakage, in the order the self-test runs them.
-    pub const ALL: [Breakage; 30] = [
+    pub const ALL: [Breakage; 33] = [
         Breakage::TerminateLate,
         Breakage::TerminateEarly,
         Breakage::FreshClientToken,
@@ -114,6 +120,9 @@ impl Breakage {
         Breakage::WatchUsageOff,
         Breakage::OpenIngress,
         Breakage::IgnoreMinLifetime,
+        Breakage::TagAfterCreate,
+        Breakage::RecordAfterLaunch,
+        Breakage::ListingPerInstance,
     ];
 
     /// Its name on the command line (`--break NAME`).
@@ -149,6 +158,9 @@ impl Breakage {
             Breakage::WatchUsageOff => "watch-usage-off",
             Breakage::OpenIngress => "open-ingress",
             Breakage::IgnoreMinLifetime => "ignore-min-lifetime",
+            Breakage::TagAfterCreate => "tag-after-create",
+            Breakage::RecordAfterLaunch => "record-after-launch",
+            Breakage::ListingPerInstance => "listing-per-instance",
         }
     }
 
@@ -190,6 +202,9 @@ impl Breakage {
             Breakage::WatchUsageOff => s.watch_usage_extra = true,
             Breakage::OpenIngress => s.open_ingress = true,
             Breakage::IgnoreMinLifetime => s.ignore_min_lifetime = true,
+            Breakage::TagAfterCreate => s.tag_after_create = true,
+            Breakage::RecordAfterLaunch => s.record_launch_after = true,
+            Breakage::ListingPerInstance => s.listing_per_instance = true,
             Breakage::DropLedgerAppend | Breakage::CorruptLedgerAppend => {}
         }
         s
@@ -229,6 +244,9 @@ impl Breakage {
             Breakage::WatchUsageOff => names::CONTRACT,
             Breakage::FirstPageOnly => names::PAGINATION,
             Breakage::FencedReplicaActs => names::FENCE,
+            Breakage::TagAfterCreate => names::TAGS,
+            Breakage::RecordAfterLaunch => names::RECORD_FIRST,
+            Breakage::ListingPerInstance => names::LISTING,
         }
     }
 
@@ -238,10 +256,16 @@ impl Breakage {
             Breakage::TerminateLate => &[names::METERING],
             // The armed deadline also ends instances still pending two minutes before it.
             Breakage::TerminateEarly => &[names::METERING, names::PROVISION],
-            Breakage::FreshClientToken => &[names::TEARDOWN, names::METERING, names::DEADLINE, names::LIVENESS],
+            // Its tokens are not the ones recorded.
+            Breakage::FreshClientToken => {
+                &[names::TEARDOWN, names::METERING, names::DEADLINE, names::LIVENESS, names::RECORD_FIRST]
+            }
             Breakage::SkipGroupDelete => &[names::LIVENESS],
             Breakage::Overbill | Breakage::DropNetworkSample | Breakage::ProvisionalNetwork => &[],
-            Breakage::DropLedgerAppend | Breakage::CorruptLedgerAppend => &[names::METERING, names::LIVENESS],
+            // A dropped admission or launch request leaves what follows it unrecorded.
+            Breakage::DropLedgerAppend | Breakage::CorruptLedgerAppend => {
+                &[names::METERING, names::LIVENESS, names::RECORD_FIRST]
+            }
             Breakage::Panic => &[names::LIVENESS, names::DEADLINE, names::TEARDOWN, names::METERING],
             Breakage::AdmitTdx => &[],
             Breakage::FailProvision => &[],
@@ -264,6 +288,10 @@ impl Breakage {
             Breakage::WatchUsageOff | Breakage::OpenIngress => &[],
             // Short grants now launch, and may be refused or fail by their deadline instead.
             Breakage::IgnoreMinLifetime => &[names::ADMISSION, names::PROVISION, names::METERING, names::CONTRACT],
+            // Until CreateTags lands (and is visible), recovery's lookups by tag miss the
+            // instance.
+            Breakage::TagAfterCreate => &[names::LIVENESS, names::DEADLINE, names::METERING],
+            Breakage::RecordAfterLaunch | Breakage::ListingPerInstance => &[],
         }
     }
 
@@ -299,6 +327,9 @@ impl Breakage {
             Breakage::WatchUsageOff => "watch_until_exit returned",
             Breakage::OpenIngress => "ingress rules",
             Breakage::IgnoreMinLifetime => "within min_lifetime_s",
+            Breakage::TagAfterCreate => "in its create call",
+            Breakage::RecordAfterLaunch => "before the ledger held its LaunchRequested",
+            Breakage::ListingPerInstance => "within one poll interval",
         }
     }
 }

@@ -192,11 +192,19 @@ pub fn run_case(
     Ok(CaseResult { breakage, setting, swarm, seed, fired, clause_fired, passed, why, reproduce })
 }
 
+/// The stack of each thread running cases: the harness's futures are large in a debug build
+/// (the memory is only reserved, and touched as it is used).
+const CASE_STACK_BYTES: usize = 32 << 20;
+
 /// Runs the controls and every breakage on every seed of both regimes (the setting's own
-/// faults, then swarm faults with crashes), with `disabled` checkers ignored, and hands each
-/// result to `report` once its regime is done.
-pub fn run_all(disabled: &[String], report: &mut dyn FnMut(&CaseResult)) -> anyhow::Result<Vec<CaseResult>> {
-    let mut results = Vec::new();
+/// faults, then swarm faults with crashes), with `disabled` checkers ignored, `jobs` regimes at
+/// once (each run is deterministic on its own, so the results do not depend on `jobs`), and
+/// hands each result to `report` in the order above, once its regime is done.
+pub fn run_all(
+    disabled: &[String],
+    jobs: usize,
+    report: &mut dyn FnMut(&CaseResult),
+) -> anyhow::Result<Vec<CaseResult>> {
     let mut cases: Vec<(Option<Breakage>, Setting)> = [
         Setting::Plain,
         Setting::Lossy,
@@ -209,30 +217,67 @@ pub fn run_all(disabled: &[String], report: &mut dyn FnMut(&CaseResult)) -> anyh
     .map(|s| (None, s))
     .to_vec();
     cases.extend(Breakage::ALL.into_iter().map(|b| (Some(b), Setting::for_breakage(b))));
-    for (breakage, setting) in cases {
-        for swarm in [false, true] {
-            let mut regime = Vec::new();
-            for seed in SEEDS {
-                regime.push(run_case(breakage, setting, swarm, seed, disabled)?);
-            }
-            if let Some(b) = breakage
-                && !regime.iter().any(|r| r.clause_fired)
-            {
-                for r in &mut regime {
-                    r.passed = false;
-                    r.why = format!(
-                        "clause `{}: {}` fired on none of the seeds {SEEDS:?} (fired: {:?})",
-                        b.caught_by(),
-                        b.clause(),
-                        r.fired
-                    );
+    let regimes: Vec<(Option<Breakage>, Setting, bool)> =
+        cases.into_iter().flat_map(|(b, s)| [(b, s, false), (b, s, true)]).collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, anyhow::Result<Vec<CaseResult>>)>();
+    let mut results = Vec::new();
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        for _ in 0..jobs.clamp(1, regimes.len()) {
+            let (tx, next, regimes) = (tx.clone(), &next, &regimes);
+            std::thread::Builder::new().stack_size(CASE_STACK_BYTES).spawn_scoped(scope, move || {
+                loop {
+                    let n = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let Some(&(breakage, setting, swarm)) = regimes.get(n) else { return };
+                    if tx.send((n, run_regime(breakage, setting, swarm, disabled))).is_err() {
+                        return;
+                    }
                 }
-            }
-            for r in regime {
-                report(&r);
-                results.push(r);
+            })?;
+        }
+        drop(tx);
+        // Reported in order: a regime that finishes early waits for the ones before it.
+        let mut done = std::collections::BTreeMap::new();
+        let mut reported = 0;
+        for (n, regime) in rx {
+            done.insert(n, regime);
+            while let Some(regime) = done.remove(&reported) {
+                for r in regime? {
+                    report(&r);
+                    results.push(r);
+                }
+                reported += 1;
             }
         }
-    }
+        Ok(())
+    })?;
     Ok(results)
+}
+
+/// One case's runs on every seed of one regime; a breakage whose clause fired on none of them
+/// fails them all.
+fn run_regime(
+    breakage: Option<Breakage>,
+    setting: Setting,
+    swarm: bool,
+    disabled: &[String],
+) -> anyhow::Result<Vec<CaseResult>> {
+    let mut regime = Vec::new();
+    for seed in SEEDS {
+        regime.push(run_case(breakage, setting, swarm, seed, disabled)?);
+    }
+    if let Some(b) = breakage
+        && !regime.iter().any(|r| r.clause_fired)
+    {
+        for r in &mut regime {
+            r.passed = false;
+            r.why = format!(
+                "clause `{}: {}` fired on none of the seeds {SEEDS:?} (fired: {:?})",
+                b.caught_by(),
+                b.clause(),
+                r.fired
+            );
+        }
+    }
+    Ok(regime)
 }

@@ -90,8 +90,8 @@ pub fn run(args: CiArgs) -> anyhow::Result<()> {
     let xtask = sim_build.finish()?;
     steps.taken.push(("sim build (waited for)", waited.elapsed()));
     let xtask = xtask.to_str().context("the target directory's path is not UTF-8")?;
-    steps.run("self-test", xtask, &["sim", "--self-test"], &[])?;
     let jobs = std::thread::available_parallelism().map_or(1, |n| n.get()).to_string();
+    steps.run("self-test", xtask, &["sim", "--self-test", "--jobs", &jobs], &[])?;
     for (name, first, seeds, flags) in SWEEPS {
         let sweep = [&["sim", "--seed", first, "--seeds", seeds, "--jobs", &jobs], flags].concat();
         steps.run(name, xtask, &sweep, &[])?;

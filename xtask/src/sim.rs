@@ -113,7 +113,8 @@ pub struct SimArgs {
     #[arg(long, default_value_t = 0.5, value_parser = parse_share)]
     pause_share: f64,
     /// Run this many seeds at once, each on a thread of its own (their lines print as they
-    /// finish; CI runs two on its two cores).
+    /// finish; CI runs two on its two cores). With `--self-test`: this many cases' regimes at
+    /// once, reported in their order.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     jobs: u16,
     /// Stop the sweep with exit code 5 when one run takes longer than this many seconds of
@@ -286,12 +287,13 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 fn self_test(args: &SimArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let disabled = args.disabled_checkers.clone();
+    let jobs = args.jobs;
     let mut reproduce = String::from("cargo xtask sim --self-test");
     for c in &args.disabled_checkers {
         reproduce.push_str(&format!(" --disable-checker {c}"));
     }
     let results = match watched(args.watchdog(), move |beat| {
-        selftest::run_all(&disabled, &mut |r| {
+        selftest::run_all(&disabled, usize::from(jobs), &mut |r| {
             let name = r.breakage.map_or("control (no bug)", |b| b.name());
             let regime = if r.swarm { ", swarm + crashes" } else { "" };
             let fault_note = format!(" {:?}{regime}", r.setting).to_lowercase();

@@ -129,6 +129,13 @@ pub struct TestSwitches {
     pub open_ingress: bool,
     /// Launch up to `valid_to` itself, ignoring `min_lifetime_s`.
     pub ignore_min_lifetime: bool,
+    /// Launch instances without the grant tag, and add it with CreateTags once RunInstances
+    /// has answered.
+    pub tag_after_create: bool,
+    /// Record `LaunchRequested` once RunInstances has answered, not before it.
+    pub record_launch_after: bool,
+    /// The region poller lists once per watched instance at every poll.
+    pub listing_per_instance: bool,
     /// Read only the first page of every paginated listing.
     pub first_page_only: bool,
     /// Act as if the lease were held forever: send EC2 calls past its end, and keep going once
@@ -692,14 +699,17 @@ impl AwsBackend {
         if let Some((poller, _)) = pollers.get(region) {
             return poller.clone();
         }
-        let poller = Arc::new(RegionPoller::new(
-            region.clone(),
-            self.inner.cfg.owner.clone(),
-            self.inner.cfg.poll_interval_ms,
-            self.inner.port.clone(),
-            self.inner.clock.clone(),
-            self.inner.pacer.clone(),
-        ));
+        let poller = Arc::new(
+            RegionPoller::new(
+                region.clone(),
+                self.inner.cfg.owner.clone(),
+                self.inner.cfg.poll_interval_ms,
+                self.inner.port.clone(),
+                self.inner.clock.clone(),
+                self.inner.pacer.clone(),
+            )
+            .listing_per_instance(self.inner.switches.listing_per_instance),
+        );
         let task = tokio::spawn(poller.clone().run());
         pollers.insert(region.clone(), (poller.clone(), task));
         poller
@@ -918,7 +928,7 @@ impl AwsBackend {
                 shutdown_behavior: ShutdownBehavior::Terminate,
                 instance_tags: {
                     let mut tags = names::grant_tags(cfg, &grant.id);
-                    if self.inner.switches.untagged_instances {
+                    if self.inner.switches.untagged_instances || self.inner.switches.tag_after_create {
                         tags.remove(crate::config::GRANT_TAG);
                     }
                     tags
@@ -1291,19 +1301,40 @@ impl AwsBackend {
                 instance_type: itype.instance_type.clone(),
                 image_id: Some(image_id),
             };
-            self.record_if(*grant, |s| {
-                (s.and_then(GrantState::launch_requested) != Some(token.as_str())).then_some(launch)
-            })
-            .await?;
+            let record_launch = |launch: Event| {
+                self.record_if(*grant, |s| {
+                    (s.and_then(GrantState::launch_requested) != Some(token.as_str())).then_some(launch)
+                })
+            };
+            if !self.inner.switches.record_launch_after {
+                record_launch(launch.clone()).await?;
+            }
             let place = match &candidate.zone {
                 Some(zone) => format!("{} in {zone}", itype.instance_type),
                 None => itype.instance_type.clone(),
             };
             tried.push(place.clone());
             let result = self.run_instance_when_visible(region, &request, valid_to, created).await;
+            if self.inner.switches.record_launch_after {
+                record_launch(launch).await?;
+            }
             let now = self.now_ms();
             match result {
                 Ok(info) => {
+                    if self.inner.switches.tag_after_create {
+                        let tags = names::grant_tags(&self.inner.cfg, grant);
+                        let id = info.instance_id.clone();
+                        let tagged = self
+                            .inner
+                            .pacer
+                            .call(region, Operation::CreateTags, || {
+                                self.inner.port.create_tags(region, vec![id.clone()], tags.clone())
+                            })
+                            .await;
+                        if let Err(err) = tagged {
+                            tracing::warn!(error = %err, "CreateTags failed");
+                        }
+                    }
                     if !info.availability_zone.is_empty() {
                         lock(&self.inner.placement)
                             .entry(region.clone())

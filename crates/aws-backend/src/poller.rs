@@ -81,6 +81,8 @@ pub struct RegionPoller {
     watched: Mutex<BTreeMap<String, Arc<Slot>>>,
     wake: Notify,
     polls: Mutex<u64>,
+    /// A deliberate bug for the simulation's self-test: one listing per watched instance.
+    per_instance: bool,
 }
 
 impl RegionPoller {
@@ -103,7 +105,14 @@ impl RegionPoller {
             watched: Mutex::new(BTreeMap::new()),
             wake: Notify::new(),
             polls: Mutex::new(0),
+            per_instance: false,
         }
+    }
+
+    /// The same poller, listing once per watched instance at every poll when `on`
+    /// (`TestSwitches::listing_per_instance`).
+    pub fn listing_per_instance(self, on: bool) -> Self {
+        Self { per_instance: on, ..self }
     }
 
     /// Starts watching `instance_id`; the receiver sees every poll's sighting of it. Watching
@@ -138,7 +147,10 @@ impl RegionPoller {
                 self.wake.notified().await;
                 continue;
             }
-            self.poll_once().await;
+            let listings = if self.per_instance { lock(&self.watched).len() } else { 1 };
+            for _ in 0..listings {
+                self.poll_once().await;
+            }
             self.clock.sleep_ms(self.poll_interval_ms).await;
         }
     }

@@ -12,6 +12,7 @@
 //!   retries), or its deadline: for a short grant, or when EC2 still had its instance pending at
 //!   `valid_to`.
 
+use super::bounds::QUOTA_MEMORY_MS;
 use super::{Context, GrantFacts, Outcome, Violation, names};
 use crate::scenario::{Expect, GrantPlan};
 
@@ -113,11 +114,11 @@ fn console_too_late(ctx: &Context<'_>, plan: &GrantPlan) -> bool {
     })
 }
 
-/// True for a grant refused for the vCPU quota before anything was created, within the time a
-/// quota learnt from EC2 holds after EC2 last answered `VcpuLimitExceeded` in the region: the
-/// bridge plans with what EC2 told it.
+/// True for a grant refused for the vCPU quota before anything was created, within
+/// [`QUOTA_MEMORY_MS`] after EC2 last answered `VcpuLimitExceeded` in the region: the bridge
+/// plans with what EC2 told it, not with what it told it long ago.
 fn quota_refusal(ctx: &Context<'_>, plan: &GrantPlan, err: &str, at_unix_ms: u64) -> bool {
-    let learnt_from = at_unix_ms.saturating_sub(aws_backend::placement::LEARNED_QUOTA_TTL_MS);
+    let learnt_from = at_unix_ms.saturating_sub(QUOTA_MEMORY_MS);
     err.contains("VcpuLimitExceeded")
         && err.contains("nothing was created")
         && ctx.faults.quota_met(&plan.region, learnt_from, at_unix_ms)

@@ -58,6 +58,17 @@ pub mod bounds {
     /// records it, besides its poll interval (the run's own setting, `Scenario::poll_interval_ms`):
     /// the Describe, its pages, and the append.
     pub const SIGHTING_MS: u64 = 1_000;
+    /// At most this many answered listings of our instances per region within one poll
+    /// interval, across every bridge process: the poller's, a reaper pass's, and around a
+    /// crash or a takeover the same two of a second process (the one ending and the one
+    /// starting). A watch that lists per instance makes as many as there are instances.
+    pub const LISTINGS_PER_POLL_MAX: usize = 4;
+    /// How long after EC2 last answered `VcpuLimitExceeded` in a region a bridge may still
+    /// refuse a grant for the quota without asking EC2 again: long enough to spare EC2 a
+    /// launch per grant while the account is full, short enough that a raised quota or freed
+    /// vCPUs are used within minutes. A bridge that remembers longer refuses grants EC2 would
+    /// now launch.
+    pub const QUOTA_MEMORY_MS: u64 = 10 * 60_000;
 }
 
 /// The checkers' names, as violations and `--disable-checker` spell them.
@@ -101,8 +112,12 @@ pub mod names {
     /// The `Backend` trait's own promises: provision returns a running instance; the usage
     /// watch returns is the settled one; watch and terminate fail only for a reason.
     pub const CONTRACT: &str = "contract";
+    /// Nothing is created for a grant before the ledger durably holds why (see `witness`).
+    pub const RECORD_FIRST: &str = "record-first";
+    /// One listing of our instances per region per poll interval (see `witness`).
+    pub const LISTING: &str = "listing";
     /// Every checker.
-    pub const ALL: [&str; 19] = [
+    pub const ALL: [&str; 21] = [
         DEADLINE,
         EARLY_END,
         TEARDOWN,
@@ -122,6 +137,8 @@ pub mod names {
         PAGINATION,
         FENCE,
         CONTRACT,
+        RECORD_FIRST,
+        LISTING,
     ];
 }
 
