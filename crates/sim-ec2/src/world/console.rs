@@ -10,7 +10,7 @@ use crate::audit::op_tag;
 
 impl World {
     /// GetConsoleOutput: what the guest printed, once EC2 publishes it (a while after the guest
-    /// first ran; see `console`). Terminated instances keep theirs while they are listed.
+    /// first ran; see `crate::console`). Terminated instances keep theirs while they are listed.
     pub(crate) fn get_console_output(
         &mut self,
         region: &RegionLabel,
