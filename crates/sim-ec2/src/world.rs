@@ -65,7 +65,7 @@ pub mod reasons {
     pub const INTERNAL_ERROR: &str = "Server.InternalError";
 }
 
-/// Error codes the simulator returns beyond those in [`codes`].
+/// Error codes the simulator returns beyond those in [`codes`](aws_backend::port::codes).
 pub mod extra_codes {
     /// The region is not enabled for the account (here: not simulated).
     pub const OPT_IN_REQUIRED: &str = "OptInRequired";
