@@ -9,7 +9,8 @@ use super::validate::is_name;
 use crate::port::Architecture;
 
 /// One region's `ami` entry, as written: one image for x86_64, or one per architecture. The
-/// strings are checked at load ([`AwsBootConfig::validate`]) and read as [`ImageSource`]s.
+/// strings are checked at load ([`AwsBootConfig::validate`](super::AwsBootConfig::validate))
+/// and read as [`ImageSource`]s.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(untagged)]
 pub enum AmiEntry {

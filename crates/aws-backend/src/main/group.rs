@@ -51,8 +51,9 @@ pub(crate) async fn run(cfg: &AwsBootConfig, ledger: &DynamoLedger, grants: Vec<
     hold_while(&backend, &leases, lease, &times, run_grants(&backend, clock, grants)).await
 }
 
-/// `reap` (see [`crate::reap::reap`]): a dry run reads the table without the lease; a real pass writes
-/// the ledger, so it takes the lease first, and is refused while a bridge of the group holds it.
+/// `reap` (see [`crate::reap::reap`]): a dry run reads the table without the lease; a real pass
+/// writes the ledger, so it takes the lease first, and is refused while a bridge of the group
+/// holds it.
 pub(crate) async fn reap(cfg: &AwsBootConfig, ledger: &DynamoLedger, dry_run: bool) -> anyhow::Result<ReapReport> {
     let clock = wall_clock()?;
     let leases = DynamoLeases::connect(cfg, ledger, clock.clone()).await;
