@@ -1,7 +1,7 @@
-//! `run`, `status` and `reap` with a ledger shared by a bridge group (`[ledger] store =
-//! "dynamodb"`): every bridge of the group runs `aws-backend run`; one holds the group's lease
-//! and acts, the others stand by in `wait_for_lease` until it stops renewing, then one of them
-//! replays the table, recovers what the last holder left and carries on (see
+//! The group mode: `run`, `status` and `reap` with a ledger shared by a bridge group
+//! (`[ledger] store = "dynamodb"`): every bridge of the group runs `aws-backend run`; one holds
+//! the group's lease and acts, the others stand by in `wait_for_lease` until it stops renewing,
+//! then one of them replays the table, recovers what the last holder left and carries on (see
 //! `aws_backend::standby` and docs/operations.md, "Running a standby"). The holder renews from
 //! the moment it acquires: through its replay, its start-up and its work.
 
@@ -17,7 +17,10 @@ use backend_api::{Clock, Secret};
 use serde_json::json;
 use usage_ledger::{Lease, LeaseError, LeaseInfo};
 
-use crate::{GrantLine, RefuseAppends, open_backend, print_live_grants, read_key_seed, run_grants, wall_clock};
+use crate::ledger::{RefuseAppends, read_key_seed};
+use crate::run::{GrantLine, run_grants};
+use crate::status::print_live_grants;
+use crate::{open_backend, wall_clock};
 
 /// `run`: stands by until this process holds the group's lease, then recovers and runs the
 /// grants as `run` does with a file, renewing the lease meanwhile. Fails, naming why, when the
@@ -48,8 +51,9 @@ pub(crate) async fn run(cfg: &AwsBootConfig, ledger: &DynamoLedger, grants: Vec<
     hold_while(&backend, &leases, lease, &times, run_grants(&backend, clock, grants)).await
 }
 
-/// `reap` (see [`crate::reap`]): a dry run reads the table without the lease; a real pass writes
-/// the ledger, so it takes the lease first, and is refused while a bridge of the group holds it.
+/// `reap` (see [`crate::reap::reap`]): a dry run reads the table without the lease; a real pass
+/// writes the ledger, so it takes the lease first, and is refused while a bridge of the group
+/// holds it.
 pub(crate) async fn reap(cfg: &AwsBootConfig, ledger: &DynamoLedger, dry_run: bool) -> anyhow::Result<ReapReport> {
     let clock = wall_clock()?;
     let leases = DynamoLeases::connect(cfg, ledger, clock.clone()).await;
