@@ -1,6 +1,7 @@
 //! Cross-crate integration tests, one module per concern.
 
 mod backend_sim;
+mod bridge;
 mod deadline_and_bill;
 mod differential;
 mod economy;

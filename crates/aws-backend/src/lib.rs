@@ -5,6 +5,7 @@
 //! port, so production and simulation run one piece of provisioning code.
 
 mod backend;
+pub mod bridge;
 pub mod config;
 pub mod guest;
 mod hostkey;

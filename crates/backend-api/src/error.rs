@@ -80,6 +80,13 @@ pub enum BackendError {
         /// The instance id.
         instance_id: String,
     },
+    /// The backend does not take grants right now (it is starting, standing by for another
+    /// bridge of its group, or draining before it stops). Retryable: later, or elsewhere.
+    #[error("unavailable: {reason}")]
+    Unavailable {
+        /// Why, and what to do.
+        reason: String,
+    },
     /// Local state (the ledger, a configuration file) failed. Not retryable without operator
     /// action.
     #[error("local state: {0}")]
@@ -90,7 +97,9 @@ impl BackendError {
     /// Whether the same call may succeed if repeated later.
     pub fn is_retryable(&self) -> bool {
         match self {
-            BackendError::CapacityUnavailable { .. } | BackendError::Throttled { .. } => true,
+            BackendError::CapacityUnavailable { .. }
+            | BackendError::Throttled { .. }
+            | BackendError::Unavailable { .. } => true,
             BackendError::Provider { retryable, .. } => *retryable,
             BackendError::RegionNotAllowed { .. }
             | BackendError::Unsatisfiable { .. }
@@ -120,6 +129,7 @@ mod tests {
         assert!(BackendError::Throttled { operation: "RunInstances".into() }.is_retryable());
         assert!(BackendError::CapacityUnavailable { region: "r".into(), instance_types: vec![] }.is_retryable());
         assert!(!BackendError::Unsatisfiable { reason: "tdx".into() }.is_retryable());
+        assert!(BackendError::Unavailable { reason: "draining".into() }.is_retryable());
         assert!(!BackendError::DeadlinePassed { valid_to: AlmanacTick(1), now: AlmanacTick(2) }.is_retryable());
         let provider = |retryable| BackendError::Provider {
             operation: "RunInstances".into(),
