@@ -1,0 +1,223 @@
+//! Provisioning one grant, in order: checks, key pair and group, launch, running, host key; a
+//! rollback when a step fails.
+
+use std::sync::Arc;
+
+use backend_api::{BackendError, ComputeGrant, GrantId, ProvisionedInstance, RegionLabel};
+use base64::Engine;
+use usage_ledger::{Event, TerminationReason};
+
+use super::{AwsBackend, BACKEND_NAME, local, picked};
+use crate::guest::{GuestSpec, HostKeys, render_user_data};
+use crate::keys::SshKeyPair;
+use crate::pacing::lock;
+use crate::port::{RunInstancesRequest, ShutdownBehavior};
+use crate::{names, sizing};
+
+/// Grants per region that may create their key pair and security group at the same time.
+const PREP_SLOTS_PER_REGION: usize = 16;
+
+impl AwsBackend {
+    fn keys_for(&self, grant: &GrantId) -> Result<(SshKeyPair, SshKeyPair), BackendError> {
+        let comment = format!("compute-bridge-{}", grant.short());
+        let login = SshKeyPair::ed25519_from_seed(names::key_seed(&self.inner.key_seed, grant, "login"), &comment)
+            .map_err(local)?;
+        let host = SshKeyPair::ed25519_from_seed(names::key_seed(&self.inner.key_seed, grant, "host"), &comment)
+            .map_err(local)?;
+        Ok((login, host))
+    }
+
+    pub(super) async fn provision_inner(
+        &self,
+        grant: &ComputeGrant<'_>,
+        region: RegionLabel,
+    ) -> Result<ProvisionedInstance, BackendError> {
+        let cfg = &self.inner.cfg;
+        let types = self.launchable_types(&region).await?;
+        let mut fitting = sizing::by_price(sizing::fitting(&types, grant.manifest)?, &cfg.prices_for(region.as_str()));
+        if self.inner.switches.undersize {
+            fitting = types.iter().take(1).cloned().collect();
+        }
+        // Every architecture the launch may need has its AMI before anything is created: an
+        // alias that has never resolved fails the provision here, with nothing to roll back.
+        let images = self.images_for(&region, &fitting).await?;
+        let storage_gib = grant.manifest.storage_gib.max(cfg.min_root_volume_gib);
+        let valid_to_unix_ms = cfg.almanac.tick_to_unix_ms(grant.valid_to);
+        let (login, host) = self.keys_for(&grant.id)?;
+        let mut user_data = render_user_data(
+            &cfg.guest,
+            &GuestSpec {
+                grant_id: grant.id,
+                image_hash: grant.manifest.image_post_hash,
+                authorized_key_openssh: &login.public_openssh,
+                host_key: (cfg.guest.host_keys == HostKeys::UserData).then_some(&host),
+                valid_to_unix_s: (valid_to_unix_ms.div_ceil(1_000) + self.inner.switches.guest_poweroff_late_s)
+                    .saturating_sub(self.inner.switches.guest_poweroff_early_s),
+            },
+        )
+        .map_err(|e| BackendError::InvalidInput { field: "grant".into(), reason: e.to_string() })?;
+        if self.inner.switches.leak_login_key {
+            user_data.push_str(&format!("\n# {}\n", login.private_openssh.expose().replace('\n', "\n# ")));
+        }
+        let network = self.network(&region).await?;
+        // The vCPU quota, when known, is checked before anything is created: a grant it cannot
+        // hold is refused retryably, and the types it cannot hold are never tried.
+        let headroom = self.vcpu_headroom(&region);
+        if let Some(room) = headroom {
+            let needed = fitting.iter().map(|t| t.vcpus).min().unwrap_or(0);
+            if needed > room && self.grant_state(&grant.id).is_none_or(|s| s.is_settled()) {
+                return Err(crate::refusals::no_vcpu_headroom(&region, room, needed));
+            }
+        }
+        self.refresh_offerings(&region).await;
+
+        // Validation is over: from here on things get created, and every step is recorded
+        // before the next one starts.
+        let first = &fitting[0];
+        let admission = Event::GrantAdmitted {
+            region: region.to_string(),
+            instance_type: first.instance_type.clone(),
+            vcpus: first.vcpus,
+            memory_mib: first.memory_mib,
+            storage_bytes: u64::from(storage_gib) << 30,
+            valid_to: grant.valid_to,
+            valid_to_unix_ms,
+            key_name: names::key_name(&grant.id),
+            group_name: names::group_name(&grant.id),
+        };
+        match self.grant_state(&grant.id) {
+            // The last attempt failed with an error that invited a retry, and was rolled back:
+            // a new attempt, with ClientTokens of its own. Its predecessor holds nothing, so
+            // two instances of the grant are never up at once.
+            Some(state) if state.is_settled() && state.retry_allowed() => {
+                tracing::info!(
+                    attempt = state.attempt() + 1,
+                    "retrying a provision that failed with a retryable error"
+                );
+                self.admit(grant.id, admission.retried(state.attempt() + 1)).await?;
+            }
+            Some(state) if state.is_settled() => {
+                return Err(BackendError::InvalidInput {
+                    field: "grant.id".into(),
+                    reason: format!(
+                        "grant {} was already provisioned and settled, and its last attempt did not fail with a retryable error; a grant provisions once",
+                        grant.id
+                    ),
+                });
+            }
+            Some(state) if state.termination().is_some() => {
+                return Err(BackendError::InvalidInput {
+                    field: "grant.id".into(),
+                    reason: format!("grant {} is being torn down; wait for terminate to finish", grant.id),
+                });
+            }
+            Some(_) => tracing::info!("resuming a provision the ledger shows unfinished"),
+            None => self.admit(grant.id, admission).await?,
+        }
+
+        let created = async {
+            if picked(&grant.id, self.inner.switches.panic_below) {
+                panic!("TestSwitches::panic_below: deliberate panic in provision of grant {}", grant.id.short());
+            }
+            if picked(&grant.id, self.inner.switches.fail_provision_below) {
+                return Err(BackendError::Provider {
+                    operation: "RunInstances".into(),
+                    code: "TestSwitches.FailProvision".into(),
+                    message: "deliberate provision failure".into(),
+                    retryable: false,
+                });
+            }
+            let slots = lock(&self.inner.prep_slots)
+                .entry(region.clone())
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(PREP_SLOTS_PER_REGION)))
+                .clone();
+            let slot = slots.acquire_owned().await.map_err(local)?;
+            let vpc_id = network.as_ref().map(|n| n.vpc_id.clone());
+            let (key, group) = tokio::join!(
+                self.ensure_key_pair(&grant.id, &region, &login),
+                self.ensure_security_group(&grant.id, &region, vpc_id)
+            );
+            drop(slot);
+            let key_created = key?;
+            let (group_id, group_created) = group?;
+            // RunInstances needs both visible: wait out the lag since the later creation.
+            let created = key_created.max(group_created);
+            let request = RunInstancesRequest {
+                // Set per attempt, to the AMI of the attempt's architecture (`ensure_instance`).
+                image_id: String::new(),
+                instance_type: String::new(),
+                key_name: names::key_name(&grant.id),
+                security_group_ids: vec![group_id],
+                user_data_base64: base64::engine::general_purpose::STANDARD.encode(user_data.as_bytes()),
+                client_token: String::new(),
+                root_volume_gib: storage_gib,
+                root_device_name: cfg.root_device_name.clone(),
+                imdsv2_required: !self.inner.switches.open_imds,
+                imds_hop_limit: if self.inner.switches.open_imds { 2 } else { 1 },
+                shutdown_behavior: ShutdownBehavior::Terminate,
+                instance_tags: {
+                    let mut tags = names::grant_tags(cfg, &grant.id);
+                    if self.inner.switches.untagged_instances {
+                        tags.remove(crate::config::GRANT_TAG);
+                    }
+                    tags
+                },
+                volume_tags: names::grant_tags(cfg, &grant.id),
+                subnet_id: None,
+                availability_zone: None,
+            };
+            let instance_id = self
+                .ensure_instance(
+                    &grant.id,
+                    &region,
+                    &fitting,
+                    &images,
+                    network.as_ref(),
+                    headroom,
+                    request,
+                    grant.valid_to,
+                    created,
+                )
+                .await?;
+            self.arm_deadline(grant.id, region.clone(), valid_to_unix_ms);
+            tracing::Span::current().record("instance_id", instance_id.as_str());
+            let info = self.wait_running(&grant.id, &region, &instance_id, valid_to_unix_ms).await?;
+            let host_public = match cfg.guest.host_keys {
+                HostKeys::UserData => host.public_openssh.clone(),
+                HostKeys::Guest if self.inner.switches.pin_backend_host_key => host.public_openssh.clone(),
+                HostKeys::Guest => self.read_host_key(&grant.id, &region, &instance_id, valid_to_unix_ms).await?,
+            };
+            Ok::<_, BackendError>((info, host_public))
+        }
+        .await;
+
+        match created {
+            Ok((info, host_public)) => Ok(ProvisionedInstance {
+                backend: BACKEND_NAME.into(),
+                grant_id: grant.id,
+                region,
+                instance_id: info.instance_id,
+                public_dns: info.public_dns_name,
+                ssh_host_public_key: host_public,
+                ssh_private_key: login.private_openssh.clone(),
+            }),
+            Err(err) => {
+                tracing::warn!(error = %err, "provision failed; rolling back");
+                let retryable = err.is_retryable();
+                if let Err(record) = self
+                    .record_if(grant.id, |s| {
+                        s.filter(|s| !s.is_settled()).map(|_| Event::ProvisionFailed { retryable })
+                    })
+                    .await
+                {
+                    tracing::error!(error = %record, "could not record the failure; the grant cannot be retried");
+                }
+                if let Err(rollback) = self.teardown(grant.id, TerminationReason::Rollback).await {
+                    // Everything is in the ledger, so recovery and the reaper finish the job.
+                    tracing::error!(error = %rollback, "rollback incomplete; recovery will finish it");
+                }
+                Err(err)
+            }
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! TerminateInstances: one caller at a time per instance (`TerminateClaim`), instances ending
+//! together sent in one call, and the termination's records.
+
+use backend_api::{BackendError, GrantId, RegionLabel};
+use usage_ledger::{Event, ObservedState, TerminationReason};
+
+use super::{AwsBackend, Inner, VISIBILITY_WINDOW_MS, provider};
+use crate::pacing::lock;
+use crate::port::{Ec2Error, Filter, InstanceState, Operation, codes};
+
+/// Where TerminateInstances stands for one instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Claim {
+    /// A caller is sending it.
+    InFlight,
+    /// EC2 accepted it.
+    Accepted,
+}
+
+/// The right to send TerminateInstances for one instance: taken by one caller at a time, and
+/// given back when dropped unless the call succeeded (`keep`).
+struct TerminateClaim<'a> {
+    inner: &'a Inner,
+    instance_id: String,
+    kept: bool,
+}
+
+/// What asking for the claim found.
+enum ClaimAsk<'a> {
+    /// This caller sends the call.
+    Taken(TerminateClaim<'a>),
+    /// Another caller is sending it now; it may still fail.
+    InFlight,
+    /// EC2 has accepted it already.
+    Accepted,
+}
+
+impl<'a> TerminateClaim<'a> {
+    fn take(inner: &'a Inner, instance_id: &str) -> ClaimAsk<'a> {
+        let mut sent = lock(&inner.terminate_sent);
+        match sent.get(instance_id) {
+            Some(Claim::InFlight) => ClaimAsk::InFlight,
+            Some(Claim::Accepted) => ClaimAsk::Accepted,
+            None => {
+                sent.insert(instance_id.to_string(), Claim::InFlight);
+                ClaimAsk::Taken(Self { inner, instance_id: instance_id.to_string(), kept: false })
+            }
+        }
+    }
+
+    fn keep(mut self) {
+        self.kept = true;
+        lock(&self.inner.terminate_sent).insert(self.instance_id.clone(), Claim::Accepted);
+    }
+}
+
+impl Drop for TerminateClaim<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            lock(&self.inner.terminate_sent).remove(&self.instance_id);
+        }
+    }
+}
+
+/// An instance waiting in `terminate_together`, and where to tell it what became of it.
+pub(super) type Gathered = (String, tokio::sync::oneshot::Sender<Together>);
+
+/// What became of an instance sent to `terminate_together`.
+pub(super) enum Together {
+    /// EC2 accepted the call that named it.
+    Done,
+    /// Send it alone: the shared call failed for one of its instances (not yet visible, say),
+    /// or the call was never made.
+    Alone,
+    /// The shared call failed for all: this error.
+    Failed(Ec2Error),
+}
+
+/// How long the first instance to terminate in an instant waits for others of its region.
+const TERMINATE_GATHER_MS: u64 = 50;
+/// EC2's most instance ids in one TerminateInstances call.
+const TERMINATE_IDS_MAX: usize = 1_000;
+
+/// The first caller of an instant: on drop (cancelled while gathering), it lets the others
+/// go alone rather than wait forever.
+struct GatherLeader<'a> {
+    inner: &'a Inner,
+    region: RegionLabel,
+}
+
+impl GatherLeader<'_> {
+    fn take(&self) -> Vec<Gathered> {
+        lock(&self.inner.terminate_queue).remove(&self.region).unwrap_or_default()
+    }
+}
+
+impl Drop for GatherLeader<'_> {
+    fn drop(&mut self) {
+        for (_, tx) in self.take() {
+            let _ = tx.send(Together::Alone);
+        }
+    }
+}
+
+impl AwsBackend {
+    /// Records that termination was requested (once) and calls TerminateInstances, retrying
+    /// `InvalidInstanceID.NotFound` while the id may still be invisible.
+    pub(crate) async fn request_termination(
+        &self,
+        grant: &GrantId,
+        region: &RegionLabel,
+        instance_id: &str,
+        reason: TerminationReason,
+    ) -> Result<(), BackendError> {
+        self.request_termination_sent(grant, region, instance_id, reason).await.map(|_| ())
+    }
+
+    /// `request_termination`, saying whether the call is done (`true`: EC2 accepted it, from
+    /// this caller or an earlier one, or the instance is gone) or another caller is sending it
+    /// now and may yet fail (`false`): the deadline task then keeps trying (see `arm_deadline`).
+    pub(super) async fn request_termination_sent(
+        &self,
+        grant: &GrantId,
+        region: &RegionLabel,
+        instance_id: &str,
+        reason: TerminationReason,
+    ) -> Result<bool, BackendError> {
+        // One caller at a time sends it (the deadline task and a watch wake at the same
+        // instant), and nobody once EC2 has accepted it. The claim is released when the call
+        // fails or its caller is cancelled.
+        let claim = match TerminateClaim::take(&self.inner, instance_id) {
+            ClaimAsk::Taken(claim) => claim,
+            ClaimAsk::Accepted => return Ok(true),
+            ClaimAsk::InFlight => return Ok(false),
+        };
+        // The call goes out whether or not the ledger takes the record: a full disk must not
+        // keep an instance past its deadline. The failure is noted (the backend degrades).
+        if let Err(err) = self.record_termination(*grant, reason).await {
+            tracing::error!(error = %err, "could not record the termination request; terminating anyway");
+        }
+        // First together with every instance of the region ending in the same instant.
+        match self.terminate_together(region, instance_id).await {
+            Together::Done => {
+                claim.keep();
+                self.observe_terminating(grant, instance_id).await;
+                return Ok(true);
+            }
+            Together::Failed(err) if !err.is(codes::INSTANCE_NOT_FOUND) => return Err(provider(err)),
+            Together::Failed(_) | Together::Alone => {}
+        }
+        let started = self.now_ms();
+        let mut attempt = 0;
+        loop {
+            let ids = vec![instance_id.to_string()];
+            let result = self
+                .inner
+                .pacer
+                .call_for(region, Operation::TerminateInstances, crate::pacing::count(&ids), || {
+                    self.inner.port.terminate_instances(region, ids.clone())
+                })
+                .await;
+            match result {
+                Ok(_) => {
+                    claim.keep();
+                    self.observe_terminating(grant, instance_id).await;
+                    return Ok(true);
+                }
+                Err(err) if err.is(codes::INSTANCE_NOT_FOUND) => {
+                    // Either not visible yet, or gone for good: a filtered Describe tells.
+                    if self.instance_gone(grant, region, instance_id).await?
+                        || self.now_ms() > started + VISIBILITY_WINDOW_MS
+                    {
+                        return Ok(true);
+                    }
+                    self.inner.pacer.backoff(attempt.min(6)).await;
+                    attempt += 1;
+                }
+                Err(err) => return Err(provider(err)),
+            }
+        }
+    }
+
+    /// Records TerminateInstances' answer as what it is, an observation: EC2 moved the instance
+    /// to `shutting-down` when it accepted the call, so its running period ends now, whatever
+    /// a Describe still showing the state from before says (see `observe`). Best effort: a
+    /// ledger that fails here leaves the next poll's sighting to close the period.
+    async fn observe_terminating(&self, grant: &GrantId, instance_id: &str) {
+        let at_unix_ms = self.now_ms();
+        let recorded = self
+            .record_if(*grant, |s| {
+                let s = s?;
+                (s.instance() == Some(instance_id) && !s.last_state().is_some_and(ObservedState::ends_running)).then(
+                    || Event::InstanceStateObserved {
+                        instance_id: instance_id.to_string(),
+                        state: ObservedState::ShuttingDown,
+                        observed_at_unix_ms: at_unix_ms,
+                    },
+                )
+            })
+            .await;
+        if let Err(err) = recorded {
+            tracing::warn!(error = %err, "could not record TerminateInstances' answer; the next sighting will");
+        }
+    }
+
+    /// Sends TerminateInstances once for every instance of `region` asked to terminate within
+    /// `TERMINATE_GATHER_MS` of the first (grants ending in the same instant), up to EC2's
+    /// 1,000 ids per call. One id EC2 cannot see fails the whole call: then each goes alone.
+    async fn terminate_together(&self, region: &RegionLabel, instance_id: &str) -> Together {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let leads = {
+            let mut queues = lock(&self.inner.terminate_queue);
+            let queue = queues.entry(region.clone()).or_default();
+            queue.push((instance_id.to_string(), tx));
+            queue.len() == 1
+        };
+        if !leads {
+            return rx.await.unwrap_or(Together::Alone);
+        }
+        let leader = GatherLeader { inner: &self.inner, region: region.clone() };
+        self.inner.clock.sleep_ms(TERMINATE_GATHER_MS).await;
+        let mut gathered = leader.take();
+        drop(leader);
+        // Senders dropped unanswered (this caller cancelled mid-call) tell the others to go
+        // alone.
+        while !gathered.is_empty() {
+            let rest = gathered.split_off(gathered.len().min(TERMINATE_IDS_MAX));
+            let chunk = std::mem::replace(&mut gathered, rest);
+            let ids: Vec<String> = chunk.iter().map(|(id, _)| id.clone()).collect();
+            let result = self
+                .inner
+                .pacer
+                .call_for(region, Operation::TerminateInstances, crate::pacing::count(&ids), || {
+                    self.inner.port.terminate_instances(region, ids.clone())
+                })
+                .await;
+            for (_, tx) in chunk {
+                let _ = tx.send(match &result {
+                    Ok(_) => Together::Done,
+                    Err(err) if err.is(codes::INSTANCE_NOT_FOUND) && ids.len() > 1 => Together::Alone,
+                    Err(err) => Together::Failed(err.clone()),
+                });
+            }
+        }
+        rx.await.unwrap_or(Together::Alone)
+    }
+
+    /// Records `TerminationRequested` once; for a deadline handled after `valid_to` (the bridge
+    /// was down), first `BillingCapped` at `valid_to`, so the time it was down is not billed.
+    pub(super) async fn record_termination(
+        &self,
+        grant: GrantId,
+        reason: TerminationReason,
+    ) -> Result<(), BackendError> {
+        let now = self.now_ms();
+        self.record_with(|ledger| {
+            let Some(state) = ledger.grant(&grant).filter(|s| s.termination().is_none() && !s.is_settled()) else {
+                return (Vec::new(), ());
+            };
+            let mut events = Vec::new();
+            let valid_to = state.valid_to_unix_ms();
+            if reason == TerminationReason::Deadline
+                && now > valid_to
+                && !state.ever_launched().is_empty()
+                && !self.inner.switches.bill_downtime
+            {
+                events.push((grant, now, Event::BillingCapped { at_unix_ms: valid_to }));
+            }
+            events.push((grant, now, Event::TerminationRequested { reason }));
+            (events, ())
+        })
+        .await
+    }
+
+    /// True when a Describe filtered by the grant's tag lists the instance as terminated. The
+    /// filter keeps the answer to this grant's own instance (not every instance of the owner,
+    /// which the region poller already lists), and a filter, unlike an id, never answers
+    /// NotFound for an instance EC2 has not made visible yet.
+    async fn instance_gone(
+        &self,
+        grant: &GrantId,
+        region: &RegionLabel,
+        instance_id: &str,
+    ) -> Result<bool, BackendError> {
+        let filters = vec![Filter::tag(crate::config::GRANT_TAG, [grant.to_hex()])];
+        let instances = self
+            .inner
+            .pacer
+            .pages(region, Operation::DescribeInstances, false, |page| {
+                self.inner.port.describe_instances_page(region, Vec::new(), filters.clone(), page)
+            })
+            .await
+            .map_err(provider)?;
+        Ok(instances.iter().any(|i| i.instance_id == instance_id && i.state == InstanceState::Terminated))
+    }
+}
