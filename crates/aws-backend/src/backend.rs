@@ -33,6 +33,7 @@ use crate::placement::{RegionNetwork, RegionPlacement};
 use crate::poller::RegionPoller;
 use crate::port::{Ec2Error, Ec2Port, InstanceState, InstanceTypeInfo};
 use crate::standby::Tenure;
+use crate::switches::{Hooks, TestSwitches};
 use terminate::{Claim, Gathered};
 
 /// The name this backend reports.
@@ -57,88 +58,6 @@ impl EventStore for DynStore {
 /// The ledger type the backend keeps.
 pub type BackendLedger = Ledger<DynStore>;
 
-/// Switches that break the backend on purpose, so the simulation's self-test can prove each
-/// checker catches its kind of bug (`cargo xtask sim --self-test`). Never set in production.
-/// The `*_below` switches pick grants whose id's first byte is below the value (0: none).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TestSwitches {
-    /// Skip DeleteSecurityGroup during teardown (and record it as deleted anyway).
-    pub skip_security_group_delete: bool,
-    /// Terminate this long after `valid_to` instead of at it.
-    pub terminate_late_ms: u64,
-    /// Terminate this long before `valid_to` instead of at it.
-    pub terminate_early_ms: u64,
-    /// Send every RunInstances call with a ClientToken of its own, so a retry can launch twice.
-    pub fresh_client_token_per_call: bool,
-    /// Record each `running` observation earlier, by this percentage of the time left until
-    /// `valid_to`: an over-bill of about that share of the period.
-    pub overbill_percent: u32,
-    /// Never record the network sample (the grant is metered 0 bytes).
-    pub skip_network_sample: bool,
-    /// Never measure network again after CloudWatch's publication lag: the figure taken when
-    /// the instance ended stays, provisional and short of its last minutes.
-    pub skip_network_final: bool,
-    /// Panic in provision.
-    pub panic_below: u8,
-    /// Admit grants that require TDX (`can_satisfy` and `provision` both).
-    pub admit_tdx: bool,
-    /// Fail provision, after admitting the grant, with a made-up provider error.
-    pub fail_provision_below: u8,
-    /// Never record `GrantSettled`.
-    pub skip_settle_below: u8,
-    /// Launch the smallest type of the catalogue, whether or not it fits the grant.
-    pub undersize: bool,
-    /// Launch instances without the grant tag.
-    pub untagged_instances: bool,
-    /// Send calls as fast as they come, without our mirror of EC2's buckets.
-    pub skip_pacing: bool,
-    /// Provision at once, without waiting for `valid_from`.
-    pub ignore_valid_from: bool,
-    /// Put the requester's private key in the user data, where EC2's API shows it.
-    pub leak_login_key: bool,
-    /// With `host_keys = "guest"`, hand the requester the backend's own host key instead of the
-    /// one the guest printed to its console (a pin the machine cannot satisfy).
-    pub pin_backend_host_key: bool,
-    /// Launch with IMDSv1 allowed and a hop limit of 2, within reach of containers.
-    pub open_imds: bool,
-    /// Tell the guest to power off this many seconds after `valid_to + deadline_grace_s`
-    /// instead of at it: a backstop later than the one promised.
-    pub guest_poweroff_late_s: u64,
-    /// Tell the guest to power off this many seconds before `valid_to + deadline_grace_s`: a
-    /// backstop that cuts grants short.
-    pub guest_poweroff_early_s: u64,
-    /// Recovery follows an instance already past its deadline without terminating it (and
-    /// arms no deadline for it): only the guest's power-off ends it.
-    pub recovery_skips_overdue: bool,
-    /// Record no billing rules with an admission and no `BillingCapped`: a deadline handled
-    /// late (after downtime) bills the time the bridge was away.
-    pub bill_downtime: bool,
-    /// Record a run nobody watched from its first sighting, not from EC2's LaunchTime.
-    pub ignore_launch_time: bool,
-    /// `watch_until_exit` returns one cpu-second more than the ledger holds.
-    pub watch_usage_extra: bool,
-    /// Let SSH in from anywhere (`0.0.0.0/0`) besides the configured CIDRs.
-    pub open_ingress: bool,
-    /// Launch up to `valid_to` itself, ignoring `min_lifetime_s`.
-    pub ignore_min_lifetime: bool,
-    /// Read only the first page of every paginated listing.
-    pub first_page_only: bool,
-    /// Act as if the lease were held forever: send EC2 calls past its end, and keep going once
-    /// it is lost (a fenced replica that does not stop).
-    pub ignore_lease: bool,
-}
-
-impl TestSwitches {
-    /// True when any switch is set.
-    pub fn any(&self) -> bool {
-        *self != Self::default()
-    }
-}
-
-fn picked(grant: &GrantId, below: u8) -> bool {
-    grant.0[0] < below
-}
-
 /// What the backend is built from besides its configuration: everything it must not pick by
 /// itself (the cloud, the time, the randomness, the durable log).
 pub struct BackendParts {
@@ -153,7 +72,7 @@ pub struct BackendParts {
     pub key_seed: Secret,
     /// Seeds the backoff jitter.
     pub jitter_seed: u64,
-    /// Deliberate faults for tests.
+    /// Deliberate faults for tests: nothing to set without the `test-switches` feature.
     pub switches: TestSwitches,
     /// The lease this backend acts under when its ledger is shared by a bridge group (see
     /// `standby`); `None` for a ledger of its own (the file store).
@@ -171,9 +90,8 @@ pub(crate) struct Inner {
     pub(crate) ledger: SharedLedger<DynStore>,
     pub(crate) pacer: Arc<Pacer>,
     key_seed: Secret,
-    pub(crate) switches: TestSwitches,
-    /// Counts RunInstances calls, for `TestSwitches::fresh_client_token_per_call`.
-    run_calls: std::sync::atomic::AtomicU64,
+    /// The deliberate faults of tests, asked through their hooks (see `switches`).
+    hooks: Hooks,
     /// Why the ledger last failed to take an append, while it has not taken one since: the
     /// backend is degraded, refuses new grants and keeps terminating.
     ledger_failure: Mutex<Option<String>>,
@@ -282,14 +200,10 @@ impl AwsBackend {
         cfg.validate()?;
         let mut pacer =
             Pacer::new(parts.clock.clone(), ChaCha8Rng::seed_from_u64(parts.jitter_seed), RetryPolicy::default());
-        if parts.switches.skip_pacing {
-            pacer = pacer.without_buckets();
-        }
-        if parts.switches.first_page_only {
-            pacer = pacer.reading_first_pages_only();
-        }
+        let hooks = Hooks::new(parts.switches);
+        pacer = hooks.pacer(pacer);
         if let Some(tenure) = &parts.tenure
-            && !parts.switches.ignore_lease
+            && hooks.heeds_lease()
         {
             pacer = pacer.acting_under(tenure.clone());
         }
@@ -303,8 +217,7 @@ impl AwsBackend {
                 ledger: SharedLedger::new(parts.ledger),
                 pacer,
                 key_seed: parts.key_seed,
-                switches: parts.switches,
-                run_calls: std::sync::atomic::AtomicU64::new(0),
+                hooks,
                 ledger_failure: Mutex::new(None),
                 deadlines: Mutex::new(BTreeMap::new()),
                 finishing: Mutex::new(BTreeMap::new()),
@@ -374,6 +287,12 @@ impl AwsBackend {
     /// A copy of one grant's state.
     pub fn grant_state(&self, grant: &GrantId) -> Option<GrantState> {
         self.with_ledger(|l| l.grant(grant).cloned())
+    }
+
+    /// The deliberate faults of tests (see `switches`): the plain behaviour in every shipped
+    /// build.
+    pub(crate) fn hooks(&self) -> &Hooks {
+        &self.inner.hooks
     }
 
     pub(crate) fn now_ms(&self) -> u64 {

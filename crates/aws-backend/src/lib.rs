@@ -22,7 +22,9 @@ mod refusals;
 pub mod sdk;
 pub mod sizing;
 pub mod standby;
+mod switches;
 
-pub use backend::{AwsBackend, BACKEND_NAME, BackendLedger, BackendParts, DynStore, TestSwitches};
+pub use backend::{AwsBackend, BACKEND_NAME, BackendLedger, BackendParts, DynStore};
 pub use config::{AwsBootConfig, ConfigError, DynamoLedger, GRANT_TAG, LedgerStore, OWNER_TAG};
 pub use recovery::{Orphan, ReapReport, RecoveryReport};
+pub use switches::TestSwitches;

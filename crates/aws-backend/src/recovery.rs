@@ -130,7 +130,7 @@ impl AwsBackend {
             // the deadline armed again (it died with the last process).
             Some(instance_id) if serving => {
                 let instance_id = instance_id.to_string();
-                if self.inner.switches.recovery_skips_overdue && self.now_ms() > state.valid_to_unix_ms() {
+                if self.hooks().recovery_skips_overdue() && self.now_ms() > state.valid_to_unix_ms() {
                     self.follow_to_end(&grant, &region, &instance_id, None).await?;
                     return self.teardown(grant, TerminationReason::Deadline).await;
                 }

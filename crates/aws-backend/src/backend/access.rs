@@ -122,13 +122,7 @@ impl AwsBackend {
         let request = AuthorizeIngressRequest {
             group_id: group_id.clone(),
             port: 22,
-            cidrs: {
-                let mut cidrs: Vec<String> = cfg.ssh_ingress_cidrs.iter().map(ToString::to_string).collect();
-                if self.inner.switches.open_ingress {
-                    cidrs.push("0.0.0.0/0".into());
-                }
-                cidrs
-            },
+            cidrs: self.hooks().ingress_cidrs(cfg.ssh_ingress_cidrs.iter().map(ToString::to_string).collect()),
         };
         // A group just created may not be visible yet.
         let result = self

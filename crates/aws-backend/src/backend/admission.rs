@@ -26,7 +26,7 @@ impl AwsBackend {
     /// Checks a grant without touching the cloud: TDX, deadline, manifest ranges.
     pub(super) fn check_grant(&self, grant: &ComputeGrant<'_>) -> Result<(), BackendError> {
         let manifest = grant.manifest;
-        if manifest.tdx_required && !self.inner.switches.admit_tdx {
+        if manifest.tdx_required && self.hooks().refuses_tdx() {
             return Err(BackendError::Unsatisfiable {
                 reason:
                     "the grant requires Intel TDX and AWS offers no TDX instances: route it to a TDX-capable backend"
@@ -81,7 +81,7 @@ impl AwsBackend {
     pub(super) fn check_time_left(&self, valid_to: AlmanacTick) -> Result<(), BackendError> {
         let cfg = &self.inner.cfg;
         let left_ms = cfg.almanac.tick_to_unix_ms(valid_to).saturating_sub(self.now_ms());
-        if left_ms < cfg.min_lifetime_ms() && !(self.inner.switches.ignore_min_lifetime && left_ms > 0) {
+        if left_ms < cfg.min_lifetime_ms() && !self.hooks().launches_late(left_ms) {
             return Err(BackendError::Unsatisfiable {
                 reason: format!(
                     "valid_to {valid_to} is {} s away, less than min_lifetime_s ({} s): too late to launch an instance; send the grant with more time left",
@@ -98,7 +98,7 @@ impl AwsBackend {
     pub(super) async fn admit(&self, grant: GrantId, admission: Event) -> Result<(), BackendError> {
         let now = self.now_ms();
         let mut events = vec![(grant, now, admission)];
-        if !self.inner.switches.bill_downtime {
+        if self.hooks().bills_by_rules() {
             events.push((grant, now, Event::BillingRulesAdopted { version: usage_ledger::BILLING_RULES_VERSION }));
         }
         self.record_with(|_| (events, ())).await

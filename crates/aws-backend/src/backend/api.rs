@@ -72,7 +72,7 @@ impl Backend for AwsBackend {
             self.ensure_ledger_writable()?;
             // Nothing is created before valid_from: wait for it (check_grant bounds the wait).
             let valid_from_ms = self.inner.cfg.almanac.tick_to_unix_ms(grant.valid_from);
-            if valid_from_ms > self.now_ms() && !self.inner.switches.ignore_valid_from {
+            if valid_from_ms > self.now_ms() && self.hooks().waits_for_valid_from() {
                 tracing::info!(valid_from = %grant.valid_from, "waiting for valid_from");
                 self.inner.clock.sleep_until_unix_ms(valid_from_ms).await;
                 self.check_grant(grant)?;
@@ -109,11 +109,8 @@ impl Backend for AwsBackend {
                     instance_id: instance.instance_id.clone(),
                 });
             }
-            let mut usage = self.grant_state(&grant).map(|s| s.usage()).unwrap_or_default();
-            if self.inner.switches.watch_usage_extra {
-                usage.cpu_seconds += 1;
-            }
-            Ok(usage)
+            let usage = self.grant_state(&grant).map(|s| s.usage()).unwrap_or_default();
+            Ok(self.hooks().watched_usage(usage))
         }
         .instrument(span)
         .await

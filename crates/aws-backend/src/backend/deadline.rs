@@ -14,8 +14,7 @@ impl AwsBackend {
     /// `watch_until_exit`, the instance is told to terminate. The task holds the backend weakly,
     /// so it dies with it; recovery arms it again.
     pub(crate) fn arm_deadline(&self, grant: GrantId, region: RegionLabel, valid_to_unix_ms: u64) {
-        let switches = &self.inner.switches;
-        let at = (valid_to_unix_ms + switches.terminate_late_ms).saturating_sub(switches.terminate_early_ms);
+        let at = self.hooks().terminate_at(valid_to_unix_ms);
         let weak = Arc::downgrade(&self.inner);
         let clock = self.inner.clock.clone();
         let task = tokio::spawn(async move {

@@ -205,10 +205,7 @@ impl AwsBackend {
         self.call_when_visible(region, Operation::RunInstances, created, true, invisible, || {
             let too_late = self.check_time_left(valid_to).is_err();
             let mut request = request.clone();
-            if self.inner.switches.fresh_client_token_per_call {
-                let n = self.inner.run_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                request.client_token = format!("{}-{n}", request.client_token);
-            }
+            request.client_token = self.hooks().client_token(request.client_token);
             let port = self.inner.port.clone();
             async move {
                 if too_late {

@@ -19,7 +19,7 @@ impl AwsBackend {
                 "lost the ledger lease: this bridge stops acting"
             );
         }
-        if !self.inner.switches.ignore_lease {
+        if self.hooks().heeds_lease() {
             self.inner.stop_tasks();
         }
     }

@@ -36,7 +36,7 @@ impl AwsBackend {
         // measured again once its lag has passed (`arm_network_final`).
         let complete = self.inner.cfg.network_final_after_s == 0;
         let network = match sample {
-            Ok(_) if self.inner.switches.skip_network_sample => None,
+            Ok(_) if !self.hooks().records_network_sample() => None,
             Ok((bytes_in, bytes_out)) => Some(Event::NetworkMeasured {
                 instance_id: instance_id.to_string(),
                 bytes_in,
@@ -85,7 +85,7 @@ impl AwsBackend {
     /// an armed deadline: recovery arms it again for every figure the ledger shows incomplete,
     /// settled grants included.
     pub(crate) fn arm_network_final(&self, grant: GrantId, pending: PendingNetwork) {
-        if self.inner.switches.skip_network_final {
+        if !self.hooks().measures_network_final() {
             return;
         }
         let (_, last_period_end) = metric_window(pending.window_start_unix_ms, pending.window_end_unix_ms);

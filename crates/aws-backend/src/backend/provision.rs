@@ -7,7 +7,7 @@ use backend_api::{BackendError, ComputeGrant, GrantId, ProvisionedInstance, Regi
 use base64::Engine;
 use usage_ledger::{Event, TerminationReason};
 
-use super::{AwsBackend, BACKEND_NAME, local, picked};
+use super::{AwsBackend, BACKEND_NAME, local};
 use crate::guest::{GuestSpec, HostKeys, render_user_data};
 use crate::keys::SshKeyPair;
 use crate::pacing::lock;
@@ -34,31 +34,26 @@ impl AwsBackend {
     ) -> Result<ProvisionedInstance, BackendError> {
         let cfg = &self.inner.cfg;
         let types = self.launchable_types(&region).await?;
-        let mut fitting = sizing::by_price(sizing::fitting(&types, grant.manifest)?, &cfg.prices_for(region.as_str()));
-        if self.inner.switches.undersize {
-            fitting = types.iter().take(1).cloned().collect();
-        }
+        let fitting = sizing::by_price(sizing::fitting(&types, grant.manifest)?, &cfg.prices_for(region.as_str()));
+        let fitting = self.hooks().fitting(&types, fitting);
         // Every architecture the launch may need has its AMI before anything is created: an
         // alias that has never resolved fails the provision here, with nothing to roll back.
         let images = self.images_for(&region, &fitting).await?;
         let storage_gib = grant.manifest.storage_gib.max(cfg.min_root_volume_gib);
         let valid_to_unix_ms = cfg.almanac.tick_to_unix_ms(grant.valid_to);
         let (login, host) = self.keys_for(&grant.id)?;
-        let mut user_data = render_user_data(
+        let user_data = render_user_data(
             &cfg.guest,
             &GuestSpec {
                 grant_id: grant.id,
                 image_hash: grant.manifest.image_post_hash,
                 authorized_key_openssh: &login.public_openssh,
                 host_key: (cfg.guest.host_keys == HostKeys::UserData).then_some(&host),
-                valid_to_unix_s: (valid_to_unix_ms.div_ceil(1_000) + self.inner.switches.guest_poweroff_late_s)
-                    .saturating_sub(self.inner.switches.guest_poweroff_early_s),
+                valid_to_unix_s: self.hooks().guest_poweroff_unix_s(valid_to_unix_ms.div_ceil(1_000)),
             },
         )
         .map_err(|e| BackendError::InvalidInput { field: "grant".into(), reason: e.to_string() })?;
-        if self.inner.switches.leak_login_key {
-            user_data.push_str(&format!("\n# {}\n", login.private_openssh.expose().replace('\n', "\n# ")));
-        }
+        let user_data = self.hooks().user_data(user_data, &login);
         let network = self.network(&region).await?;
         // The vCPU quota, when known, is checked before anything is created: a grant it cannot
         // hold is refused retryably, and the types it cannot hold are never tried.
@@ -116,17 +111,7 @@ impl AwsBackend {
         }
 
         let created = async {
-            if picked(&grant.id, self.inner.switches.panic_below) {
-                panic!("TestSwitches::panic_below: deliberate panic in provision of grant {}", grant.id.short());
-            }
-            if picked(&grant.id, self.inner.switches.fail_provision_below) {
-                return Err(BackendError::Provider {
-                    operation: "RunInstances".into(),
-                    code: "TestSwitches.FailProvision".into(),
-                    message: "deliberate provision failure".into(),
-                    retryable: false,
-                });
-            }
+            self.hooks().before_creating(&grant.id)?;
             let slots = lock(&self.inner.prep_slots)
                 .entry(region.clone())
                 .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(PREP_SLOTS_PER_REGION)))
@@ -152,16 +137,10 @@ impl AwsBackend {
                 client_token: String::new(),
                 root_volume_gib: storage_gib,
                 root_device_name: cfg.root_device_name.clone(),
-                imdsv2_required: !self.inner.switches.open_imds,
-                imds_hop_limit: if self.inner.switches.open_imds { 2 } else { 1 },
+                imdsv2_required: self.hooks().imds().0,
+                imds_hop_limit: self.hooks().imds().1,
                 shutdown_behavior: ShutdownBehavior::Terminate,
-                instance_tags: {
-                    let mut tags = names::grant_tags(cfg, &grant.id);
-                    if self.inner.switches.untagged_instances {
-                        tags.remove(crate::config::GRANT_TAG);
-                    }
-                    tags
-                },
+                instance_tags: self.hooks().instance_tags(names::grant_tags(cfg, &grant.id)),
                 volume_tags: names::grant_tags(cfg, &grant.id),
                 subnet_id: None,
                 availability_zone: None,
@@ -184,7 +163,7 @@ impl AwsBackend {
             let info = self.wait_running(&grant.id, &region, &instance_id, valid_to_unix_ms).await?;
             let host_public = match cfg.guest.host_keys {
                 HostKeys::UserData => host.public_openssh.clone(),
-                HostKeys::Guest if self.inner.switches.pin_backend_host_key => host.public_openssh.clone(),
+                HostKeys::Guest if self.hooks().pins_backend_host_key() => host.public_openssh.clone(),
                 HostKeys::Guest => self.read_host_key(&grant.id, &region, &instance_id, valid_to_unix_ms).await?,
             };
             Ok::<_, BackendError>((info, host_public))

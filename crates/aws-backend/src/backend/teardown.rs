@@ -6,7 +6,7 @@ use std::sync::Arc;
 use backend_api::{BackendError, GrantId, RegionLabel};
 use usage_ledger::{Event, TerminationReason};
 
-use super::{AwsBackend, VISIBILITY_WINDOW_MS, local, picked, provider};
+use super::{AwsBackend, VISIBILITY_WINDOW_MS, local, provider};
 use crate::lag::Lag;
 use crate::names;
 use crate::pacing::lock;
@@ -157,7 +157,7 @@ impl AwsBackend {
             group_id = Some(found);
         }
         if let Some(group_id) = group_id {
-            if !self.inner.switches.skip_security_group_delete {
+            if self.hooks().deletes_security_group() {
                 self.delete_group(&region, &group_id, gone_at).await?;
             }
             // Another teardown (the reaper's, recovery's) may have recorded it meanwhile.
@@ -168,7 +168,7 @@ impl AwsBackend {
             .await?;
         }
 
-        if picked(&grant, self.inner.switches.skip_settle_below) {
+        if !self.hooks().settles(&grant) {
             return Ok(());
         }
         // A grant settles only when every launch it requested is resolved: recorded, or proved

@@ -262,7 +262,7 @@ impl AwsBackend {
             if reason == TerminationReason::Deadline
                 && now > valid_to
                 && !state.ever_launched().is_empty()
-                && !self.inner.switches.bill_downtime
+                && self.hooks().bills_by_rules()
             {
                 events.push((grant, now, Event::BillingCapped { at_unix_ms: valid_to }));
             }

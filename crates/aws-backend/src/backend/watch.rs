@@ -28,7 +28,6 @@ impl AwsBackend {
     ) -> Result<(), BackendError> {
         let state = observed(info.state);
         let instance_id = info.instance_id.clone();
-        let overbill = u64::from(self.inner.switches.overbill_percent);
         self.record_if(*grant, |s| {
             let s = s?;
             let mut at_unix_ms = at_unix_ms;
@@ -39,12 +38,12 @@ impl AwsBackend {
             if missed
                 && state == ObservedState::Running
                 && s.running_since_unix_ms().is_none()
-                && !self.inner.switches.ignore_launch_time
+                && self.hooks().uses_launch_time()
             {
                 at_unix_ms = at_unix_ms.min(info.launch_time_unix_ms);
             }
-            if overbill > 0 && state == ObservedState::Running {
-                at_unix_ms -= s.valid_to_unix_ms().saturating_sub(at_unix_ms) * overbill / 100;
+            if state == ObservedState::Running {
+                at_unix_ms = self.hooks().running_at(at_unix_ms, s.valid_to_unix_ms());
             }
             (s.instance() == Some(instance_id.as_str()) && s.last_state() != Some(state))
                 .then_some(Event::InstanceStateObserved { instance_id, state, observed_at_unix_ms: at_unix_ms })
@@ -113,9 +112,7 @@ impl AwsBackend {
         deadline_unix_ms: Option<u64>,
     ) -> Result<(), BackendError> {
         let mut rx = self.poller(region).subscribe(instance_id);
-        let switches = &self.inner.switches;
-        let mut deadline =
-            deadline_unix_ms.map(|at| (at + switches.terminate_late_ms).saturating_sub(switches.terminate_early_ms));
+        let mut deadline = deadline_unix_ms.map(|at| self.hooks().terminate_at(at));
         let mut absent_since: Option<u64> = None;
         let mut asked_exit = false;
         let mut launched_at: Option<u64> = None;
