@@ -5,9 +5,9 @@ mod access;
 mod admission;
 mod api;
 mod deadline;
-mod journal;
 mod launch;
 mod lease;
+mod ledger;
 mod metering;
 mod provision;
 mod region;
@@ -24,17 +24,19 @@ use std::sync::{Arc, Mutex};
 use backend_api::{BackendError, Clock, GrantId, RegionLabel, Secret};
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::SeedableRng;
-use usage_ledger::{Books, EventStore, GrantState, Ledger, ObservedState, SharedLedger};
+use usage_ledger::{Books, EventStore, GrantState, Ledger, ObservedState};
 
 use crate::config::AwsBootConfig;
+use crate::journal::Journal;
 use crate::lag::Lags;
 use crate::pacing::{Pacer, PacingStats, RetryPolicy, lock};
 use crate::placement::{RegionNetwork, RegionPlacement};
 use crate::poller::RegionPoller;
-use crate::port::{Ec2Error, Ec2Port, InstanceState, InstanceTypeInfo};
+use crate::port::{Ec2Port, InstanceState, InstanceTypeInfo};
 use crate::standby::Tenure;
 use crate::switches::{Hooks, TestSwitches};
-use terminate::{Claim, Gathered};
+use crate::tasks::Tasks;
+use crate::terminations::Terminations;
 
 /// The name this backend reports.
 pub const BACKEND_NAME: &str = "aws";
@@ -86,25 +88,22 @@ pub(crate) struct Inner {
     pub(crate) cfg: AwsBootConfig,
     pub(crate) port: Arc<dyn Ec2Port>,
     pub(crate) clock: Arc<dyn Clock>,
-    /// Shared by every task, with group commit: concurrent grants' appends share an `fsync`.
-    pub(crate) ledger: SharedLedger<DynStore>,
+    /// The usage ledger's only writer (see `journal`).
+    journal: Journal,
     pub(crate) pacer: Arc<Pacer>,
     key_seed: Secret,
     /// The deliberate faults of tests, asked through their hooks (see `switches`).
     hooks: Hooks,
-    /// Why the ledger last failed to take an append, while it has not taken one since: the
-    /// backend is degraded, refuses new grants and keeps terminating.
-    ledger_failure: Mutex<Option<String>>,
     /// Each armed deadline's task, by grant (see `arm_deadline`).
-    deadlines: Mutex<BTreeMap<GrantId, tokio::task::JoinHandle<()>>>,
+    deadlines: Tasks<GrantId>,
     /// Each failed teardown's retrying task, by grant (see `arm_finish`).
-    finishing: Mutex<BTreeMap<GrantId, tokio::task::JoinHandle<()>>>,
+    finishing: Tasks<GrantId>,
     /// Each armed final network measurement's task, by grant and instance (see
     /// `arm_network_final`).
-    network_finals: Mutex<BTreeMap<(GrantId, String), tokio::task::JoinHandle<()>>>,
-    /// Instances TerminateInstances has accepted, or is being sent for: asking again gains
-    /// nothing (see `TerminateClaim`).
-    terminate_sent: Mutex<BTreeMap<String, Claim>>,
+    network_finals: Tasks<(GrantId, String)>,
+    /// Who may send TerminateInstances for an instance, and the instances gathered into one
+    /// call (see `terminations`).
+    terminations: Terminations,
     /// Instances RunInstances answered with whose `InstanceLaunched` is not recorded yet, by
     /// grant: the deadline and a rollback end them even while the ledger cannot be written.
     launched_unrecorded: Mutex<BTreeMap<GrantId, String>>,
@@ -119,8 +118,6 @@ pub(crate) struct Inner {
     prep_slots: Mutex<BTreeMap<RegionLabel, Arc<tokio::sync::Semaphore>>>,
     /// EC2's visibility and dependency lags, learned per region (see `lag`).
     pub(crate) lags: Lags,
-    /// Per region, the instances waiting to be terminated together (see `terminate_together`).
-    terminate_queue: Mutex<BTreeMap<RegionLabel, Vec<Gathered>>>,
     /// The networks of the regions with a `[network]`, once resolved (see `placement`).
     pub(crate) networks: Mutex<BTreeMap<RegionLabel, RegionNetwork>>,
     /// What each region taught about zones, capacity and the vCPU quota (see `placement`).
@@ -139,15 +136,9 @@ impl Inner {
         for (_, (_, task)) in lock(&self.pollers).iter() {
             task.abort();
         }
-        for task in lock(&self.deadlines).values() {
-            task.abort();
-        }
-        for task in lock(&self.network_finals).values() {
-            task.abort();
-        }
-        for task in lock(&self.finishing).values() {
-            task.abort();
-        }
+        self.deadlines.abort_all();
+        self.network_finals.abort_all();
+        self.finishing.abort_all();
     }
 }
 
@@ -164,22 +155,6 @@ impl Drop for Inner {
 #[derive(Clone)]
 pub struct AwsBackend {
     pub(crate) inner: Arc<Inner>,
-}
-
-pub(crate) fn provider(err: Ec2Error) -> BackendError {
-    if err.is_throttle() {
-        return BackendError::Throttled { operation: err.operation.name().into() };
-    }
-    BackendError::Provider {
-        operation: err.operation.name().into(),
-        retryable: err.is_transient(),
-        code: err.code,
-        message: err.message,
-    }
-}
-
-fn local(err: impl std::fmt::Display) -> BackendError {
-    BackendError::Local(err.to_string())
 }
 
 fn observed(state: InstanceState) -> ObservedState {
@@ -214,21 +189,19 @@ impl AwsBackend {
                 port: parts.port,
                 started_unix_ms: parts.clock.now_unix_ms(),
                 clock: parts.clock,
-                ledger: SharedLedger::new(parts.ledger),
+                journal: Journal::new(parts.ledger),
                 pacer,
                 key_seed: parts.key_seed,
                 hooks,
-                ledger_failure: Mutex::new(None),
-                deadlines: Mutex::new(BTreeMap::new()),
-                finishing: Mutex::new(BTreeMap::new()),
-                network_finals: Mutex::new(BTreeMap::new()),
-                terminate_sent: Mutex::new(BTreeMap::new()),
+                deadlines: Tasks::default(),
+                finishing: Tasks::default(),
+                network_finals: Tasks::default(),
+                terminations: Terminations::default(),
                 launched_unrecorded: Mutex::new(BTreeMap::new()),
                 catalogue: Mutex::new(BTreeMap::new()),
                 pollers: Mutex::new(BTreeMap::new()),
                 prep_slots: Mutex::new(BTreeMap::new()),
                 lags: Lags::default(),
-                terminate_queue: Mutex::new(BTreeMap::new()),
                 networks: Mutex::new(BTreeMap::new()),
                 placement: Mutex::new(BTreeMap::new()),
                 offering_asks: Mutex::new(BTreeMap::new()),
@@ -281,7 +254,7 @@ impl AwsBackend {
 
     /// Runs `f` on the ledger's books (every grant's state; see [`Books`]).
     pub fn with_ledger<T>(&self, f: impl FnOnce(&Books) -> T) -> T {
-        self.inner.ledger.with_books(f)
+        self.inner.journal.with_books(f)
     }
 
     /// A copy of one grant's state.

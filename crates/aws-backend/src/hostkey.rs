@@ -12,7 +12,8 @@
 
 use backend_api::{BackendError, GrantId, RegionLabel};
 
-use crate::backend::{AwsBackend, provider};
+use crate::backend::AwsBackend;
+use crate::errors::provider;
 use crate::guest::host_key_from_console;
 use crate::lag::Lag;
 use crate::poller::Sighting;

@@ -6,9 +6,11 @@
 
 mod backend;
 pub mod config;
+mod errors;
 pub mod guest;
 mod hostkey;
 mod images;
+mod journal;
 pub mod keys;
 pub(crate) mod lag;
 pub mod names;
@@ -23,6 +25,8 @@ pub mod sdk;
 pub mod sizing;
 pub mod standby;
 mod switches;
+mod tasks;
+mod terminations;
 
 pub use backend::{AwsBackend, BACKEND_NAME, BackendLedger, BackendParts, DynStore};
 pub use config::{AwsBootConfig, ConfigError, DynamoLedger, GRANT_TAG, LedgerStore, OWNER_TAG};

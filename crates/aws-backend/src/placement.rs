@@ -16,7 +16,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use backend_api::{BackendError, RegionLabel};
 
-use crate::backend::{AwsBackend, provider};
+use crate::backend::AwsBackend;
+use crate::errors::provider;
 use crate::pacing::lock;
 use crate::port::{Filter, InstanceTypeInfo, InstanceTypeOffering, Operation, SubnetInfo, codes};
 

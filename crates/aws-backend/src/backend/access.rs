@@ -3,7 +3,8 @@
 use backend_api::{BackendError, GrantId, RegionLabel};
 use usage_ledger::Event;
 
-use super::{AwsBackend, VISIBILITY_WINDOW_MS, provider};
+use super::{AwsBackend, VISIBILITY_WINDOW_MS};
+use crate::errors::provider;
 use crate::keys::SshKeyPair;
 use crate::names;
 use crate::port::{

@@ -17,7 +17,7 @@ impl AwsBackend {
         let at = self.hooks().terminate_at(valid_to_unix_ms);
         let weak = Arc::downgrade(&self.inner);
         let clock = self.inner.clock.clone();
-        let task = tokio::spawn(async move {
+        let task = async move {
             clock.sleep_until_unix_ms(at).await;
             let mut attempt = 0;
             loop {
@@ -45,12 +45,10 @@ impl AwsBackend {
                 }
             }
             if let Some(inner) = weak.upgrade() {
-                lock(&inner.deadlines).remove(&grant);
+                inner.deadlines.done(&grant);
             }
-        });
-        if let Some(previous) = lock(&self.inner.deadlines).insert(grant, task) {
-            previous.abort();
-        }
+        };
+        self.inner.deadlines.replace(grant, task);
     }
 
     /// The instance the grant's deadline ends: the one the ledger holds, or the one RunInstances

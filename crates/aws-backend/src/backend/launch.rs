@@ -6,16 +6,14 @@ use std::collections::BTreeMap;
 use backend_api::{AlmanacTick, BackendError, GrantId, RegionLabel};
 use usage_ledger::{Event, GrantState};
 
-use super::{AwsBackend, VISIBILITY_WINDOW_MS, local, provider};
+use super::{AwsBackend, VISIBILITY_WINDOW_MS};
+use crate::errors::{self, local, provider};
 use crate::names;
 use crate::pacing::lock;
 use crate::placement::{Candidate, RegionNetwork};
 use crate::port::{
     Architecture, Ec2Error, Filter, InstanceInfo, InstanceTypeInfo, Operation, RunInstancesRequest, codes,
 };
-
-/// The code `run_instance_when_visible` answers, sending nothing, once it is too late to launch.
-const TOO_LATE: &str = "Local.TooLateToLaunch";
 
 impl AwsBackend {
     /// The grant's instance: the one the ledger knows, or one launched now. Tries the places
@@ -169,7 +167,7 @@ impl AwsBackend {
                     );
                     return Err(crate::refusals::launch(region, &request, err));
                 }
-                Err(err) if err.is(TOO_LATE) => {
+                Err(err) if err.is(errors::codes::TOO_LATE_TO_LAUNCH) => {
                     return Err(self.check_time_left(valid_to).err().unwrap_or_else(|| local(err)));
                 }
                 Err(err) if err.is(codes::IDEMPOTENT_INSTANCE_TERMINATED) => {
@@ -193,7 +191,7 @@ impl AwsBackend {
     /// RunInstances, retried (with the same token, so at most one instance results) while the
     /// key pair or group it names is not yet visible to EC2.
     /// Each call first checks that `min_lifetime_s` is still left before `valid_to`, and
-    /// answers [`TOO_LATE`] without sending anything when it is not.
+    /// answers [`errors::codes::TOO_LATE_TO_LAUNCH`] without sending anything when it is not.
     async fn run_instance_when_visible(
         &self,
         region: &RegionLabel,
@@ -209,7 +207,11 @@ impl AwsBackend {
             let port = self.inner.port.clone();
             async move {
                 if too_late {
-                    return Err(Ec2Error::new(Operation::RunInstances, TOO_LATE, "not sent: too close to valid_to"));
+                    return Err(Ec2Error::new(
+                        Operation::RunInstances,
+                        errors::codes::TOO_LATE_TO_LAUNCH,
+                        "not sent: too close to valid_to",
+                    ));
                 }
                 port.run_instance(region, request).await
             }

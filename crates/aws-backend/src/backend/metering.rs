@@ -6,8 +6,8 @@ use std::sync::Arc;
 use backend_api::{BackendError, GrantId, RegionLabel};
 use usage_ledger::{Event, PendingNetwork};
 
-use super::{AwsBackend, local, provider};
-use crate::pacing::lock;
+use super::AwsBackend;
+use crate::errors::{local, provider};
 use crate::port::{Ec2Error, Operation, metric_window};
 
 /// How many times a final network measurement is tried (backoff from 1 minute up to an hour
@@ -94,7 +94,7 @@ impl AwsBackend {
         let weak = Arc::downgrade(&self.inner);
         let clock = self.inner.clock.clone();
         let task_key = key.clone();
-        let task = tokio::spawn(async move {
+        let task = async move {
             clock.sleep_until_unix_ms(at).await;
             for attempt in 0..NETWORK_FINAL_TRIES {
                 let Some(inner) = weak.upgrade() else { return };
@@ -109,12 +109,10 @@ impl AwsBackend {
                 }
             }
             if let Some(inner) = weak.upgrade() {
-                lock(&inner.network_finals).remove(&task_key);
+                inner.network_finals.done(&task_key);
             }
-        });
-        if let Some(previous) = lock(&self.inner.network_finals).insert(key, task) {
-            previous.abort();
-        }
+        };
+        self.inner.network_finals.replace(key, task);
     }
 
     /// CloudWatch's bytes in and out of `instance_id` over `[start, end)`, widened to whole

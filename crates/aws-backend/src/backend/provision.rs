@@ -7,7 +7,8 @@ use backend_api::{BackendError, ComputeGrant, GrantId, ProvisionedInstance, Regi
 use base64::Engine;
 use usage_ledger::{Event, TerminationReason};
 
-use super::{AwsBackend, BACKEND_NAME, local};
+use super::{AwsBackend, BACKEND_NAME};
+use crate::errors::local;
 use crate::guest::{GuestSpec, HostKeys, render_user_data};
 use crate::keys::SshKeyPair;
 use crate::pacing::lock;

@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use backend_api::{BackendError, RegionLabel};
 
-use super::{AwsBackend, provider};
+use super::AwsBackend;
+use crate::errors::provider;
 use crate::pacing::lock;
 use crate::poller::RegionPoller;
 use crate::port::{InstanceTypeInfo, Operation};

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use backend_api::{BackendError, GrantId, RegionLabel};
 use usage_ledger::{Event, TerminationReason};
 
-use super::{AwsBackend, VISIBILITY_WINDOW_MS, local, provider};
+use super::{AwsBackend, VISIBILITY_WINDOW_MS};
+use crate::errors::{self, local, provider};
 use crate::lag::Lag;
 use crate::names;
-use crate::pacing::lock;
 use crate::port::{Filter, Operation, codes};
 
 /// The longest wait between two tries of a failed teardown (see `arm_finish`).
@@ -58,14 +58,10 @@ impl AwsBackend {
         if !self.acting() || self.lease_lost().is_some() {
             return;
         }
-        let mut finishing = lock(&self.inner.finishing);
-        if finishing.get(&grant).is_some_and(|task| !task.is_finished()) {
-            return;
-        }
         let weak = Arc::downgrade(&self.inner);
         let clock = self.inner.clock.clone();
         let poll_ms = self.config().poll_interval_ms.max(1);
-        let task = tokio::spawn(async move {
+        let task = async move {
             let mut wait_ms = poll_ms;
             loop {
                 clock.sleep_ms(wait_ms).await;
@@ -82,7 +78,7 @@ impl AwsBackend {
                     Ok(()) => break,
                     // While the ledger fails, that failure is logged once (`note_ledger`), not
                     // once per grant every poll interval.
-                    Err(err) if lock(&backend.inner.ledger_failure).is_some() => {
+                    Err(err) if backend.inner.journal.degraded() => {
                         tracing::debug!(grant = %grant.short(), error = %err, "teardown waits for the ledger");
                         wait_ms = poll_ms;
                     }
@@ -93,12 +89,10 @@ impl AwsBackend {
                 }
             }
             if let Some(inner) = weak.upgrade() {
-                lock(&inner.finishing).remove(&grant);
+                inner.finishing.done(&grant);
             }
-        });
-        if let Some(previous) = finishing.insert(grant, task) {
-            previous.abort();
-        }
+        };
+        self.inner.finishing.arm(grant, task);
     }
 
     async fn teardown_once(&self, grant: GrantId, reason: TerminationReason) -> Result<(), BackendError> {
@@ -203,8 +197,6 @@ impl AwsBackend {
         region: &RegionLabel,
         key_name: &str,
     ) -> Result<(), BackendError> {
-        /// EC2's code for a call IAM refused.
-        const UNAUTHORIZED_OPERATION: &str = "UnauthorizedOperation";
         let refused = match self
             .inner
             .pacer
@@ -212,7 +204,7 @@ impl AwsBackend {
             .await
         {
             Ok(()) => return Ok(()),
-            Err(err) if err.is(UNAUTHORIZED_OPERATION) => err,
+            Err(err) if err.is(errors::codes::UNAUTHORIZED_OPERATION) => err,
             Err(err) => return Err(provider(err)),
         };
         let by_name = vec![Filter { name: "key-name".into(), values: vec![key_name.to_string()] }];

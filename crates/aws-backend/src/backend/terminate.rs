@@ -4,103 +4,15 @@
 use backend_api::{BackendError, GrantId, RegionLabel};
 use usage_ledger::{Event, ObservedState, TerminationReason};
 
-use super::{AwsBackend, Inner, VISIBILITY_WINDOW_MS, provider};
-use crate::pacing::lock;
-use crate::port::{Ec2Error, Filter, InstanceState, Operation, codes};
-
-/// Where TerminateInstances stands for one instance.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Claim {
-    /// A caller is sending it.
-    InFlight,
-    /// EC2 accepted it.
-    Accepted,
-}
-
-/// The right to send TerminateInstances for one instance: taken by one caller at a time, and
-/// given back when dropped unless the call succeeded (`keep`).
-struct TerminateClaim<'a> {
-    inner: &'a Inner,
-    instance_id: String,
-    kept: bool,
-}
-
-/// What asking for the claim found.
-enum ClaimAsk<'a> {
-    /// This caller sends the call.
-    Taken(TerminateClaim<'a>),
-    /// Another caller is sending it now; it may still fail.
-    InFlight,
-    /// EC2 has accepted it already.
-    Accepted,
-}
-
-impl<'a> TerminateClaim<'a> {
-    fn take(inner: &'a Inner, instance_id: &str) -> ClaimAsk<'a> {
-        let mut sent = lock(&inner.terminate_sent);
-        match sent.get(instance_id) {
-            Some(Claim::InFlight) => ClaimAsk::InFlight,
-            Some(Claim::Accepted) => ClaimAsk::Accepted,
-            None => {
-                sent.insert(instance_id.to_string(), Claim::InFlight);
-                ClaimAsk::Taken(Self { inner, instance_id: instance_id.to_string(), kept: false })
-            }
-        }
-    }
-
-    fn keep(mut self) {
-        self.kept = true;
-        lock(&self.inner.terminate_sent).insert(self.instance_id.clone(), Claim::Accepted);
-    }
-}
-
-impl Drop for TerminateClaim<'_> {
-    fn drop(&mut self) {
-        if !self.kept {
-            lock(&self.inner.terminate_sent).remove(&self.instance_id);
-        }
-    }
-}
-
-/// An instance waiting in `terminate_together`, and where to tell it what became of it.
-pub(super) type Gathered = (String, tokio::sync::oneshot::Sender<Together>);
-
-/// What became of an instance sent to `terminate_together`.
-pub(super) enum Together {
-    /// EC2 accepted the call that named it.
-    Done,
-    /// Send it alone: the shared call failed for one of its instances (not yet visible, say),
-    /// or the call was never made.
-    Alone,
-    /// The shared call failed for all: this error.
-    Failed(Ec2Error),
-}
+use super::{AwsBackend, VISIBILITY_WINDOW_MS};
+use crate::errors::provider;
+use crate::port::{Filter, InstanceState, Operation, codes};
+use crate::terminations::{ClaimAsk, Together};
 
 /// How long the first instance to terminate in an instant waits for others of its region.
 const TERMINATE_GATHER_MS: u64 = 50;
 /// EC2's most instance ids in one TerminateInstances call.
 const TERMINATE_IDS_MAX: usize = 1_000;
-
-/// The first caller of an instant: on drop (cancelled while gathering), it lets the others
-/// go alone rather than wait forever.
-struct GatherLeader<'a> {
-    inner: &'a Inner,
-    region: RegionLabel,
-}
-
-impl GatherLeader<'_> {
-    fn take(&self) -> Vec<Gathered> {
-        lock(&self.inner.terminate_queue).remove(&self.region).unwrap_or_default()
-    }
-}
-
-impl Drop for GatherLeader<'_> {
-    fn drop(&mut self) {
-        for (_, tx) in self.take() {
-            let _ = tx.send(Together::Alone);
-        }
-    }
-}
 
 impl AwsBackend {
     /// Records that termination was requested (once) and calls TerminateInstances, retrying
@@ -128,7 +40,7 @@ impl AwsBackend {
         // One caller at a time sends it (the deadline task and a watch wake at the same
         // instant), and nobody once EC2 has accepted it. The claim is released when the call
         // fails or its caller is cancelled.
-        let claim = match TerminateClaim::take(&self.inner, instance_id) {
+        let claim = match self.inner.terminations.claim(instance_id) {
             ClaimAsk::Taken(claim) => claim,
             ClaimAsk::Accepted => return Ok(true),
             ClaimAsk::InFlight => return Ok(false),
@@ -207,17 +119,10 @@ impl AwsBackend {
     /// `TERMINATE_GATHER_MS` of the first (grants ending in the same instant), up to EC2's
     /// 1,000 ids per call. One id EC2 cannot see fails the whole call: then each goes alone.
     async fn terminate_together(&self, region: &RegionLabel, instance_id: &str) -> Together {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let leads = {
-            let mut queues = lock(&self.inner.terminate_queue);
-            let queue = queues.entry(region.clone()).or_default();
-            queue.push((instance_id.to_string(), tx));
-            queue.len() == 1
-        };
-        if !leads {
+        let (leader, rx) = self.inner.terminations.gather(region, instance_id);
+        let Some(leader) = leader else {
             return rx.await.unwrap_or(Together::Alone);
-        }
-        let leader = GatherLeader { inner: &self.inner, region: region.clone() };
+        };
         self.inner.clock.sleep_ms(TERMINATE_GATHER_MS).await;
         let mut gathered = leader.take();
         drop(leader);

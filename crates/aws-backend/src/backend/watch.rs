@@ -4,7 +4,8 @@
 use backend_api::{BackendError, GrantId, RegionLabel};
 use usage_ledger::{Event, ObservedState, TerminationReason};
 
-use super::{AwsBackend, VISIBILITY_WINDOW_MS, observed, provider};
+use super::{AwsBackend, VISIBILITY_WINDOW_MS, observed};
+use crate::errors::provider;
 use crate::poller::Sighting;
 use crate::port::{InstanceInfo, InstanceState, Operation, codes};
 
