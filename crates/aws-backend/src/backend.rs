@@ -27,6 +27,7 @@ use rand_chacha::rand_core::SeedableRng;
 use usage_ledger::{Books, EventStore, GrantState, Ledger, ObservedState};
 
 use crate::config::AwsBootConfig;
+use crate::ec2::Ec2;
 use crate::journal::Journal;
 use crate::lag::Lags;
 use crate::pacing::{Pacer, PacingStats, RetryPolicy, lock};
@@ -86,11 +87,11 @@ type PollerTask = (Arc<RegionPoller>, tokio::task::JoinHandle<()>);
 
 pub(crate) struct Inner {
     pub(crate) cfg: AwsBootConfig,
-    pub(crate) port: Arc<dyn Ec2Port>,
+    /// The paced EC2 client: the port and the pacer (see `ec2`).
+    ec2: Ec2,
     pub(crate) clock: Arc<dyn Clock>,
     /// The usage ledger's only writer (see `journal`).
     journal: Journal,
-    pub(crate) pacer: Arc<Pacer>,
     key_seed: Secret,
     /// The deliberate faults of tests, asked through their hooks (see `switches`).
     hooks: Hooks,
@@ -186,11 +187,10 @@ impl AwsBackend {
         let backend = Self {
             inner: Arc::new(Inner {
                 cfg: cfg.clone(),
-                port: parts.port,
+                ec2: Ec2::new(parts.port, pacer),
                 started_unix_ms: parts.clock.now_unix_ms(),
                 clock: parts.clock,
                 journal: Journal::new(parts.ledger),
-                pacer,
                 key_seed: parts.key_seed,
                 hooks,
                 deadlines: Tasks::default(),
@@ -244,7 +244,7 @@ impl AwsBackend {
 
     /// Pacing statistics: retries per error code, time spent in our own token buckets.
     pub fn pacing_stats(&self) -> PacingStats {
-        self.inner.pacer.stats()
+        self.inner.ec2.stats()
     }
 
     /// DescribeInstances polls made so far, per region.
@@ -266,6 +266,11 @@ impl AwsBackend {
     /// build.
     pub(crate) fn hooks(&self) -> &Hooks {
         &self.inner.hooks
+    }
+
+    /// The paced EC2 client.
+    pub(crate) fn ec2(&self) -> &Ec2 {
+        &self.inner.ec2
     }
 
     pub(crate) fn now_ms(&self) -> u64 {

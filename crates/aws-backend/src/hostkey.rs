@@ -73,9 +73,8 @@ impl AwsBackend {
                 }
             }
             let output = self
-                .inner
-                .pacer
-                .call(region, Operation::GetConsoleOutput, || self.inner.port.get_console_output(region, instance_id))
+                .ec2()
+                .call(region, Operation::GetConsoleOutput, |port| port.get_console_output(region, instance_id))
                 .await;
             let found = match output {
                 Ok(Some(text)) => host_key_from_console(&text).map_err(|reason| BackendError::Provider {

@@ -87,10 +87,7 @@ impl AwsBackend {
         {
             return Ok(id.clone());
         }
-        let read = self
-            .inner
-            .pacer
-            .call(region, Operation::GetParameter, || self.inner.port.get_parameter(region, &name))
+        let read = self.ec2().call(region, Operation::GetParameter, |port| port.get_parameter(region, &name))
             .await
             .map_err(|err| alias_error(region, arch, &name, err))
             .and_then(|value| {

@@ -6,6 +6,7 @@
 
 mod backend;
 pub mod config;
+mod ec2;
 mod errors;
 pub mod guest;
 mod hostkey;

@@ -242,10 +242,9 @@ impl AwsBackend {
             (config.subnet_ids.clone(), Vec::new(), format!("network.{region}.subnet_ids {:?}", config.subnet_ids))
         };
         let subnets = self
-            .inner
-            .pacer
-            .pages(region, Operation::DescribeSubnets, !ids.is_empty(), |page| {
-                self.inner.port.describe_subnets_page(region, ids.clone(), filters.clone(), page)
+            .ec2()
+            .pages(region, Operation::DescribeSubnets, !ids.is_empty(), |port, page| {
+                port.describe_subnets_page(region, ids.clone(), filters.clone(), page)
             })
             .await;
         let misconfigured = |reason: String| BackendError::InvalidInput { field: format!("network.{region}"), reason };
@@ -288,10 +287,9 @@ impl AwsBackend {
             _ => self.config().instance_families.iter().map(|f| format!("{f}.*")).collect(),
         };
         let answer = self
-            .inner
-            .pacer
-            .pages(region, Operation::DescribeInstanceTypeOfferings, false, |page| {
-                self.inner.port.describe_instance_type_offerings_page(region, families.clone(), page)
+            .ec2()
+            .pages(region, Operation::DescribeInstanceTypeOfferings, false, |port, page| {
+                port.describe_instance_type_offerings_page(region, families.clone(), page)
             })
             .await;
         match answer {

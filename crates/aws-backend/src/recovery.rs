@@ -12,6 +12,7 @@ use usage_ledger::{Event, ObservedState, ResourceKind, TerminationReason};
 
 use crate::backend::AwsBackend;
 use crate::config::{GRANT_TAG, OWNER_TAG};
+use crate::ec2::Lookup;
 use crate::port::{Ec2Error, Filter, InstanceState, Operation, Tags};
 
 /// What a recovery pass did.
@@ -212,21 +213,17 @@ impl AwsBackend {
         report: &mut ReapReport,
         overdue: &mut BTreeMap<GrantId, ()>,
     ) -> Result<(), Ec2Error> {
-        let port = self.inner.port.clone();
-        let pacer = self.inner.pacer.clone();
+        let ec2 = self.ec2();
         let owner = vec![Filter::tag(OWNER_TAG, [self.config().owner.clone()])];
         let now = self.now_ms();
         let grace = self.config().reaper_grace_ms;
 
-        let instances = pacer
-            .pages(region, Operation::DescribeInstances, false, |page| {
-                port.describe_instances_page(region, Vec::new(), owner.clone(), page)
-            })
+        let instances = ec2.instances(region, Lookup::Owner(&self.config().owner)).await?;
+        let key_pairs = ec2
+            .call(region, Operation::DescribeKeyPairs, |port| port.describe_key_pairs(region, owner.clone()))
             .await?;
-        let key_pairs =
-            pacer.call(region, Operation::DescribeKeyPairs, || port.describe_key_pairs(region, owner.clone())).await?;
-        let groups = pacer
-            .pages(region, Operation::DescribeSecurityGroups, false, |page| {
+        let groups = ec2
+            .pages(region, Operation::DescribeSecurityGroups, false, |port, page| {
                 port.describe_security_groups_page(region, Vec::new(), owner.clone(), page)
             })
             .await?;
@@ -253,12 +250,7 @@ impl AwsBackend {
         }
         if !dry_run && !doomed_instances.is_empty() {
             let ids: Vec<String> = doomed_instances.iter().map(|(id, _)| id.clone()).collect();
-            match pacer
-                .call_for(region, Operation::TerminateInstances, crate::pacing::count(&ids), || {
-                    port.terminate_instances(region, ids.clone())
-                })
-                .await
-            {
+            match ec2.terminate(region, &ids).await {
                 Ok(_) => {
                     for (id, grant) in doomed_instances {
                         self.note_reaped(grant, ResourceKind::Instance, id, report).await;
@@ -310,8 +302,10 @@ impl AwsBackend {
             if dry_run {
                 continue;
             }
-            match pacer
-                .call(region, Operation::DeleteSecurityGroup, || port.delete_security_group(region, &group.group_id))
+            match ec2
+                .call(region, Operation::DeleteSecurityGroup, |port| {
+                    port.delete_security_group(region, &group.group_id)
+                })
                 .await
             {
                 Ok(()) => self.note_reaped(grant, ResourceKind::SecurityGroup, group.group_id.clone(), report).await,

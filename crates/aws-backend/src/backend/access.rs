@@ -7,6 +7,7 @@ use super::{AwsBackend, VISIBILITY_WINDOW_MS};
 use crate::errors::provider;
 use crate::keys::SshKeyPair;
 use crate::names;
+use crate::pacing::Backoff;
 use crate::port::{
     AuthorizeIngressRequest, CreateSecurityGroupRequest, Ec2Error, Filter, ImportKeyPairRequest, Operation, codes,
 };
@@ -38,14 +39,13 @@ impl AwsBackend {
         let retried = self.grant_state(grant).is_some_and(|s| s.attempt() > 0);
         let window_ms = if retried { DELETED_NAME_WINDOW_MS } else { 0 };
         let result = self
-            .inner
-            .pacer
+            .ec2()
             .call_until_settled(
                 region,
                 Operation::ImportKeyPair,
                 window_ms,
                 |err| err.is(codes::KEY_PAIR_DUPLICATE),
-                || self.inner.port.import_key_pair(region, request.clone()),
+                |port| port.import_key_pair(region, request.clone()),
             )
             .await;
         let key_pair_id = match result {
@@ -84,10 +84,9 @@ impl AwsBackend {
                 let mut attempt = 0;
                 let group_id = loop {
                     let result = self
-                        .inner
-                        .pacer
-                        .call(region, Operation::CreateSecurityGroup, || {
-                            self.inner.port.create_security_group(region, request.clone())
+                        .ec2()
+                        .call(region, Operation::CreateSecurityGroup, |port| {
+                            port.create_security_group(region, request.clone())
                         })
                         .await;
                     match result {
@@ -109,7 +108,7 @@ impl AwsBackend {
                             {
                                 break found;
                             }
-                            self.inner.pacer.backoff(attempt.min(4) + 2).await;
+                            self.ec2().backoff(Backoff::Lag, attempt).await;
                             attempt += 1;
                         }
                         Err(err) => return Err(crate::refusals::security_group(region, err)),
@@ -133,7 +132,7 @@ impl AwsBackend {
                 created,
                 false,
                 Ec2Error::is_not_found,
-                || self.inner.port.authorize_ingress(region, request.clone()),
+                |port| port.authorize_ingress(region, request.clone()),
             )
             .await;
         match result {
@@ -148,10 +147,9 @@ impl AwsBackend {
     async fn group_exists(&self, region: &RegionLabel, group_id: &str) -> Result<bool, BackendError> {
         let ids = vec![group_id.to_string()];
         match self
-            .inner
-            .pacer
-            .pages(region, Operation::DescribeSecurityGroups, true, |page| {
-                self.inner.port.describe_security_groups_page(region, ids.clone(), Vec::new(), page)
+            .ec2()
+            .pages(region, Operation::DescribeSecurityGroups, true, |port, page| {
+                port.describe_security_groups_page(region, ids.clone(), Vec::new(), page)
             })
             .await
         {
@@ -172,17 +170,16 @@ impl AwsBackend {
         let mut attempt = 0;
         while self.now_ms() < started + VISIBILITY_WINDOW_MS {
             let groups = self
-                .inner
-                .pacer
-                .pages(region, Operation::DescribeSecurityGroups, false, |page| {
-                    self.inner.port.describe_security_groups_page(region, Vec::new(), filters.clone(), page)
+                .ec2()
+                .pages(region, Operation::DescribeSecurityGroups, false, |port, page| {
+                    port.describe_security_groups_page(region, Vec::new(), filters.clone(), page)
                 })
                 .await
                 .map_err(provider)?;
             if let Some(group) = groups.into_iter().next() {
                 return Ok(Some(group.group_id));
             }
-            self.inner.pacer.backoff(attempt.min(6)).await;
+            self.ec2().backoff(Backoff::Recheck, attempt).await;
             attempt += 1;
         }
         Ok(None)

@@ -7,6 +7,7 @@ use backend_api::{GrantId, RegionLabel};
 use usage_ledger::{GrantState, TerminationReason};
 
 use super::AwsBackend;
+use crate::pacing::Backoff;
 use crate::pacing::lock;
 
 impl AwsBackend {
@@ -30,16 +31,16 @@ impl AwsBackend {
                     // Another caller (a watch, recovery) is sending it and may fail: look again
                     // shortly, and send it ourselves once its claim is given back.
                     Ok(false) => {
-                        let pacer = backend.inner.pacer.clone();
+                        let ec2 = backend.ec2().clone();
                         drop(backend);
-                        pacer.backoff(attempt.min(6)).await;
+                        ec2.backoff(Backoff::Recheck, attempt).await;
                         attempt += 1;
                     }
                     Err(err) => {
                         tracing::warn!(grant = %grant.short(), error = %err, "deadline termination failed; retrying");
-                        let pacer = backend.inner.pacer.clone();
+                        let ec2 = backend.ec2().clone();
                         drop(backend);
-                        pacer.backoff(attempt.min(6)).await;
+                        ec2.backoff(Backoff::Recheck, attempt).await;
                         attempt += 1;
                     }
                 }

@@ -7,13 +7,13 @@ use backend_api::{AlmanacTick, BackendError, GrantId, RegionLabel};
 use usage_ledger::{Event, GrantState};
 
 use super::{AwsBackend, VISIBILITY_WINDOW_MS};
+use crate::ec2::Lookup;
 use crate::errors::{self, local, provider};
 use crate::names;
+use crate::pacing::Backoff;
 use crate::pacing::lock;
 use crate::placement::{Candidate, RegionNetwork};
-use crate::port::{
-    Architecture, Ec2Error, Filter, InstanceInfo, InstanceTypeInfo, Operation, RunInstancesRequest, codes,
-};
+use crate::port::{Architecture, Ec2Error, InstanceInfo, InstanceTypeInfo, Operation, RunInstancesRequest, codes};
 
 impl AwsBackend {
     /// The grant's instance: the one the ledger knows, or one launched now. Tries the places
@@ -200,11 +200,10 @@ impl AwsBackend {
         created: Option<u64>,
     ) -> Result<InstanceInfo, Ec2Error> {
         let invisible = |err: &Ec2Error| err.is(codes::KEY_PAIR_NOT_FOUND) || err.is(codes::GROUP_NOT_FOUND);
-        self.call_when_visible(region, Operation::RunInstances, created, true, invisible, || {
+        self.call_when_visible(region, Operation::RunInstances, created, true, invisible, |port| {
             let too_late = self.check_time_left(valid_to).is_err();
             let mut request = request.clone();
             request.client_token = self.hooks().client_token(request.client_token);
-            let port = self.inner.port.clone();
             async move {
                 if too_late {
                     return Err(Ec2Error::new(
@@ -226,18 +225,11 @@ impl AwsBackend {
         region: &RegionLabel,
         token: &str,
     ) -> Result<(), BackendError> {
-        let mut filters = vec![Filter::tag(crate::config::GRANT_TAG, [grant.to_hex()])];
+        let mut lookup = Lookup::Grant(grant);
         let started = self.now_ms();
         let mut attempt = 0;
         loop {
-            let instances = self
-                .inner
-                .pacer
-                .pages(region, Operation::DescribeInstances, false, |page| {
-                    self.inner.port.describe_instances_page(region, Vec::new(), filters.clone(), page)
-                })
-                .await
-                .map_err(provider)?;
+            let instances = self.ec2().instances(region, lookup).await.map_err(provider)?;
             if let Some(info) = instances.iter().find(|i| i.client_token == token) {
                 let catalogue = self.catalogue(region).await?;
                 let (vcpus, memory_mib) = catalogue
@@ -264,24 +256,16 @@ impl AwsBackend {
             if self.now_ms() > started + VISIBILITY_WINDOW_MS {
                 // The tag-filtered answers may lag (tags propagate after ids): ask by token.
                 // Nothing with the token after the window proves the launch never happened.
-                let by_token = vec![Filter { name: "client-token".into(), values: vec![token.to_string()] }];
-                let found = self
-                    .inner
-                    .pacer
-                    .pages(region, Operation::DescribeInstances, false, |page| {
-                        self.inner.port.describe_instances_page(region, Vec::new(), by_token.clone(), page)
-                    })
-                    .await
-                    .map_err(provider)?;
+                let found = self.ec2().instances(region, Lookup::Token(token)).await.map_err(provider)?;
                 if found.iter().any(|i| i.client_token == token) {
-                    filters = by_token;
+                    lookup = Lookup::Token(token);
                     continue;
                 }
                 tracing::info!(token, "no instance has the launch's token: it never happened");
                 self.record(*grant, Event::LaunchAbsent { client_token: token.to_string() }).await?;
                 return Ok(());
             }
-            self.inner.pacer.backoff(attempt.min(6)).await;
+            self.ec2().backoff(Backoff::Recheck, attempt).await;
             attempt += 1;
         }
     }

@@ -14,6 +14,12 @@ use crate::port::{Ec2Error, Operation, metric_window};
 /// between tries: about a day in all) before the figure is left as it is.
 const NETWORK_FINAL_TRIES: u32 = 30;
 
+/// How long a failed final network measurement waits after try `attempt` (0-based): a minute,
+/// doubling, at most an hour.
+fn network_final_retry_ms(attempt: u32) -> u64 {
+    (60_000u64 << attempt.min(6)).min(3_600_000)
+}
+
 impl AwsBackend {
     /// Samples the instance's network use over its life and records it terminated.
     pub(super) async fn finish_instance(
@@ -104,7 +110,7 @@ impl AwsBackend {
                     Err(err) => {
                         tracing::warn!(grant = %grant.short(), attempt, error = %err, "final network measurement failed; retrying");
                         drop(backend);
-                        clock.sleep_ms((60_000u64 << attempt.min(6)).min(3_600_000)).await;
+                        clock.sleep_ms(network_final_retry_ms(attempt)).await;
                     }
                 }
             }
@@ -130,9 +136,8 @@ impl AwsBackend {
         let (start, end) = metric_window(start, end);
         let ids = vec![instance_id.to_string()];
         let samples = self
-            .inner
-            .pacer
-            .call(region, Operation::GetNetworkUsage, || self.inner.port.network_usage(region, ids.clone(), start, end))
+            .ec2()
+            .call(region, Operation::GetNetworkUsage, |port| port.network_usage(region, ids.clone(), start, end))
             .await?;
         Ok(samples
             .iter()

@@ -19,10 +19,9 @@ impl AwsBackend {
         }
         let families = self.inner.cfg.instance_families.clone();
         let types = self
-            .inner
-            .pacer
-            .pages(region, Operation::DescribeInstanceTypes, false, |page| {
-                self.inner.port.describe_instance_types_page(region, families.clone(), page)
+            .ec2()
+            .pages(region, Operation::DescribeInstanceTypes, false, |port, page| {
+                port.describe_instance_types_page(region, families.clone(), page)
             })
             .await
             .map_err(provider)?;
@@ -44,13 +43,11 @@ impl AwsBackend {
         if let Some((poller, _)) = pollers.get(region) {
             return poller.clone();
         }
-        let poller = Arc::new(RegionPoller::new(
-            region.clone(),
+        let poller = Arc::new(self.ec2().poller(
+            region,
             self.inner.cfg.owner.clone(),
             self.inner.cfg.poll_interval_ms,
-            self.inner.port.clone(),
             self.inner.clock.clone(),
-            self.inner.pacer.clone(),
         ));
         let task = tokio::spawn(poller.clone().run());
         pollers.insert(region.clone(), (poller.clone(), task));

@@ -10,6 +10,7 @@ use super::{AwsBackend, VISIBILITY_WINDOW_MS};
 use crate::errors::{self, local, provider};
 use crate::lag::Lag;
 use crate::names;
+use crate::pacing::Backoff;
 use crate::port::{Filter, Operation, codes};
 
 /// The longest wait between two tries of a failed teardown (see `arm_finish`).
@@ -198,9 +199,8 @@ impl AwsBackend {
         key_name: &str,
     ) -> Result<(), BackendError> {
         let refused = match self
-            .inner
-            .pacer
-            .call(region, Operation::DeleteKeyPair, || self.inner.port.delete_key_pair(region, key_name))
+            .ec2()
+            .call(region, Operation::DeleteKeyPair, |port| port.delete_key_pair(region, key_name))
             .await
         {
             Ok(()) => return Ok(()),
@@ -209,9 +209,8 @@ impl AwsBackend {
         };
         let by_name = vec![Filter { name: "key-name".into(), values: vec![key_name.to_string()] }];
         let found = self
-            .inner
-            .pacer
-            .call(region, Operation::DescribeKeyPairs, || self.inner.port.describe_key_pairs(region, by_name.clone()))
+            .ec2()
+            .call(region, Operation::DescribeKeyPairs, |port| port.describe_key_pairs(region, by_name.clone()))
             .await
             .map_err(provider)?;
         if !found.iter().any(|k| k.key_name == key_name) {
@@ -253,11 +252,8 @@ impl AwsBackend {
         let mut met = false;
         loop {
             let result = self
-                .inner
-                .pacer
-                .call(region, Operation::DeleteSecurityGroup, || {
-                    self.inner.port.delete_security_group(region, group_id)
-                })
+                .ec2()
+                .call(region, Operation::DeleteSecurityGroup, |port| port.delete_security_group(region, group_id))
                 .await;
             match result {
                 Ok(()) => {
@@ -268,7 +264,7 @@ impl AwsBackend {
                     met = true;
                     // The instance's network interface takes seconds to tens of seconds to go:
                     // start the backoff at a few seconds rather than hammering.
-                    self.inner.pacer.backoff(attempt.min(4) + 4).await;
+                    self.ec2().backoff(Backoff::Interface, attempt).await;
                     attempt += 1;
                     continue;
                 }
@@ -280,7 +276,7 @@ impl AwsBackend {
                 }
                 Err(err) => return Err(provider(err)),
             }
-            self.inner.pacer.backoff(attempt.min(6)).await;
+            self.ec2().backoff(Backoff::Recheck, attempt).await;
             attempt += 1;
         }
     }

@@ -5,8 +5,10 @@ use backend_api::{BackendError, GrantId, RegionLabel};
 use usage_ledger::{Event, ObservedState, TerminationReason};
 
 use super::{AwsBackend, VISIBILITY_WINDOW_MS};
+use crate::ec2::Lookup;
 use crate::errors::provider;
-use crate::port::{Filter, InstanceState, Operation, codes};
+use crate::pacing::Backoff;
+use crate::port::{InstanceState, codes};
 use crate::terminations::{ClaimAsk, Together};
 
 /// How long the first instance to terminate in an instant waits for others of its region.
@@ -64,13 +66,7 @@ impl AwsBackend {
         let mut attempt = 0;
         loop {
             let ids = vec![instance_id.to_string()];
-            let result = self
-                .inner
-                .pacer
-                .call_for(region, Operation::TerminateInstances, crate::pacing::count(&ids), || {
-                    self.inner.port.terminate_instances(region, ids.clone())
-                })
-                .await;
+            let result = self.ec2().terminate(region, &ids).await;
             match result {
                 Ok(_) => {
                     claim.keep();
@@ -84,7 +80,7 @@ impl AwsBackend {
                     {
                         return Ok(true);
                     }
-                    self.inner.pacer.backoff(attempt.min(6)).await;
+                    self.ec2().backoff(Backoff::Recheck, attempt).await;
                     attempt += 1;
                 }
                 Err(err) => return Err(provider(err)),
@@ -132,13 +128,7 @@ impl AwsBackend {
             let rest = gathered.split_off(gathered.len().min(TERMINATE_IDS_MAX));
             let chunk = std::mem::replace(&mut gathered, rest);
             let ids: Vec<String> = chunk.iter().map(|(id, _)| id.clone()).collect();
-            let result = self
-                .inner
-                .pacer
-                .call_for(region, Operation::TerminateInstances, crate::pacing::count(&ids), || {
-                    self.inner.port.terminate_instances(region, ids.clone())
-                })
-                .await;
+            let result = self.ec2().terminate(region, &ids).await;
             for (_, tx) in chunk {
                 let _ = tx.send(match &result {
                     Ok(_) => Together::Done,
@@ -187,15 +177,7 @@ impl AwsBackend {
         region: &RegionLabel,
         instance_id: &str,
     ) -> Result<bool, BackendError> {
-        let filters = vec![Filter::tag(crate::config::GRANT_TAG, [grant.to_hex()])];
-        let instances = self
-            .inner
-            .pacer
-            .pages(region, Operation::DescribeInstances, false, |page| {
-                self.inner.port.describe_instances_page(region, Vec::new(), filters.clone(), page)
-            })
-            .await
-            .map_err(provider)?;
+        let instances = self.ec2().instances(region, Lookup::Grant(grant)).await.map_err(provider)?;
         Ok(instances.iter().any(|i| i.instance_id == instance_id && i.state == InstanceState::Terminated))
     }
 }

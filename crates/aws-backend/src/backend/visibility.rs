@@ -5,14 +5,14 @@ use backend_api::RegionLabel;
 
 use super::{AwsBackend, VISIBILITY_WINDOW_MS};
 use crate::lag::Lag;
-use crate::port::{Ec2Error, Operation};
+use crate::port::{Ec2Error, Ec2Port, Operation};
 
 impl AwsBackend {
     /// `op` on resources created at `created` (`None`: long ago): waits out the learned
     /// visibility lag (a quarter longer with `margin`), retries while `invisible` holds for the
     /// error within the window, and learns from how it went.
-    pub(super) async fn call_when_visible<T, F, Fut>(
-        &self,
+    pub(super) async fn call_when_visible<'a, T, F, Fut>(
+        &'a self,
         region: &RegionLabel,
         op: Operation,
         created: Option<u64>,
@@ -21,7 +21,7 @@ impl AwsBackend {
         call: F,
     ) -> Result<T, Ec2Error>
     where
-        F: FnMut() -> Fut,
+        F: FnMut(&'a dyn Ec2Port) -> Fut,
         Fut: std::future::Future<Output = Result<T, Ec2Error>>,
     {
         self.wait_lag(region, Lag::Visibility, created, margin).await;
@@ -31,7 +31,7 @@ impl AwsBackend {
             met.fetch_or(settling, std::sync::atomic::Ordering::Relaxed);
             settling
         };
-        let result = self.inner.pacer.call_until_settled(region, op, VISIBILITY_WINDOW_MS, settling, call).await;
+        let result = self.ec2().call_until_settled(region, op, VISIBILITY_WINDOW_MS, settling, call).await;
         if result.is_ok() {
             self.learn_lag(region, Lag::Visibility, created, met.into_inner());
         }

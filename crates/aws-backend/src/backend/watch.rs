@@ -5,9 +5,10 @@ use backend_api::{BackendError, GrantId, RegionLabel};
 use usage_ledger::{Event, ObservedState, TerminationReason};
 
 use super::{AwsBackend, VISIBILITY_WINDOW_MS, observed};
+use crate::ec2::Lookup;
 use crate::errors::provider;
 use crate::poller::Sighting;
-use crate::port::{InstanceInfo, InstanceState, Operation, codes};
+use crate::port::{InstanceInfo, InstanceState, codes};
 
 impl AwsBackend {
     /// Records a state observation when it differs from the last one recorded.
@@ -188,14 +189,7 @@ impl AwsBackend {
         instance_id: &str,
         at_unix_ms: u64,
     ) -> Result<bool, BackendError> {
-        let ids = vec![instance_id.to_string()];
-        let answer = self
-            .inner
-            .pacer
-            .pages(region, Operation::DescribeInstances, true, |page| {
-                self.inner.port.describe_instances_page(region, ids.clone(), Vec::new(), page)
-            })
-            .await;
+        let answer = self.ec2().instances(region, Lookup::Id(instance_id)).await;
         match answer {
             Ok(found) => match found.into_iter().find(|i| i.instance_id == instance_id) {
                 Some(info) if info.state != InstanceState::Terminated => {
@@ -218,15 +212,7 @@ impl AwsBackend {
         region: &RegionLabel,
         instance_id: &str,
     ) -> Result<(), BackendError> {
-        let ids = vec![instance_id.to_string()];
-        let found = self
-            .inner
-            .pacer
-            .pages(region, Operation::DescribeInstances, true, |page| {
-                self.inner.port.describe_instances_page(region, ids.clone(), Vec::new(), page)
-            })
-            .await
-            .map_err(provider)?;
+        let found = self.ec2().instances(region, Lookup::Id(instance_id)).await.map_err(provider)?;
         if let Some(info) = found.into_iter().find(|i| i.instance_id == instance_id) {
             self.observe(grant, &info, self.now_ms(), true).await?;
         }
