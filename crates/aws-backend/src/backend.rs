@@ -31,9 +31,9 @@ use crate::ec2::Ec2;
 use crate::journal::Journal;
 use crate::lag::Lags;
 use crate::pacing::{Pacer, PacingStats, RetryPolicy, lock};
-use crate::placement::{RegionNetwork, RegionPlacement};
 use crate::poller::RegionPoller;
-use crate::port::{Ec2Port, InstanceState, InstanceTypeInfo};
+use crate::port::{Ec2Port, InstanceState};
+use crate::regions::Regions;
 use crate::standby::Tenure;
 use crate::switches::{Hooks, TestSwitches};
 use crate::tasks::Tasks;
@@ -111,20 +111,11 @@ pub(crate) struct Inner {
     /// When this process's backend started, unix ms: an instance launched before it that this
     /// process first sees running ran while nobody looked (see `observe`).
     started_unix_ms: u64,
-    catalogue: Mutex<BTreeMap<RegionLabel, Arc<Vec<InstanceTypeInfo>>>>,
+    /// What the backend knows of each region (see `regions`).
+    regions: Regions,
     pollers: Mutex<BTreeMap<RegionLabel, PollerTask>>,
-    /// Per region, how many grants may be creating their key pair and group at once (first
-    /// come, first served), so that a burst keeps RunInstances, the scarcest bucket, busy from
-    /// the start instead of queueing every grant's prerequisites behind every other's.
-    prep_slots: Mutex<BTreeMap<RegionLabel, Arc<tokio::sync::Semaphore>>>,
     /// EC2's visibility and dependency lags, learned per region (see `lag`).
     pub(crate) lags: Lags,
-    /// The networks of the regions with a `[network]`, once resolved (see `placement`).
-    pub(crate) networks: Mutex<BTreeMap<RegionLabel, RegionNetwork>>,
-    /// What each region taught about zones, capacity and the vCPU quota (see `placement`).
-    pub(crate) placement: Mutex<BTreeMap<RegionLabel, RegionPlacement>>,
-    /// Per region, the turn to ask for the zone offerings (see `refresh_offerings`).
-    pub(crate) offering_asks: Mutex<BTreeMap<RegionLabel, Arc<tokio::sync::Mutex<()>>>>,
     /// The AMI ids aliases resolved to, per region and architecture (see `images`).
     pub(crate) images: crate::images::ImageCache,
     /// The lease the backend acts under, when its ledger is shared (see `standby`).
@@ -198,13 +189,9 @@ impl AwsBackend {
                 network_finals: Tasks::default(),
                 terminations: Terminations::default(),
                 launched_unrecorded: Mutex::new(BTreeMap::new()),
-                catalogue: Mutex::new(BTreeMap::new()),
+                regions: Regions::default(),
                 pollers: Mutex::new(BTreeMap::new()),
-                prep_slots: Mutex::new(BTreeMap::new()),
                 lags: Lags::default(),
-                networks: Mutex::new(BTreeMap::new()),
-                placement: Mutex::new(BTreeMap::new()),
-                offering_asks: Mutex::new(BTreeMap::new()),
                 images: crate::images::ImageCache::default(),
                 tenure: parts.tenure,
             }),
@@ -266,6 +253,11 @@ impl AwsBackend {
     /// build.
     pub(crate) fn hooks(&self) -> &Hooks {
         &self.inner.hooks
+    }
+
+    /// What the backend knows of each region.
+    pub(crate) fn regions(&self) -> &Regions {
+        &self.inner.regions
     }
 
     /// The paced EC2 client.

@@ -21,6 +21,7 @@ pub mod poller;
 pub mod port;
 mod recovery;
 mod refusals;
+mod regions;
 #[cfg(feature = "sdk")]
 pub mod sdk;
 pub mod sizing;

@@ -8,7 +8,6 @@ use tracing::Instrument;
 use usage_ledger::TerminationReason;
 
 use super::{AwsBackend, BACKEND_NAME};
-use crate::pacing::lock;
 use crate::sizing;
 
 #[async_trait]
@@ -51,15 +50,16 @@ impl Backend for AwsBackend {
         // Sizes are checked against the cached catalogues (loaded at start), among the types
         // whose architecture has an AMI: a grant that fits in no allowed region cannot be
         // satisfied.
-        let catalogue = lock(&self.inner.catalogue);
-        if catalogue.is_empty() {
-            return true;
-        }
-        catalogue.iter().any(|(region, types)| {
-            let archs = self.inner.cfg.architectures(region.as_str());
-            sizing::launchable(types, &archs, region.as_str())
-                .and_then(|usable| sizing::fitting(&usable, grant.manifest))
-                .is_ok()
+        self.regions().with_catalogues(|catalogue| {
+            if catalogue.is_empty() {
+                return true;
+            }
+            catalogue.iter().any(|(region, types)| {
+                let archs = self.inner.cfg.architectures(region.as_str());
+                sizing::launchable(types, &archs, region.as_str())
+                    .and_then(|usable| sizing::fitting(&usable, grant.manifest))
+                    .is_ok()
+            })
         })
     }
 

@@ -54,11 +54,9 @@ impl AwsBackend {
                 tries.push((index, Candidate { itype: itype.clone(), zone, subnet_id }));
             }
         }
-        let candidates = {
-            let mut placement = lock(&self.inner.placement);
-            let known = placement.entry(region.clone()).or_default();
-            crate::placement::candidates(fitting, known, network, self.now_ms())
-        };
+        let candidates = self
+            .regions()
+            .placement(region, |known| crate::placement::candidates(fitting, known, network, self.now_ms()));
         for candidate in candidates {
             let Some(type_pos) = position(&candidate.itype.instance_type) else { continue };
             // Types before the resumed one were tried before the crash; the quota rules out
@@ -114,10 +112,7 @@ impl AwsBackend {
             match result {
                 Ok(info) => {
                     if !info.availability_zone.is_empty() {
-                        lock(&self.inner.placement)
-                            .entry(region.clone())
-                            .or_default()
-                            .note_success(&info.availability_zone, now);
+                        self.regions().placement(region, |p| p.note_success(&info.availability_zone, now));
                     }
                     // The deadline is armed from EC2's answer, before the ledger is asked to
                     // record it: a ledger that fails now must not leave the instance unended.
@@ -139,11 +134,7 @@ impl AwsBackend {
                 }
                 Err(err) if err.is(codes::INSUFFICIENT_INSTANCE_CAPACITY) => {
                     if let Some(zone) = &candidate.zone {
-                        lock(&self.inner.placement).entry(region.clone()).or_default().note_exhausted(
-                            &itype.instance_type,
-                            zone,
-                            now,
-                        );
+                        self.regions().placement(region, |p| p.note_exhausted(&itype.instance_type, zone, now));
                     }
                     tracing::info!(place, "no capacity; trying the next place");
                 }
@@ -151,20 +142,13 @@ impl AwsBackend {
                 // the next place may launch.
                 Err(err) if err.is(codes::UNSUPPORTED) => {
                     if let Some(zone) = &candidate.zone {
-                        lock(&self.inner.placement)
-                            .entry(region.clone())
-                            .or_default()
-                            .note_unsupported(&itype.instance_type, zone);
+                        self.regions().placement(region, |p| p.note_unsupported(&itype.instance_type, zone));
                     }
                     tracing::info!(place, error = %err, "type not offered in the zone; trying the next place");
                 }
                 Err(err) if err.is(codes::VCPU_LIMIT_EXCEEDED) => {
                     let in_use = self.vcpus_in_use(region);
-                    lock(&self.inner.placement).entry(region.clone()).or_default().note_vcpu_limit(
-                        in_use,
-                        itype.vcpus,
-                        now,
-                    );
+                    self.regions().placement(region, |p| p.note_vcpu_limit(in_use, itype.vcpus, now));
                     return Err(crate::refusals::launch(region, &request, err));
                 }
                 Err(err) if err.is(errors::codes::TOO_LATE_TO_LAUNCH) => {

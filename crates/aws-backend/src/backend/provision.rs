@@ -1,8 +1,6 @@
 //! Provisioning one grant, in order: checks, key pair and group, launch, running, host key; a
 //! rollback when a step fails.
 
-use std::sync::Arc;
-
 use backend_api::{BackendError, ComputeGrant, GrantId, ProvisionedInstance, RegionLabel};
 use base64::Engine;
 use usage_ledger::{Event, TerminationReason};
@@ -11,12 +9,8 @@ use super::{AwsBackend, BACKEND_NAME};
 use crate::errors::local;
 use crate::guest::{GuestSpec, HostKeys, render_user_data};
 use crate::keys::SshKeyPair;
-use crate::pacing::lock;
 use crate::port::{RunInstancesRequest, ShutdownBehavior};
 use crate::{names, sizing};
-
-/// Grants per region that may create their key pair and security group at the same time.
-const PREP_SLOTS_PER_REGION: usize = 16;
 
 impl AwsBackend {
     fn keys_for(&self, grant: &GrantId) -> Result<(SshKeyPair, SshKeyPair), BackendError> {
@@ -113,10 +107,7 @@ impl AwsBackend {
 
         let created = async {
             self.hooks().before_creating(&grant.id)?;
-            let slots = lock(&self.inner.prep_slots)
-                .entry(region.clone())
-                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(PREP_SLOTS_PER_REGION)))
-                .clone();
+            let slots = self.regions().prep_slots(&region);
             let slot = slots.acquire_owned().await.map_err(local)?;
             let vpc_id = network.as_ref().map(|n| n.vpc_id.clone());
             let (key, group) = tokio::join!(

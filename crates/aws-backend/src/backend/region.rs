@@ -14,8 +14,8 @@ use crate::sizing;
 impl AwsBackend {
     /// DescribeInstanceTypes within the configured families, cached per region.
     pub(crate) async fn catalogue(&self, region: &RegionLabel) -> Result<Arc<Vec<InstanceTypeInfo>>, BackendError> {
-        if let Some(types) = lock(&self.inner.catalogue).get(region) {
-            return Ok(types.clone());
+        if let Some(types) = self.regions().catalogue(region) {
+            return Ok(types);
         }
         let families = self.inner.cfg.instance_families.clone();
         let types = self
@@ -26,7 +26,7 @@ impl AwsBackend {
             .await
             .map_err(provider)?;
         let types = Arc::new(sizing::sorted(types));
-        lock(&self.inner.catalogue).insert(region.clone(), types.clone());
+        self.regions().remember_catalogue(region, types.clone());
         Ok(types)
     }
 
