@@ -10,13 +10,20 @@ mod lease;
 mod ledger;
 mod metering;
 mod provision;
+mod reaper;
+mod recovery;
 mod region;
 mod teardown;
 mod terminate;
 mod visibility;
 mod watch;
 
+pub use reaper::{Orphan, ReapReport};
+pub use recovery::RecoveryReport;
 pub(crate) use teardown::Finish;
+
+#[cfg(test)]
+mod key_pair_iam_tests;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

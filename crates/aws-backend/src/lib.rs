@@ -19,7 +19,6 @@ pub mod pacing;
 pub mod placement;
 pub mod poller;
 pub mod port;
-mod recovery;
 mod refusals;
 mod regions;
 #[cfg(feature = "sdk")]
@@ -31,6 +30,6 @@ mod tasks;
 mod terminations;
 
 pub use backend::{AwsBackend, BACKEND_NAME, BackendLedger, BackendParts, DynStore};
+pub use backend::{Orphan, ReapReport, RecoveryReport};
 pub use config::{AwsBootConfig, ConfigError, DynamoLedger, GRANT_TAG, LedgerStore, OWNER_TAG};
-pub use recovery::{Orphan, ReapReport, RecoveryReport};
 pub use switches::TestSwitches;
