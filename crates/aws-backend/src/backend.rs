@@ -92,7 +92,10 @@ pub struct BackendParts {
 /// A region's poller and the task running it.
 type PollerTask = (Arc<RegionPoller>, tokio::task::JoinHandle<()>);
 
-pub(crate) struct Inner {
+/// The state every clone of an [`AwsBackend`] shares: the configuration, the clock, the
+/// components (each owning its part behind private fields), and what was learnt per grant and
+/// per process.
+pub(crate) struct Shared {
     pub(crate) cfg: AwsBootConfig,
     /// The paced EC2 client: the port and the pacer (see `ec2`).
     ec2: Ec2,
@@ -129,7 +132,7 @@ pub(crate) struct Inner {
     tenure: Option<Arc<Tenure>>,
 }
 
-impl Inner {
+impl Shared {
     /// Stops every task of the backend's own: pollers and armed deadlines.
     fn stop_tasks(&self) {
         for (_, (_, task)) in lock(&self.pollers).iter() {
@@ -141,7 +144,7 @@ impl Inner {
     }
 }
 
-impl Drop for Inner {
+impl Drop for Shared {
     fn drop(&mut self) {
         self.stop_tasks();
     }
@@ -153,7 +156,7 @@ impl Drop for Inner {
 /// keeps what it knew, and a backend opened on it later resumes (see `recovery`).
 #[derive(Clone)]
 pub struct AwsBackend {
-    pub(crate) inner: Arc<Inner>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 fn observed(state: InstanceState) -> ObservedState {
@@ -183,7 +186,7 @@ impl AwsBackend {
         }
         let pacer = Arc::new(pacer);
         let backend = Self {
-            inner: Arc::new(Inner {
+            shared: Arc::new(Shared {
                 cfg: cfg.clone(),
                 ec2: Ec2::new(parts.port, pacer),
                 started_unix_ms: parts.clock.now_unix_ms(),
@@ -222,7 +225,7 @@ impl AwsBackend {
     /// would: a deadline task in the middle of a call holds the backend, so dropping the last
     /// handle alone may leave it running. The simulation calls this when it crashes a backend.
     pub fn shutdown(&self) {
-        self.inner.stop_tasks();
+        self.shared.stop_tasks();
     }
 
     /// How many network figures (of instances of any grant, settled or not) are not complete
@@ -233,22 +236,22 @@ impl AwsBackend {
 
     /// The configuration in force.
     pub fn config(&self) -> &AwsBootConfig {
-        &self.inner.cfg
+        &self.shared.cfg
     }
 
     /// Pacing statistics: retries per error code, time spent in our own token buckets.
     pub fn pacing_stats(&self) -> PacingStats {
-        self.inner.ec2.stats()
+        self.shared.ec2.stats()
     }
 
     /// DescribeInstances polls made so far, per region.
     pub fn polls_by_region(&self) -> BTreeMap<RegionLabel, u64> {
-        lock(&self.inner.pollers).iter().map(|(r, (p, _))| (r.clone(), p.polls())).collect()
+        lock(&self.shared.pollers).iter().map(|(r, (p, _))| (r.clone(), p.polls())).collect()
     }
 
     /// Runs `f` on the ledger's books (every grant's state; see [`Books`]).
     pub fn with_ledger<T>(&self, f: impl FnOnce(&Books) -> T) -> T {
-        self.inner.journal.with_books(f)
+        self.shared.journal.with_books(f)
     }
 
     /// A copy of one grant's state.
@@ -259,20 +262,20 @@ impl AwsBackend {
     /// The deliberate faults of tests (see `switches`): the plain behaviour in every shipped
     /// build.
     pub(crate) fn hooks(&self) -> &Hooks {
-        &self.inner.hooks
+        &self.shared.hooks
     }
 
     /// What the backend knows of each region.
     pub(crate) fn regions(&self) -> &Regions {
-        &self.inner.regions
+        &self.shared.regions
     }
 
     /// The paced EC2 client.
     pub(crate) fn ec2(&self) -> &Ec2 {
-        &self.inner.ec2
+        &self.shared.ec2
     }
 
     pub(crate) fn now_ms(&self) -> u64 {
-        self.inner.clock.now_unix_ms()
+        self.shared.clock.now_unix_ms()
     }
 }

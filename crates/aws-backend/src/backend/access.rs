@@ -31,7 +31,7 @@ impl AwsBackend {
         let request = ImportKeyPairRequest {
             key_name: key_name.clone(),
             public_key_openssh: login.public_openssh.clone(),
-            tags: names::grant_tags(&self.inner.cfg, grant),
+            tags: names::grant_tags(&self.shared.cfg, grant),
         };
         // On a retried grant the name was deleted by the earlier attempt's rollback a moment
         // ago, and EC2 may still hold it (`InvalidKeyPair.Duplicate`) for a while: import again
@@ -68,7 +68,7 @@ impl AwsBackend {
         region: &RegionLabel,
         vpc_id: Option<String>,
     ) -> Result<(String, Option<u64>), BackendError> {
-        let cfg = &self.inner.cfg;
+        let cfg = &self.shared.cfg;
         let mut created = None;
         let group_id = match self.grant_state(grant).and_then(|s| s.security_group().map(str::to_string)) {
             Some(id) => id,

@@ -8,7 +8,7 @@ use crate::sizing;
 
 impl AwsBackend {
     pub(super) fn region_for(&self, envelope: &Envelope) -> Result<RegionLabel, BackendError> {
-        let cfg = &self.inner.cfg;
+        let cfg = &self.shared.cfg;
         match envelope.region.as_ref() {
             None => Ok(cfg.default_region().clone()),
             Some(region) if cfg.allows(region.as_str()) => Ok(region.clone()),
@@ -20,7 +20,7 @@ impl AwsBackend {
     }
 
     pub(super) fn now_tick(&self) -> AlmanacTick {
-        self.inner.cfg.almanac.unix_ms_to_tick(self.now_ms())
+        self.shared.cfg.almanac.unix_ms_to_tick(self.now_ms())
     }
 
     /// Checks a grant without touching the cloud: TDX, deadline, manifest ranges.
@@ -38,15 +38,15 @@ impl AwsBackend {
             return Err(BackendError::DeadlinePassed { valid_to: grant.valid_to, now });
         }
         self.check_time_left(grant.valid_to)?;
-        let wait_ms = self.inner.cfg.almanac.tick_to_unix_ms(grant.valid_from).saturating_sub(self.now_ms());
-        if wait_ms > self.inner.cfg.max_start_wait_ms() {
+        let wait_ms = self.shared.cfg.almanac.tick_to_unix_ms(grant.valid_from).saturating_sub(self.now_ms());
+        if wait_ms > self.shared.cfg.max_start_wait_ms() {
             return Err(BackendError::InvalidInput {
                 field: "grant.valid_from".into(),
                 reason: format!(
                     "{} is {} s away, more than max_start_wait_s ({} s) to hold a provision open: send the grant closer to its start",
                     grant.valid_from,
                     wait_ms / 1_000,
-                    self.inner.cfg.max_start_wait_s
+                    self.shared.cfg.max_start_wait_s
                 ),
             });
         }
@@ -79,7 +79,7 @@ impl AwsBackend {
 
     /// Refuses when less than `min_lifetime_s` is left until `valid_to`: too late to launch.
     pub(super) fn check_time_left(&self, valid_to: AlmanacTick) -> Result<(), BackendError> {
-        let cfg = &self.inner.cfg;
+        let cfg = &self.shared.cfg;
         let left_ms = cfg.almanac.tick_to_unix_ms(valid_to).saturating_sub(self.now_ms());
         if left_ms < cfg.min_lifetime_ms() && !self.hooks().launches_late(left_ms) {
             return Err(BackendError::Unsatisfiable {

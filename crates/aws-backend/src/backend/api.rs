@@ -19,7 +19,7 @@ impl Backend for AwsBackend {
     async fn capabilities(&self) -> anyhow::Result<Capabilities> {
         let mut max_cpu_millicores = 0u32;
         let mut max_ram_mib = 0u32;
-        for region in &self.inner.cfg.regions {
+        for region in &self.shared.cfg.regions {
             if let Ok(types) = self.catalogue(region).await {
                 for t in types.iter() {
                     max_cpu_millicores = max_cpu_millicores.max(t.vcpus.saturating_mul(1_000));
@@ -28,13 +28,13 @@ impl Backend for AwsBackend {
             }
         }
         Ok(Capabilities {
-            regions: self.inner.cfg.regions.clone(),
+            regions: self.shared.cfg.regions.clone(),
             // AWS has no consumer TDX offering: TDX grants go to another backend.
             tdx_capable: false,
             max_cpu_millicores,
             max_ram_mib,
             vcpu_headroom: self
-                .inner
+                .shared
                 .cfg
                 .regions
                 .iter()
@@ -55,7 +55,7 @@ impl Backend for AwsBackend {
                 return true;
             }
             catalogue.iter().any(|(region, types)| {
-                let archs = self.inner.cfg.architectures(region.as_str());
+                let archs = self.shared.cfg.architectures(region.as_str());
                 sizing::launchable(types, &archs, region.as_str())
                     .and_then(|usable| sizing::fitting(&usable, grant.manifest))
                     .is_ok()
@@ -71,10 +71,10 @@ impl Backend for AwsBackend {
             self.check_grant(grant)?;
             self.ensure_ledger_writable()?;
             // Nothing is created before valid_from: wait for it (check_grant bounds the wait).
-            let valid_from_ms = self.inner.cfg.almanac.tick_to_unix_ms(grant.valid_from);
+            let valid_from_ms = self.shared.cfg.almanac.tick_to_unix_ms(grant.valid_from);
             if valid_from_ms > self.now_ms() && self.hooks().waits_for_valid_from() {
                 tracing::info!(valid_from = %grant.valid_from, "waiting for valid_from");
-                self.inner.clock.sleep_until_unix_ms(valid_from_ms).await;
+                self.shared.clock.sleep_until_unix_ms(valid_from_ms).await;
                 self.check_grant(grant)?;
             }
             self.provision_inner(grant, region.clone()).await
@@ -101,7 +101,7 @@ impl Backend for AwsBackend {
                 return Ok(state.usage());
             }
             if state.instance() == Some(instance.instance_id.as_str()) {
-                let deadline = self.inner.cfg.almanac.tick_to_unix_ms(valid_to).min(state.valid_to_unix_ms());
+                let deadline = self.shared.cfg.almanac.tick_to_unix_ms(valid_to).min(state.valid_to_unix_ms());
                 self.follow_to_end(&grant, &instance.region, &instance.instance_id, Some(deadline)).await?;
             } else if !state.ever_launched().contains(&instance.instance_id) {
                 return Err(BackendError::UnknownInstance {

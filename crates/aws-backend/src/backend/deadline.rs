@@ -16,14 +16,14 @@ impl AwsBackend {
     /// so it dies with it; recovery arms it again.
     pub(crate) fn arm_deadline(&self, grant: GrantId, region: RegionLabel, valid_to_unix_ms: u64) {
         let at = self.hooks().terminate_at(valid_to_unix_ms);
-        let weak = Arc::downgrade(&self.inner);
-        let clock = self.inner.clock.clone();
+        let weak = Arc::downgrade(&self.shared);
+        let clock = self.shared.clock.clone();
         let task = async move {
             clock.sleep_until_unix_ms(at).await;
             let mut attempt = 0;
             loop {
-                let Some(inner) = weak.upgrade() else { return };
-                let backend = AwsBackend { inner };
+                let Some(shared) = weak.upgrade() else { return };
+                let backend = AwsBackend { shared };
                 let Some(instance_id) = backend.instance_to_end(&grant) else { break };
                 match backend.request_termination_sent(&grant, &region, &instance_id, TerminationReason::Deadline).await
                 {
@@ -45,11 +45,11 @@ impl AwsBackend {
                     }
                 }
             }
-            if let Some(inner) = weak.upgrade() {
-                inner.deadlines.done(&grant);
+            if let Some(shared) = weak.upgrade() {
+                shared.deadlines.done(&grant);
             }
         };
-        self.inner.deadlines.replace(grant, task);
+        self.shared.deadlines.replace(grant, task);
     }
 
     /// The instance the grant's deadline ends: the one the ledger holds, or the one RunInstances
@@ -62,6 +62,6 @@ impl AwsBackend {
         state
             .as_ref()
             .and_then(|s| s.instance().map(str::to_string))
-            .or_else(|| lock(&self.inner.launched_unrecorded).get(grant).cloned())
+            .or_else(|| lock(&self.shared.launched_unrecorded).get(grant).cloned())
     }
 }

@@ -44,7 +44,7 @@ impl AwsBackend {
         let position = |name: &str| fitting.iter().position(|t| t.instance_type == name);
         let mut tries: Vec<(usize, Candidate)> = Vec::new();
         // A launch requested before a crash goes first, exactly as it was sent.
-        let resumed = state.launch_requested().and_then(names::token_attempt);
+        let resumed = state.launch_requested().and_then(names::token_try_index);
         let mut resumed_type = None;
         if let Some(index) = resumed {
             let (type_pos, zone) = crate::placement::from_try_index(index, region);
@@ -116,8 +116,8 @@ impl AwsBackend {
                     }
                     // The deadline is armed from EC2's answer, before the ledger is asked to
                     // record it: a ledger that fails now must not leave the instance unended.
-                    lock(&self.inner.launched_unrecorded).insert(*grant, info.instance_id.clone());
-                    self.arm_deadline(*grant, region.clone(), self.inner.cfg.almanac.tick_to_unix_ms(valid_to));
+                    lock(&self.shared.launched_unrecorded).insert(*grant, info.instance_id.clone());
+                    self.arm_deadline(*grant, region.clone(), self.shared.cfg.almanac.tick_to_unix_ms(valid_to));
                     self.record(
                         *grant,
                         Event::InstanceLaunched {
@@ -129,7 +129,7 @@ impl AwsBackend {
                         },
                     )
                     .await?;
-                    lock(&self.inner.launched_unrecorded).remove(grant);
+                    lock(&self.shared.launched_unrecorded).remove(grant);
                     return Ok(info.instance_id);
                 }
                 Err(err) if err.is(codes::INSUFFICIENT_INSTANCE_CAPACITY) => {
@@ -231,7 +231,7 @@ impl AwsBackend {
                     },
                 )
                 .await?;
-                lock(&self.inner.launched_unrecorded).remove(grant);
+                lock(&self.shared.launched_unrecorded).remove(grant);
                 // What finding it showed is an observation like any other; an instance found
                 // running ran while nobody recorded it, and is billed from its LaunchTime.
                 self.observe(grant, info, self.now_ms(), true).await?;

@@ -10,7 +10,7 @@ impl AwsBackend {
     /// next lease holder's recovery's to finish. The process should exit (its supervisor
     /// starts it again as a standby).
     pub fn lose_lease(&self, why: &str) {
-        let Some(tenure) = &self.inner.tenure else { return };
+        let Some(tenure) = &self.shared.tenure else { return };
         if tenure.lose(why) {
             tracing::error!(
                 holder = tenure.holder(),
@@ -20,25 +20,25 @@ impl AwsBackend {
             );
         }
         if self.hooks().heeds_lease() {
-            self.inner.stop_tasks();
+            self.shared.stop_tasks();
         }
     }
 
     /// Whether this backend may act now: always, for a ledger of its own; while its lease is
     /// surely held, for a shared one.
     pub fn acting(&self) -> bool {
-        self.inner.tenure.as_ref().is_none_or(|t| t.may_act(self.now_ms()).is_ok())
+        self.shared.tenure.as_ref().is_none_or(|t| t.may_act(self.now_ms()).is_ok())
     }
 
     /// When this backend last secured its lease (acquired or renewed it: the send time), for a
     /// shared ledger.
     pub fn lease_secured_unix_ms(&self) -> Option<u64> {
-        self.inner.tenure.as_ref().map(|t| t.secured_unix_ms())
+        self.shared.tenure.as_ref().map(|t| t.secured_unix_ms())
     }
 
     /// Why the lease this backend acted under is lost, once it is.
     pub fn lease_lost(&self) -> Option<String> {
-        self.inner.tenure.as_ref().and_then(|t| t.lost())
+        self.shared.tenure.as_ref().and_then(|t| t.lost())
     }
 
     /// Renews the lease this backend acts under (`lease`, in `table`, as last renewed) until it
@@ -47,10 +47,10 @@ impl AwsBackend {
     /// backend started ([`crate::standby::renewing`]). Returns at once for a backend with a
     /// ledger of its own.
     pub async fn keep_lease(&self, table: &dyn LeaseTable, lease: usage_ledger::Lease, times: &LeaseTimes) -> String {
-        let Some(tenure) = self.inner.tenure.clone() else {
+        let Some(tenure) = self.shared.tenure.clone() else {
             return "this backend holds no lease: its ledger is its own".to_string();
         };
-        let why = crate::standby::keep_lease(table, lease, &tenure, times, self.inner.clock.as_ref()).await;
+        let why = crate::standby::keep_lease(table, lease, &tenure, times, self.shared.clock.as_ref()).await;
         self.lose_lease(&why);
         why
     }

@@ -11,7 +11,7 @@ impl AwsBackend {
     /// Appends `event` for `grant`, stamped with the clock; returns once it is durable.
     pub(crate) async fn record(&self, grant: GrantId, event: Event) -> Result<GrantState, BackendError> {
         let now = self.now_ms();
-        let result = self.inner.journal.record(grant, now, event).await;
+        let result = self.shared.journal.record(grant, now, event).await;
         self.written(result)
     }
 
@@ -21,7 +21,7 @@ impl AwsBackend {
         &self,
         decide: impl FnOnce(&Books) -> (Vec<(GrantId, u64, Event)>, T),
     ) -> Result<T, BackendError> {
-        let result = self.inner.journal.record_with(decide).await;
+        let result = self.shared.journal.record_with(decide).await;
         self.written(result)
     }
 
@@ -38,7 +38,7 @@ impl AwsBackend {
 
     /// Refuses new work while the ledger cannot be written, after asking the store to heal.
     pub(super) fn ensure_ledger_writable(&self) -> Result<(), BackendError> {
-        let result = self.inner.journal.ensure_writable();
+        let result = self.shared.journal.ensure_writable();
         self.written(result)
     }
 

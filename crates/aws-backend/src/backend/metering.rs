@@ -40,7 +40,7 @@ impl AwsBackend {
         let sample = self.measure_network(region, instance_id, start, end).await;
         // CloudWatch has not published the last minutes yet: this figure is provisional, and
         // measured again once its lag has passed (`arm_network_final`).
-        let complete = self.inner.cfg.network_final_after_s == 0;
+        let complete = self.shared.cfg.network_final_after_s == 0;
         let network = match sample {
             Ok(_) if !self.hooks().records_network_sample() => None,
             Ok((bytes_in, bytes_out)) => Some(Event::NetworkMeasured {
@@ -95,16 +95,16 @@ impl AwsBackend {
             return;
         }
         let (_, last_period_end) = metric_window(pending.window_start_unix_ms, pending.window_end_unix_ms);
-        let at = last_period_end.saturating_add(self.inner.cfg.network_final_after_ms());
+        let at = last_period_end.saturating_add(self.shared.cfg.network_final_after_ms());
         let key = (grant, pending.instance_id.clone());
-        let weak = Arc::downgrade(&self.inner);
-        let clock = self.inner.clock.clone();
+        let weak = Arc::downgrade(&self.shared);
+        let clock = self.shared.clock.clone();
         let task_key = key.clone();
         let task = async move {
             clock.sleep_until_unix_ms(at).await;
             for attempt in 0..NETWORK_FINAL_TRIES {
-                let Some(inner) = weak.upgrade() else { return };
-                let backend = AwsBackend { inner };
+                let Some(shared) = weak.upgrade() else { return };
+                let backend = AwsBackend { shared };
                 match backend.measure_final(&grant, &pending).await {
                     Ok(()) => break,
                     Err(err) => {
@@ -114,11 +114,11 @@ impl AwsBackend {
                     }
                 }
             }
-            if let Some(inner) = weak.upgrade() {
-                inner.network_finals.done(&task_key);
+            if let Some(shared) = weak.upgrade() {
+                shared.network_finals.done(&task_key);
             }
         };
-        self.inner.network_finals.replace(key, task);
+        self.shared.network_finals.replace(key, task);
     }
 
     /// CloudWatch's bytes in and out of `instance_id` over `[start, end)`, widened to whole

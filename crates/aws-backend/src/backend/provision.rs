@@ -15,9 +15,9 @@ use crate::{names, sizing};
 impl AwsBackend {
     fn keys_for(&self, grant: &GrantId) -> Result<(SshKeyPair, SshKeyPair), BackendError> {
         let comment = format!("compute-bridge-{}", grant.short());
-        let login = SshKeyPair::ed25519_from_seed(names::key_seed(&self.inner.key_seed, grant, "login"), &comment)
+        let login = SshKeyPair::ed25519_from_seed(names::key_seed(&self.shared.key_seed, grant, "login"), &comment)
             .map_err(local)?;
-        let host = SshKeyPair::ed25519_from_seed(names::key_seed(&self.inner.key_seed, grant, "host"), &comment)
+        let host = SshKeyPair::ed25519_from_seed(names::key_seed(&self.shared.key_seed, grant, "host"), &comment)
             .map_err(local)?;
         Ok((login, host))
     }
@@ -27,7 +27,7 @@ impl AwsBackend {
         grant: &ComputeGrant<'_>,
         region: RegionLabel,
     ) -> Result<ProvisionedInstance, BackendError> {
-        let cfg = &self.inner.cfg;
+        let cfg = &self.shared.cfg;
         let types = self.launchable_types(&region).await?;
         let fitting = sizing::by_price(sizing::fitting(&types, grant.manifest)?, &cfg.prices_for(region.as_str()));
         let fitting = self.hooks().fitting(&types, fitting);

@@ -17,7 +17,7 @@ impl AwsBackend {
         if let Some(types) = self.regions().catalogue(region) {
             return Ok(types);
         }
-        let families = self.inner.cfg.instance_families.clone();
+        let families = self.shared.cfg.instance_families.clone();
         let types = self
             .ec2()
             .pages(region, Operation::DescribeInstanceTypes, false, |port, page| {
@@ -34,20 +34,20 @@ impl AwsBackend {
     /// first (see `sizing::launchable`).
     pub(super) async fn launchable_types(&self, region: &RegionLabel) -> Result<Vec<InstanceTypeInfo>, BackendError> {
         let types = self.catalogue(region).await?;
-        sizing::launchable(&types, &self.inner.cfg.architectures(region.as_str()), region.as_str())
+        sizing::launchable(&types, &self.shared.cfg.architectures(region.as_str()), region.as_str())
     }
 
     /// The region's shared poller, started on first use.
     pub(crate) fn poller(&self, region: &RegionLabel) -> Arc<RegionPoller> {
-        let mut pollers = lock(&self.inner.pollers);
+        let mut pollers = lock(&self.shared.pollers);
         if let Some((poller, _)) = pollers.get(region) {
             return poller.clone();
         }
         let poller = Arc::new(self.ec2().poller(
             region,
-            self.inner.cfg.owner.clone(),
-            self.inner.cfg.poll_interval_ms,
-            self.inner.clock.clone(),
+            self.shared.cfg.owner.clone(),
+            self.shared.cfg.poll_interval_ms,
+            self.shared.clock.clone(),
         ));
         let task = tokio::spawn(poller.clone().run());
         pollers.insert(region.clone(), (poller.clone(), task));

@@ -59,15 +59,15 @@ impl AwsBackend {
         if !self.acting() || self.lease_lost().is_some() {
             return;
         }
-        let weak = Arc::downgrade(&self.inner);
-        let clock = self.inner.clock.clone();
+        let weak = Arc::downgrade(&self.shared);
+        let clock = self.shared.clock.clone();
         let poll_ms = self.config().poll_interval_ms.max(1);
         let task = async move {
             let mut wait_ms = poll_ms;
             loop {
                 clock.sleep_ms(wait_ms).await;
-                let Some(inner) = weak.upgrade() else { return };
-                let backend = AwsBackend { inner };
+                let Some(shared) = weak.upgrade() else { return };
+                let backend = AwsBackend { shared };
                 if !backend.acting() || backend.grant_state(&grant).is_none_or(|s| s.is_settled()) {
                     break;
                 }
@@ -79,7 +79,7 @@ impl AwsBackend {
                     Ok(()) => break,
                     // While the ledger fails, that failure is logged once (`note_ledger`), not
                     // once per grant every poll interval.
-                    Err(err) if backend.inner.journal.degraded() => {
+                    Err(err) if backend.shared.journal.degraded() => {
                         tracing::debug!(grant = %grant.short(), error = %err, "teardown waits for the ledger");
                         wait_ms = poll_ms;
                     }
@@ -89,11 +89,11 @@ impl AwsBackend {
                     }
                 }
             }
-            if let Some(inner) = weak.upgrade() {
-                inner.finishing.done(&grant);
+            if let Some(shared) = weak.upgrade() {
+                shared.finishing.done(&grant);
             }
         };
-        self.inner.finishing.arm(grant, task);
+        self.shared.finishing.arm(grant, task);
     }
 
     async fn teardown_once(&self, grant: GrantId, reason: TerminationReason) -> Result<(), BackendError> {
@@ -221,7 +221,7 @@ impl AwsBackend {
             );
             return Ok(());
         }
-        let (tag, owner) = (crate::config::OWNER_TAG, &self.inner.cfg.owner);
+        let (tag, owner) = (crate::config::OWNER_TAG, &self.shared.cfg.owner);
         Err(BackendError::Provider {
             operation: refused.operation.name().into(),
             code: refused.code,

@@ -42,7 +42,7 @@ impl AwsBackend {
         // One caller at a time sends it (the deadline task and a watch wake at the same
         // instant), and nobody once EC2 has accepted it. The claim is released when the call
         // fails or its caller is cancelled.
-        let claim = match self.inner.terminations.claim(instance_id) {
+        let claim = match self.shared.terminations.claim(instance_id) {
             ClaimAsk::Taken(claim) => claim,
             ClaimAsk::Accepted => return Ok(true),
             ClaimAsk::InFlight => return Ok(false),
@@ -115,11 +115,11 @@ impl AwsBackend {
     /// `TERMINATE_GATHER_MS` of the first (grants ending in the same instant), up to EC2's
     /// 1,000 ids per call. One id EC2 cannot see fails the whole call: then each goes alone.
     async fn terminate_together(&self, region: &RegionLabel, instance_id: &str) -> Together {
-        let (leader, rx) = self.inner.terminations.gather(region, instance_id);
+        let (leader, rx) = self.shared.terminations.gather(region, instance_id);
         let Some(leader) = leader else {
             return rx.await.unwrap_or(Together::Alone);
         };
-        self.inner.clock.sleep_ms(TERMINATE_GATHER_MS).await;
+        self.shared.clock.sleep_ms(TERMINATE_GATHER_MS).await;
         let mut gathered = leader.take();
         drop(leader);
         // Senders dropped unanswered (this caller cancelled mid-call) tell the others to go

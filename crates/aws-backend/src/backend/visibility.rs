@@ -43,16 +43,16 @@ impl AwsBackend {
     /// the scarcest bucket; a group deletion nobody waits for).
     pub(super) async fn wait_lag(&self, region: &RegionLabel, lag: Lag, since: Option<u64>, margin: bool) {
         if let Some(at) = since {
-            let wait = self.inner.lags.wait_ms(region, lag);
+            let wait = self.shared.lags.wait_ms(region, lag);
             let wait = if margin { wait + wait / 4 } else { wait };
-            self.inner.clock.sleep_until_unix_ms(at.saturating_add(wait)).await;
+            self.shared.clock.sleep_until_unix_ms(at.saturating_add(wait)).await;
         }
     }
 
     /// Learns from a call that succeeded now, `met` saying whether it first met `lag`.
     pub(super) fn learn_lag(&self, region: &RegionLabel, lag: Lag, since: Option<u64>, met: bool) {
         if let Some(at) = since {
-            self.inner.lags.learn(region, lag, self.now_ms().saturating_sub(at), met);
+            self.shared.lags.learn(region, lag, self.now_ms().saturating_sub(at), met);
         }
     }
 }

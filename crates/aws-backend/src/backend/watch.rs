@@ -57,7 +57,7 @@ impl AwsBackend {
     /// pending, and it was launched before this process started (by a process that died, or
     /// whose ledger failed, before recording its run).
     fn missed(&self, info: &InstanceInfo, seen_pending: bool) -> bool {
-        !seen_pending && info.launch_time_unix_ms < self.inner.started_unix_ms
+        !seen_pending && info.launch_time_unix_ms < self.shared.started_unix_ms
     }
 
     /// Waits (through the region's poller) until the instance runs.
@@ -91,14 +91,14 @@ impl AwsBackend {
             let now = self.now_ms();
             if now >= deadline_unix_ms {
                 return Err(BackendError::DeadlinePassed {
-                    valid_to: self.inner.cfg.almanac.unix_ms_to_tick(deadline_unix_ms),
+                    valid_to: self.shared.cfg.almanac.unix_ms_to_tick(deadline_unix_ms),
                     now: self.now_tick(),
                 });
             }
             tokio::select! {
                 biased;
                 () = rx.changed() => {}
-                () = self.inner.clock.sleep_until_unix_ms(deadline_unix_ms) => {}
+                () = self.shared.clock.sleep_until_unix_ms(deadline_unix_ms) => {}
             }
         }
     }
@@ -170,7 +170,7 @@ impl AwsBackend {
                 Some(at) => {
                     tokio::select! {
                         biased;
-                        () = self.inner.clock.sleep_until_unix_ms(at) => {}
+                        () = self.shared.clock.sleep_until_unix_ms(at) => {}
                         () = rx.changed() => {}
                     }
                 }
