@@ -41,34 +41,11 @@ impl AwsBackend {
         if let Some(id) = state.instance() {
             return Ok(id.to_string());
         }
-        let position = |name: &str| fitting.iter().position(|t| t.instance_type == name);
-        let mut tries: Vec<(usize, Candidate)> = Vec::new();
-        // A launch requested before a crash goes first, exactly as it was sent.
         let resumed = state.launch_requested().and_then(names::token_try_index);
-        let mut resumed_type = None;
-        if let Some(index) = resumed {
-            let (type_pos, zone) = crate::placement::from_try_index(index, region);
-            resumed_type = Some(type_pos);
-            if let Some(itype) = fitting.get(type_pos) {
-                let subnet_id = zone.as_ref().and_then(|z| network?.subnets_by_zone.get(z)?.first().cloned());
-                tries.push((index, Candidate { itype: itype.clone(), zone, subnet_id }));
-            }
-        }
         let candidates = self
             .regions()
             .placement(region, |known| crate::placement::candidates(fitting, known, network, self.now_ms()));
-        for candidate in candidates {
-            let Some(type_pos) = position(&candidate.itype.instance_type) else { continue };
-            // Types before the resumed one were tried before the crash; the quota rules out
-            // types it cannot hold.
-            if resumed_type.is_some_and(|r| type_pos < r) || headroom.is_some_and(|room| candidate.itype.vcpus > room) {
-                continue;
-            }
-            let index = crate::placement::try_index(type_pos, candidate.zone.as_deref());
-            if !tries.iter().any(|(i, _)| *i == index) {
-                tries.push((index, candidate));
-            }
-        }
+        let tries = plan_tries(region, fitting, network, headroom, resumed, candidates);
         let mut tried = Vec::new();
         for (index, candidate) in tries {
             let itype = &candidate.itype;
@@ -252,5 +229,108 @@ impl AwsBackend {
             self.ec2().backoff(Backoff::Recheck, attempt).await;
             attempt += 1;
         }
+    }
+}
+
+/// The launch tries, in order, each with its try index (`placement::try_index`): a launch
+/// requested before a crash (`resumed`, its try index) first, exactly as it was sent; then the
+/// `candidates` in their order, without the types before the resumed one (tried before the
+/// crash), the types the vCPU `headroom` cannot hold, and the places already planned.
+fn plan_tries(
+    region: &RegionLabel,
+    fitting: &[InstanceTypeInfo],
+    network: Option<&RegionNetwork>,
+    headroom: Option<u32>,
+    resumed: Option<usize>,
+    candidates: Vec<Candidate>,
+) -> Vec<(usize, Candidate)> {
+    let position = |name: &str| fitting.iter().position(|t| t.instance_type == name);
+    let mut tries: Vec<(usize, Candidate)> = Vec::new();
+    let mut resumed_type = None;
+    if let Some(index) = resumed {
+        let (type_pos, zone) = crate::placement::from_try_index(index, region);
+        resumed_type = Some(type_pos);
+        if let Some(itype) = fitting.get(type_pos) {
+            let subnet_id = zone.as_ref().and_then(|z| network?.subnets_by_zone.get(z)?.first().cloned());
+            tries.push((index, Candidate { itype: itype.clone(), zone, subnet_id }));
+        }
+    }
+    for candidate in candidates {
+        let Some(type_pos) = position(&candidate.itype.instance_type) else { continue };
+        if resumed_type.is_some_and(|r| type_pos < r) || headroom.is_some_and(|room| candidate.itype.vcpus > room) {
+            continue;
+        }
+        let index = crate::placement::try_index(type_pos, candidate.zone.as_deref());
+        if !tries.iter().any(|(i, _)| *i == index) {
+            tries.push((index, candidate));
+        }
+    }
+    tries
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::placement::try_index;
+
+    fn itype(name: &str, vcpus: u32) -> InstanceTypeInfo {
+        InstanceTypeInfo {
+            instance_type: name.into(),
+            vcpus,
+            memory_mib: u64::from(vcpus) * 4_096,
+            architecture: Architecture::X86_64,
+        }
+    }
+
+    fn place(itype: &InstanceTypeInfo, zone: &str) -> Candidate {
+        Candidate { itype: itype.clone(), zone: Some(zone.into()), subnet_id: None }
+    }
+
+    fn planned(tries: &[(usize, Candidate)]) -> Vec<(String, Option<String>)> {
+        tries.iter().map(|(_, c)| (c.itype.instance_type.clone(), c.zone.clone())).collect()
+    }
+
+    #[test]
+    fn given_no_resumed_launch_when_planned_then_every_candidate_in_order_with_its_own_index() {
+        let region = RegionLabel::new("eu-west-1").expect("region");
+        let (small, large) = (itype("m7i.large", 2), itype("m7i.xlarge", 4));
+        let candidates = vec![place(&small, "eu-west-1a"), place(&small, "eu-west-1b"), place(&large, "eu-west-1a")];
+        let tries = plan_tries(&region, &[small.clone(), large.clone()], None, None, None, candidates);
+        assert_eq!(
+            planned(&tries),
+            [
+                ("m7i.large".into(), Some("eu-west-1a".into())),
+                ("m7i.large".into(), Some("eu-west-1b".into())),
+                ("m7i.xlarge".into(), Some("eu-west-1a".into()))
+            ]
+        );
+        let indices: Vec<usize> = tries.iter().map(|(i, _)| *i).collect();
+        assert_eq!(
+            indices,
+            [try_index(0, Some("eu-west-1a")), try_index(0, Some("eu-west-1b")), try_index(1, Some("eu-west-1a"))]
+        );
+    }
+
+    #[test]
+    fn given_a_resumed_launch_when_planned_then_it_goes_first_once_and_earlier_types_are_skipped() {
+        let region = RegionLabel::new("eu-west-1").expect("region");
+        let (small, large) = (itype("m7i.large", 2), itype("m7i.xlarge", 4));
+        let resumed = try_index(1, Some("eu-west-1b"));
+        let candidates = vec![place(&small, "eu-west-1a"), place(&large, "eu-west-1a"), place(&large, "eu-west-1b")];
+        let tries = plan_tries(&region, &[small, large], None, None, Some(resumed), candidates);
+        assert_eq!(
+            planned(&tries),
+            [("m7i.xlarge".into(), Some("eu-west-1b".into())), ("m7i.xlarge".into(), Some("eu-west-1a".into()))]
+        );
+        assert_eq!(tries[0].0, resumed);
+    }
+
+    #[test]
+    fn given_a_vcpu_headroom_when_planned_then_types_it_cannot_hold_are_not_tried() {
+        let region = RegionLabel::new("eu-west-1").expect("region");
+        let (small, large) = (itype("m7i.large", 2), itype("m7i.xlarge", 4));
+        let candidates = vec![place(&small, "eu-west-1a"), place(&large, "eu-west-1a")];
+        let tries = plan_tries(&region, &[small, large], None, Some(3), None, candidates);
+        assert_eq!(planned(&tries), [("m7i.large".into(), Some("eu-west-1a".into()))]);
     }
 }

@@ -3,7 +3,7 @@
 
 use backend_api::{BackendError, ComputeGrant, GrantId, ProvisionedInstance, RegionLabel};
 use base64::Engine;
-use usage_ledger::{Event, TerminationReason};
+use usage_ledger::{Event, GrantState, TerminationReason};
 
 use super::{AwsBackend, BACKEND_NAME};
 use crate::errors::local;
@@ -75,34 +75,13 @@ impl AwsBackend {
             key_name: names::key_name(&grant.id),
             group_name: names::group_name(&grant.id),
         };
-        match self.grant_state(&grant.id) {
-            // The last attempt failed with an error that invited a retry, and was rolled back:
-            // a new attempt, with ClientTokens of its own. Its predecessor holds nothing, so
-            // two instances of the grant are never up at once.
-            Some(state) if state.is_settled() && state.retry_allowed() => {
-                tracing::info!(
-                    attempt = state.attempt() + 1,
-                    "retrying a provision that failed with a retryable error"
-                );
-                self.admit(grant.id, admission.retried(state.attempt() + 1)).await?;
+        match decide_admission(&grant.id, self.grant_state(&grant.id).as_ref())? {
+            Admission::Retry { attempt } => {
+                tracing::info!(attempt, "retrying a provision that failed with a retryable error");
+                self.admit(grant.id, admission.retried(attempt)).await?;
             }
-            Some(state) if state.is_settled() => {
-                return Err(BackendError::InvalidInput {
-                    field: "grant.id".into(),
-                    reason: format!(
-                        "grant {} was already provisioned and settled, and its last attempt did not fail with a retryable error; a grant provisions once",
-                        grant.id
-                    ),
-                });
-            }
-            Some(state) if state.termination().is_some() => {
-                return Err(BackendError::InvalidInput {
-                    field: "grant.id".into(),
-                    reason: format!("grant {} is being torn down; wait for terminate to finish", grant.id),
-                });
-            }
-            Some(_) => tracing::info!("resuming a provision the ledger shows unfinished"),
-            None => self.admit(grant.id, admission).await?,
+            Admission::Resume => tracing::info!("resuming a provision the ledger shows unfinished"),
+            Admission::New => self.admit(grant.id, admission).await?,
         }
 
         let created = async {
@@ -190,5 +169,118 @@ impl AwsBackend {
                 Err(err)
             }
         }
+    }
+}
+
+/// How a provision goes on, by what the ledger holds for the grant.
+#[derive(Debug, PartialEq, Eq)]
+enum Admission {
+    /// Never seen: admit it.
+    New,
+    /// The last attempt failed with an error that invited a retry, and was rolled back: a new
+    /// attempt (numbered `attempt`), with ClientTokens of its own. Its predecessor holds
+    /// nothing, so two instances of the grant are never up at once.
+    Retry {
+        /// The new attempt's number.
+        attempt: u32,
+    },
+    /// Admitted and unfinished (a provision that died on the way): go on where it stopped.
+    Resume,
+}
+
+/// Whether a grant in `state` (`None`: not in the ledger) may be provisioned, and how.
+fn decide_admission(grant: &GrantId, state: Option<&GrantState>) -> Result<Admission, BackendError> {
+    match state {
+        Some(state) if state.is_settled() && state.retry_allowed() => {
+            Ok(Admission::Retry { attempt: state.attempt() + 1 })
+        }
+        Some(state) if state.is_settled() => Err(BackendError::InvalidInput {
+            field: "grant.id".into(),
+            reason: format!(
+                "grant {grant} was already provisioned and settled, and its last attempt did not fail with a retryable error; a grant provisions once"
+            ),
+        }),
+        Some(state) if state.termination().is_some() => Err(BackendError::InvalidInput {
+            field: "grant.id".into(),
+            reason: format!("grant {grant} is being torn down; wait for terminate to finish"),
+        }),
+        Some(_) => Ok(Admission::Resume),
+        None => Ok(Admission::New),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use backend_api::{AlmanacTick, UsageMetrics};
+    use usage_ledger::{Record, apply};
+
+    use super::*;
+
+    const GRANT: GrantId = GrantId([9; 32]);
+
+    /// The grant's state after `events`.
+    fn given(events: Vec<Event>) -> GrantState {
+        let mut state: Option<GrantState> = None;
+        for (seq, event) in events.into_iter().enumerate() {
+            let record = Record { grant: GRANT, seq: seq as u64, at_unix_ms: 1_700_000_000_000 + seq as u64, event };
+            state = Some(apply(state.as_ref(), &record).expect("a possible transition"));
+        }
+        state.expect("at least one event")
+    }
+
+    fn admitted() -> Event {
+        Event::GrantAdmitted {
+            region: "eu-west-1".into(),
+            instance_type: "m7i.large".into(),
+            vcpus: 2,
+            memory_mib: 8_192,
+            storage_bytes: 8 << 30,
+            valid_to: AlmanacTick(1),
+            valid_to_unix_ms: 1_700_000_600_000,
+            key_name: "k".into(),
+            group_name: "g".into(),
+        }
+    }
+
+    fn settled() -> Event {
+        Event::GrantSettled { usage: UsageMetrics::default() }
+    }
+
+    #[test]
+    fn given_nothing_in_the_ledger_when_provisioned_then_a_new_admission() {
+        assert_eq!(decide_admission(&GRANT, None).ok(), Some(Admission::New));
+    }
+
+    #[test]
+    fn given_an_unfinished_provision_when_provisioned_then_it_resumes() {
+        let state = given(vec![admitted()]);
+        assert_eq!(decide_admission(&GRANT, Some(&state)).ok(), Some(Admission::Resume));
+    }
+
+    #[test]
+    fn given_a_retryable_failure_rolled_back_when_provisioned_then_attempt_one() {
+        let state = given(vec![
+            admitted(),
+            Event::ProvisionFailed { retryable: true },
+            Event::TerminationRequested { reason: TerminationReason::Rollback },
+            settled(),
+        ]);
+        assert_eq!(decide_admission(&GRANT, Some(&state)).ok(), Some(Admission::Retry { attempt: 1 }));
+    }
+
+    #[test]
+    fn given_a_settled_grant_when_provisioned_again_then_refused() {
+        let state =
+            given(vec![admitted(), Event::TerminationRequested { reason: TerminationReason::Operator }, settled()]);
+        assert!(matches!(decide_admission(&GRANT, Some(&state)), Err(BackendError::InvalidInput { .. })));
+    }
+
+    #[test]
+    fn given_a_grant_being_torn_down_when_provisioned_then_refused() {
+        let state = given(vec![admitted(), Event::TerminationRequested { reason: TerminationReason::Operator }]);
+        let Err(BackendError::InvalidInput { reason, .. }) = decide_admission(&GRANT, Some(&state)) else {
+            panic!("not refused");
+        };
+        assert!(reason.contains("being torn down"), "{reason}");
     }
 }

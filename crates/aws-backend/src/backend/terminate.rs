@@ -2,7 +2,7 @@
 //! together sent in one call, and the termination's records.
 
 use backend_api::{BackendError, GrantId, RegionLabel};
-use usage_ledger::{Event, ObservedState, TerminationReason};
+use usage_ledger::{Event, GrantState, ObservedState, TerminationReason};
 
 use super::{AwsBackend, VISIBILITY_WINDOW_MS};
 use crate::ec2::Lookup;
@@ -148,21 +148,10 @@ impl AwsBackend {
         reason: TerminationReason,
     ) -> Result<(), BackendError> {
         let now = self.now_ms();
+        let caps_billing = self.hooks().bills_by_rules();
         self.record_with(|ledger| {
-            let Some(state) = ledger.grant(&grant).filter(|s| s.termination().is_none() && !s.is_settled()) else {
-                return (Vec::new(), ());
-            };
-            let mut events = Vec::new();
-            let valid_to = state.valid_to_unix_ms();
-            if reason == TerminationReason::Deadline
-                && now > valid_to
-                && !state.ever_launched().is_empty()
-                && self.hooks().bills_by_rules()
-            {
-                events.push((grant, now, Event::BillingCapped { at_unix_ms: valid_to }));
-            }
-            events.push((grant, now, Event::TerminationRequested { reason }));
-            (events, ())
+            let events = termination_events(ledger.grant(&grant), reason, now, caps_billing);
+            (events.into_iter().map(|e| (grant, now, e)).collect(), ())
         })
         .await
     }
@@ -179,5 +168,109 @@ impl AwsBackend {
     ) -> Result<bool, BackendError> {
         let instances = self.ec2().instances(region, Lookup::Grant(grant)).await.map_err(provider)?;
         Ok(instances.iter().any(|i| i.instance_id == instance_id && i.state == InstanceState::Terminated))
+    }
+}
+
+/// The events that record a termination request for a grant in `state` at `now`: nothing once
+/// one is recorded or the grant is settled; for a deadline handled after `valid_to` (the
+/// bridge was down) of a grant that launched, first `BillingCapped` at `valid_to` (with
+/// `caps_billing`), so the time it was down is not billed.
+fn termination_events(
+    state: Option<&GrantState>,
+    reason: TerminationReason,
+    now: u64,
+    caps_billing: bool,
+) -> Vec<Event> {
+    let Some(state) = state.filter(|s| s.termination().is_none() && !s.is_settled()) else {
+        return Vec::new();
+    };
+    let mut events = Vec::new();
+    let valid_to = state.valid_to_unix_ms();
+    if reason == TerminationReason::Deadline && now > valid_to && !state.ever_launched().is_empty() && caps_billing {
+        events.push(Event::BillingCapped { at_unix_ms: valid_to });
+    }
+    events.push(Event::TerminationRequested { reason });
+    events
+}
+
+#[cfg(test)]
+mod tests {
+    use backend_api::AlmanacTick;
+    use usage_ledger::{Record, apply};
+
+    use super::*;
+
+    const VALID_TO_UNIX_MS: u64 = 1_700_000_600_000;
+
+    /// The grant's state after `events`, one a second from an hour before `valid_to`.
+    fn given(events: Vec<Event>) -> GrantState {
+        let grant = GrantId([7; 32]);
+        let mut state: Option<GrantState> = None;
+        for (seq, event) in events.into_iter().enumerate() {
+            let record =
+                Record { grant, seq: seq as u64, at_unix_ms: VALID_TO_UNIX_MS - 3_600_000 + seq as u64 * 1_000, event };
+            state = Some(apply(state.as_ref(), &record).expect("a possible transition"));
+        }
+        state.expect("at least one event")
+    }
+
+    fn admitted() -> Event {
+        Event::GrantAdmitted {
+            region: "eu-west-1".into(),
+            instance_type: "m7i.large".into(),
+            vcpus: 2,
+            memory_mib: 8_192,
+            storage_bytes: 8 << 30,
+            valid_to: AlmanacTick(1),
+            valid_to_unix_ms: VALID_TO_UNIX_MS,
+            key_name: "k".into(),
+            group_name: "g".into(),
+        }
+    }
+
+    fn requested() -> Event {
+        Event::LaunchRequested { client_token: "t".into(), instance_type: "m7i.large".into(), image_id: None }
+    }
+
+    fn launched() -> Event {
+        Event::InstanceLaunched {
+            instance_id: "i-1".into(),
+            client_token: "t".into(),
+            instance_type: "m7i.large".into(),
+            vcpus: 2,
+            memory_mib: 8_192,
+        }
+    }
+
+    #[test]
+    fn given_a_launched_grant_when_its_deadline_is_handled_late_then_the_bill_is_capped_first() {
+        let state = given(vec![admitted(), requested(), launched()]);
+        let events = termination_events(Some(&state), TerminationReason::Deadline, VALID_TO_UNIX_MS + 1, true);
+        assert_eq!(
+            events,
+            [
+                Event::BillingCapped { at_unix_ms: VALID_TO_UNIX_MS },
+                Event::TerminationRequested { reason: TerminationReason::Deadline }
+            ]
+        );
+    }
+
+    #[test]
+    fn given_a_launched_grant_when_its_deadline_is_handled_on_time_then_only_the_request() {
+        let state = given(vec![admitted(), requested(), launched()]);
+        let events = termination_events(Some(&state), TerminationReason::Deadline, VALID_TO_UNIX_MS, true);
+        assert_eq!(events, [Event::TerminationRequested { reason: TerminationReason::Deadline }]);
+    }
+
+    #[test]
+    fn given_a_termination_recorded_when_asked_again_then_nothing() {
+        let state = given(vec![
+            admitted(),
+            requested(),
+            launched(),
+            Event::TerminationRequested { reason: TerminationReason::Operator },
+        ]);
+        assert!(termination_events(Some(&state), TerminationReason::Deadline, VALID_TO_UNIX_MS + 1, true).is_empty());
+        assert!(termination_events(None, TerminationReason::Deadline, VALID_TO_UNIX_MS + 1, true).is_empty());
     }
 }
