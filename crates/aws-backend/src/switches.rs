@@ -88,10 +88,14 @@ pub struct TestSwitches {
     pub ignore_lease: bool,
 }
 
-/// Without the `test-switches` feature: nothing to switch (see the module's documentation).
+/// Without the `test-switches` feature: nothing to switch (see the module's documentation);
+/// `TestSwitches::default()` is the only value.
 #[cfg(not(feature = "test-switches"))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TestSwitches;
+pub struct TestSwitches {
+    /// Keeps the type a struct to build with `default()`, as with the feature.
+    _none: (),
+}
 
 impl TestSwitches {
     /// True when any switch is set.
