@@ -12,7 +12,8 @@
 
 use backend_api::{BackendError, GrantId, RegionLabel};
 
-use crate::backend::{AwsBackend, provider};
+use crate::backend::AwsBackend;
+use crate::errors::provider;
 use crate::guest::host_key_from_console;
 use crate::lag::Lag;
 use crate::poller::Sighting;
@@ -41,11 +42,11 @@ impl AwsBackend {
         instance_id: &str,
         deadline_unix_ms: u64,
     ) -> Result<String, BackendError> {
-        let wait_s = self.inner.cfg.guest.host_key_wait_s;
+        let wait_s = self.shared.cfg.guest.host_key_wait_s;
         let started = self.now_ms();
         let give_up = started.saturating_add(wait_s.saturating_mul(1_000)).min(deadline_unix_ms);
         let mut rx = self.poller(region).subscribe(instance_id);
-        let mut next_look = started.saturating_add(self.inner.lags.wait_ms(region, Lag::Console)).min(give_up);
+        let mut next_look = started.saturating_add(self.shared.lags.wait_ms(region, Lag::Console)).min(give_up);
         let mut first_look = true;
         loop {
             // Until the next look: follow the instance, as wait_running does.
@@ -68,13 +69,12 @@ impl AwsBackend {
                 tokio::select! {
                     biased;
                     () = rx.changed() => {}
-                    () = self.inner.clock.sleep_until_unix_ms(next_look) => {}
+                    () = self.shared.clock.sleep_until_unix_ms(next_look) => {}
                 }
             }
             let output = self
-                .inner
-                .pacer
-                .call(region, Operation::GetConsoleOutput, || self.inner.port.get_console_output(region, instance_id))
+                .ec2()
+                .call(region, Operation::GetConsoleOutput, |port| port.get_console_output(region, instance_id))
                 .await;
             let found = match output {
                 Ok(Some(text)) => host_key_from_console(&text).map_err(|reason| BackendError::Provider {
@@ -92,7 +92,7 @@ impl AwsBackend {
             if first_look {
                 // Learnt towards the delay's 75th percentile: one look most of the time,
                 // without making every requester wait for the slowest guest.
-                self.inner.lags.nudge(region, Lag::Console, found.is_none());
+                self.shared.lags.nudge(region, Lag::Console, found.is_none());
                 first_look = false;
             }
             if let Some(key) = found {

@@ -67,7 +67,7 @@ impl AwsBackend {
 
     /// The AMI id for `arch` in `region`.
     pub(crate) async fn image_for(&self, region: &RegionLabel, arch: Architecture) -> Result<String, BackendError> {
-        let cfg = &self.inner.cfg;
+        let cfg = &self.shared.cfg;
         let name = match cfg.image_source(region.as_str(), arch) {
             Some(ImageSource::Id(id)) => return Ok(id),
             Some(ImageSource::Parameter(name)) => name,
@@ -79,7 +79,7 @@ impl AwsBackend {
                 });
             }
         };
-        let entry = self.inner.images.entry(region, arch);
+        let entry = self.shared.images.entry(region, arch);
         let mut entry = entry.lock().await;
         let now = self.now_ms();
         if let Some((id, _)) = &entry.resolved
@@ -87,10 +87,7 @@ impl AwsBackend {
         {
             return Ok(id.clone());
         }
-        let read = self
-            .inner
-            .pacer
-            .call(region, Operation::GetParameter, || self.inner.port.get_parameter(region, &name))
+        let read = self.ec2().call(region, Operation::GetParameter, |port| port.get_parameter(region, &name))
             .await
             .map_err(|err| alias_error(region, arch, &name, err))
             .and_then(|value| {

@@ -7,9 +7,12 @@
 mod backend;
 pub mod bridge;
 pub mod config;
+mod ec2;
+mod errors;
 pub mod guest;
 mod hostkey;
 mod images;
+mod journal;
 pub mod keys;
 pub(crate) mod lag;
 pub mod names;
@@ -17,13 +20,17 @@ pub mod pacing;
 pub mod placement;
 pub mod poller;
 pub mod port;
-mod recovery;
 mod refusals;
+mod regions;
 #[cfg(feature = "sdk")]
 pub mod sdk;
 pub mod sizing;
 pub mod standby;
+mod switches;
+mod tasks;
+mod terminations;
 
-pub use backend::{AwsBackend, BACKEND_NAME, BackendLedger, BackendParts, DynStore, TestSwitches};
+pub use backend::{AwsBackend, BACKEND_NAME, BackendLedger, BackendParts, DynStore};
+pub use backend::{Orphan, ReapReport, RecoveryReport};
 pub use config::{AwsBootConfig, ConfigError, DynamoLedger, GRANT_TAG, LedgerStore, OWNER_TAG};
-pub use recovery::{Orphan, ReapReport, RecoveryReport};
+pub use switches::TestSwitches;

@@ -21,25 +21,26 @@ pub fn group_name(grant: &GrantId) -> String {
     format!("cb-{}", grant.to_hex())
 }
 
-/// The RunInstances ClientToken of launch `attempt` (0-based; one attempt per instance type
-/// tried): 64 ASCII characters at most, as EC2 requires.
-pub fn client_token(grant: &GrantId, attempt: usize) -> String {
-    format!("cb-{}-{attempt}", &grant.to_hex()[..48])
+/// The RunInstances ClientToken of the launch try `try_index` (the place tried: the instance
+/// type and zone, `placement::try_index`) of a grant's first provision: 64 ASCII characters at
+/// most, as EC2 requires.
+pub fn client_token(grant: &GrantId, try_index: usize) -> String {
+    format!("cb-{}-{try_index}", &grant.to_hex()[..48])
 }
 
-/// The ClientToken of try `attempt` (the index of the instance type in the fallback list) of
-/// provision attempt `retry` (0 for the first provision, see `GrantRetried`): the first
-/// attempt's tokens are [`client_token`]'s, later ones `cb-<first 44 hex>-r<retry>-<attempt>`,
-/// so a retry never reuses a launch of an earlier attempt.
-pub fn client_token_for(grant: &GrantId, retry: u32, attempt: usize) -> String {
+/// The ClientToken of the launch try `try_index` (see [`client_token`]) of provision attempt
+/// `retry` (0 for the first provision, see `GrantRetried`): the first attempt's tokens are
+/// [`client_token`]'s, later ones `cb-<first 44 hex>-r<retry>-<try_index>`, so a retry never
+/// reuses a launch of an earlier attempt.
+pub fn client_token_for(grant: &GrantId, retry: u32, try_index: usize) -> String {
     if retry == 0 {
-        return client_token(grant, attempt);
+        return client_token(grant, try_index);
     }
-    format!("cb-{}-r{retry}-{attempt}", &grant.to_hex()[..44])
+    format!("cb-{}-r{retry}-{try_index}", &grant.to_hex()[..44])
 }
 
-/// The attempt number a token of [`client_token`] or [`client_token_for`] was made for.
-pub fn token_attempt(token: &str) -> Option<usize> {
+/// The try index a token of [`client_token`] or [`client_token_for`] was made for.
+pub fn token_try_index(token: &str) -> Option<usize> {
     token.rsplit('-').next()?.parse().ok()
 }
 
@@ -70,12 +71,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tokens_fit_ec2_and_name_their_attempt() {
+    fn tokens_fit_ec2_and_name_their_try_index() {
         let grant = GrantId([0xAB; 32]);
-        for attempt in [0, 7, 123] {
-            let token = client_token(&grant, attempt);
+        for try_index in [0, 7, 123] {
+            let token = client_token(&grant, try_index);
             assert!(token.len() <= 64 && token.is_ascii(), "{token}");
-            assert_eq!(token_attempt(&token), Some(attempt));
+            assert_eq!(token_try_index(&token), Some(try_index));
         }
         assert_ne!(client_token(&grant, 0), client_token(&GrantId([0xAC; 32]), 0));
     }

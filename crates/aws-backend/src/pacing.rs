@@ -51,6 +51,33 @@ impl Gcra {
     }
 }
 
+/// The backoff schedules of the retry loops, named for what they wait on: each says at which
+/// step of [`Pacer::backoff`] (step `n` waits up to `base_ms * 2^n`, capped at `cap_ms`) try
+/// `attempt` (0-based) sleeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Backoff {
+    /// Asking again whether something has happened (a listing that may lag, a claim given
+    /// back, an id not yet visible): steps 0 to 6.
+    Recheck,
+    /// A lag of seconds (a resource EC2 does not show yet, a deleted name not yet free): start
+    /// near a second rather than at once; steps 2 to 6.
+    Lag,
+    /// A network interface that lingers seconds to tens of seconds after its instance ended
+    /// (`DependencyViolation`): start at a few seconds rather than hammering; steps 4 to 8.
+    Interface,
+}
+
+impl Backoff {
+    /// The step of [`Pacer::backoff`] try `attempt` of this schedule sleeps.
+    pub(crate) fn step(self, attempt: u32) -> u32 {
+        match self {
+            Backoff::Recheck => attempt.min(6),
+            Backoff::Lag => attempt.min(4) + 2,
+            Backoff::Interface => attempt.min(4) + 4,
+        }
+    }
+}
+
 /// How retries behave.
 #[derive(Clone, Copy, Debug)]
 pub struct RetryPolicy {
@@ -282,7 +309,7 @@ impl Pacer {
             match self.call(region, op, &mut call).await {
                 Err(err) if settling(&err) && self.clock.now_unix_ms() < started.saturating_add(window_ms) => {
                     // A lag of seconds: start near a second rather than retrying at once.
-                    self.backoff(attempt.min(4) + 2).await;
+                    self.backoff(Backoff::Lag.step(attempt)).await;
                     attempt += 1;
                 }
                 other => return other,

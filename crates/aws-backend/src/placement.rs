@@ -16,8 +16,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use backend_api::{BackendError, RegionLabel};
 
-use crate::backend::{AwsBackend, provider};
-use crate::pacing::lock;
+use crate::backend::AwsBackend;
+use crate::errors::provider;
 use crate::port::{Filter, InstanceTypeInfo, InstanceTypeOffering, Operation, SubnetInfo, codes};
 
 /// How long a (type, zone) stays out of the candidates after `InsufficientInstanceCapacity`:
@@ -231,8 +231,8 @@ impl AwsBackend {
         let Some(config) = self.config().network.get(region.as_str()) else {
             return Ok(None);
         };
-        if let Some(known) = lock(&self.inner.networks).get(region) {
-            return Ok(Some(known.clone()));
+        if let Some(known) = self.regions().network(region) {
+            return Ok(Some(known));
         }
         let (ids, filters, what) = if config.subnet_ids.is_empty() {
             let filters: Vec<Filter> = config.subnet_tags.iter().map(|(k, v)| Filter::tag(k, [v.clone()])).collect();
@@ -241,10 +241,9 @@ impl AwsBackend {
             (config.subnet_ids.clone(), Vec::new(), format!("network.{region}.subnet_ids {:?}", config.subnet_ids))
         };
         let subnets = self
-            .inner
-            .pacer
-            .pages(region, Operation::DescribeSubnets, !ids.is_empty(), |page| {
-                self.inner.port.describe_subnets_page(region, ids.clone(), filters.clone(), page)
+            .ec2()
+            .pages(region, Operation::DescribeSubnets, !ids.is_empty(), |port, page| {
+                port.describe_subnets_page(region, ids.clone(), filters.clone(), page)
             })
             .await;
         let misconfigured = |reason: String| BackendError::InvalidInput { field: format!("network.{region}"), reason };
@@ -260,7 +259,7 @@ impl AwsBackend {
         };
         let network = RegionNetwork::from_subnets(&subnets, &what).map_err(misconfigured)?;
         tracing::info!(%region, vpc = %network.vpc_id, zones = network.subnets_by_zone.len(), "launching into the subnets of [network]");
-        lock(&self.inner.networks).insert(region.clone(), network.clone());
+        self.regions().remember_network(region, network.clone());
         Ok(Some(network))
     }
 
@@ -269,11 +268,11 @@ impl AwsBackend {
     /// instead of each asking. A failure is logged and leaves them as they were: without
     /// offerings EC2 picks the zone.
     pub(crate) async fn refresh_offerings(&self, region: &RegionLabel) {
-        let stale = || lock(&self.inner.placement).entry(region.clone()).or_default().offerings_stale(self.now_ms());
+        let stale = || self.regions().placement(region, |p| p.offerings_stale(self.now_ms()));
         if !stale() {
             return;
         }
-        let asking = lock(&self.inner.offering_asks).entry(region.clone()).or_default().clone();
+        let asking = self.regions().offerings_turn(region);
         let _asking = asking.lock().await;
         // Whoever held the turn before this caller may have refreshed them.
         if !stale() {
@@ -287,16 +286,13 @@ impl AwsBackend {
             _ => self.config().instance_families.iter().map(|f| format!("{f}.*")).collect(),
         };
         let answer = self
-            .inner
-            .pacer
-            .pages(region, Operation::DescribeInstanceTypeOfferings, false, |page| {
-                self.inner.port.describe_instance_type_offerings_page(region, families.clone(), page)
+            .ec2()
+            .pages(region, Operation::DescribeInstanceTypeOfferings, false, |port, page| {
+                port.describe_instance_type_offerings_page(region, families.clone(), page)
             })
             .await;
         match answer {
-            Ok(offerings) => {
-                lock(&self.inner.placement).entry(region.clone()).or_default().note_offerings(&offerings, now)
-            }
+            Ok(offerings) => self.regions().placement(region, |p| p.note_offerings(&offerings, now)),
             Err(err) => {
                 tracing::warn!(%region, error = %err, "could not list instance type offerings; EC2 picks zones")
             }
@@ -321,7 +317,7 @@ impl AwsBackend {
     /// from `VcpuLimitExceeded`); `None` while it knows none.
     pub fn vcpu_headroom(&self, region: &RegionLabel) -> Option<u32> {
         let configured = self.config().vcpu_quota.get(region.as_str()).copied();
-        let quota = lock(&self.inner.placement).entry(region.clone()).or_default().quota(configured, self.now_ms());
+        let quota = self.regions().placement(region, |p| p.quota(configured, self.now_ms()));
         headroom(quota, self.vcpus_in_use(region))
     }
 }

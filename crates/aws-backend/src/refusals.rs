@@ -5,7 +5,7 @@
 
 use backend_api::{BackendError, RegionLabel};
 
-use crate::backend::provider;
+use crate::errors::provider;
 use crate::port::{Ec2Error, RunInstancesRequest, codes};
 
 /// The error for a RunInstances that failed with `err`.
