@@ -1,5 +1,6 @@
 //! Cross-crate integration tests, one module per concern.
 
+mod architecture;
 mod backend_sim;
 mod bridge;
 mod deadline_and_bill;

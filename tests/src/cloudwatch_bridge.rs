@@ -1,7 +1,7 @@
 //! A test-only bridge that lets the current AWS SDK's CloudWatch client talk to moto's server.
 //!
 //! `aws-sdk-cloudwatch` speaks only Smithy RPC v2 CBOR; moto 5.2.x serves CloudWatch's Query
-//! and JSON protocols but not CBOR (getmoto/moto#9195; shared/EC2-FACTS.md). The bridge listens
+//! and JSON protocols but not CBOR (getmoto/moto#9195; docs/ec2-facts.md, "moto's server"). The bridge listens
 //! on loopback, turns each CBOR request (`POST /service/{Service}/operation/{Op}`) into the JSON
 //! protocol's (`X-Amz-Target: {Service}.{Op}`, `application/x-amz-json-1.0`), forwards it with
 //! its signature headers to moto, and turns moto's JSON answer back into CBOR. The SDK stays

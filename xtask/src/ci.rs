@@ -248,6 +248,21 @@ fn check_dependency_invariants() -> anyhow::Result<()> {
         );
         eprintln!("invariant: {package} depends on no {forbidden}* crate");
     }
+    // The shipped binary is built from aws-backend alone (`cargo build --release -p
+    // aws-backend`), with the features that resolves to: never the harness's test switches.
+    let out = command("cargo")
+        .args(["tree", "-p", "aws-backend", "-e", "features", "-i", "aws-backend", "-f", "{f}", "--depth", "0"])
+        .current_dir(workspace_root())
+        .output()
+        .context("running cargo tree")?;
+    ensure!(out.status.success(), "cargo tree -p aws-backend failed: {}", String::from_utf8_lossy(&out.stderr));
+    let features = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    ensure!(
+        !features.contains("test-switches"),
+        "architecture invariant broken: aws-backend built alone has the features {features:?}; only the harness (tests/) \
+         may enable test-switches"
+    );
+    eprintln!("invariant: the shipped aws-backend is built without test-switches (features: {features})");
     Ok(())
 }
 

@@ -131,7 +131,7 @@ pub struct AwsBootConfig {
     pub max_start_wait_s: u64,
     /// How long after the end of the last 5-minute period an instance ran in its network figure
     /// is measured again, as final: CloudWatch publishes EC2's 5-minute `NetworkIn`/`NetworkOut`
-    /// datapoints minutes after their period ends (shared/EC2-FACTS.md, Metering), so the
+    /// datapoints minutes after their period ends (docs/ec2-facts.md, "Billing and CloudWatch"), so the
     /// figure taken when the instance ends is provisional. The final figure is CloudWatch's
     /// only if every datapoint has been published by then: this is the longest publication lag
     /// the backend allows for. 0 takes the first figure as final (for a CloudWatch without lag,

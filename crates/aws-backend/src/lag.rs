@@ -2,8 +2,8 @@
 //! them out for free instead of discovering them by failing mutating calls, which spend the
 //! scarcest tokens EC2 has (RunInstances 5 + 2/s, mutating 50 + 5/s).
 //!
-//! Two lags (shared/EC2-FACTS.md): a key pair or security group just created is not yet usable
-//! by other calls (eventual consistency, seconds); a security group stays "in use"
+//! Two lags (docs/ec2-facts.md, "Eventual consistency" and "Teardown"): a key pair or security
+//! group just created is not yet usable by other calls (eventual consistency, seconds); a security group stays "in use"
 //! (`DependencyViolation`) for seconds to tens of seconds after its instance terminated, until
 //! the network interface is released. A third, the console output's (see `hostkey`), is kept
 //! nearer its middle.

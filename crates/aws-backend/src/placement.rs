@@ -5,7 +5,7 @@
 //! Capacity is per instance type and availability zone (`InsufficientInstanceCapacity`), so
 //! the first remedy for a shortage is the same type in another zone, and only then another
 //! size: Karpenter's order, with its short-lived cache of exhausted offerings
-//! (shared/EC2-FACTS.md, Capacity and quotas). A type a zone does not offer
+//! (docs/ec2-facts.md, "Capacity and quotas"). A type a zone does not offer
 //! (DescribeInstanceTypeOfferings) is never tried there. Among the zones of a type, the one
 //! that launched most recently comes first.
 //!

@@ -389,7 +389,7 @@ impl Default for FaultConfig {
             capacity_shortage_ms_max: 300_000,
             spontaneous_exit_after_ms_max: 3_600_000,
             // EC2's basic monitoring: 5-minute datapoints, published minutes late
-            // (shared/EC2-FACTS.md, Metering); see `world::cloudwatch`.
+            // (docs/ec2-facts.md, "Billing and CloudWatch"); see `world::cloudwatch`.
             metrics_lag_ms_min: 60_000,
             metrics_lag_ms_max: 5 * 60_000,
             // Console output is captured shortly after boot and published with a lag ("Get the

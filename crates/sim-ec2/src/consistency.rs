@@ -6,7 +6,7 @@
 //! Source: "Eventual consistency in the Amazon EC2 API",
 //! docs.aws.amazon.com/ec2/latest/devguide/eventual-consistency.html ("the result of an API
 //! command you run that affects your Amazon EC2 resources might not be immediately visible to
-//! all subsequent commands"), and shared/EC2-FACTS.md, Eventual consistency ("Tags and
+//! all subsequent commands"), and docs/ec2-facts.md, "Eventual consistency" ("Tags and
 //! tag-filtered Describe results propagate after id lookups; states can lag").
 //!
 //! Every lag is drawn from a hash of the seed, the resource and the instant of the change, not

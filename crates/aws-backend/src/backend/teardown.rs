@@ -187,7 +187,7 @@ impl AwsBackend {
     /// EC2 answers success for a name that does not exist, but under an IAM policy that allows
     /// DeleteKeyPair only on key pairs carrying our owner tag, a missing name answers
     /// `UnauthorizedOperation` instead: a key pair that does not exist has no tags for the
-    /// condition to match (shared/EC2-FACTS.md, Teardown). So `UnauthorizedOperation` alone does
+    /// condition to match (docs/ec2-facts.md, "Teardown"). So `UnauthorizedOperation` alone does
     /// not say whether anything is left. DescribeKeyPairs by name tells: absent, the key pair is
     /// gone and teardown goes on; present, IAM really refuses to delete it, and the error names
     /// the key pair and the policy statement to fix. Describe answering "absent" for a key

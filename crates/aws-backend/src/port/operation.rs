@@ -95,8 +95,8 @@ impl Operation {
     /// CloudWatch's own quota instead, and GetParameter from Parameter Store's.
     ///
     /// Source: "Request throttling for the Amazon EC2 API", EC2 developer guide
-    /// (docs.aws.amazon.com/ec2/latest/devguide/ec2-api-throttling.html; shared/EC2-FACTS.md,
-    /// Throttling).
+    /// (docs.aws.amazon.com/ec2/latest/devguide/ec2-api-throttling.html; docs/ec2-facts.md,
+    /// "Throttling").
     pub fn throttle_class(self) -> ThrottleClass {
         match self {
             Operation::DescribeKeyPairs

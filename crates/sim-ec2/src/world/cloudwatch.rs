@@ -13,7 +13,7 @@
 //!   the nearest whole minute"; EndTime "is exclusive"). With the Sum statistic any period the
 //!   query names adds up to the same total, so only the window matters.
 //! - **Publication lag.** A datapoint appears `lag` after its period ends, `lag` drawn per
-//!   datapoint from `[metrics_lag_ms_min, metrics_lag_ms_max]` (shared/EC2-FACTS.md, Metering:
+//!   datapoint from `[metrics_lag_ms_min, metrics_lag_ms_max]` (docs/ec2-facts.md, "Billing and CloudWatch":
 //!   "datapoints arrive minutes late").
 //! - **Gaps.** With `metrics_gap_probability` a datapoint is never published: missing for good,
 //!   not late ("Configuring how CloudWatch alarms treat missing data", CloudWatch User Guide:

@@ -140,7 +140,7 @@ impl World {
             }
             // Same token, same parameters: the same instance, as it is now; once it has
             // terminated, EC2 answers IdempotentInstanceTerminated instead (since January 2025;
-            // shared/EC2-FACTS.md, Idempotency).
+            // docs/ec2-facts.md, "Idempotency").
             let instance = &self.regions[r].instances[*idx];
             if instance.state_at(now) == InstanceState::Terminated {
                 return Err(err(
