@@ -54,10 +54,11 @@ fn impl_blocks(text: &str) -> Vec<(usize, usize)> {
     let mut open: Option<usize> = None;
     for (n, line) in text.lines().enumerate() {
         match open {
-            None if line.starts_with("impl") || line.starts_with("pub(crate) impl") => {
-                if !line.trim_end().ends_with(';') && !line.trim_end().ends_with("{}") {
-                    open = Some(n);
-                }
+            None if (line.starts_with("impl") || line.starts_with("pub(crate) impl"))
+                && !line.trim_end().ends_with(';')
+                && !line.trim_end().ends_with("{}") =>
+            {
+                open = Some(n);
             }
             Some(start) if line == "}" => {
                 blocks.push((start + 1, n - start + 1));
