@@ -131,3 +131,26 @@ async fn a_standby_refuses_grants_and_takes_over_at_once_when_the_holder_drains(
     second.drain();
     assert!(matches!(second_run.await.expect("joined"), Stopped::Drained { cut_short: 0 }));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_backend_shut_down_refuses_calls_instead_of_waiting_forever() {
+    let rig = Rig::new(43, FaultConfig::default());
+    let backend = rig.backend().await;
+    let m = manifest();
+    let g = grant(4, &m, rig.now_tick(), 3_600);
+    let instance = backend.provision(&g, &us_east()).await.expect("provisioned");
+    backend.shutdown();
+    // Its pollers are stopped: a call that waits on one would wait forever.
+    let day = std::time::Duration::from_secs(24 * 3_600);
+    for (what, outcome) in [
+        ("terminate", tokio::time::timeout(day, backend.terminate(&instance)).await.map(|r| r.map(|_| ()))),
+        (
+            "watch_until_exit",
+            tokio::time::timeout(day, backend.watch_until_exit(&instance, g.valid_to)).await.map(|r| r.map(|_| ())),
+        ),
+    ] {
+        let err = outcome.unwrap_or_else(|_| panic!("{what} on a shut-down backend waited a virtual day"));
+        let err = err.expect_err("a shut-down backend refuses");
+        assert!(unavailable(&err), "{what}: {err:#}");
+    }
+}

@@ -130,6 +130,8 @@ pub(crate) struct Shared {
     pub(crate) images: crate::images::ImageCache,
     /// The lease the backend acts under, when its ledger is shared (see `standby`).
     tenure: Option<Arc<Tenure>>,
+    /// Set by [`AwsBackend::shutdown`]: the trait's calls are refused from then on.
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -204,6 +206,7 @@ impl AwsBackend {
                 lags: Lags::default(),
                 images: crate::images::ImageCache::default(),
                 tenure: parts.tenure,
+                stopped: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         for region in &cfg.regions {
@@ -224,8 +227,25 @@ impl AwsBackend {
     /// Stops the backend's own tasks (pollers, armed deadlines) at once, as a process exit
     /// would: a deadline task in the middle of a call holds the backend, so dropping the last
     /// handle alone may leave it running. The simulation calls this when it crashes a backend.
+    /// From then on `watch_until_exit` and `terminate` are refused (retryably: the next process
+    /// takes them) rather than wait on pollers that no longer poll. `provision` is not: a
+    /// process that lost its lease is fenced at its pacer (`codes::LEASE_LOST`), which is what
+    /// the standby tests show; the bridge runtime refuses provisions once it stops.
     pub fn shutdown(&self) {
+        self.shared.stopped.store(true, std::sync::atomic::Ordering::SeqCst);
         self.shared.stop_tasks();
+    }
+
+    /// Refuses a call that waits on the pollers once [`AwsBackend::shutdown`] has run.
+    pub(crate) fn refuse_if_stopped(&self) -> Result<(), BackendError> {
+        if self.shared.stopped.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(BackendError::Unavailable {
+                reason: "this backend was shut down (its process is stopping): send the call to the bridge that runs \
+                         next, whose recovery finishes this process's grants"
+                    .to_string(),
+            });
+        }
+        Ok(())
     }
 
     /// How many network figures (of instances of any grant, settled or not) are not complete

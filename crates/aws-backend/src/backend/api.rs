@@ -89,6 +89,7 @@ impl Backend for AwsBackend {
         instance: &ProvisionedInstance,
         valid_to: AlmanacTick,
     ) -> anyhow::Result<UsageMetrics> {
+        self.refuse_if_stopped()?;
         let grant = instance.grant_id;
         let span = tracing::info_span!("grant", grant = %grant.short(), region = %instance.region, instance_id = %instance.instance_id);
         async {
@@ -118,6 +119,7 @@ impl Backend for AwsBackend {
     }
 
     async fn terminate(&self, instance: &ProvisionedInstance) -> anyhow::Result<()> {
+        self.refuse_if_stopped()?;
         let grant = instance.grant_id;
         let span = tracing::info_span!("grant", grant = %grant.short(), region = %instance.region, instance_id = %instance.instance_id);
         self.teardown(grant, TerminationReason::Operator).instrument(span).await.map_err(anyhow::Error::from)
