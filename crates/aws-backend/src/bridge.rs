@@ -23,7 +23,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use backend_api::{
@@ -32,6 +32,7 @@ use backend_api::{
 use serde::Serialize;
 use tokio::sync::Notify;
 
+use crate::pacing::lock;
 use crate::standby::{Holding, LeaseTable, LeaseTimes, Tenure, renewing, wait_for_lease};
 use crate::{AwsBackend, BackendLedger, ReapReport, RecoveryReport};
 
@@ -154,10 +155,6 @@ struct Shared {
     draining: AtomicBool,
     /// Woken by [`Bridge::drain`].
     drain: Notify,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A task aborted when this is dropped: what a crash does to the tasks of a run.
