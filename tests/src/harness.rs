@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex, Once};
 use std::time::Instant;
 
 use aws_backend::port::Ec2Port;
-use aws_backend::standby::{LeaseTimes, wait_for_lease};
-use aws_backend::{AwsBackend, OWNER_TAG, TestSwitches};
-use backend_api::{Backend, BackendError, Clock, Envelope, GrantId, TokioClock};
+use aws_backend::standby::LeaseTimes;
+use aws_backend::{AwsBackend, OWNER_TAG};
+use backend_api::{Backend, Clock, GrantId, TokioClock};
 use rand::Rng as _;
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::SeedableRng;
@@ -25,17 +25,15 @@ use crate::checkers::{
 use crate::fixture::{self, START_UNIX_MS};
 use crate::framestore::FrameStore;
 use crate::gated::GatedPort;
-use crate::replicas::{ReplicaClock, ReplicaPort, SimLeases};
+use crate::lifecycle::lifecycle;
+use crate::processes::{Active, Common, REPLICA_LEASE_MS, ReplicaShared, Replicas, Single, TAKEOVER_WITHIN_MS};
+use crate::replicas::ReplicaClock;
 use crate::scenario::{Expect, GrantPlan, Scenario, generate};
 use crate::summary::{GrantCounts, Summary};
 use crate::witness::Witness;
 
 /// How often the checkers run, in virtual time.
 const CHECK_EVERY_MS: u64 = 10_000;
-/// How often the reaper runs during the run, in virtual time.
-const REAP_EVERY_MS: u64 = 20 * 60_000;
-/// How long the simulated compute-bridge waits before retrying a retryable provision failure.
-const RETRY_AFTER_MS: u64 = 30_000;
 /// Time left until `valid_to` under which a grant that reached the bridge late (it arrived
 /// while the bridge was down) counts as short: `min_lifetime_s` (60 s here) plus two minutes to
 /// create its key pair and group and launch.
@@ -51,23 +49,23 @@ enum Step {
     Arrive(usize),
     Crash(usize),
     Check,
-    Reap,
 }
 
 /// What a spawned task is doing.
 #[derive(Clone, Copy, Debug)]
-enum Task {
+pub(crate) enum Task {
+    /// A grant's life (see `lifecycle`).
     Grant(GrantId),
+    /// A process's recovery: a marker that ends when the recovery reports.
     Recovery,
-    Reaper,
 }
 
 /// A spawned task, with the incarnation of the bridge process it belongs to (0 for a bridge
 /// with a ledger of its own): killing a process ends its tasks.
-type Spawned = (Task, JoinHandle<()>, u64);
+pub(crate) type Spawned = (Task, JoinHandle<()>, u64);
 
-type Facts = Arc<Mutex<BTreeMap<GrantId, GrantFacts>>>;
-type Findings = Arc<Mutex<Vec<Violation>>>;
+pub(crate) type Facts = Arc<Mutex<BTreeMap<GrantId, GrantFacts>>>;
+pub(crate) type Findings = Arc<Mutex<Vec<Violation>>>;
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -99,129 +97,6 @@ fn capture_panics() {
 
 fn captured_panics() -> Vec<String> {
     PANICS.with(|p| p.borrow_mut().take()).unwrap_or_default()
-}
-
-async fn lifecycle(backend: AwsBackend, plan: Arc<GrantPlan>, facts: Facts, clock: Arc<TokioClock>, sim: Arc<SimEc2>) {
-    let grant = plan.grant();
-    let envelope = Envelope::for_region(plan.region.clone());
-    let settle = |outcome: Outcome| {
-        let mut facts = lock(&facts);
-        let entry = facts.entry(plan.id).or_default();
-        entry.outcome = outcome;
-        entry.outcome_at_unix_ms = clock.now_unix_ms();
-    };
-    let mut provisioned = backend.provision(&grant, &envelope).await;
-    // compute-bridge retries an error that says it may be retried, once, a little later.
-    if let Err(err) = &provisioned
-        && err.downcast_ref::<BackendError>().is_some_and(BackendError::is_retryable)
-        && backend.grant_state(&plan.id).is_some_and(|s| s.is_settled() && s.retry_allowed())
-    {
-        clock.sleep_ms(RETRY_AFTER_MS).await;
-        provisioned = backend.provision(&grant, &envelope).await;
-    }
-    // A replica that lost its lease stops acting, and its process exits: what it had in flight
-    // is the new holder's recovery's, as after a crash.
-    let interrupted = |backend: &AwsBackend| !backend.acting() || backend.lease_lost().is_some();
-    match provisioned {
-        Err(_) if interrupted(&backend) => settle(Outcome::Interrupted),
-        Err(err) => {
-            let refused = matches!(
-                err.downcast_ref::<BackendError>(),
-                Some(
-                    BackendError::Unsatisfiable { .. }
-                        | BackendError::RegionNotAllowed { .. }
-                        | BackendError::DeadlinePassed { .. }
-                        | BackendError::InvalidInput { .. }
-                )
-            ) && backend.grant_state(&plan.id).is_none();
-            let message = format!("{err:#}");
-            settle(if refused { Outcome::Refused(message) } else { Outcome::ProvisionFailed(message) });
-        }
-        Ok(instance) => {
-            {
-                let mut facts = lock(&facts);
-                let entry = facts.entry(plan.id).or_default();
-                entry.handed_over = true;
-                entry.handed_over_at_unix_ms = clock.now_unix_ms();
-                entry.handed_over_state = sim.instance(&instance.instance_id).map(|i| i.state);
-                let truth = sim.guest_of(&instance.instance_id);
-                let mut ingress: Vec<(u16, String)> = sim
-                    .instance(&instance.instance_id)
-                    .map(|i| i.security_group_ids.iter().filter_map(|g| sim.ingress_of(g)).flatten().collect())
-                    .unwrap_or_default();
-                ingress.sort();
-                entry.guest = Some(crate::checkers::guest::GuestFacts {
-                    instance_id: instance.instance_id.clone(),
-                    pinned_host_key: instance.ssh_host_public_key.clone(),
-                    guest_host_key: truth.as_ref().map(|t| t.host_key.clone()),
-                    imds: truth.map(|t| t.imds),
-                    ingress,
-                });
-            }
-            let watched = backend.watch_until_exit(&instance, plan.valid_to).await;
-            if let Ok(usage) = &watched {
-                lock(&facts).entry(plan.id).or_default().watched_usage = Some(*usage);
-            }
-            let ended = backend.terminate(&instance).await;
-            settle(match (watched, ended) {
-                (Ok(_), Ok(())) => Outcome::Completed,
-                _ if interrupted(&backend) => Outcome::Interrupted,
-                (Err(err), _) | (_, Err(err)) => Outcome::AfterProvisionFailed(format!("{err:#}")),
-            });
-        }
-    }
-}
-
-/// Recovery of a (re)started bridge, reporting a grant it left unfinished with no fault on its
-/// own calls to explain it: one that hit the grant's resources, or a call about no grant in its
-/// region (a Describe recovery made, an outage), while recovery ran.
-async fn recover(backend: AwsBackend, sim: Arc<SimEc2>, findings: Findings) {
-    let faults_before = sim.faults_injected();
-    let report = backend.recover().await;
-    if report.failed.is_empty() || !backend.acting() {
-        return;
-    }
-    let faults = sim.fault_log_since(faults_before);
-    let unexplained: Vec<&(String, String)> = report
-        .failed
-        .iter()
-        // A partition (replicas) cuts the process off its ledger: the harness's own outage.
-        .filter(|(_, err)| !err.contains(crate::framestore::PARTITIONED))
-        .filter(|(hex, _)| {
-            let region =
-                hex.parse::<GrantId>().ok().and_then(|g| backend.grant_state(&g)).map(|s| s.region().to_string());
-            !faults.iter().any(|f| {
-                let on_grant = f.subjects.iter().any(|tags| tags.get(aws_backend::GRANT_TAG) == Some(hex));
-                let in_region = f.subjects.is_empty() && f.region.as_ref().map(|r| r.as_str()) == region.as_deref();
-                on_grant || in_region
-            })
-        })
-        .collect();
-    if !unexplained.is_empty() {
-        lock(&findings).push(Violation::liveness(
-            names::LIVENESS,
-            format!("recovery left grants unfinished with no fault on their calls: {unexplained:?}"),
-        ));
-    }
-}
-
-/// True when faults injected during a reaper pass explain its `errors`: one on a call about no
-/// grant (its listings), or on the resources of a grant an error names.
-fn reaper_explained(errors: &[String], faults: &[sim_ec2::FaultRecord]) -> bool {
-    // A partition (replicas) cuts the reaping process off its ledger: the harness's own outage.
-    // The store answers PARTITIONED only to a handle whose own process is cut off at that moment.
-    let unexplained: Vec<&str> =
-        errors.iter().map(String::as_str).filter(|e| !e.contains(crate::framestore::PARTITIONED)).collect();
-    if unexplained.is_empty() {
-        return true;
-    }
-    let text = unexplained.join(" ");
-    faults.iter().any(|f| {
-        f.subjects.is_empty()
-            || f.subjects
-                .iter()
-                .any(|tags| tags.get(aws_backend::GRANT_TAG).is_some_and(|hex| text.contains(hex.as_str())))
-    })
 }
 
 struct World {
@@ -304,6 +179,27 @@ impl World {
         }
     }
 
+    /// Takes over the tasks the processes started, ends those of processes that exited, and
+    /// follows the process acting.
+    async fn absorb(
+        &mut self,
+        common: &Common,
+        replicas: Option<&Replicas>,
+        tasks: &mut Vec<Spawned>,
+        active: &mut Active,
+    ) {
+        tasks.append(&mut lock(&common.spawned));
+        if let Some(replicas) = replicas {
+            let exited = replicas.exited();
+            if !exited.is_empty() {
+                self.join_where(tasks, |incarnation, _| exited.contains(&incarnation)).await;
+            }
+        }
+        if let Some(now) = common.active() {
+            *active = now;
+        }
+    }
+
     fn absorb_stats(&mut self, backend: &AwsBackend) {
         for (code, n) in backend.pacing_stats().retries_by_code {
             *self.retries.entry(code).or_default() += n;
@@ -343,37 +239,6 @@ impl World {
     }
 }
 
-/// The lease of the simulation's replicas: short, so that the crash schedule's downtimes (1 to
-/// 20 s) both outlast it (a standby takes over) and fall short of it (the holder carries on).
-const REPLICA_LEASE_MS: u64 = 8_000;
-/// How long after a crash's downtime ends (or, at the start, after the run starts) a replica
-/// must act under a lease secured since, or the run reports it.
-const TAKEOVER_WITHIN_MS: u64 = 10 * 60_000;
-
-/// What every replica of a run shares.
-struct ReplicaShared {
-    cfg: aws_backend::AwsBootConfig,
-    sim: Arc<SimEc2>,
-    /// The simulator behind the witness: what every replica's port forwards to.
-    port: Arc<dyn Ec2Port>,
-    store: FrameStore,
-    clocks: Vec<Arc<ReplicaClock>>,
-    /// Per replica, whether it is cut off from the store (a partition).
-    cut_off: Vec<Arc<AtomicBool>>,
-    log: FenceLog,
-    seed: u64,
-    switches: TestSwitches,
-    times: LeaseTimes,
-    findings: Findings,
-    incarnations: AtomicU64,
-    /// The process holding the lease, once it has built its backend.
-    active: Mutex<Option<Active>>,
-    /// Tasks the replicas started (their recovery), for the harness to own.
-    spawned: Mutex<Vec<Spawned>>,
-    /// Processes that lost their lease and exited.
-    exited: Mutex<Vec<u64>>,
-}
-
 /// What a crash does to the replica acting, with replicas.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Outage {
@@ -383,145 +248,6 @@ enum Outage {
     Pause,
     /// It cannot reach the lease table and the ledger for the downtime, but reaches EC2.
     Partition,
-}
-
-/// The replica process acting for the ledger.
-#[derive(Clone)]
-struct Active {
-    replica: usize,
-    incarnation: u64,
-    backend: AwsBackend,
-}
-
-/// The bridge replicas of a run with `--replicas`: each a process that stands by until it holds
-/// the lease, acts while it holds it, and exits when it loses it, to stand by again (its
-/// supervisor's restart).
-struct Replicas {
-    shared: Arc<ReplicaShared>,
-    serving: Vec<Option<JoinHandle<()>>>,
-}
-
-/// The incarnation of the process the harness hands work to (0 without replicas).
-fn incarnation_of(replicas: &Option<Replicas>) -> u64 {
-    replicas.as_ref().and_then(|r| lock(&r.shared.active).as_ref().map(|a| a.incarnation)).unwrap_or(0)
-}
-
-/// One replica: stand by for the lease, replay, act and recover, renew; exit on losing it; again.
-async fn serve(shared: Arc<ReplicaShared>, replica: usize) {
-    loop {
-        let incarnation = shared.incarnations.fetch_add(1, Ordering::SeqCst) + 1;
-        let holder = format!("replica-{replica}.{incarnation}");
-        let clock = shared.clocks[replica].clone();
-        let store = shared.store.reached_through(shared.cut_off[replica].clone());
-        let table = SimLeases::new(store, clock.clone(), shared.log.clone());
-        let failed = |what: &str, e: anyhow::Error| {
-            lock(&shared.findings).push(Violation::safety(names::LEDGER, format!("{holder} {what}: {e:#}")));
-        };
-        let holding = match wait_for_lease(&table, &holder, &shared.times, clock.as_ref()).await {
-            Ok(holding) => holding,
-            // Cut off between acquiring and replaying: the process exits and stands by again.
-            Err(_) if shared.cut_off[replica].load(Ordering::SeqCst) => continue,
-            Err(e) => return failed("cannot take over the ledger", e),
-        };
-        let port = Arc::new(ReplicaPort::new(shared.port.clone(), &holder, clock.clone(), shared.log.clone()));
-        let built = fixture::backend_with(
-            &shared.cfg,
-            port,
-            clock.clone(),
-            holding.ledger,
-            shared.seed,
-            incarnation,
-            shared.switches,
-            Some(holding.tenure.clone()),
-        );
-        // Renewing while the backend starts, as the binary does.
-        let mut lease = holding.lease;
-        let built =
-            aws_backend::standby::renewing(&table, &mut lease, &holding.tenure, &shared.times, clock.as_ref(), built)
-                .await;
-        let backend = match built {
-            Ok(Ok(backend)) => backend,
-            Ok(Err(e)) => return failed("cannot start its backend", e),
-            // Lost the lease while starting: the process exits and stands by again.
-            Err(_) => continue,
-        };
-        *lock(&shared.active) = Some(Active { replica, incarnation, backend: backend.clone() });
-        // Recovery before any grant is admitted, as the binary does.
-        let recovery = tokio::spawn(recover(backend.clone(), shared.sim.clone(), shared.findings.clone()));
-        lock(&shared.spawned).push((Task::Recovery, recovery, incarnation));
-        let _why = backend.keep_lease(&table, lease, &shared.times).await;
-        // The process exits: nothing of it runs on.
-        backend.shutdown();
-        {
-            let mut active = lock(&shared.active);
-            if active.as_ref().is_some_and(|a| a.incarnation == incarnation) {
-                *active = None;
-            }
-        }
-        lock(&shared.exited).push(incarnation);
-    }
-}
-
-impl Replicas {
-    /// Starts `count` replicas; returns once the first holds the lease, with its backend.
-    async fn start(shared: ReplicaShared, count: usize, clock: &TokioClock) -> anyhow::Result<(Self, AwsBackend)> {
-        let mut replicas = Self { shared: Arc::new(shared), serving: (0..count).map(|_| None).collect() };
-        replicas.serve(0);
-        let first = loop {
-            clock.sleep_ms(1).await;
-            if let Some(active) = lock(&replicas.shared.active).clone() {
-                break active.backend;
-            }
-            if clock.now_unix_ms() > START_UNIX_MS + TAKEOVER_WITHIN_MS {
-                anyhow::bail!("the first replica did not take the lease: {:?}", lock(&replicas.shared.findings));
-            }
-        };
-        for replica in 1..count {
-            replicas.serve(replica);
-        }
-        Ok((replicas, first))
-    }
-
-    fn serve(&mut self, replica: usize) {
-        self.serving[replica] = Some(tokio::spawn(serve(self.shared.clone(), replica)));
-    }
-
-    /// The acting replica's backend, if one acts.
-    fn active_backend(&self) -> Option<AwsBackend> {
-        lock(&self.shared.active).as_ref().map(|a| a.backend.clone())
-    }
-
-    /// Takes over the tasks the replicas started, and ends those of exited processes.
-    async fn absorb(&self, world: &mut World, tasks: &mut Vec<Spawned>) {
-        tasks.append(&mut lock(&self.shared.spawned));
-        let exited: Vec<u64> = lock(&self.shared.exited).drain(..).collect();
-        if !exited.is_empty() {
-            world.join_where(tasks, |incarnation, _| exited.contains(&incarnation)).await;
-        }
-    }
-
-    /// Kills the process of `victim`: its tasks end where they are; it holds the lease until the
-    /// lease expires.
-    async fn kill(&mut self, victim: &Active, world: &mut World, tasks: &mut Vec<Spawned>) {
-        if let Some(serving) = self.serving[victim.replica].take() {
-            serving.abort();
-            let _ = serving.await;
-        }
-        world.join_where(tasks, |incarnation, _| incarnation == victim.incarnation).await;
-        world.absorb_stats(&victim.backend);
-        victim.backend.shutdown();
-        let mut active = lock(&self.shared.active);
-        if active.as_ref().is_some_and(|a| a.incarnation == victim.incarnation) {
-            *active = None;
-        }
-    }
-
-    /// Ends every replica (at the end of the run).
-    fn stop(&mut self) {
-        for serving in self.serving.iter_mut().filter_map(Option::take) {
-            serving.abort();
-        }
-    }
 }
 
 /// Runs `scenario` to the end on a fresh single-threaded runtime with virtual time, and
@@ -583,43 +309,37 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
         fence: FenceChecker::new(fence_log),
         retries: BTreeMap::new(),
     };
-    let (mut replicas, mut backend) = if scenario.replicas > 1 {
+    let common = Arc::new(Common {
+        cfg: cfg.clone(),
+        sim: sim.clone(),
+        port: port.clone(),
+        store: store.clone(),
+        seed: scenario.seed,
+        switches,
+        findings: world.findings.clone(),
+        active: Mutex::new(None),
+        spawned: Mutex::new(Vec::new()),
+    });
+    let mut single = Single::new(common.clone(), clock.clone());
+    let (mut replicas, mut active) = if scenario.replicas > 1 {
         let count = usize::from(scenario.replicas);
         let shared = ReplicaShared {
-            cfg: cfg.clone(),
-            sim: sim.clone(),
-            port: port.clone(),
-            store: store.clone(),
+            common: common.clone(),
             clocks: (0..count).map(|_| ReplicaClock::new(clock.clone())).collect(),
             cut_off: (0..count).map(|_| Arc::new(AtomicBool::new(false))).collect(),
             log: world.fence_log.clone(),
-            seed: scenario.seed,
-            switches,
             times: LeaseTimes::for_duration(REPLICA_LEASE_MS),
-            findings: world.findings.clone(),
             incarnations: AtomicU64::new(0),
-            active: Mutex::new(None),
-            spawned: Mutex::new(Vec::new()),
             exited: Mutex::new(Vec::new()),
         };
         let (replicas, first) = Replicas::start(shared, count, &clock).await?;
         (Some(replicas), first)
     } else {
-        let backend = fixture::backend_on(
-            &cfg,
-            port.clone(),
-            clock.clone(),
-            Box::new(store.clone()),
-            Vec::new(),
-            scenario.seed,
-            0,
-            switches,
-        )
-        .await?;
-        (None, backend)
+        let first = single.start(0, Vec::new()).await.map_err(|e| anyhow::anyhow!("the bridge did not start: {e}"))?;
+        (None, first)
     };
 
-    // The schedule: arrivals, crashes, checks and reaper passes, in time order.
+    // The schedule: arrivals, crashes and checks, in time order. The reaper is the bridge's own.
     let mut steps: Vec<(u64, Step)> = Vec::new();
     for (i, plan) in plans.iter().enumerate() {
         steps.push((plan.arrival_unix_ms, Step::Arrive(i)));
@@ -634,11 +354,6 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
         steps.push((t, Step::Check));
         t += CHECK_EVERY_MS;
     }
-    let mut t = START_UNIX_MS + REAP_EVERY_MS;
-    while t <= busy_until {
-        steps.push((t, Step::Reap));
-        t += REAP_EVERY_MS;
-    }
     steps.sort();
 
     let mut tasks: Vec<Spawned> = Vec::new();
@@ -648,14 +363,11 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
     for (at, step) in steps {
         clock.sleep_until_unix_ms(at).await;
         world.join(&mut tasks, false).await;
-        if let Some(replicas) = &replicas {
-            replicas.absorb(&mut world, &mut tasks).await;
-            backend = replicas.active_backend().unwrap_or(backend);
-        }
+        world.absorb(&common, replicas.as_ref(), &mut tasks, &mut active).await;
         match step {
             Step::Crash(i) if replicas.is_some() => {
                 let Some(replicas) = replicas.as_mut() else { unreachable!("checked by the guard") };
-                let Some(victim) = lock(&replicas.shared.active).clone() else { continue };
+                let Some(victim) = common.active() else { continue };
                 crash_count += 1;
                 let downtime_ms = crashes[i].downtime_ms;
                 let how = if rng.gen_bool(scenario.pause_share) {
@@ -667,7 +379,11 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
                 };
                 match how {
                     Outage::Pause => replicas.shared.clocks[victim.replica].pause_until(at + downtime_ms),
-                    Outage::Kill => replicas.kill(&victim, &mut world, &mut tasks).await,
+                    Outage::Kill => {
+                        replicas.kill(&victim).await;
+                        world.join_where(&mut tasks, |incarnation, _| incarnation == victim.incarnation).await;
+                        world.absorb_stats(&victim.backend);
+                    }
                     Outage::Partition => replicas.shared.cut_off[victim.replica].store(true, Ordering::SeqCst),
                 }
                 // Down until the downtime has passed and a replica acts: the holder woken from
@@ -675,7 +391,7 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
                 let mut restarted = how != Outage::Kill;
                 loop {
                     clock.sleep_ms(500).await;
-                    replicas.absorb(&mut world, &mut tasks).await;
+                    world.absorb(&common, Some(&*replicas), &mut tasks, &mut active).await;
                     world.join(&mut tasks, false).await;
                     let now = clock.now_unix_ms();
                     if now >= at + downtime_ms {
@@ -687,7 +403,7 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
                     }
                     // Back once a replica acts under a lease secured after the outage ended (a
                     // holder whose renewals failed may still lose it).
-                    let back = lock(&replicas.shared.active).as_ref().is_some_and(|a| {
+                    let back = common.active().is_some_and(|a| {
                         a.backend.acting() && a.backend.lease_secured_unix_ms().is_some_and(|t| t >= at + downtime_ms)
                     });
                     if restarted && back {
@@ -705,7 +421,7 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
                     }
                 }
                 world.downtimes.push(Downtime { from_unix_ms: at, to_unix_ms: clock.now_unix_ms() });
-                backend = replicas.active_backend().unwrap_or(backend);
+                active = common.active().unwrap_or(active);
             }
             Step::Arrive(i) => {
                 let mut plan = plans[i].clone();
@@ -720,55 +436,45 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
                     world.plans.insert(plan.id, plan.clone());
                 }
                 let plan = Arc::new(plan);
-                let accepted = backend.can_satisfy(&plan.grant());
+                let accepted = active.bridge.can_satisfy(&plan.grant());
                 lock(&world.facts).entry(plan.id).or_default().can_satisfy = Some(accepted);
                 if let Some(v) = admission::check_arrival(&plan, accepted) {
                     world.report(v);
                 }
                 let handle = tokio::spawn(lifecycle(
-                    backend.clone(),
+                    active.bridge.clone(),
+                    active.backend.clone(),
                     plan.clone(),
                     world.facts.clone(),
                     clock.clone(),
                     world.sim.clone(),
                 ));
-                tasks.push((Task::Grant(plan.id), handle, incarnation_of(&replicas)));
+                tasks.push((Task::Grant(plan.id), handle, active.incarnation));
             }
             Step::Crash(i) => {
                 crash_count += 1;
                 world.join(&mut tasks, true).await;
-                world.absorb_stats(&backend);
-                backend.shutdown();
-                drop(backend);
+                world.absorb_stats(&active.backend);
+                single.kill().await;
+                world.join(&mut tasks, true).await;
                 let downtime_ms = crashes[i].downtime_ms;
                 world.downtimes.push(Downtime { from_unix_ms: at, to_unix_ms: at + downtime_ms });
                 clock.sleep_ms(downtime_ms).await;
-                let reopened = match store.records() {
-                    Ok(records) => fixture::backend_on(
-                        &cfg,
-                        port.clone(),
-                        clock.clone(),
-                        Box::new(store.clone()),
-                        records,
-                        scenario.seed,
-                        at,
-                        switches,
-                    )
-                    .await
-                    .map_err(|e| format!("{e:#}")),
+                let restarted = match store.records() {
+                    Ok(records) => single.start(at, records).await,
                     Err(e) => Err(e),
                 };
-                backend = match reopened {
-                    Ok(backend) => backend,
+                active = match restarted {
+                    Ok(active) => active,
                     Err(e) => {
                         world.report(Violation::safety(
                             names::LEDGER,
-                            format!("after a crash the backend cannot reopen its ledger: {e}"),
+                            format!("after a crash the bridge cannot start on its ledger: {e}"),
                         ));
                         // The run cannot go on; a backend on an empty ledger lets it report.
                         halted = true;
                         let empty = Box::new(usage_ledger::MemoryStore::new());
-                        backend = fixture::backend_on(
+                        let backend = fixture::backend_on(
                             &cfg,
                             port.clone(),
                             clock.clone(),
@@ -779,36 +485,15 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
                             switches,
                         )
                         .await?;
-                        break;
+                        let bridge = aws_backend::bridge::Bridge::new(clock.clone());
+                        Active { replica: 0, incarnation: at, bridge, backend }
                     }
                 };
-                let recovering = backend.clone();
-                let (sim, findings) = (sim.clone(), world.findings.clone());
-                tasks.push((Task::Recovery, tokio::spawn(recover(recovering, sim, findings)), 0));
+                if halted {
+                    break;
+                }
             }
-            Step::Check => world.check(&backend),
-            Step::Reap => {
-                let reaping = backend.clone();
-                let (sim, findings) = (sim.clone(), world.findings.clone());
-                let incarnation = incarnation_of(&replicas);
-                tasks.push((
-                    Task::Reaper,
-                    tokio::spawn(async move {
-                        let faults_before = sim.faults_injected();
-                        let report = reaping.reap(false).await;
-                        if !report.errors.is_empty()
-                            && reaping.acting()
-                            && !reaper_explained(&report.errors, &sim.fault_log_since(faults_before))
-                        {
-                            lock(&findings).push(Violation::liveness(
-                                names::LIVENESS,
-                                format!("a reaper pass failed with no fault on its calls: {:?}", report.errors),
-                            ));
-                        }
-                    }),
-                    incarnation,
-                ));
-            }
+            Step::Check => world.check(&active.backend),
         }
         if at >= next_progress {
             next_progress += 15 * 60_000;
@@ -828,15 +513,12 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
         let quiet_deadline = clock.now_unix_ms() + 2 * 3_600_000;
         loop {
             world.join(&mut tasks, false).await;
-            if let Some(replicas) = &replicas {
-                replicas.absorb(&mut world, &mut tasks).await;
-                backend = replicas.active_backend().unwrap_or(backend);
-            }
+            world.absorb(&common, replicas.as_ref(), &mut tasks, &mut active).await;
             if tasks.is_empty() || clock.now_unix_ms() >= quiet_deadline {
                 break;
             }
             clock.sleep_ms(10_000).await;
-            world.check(&backend);
+            world.check(&active.backend);
         }
         for (task, _, _) in &tasks {
             world.report(Violation::liveness(
@@ -845,6 +527,7 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
             ));
         }
         world.join(&mut tasks, true).await;
+        let backend = active.backend.clone();
         // Network figures are measured again after CloudWatch's publication lag.
         while backend.network_pending() > 0 && clock.now_unix_ms() < quiet_deadline {
             clock.sleep_ms(60_000).await;
@@ -888,6 +571,8 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
     if let Some(replicas) = &mut replicas {
         replicas.stop();
     }
+    single.kill().await;
+    let backend = active.backend.clone();
     world.absorb_stats(&backend);
     if !halted {
         for v in world.with_context(&backend, |ctx, _| checkers::metering::check_final(ctx)) {

@@ -12,6 +12,8 @@ pub mod fixture;
 pub mod framestore;
 pub mod gated;
 pub mod harness;
+mod lifecycle;
+mod processes;
 pub mod replicas;
 pub mod scenario;
 pub mod selftest;

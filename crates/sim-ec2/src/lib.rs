@@ -246,6 +246,13 @@ impl SimEc2 {
         self.world().fault_log().get(from..).map(<[FaultRecord]>::to_vec).unwrap_or_default()
     }
 
+    /// The faults injected at or after `from_unix_ms` (the log is in time order).
+    pub fn faults_from(&self, from_unix_ms: u64) -> Vec<FaultRecord> {
+        let world = self.world();
+        let log = world.fault_log();
+        log[log.partition_point(|f| f.at_unix_ms < from_unix_ms)..].to_vec()
+    }
+
     /// Counters: calls and throttles per operation, errors per code, faults injected.
     pub fn stats(&self) -> SimStats {
         self.world().stats().clone()

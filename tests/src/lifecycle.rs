@@ -1,0 +1,96 @@
+//! The simulated compute-bridge's side of one grant: provision it through the bridge process
+//! acting when it arrives, retry once what may be retried, watch it to its deadline, terminate
+//! it, and note what happened for the checkers.
+
+use std::sync::Arc;
+
+use aws_backend::AwsBackend;
+use aws_backend::bridge::Bridge;
+use backend_api::{Backend, BackendError, Clock, Envelope, TokioClock};
+use sim_ec2::SimEc2;
+
+use crate::checkers::Outcome;
+use crate::harness::{Facts, lock};
+use crate::scenario::GrantPlan;
+
+/// How long the simulated compute-bridge waits before retrying a retryable provision failure.
+const RETRY_AFTER_MS: u64 = 30_000;
+
+/// One grant's life, sent to `bridge` (whose backend is `backend`, for what the ledger says).
+pub(crate) async fn lifecycle(
+    bridge: Bridge,
+    backend: AwsBackend,
+    plan: Arc<GrantPlan>,
+    facts: Facts,
+    clock: Arc<TokioClock>,
+    sim: Arc<SimEc2>,
+) {
+    let grant = plan.grant();
+    let envelope = Envelope::for_region(plan.region.clone());
+    let settle = |outcome: Outcome| {
+        let mut facts = lock(&facts);
+        let entry = facts.entry(plan.id).or_default();
+        entry.outcome = outcome;
+        entry.outcome_at_unix_ms = clock.now_unix_ms();
+    };
+    let mut provisioned = bridge.provision(&grant, &envelope).await;
+    // compute-bridge retries an error that says it may be retried, once, a little later.
+    if let Err(err) = &provisioned
+        && err.downcast_ref::<BackendError>().is_some_and(BackendError::is_retryable)
+        && backend.grant_state(&plan.id).is_some_and(|s| s.is_settled() && s.retry_allowed())
+    {
+        clock.sleep_ms(RETRY_AFTER_MS).await;
+        provisioned = bridge.provision(&grant, &envelope).await;
+    }
+    // A replica that lost its lease stops acting, and its process exits: what it had in flight
+    // is the new holder's recovery's, as after a crash.
+    let interrupted = |backend: &AwsBackend| !backend.acting() || backend.lease_lost().is_some();
+    match provisioned {
+        Err(_) if interrupted(&backend) => settle(Outcome::Interrupted),
+        Err(err) => {
+            let refused = matches!(
+                err.downcast_ref::<BackendError>(),
+                Some(
+                    BackendError::Unsatisfiable { .. }
+                        | BackendError::RegionNotAllowed { .. }
+                        | BackendError::DeadlinePassed { .. }
+                        | BackendError::InvalidInput { .. }
+                )
+            ) && backend.grant_state(&plan.id).is_none();
+            let message = format!("{err:#}");
+            settle(if refused { Outcome::Refused(message) } else { Outcome::ProvisionFailed(message) });
+        }
+        Ok(instance) => {
+            {
+                let mut facts = lock(&facts);
+                let entry = facts.entry(plan.id).or_default();
+                entry.handed_over = true;
+                entry.handed_over_at_unix_ms = clock.now_unix_ms();
+                entry.handed_over_state = sim.instance(&instance.instance_id).map(|i| i.state);
+                let truth = sim.guest_of(&instance.instance_id);
+                let mut ingress: Vec<(u16, String)> = sim
+                    .instance(&instance.instance_id)
+                    .map(|i| i.security_group_ids.iter().filter_map(|g| sim.ingress_of(g)).flatten().collect())
+                    .unwrap_or_default();
+                ingress.sort();
+                entry.guest = Some(crate::checkers::guest::GuestFacts {
+                    instance_id: instance.instance_id.clone(),
+                    pinned_host_key: instance.ssh_host_public_key.clone(),
+                    guest_host_key: truth.as_ref().map(|t| t.host_key.clone()),
+                    imds: truth.map(|t| t.imds),
+                    ingress,
+                });
+            }
+            let watched = bridge.watch_until_exit(&instance, plan.valid_to).await;
+            if let Ok(usage) = &watched {
+                lock(&facts).entry(plan.id).or_default().watched_usage = Some(*usage);
+            }
+            let ended = bridge.terminate(&instance).await;
+            settle(match (watched, ended) {
+                (Ok(_), Ok(())) => Outcome::Completed,
+                _ if interrupted(&backend) => Outcome::Interrupted,
+                (Err(err), _) | (_, Err(err)) => Outcome::AfterProvisionFailed(format!("{err:#}")),
+            });
+        }
+    }
+}
