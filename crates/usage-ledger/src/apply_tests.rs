@@ -216,6 +216,21 @@ fn running_observation_opens_a_period_billed_at_least_60_seconds() {
 }
 
 #[test]
+fn ever_running_is_set_by_the_first_running_period_and_stays_until_settlement() {
+    let mut history = running();
+    history.truncate(history.len() - 1);
+    let pending = given(&history).unwrap();
+    assert!(!pending.ever_running(), "launched and pending: no period opened yet");
+    let state = when(&Some(pending), T0 + 10_000, observed("i-1", ObservedState::Running, T0 + 10_000)).unwrap();
+    assert!(state.ever_running());
+    let state = when(&Some(state), T0 + 20_000, observed("i-1", ObservedState::Stopped, T0 + 20_000)).unwrap();
+    assert!(state.ever_running(), "a closed period still counts");
+    let mut settled = cleaned_up();
+    settled.push((T0 + 123_000, Event::GrantSettled { usage: usage_for_seconds(100) }));
+    assert!(!given(&settled).unwrap().ever_running(), "a settled grant has no live part");
+}
+
+#[test]
 fn every_stopping_state_closes_the_period() {
     for stop in
         [ObservedState::ShuttingDown, ObservedState::Terminated, ObservedState::Stopping, ObservedState::Stopped]
