@@ -154,3 +154,138 @@ async fn a_backend_shut_down_refuses_calls_instead_of_waiting_forever() {
         assert!(unavailable(&err), "{what}: {err:#}");
     }
 }
+
+/// A provision that waits this long for its instance to run is still in flight when a short
+/// drain runs out.
+const SLOW_LAUNCH_MS: u64 = 20 * 60_000;
+
+/// The grant's state as the store's records fold it (what the next process replays).
+fn replayed(rig: &Rig, id: &backend_api::GrantId) -> Option<usage_ledger::GrantState> {
+    usage_ledger::fold(&rig.store.records()).expect("the records fold").remove(id)
+}
+
+/// Starts a bridge with a ledger of its own, replayed from the rig's store.
+fn start_own(rig: &Rig, incarnation: u64, settings: Settings) -> (Bridge, tokio::task::JoinHandle<Stopped>) {
+    let bridge = Bridge::new(rig.clock.clone());
+    let ledger = Ledger::open(aws_backend::DynStore(Box::new(rig.store.clone())), rig.store.records())
+        .expect("the ledger replays");
+    let run = tokio::spawn({
+        let (bridge, open) = (bridge.clone(), open(rig, incarnation));
+        async move { bridge.run(Ledgers::Own(ledger), open, settings, Arc::new(Quiet)).await }
+    });
+    (bridge, run)
+}
+
+/// Waits until `bridge` has a provision in flight, for at most a virtual minute.
+async fn until_in_flight(bridge: &Bridge, rig: &Rig) {
+    for _ in 0..600 {
+        if bridge.in_flight() > 0 {
+            return;
+        }
+        rig.clock.sleep_ms(100).await;
+    }
+    panic!("no provision in flight");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_out_of_time_rolls_the_provision_back_as_retryable_and_it_provisions_again() {
+    let faults =
+        FaultConfig { launch_delay_ms_min: SLOW_LAUNCH_MS, launch_delay_ms_max: SLOW_LAUNCH_MS, ..FaultConfig::none() };
+    let rig = Rig::new(44, faults);
+    let short = Settings { reaper_every_ms: 5 * 60_000, drain_ms: 60_000 };
+    let (bridge, run) = start_own(&rig, 1, short);
+    until_phase(&bridge, &rig, Phase::Admitting).await;
+    let m = manifest();
+    let g = grant(5, &m, rig.now_tick(), 7_200);
+    let in_flight = tokio::spawn({
+        let (bridge, m, id, valid_from, valid_to) = (bridge.clone(), m.clone(), g.id, g.valid_from, g.valid_to);
+        async move {
+            let g = backend_api::ComputeGrant { id, manifest: &m, valid_from, valid_to };
+            bridge.provision(&g, &us_east()).await
+        }
+    });
+    until_in_flight(&bridge, &rig).await;
+    // The launch is under way: the instance is pending.
+    rig.clock.sleep_ms(2 * 60_000).await;
+
+    bridge.drain();
+    let day = std::time::Duration::from_secs(24 * 3_600);
+    let err = tokio::time::timeout(day, in_flight)
+        .await
+        .expect("the provision in flight ends with the drain, not a virtual day later")
+        .expect("joined")
+        .expect_err("the drain ran out of time before the instance ran");
+    assert!(unavailable(&err) && format!("{err:#}").contains("drained"), "{err:#}");
+    match run.await.expect("joined") {
+        Stopped::Drained { cut_short: 1 } => {}
+        other => panic!("expected a drain that cut one provision short, got {other:?}"),
+    }
+    let state = replayed(&rig, &g.id).expect("the grant is in the ledger");
+    assert!(state.retry_allowed(), "the rolled-back provision must be retryable: {state:?}");
+
+    // The next process finishes what the rollback left, and the grant provisions again.
+    let (next, next_run) = start_own(&rig, 2, settings());
+    until_phase(&next, &rig, Phase::Admitting).await;
+    let mut provisioned = None;
+    for _ in 0..60 {
+        match next.provision(&g, &us_east()).await {
+            Ok(instance) => {
+                provisioned = Some(instance);
+                break;
+            }
+            Err(err) if err.downcast_ref::<BackendError>().is_some_and(BackendError::is_retryable) => {
+                rig.clock.sleep_ms(30_000).await;
+            }
+            Err(err) => panic!("sent again, the grant was refused for good: {err:#}"),
+        }
+    }
+    let instance = provisioned.expect("the grant provisioned again within half an hour");
+    assert!(replayed(&rig, &g.id).is_some_and(|s| s.attempt() == 1), "a second attempt");
+    next.terminate(&instance).await.expect("terminated");
+    next.drain();
+    assert!(matches!(next_run.await.expect("joined"), Stopped::Drained { .. }));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_provision_cut_by_a_crash_is_rolled_back_by_recovery_as_retryable() {
+    let faults =
+        FaultConfig { launch_delay_ms_min: SLOW_LAUNCH_MS, launch_delay_ms_max: SLOW_LAUNCH_MS, ..FaultConfig::none() };
+    let rig = Rig::new(45, faults);
+    let (bridge, run) = start_own(&rig, 1, settings());
+    until_phase(&bridge, &rig, Phase::Admitting).await;
+    let m = manifest();
+    let g = grant(6, &m, rig.now_tick(), 7_200);
+    let in_flight = tokio::spawn({
+        let (bridge, m, id, valid_from, valid_to) = (bridge.clone(), m.clone(), g.id, g.valid_from, g.valid_to);
+        async move {
+            let g = backend_api::ComputeGrant { id, manifest: &m, valid_from, valid_to };
+            bridge.provision(&g, &us_east()).await
+        }
+    });
+    until_in_flight(&bridge, &rig).await;
+    rig.clock.sleep_ms(2 * 60_000).await;
+    // The process dies: its run, the provision's task and the backend's own tasks.
+    run.abort();
+    in_flight.abort();
+    let _ = run.await;
+    let _ = in_flight.await;
+    if let Some(backend) = bridge.backend() {
+        backend.shutdown();
+    }
+    assert!(replayed(&rig, &g.id).is_some_and(|s| !s.is_settled() && !s.retry_allowed()), "mid-provision");
+
+    let (next, next_run) = start_own(&rig, 2, settings());
+    until_phase(&next, &rig, Phase::Admitting).await;
+    for _ in 0..120 {
+        if replayed(&rig, &g.id).is_some_and(|s| s.is_settled()) {
+            break;
+        }
+        rig.clock.sleep_ms(10_000).await;
+    }
+    let state = replayed(&rig, &g.id).expect("in the ledger");
+    assert!(state.is_settled() && state.retry_allowed(), "recovery rolls it back as retryable: {state:?}");
+    let instance = next.provision(&g, &us_east()).await.expect("the grant provisions again");
+    next.terminate(&instance).await.expect("terminated");
+    next.drain();
+    assert!(matches!(next_run.await.expect("joined"), Stopped::Drained { .. }));
+}

@@ -132,6 +132,9 @@ pub(crate) struct Shared {
     tenure: Option<Arc<Tenure>>,
     /// Set by [`AwsBackend::shutdown`]: the trait's calls are refused from then on.
     stopped: std::sync::atomic::AtomicBool,
+    /// Set by [`AwsBackend::cancel_provisions`]: provisions stop where they are and roll back
+    /// as retryable.
+    provisions_cancelled: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
@@ -207,6 +210,7 @@ impl AwsBackend {
                 images: crate::images::ImageCache::default(),
                 tenure: parts.tenure,
                 stopped: std::sync::atomic::AtomicBool::new(false),
+                provisions_cancelled: tokio::sync::watch::Sender::new(false),
             }),
         };
         for region in &cfg.regions {
@@ -234,6 +238,22 @@ impl AwsBackend {
     pub fn shutdown(&self) {
         self.shared.stopped.store(true, std::sync::atomic::Ordering::SeqCst);
         self.shared.stop_tasks();
+    }
+
+    /// Stops every provision in flight where it is, and every later one before it creates
+    /// anything: each records a retryable failure, rolls back what it created and answers
+    /// [`BackendError::Unavailable`], so that compute-bridge may send the grant again (here once
+    /// the bridge is back, or to another bridge). What a drain does once its time runs out;
+    /// deadlines, watches and teardowns go on.
+    pub fn cancel_provisions(&self) {
+        self.shared.provisions_cancelled.send_replace(true);
+    }
+
+    /// Returns once [`AwsBackend::cancel_provisions`] has run.
+    pub(crate) async fn provisions_cancelled(&self) {
+        let mut cancelled = self.shared.provisions_cancelled.subscribe();
+        // The sender lives as long as `self`, so this ends only when cancelled.
+        let _ = cancelled.wait_for(|c| *c).await;
     }
 
     /// Refuses a call that waits on the pollers once [`AwsBackend::shutdown`] has run.

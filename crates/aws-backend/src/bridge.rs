@@ -11,9 +11,10 @@
 //! here later or to another bridge).
 //!
 //! A drain ([`Bridge::drain`]) stops admitting at once, lets the provisions in flight finish
-//! within `drain_ms` (deadlines stay armed meanwhile), then stops the backend (its tasks, and
-//! its pacer, which sends nothing from then on) and gives the lease up so that a standby takes
-//! over at once; the process exits next. Instances that are running stay with their guests'
+//! within `drain_ms` (deadlines stay armed meanwhile), rolls back those still in flight then as
+//! retryable failures (compute-bridge may send them again, here or to another bridge), then
+//! stops the backend (its tasks, and its pacer, which sends nothing from then on) and gives the
+//! lease up so that a standby takes over at once; the process exits next. Instances that are running stay with their guests'
 //! power-off and the next process's recovery, as after a crash; what a drain adds is that
 //! nothing is cut in the middle of a provision that had time to finish, and no standby waits
 //! for the lease. A stopped bridge refuses every call, retryably.
@@ -112,8 +113,9 @@ pub enum Stopped {
     /// Drained: the provisions in flight finished (or the drain's time ran out), the lease is
     /// given up.
     Drained {
-        /// Provisions still in flight when the drain's time ran out; recovery in the next
-        /// process finishes them.
+        /// Provisions still in flight when the drain's time ran out: each was rolled back as a
+        /// retryable failure (what its rollback left unfinished, the next process's recovery
+        /// finishes), so compute-bridge may send the grant again.
         cut_short: usize,
     },
     /// The group's lease was lost (fenced, or not renewed in time): this process stopped
@@ -350,6 +352,24 @@ impl Bridge {
             () = self.idle() => 0,
             () = clock.sleep_ms(settings.drain_ms) => self.in_flight(),
         };
+        if cut_short > 0 {
+            // Out of time: the provisions still in flight roll back as retryable failures, so
+            // that compute-bridge may send their grants again. A rollback that does not finish
+            // within another `drain_ms` is the next process's recovery's.
+            tracing::warn!(cut_short, "drain: provisions still in flight; rolling them back as retryable");
+            backend.cancel_provisions();
+            tokio::select! {
+                why = &mut keeping => {
+                    backend.shutdown();
+                    return Stopped::LeaseLost(why);
+                }
+                () = self.idle() => {}
+                () = clock.sleep_ms(settings.drain_ms) => tracing::warn!(
+                    unfinished = self.in_flight(),
+                    "drain: rollbacks unfinished; the next process's recovery finishes them"
+                ),
+            }
+        }
         drop(keeping);
         backend.shutdown();
         if let Some((table, lease, _)) = lease {

@@ -138,8 +138,18 @@ impl AwsBackend {
                 HostKeys::Guest => self.read_host_key(&grant.id, &region, &instance_id, valid_to_unix_ms).await?,
             };
             Ok::<_, BackendError>((info, host_public))
-        }
-        .await;
+        };
+        // A drain that ran out of time stops the provision where it is: rolled back below,
+        // retryable, as after any failure that invites a retry.
+        let created = tokio::select! {
+            biased;
+            () = self.provisions_cancelled() => Err(BackendError::Unavailable {
+                reason: "this bridge drained before the provision finished; it was rolled back and the grant may be \
+                         sent again (to this bridge once it is back, or to another)"
+                    .to_string(),
+            }),
+            created = created => created,
+        };
 
         match created {
             Ok((info, host_public)) => Ok(ProvisionedInstance {
@@ -199,6 +209,10 @@ fn decide_admission(grant: &GrantId, state: Option<&GrantState>) -> Result<Admis
             reason: format!(
                 "grant {grant} was already provisioned and settled, and its last attempt did not fail with a retryable error; a grant provisions once"
             ),
+        }),
+        // A retryable failure still rolling back: the retry is welcome once it has settled.
+        Some(state) if state.termination().is_some() && state.retry_allowed() => Err(BackendError::Unavailable {
+            reason: format!("grant {grant}'s last attempt failed and is being rolled back; retry once it has settled"),
         }),
         Some(state) if state.termination().is_some() => Err(BackendError::InvalidInput {
             field: "grant.id".into(),

@@ -3,7 +3,7 @@
 
 use backend_api::{BackendError, GrantId, RegionLabel};
 use serde::Serialize;
-use usage_ledger::{ObservedState, TerminationReason};
+use usage_ledger::{Event, ObservedState, TerminationReason};
 
 use super::{AwsBackend, Finish};
 
@@ -61,6 +61,17 @@ impl AwsBackend {
         result
     }
 
+    /// A provision the last process was making when it stopped (no termination asked for, its
+    /// instance never seen running, so never handed over) is rolled back as a retryable
+    /// failure: its caller got no instance and may send the grant again.
+    async fn allow_retry_if_interrupted(&self, grant: GrantId) -> Result<(), BackendError> {
+        self.record_if(grant, |s| {
+            s.filter(|s| !s.is_settled() && s.termination().is_none() && !s.ever_running() && !s.retry_allowed())
+                .map(|_| Event::ProvisionFailed { retryable: true })
+        })
+        .await
+    }
+
     pub(crate) async fn resume_grant_once(&self, grant: GrantId) -> Result<(), BackendError> {
         let Some(state) = self.grant_state(&grant) else { return Ok(()) };
         if state.is_settled() {
@@ -93,9 +104,13 @@ impl AwsBackend {
                 {
                     tracing::warn!(error = %err, "could not look at the instance before tearing it down");
                 }
+                self.allow_retry_if_interrupted(grant).await?;
                 self.teardown(grant, state.termination().unwrap_or(TerminationReason::Rollback)).await
             }
-            None => self.teardown(grant, state.termination().unwrap_or(TerminationReason::Rollback)).await,
+            None => {
+                self.allow_retry_if_interrupted(grant).await?;
+                self.teardown(grant, state.termination().unwrap_or(TerminationReason::Rollback)).await
+            }
         }
     }
 }
