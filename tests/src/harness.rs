@@ -453,12 +453,25 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
             }
             Step::Crash(i) => {
                 crash_count += 1;
+                if rng.gen_bool(scenario.drain_share) {
+                    // A drain (SIGTERM) instead of a kill: the bridge ends by itself.
+                    let in_flight = active.backend.with_ledger(|l| checkers::drain::mid_provision(l.live_grants()));
+                    let took_ms = single.drain(checkers::bounds::DRAIN_ENDS_WITHIN_MS).await;
+                    world.join(&mut tasks, false).await;
+                    let ledger = active.backend.with_ledger(|l| {
+                        in_flight.iter().filter_map(|g| l.grant(g).map(|s| (*g, s.clone()))).collect()
+                    });
+                    let facts = lock(&world.facts).clone();
+                    for v in checkers::drain::check(&in_flight, took_ms, &ledger, &facts) {
+                        world.report(v);
+                    }
+                }
                 world.join(&mut tasks, true).await;
                 world.absorb_stats(&active.backend);
                 single.kill().await;
                 world.join(&mut tasks, true).await;
                 let downtime_ms = crashes[i].downtime_ms;
-                world.downtimes.push(Downtime { from_unix_ms: at, to_unix_ms: at + downtime_ms });
+                world.downtimes.push(Downtime { from_unix_ms: at, to_unix_ms: clock.now_unix_ms() + downtime_ms });
                 clock.sleep_ms(downtime_ms).await;
                 let restarted = match store.records() {
                     Ok(records) => single.start(at, records).await,

@@ -45,8 +45,13 @@ pub(crate) async fn lifecycle(
     // A replica that lost its lease stops acting, and its process exits: what it had in flight
     // is the new holder's recovery's, as after a crash.
     let interrupted = |backend: &AwsBackend| !backend.acting() || backend.lease_lost().is_some();
+    // A bridge that drains or has stopped answers Unavailable: compute-bridge sends the grant
+    // to another bridge (the drain checker sees that it may).
+    let unavailable =
+        |err: &anyhow::Error| matches!(err.downcast_ref::<BackendError>(), Some(BackendError::Unavailable { .. }));
     match provisioned {
         Err(_) if interrupted(&backend) => settle(Outcome::Interrupted),
+        Err(err) if unavailable(&err) => settle(Outcome::Interrupted),
         Err(err) => {
             let refused = matches!(
                 err.downcast_ref::<BackendError>(),

@@ -273,6 +273,21 @@ impl Single {
         self.common.active().ok_or_else(|| "the bridge acted and stopped at once".to_string())
     }
 
+    /// Drains the process (its SIGTERM) and waits for it to stop, at most `within_ms`: how
+    /// long it took, or `None` when it had not stopped by then (it is then killed).
+    pub(crate) async fn drain(&mut self, within_ms: u64) -> Option<u64> {
+        let active = self.common.active()?;
+        let running = self.running.as_mut()?;
+        let started = self.clock.now_unix_ms();
+        active.bridge.drain();
+        let took = tokio::time::timeout(std::time::Duration::from_millis(within_ms), running).await.ok()?;
+        self.running = None;
+        if let Ok(stopped) = took {
+            tracing::debug!(?stopped, "drained");
+        }
+        Some(self.clock.now_unix_ms() - started)
+    }
+
     /// Kills the process: its tasks end where they are.
     pub(crate) async fn kill(&mut self) {
         if let Some(running) = self.running.take() {

@@ -85,11 +85,13 @@ pub enum Breakage {
     RecordAfterLaunch,
     /// The watch lists a region's instances once per watched instance at every poll.
     ListingPerInstance,
+    /// A provision a drain cut short is rolled back as a failure that may not be retried.
+    DrainRollbackFinal,
 }
 
 impl Breakage {
     /// Every breakage, in the order the self-test runs them.
-    pub const ALL: [Breakage; 33] = [
+    pub const ALL: [Breakage; 34] = [
         Breakage::TerminateLate,
         Breakage::TerminateEarly,
         Breakage::FreshClientToken,
@@ -123,6 +125,7 @@ impl Breakage {
         Breakage::TagAfterCreate,
         Breakage::RecordAfterLaunch,
         Breakage::ListingPerInstance,
+        Breakage::DrainRollbackFinal,
     ];
 
     /// Its name on the command line (`--break NAME`).
@@ -161,6 +164,7 @@ impl Breakage {
             Breakage::TagAfterCreate => "tag-after-create",
             Breakage::RecordAfterLaunch => "record-after-launch",
             Breakage::ListingPerInstance => "listing-per-instance",
+            Breakage::DrainRollbackFinal => "drain-rollback-final",
         }
     }
 
@@ -205,6 +209,7 @@ impl Breakage {
             Breakage::TagAfterCreate => s.tag_after_create = true,
             Breakage::RecordAfterLaunch => s.record_launch_after = true,
             Breakage::ListingPerInstance => s.listing_per_instance = true,
+            Breakage::DrainRollbackFinal => s.drain_rollback_final = true,
             Breakage::DropLedgerAppend | Breakage::CorruptLedgerAppend => {}
         }
         s
@@ -247,6 +252,7 @@ impl Breakage {
             Breakage::TagAfterCreate => names::TAGS,
             Breakage::RecordAfterLaunch => names::RECORD_FIRST,
             Breakage::ListingPerInstance => names::LISTING,
+            Breakage::DrainRollbackFinal => names::DRAIN,
         }
     }
 
@@ -292,6 +298,8 @@ impl Breakage {
             // instance.
             Breakage::TagAfterCreate => &[names::LIVENESS, names::DEADLINE, names::METERING],
             Breakage::RecordAfterLaunch | Breakage::ListingPerInstance => &[],
+            // The grant, sent again, is refused for good.
+            Breakage::DrainRollbackFinal => &[names::PROVISION],
         }
     }
 
@@ -330,6 +338,7 @@ impl Breakage {
             Breakage::TagAfterCreate => "in its create call",
             Breakage::RecordAfterLaunch => "before the ledger held its LaunchRequested",
             Breakage::ListingPerInstance => "within one poll interval",
+            Breakage::DrainRollbackFinal => "rolled back as retryable",
         }
     }
 }
@@ -396,6 +405,10 @@ pub struct Scenario {
     pub replicas: u8,
     /// With replicas, the share of crashes that pause the holder instead of killing it.
     pub pause_share: f64,
+    /// Without replicas, the share of crashes that are a drain (SIGTERM) instead of a kill:
+    /// the bridge stops admitting, lets provisions finish within its drain time or rolls them
+    /// back as retryable, and exits; it starts again after the downtime.
+    pub drain_share: f64,
     /// With crashes, draw 8 to 12 of them instead of 1 to 4, one in three down for 2 to 10
     /// minutes instead of one in ten (what the self-test's recovery cases need to meet a crash
     /// at the moments their bugs matter).
@@ -419,6 +432,7 @@ impl Scenario {
             poll_interval_ms: 5_000,
             replicas: 1,
             pause_share: 0.5,
+            drain_share: 0.3,
             crash_heavy: false,
             breakage: None,
             disabled_checkers: Vec::new(),

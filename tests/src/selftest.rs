@@ -36,6 +36,9 @@ pub enum Setting {
     /// two: what recovery's bugs need to be seen (instances start running, and deadlines pass,
     /// while the bridge is down).
     Crashes,
+    /// The same with every crash a drain: launches pending longer than the drain's time, so
+    /// that drains cut provisions short.
+    Drains,
 }
 
 impl Setting {
@@ -49,6 +52,7 @@ impl Setting {
             Breakage::FencedReplicaActs => Setting::Replicas,
             // Bugs on the paths a restart takes need crashes to show.
             Breakage::RecoverySkipsOverdue | Breakage::BillDowntime | Breakage::IgnoreLaunchTime => Setting::Crashes,
+            Breakage::DrainRollbackFinal => Setting::Drains,
             _ => Setting::Plain,
         }
     }
@@ -63,6 +67,7 @@ impl Setting {
             Setting::ShortPages => "--grants 60 --hours 0.5 --short-pages --crashes",
             Setting::Replicas => "--grants 60 --hours 0.5 --crashes --replicas 2 --pause-share 1",
             Setting::Crashes => "--grants 200 --hours 1 --crashes --crash-heavy",
+            Setting::Drains => "--grants 200 --hours 1 --crashes --crash-heavy --drain-share 1",
         }
     }
 }
@@ -135,12 +140,15 @@ pub fn scenario(breakage: Option<Breakage>, setting: Setting, swarm: bool, seed:
             scenario.replicas = 2;
             scenario.pause_share = 1.0;
         }
-        Setting::Crashes => {
+        Setting::Crashes | Setting::Drains => {
             scenario.grants = 200;
             scenario.arrival_window_ms = 60 * 60_000;
             scenario.crashes = true;
             scenario.faults_override = Some(slow_launch_faults());
             scenario.crash_heavy = true;
+            if setting == Setting::Drains {
+                scenario.drain_share = 1.0;
+            }
         }
     }
     if swarm {
@@ -213,6 +221,7 @@ pub fn run_all(
         Setting::ShortPages,
         Setting::Replicas,
         Setting::Crashes,
+        Setting::Drains,
     ]
     .map(|s| (None, s))
     .to_vec();

@@ -112,6 +112,10 @@ pub struct SimArgs {
     /// With replicas, the share of crashes that pause the holder rather than kill it.
     #[arg(long, default_value_t = 0.5, value_parser = parse_share)]
     pause_share: f64,
+    /// Without replicas, the share of crashes that drain the bridge (SIGTERM: no new grants,
+    /// provisions finish or roll back as retryable, exit) rather than kill it.
+    #[arg(long, default_value_t = 0.3, value_parser = parse_share)]
+    drain_share: f64,
     /// Run this many seeds at once, each on a thread of its own (their lines print as they
     /// finish; CI runs two on its two cores). With `--self-test`: this many cases' regimes at
     /// once, reported in their order.
@@ -159,6 +163,7 @@ impl SimArgs {
         scenario.edge_share = self.edges;
         scenario.replicas = self.replicas;
         scenario.pause_share = self.pause_share;
+        scenario.drain_share = self.drain_share;
         scenario.breakage = self.breakage;
         scenario.disabled_checkers = self.disabled_checkers.clone();
         if self.lossy {
@@ -205,6 +210,9 @@ impl SimArgs {
         }
         if self.pause_share != 0.5 {
             cmd.push_str(&format!(" --pause-share {}", self.pause_share));
+        }
+        if self.drain_share != 0.3 {
+            cmd.push_str(&format!(" --drain-share {}", self.drain_share));
         }
         if let Some(b) = self.breakage {
             cmd.push_str(&format!(" --break {}", b.name()));

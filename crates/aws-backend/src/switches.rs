@@ -94,6 +94,8 @@ pub struct TestSwitches {
     pub record_launch_after: bool,
     /// The region poller lists once per watched instance at every poll.
     pub listing_per_instance: bool,
+    /// A provision a drain cut short records a failure that may not be retried.
+    pub drain_rollback_final: bool,
 }
 
 /// Without the `test-switches` feature: nothing to switch (see the module's documentation);
@@ -299,6 +301,12 @@ impl Hooks {
         !self.switches.record_launch_after
     }
 
+    /// Whether a failed provision is recorded as retryable: as its error says, or not when a
+    /// drain cut it short (`drain_rollback_final`).
+    pub(crate) fn failure_retryable(&self, retryable: bool, cut_by_drain: bool) -> bool {
+        retryable && !(cut_by_drain && self.switches.drain_rollback_final)
+    }
+
     /// Whether the grant tag is added with CreateTags once RunInstances has answered.
     pub(crate) fn tags_after_launch(&self) -> bool {
         self.switches.tag_after_create
@@ -415,6 +423,10 @@ impl Hooks {
 
     pub(crate) fn records_launch_first(&self) -> bool {
         true
+    }
+
+    pub(crate) fn failure_retryable(&self, retryable: bool, _cut_by_drain: bool) -> bool {
+        retryable
     }
 
     pub(crate) fn tags_after_launch(&self) -> bool {

@@ -10,6 +10,7 @@ pub mod admission;
 pub mod backstop;
 pub mod contract;
 pub mod deadline;
+pub mod drain;
 pub mod early_end;
 pub mod fence;
 pub mod guest;
@@ -69,6 +70,10 @@ pub mod bounds {
     /// vCPUs are used within minutes. A bridge that remembers longer refuses grants EC2 would
     /// now launch.
     pub const QUOTA_MEMORY_MS: u64 = 10 * 60_000;
+    /// How long a drain may take: the time its provisions in flight have to finish (the
+    /// simulated operator's drain time), as long again for the rollbacks of those cut short,
+    /// and a minute for the last appends and the lease's release.
+    pub const DRAIN_ENDS_WITHIN_MS: u64 = 2 * crate::processes::DRAIN_MS + 60_000;
 }
 
 /// The checkers' names, as violations and `--disable-checker` spell them.
@@ -116,8 +121,11 @@ pub mod names {
     pub const RECORD_FIRST: &str = "record-first";
     /// One listing of our instances per region per poll interval (see `witness`).
     pub const LISTING: &str = "listing";
+    /// A drain ends within its bound, and every provision it cut short is rolled back as
+    /// retryable (see `checkers::drain`).
+    pub const DRAIN: &str = "drain";
     /// Every checker.
-    pub const ALL: [&str; 21] = [
+    pub const ALL: [&str; 22] = [
         DEADLINE,
         EARLY_END,
         TEARDOWN,
@@ -139,6 +147,7 @@ pub mod names {
         CONTRACT,
         RECORD_FIRST,
         LISTING,
+        DRAIN,
     ];
 }
 

@@ -141,14 +141,14 @@ impl AwsBackend {
         };
         // A drain that ran out of time stops the provision where it is: rolled back below,
         // retryable, as after any failure that invites a retry.
-        let created = tokio::select! {
+        let (created, cut_by_drain) = tokio::select! {
             biased;
-            () = self.provisions_cancelled() => Err(BackendError::Unavailable {
+            () = self.provisions_cancelled() => (Err(BackendError::Unavailable {
                 reason: "this bridge drained before the provision finished; it was rolled back and the grant may be \
                          sent again (to this bridge once it is back, or to another)"
                     .to_string(),
-            }),
-            created = created => created,
+            }), true),
+            created = created => (created, false),
         };
 
         match created {
@@ -163,7 +163,7 @@ impl AwsBackend {
             }),
             Err(err) => {
                 tracing::warn!(error = %err, "provision failed; rolling back");
-                let retryable = err.is_retryable();
+                let retryable = self.hooks().failure_retryable(err.is_retryable(), cut_by_drain);
                 if let Err(record) = self
                     .record_if(grant.id, |s| {
                         s.filter(|s| !s.is_settled()).map(|_| Event::ProvisionFailed { retryable })
