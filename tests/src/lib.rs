@@ -19,3 +19,4 @@ pub mod scenario;
 pub mod selftest;
 pub mod summary;
 pub mod witness;
+mod world;
