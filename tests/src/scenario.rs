@@ -272,7 +272,8 @@ impl Breakage {
             Breakage::DropLedgerAppend | Breakage::CorruptLedgerAppend => {
                 &[names::METERING, names::LIVENESS, names::RECORD_FIRST]
             }
-            Breakage::Panic => &[names::LIVENESS, names::DEADLINE, names::TEARDOWN, names::METERING],
+            // A provision that panics leaves its grant mid-provision, through a drain too.
+            Breakage::Panic => &[names::LIVENESS, names::DEADLINE, names::TEARDOWN, names::METERING, names::DRAIN],
             Breakage::AdmitTdx => &[],
             Breakage::FailProvision => &[],
             Breakage::SkipSettle => &[],
