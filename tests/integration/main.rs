@@ -18,3 +18,4 @@ mod recovery;
 mod scenarios;
 mod selftest;
 mod standby;
+mod telemetry;

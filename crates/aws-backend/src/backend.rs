@@ -5,6 +5,7 @@ mod access;
 mod admission;
 mod api;
 mod deadline;
+mod gauges;
 mod launch;
 mod lease;
 mod ledger;

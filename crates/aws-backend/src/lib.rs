@@ -28,6 +28,7 @@ pub mod sizing;
 pub mod standby;
 mod switches;
 mod tasks;
+pub mod telemetry;
 mod terminations;
 
 pub use backend::{AwsBackend, BACKEND_NAME, BackendLedger, BackendParts, DynStore};

@@ -207,6 +207,7 @@ impl Pacer {
                 .reserve(now, instances.max(1));
             go_at = go_at.max(instance_go);
         }
+        crate::telemetry::pacer_wait(op, go_at.saturating_sub(now));
         if go_at > now {
             lock(&self.stats).bucket_wait_ms += go_at - now;
             self.clock.sleep_until_unix_ms(go_at).await;
@@ -247,7 +248,13 @@ impl Pacer {
             {
                 return Err(Ec2Error::new(op, codes::LEASE_LOST, format!("not sent: {why}")));
             }
-            match call().await {
+            crate::telemetry::ec2_call(region, op);
+            let answer = call().await;
+            if let Err(err) = &answer {
+                let retried = err.is_transient() && attempt + 1 < self.policy.attempts_max;
+                crate::telemetry::ec2_error(region, op, &err.code, err.is_throttle(), retried);
+            }
+            match answer {
                 Ok(value) => return Ok(value),
                 Err(err) if err.is_transient() && attempt + 1 < self.policy.attempts_max => {
                     *lock(&self.stats).retries_by_code.entry(err.code.clone()).or_default() += 1;

@@ -155,6 +155,11 @@ impl Tenure {
         self.renew_at_unix_ms.load(Ordering::SeqCst)
     }
 
+    /// Until when this holder may act, unless it renews: its lease's end less the margin.
+    pub fn acts_until_unix_ms(&self) -> u64 {
+        self.act_until_unix_ms.load(Ordering::SeqCst)
+    }
+
     /// When the last acquisition or renewal that got through was sent.
     pub fn secured_unix_ms(&self) -> u64 {
         self.secured_unix_ms.load(Ordering::SeqCst)
@@ -322,6 +327,7 @@ async fn renew_until_lost(
             Err(err @ StoreError::Fenced { .. }) => return err.to_string(),
             Err(err) => {
                 tenure.renewal_failed(now, times);
+                crate::telemetry::lease_renewal_failed();
                 tracing::warn!(
                     group = table.group(),
                     error = %err,

@@ -81,6 +81,14 @@ impl Backend for AwsBackend {
         }
         .instrument(span)
         .await
+        .inspect(|_| crate::telemetry::provision("ok", String::new()))
+        .inspect_err(|err| {
+            if !crate::telemetry::on() {
+                return;
+            }
+            let outcome = if self.grant_state(&grant.id).is_some() { "failed" } else { "refused" };
+            crate::telemetry::provision(outcome, error_code(err));
+        })
         .map_err(anyhow::Error::from)
     }
 
@@ -123,5 +131,22 @@ impl Backend for AwsBackend {
         let grant = instance.grant_id;
         let span = tracing::info_span!("grant", grant = %grant.short(), region = %instance.region, instance_id = %instance.instance_id);
         self.teardown(grant, TerminationReason::Operator).instrument(span).await.map_err(anyhow::Error::from)
+    }
+}
+
+/// The code a provision's failure is counted under: the provider's code, or the kind of error.
+fn error_code(err: &BackendError) -> String {
+    match err {
+        BackendError::Provider { code, .. } => code.clone(),
+        BackendError::RegionNotAllowed { .. } => "RegionNotAllowed".into(),
+        BackendError::Unsatisfiable { .. } => "Unsatisfiable".into(),
+        BackendError::DeadlinePassed { .. } => "DeadlinePassed".into(),
+        BackendError::InvalidInput { .. } => "InvalidInput".into(),
+        BackendError::CapacityUnavailable { .. } => "CapacityUnavailable".into(),
+        BackendError::Throttled { .. } => "Throttled".into(),
+        BackendError::Unavailable { .. } => "Unavailable".into(),
+        BackendError::UnknownInstance { .. } => "UnknownInstance".into(),
+        BackendError::Local(_) => "Local".into(),
+        _ => "Other".into(),
     }
 }

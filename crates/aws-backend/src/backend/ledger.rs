@@ -12,6 +12,7 @@ impl AwsBackend {
     pub(crate) async fn record(&self, grant: GrantId, event: Event) -> Result<GrantState, BackendError> {
         let now = self.now_ms();
         let result = self.shared.journal.record(grant, now, event).await;
+        crate::telemetry::ledger_append(self.now_ms().saturating_sub(now), 1, result.is_ok());
         self.written(result)
     }
 
@@ -21,7 +22,20 @@ impl AwsBackend {
         &self,
         decide: impl FnOnce(&Books) -> (Vec<(GrantId, u64, Event)>, T),
     ) -> Result<T, BackendError> {
-        let result = self.shared.journal.record_with(decide).await;
+        let started = self.now_ms();
+        let mut events = 0;
+        let result = self
+            .shared
+            .journal
+            .record_with(|books| {
+                let (chosen, value) = decide(books);
+                events = chosen.len();
+                (chosen, value)
+            })
+            .await;
+        if events > 0 || result.is_err() {
+            crate::telemetry::ledger_append(self.now_ms().saturating_sub(started), events, result.is_ok());
+        }
         self.written(result)
     }
 

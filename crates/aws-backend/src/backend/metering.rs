@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use backend_api::{BackendError, GrantId, RegionLabel};
-use usage_ledger::{Event, PendingNetwork};
+use usage_ledger::{Event, PendingNetwork, TerminationReason};
 
 use super::AwsBackend;
 use crate::errors::{local, provider};
@@ -66,9 +66,15 @@ impl AwsBackend {
         // reaper's, recovery's) that finished first has recorded both already.
         let terminated = Event::InstanceTerminated { instance_id: instance_id.to_string() };
         let now = self.now_ms();
+        let mut deadline = None;
         let pending = self
             .record_with(|ledger| {
                 let state = ledger.grant(grant);
+                deadline = state
+                    .filter(|s| {
+                        s.termination() == Some(TerminationReason::Deadline) && s.instance() == Some(instance_id)
+                    })
+                    .map(|s| s.valid_to_unix_ms());
                 let events = if state.is_some_and(|s| s.instance() == Some(instance_id)) {
                     network.into_iter().chain([terminated]).map(|e| (*grant, now, e)).collect()
                 } else {
@@ -78,6 +84,10 @@ impl AwsBackend {
             })
             .await
             .map(|()| self.grant_state(grant).map(|s| s.network_pending()).unwrap_or_default())?;
+        if let Some(valid_to) = deadline.filter(|t| *t > 0) {
+            // EC2 showed the instance gone at `end`.
+            crate::telemetry::deadline_lateness("ended", valid_to, end);
+        }
         for p in pending.into_iter().filter(|p| p.instance_id == instance_id) {
             self.arm_network_final(*grant, p);
         }

@@ -110,6 +110,9 @@ impl AwsBackend {
                 }
             }
         }
+        if !dry_run {
+            crate::telemetry::reaper_pass(report.found.len(), report.removed, report.errors.len());
+        }
         report
     }
 

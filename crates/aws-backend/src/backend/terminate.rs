@@ -32,6 +32,15 @@ impl AwsBackend {
     /// `request_termination`, saying whether the call is done (`true`: EC2 accepted it, from
     /// this caller or an earlier one, or the instance is gone) or another caller is sending it
     /// now and may yet fail (`false`): the deadline task then keeps trying (see `arm_deadline`).
+    /// Counts how late a deadline's TerminateInstances was accepted, after `valid_to`.
+    fn note_deadline_sent(&self, grant: &GrantId, reason: TerminationReason) {
+        if reason == TerminationReason::Deadline
+            && let Some(valid_to) = self.grant_state(grant).map(|s| s.valid_to_unix_ms()).filter(|t| *t > 0)
+        {
+            crate::telemetry::deadline_lateness("terminate_sent", valid_to, self.now_ms());
+        }
+    }
+
     pub(super) async fn request_termination_sent(
         &self,
         grant: &GrantId,
@@ -56,6 +65,7 @@ impl AwsBackend {
         match self.terminate_together(region, instance_id).await {
             Together::Done => {
                 claim.keep();
+                self.note_deadline_sent(grant, reason);
                 self.observe_terminating(grant, instance_id).await;
                 return Ok(true);
             }
@@ -70,6 +80,7 @@ impl AwsBackend {
             match result {
                 Ok(_) => {
                     claim.keep();
+                    self.note_deadline_sent(grant, reason);
                     self.observe_terminating(grant, instance_id).await;
                     return Ok(true);
                 }
