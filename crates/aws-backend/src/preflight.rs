@@ -505,7 +505,9 @@ async fn check_permissions(
 ) {
     let mut tags: Tags = cfg.tags.clone();
     tags.insert(OWNER_TAG.into(), cfg.owner.clone());
-    tags.insert("Name".into(), "compute-bridge preflight".into());
+    // No spaces in what the dry runs send: moto 5.2's IAM mode recomputes SigV4 over a body
+    // holding a space differently and answers AuthFailure (seen in tests/integration/preflight.rs).
+    tags.insert("Name".into(), "compute-bridge-preflight".into());
     let key_name = crate::names::key_name(&PREFLIGHT_GRANT);
     let public_key = SshKeyPair::ed25519_from_seed([7; 32], "compute-bridge-preflight")
         .map(|k| k.public_openssh)

@@ -54,7 +54,7 @@ impl AccountProbe for SdkEc2 {
                 .create_security_group()
                 .dry_run(true)
                 .group_name(group_name)
-                .description("compute-bridge preflight (DryRun)")
+                .description("compute-bridge-preflight-DryRun")
                 .set_vpc_id(vpc_id)
                 .set_tag_specifications(convert::tag_spec(ec2::ResourceType::SecurityGroup, &tags).map(|s| vec![s]))
                 .send()
