@@ -41,16 +41,16 @@ static FOUND: Mutex<Option<Attention>> = Mutex::new(None);
 struct Attention {
     /// Live grants past their deadline and its grace.
     overdue: usize,
-    /// Grants whose network figure is still provisional or unknown long after its final
-    /// measurement was due.
-    network_overdue: usize,
+    /// Grants (settled ones included) whose network figure is still provisional or unknown
+    /// long after its final measurement was due.
+    network_overdue: Vec<GrantId>,
     /// Live grants in all.
     live: usize,
 }
 
 impl Attention {
     fn needs_operator(&self) -> bool {
-        self.overdue > 0 || self.network_overdue > 0
+        self.overdue > 0 || !self.network_overdue.is_empty()
     }
 }
 
@@ -107,7 +107,7 @@ pub(crate) async fn status(config: &Path, output: Output) -> anyhow::Result<Exit
         let line = json!({ "summary": {
             "live_grants": attention.live,
             "overdue": attention.overdue,
-            "network_overdue": attention.network_overdue,
+            "network_overdue": attention.network_overdue.iter().map(GrantId::to_hex).collect::<Vec<_>>(),
             "unattended": unattended,
             "needs_operator": attention.needs_operator() || unattended,
         }});
@@ -152,6 +152,11 @@ fn print_grants(
             for line in table(cfg, header, &live, now) {
                 writeln!(stdout, "{line}").context("writing to stdout")?;
             }
+            if !attention.network_overdue.is_empty() {
+                let ids: Vec<String> = attention.network_overdue.iter().map(GrantId::short).collect();
+                writeln!(stdout, "network figure not final long after it was due: {}", ids.join(", "))
+                    .context("writing to stdout")?;
+            }
         }
     }
     if attention.overdue > 0 {
@@ -163,9 +168,9 @@ fn print_grants(
              overdue grants"
         );
     }
-    if attention.network_overdue > 0 {
+    if !attention.network_overdue.is_empty() {
         tracing::warn!(
-            network_overdue = attention.network_overdue,
+            network_overdue = attention.network_overdue.len(),
             "some grants' network figures are still not final long after they were due: their bills may still \
              change; start `aws-backend run` (an empty grants file will do), which measures them again"
         );
@@ -179,19 +184,23 @@ fn is_overdue(cfg: &AwsBootConfig, state: &GrantState, now_unix_ms: u64) -> bool
 }
 
 /// True when `state`'s network figure is not final though its final measurement was due: past
-/// the deadline, the grace and `network_final_after_s`, and as long again.
+/// the grant's end (its deadline while live; a settled grant keeps only when it settled), the
+/// grace and `network_final_after_s`, and as long again.
 fn is_network_overdue(cfg: &AwsBootConfig, state: &GrantState, now_unix_ms: u64) -> bool {
-    let due = state
-        .valid_to_unix_ms()
-        .saturating_add(cfg.deadline_grace_ms())
-        .saturating_add(cfg.network_final_after_ms().saturating_mul(2));
-    state.network_status() != NetworkStatus::Complete && state.valid_to_unix_ms() > 0 && due < now_unix_ms
+    let ended = if state.is_settled() { state.latest_unix_ms() } else { state.valid_to_unix_ms() };
+    let due =
+        ended.saturating_add(cfg.deadline_grace_ms()).saturating_add(cfg.network_final_after_ms().saturating_mul(2));
+    state.network_status() != NetworkStatus::Complete && due < now_unix_ms
 }
 
 fn attention(cfg: &AwsBootConfig, grants: &BTreeMap<GrantId, GrantState>, now_unix_ms: u64) -> Attention {
     Attention {
         overdue: grants.values().filter(|s| is_overdue(cfg, s, now_unix_ms)).count(),
-        network_overdue: grants.values().filter(|s| is_network_overdue(cfg, s, now_unix_ms)).count(),
+        network_overdue: grants
+            .iter()
+            .filter(|(_, s)| is_network_overdue(cfg, s, now_unix_ms))
+            .map(|(id, _)| *id)
+            .collect(),
         live: grants.values().filter(|s| !s.is_settled()).count(),
     }
 }
