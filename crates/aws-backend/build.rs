@@ -13,8 +13,10 @@ fn git(args: &[&str]) -> Option<String> {
 fn main() {
     let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=AWS_BACKEND_GIT_COMMIT={commit}");
-    // Built again when HEAD moves: HEAD itself, the branch it names, and packed refs. Without
-    // git these are not printed and Cargo's default (any file of the package) applies.
+    // Built again when HEAD moves: HEAD itself, the branch it names, and packed refs, each only
+    // if it exists (Cargo reruns a build script on every build while a watched file is
+    // missing, which would rebuild this crate and its dependents every time). A branch whose
+    // file is packed away later is a change Cargo sees, and the next run watches packed-refs.
     for path in [
         git(&["rev-parse", "--git-path", "HEAD"]),
         git(&["symbolic-ref", "-q", "HEAD"]).and_then(|branch| git(&["rev-parse", "--git-path", &branch])),
@@ -22,6 +24,7 @@ fn main() {
     ]
     .into_iter()
     .flatten()
+    .filter(|path| std::path::Path::new(path).exists())
     {
         println!("cargo:rerun-if-changed={path}");
     }
