@@ -44,6 +44,9 @@ pub enum Check {
     Offering,
     /// One IAM action, asked with `DryRun`.
     Permission,
+    /// Where the ledger is kept: its file's directory, or its DynamoDB table and the group's
+    /// key seed (checked by the binary, which holds the stores).
+    Ledger,
 }
 
 /// How a check came out.

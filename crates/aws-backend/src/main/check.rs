@@ -7,9 +7,13 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use aws_backend::preflight::{self, Outcome, PreflightReport};
-use aws_backend::sdk::SdkEc2;
+use aws_backend::preflight::{self, Check, Finding, Outcome, PreflightReport};
+use aws_backend::sdk::{DynamoLeases, SdkEc2};
+use aws_backend::standby::LeaseTable as _;
 use aws_backend::{AwsBootConfig, ConfigError, LedgerStore};
+
+use crate::ledger::read_key_seed;
+use crate::wall_clock;
 
 /// The configuration cannot be used: it does not read, parse or pass the checks.
 pub(crate) const EXIT_CONFIG: u8 = 2;
@@ -38,11 +42,80 @@ pub(crate) async fn check_config(config: &Path, aws: bool) -> anyhow::Result<Exi
     }
     stdout.flush().context("writing to stdout")?;
     let port = SdkEc2::new(&cfg).await;
-    let report = preflight::check_account(&cfg, &port, &port).await;
+    let mut report = preflight::check_account(&cfg, &port, &port).await;
+    report.findings.extend(check_ledger(&cfg).await);
     for line in report_lines(&report) {
         writeln!(stdout, "{line}").context("writing to stdout")?;
     }
     Ok(if report.passed() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_NEEDS_OPERATOR) })
+}
+
+/// The ledger as a run would open it: the file ledger's directory exists; or the DynamoDB
+/// table answers a read of the group's lease (GetItem) and the group's key seed file reads.
+/// Nothing is created or written.
+async fn check_ledger(cfg: &AwsBootConfig) -> Vec<Finding> {
+    let finding = |subject: String, outcome: Outcome, detail: String| Finding {
+        check: Check::Ledger,
+        region: None,
+        subject,
+        outcome,
+        detail,
+    };
+    match cfg.ledger_store() {
+        LedgerStore::File { path } => {
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let subject = path.display().to_string();
+            if dir.is_dir() {
+                let state = if path.exists() { "exists" } else { "will be created at the first run" };
+                vec![finding(subject, Outcome::Passed, format!("the ledger file {state}"))]
+            } else {
+                vec![finding(
+                    subject,
+                    Outcome::Failed,
+                    format!("its directory {} does not exist: create it, or fix `ledger_path`", dir.display()),
+                )]
+            }
+        }
+        LedgerStore::DynamoDb(ledger) => {
+            let mut findings = Vec::new();
+            let subject = format!("table {} in {}", ledger.table, ledger.region);
+            match wall_clock() {
+                Ok(clock) => match DynamoLeases::connect(cfg, &ledger, clock).await.holder().await {
+                    Ok(held) => {
+                        let lease = match held {
+                            Some(h) => {
+                                format!("group {}'s lease last held by {} (epoch {})", ledger.group, h.holder, h.epoch)
+                            }
+                            None => format!("group {}'s lease never held", ledger.group),
+                        };
+                        findings.push(finding(subject, Outcome::Passed, format!("answers; {lease}")));
+                    }
+                    Err(err) => findings.push(finding(
+                        subject,
+                        Outcome::Failed,
+                        format!(
+                            "reading the group's lease failed: {err}; a missing table is created with `ledger-dynamodb \
+                             create-table`, a refused read needs statement UsageLedgerTable of docs/iam-policy.json"
+                        ),
+                    )),
+                },
+                Err(err) => findings.push(finding(subject, Outcome::Failed, format!("{err:#}"))),
+            }
+            let seed = ledger.key_seed_path.display().to_string();
+            // The seed is read to check it, never printed.
+            match read_key_seed(&ledger.key_seed_path) {
+                Ok(_) => findings.push(finding(seed, Outcome::Passed, "the group's key seed reads".into())),
+                Err(err) => findings.push(finding(
+                    seed,
+                    Outcome::Failed,
+                    format!(
+                        "{err:#}: copy the group's key seed file here from another bridge of the group (see \"Running a standby\")"
+                    ),
+                )),
+            }
+            findings
+        }
+    }
 }
 
 /// What a configuration that does not load prints: every problem, one line each, and what
@@ -123,7 +196,6 @@ fn report_lines(report: &PreflightReport) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aws_backend::preflight::{Check, Finding};
 
     #[test]
     fn every_problem_gets_a_line_and_the_count_says_what_to_do() {
