@@ -14,6 +14,9 @@
 
 #[path = "main/check.rs"]
 mod check;
+#[cfg(test)]
+#[path = "main/docs_tests.rs"]
+mod docs_tests;
 #[path = "main/group.rs"]
 mod group;
 #[path = "main/ledger.rs"]
