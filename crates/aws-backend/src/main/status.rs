@@ -345,4 +345,50 @@ mod tests {
         assert_eq!(line["overdue"], true);
         assert_eq!(line["usage"]["network_finality"], "complete");
     }
+
+    #[test]
+    fn a_network_figure_still_unknown_long_after_it_was_due_needs_the_operator() {
+        let cfg = cfg();
+        let grant = GrantId([0xcd; 32]);
+        let events = [
+            Event::GrantAdmitted {
+                region: "us-east-1".into(),
+                instance_type: "m6i.large".into(),
+                vcpus: 2,
+                memory_mib: 8_192,
+                valid_to: AlmanacTick(100),
+                valid_to_unix_ms: 100_000,
+                storage_bytes: 0,
+                key_name: "k".into(),
+                group_name: "g".into(),
+            },
+            Event::LaunchRequested { client_token: "t".into(), instance_type: "m6i.large".into(), image_id: None },
+            Event::InstanceLaunched {
+                instance_id: "i-1".into(),
+                client_token: "t".into(),
+                instance_type: "m6i.large".into(),
+                vcpus: 2,
+                memory_mib: 8_192,
+            },
+            Event::NetworkUnknown {
+                instance_id: "i-1".into(),
+                window_start_unix_ms: 1_000,
+                window_end_unix_ms: 90_000,
+            },
+        ];
+        let records: Vec<Record> = events
+            .into_iter()
+            .enumerate()
+            .map(|(seq, event)| Record { grant, seq: seq as u64, at_unix_ms: 1_000 * seq as u64, event })
+            .collect();
+        let grants = usage_ledger::fold(&records).expect("folds");
+        assert_eq!(grants[&grant].network_status(), NetworkStatus::Unknown);
+        // Deadline 100 s, grace 60 s, network_final_after_s 900 s twice: due at 1960 s.
+        assert!(attention(&cfg, &grants, 1_900_000).network_overdue.is_empty());
+        let late = attention(&cfg, &grants, 2_000_000);
+        assert_eq!(late.network_overdue, vec![grant]);
+        assert!(late.needs_operator());
+        let line = grant_json(&cfg, &grant, &grants[&grant], 2_000_000);
+        assert_eq!(line["usage"]["network_finality"], "unknown");
+    }
 }
