@@ -63,7 +63,9 @@ async fn a_good_config_passes_the_account_check() -> anyhow::Result<()> {
     );
     let report = check(&config(&endpoint, "testing", "testing", &head)?).await;
     ensure!(report.passed(), "a good config failed:\n{}", show(&report));
-    for action in ["ec2:RunInstances", "ec2:CreateSecurityGroup", "ec2:ImportKeyPair", "ec2:TerminateInstances"] {
+    for action in
+        ["ec2:RunInstances", "ec2:CreateSecurityGroup", "ec2:ImportKeyPair", "ec2:CreateTags", "ec2:TerminateInstances"]
+    {
         ensure!(
             report
                 .findings

@@ -285,15 +285,45 @@ pub(super) async fn permissions(
         DryRunCall::DeleteSecurityGroup { group_id: PLACEHOLDER_GROUP.into() },
         DryRunCall::DeleteKeyPair { key_name },
     ]);
+    // The calls that create carry their tags, which EC2 authorizes as ec2:CreateTags too.
+    let mut tagging = Vec::new();
     for call in calls {
+        let tags = matches!(
+            call,
+            DryRunCall::RunInstances { .. } | DryRunCall::CreateSecurityGroup { .. } | DryRunCall::ImportKeyPair { .. }
+        );
         let action = format!("ec2:{}", call.operation().name());
-        let (outcome, detail) = match probe.dry_run(region, call).await {
+        let (outcome, mut detail) = match probe.dry_run(region, call).await {
             Ok(()) => (
                 Outcome::Unchecked,
                 "the endpoint ignored DryRun and made the call: check `endpoint_url` points at EC2 or moto".to_string(),
             ),
             Err(err) => iam::judge(&action, &err, &cfg.owner),
         };
+        if tags {
+            if outcome == Outcome::Failed {
+                detail.push_str(&format!(
+                    "; it tags what it creates, so it also needs ec2:CreateTags ({})",
+                    iam::statement_names("ec2:CreateTags")
+                ));
+            }
+            tagging.push((action.clone(), outcome));
+        }
         report.note(Check::Permission, Some(region), &action, outcome, detail);
     }
+    // The bridge never calls CreateTags on its own: it is checked through the creating calls.
+    let refused: Vec<&str> =
+        tagging.iter().filter(|(_, o)| *o != Outcome::Passed).map(|(action, _)| action.as_str()).collect();
+    let (outcome, detail) = if refused.is_empty() && !tagging.is_empty() {
+        (
+            Outcome::Passed,
+            "allowed with the tags of every creating call (the bridge tags only while creating)".to_string(),
+        )
+    } else {
+        (
+            Outcome::Unchecked,
+            format!("asked only with the creating calls' tags, and {} did not pass", refused.join(", ")),
+        )
+    };
+    report.note(Check::Permission, Some(region), "ec2:CreateTags", outcome, detail);
 }

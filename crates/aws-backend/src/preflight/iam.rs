@@ -67,6 +67,17 @@ pub fn statements_granting(action: &str, owner: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The statements of the shipped policy that grant `action`, named: `statement X of
+/// docs/iam-policy.json` (or `statements X, Y ...`).
+pub(super) fn statement_names(action: &str) -> String {
+    let sids: Vec<String> = statements_granting(action, POLICY_EXAMPLE_OWNER).into_iter().map(|(sid, _)| sid).collect();
+    match sids.as_slice() {
+        [] => "no statement of docs/iam-policy.json grants it".to_string(),
+        [one] => format!("statement {one} of docs/iam-policy.json"),
+        many => format!("statements {} of docs/iam-policy.json", many.join(", ")),
+    }
+}
+
 /// IAM's action match: case-insensitive, `*` for any run of characters.
 fn matches(pattern: &str, action: &str) -> bool {
     let (pattern, action) = (pattern.to_ascii_lowercase(), action.to_ascii_lowercase());

@@ -45,3 +45,9 @@ fn every_mutating_call_of_a_dry_run_has_a_statement_in_the_shipped_policy() {
     }
     assert!(statements_granting("ec2:RebootInstances", "o").is_empty());
 }
+
+#[test]
+fn create_tags_is_named_by_its_statement() {
+    assert_eq!(iam::statement_names("ec2:CreateTags"), "statement TagOnlyWhileCreating of docs/iam-policy.json");
+    assert_eq!(iam::statement_names("ec2:RebootInstances"), "no statement of docs/iam-policy.json grants it");
+}
