@@ -21,6 +21,8 @@ mod docs_tests;
 mod group;
 #[path = "main/ledger.rs"]
 mod ledger;
+#[path = "main/logs.rs"]
+mod logs;
 #[path = "main/reap.rs"]
 mod reap;
 #[path = "main/run.rs"]
@@ -28,7 +30,6 @@ mod run;
 #[path = "main/status.rs"]
 mod status;
 
-use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -48,19 +49,10 @@ use usage_ledger::{Ledger, NetworkStatus};
 struct Cli {
     /// How log lines are written to stderr: `text` for people, `json` for a log pipeline (one
     /// object per line, with the fields of the spans it is in).
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
+    #[arg(long, global = true, value_enum, default_value_t = logs::LogFormat::Text)]
+    log_format: logs::LogFormat,
     #[command(subcommand)]
     command: Command,
-}
-
-/// `--log-format`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum LogFormat {
-    /// One line per event, for people.
-    Text,
-    /// One JSON object per line: `timestamp`, `level`, `fields`, `target`, `span`, `spans`.
-    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -122,7 +114,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logs(cli.log_format);
+    logs::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -155,19 +147,6 @@ fn exit_code_of(err: &anyhow::Error) -> ExitCode {
         ExitCode::from(check::EXIT_CONFIG)
     } else {
         ExitCode::FAILURE
-    }
-}
-
-/// Log lines to stderr, as text or JSON, at `RUST_LOG`'s levels (`info` without it).
-fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-        // Every line carries the span it was logged in (`span`) and all its parents (`spans`),
-        // each with its fields, so a grant's lines can be found by its `grant` field.
-        LogFormat::Json => builder.json().with_current_span(true).with_span_list(true).init(),
     }
 }
 
@@ -249,7 +228,7 @@ mod tests {
         assert!(matches!(cli.command, Command::Run { .. }));
         let cli = Cli::try_parse_from(["aws-backend", "status", "--config", "c.toml"]).expect("parses");
         assert!(matches!(cli.command, Command::Status { output: status::Output::Json, .. }));
-        assert_eq!(cli.log_format, LogFormat::Text);
+        assert_eq!(cli.log_format, logs::LogFormat::Text);
         let cli = Cli::try_parse_from([
             "aws-backend",
             "status",
@@ -262,7 +241,7 @@ mod tests {
         ])
         .expect("parses");
         assert!(matches!(cli.command, Command::Status { output: status::Output::Table, .. }));
-        assert_eq!(cli.log_format, LogFormat::Json);
+        assert_eq!(cli.log_format, logs::LogFormat::Json);
         let cli =
             Cli::try_parse_from(["aws-backend", "--log-format", "json", "check-config", "--config", "c.toml", "--aws"])
                 .expect("parses");
