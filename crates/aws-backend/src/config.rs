@@ -25,7 +25,7 @@ pub use ingress::IngressCidr;
 pub use ledger::{DynamoLedger, LEASE_S_MAX, LEASE_S_MIN, LedgerConfig, LedgerStore, StoreKind};
 pub use network::NetworkConfig;
 pub use prices::PriceEntry;
-pub use validate::ConfigError;
+pub use validate::{ConfigError, ConfigProblem};
 
 use crate::guest::GuestConfig;
 use crate::port::Architecture;

@@ -20,6 +20,7 @@ pub mod pacing;
 pub mod placement;
 pub mod poller;
 pub mod port;
+pub mod preflight;
 mod refusals;
 mod regions;
 #[cfg(feature = "sdk")]
@@ -33,5 +34,13 @@ mod terminations;
 
 pub use backend::{AwsBackend, BACKEND_NAME, BackendLedger, BackendParts, DynStore};
 pub use backend::{Orphan, ReapReport, RecoveryReport};
-pub use config::{AwsBootConfig, ConfigError, DynamoLedger, GRANT_TAG, LedgerStore, OWNER_TAG};
+pub use config::{AwsBootConfig, ConfigError, ConfigProblem, DynamoLedger, GRANT_TAG, LedgerStore, OWNER_TAG};
 pub use switches::TestSwitches;
+
+/// This build's version: the crate's version and the git commit it was built from
+/// (`0.0.0+3f2a9c1d0e4b`), or `+unknown` when built outside a git checkout. `aws-backend
+/// --version` prints it; a lease holder's name should carry it, so `status` shows which build
+/// holds a group's lease.
+pub fn version() -> &'static str {
+    concat!(env!("CARGO_PKG_VERSION"), "+", env!("AWS_BACKEND_GIT_COMMIT"))
+}

@@ -5,16 +5,24 @@
 //! `reap` lists (and without `--dry-run` removes) what carries our owner tag but no live grant
 //! owns; `status` prints what the ledger says about the grants still holding resources. With
 //! `[ledger] store = "dynamodb"` each works under the bridge group's lease (the `group`
-//! module): `run` stands by until it holds it. This binary is the edge of the system: the only
-//! place that reads the wall clock and the OS's randomness and hands them to the backend.
+//! module): `run` stands by until it holds it. `check-config` checks a configuration, and with
+//! `--aws` the account, before a run. This binary is the edge of the system: the only place
+//! that reads the wall clock and the OS's randomness and hands them to the backend.
 //!
 //! This file parses the command line and builds what every subcommand shares (the clock, the
 //! backend); each subcommand is a module of its own under `main/`.
 
+#[path = "main/check.rs"]
+mod check;
+#[cfg(test)]
+#[path = "main/docs_tests.rs"]
+mod docs_tests;
 #[path = "main/group.rs"]
 mod group;
 #[path = "main/ledger.rs"]
 mod ledger;
+#[path = "main/logs.rs"]
+mod logs;
 #[path = "main/reap.rs"]
 mod reap;
 #[path = "main/run.rs"]
@@ -22,7 +30,6 @@ mod run;
 #[path = "main/status.rs"]
 mod status;
 
-use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -34,12 +41,16 @@ use aws_backend::{AwsBackend, AwsBootConfig, BackendParts, DynStore, TestSwitche
 use backend_api::{Clock, Secret, TokioClock, UsageMetrics};
 use clap::{Parser, Subcommand};
 use rand::RngCore;
-use usage_ledger::Ledger;
+use usage_ledger::{Ledger, NetworkStatus};
 
 /// Runs compute grants on AWS EC2 (or on moto's EC2 server) and meters them.
 #[derive(Debug, Parser)]
-#[command(name = "aws-backend", version, about)]
+#[command(name = "aws-backend", version = aws_backend::version(), about)]
 struct Cli {
+    /// How log lines are written to stderr: `text` for people, `json` for a log pipeline (one
+    /// object per line, with the fields of the spans it is in).
+    #[arg(long, global = true, value_enum, default_value_t = logs::LogFormat::Text)]
+    log_format: logs::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -81,19 +92,29 @@ enum Command {
         /// The backend configuration (TOML).
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+        /// `json`: one JSON object per line (the lease, each grant, a summary); `table`: a
+        /// table for people.
+        #[arg(long, value_enum, default_value_t = status::Output::Json)]
+        output: status::Output,
+    },
+    /// Check a configuration before a run: print every problem of the file at once and exit 2,
+    /// or a short summary. With `--aws`, also check the account as a run would use it, at the
+    /// configured endpoint: credentials, each region, each subnet, each AMI alias, each
+    /// family's offerings, and every mutating call's permission by EC2's DryRun (nothing is
+    /// created); exits 5 when a check fails, naming what to fix.
+    CheckConfig {
+        /// The backend configuration (TOML).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Also check the AWS account (or moto) the configuration points at.
+        #[arg(long)]
+        aws: bool,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    logs::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -101,20 +122,31 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let succeeded = |ok: bool| if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run { config, grants } => run::run(&config, &grants).await,
-            Command::Reap { config, dry_run } => reap::reap(&config, dry_run).await,
-            Command::Status { config } => status::status(&config).await.map(|()| true),
+            Command::Run { config, grants } => run::run(&config, &grants).await.map(succeeded),
+            Command::Reap { config, dry_run } => reap::reap(&config, dry_run).await.map(succeeded),
+            Command::Status { config, output } => status::status(&config, output).await,
+            Command::CheckConfig { config, aws } => check::check_config(&config, aws).await,
         }
     });
     match result {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
+        Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
-            ExitCode::FAILURE
+            exit_code_of(&err)
         }
+    }
+}
+
+/// The exit code of a command that failed with `err`: 2 when the configuration is the cause
+/// (see `check-config`), 1 otherwise.
+fn exit_code_of(err: &anyhow::Error) -> ExitCode {
+    if err.chain().any(|cause| cause.downcast_ref::<aws_backend::ConfigError>().is_some()) {
+        ExitCode::from(check::EXIT_CONFIG)
+    } else {
+        ExitCode::FAILURE
     }
 }
 
@@ -162,6 +194,29 @@ pub(crate) fn usage_json(usage: &UsageMetrics) -> serde_json::Value {
     serde_json::to_value(usage).unwrap_or(serde_json::Value::Null)
 }
 
+/// Usage as printed in JSON lines, with how final its network figure is
+/// (`network_finality`: `complete`, `provisional` or `unknown`, see [`network_finality`]).
+/// Every usage line should carry it: a bill read off a provisional figure may still grow.
+pub(crate) fn usage_with_finality_json(usage: &UsageMetrics, network: NetworkStatus) -> serde_json::Value {
+    let mut value = usage_json(usage);
+    if let Some(object) = value.as_object_mut() {
+        object.insert("network_finality".into(), network_finality(network).into());
+    }
+    value
+}
+
+/// How final a network figure is, as printed: `complete` (measured after CloudWatch's
+/// publication lag, or nothing to measure), `provisional` (measured when the instance ended;
+/// measured again as final after `network_final_after_s`) or `unknown` (CloudWatch has not
+/// answered yet; billed as 0 until it does).
+pub(crate) fn network_finality(network: NetworkStatus) -> &'static str {
+    match network {
+        NetworkStatus::Complete => "complete",
+        NetworkStatus::Provisional => "provisional",
+        NetworkStatus::Unknown => "unknown",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,7 +227,26 @@ mod tests {
             Cli::try_parse_from(["aws-backend", "run", "--config", "c.toml", "--grants", "g.jsonl"]).expect("parses");
         assert!(matches!(cli.command, Command::Run { .. }));
         let cli = Cli::try_parse_from(["aws-backend", "status", "--config", "c.toml"]).expect("parses");
-        assert!(matches!(cli.command, Command::Status { .. }));
+        assert!(matches!(cli.command, Command::Status { output: status::Output::Json, .. }));
+        assert_eq!(cli.log_format, logs::LogFormat::Text);
+        let cli = Cli::try_parse_from([
+            "aws-backend",
+            "status",
+            "--config",
+            "c.toml",
+            "--output",
+            "table",
+            "--log-format",
+            "json",
+        ])
+        .expect("parses");
+        assert!(matches!(cli.command, Command::Status { output: status::Output::Table, .. }));
+        assert_eq!(cli.log_format, logs::LogFormat::Json);
+        let cli =
+            Cli::try_parse_from(["aws-backend", "--log-format", "json", "check-config", "--config", "c.toml", "--aws"])
+                .expect("parses");
+        assert!(matches!(cli.command, Command::CheckConfig { aws: true, .. }));
+        assert!(Cli::try_parse_from(["aws-backend", "--log-format", "xml", "status", "--config", "c.toml"]).is_err());
         assert!(Cli::try_parse_from(["aws-backend", "run", "--config", "c.toml"]).is_err());
         let cli = Cli::try_parse_from(["aws-backend", "reap", "--config", "c.toml", "--dry-run"]).expect("parses");
         assert!(matches!(cli.command, Command::Reap { dry_run: true, .. }));
@@ -189,5 +263,19 @@ mod tests {
         assert_eq!(value["ram_mib_seconds"], 2);
         assert_eq!(value["network_bytes"], 3);
         assert_eq!(value["storage_bytes"], 4);
+        let value = usage_with_finality_json(
+            &UsageMetrics { cpu_seconds: 1, ram_mib_seconds: 2, network_bytes: 3, storage_bytes: 4 },
+            NetworkStatus::Provisional,
+        );
+        assert_eq!(value["network_bytes"], 3);
+        assert_eq!(value["network_finality"], "provisional");
+    }
+
+    #[test]
+    fn a_configuration_error_exits_2_and_anything_else_1() {
+        let config = aws_backend::AwsBootConfig::from_toml("regions = 1").expect_err("refused");
+        let err = anyhow::Error::new(config).context("loading");
+        assert_eq!(exit_code_of(&err), ExitCode::from(2));
+        assert_eq!(exit_code_of(&anyhow::anyhow!("the ledger is locked")), ExitCode::FAILURE);
     }
 }

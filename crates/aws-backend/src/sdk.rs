@@ -18,6 +18,7 @@ mod key_pairs;
 mod leases;
 mod metrics;
 mod parameters;
+mod preflight;
 mod security_groups;
 mod volumes;
 
@@ -114,7 +115,8 @@ impl SdkEc2 {
         port
     }
 
-    async fn build_clients(&self, region: &RegionLabel) -> RegionClients {
+    /// The SDK's configuration for `region`: credentials, endpoint, no retries, our timeouts.
+    async fn shared_config(&self, region: &RegionLabel) -> aws_config::SdkConfig {
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .region(Region::new(region.to_string()))
             .retry_config(RetryConfig::disabled())
@@ -131,7 +133,11 @@ impl SdkEc2 {
         if let Some(url) = &self.endpoint_url {
             loader = loader.endpoint_url(url.clone());
         }
-        let shared = loader.load().await;
+        loader.load().await
+    }
+
+    async fn build_clients(&self, region: &RegionLabel) -> RegionClients {
+        let shared = self.shared_config(region).await;
         let mut cloudwatch = aws_sdk_cloudwatch::config::Builder::from(&shared);
         if let Some(url) = &self.cloudwatch_endpoint_url {
             cloudwatch = cloudwatch.endpoint_url(url.clone());

@@ -17,6 +17,7 @@
 //! The protocol and its safety argument are in `docs/ARCHITECTURE.md` ("Fenced ownership of a
 //! DynamoDB ledger"); the table, its IAM and the import of a file ledger in `docs/operations.md`.
 
+pub mod bridge_config;
 mod copy;
 mod iam;
 mod lease;

@@ -207,7 +207,8 @@ fn decide_admission(grant: &GrantId, state: Option<&GrantState>) -> Result<Admis
         Some(state) if state.is_settled() => Err(BackendError::InvalidInput {
             field: "grant.id".into(),
             reason: format!(
-                "grant {grant} was already provisioned and settled, and its last attempt did not fail with a retryable error; a grant provisions once"
+                "grant {} was already provisioned and settled, and its last attempt did not fail with a retryable error; a grant provisions once",
+                grant.short()
             ),
         }),
         // A retryable failure still rolling back: the retry is welcome once it has settled.
@@ -216,7 +217,7 @@ fn decide_admission(grant: &GrantId, state: Option<&GrantState>) -> Result<Admis
         }),
         Some(state) if state.termination().is_some() => Err(BackendError::InvalidInput {
             field: "grant.id".into(),
-            reason: format!("grant {grant} is being torn down; wait for terminate to finish"),
+            reason: format!("grant {} is being torn down; wait for terminate to finish", grant.short()),
         }),
         Some(_) => Ok(Admission::Resume),
         None => Ok(Admission::New),

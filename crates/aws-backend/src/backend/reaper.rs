@@ -106,7 +106,7 @@ impl AwsBackend {
             for grant in overdue.into_keys() {
                 report.overdue_grants += 1;
                 if let Err(err) = self.teardown(grant, TerminationReason::Deadline).await {
-                    report.errors.push(format!("overdue grant {grant}: {err}"));
+                    report.errors.push(format!("overdue grant {}: {err}", grant.short()));
                 }
             }
         }

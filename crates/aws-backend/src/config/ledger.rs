@@ -1,5 +1,5 @@
 //! `[ledger]` and `ledger_path`: where the usage ledger is kept, as written ([`LedgerConfig`]),
-//! checked ([`AwsBootConfig::validate`] calls `validate_ledger`) and resolved
+//! checked ([`AwsBootConfig::validate`] calls `check_ledger`) and resolved
 //! ([`AwsBootConfig::ledger_store`] gives a [`LedgerStore`]).
 
 use std::path::PathBuf;
@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use backend_api::RegionLabel;
 use serde::Deserialize;
 
-use super::validate::invalid;
-use super::{AwsBootConfig, ConfigError};
+use super::AwsBootConfig;
+use super::validate::{Problems, is_http_url};
 
 /// `[ledger]`: which store keeps the usage ledger, as the operator writes it. Checked at load
 /// ([`AwsBootConfig::validate`]) and read through [`AwsBootConfig::ledger_store`].
@@ -109,16 +109,16 @@ pub struct DynamoLedger {
 impl AwsBootConfig {
     /// Checks `ledger_path` and `[ledger]`: the keys the chosen store needs are there and
     /// usable, and no key of the other store is given (it would be silently ignored).
-    pub(super) fn validate_ledger(&self) -> Result<(), ConfigError> {
+    pub(super) fn check_ledger(&self, problems: &mut Problems) {
         let ledger = &self.ledger;
         let has_path = !self.ledger_path.as_os_str().is_empty();
         match ledger.store {
             StoreKind::File => {
                 if !has_path {
-                    return Err(invalid(
+                    problems.add(
                         "ledger_path",
                         "is missing: give the ledger file, e.g. ledger_path = \"/var/lib/compute-bridge/aws.ledger\", or keep the ledger in DynamoDB with [ledger] store = \"dynamodb\"",
-                    ));
+                    );
                 }
                 let dynamodb_only = [
                     ("table", ledger.table.is_some()),
@@ -128,69 +128,85 @@ impl AwsBootConfig {
                     ("endpoint_url", ledger.endpoint_url.is_some()),
                     ("lease_s", ledger.lease_s != default_lease_s()),
                 ];
-                if let Some((key, _)) = dynamodb_only.iter().find(|(_, given)| *given) {
-                    return Err(invalid(
+                for (key, _) in dynamodb_only.iter().filter(|(_, given)| *given) {
+                    problems.add(
                         format!("ledger.{key}"),
                         "is only used with store = \"dynamodb\": add store = \"dynamodb\" to [ledger], or remove it (the file store keeps its key seed at <ledger_path>.keyseed)",
-                    ));
+                    );
                 }
             }
-            StoreKind::Dynamodb => {
-                if has_path {
-                    return Err(invalid(
-                        "ledger_path",
-                        "is not used with [ledger] store = \"dynamodb\" (the ledger is the table): remove it; to move a file ledger into the table, see `ledger-dynamodb import` in docs/operations.md",
-                    ));
-                }
-                let table = ledger.table.as_deref().ok_or_else(|| {
-                    invalid("ledger.table", "is missing: name the DynamoDB table, e.g. table = \"compute-bridge-ledger\" (create it with `ledger-dynamodb create-table`)")
-                })?;
-                // DynamoDB's own rule for table names (CreateTable, TableName).
-                let table_ok = (3..=255).contains(&table.len())
-                    && table.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-                if !table_ok {
-                    return Err(invalid(
-                        "ledger.table",
-                        format!("{table:?} is not a DynamoDB table name: use 3-255 characters of [A-Za-z0-9_.-]"),
-                    ));
-                }
-                let group = ledger.group.as_deref().ok_or_else(|| {
-                    invalid("ledger.group", "is missing: name the bridge group that shares the table, e.g. group = \"bridge-eu-1\"; every bridge of the group gives the same")
-                })?;
-                usage_ledger::check_lease_name("group", group).map_err(|e| invalid("ledger.group", e.to_string()))?;
-                if !(LEASE_S_MIN..=LEASE_S_MAX).contains(&ledger.lease_s) {
-                    return Err(invalid(
-                        "ledger.lease_s",
-                        format!(
-                            "{} s is outside {LEASE_S_MIN} to {LEASE_S_MAX}: a standby takes over at most this long after its holder stopped; use 30",
-                            ledger.lease_s
-                        ),
-                    ));
-                }
-                let seed = ledger.key_seed_path.as_ref().ok_or_else(|| {
-                    invalid(
-                        "ledger.key_seed_path",
-                        "is missing: every bridge of a group must derive the same per-grant SSH keys, so give the path of the group's key seed file, the same file on every bridge (see \"Running a standby\" in docs/operations.md)",
-                    )
-                })?;
-                if seed.as_os_str().is_empty() || !seed.is_absolute() {
-                    return Err(invalid(
-                        "ledger.key_seed_path",
-                        format!(
-                            "{} is not an absolute path: give one, e.g. \"/etc/compute-bridge/group.keyseed\"",
-                            seed.display()
-                        ),
-                    ));
-                }
-                if let Some(url) = &ledger.endpoint_url {
-                    match url::Url::parse(url) {
-                        Ok(u) if matches!(u.scheme(), "http" | "https") => {}
-                        _ => return Err(invalid("ledger.endpoint_url", format!("{url:?} is not an http(s) URL"))),
-                    }
+            StoreKind::Dynamodb => self.check_dynamodb_ledger(problems, has_path),
+        }
+    }
+
+    fn check_dynamodb_ledger(&self, problems: &mut Problems, has_path: bool) {
+        let ledger = &self.ledger;
+        if has_path {
+            problems.add(
+                "ledger_path",
+                format!(
+                    "{} is not used with [ledger] store = \"dynamodb\" (the ledger is the table): remove it; to move a file ledger into the table, see `ledger-dynamodb import` in docs/operations.md",
+                    self.ledger_path.display()
+                ),
+            );
+        }
+        match ledger.table.as_deref() {
+            None => problems.add(
+                "ledger.table",
+                "is missing: name the DynamoDB table, e.g. table = \"compute-bridge-ledger\" (create it with `ledger-dynamodb create-table`)",
+            ),
+            // DynamoDB's own rule for table names (CreateTable, TableName).
+            Some(table)
+                if !((3..=255).contains(&table.len())
+                    && table.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))) =>
+            {
+                problems.add(
+                    "ledger.table",
+                    format!("{table:?} is not a DynamoDB table name: use 3-255 characters of [A-Za-z0-9_.-]"),
+                );
+            }
+            Some(_) => {}
+        }
+        match ledger.group.as_deref() {
+            None => problems.add(
+                "ledger.group",
+                "is missing: name the bridge group that shares the table, e.g. group = \"bridge-eu-1\"; every bridge of the group gives the same",
+            ),
+            Some(group) => {
+                if let Err(e) = usage_ledger::check_lease_name("group", group) {
+                    problems.add("ledger.group", e.to_string());
                 }
             }
         }
-        Ok(())
+        if !(LEASE_S_MIN..=LEASE_S_MAX).contains(&ledger.lease_s) {
+            problems.add(
+                "ledger.lease_s",
+                format!(
+                    "{} s is outside {LEASE_S_MIN} to {LEASE_S_MAX}: a standby takes over at most this long after its holder stopped; use 30",
+                    ledger.lease_s
+                ),
+            );
+        }
+        match &ledger.key_seed_path {
+            None => problems.add(
+                "ledger.key_seed_path",
+                "is missing: every bridge of a group must derive the same per-grant SSH keys, so give the path of the group's key seed file, the same file on every bridge (see \"Running a standby\" in docs/operations.md)",
+            ),
+            Some(seed) if seed.as_os_str().is_empty() || !seed.is_absolute() => problems.add(
+                "ledger.key_seed_path",
+                format!(
+                    "{} is not an absolute path: give one, e.g. \"/etc/compute-bridge/group.keyseed\"",
+                    seed.display()
+                ),
+            ),
+            Some(_) => {}
+        }
+        if let Some(url) = ledger.endpoint_url.as_deref().filter(|url| !is_http_url(url)) {
+            problems.add(
+                "ledger.endpoint_url",
+                format!("{url:?} is not an http(s) URL: write one like \"http://127.0.0.1:5055\" or remove it"),
+            );
+        }
     }
 
     /// Where the ledger is kept. Call on a checked configuration (every `load` is).

@@ -5,8 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::ConfigError;
-use super::validate::{invalid, is_name};
+use super::validate::{Problems, is_name};
 
 /// One `prices` entry, as written: a global price for an instance type, or a region's table.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -18,18 +17,17 @@ pub enum PriceEntry {
     Region(BTreeMap<String, f64>),
 }
 
-/// Refuses a price that is not a positive, finite USD figure, or a key that is no type name.
-pub(super) fn check_price(field: &str, instance_type: &str, usd_per_hour: f64) -> Result<(), ConfigError> {
+/// Notes a price that is not a positive, finite USD figure, or a key that is no type name.
+pub(super) fn check_price(problems: &mut Problems, field: &str, instance_type: &str, usd_per_hour: f64) {
     if !instance_type.contains('.') || !is_name(instance_type, 64) {
-        return Err(invalid(
+        problems.add(
             field,
             format!(
                 "{instance_type:?} is neither an instance type (like \"m7g.large\") nor, with a table, a configured region"
             ),
-        ));
+        );
     }
     if !(usd_per_hour.is_finite() && usd_per_hour > 0.0) {
-        return Err(invalid(field, format!("{usd_per_hour} is not a price: write USD per hour above 0, e.g. 0.0816")));
+        problems.add(field, format!("{usd_per_hour} is not a price: write USD per hour above 0, e.g. 0.0816"));
     }
-    Ok(())
 }

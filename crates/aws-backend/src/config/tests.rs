@@ -326,3 +326,47 @@ fn bad_dynamodb_ledger_keys_are_refused_naming_the_key_and_the_fix() {
     let err = ledger_refused("", &format!("{DYNAMO}\nlease_ms = 6000"));
     assert!(err.contains("lease_ms"), "{err}");
 }
+
+#[test]
+fn every_problem_is_reported_at_once_each_naming_its_key_and_value() {
+    let err = AwsBootConfig::from_toml(
+        r#"
+        regions = ["us-east-1", "us-east-1"]
+        instance_families = ["M6I"]
+        owner = "has space"
+        ami = { us-east-1 = "al2023" }
+        ami_refresh_s = 5
+        poll_interval_ms = 1
+        network = { us-west-2 = { subnet_ids = ["sn-1"] } }
+        ledger_path = "/nonexistent/ledger"
+        almanac = { epoch_unix_ms = 0, tick_ms = 1000 }
+        guest = { content_store_url = "http://127.0.0.1:9/blobs/{hash}" }
+        "#,
+    )
+    .expect_err("refused");
+    let fields: Vec<&str> = err.problems().iter().map(|p| p.field.as_str()).collect();
+    for field in [
+        "regions",
+        "ami.us-east-1",
+        "ami_refresh_s",
+        "network.us-west-2",
+        "network.us-west-2.subnet_ids",
+        "instance_families",
+        "owner",
+        "poll_interval_ms",
+    ] {
+        assert!(fields.contains(&field), "{field} is not among {fields:?}");
+    }
+    let shown = err.to_string();
+    assert!(shown.starts_with(&format!("{} problems in the config:", fields.len())), "{shown}");
+    for value in ["\"al2023\"", "\"M6I\"", "\"has space\"", "\"sn-1\"", "5 s", "1 is outside"] {
+        assert!(shown.contains(value), "the value {value} is quoted: {shown}");
+    }
+    assert_eq!(shown.lines().count(), fields.len() + 1, "one line per problem: {shown}");
+}
+
+#[test]
+fn a_single_problem_reads_as_before() {
+    let err = refused(r#"ssh_ingress_cidrs = []"#);
+    assert!(err.starts_with("config field `ssh_ingress_cidrs`: is empty"), "{err}");
+}

@@ -87,7 +87,7 @@ pub(super) async fn delete_security_group(port: &SdkEc2, region: &RegionLabel, g
 /// The rule letting TCP `port` in from `cidrs`: IPv4 ranges as `IpRanges` (`CidrIp`), IPv6 ones
 /// (those holding a `:`) as `Ipv6Ranges` (`CidrIpv6`), since EC2 refuses an IPv6 range given as
 /// `CidrIp` as malformed (aws/aws-cli#2428). An empty family is left out of the request.
-fn ingress_permission(port: u16, cidrs: Vec<String>) -> ec2::IpPermission {
+pub(super) fn ingress_permission(port: u16, cidrs: Vec<String>) -> ec2::IpPermission {
     let (ipv6, ipv4): (Vec<String>, Vec<String>) = cidrs.into_iter().partition(|cidr| cidr.contains(':'));
     let ip_ranges: Vec<ec2::IpRange> =
         ipv4.into_iter().map(|cidr| ec2::IpRange::builder().cidr_ip(cidr).build()).collect();
