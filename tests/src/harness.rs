@@ -241,7 +241,7 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
                     Outage::Pause => replicas.shared.clocks[victim.replica].pause_until(at + downtime_ms),
                     Outage::Kill => {
                         replicas.kill(&victim).await;
-                        world.join_where(&mut tasks, |incarnation, _| incarnation == victim.incarnation).await;
+                        world.join_where(&mut tasks, |_, incarnation, _| incarnation == victim.incarnation).await;
                         world.absorb_stats(&victim.backend);
                     }
                     Outage::Partition => replicas.shared.cut_off[victim.replica].store(true, Ordering::SeqCst),
@@ -302,8 +302,8 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
                     world.report(v);
                 }
                 let handle = tokio::spawn(lifecycle(
-                    active.bridge.clone(),
-                    active.backend.clone(),
+                    active.clone(),
+                    common.clone(),
                     plan.clone(),
                     world.facts.clone(),
                     clock.clone(),
@@ -313,7 +313,8 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
             }
             Step::Crash(i) => {
                 crash_count += 1;
-                if rng.gen_bool(scenario.drain_share) {
+                let drained = rng.gen_bool(scenario.drain_share);
+                if drained {
                     // A drain (SIGTERM) instead of a kill: the bridge ends by itself.
                     let in_flight = active.backend.with_ledger(|l| checkers::drain::mid_provision(l.live_grants()));
                     let took_ms = single.drain(checkers::bounds::DRAIN_ENDS_WITHIN_MS).await;
@@ -325,11 +326,17 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
                     for v in checkers::drain::check(&in_flight, took_ms, &ledger, &facts) {
                         world.report(v);
                     }
+                    // The grants the drain rolled back are sent again once the bridge is back.
+                    let resending: Vec<GrantId> =
+                        facts.iter().filter(|(_, f)| f.resending).map(|(grant, _)| *grant).collect();
+                    world
+                        .join_where(&mut tasks, |task, _, _| !matches!(task, Task::Grant(g) if resending.contains(g)))
+                        .await;
+                } else {
+                    world.join(&mut tasks, true).await;
                 }
-                world.join(&mut tasks, true).await;
                 world.absorb_stats(&active.backend);
                 single.kill().await;
-                world.join(&mut tasks, true).await;
                 let downtime_ms = crashes[i].downtime_ms;
                 world.downtimes.push(Downtime { from_unix_ms: at, to_unix_ms: clock.now_unix_ms() + downtime_ms });
                 clock.sleep_ms(downtime_ms).await;

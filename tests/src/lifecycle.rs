@@ -5,21 +5,22 @@
 use std::sync::Arc;
 
 use aws_backend::AwsBackend;
-use aws_backend::bridge::Bridge;
 use backend_api::{Backend, BackendError, Clock, Envelope, TokioClock};
 use sim_ec2::SimEc2;
 
 use crate::checkers::Outcome;
 use crate::harness::{Facts, lock};
+use crate::processes::{Active, Common};
 use crate::scenario::GrantPlan;
 
 /// How long the simulated compute-bridge waits before retrying a retryable provision failure.
 const RETRY_AFTER_MS: u64 = 30_000;
 
-/// One grant's life, sent to `bridge` (whose backend is `backend`, for what the ledger says).
+/// One grant's life, sent to the process acting when it arrived, `first`; `processes` tells
+/// which acts later, for a grant sent again.
 pub(crate) async fn lifecycle(
-    bridge: Bridge,
-    backend: AwsBackend,
+    first: Active,
+    processes: Arc<Common>,
     plan: Arc<GrantPlan>,
     facts: Facts,
     clock: Arc<TokioClock>,
@@ -33,25 +34,50 @@ pub(crate) async fn lifecycle(
         entry.outcome = outcome;
         entry.outcome_at_unix_ms = clock.now_unix_ms();
     };
-    let mut provisioned = bridge.provision(&grant, &envelope).await;
+    let mut current = first;
+    let mut provisioned = current.bridge.provision(&grant, &envelope).await;
     // compute-bridge retries an error that says it may be retried, once, a little later.
     if let Err(err) = &provisioned
         && err.downcast_ref::<BackendError>().is_some_and(BackendError::is_retryable)
-        && backend.grant_state(&plan.id).is_some_and(|s| s.is_settled() && s.retry_allowed())
+        && current.backend.grant_state(&plan.id).is_some_and(|s| s.is_settled() && s.retry_allowed())
     {
         clock.sleep_ms(RETRY_AFTER_MS).await;
-        provisioned = bridge.provision(&grant, &envelope).await;
+        provisioned = current.bridge.provision(&grant, &envelope).await;
     }
+    // A bridge that drained rolled the provision back as retryable and answered Unavailable:
+    // compute-bridge sends the grant again, every RETRY_AFTER_MS, to the process acting next,
+    // until its deadline. The harness keeps this task across the restart (`resending`).
+    let mut resent = false;
+    while let Err(err) = &provisioned
+        && unavailable(err)
+        && clock.now_unix_ms() + RETRY_AFTER_MS < plan.valid_to_unix_ms
+    {
+        lock(&facts).entry(plan.id).or_default().resending = true;
+        clock.sleep_ms(RETRY_AFTER_MS).await;
+        if let Some(next) = processes.active() {
+            current = next;
+        }
+        resent = true;
+        provisioned = current.bridge.provision(&grant, &envelope).await;
+    }
+    lock(&facts).entry(plan.id).or_default().resending = false;
+    let Active { bridge, backend, .. } = current;
+    // Sent again late, a grant may find too little time left: compute-bridge's loss, not a
+    // refusal of an admissible grant.
+    let too_late = |err: &anyhow::Error| {
+        matches!(
+            err.downcast_ref::<BackendError>(),
+            Some(BackendError::Unsatisfiable { .. } | BackendError::DeadlinePassed { .. })
+        )
+    };
     // A replica that lost its lease stops acting, and its process exits: what it had in flight
     // is the new holder's recovery's, as after a crash.
     let interrupted = |backend: &AwsBackend| !backend.acting() || backend.lease_lost().is_some();
-    // A bridge that drains or has stopped answers Unavailable: compute-bridge sends the grant
-    // to another bridge (the drain checker sees that it may).
-    let unavailable =
-        |err: &anyhow::Error| matches!(err.downcast_ref::<BackendError>(), Some(BackendError::Unavailable { .. }));
     match provisioned {
         Err(_) if interrupted(&backend) => settle(Outcome::Interrupted),
+        // Still unavailable at its deadline: compute-bridge sends it to another bridge.
         Err(err) if unavailable(&err) => settle(Outcome::Interrupted),
+        Err(err) if resent && too_late(&err) => settle(Outcome::Interrupted),
         Err(err) => {
             let refused = matches!(
                 err.downcast_ref::<BackendError>(),
@@ -98,4 +124,9 @@ pub(crate) async fn lifecycle(
             });
         }
     }
+}
+
+/// A bridge that drains or has stopped answers Unavailable.
+fn unavailable(err: &anyhow::Error) -> bool {
+    matches!(err.downcast_ref::<BackendError>(), Some(BackendError::Unavailable { .. }))
 }

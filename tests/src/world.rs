@@ -116,7 +116,7 @@ impl World {
         if let Some(replicas) = replicas {
             let exited = replicas.exited();
             if !exited.is_empty() {
-                self.join_where(tasks, |incarnation, _| exited.contains(&incarnation)).await;
+                self.join_where(tasks, |_, incarnation, _| exited.contains(&incarnation)).await;
             }
         }
         if let Some(now) = common.active() {
@@ -133,15 +133,19 @@ impl World {
     /// Awaits the finished tasks (all of them with `all`), reporting panics and marking grants
     /// whose lifecycle was cut short.
     pub(crate) async fn join(&mut self, tasks: &mut Vec<Spawned>, all: bool) {
-        self.join_where(tasks, |_, handle| all || handle.is_finished()).await;
+        self.join_where(tasks, |_, _, handle| all || handle.is_finished()).await;
     }
 
     /// Awaits the tasks `pick` picks (aborting those still running), reporting panics and
     /// marking grants whose lifecycle was cut short.
-    pub(crate) async fn join_where(&mut self, tasks: &mut Vec<Spawned>, pick: impl Fn(u64, &JoinHandle<()>) -> bool) {
+    pub(crate) async fn join_where(
+        &mut self,
+        tasks: &mut Vec<Spawned>,
+        pick: impl Fn(&Task, u64, &JoinHandle<()>) -> bool,
+    ) {
         let mut kept = Vec::new();
         for (task, handle, incarnation) in tasks.drain(..) {
-            if !pick(incarnation, &handle) {
+            if !pick(&task, incarnation, &handle) {
                 kept.push((task, handle, incarnation));
                 continue;
             }

@@ -221,6 +221,9 @@ pub struct GrantFacts {
     pub handed_over_state: Option<aws_backend::port::InstanceState>,
     /// What `watch_until_exit` returned, when it returned.
     pub watched_usage: Option<backend_api::UsageMetrics>,
+    /// Its provision was refused as unavailable (a drain), and compute-bridge waits to send it
+    /// again to the process acting next.
+    pub resending: bool,
 }
 
 impl Default for GrantFacts {
@@ -234,6 +237,7 @@ impl Default for GrantFacts {
             guest: None,
             handed_over_state: None,
             watched_usage: None,
+            resending: false,
         }
     }
 }
