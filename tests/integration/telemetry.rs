@@ -35,6 +35,7 @@ async fn a_grant_ended_at_its_deadline_leaves_plausible_metrics() {
     let backend = rig.backend().await;
     let m = manifest();
     let g = grant(51, &m, rig.now_tick(), 600);
+    assert_eq!(backend.not_ready(), Vec::<String>::new(), "a backend over the simulator is ready");
     let instance = backend.provision(&g, &us_east()).await.expect("provisioned");
     backend.publish_gauges();
     let during = handle.render();

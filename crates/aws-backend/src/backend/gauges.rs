@@ -1,5 +1,6 @@
-//! The gauges that describe state, set when the host asks (see `telemetry`): what a scrape
-//! reads is the ledger and the placement as they are, not a count kept on the side.
+//! What the host shows operators of the backend's state: the gauges, set when the host asks
+//! (see `telemetry`), and readiness. What a scrape reads is the ledger and the placement as
+//! they are, not a count kept on the side.
 
 use usage_ledger::{NetworkFigure, Phase};
 
@@ -47,5 +48,26 @@ impl AwsBackend {
             let held = tenure.may_act(now).is_ok();
             telemetry::lease(held, tenure.epoch(), tenure.acts_until_unix_ms().saturating_sub(now));
         }
+    }
+
+    /// Why this backend would not take a grant now, if anything: the ledger refuses appends,
+    /// the lease is not held (group mode), or a region's instance-type catalogue has not
+    /// loaded yet (it is retried on first use). Empty when ready. Asks EC2 nothing.
+    pub fn not_ready(&self) -> Vec<String> {
+        let mut why = Vec::new();
+        if self.shared.journal.degraded() {
+            why.push("the usage ledger refuses appends".to_string());
+        }
+        if let Some(lost) = self.lease_lost() {
+            why.push(format!("the ledger lease is lost: {lost}"));
+        } else if !self.acting() {
+            why.push("the ledger lease is not held".to_string());
+        }
+        for region in &self.config().regions {
+            if self.regions().catalogue(region).is_none() {
+                why.push(format!("{region}: the instance-type catalogue has not loaded yet"));
+            }
+        }
+        why
     }
 }
