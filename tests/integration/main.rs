@@ -14,6 +14,7 @@ mod images;
 mod ledger_dynamodb;
 mod moto;
 mod placement;
+mod process;
 mod recovery;
 mod scenarios;
 mod selftest;

@@ -326,3 +326,12 @@ fn bad_dynamodb_ledger_keys_are_refused_naming_the_key_and_the_fix() {
     let err = ledger_refused("", &format!("{DYNAMO}\nlease_ms = 6000"));
     assert!(err.contains("lease_ms"), "{err}");
 }
+
+#[test]
+fn drain_s_defaults_to_30_and_a_drain_over_an_hour_is_refused_naming_the_fix() {
+    assert_eq!(config_with("").expect("valid").drain_s, 30);
+    assert_eq!(config_with("drain_s = 0").expect("no drain is allowed").drain_ms(), 0);
+    assert_eq!(config_with("drain_s = 3600").expect("an hour is the most").drain_ms(), 3_600_000);
+    let err = refused("drain_s = 3601");
+    assert!(err.contains("`drain_s`") && err.contains("3601 s") && err.contains("use 30"), "{err}");
+}

@@ -39,6 +39,9 @@ pub enum ConfigError {
     },
 }
 
+/// The longest drain [`AwsBootConfig::drain_s`] allows: a provision takes minutes at most.
+pub const DRAIN_S_MAX: u64 = 3_600;
+
 pub(super) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { field: field.into(), reason: reason.into() }
 }
@@ -264,6 +267,16 @@ impl AwsBootConfig {
                 format!(
                     "{} s is more than a day: CloudWatch publishes within minutes; use 900",
                     self.network_final_after_s
+                ),
+            ));
+        }
+        if self.drain_s > DRAIN_S_MAX {
+            return Err(invalid(
+                "drain_s",
+                format!(
+                    "{} s is more than an hour of refusing grants before a stop; use 30 (at most {DRAIN_S_MAX}), and give \
+                     the supervisor a longer stop timeout (systemd TimeoutStopSec)",
+                    self.drain_s
                 ),
             ));
         }
