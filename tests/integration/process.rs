@@ -320,10 +320,12 @@ async fn serve_exits_2_on_a_bad_config_and_4_on_an_unusable_ledger() -> anyhow::
 
 /// `serve` with a file ledger: a grant sent through the socket is in flight (waiting for its
 /// valid_from) when SIGTERM comes; the drain refuses a new grant with 503 and `Retry-After`,
-/// lets the one in flight finish and exits 0. Started again on the same ledger, the bridge's
-/// recovery takes the grant over; the grant sent again answers 200 with the same instance (a
-/// resume), and the service terminates it at valid_to by itself. Bad requests name the field;
-/// nothing is left in moto; the bill covers the run and stops at valid_to.
+/// lets the one in flight finish and exits 0. Started again on the same ledger (with a drain of
+/// 1 s), the bridge's recovery takes the grant over; the grant sent again answers 200 with the
+/// same instance (a resume), and the service terminates it at valid_to by itself. A second
+/// grant in flight when that process is SIGTERMed outlasts its drain: its POST answers 503, the
+/// process exits 0, and a third process provisions the grant anew (201), which a DELETE ends.
+/// Bad requests name the field; nothing is left in moto; the bill is EC2's minute.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_drains_on_sigterm_and_the_next_process_finishes_the_grant() -> anyhow::Result<()> {
     let test = "serve_drains_on_sigterm_and_the_next_process_finishes_the_grant";
@@ -339,6 +341,8 @@ async fn serve_drains_on_sigterm_and_the_next_process_finishes_the_grant() -> an
     let text = config_text(&endpoint, &owner, epoch, &ledger);
     let config = dir.join("config.toml");
     std::fs::write(&config, &text)?;
+    let short = dir.join("short-drain.toml");
+    std::fs::write(&short, text.replace("drain_s = 20", "drain_s = 1"))?;
     let cfg = AwsBootConfig::from_toml(&text)?;
     let socket = dir.join("api.sock");
 
@@ -393,7 +397,7 @@ async fn serve_drains_on_sigterm_and_the_next_process_finishes_the_grant() -> an
     let drained_in = waited.elapsed();
 
     // When the service starts again on the same ledger.
-    let mut second = Serve::start(&binary, &config, &socket, &dir.join("second.log"))?;
+    let mut second = Serve::start(&binary, &short, &socket, &dir.join("second.log"))?;
     second.phase("admitting", Duration::from_secs(30)).await?;
     let answer = second.call(Method::GET, &format!("/v1/grants/{grant}"), None).await?;
     ensure!(answer.status == StatusCode::OK && answer.body["instance_id"] == instance_id.as_str(), "{answer:?}");
@@ -415,9 +419,45 @@ async fn serve_drains_on_sigterm_and_the_next_process_finishes_the_grant() -> an
     ensure!(cpu_seconds == 2 * seconds, "billed {cpu_seconds} cpu seconds for {seconds} s: {state}");
     let status = second.call(Method::GET, "/v1/status", None).await?;
     ensure!(status.body["live_grants"].as_array().is_some_and(Vec::is_empty), "{status:?}");
+
+    // Given a second grant in flight, 4 s before its valid_from, when SIGTERM comes: the drain
+    // of 1 s runs out first. Then its POST is refused retryably and the process exits 0.
+    let now = tick(epoch, wall_clock_unix_ms());
+    let (from, to) = (now + 4, now + 12);
+    let again = format!("{salt}{}", "03".repeat(26));
+    let posted = tokio::spawn({
+        let (socket, body) = (socket.clone(), grant_body(&again, from, to));
+        async move { call(&socket, Method::POST, "/v1/grants", Some(body)).await }
+    });
+    let waited = Instant::now();
+    while second.call(Method::GET, "/v1/status", None).await?.body["in_flight"] != 1 {
+        ensure!(waited.elapsed() < Duration::from_secs(3), "the second grant never was in flight:\n{}", second.logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     second.signal("TERM")?;
-    let status = second.exited(Duration::from_secs(25)).await?;
+    let answer = posted.await??;
+    ensure!(answer.status == StatusCode::SERVICE_UNAVAILABLE, "a provision cut short: {answer:?}\n{}", second.logs());
+    ensure!(answer.retry_after.is_some() && answer.body["retryable"] == true, "{answer:?}");
+    let status = second.exited(Duration::from_secs(10)).await?;
     ensure!(status.code() == Some(0), "the second process exited {status}:\n{}", second.logs());
+    ensure!(
+        second.logs().contains("cut_short=1"),
+        "the drain did not say it cut a provision short:\n{}",
+        second.logs()
+    );
+
+    // When a third process is sent that grant again, it provisions it anew; DELETE ends it.
+    let mut third = Serve::start(&binary, &config, &socket, &dir.join("third.log"))?;
+    third.phase("admitting", Duration::from_secs(30)).await?;
+    let answer = third.call(Method::POST, "/v1/grants", Some(grant_body(&again, from, to))).await?;
+    ensure!(answer.status == StatusCode::CREATED, "the grant sent again: {answer:?}\n{}", third.logs());
+    let answer = third.call(Method::DELETE, &format!("/v1/grants/{again}"), None).await?;
+    ensure!(answer.status == StatusCode::OK && answer.body["settled"] == true, "DELETE: {answer:?}\n{}", third.logs());
+    let answer = third.call(Method::DELETE, &format!("/v1/grants/{again}"), None).await?;
+    ensure!(answer.status == StatusCode::OK, "a second DELETE: {answer:?}");
+    third.signal("TERM")?;
+    let status = third.exited(Duration::from_secs(25)).await?;
+    ensure!(status.code() == Some(0), "the third process exited {status}:\n{}", third.logs());
     nothing_left(&cfg).await?;
     eprintln!(
         "process drain test passed in {:.1} s (SIGTERM to exit 0 in {:.1} s)",

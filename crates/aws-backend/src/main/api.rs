@@ -20,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use backend_api::{AlmanacTick, Backend, BackendError, Clock, GrantId, ProvisionedInstance, RegionLabel, Secret};
 use serde_json::{Value, json};
+use tokio::sync::watch;
 use usage_ledger::{GrantState, NetworkStatus};
 
 use crate::grants::GrantLine;
@@ -42,11 +43,35 @@ pub(crate) struct Api {
     /// Grants this process watches to their deadline, so that a grant sent twice is watched
     /// once.
     watched: Arc<Mutex<BTreeSet<GrantId>>>,
+    /// True once the bridge's run has ended: a request still waiting is answered then.
+    stopping: watch::Receiver<bool>,
 }
 
 impl Api {
-    pub(crate) fn new(bridge: Bridge, cfg: &AwsBootConfig, clock: Arc<dyn Clock>) -> Self {
-        Self { bridge, almanac: cfg.almanac, clock, watched: Arc::default() }
+    pub(crate) fn new(
+        bridge: Bridge,
+        cfg: &AwsBootConfig,
+        clock: Arc<dyn Clock>,
+        stopping: watch::Receiver<bool>,
+    ) -> Self {
+        Self { bridge, almanac: cfg.almanac, clock, watched: Arc::default(), stopping }
+    }
+
+    /// Waits for `work`'s answer; if the bridge stops first (a drain whose time ran out), a
+    /// retryable refusal: the work dies with the process, and the next process's recovery
+    /// finishes or rolls back what it started.
+    async fn answer<T>(&self, work: tokio::task::JoinHandle<T>, what: &str) -> Result<T, Problem> {
+        let mut stopping = self.stopping.clone();
+        tokio::select! {
+            joined = work => joined.map_err(|err| Problem::internal(format!("the {what}'s task failed: {err}"))),
+            _ = stopping.wait_for(|stop| *stop) => Err(Problem::retryable(
+                format!(
+                    "this bridge stopped before the {what} finished (its drain_s ran out): send the call again, to this \
+                     bridge once it is back (its recovery finishes or rolls back what was started) or to another"
+                ),
+                RETRY_AFTER_S,
+            )),
+        }
     }
 
     fn backend(&self) -> Result<AwsBackend, Problem> {
@@ -139,10 +164,10 @@ async fn post_grant(State(api): State<Api>, body: Bytes) -> Response {
             provisioned.map(|instance| instance_json(&instance, line.valid_to))
         }
     });
-    match work.await {
+    match api.answer(work, "provision").await {
         Ok(Ok(body)) => (if existed { StatusCode::OK } else { StatusCode::CREATED }, axum::Json(body)).into_response(),
         Ok(Err(err)) => Problem::of(&err).into_response(),
-        Err(err) => Problem::internal(format!("the provision's task failed: {err}")).into_response(),
+        Err(problem) => problem.into_response(),
     }
 }
 
@@ -194,13 +219,13 @@ async fn delete_grant(State(api): State<Api>, Path(id): Path<String>) -> Respons
         ssh_private_key: Secret::new(""),
     };
     let bridge = api.bridge.clone();
-    match tokio::spawn(async move { bridge.terminate(&instance).await }).await {
+    match api.answer(tokio::spawn(async move { bridge.terminate(&instance).await }), "teardown").await {
         Ok(Ok(())) => match backend.grant_state(&id) {
             Some(state) => axum::Json(grant_json(&id, &state)).into_response(),
             None => unknown(&id).into_response(),
         },
         Ok(Err(err)) => Problem::of(&err).into_response(),
-        Err(err) => Problem::internal(format!("the teardown's task failed: {err}")).into_response(),
+        Err(problem) => problem.into_response(),
     }
 }
 

@@ -60,8 +60,8 @@ pub(crate) async fn serve(config: &Path, socket: Option<PathBuf>, listen: Option
         }
     };
     let _signals = host::drain_on_signals(hosted.bridge.clone())?;
-    let router = api::router(Api::new(hosted.bridge.clone(), &cfg, hosted.clock.clone()));
     let (stop, stopping) = watch::channel(false);
+    let router = api::router(Api::new(hosted.bridge.clone(), &cfg, hosted.clock.clone(), stopping.clone()));
     let mut servers = tokio::task::JoinSet::new();
     tracing::info!(socket = %socket.display(), "serving the API on the Unix socket");
     servers.spawn(axum::serve(unix, router.clone()).with_graceful_shutdown(stopped(stopping.clone())).into_future());
@@ -83,10 +83,8 @@ pub(crate) async fn serve(config: &Path, socket: Option<PathBuf>, listen: Option
         tracing::warn!("connections to the API were still open after the bridge stopped: closed");
     }
     remove_socket(&socket);
+    // How it stopped is logged by the bridge (a failure with its error).
     let exit = Exit::of_stopped(&stopped);
-    if let aws_backend::bridge::Stopped::Failed(err) = &stopped {
-        eprintln!("error: {err:#}");
-    }
     tracing::info!(exit = exit.code(), "aws-backend serve stopped");
     Ok(exit)
 }

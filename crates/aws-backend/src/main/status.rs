@@ -61,9 +61,8 @@ pub(crate) fn print_live_grants(
     let now = wall_clock_unix_ms().unwrap_or(0);
     if grants.values().any(|s| !s.is_settled() && s.valid_to_unix_ms().saturating_add(grace_ms) < now) {
         tracing::warn!(
-            "some live grants are past their deadline and its grace: if no `aws-backend run` is running, start one \
-             (an empty grants file will do), whose recovery ends them, or run `aws-backend reap`, which tears down \
-             overdue grants"
+            "some live grants are past their deadline and its grace: if no `aws-backend serve` is running, start it, \
+             whose recovery ends them, or run `aws-backend reap`, which tears down overdue grants"
         );
     }
     Ok(())
