@@ -393,6 +393,9 @@ async fn serve_drains_on_sigterm_and_the_next_process_finishes_the_grant() -> an
     ensure!(answer.body["ssh_host_public_key"].as_str().is_some_and(|k| k.starts_with("ssh-ed25519")), "{answer:?}");
     let status = first.exited(Duration::from_secs(25)).await?;
     ensure!(status.code() == Some(0), "the drained process exited {status}:\n{}", first.logs());
+    let private_key = answer.body["ssh_private_key"].as_str().context("a private key")?.to_string();
+    let key_body = private_key.lines().nth(1).context("a key body")?;
+    ensure!(!first.logs().contains(key_body), "the private key reached the log");
     ensure!(!socket.exists(), "the drained process left its socket");
     let drained_in = waited.elapsed();
 
@@ -467,10 +470,13 @@ async fn serve_drains_on_sigterm_and_the_next_process_finishes_the_grant() -> an
     Ok(())
 }
 
-/// Group mode (DynamoDB on moto): two `serve` processes share a ledger under the group's
-/// lease. The standby refuses grants (503, `Retry-After`); the holder provisions one and is
-/// killed (SIGKILL, no drain, no release); the standby takes the lease over once it expires,
-/// and its recovery ends the grant at valid_to; nothing is left.
+/// Group mode (DynamoDB on moto): `serve` processes share a ledger under the group's lease.
+/// The standby refuses grants (503, `Retry-After`); the holder provisions one and is killed
+/// (SIGKILL: no drain, no release); the standby takes the lease over once it expires and
+/// recovers the grant. That new holder is then paused (SIGSTOP) past its lease while a third
+/// process stands by: the third takes over, and the paused one, let go (SIGCONT), finds its
+/// lease lost and exits 3 without acting. The third ends the grant at valid_to; nothing is
+/// left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_serve_takes_over_when_the_holder_is_killed() -> anyhow::Result<()> {
     let test = "a_standby_serve_takes_over_when_the_holder_is_killed";
@@ -497,40 +503,56 @@ async fn a_standby_serve_takes_over_when_the_holder_is_killed() -> anyhow::Resul
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(epoch));
     DynamoLeases::connect(&cfg, &shared, clock).await.table().create().await.context("creating the table")?;
 
-    let mut holder = Serve::start(&binary, &config, &dir.join("a.sock"), &dir.join("a.log"))?;
-    holder.phase("admitting", Duration::from_secs(30)).await?;
-    let mut standby = Serve::start(&binary, &config, &dir.join("b.sock"), &dir.join("b.log"))?;
-    standby.phase("standing-by", Duration::from_secs(30)).await?;
+    let mut first = Serve::start(&binary, &config, &dir.join("a.sock"), &dir.join("a.log"))?;
+    first.phase("admitting", Duration::from_secs(30)).await?;
+    let mut second = Serve::start(&binary, &config, &dir.join("b.sock"), &dir.join("b.log"))?;
+    second.phase("standing-by", Duration::from_secs(30)).await?;
 
     let now = tick(epoch, wall_clock_unix_ms());
-    let to = now + 16;
+    let to = now + 24;
     let valid_to_unix_ms = epoch + to * 1_000;
     let grant = format!("{salt}{}", "01".repeat(26));
-    let answer = standby.call(Method::POST, "/v1/grants", Some(grant_body(&grant, now, to))).await?;
+    let answer = second.call(Method::POST, "/v1/grants", Some(grant_body(&grant, now, to))).await?;
     ensure!(answer.status == StatusCode::SERVICE_UNAVAILABLE && answer.retry_after.is_some(), "{answer:?}");
-    let answer = holder.call(Method::POST, "/v1/grants", Some(grant_body(&grant, now, to))).await?;
-    ensure!(answer.status == StatusCode::CREATED, "the holder's provision: {answer:?}\n{}", holder.logs());
+    let answer = first.call(Method::POST, "/v1/grants", Some(grant_body(&grant, now, to))).await?;
+    ensure!(answer.status == StatusCode::CREATED, "the holder's provision: {answer:?}\n{}", first.logs());
 
     // When the holder is killed: no drain, the lease is not released.
-    holder.signal("KILL")?;
+    first.signal("KILL")?;
     let killed_at = Instant::now();
-    let status = holder.exited(Duration::from_secs(5)).await?;
+    let status = first.exited(Duration::from_secs(5)).await?;
     ensure!(status.code().is_none(), "SIGKILL should end the holder by the signal: {status}");
+    // Then the standby takes over once the lease expires, and recovers the grant.
+    second.phase("admitting", Duration::from_secs(20)).await?;
+    let first_takeover = killed_at.elapsed();
+    let answer = second.call(Method::GET, &format!("/v1/grants/{grant}"), None).await?;
+    ensure!(answer.status == StatusCode::OK && answer.body["settled"] == false, "{answer:?}");
 
-    // Then the standby takes over once the lease expires, and ends the grant at valid_to.
-    standby.phase("admitting", Duration::from_secs(20)).await?;
-    let takeover = killed_at.elapsed();
-    let state = settled(&standby, &grant, Duration::from_secs(40)).await?;
+    // When the new holder is paused past its lease while a third process stands by.
+    let mut third = Serve::start(&binary, &config, &dir.join("c.sock"), &dir.join("c.log"))?;
+    third.phase("standing-by", Duration::from_secs(30)).await?;
+    second.signal("STOP")?;
+    let paused_at = Instant::now();
+    // Then the third takes over; the paused one, let go, finds its lease lost and exits 3.
+    third.phase("admitting", Duration::from_secs(20)).await?;
+    let second_takeover = paused_at.elapsed();
+    second.signal("CONT")?;
+    let status = second.exited(Duration::from_secs(15)).await?;
+    ensure!(status.code() == Some(3), "the paused holder exited {status}, not 3 (lease lost):\n{}", second.logs());
+
+    // And the third ends the grant at valid_to.
+    let state = settled(&third, &grant, Duration::from_secs(40)).await?;
     let settled_at = wall_clock_unix_ms();
     ensure!(settled_at >= valid_to_unix_ms, "settled at {settled_at}, before valid_to {valid_to_unix_ms}: {state}");
-    standby.signal("INT")?;
-    let status = standby.exited(Duration::from_secs(25)).await?;
-    ensure!(status.code() == Some(0), "the standby exited {status}:\n{}", standby.logs());
+    third.signal("INT")?;
+    let status = third.exited(Duration::from_secs(25)).await?;
+    ensure!(status.code() == Some(0), "the last holder exited {status}:\n{}", third.logs());
     nothing_left(&cfg).await?;
     eprintln!(
-        "process group test passed in {:.1} s (takeover {:.1} s after SIGKILL, lease 6 s)",
+        "process group test passed in {:.1} s (lease 6 s; takeover {:.1} s after SIGKILL, {:.1} s after SIGSTOP)",
         started.elapsed().as_secs_f64(),
-        takeover.as_secs_f64()
+        first_takeover.as_secs_f64(),
+        second_takeover.as_secs_f64()
     );
     Ok(())
 }
