@@ -417,7 +417,77 @@ impl IntoResponse for Problem {
 
 #[cfg(test)]
 mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use backend_api::TokioClock;
+    use tower::ServiceExt as _;
+
     use super::*;
+
+    /// The router over a bridge that has not started (it is `starting`, with no backend).
+    fn starting() -> (Router, watch::Sender<bool>) {
+        let cfg = AwsBootConfig::from_toml(
+            r#"
+            regions = ["us-east-1"]
+            instance_families = ["m6i"]
+            owner = "unit"
+            ami = { us-east-1 = "ami-12345678" }
+            ledger_path = "/nonexistent/ledger"
+            almanac = { epoch_unix_ms = 0, tick_ms = 1000 }
+            guest = { content_store_url = "http://127.0.0.1:9/blobs/{hash}" }
+            "#,
+        )
+        .expect("a valid config");
+        let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(1_800_000_000_000));
+        let (stop, stopping) = watch::channel(false);
+        (router(Api::new(Bridge::new(clock.clone()), &cfg, clock, stopping)), stop)
+    }
+
+    async fn call(router: &Router, method: &str, uri: &str, body: &str) -> (StatusCode, Option<String>, Value) {
+        let request = Request::builder().method(method).uri(uri).body(Body::from(body.to_string())).expect("a request");
+        let response = router.clone().oneshot(request).await.expect("an answer");
+        let status = response.status();
+        let retry_after = response.headers().get(header::RETRY_AFTER).map(|v| v.to_str().expect("ascii").to_string());
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.expect("a body");
+        (status, retry_after, serde_json::from_slice(&bytes).expect("JSON"))
+    }
+
+    fn grant(valid_from: u64, valid_to: u64) -> String {
+        format!(
+            r#"{{"id":"{}","cpu_millicores":1000,"ram_mib":1024,"storage_gib":8,"tdx_required":false,"image_post_hash":"{}","valid_from":{valid_from},"valid_to":{valid_to}}}"#,
+            "ab".repeat(32),
+            "5a".repeat(32)
+        )
+    }
+
+    #[tokio::test]
+    async fn a_bridge_not_admitting_answers_503_with_retry_after_and_bad_requests_name_the_field() {
+        let (router, _stop) = starting();
+        let (status, retry_after, body) = call(&router, "POST", "/v1/grants", &grant(1, 2)).await;
+        assert_eq!((status, retry_after.as_deref()), (StatusCode::SERVICE_UNAVAILABLE, Some("5")), "{body}");
+        assert_eq!(body["retryable"], true);
+        assert!(body["message"].as_str().is_some_and(|m| m.contains("starting")), "{body}");
+
+        let (status, _, body) = call(&router, "POST", "/v1/grants", &grant(1, 2).replace("ram_mib", "ram")).await;
+        assert_eq!(
+            (status, body["error"].as_str(), body["field"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_body"), Some("ram"))
+        );
+        let (status, _, body) = call(&router, "POST", "/v1/grants", &grant(3, 2)).await;
+        assert_eq!((status, body["field"].as_str()), (StatusCode::BAD_REQUEST, Some("valid_from")), "{body}");
+        let (status, _, body) = call(&router, "GET", "/v1/grants/xyz", "").await;
+        assert_eq!((status, body["field"].as_str()), (StatusCode::BAD_REQUEST, Some("id")), "{body}");
+        let (status, retry_after, _) = call(&router, "GET", &format!("/v1/grants/{}", "ab".repeat(32)), "").await;
+        assert_eq!((status, retry_after.is_some()), (StatusCode::SERVICE_UNAVAILABLE, true));
+        let (status, _, body) = call(&router, "GET", "/v2/anything", "").await;
+        assert_eq!((status, body["error"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
+
+        let (status, _, body) = call(&router, "GET", "/v1/status", "").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!((body["phase"].as_str(), body["admitting"].as_bool()), (Some("starting"), Some(false)), "{body}");
+        assert_eq!(body["in_flight"], 0);
+        assert_eq!(body["live_grants"], json!([]));
+    }
 
     fn status_of(err: BackendError) -> (StatusCode, Option<String>, Option<u64>) {
         let problem = Problem::of(&anyhow::Error::new(err).context("provision"));
