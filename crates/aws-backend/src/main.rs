@@ -60,12 +60,14 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the bridge as a service: recover the grants the ledger shows unfinished, then take
-    /// grants over an HTTP/JSON API (POST /v1/grants, GET and DELETE /v1/grants/{id},
-    /// GET /v1/status; see docs/operations.md, "The service") on a Unix socket of mode 0600,
-    /// watch each to its deadline and terminate it there, reap every reaper_grace_ms. With
-    /// `[ledger] store = "dynamodb"`, first stands by until it holds the bridge group's ledger
-    /// lease. SIGTERM or SIGINT drains (no new grants, provisions in flight finish within
+    /// Run the bridge as a service, taking grants over an HTTP/JSON API on a Unix socket.
+    ///
+    /// Recovers the grants the ledger shows unfinished, then takes grants over an HTTP/JSON
+    /// API (POST /v1/grants, GET and DELETE /v1/grants/{id}, GET /v1/status; see
+    /// docs/operations.md, "The service") on a Unix socket of mode 0600, watches each to its
+    /// deadline and terminates it there, and reaps every reaper_grace_ms (at least a minute).
+    /// With `[ledger] store = "dynamodb"`, first stands by until it holds the bridge group's
+    /// ledger lease. SIGTERM or SIGINT drains (no new grants, provisions in flight finish within
     /// drain_s, the lease is released) and exits 0; a second one exits 5 at once; SIGHUP is
     /// ignored. Exit codes: 0 drained, 1 failure, 2 configuration, 3 lease lost, 4 ledger
     /// unusable, 5 interrupted.
@@ -84,16 +86,18 @@ enum Command {
         #[arg(long, value_name = "ADDR")]
         listen: Option<std::net::SocketAddr>,
     },
-    /// Send each grant of a file through the bridge (which first resumes, in the background,
-    /// the grants the ledger shows unfinished), watch it to its deadline, tear it down, and
-    /// print its usage as one JSON line per grant on stdout. Returns once the file's grants and
+    /// Send the grants of a file through the bridge, and print each one's usage.
+    ///
+    /// Sends each grant of a file through the bridge (which first resumes, in the background,
+    /// the grants the ledger shows unfinished), watches it to its deadline, tears it down, and
+    /// prints its usage as one JSON line per grant on stdout. Returns once the file's grants and
     /// the resumed ones have all ended and, unless --no-wait-network, the final network
-    /// measurements have been taken (at most network_final_after_s + 300 s). With
-    /// `[ledger] store = "dynamodb"`, first stands by until it holds the bridge group's ledger
-    /// lease. SIGTERM or SIGINT drains as `serve` does and leaves the unfinished grants to the
-    /// next process. Exit codes: 0 all grants ended well, 1 a grant failed or recovery left
-    /// one unfinished, 2 configuration or grants file, 3 lease lost, 4 ledger unusable,
-    /// 5 interrupted.
+    /// measurements have been taken (at most network_final_after_s + 300 s). A batch: a
+    /// supervisor should run `serve`, not this. With `[ledger] store = "dynamodb"`, first
+    /// stands by until it holds the bridge group's ledger lease. SIGTERM or SIGINT drains as
+    /// `serve` does and leaves the unfinished grants to the next process. Exit codes: 0 all
+    /// grants ended well, 1 a grant failed or recovery left one unfinished, 2 configuration or
+    /// grants file, 3 lease lost, 4 ledger unusable, 5 interrupted.
     Run {
         /// The backend configuration (TOML).
         #[arg(long, value_name = "FILE")]
@@ -108,6 +112,8 @@ enum Command {
         #[arg(long)]
         no_wait_network: bool,
     },
+    /// One reaper pass: list, and remove, what carries our owner tag but no live grant owns.
+    ///
     /// One reaper pass over every allowed region: list each resource carrying our owner tag that
     /// no live grant owns (older than `reaper_grace_ms`) as a JSON line, remove it unless
     /// `--dry-run`, end live grants past their deadline, and print a summary line. Takes the
@@ -121,7 +127,9 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Print each grant the ledger shows still holding resources: phase, resources and the
+    /// Print the grants the ledger shows still holding resources.
+    ///
+    /// Prints each grant the ledger shows still holding resources: phase, resources and the
     /// usage recorded so far, one JSON line per grant. Reads the ledger without locking it, so
     /// it works while `serve` or `run` is running. In DynamoDB, a first line says who holds the
     /// lease.
