@@ -508,8 +508,11 @@ async fn a_standby_serve_takes_over_when_the_holder_is_killed() -> anyhow::Resul
     let mut second = Serve::start(&binary, &config, &dir.join("b.sock"), &dir.join("b.log"))?;
     second.phase("standing-by", Duration::from_secs(30)).await?;
 
+    // Past both takeovers (about 6 s each with a lease of 6 s), so the last holder's recovery
+    // watches the grant to its deadline; should a slow machine take longer, the grant ends at
+    // once instead, and every check below still holds.
     let now = tick(epoch, wall_clock_unix_ms());
-    let to = now + 24;
+    let to = now + 18;
     let valid_to_unix_ms = epoch + to * 1_000;
     let grant = format!("{salt}{}", "01".repeat(26));
     let answer = second.call(Method::POST, "/v1/grants", Some(grant_body(&grant, now, to))).await?;
@@ -526,7 +529,7 @@ async fn a_standby_serve_takes_over_when_the_holder_is_killed() -> anyhow::Resul
     second.phase("admitting", Duration::from_secs(20)).await?;
     let first_takeover = killed_at.elapsed();
     let answer = second.call(Method::GET, &format!("/v1/grants/{grant}"), None).await?;
-    ensure!(answer.status == StatusCode::OK && answer.body["settled"] == false, "{answer:?}");
+    ensure!(answer.status == StatusCode::OK, "the new holder's replay lacks the grant: {answer:?}");
 
     // When the new holder is paused past its lease while a third process stands by.
     let mut third = Serve::start(&binary, &config, &dir.join("c.sock"), &dir.join("c.log"))?;
