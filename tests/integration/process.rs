@@ -318,6 +318,63 @@ async fn serve_exits_2_on_a_bad_config_and_4_on_an_unusable_ledger() -> anyhow::
     Ok(())
 }
 
+/// `run` is a client of the same runtime: a malformed grants file exits 2, naming its line; a
+/// grant of the file is provisioned, ended at valid_to and printed with its usage, and the
+/// process exits 0 (with `--no-wait-network`: moto's CloudWatch never gives the final figure,
+/// which the log says it leaves to the next process).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_prints_each_grants_usage_and_exits_0_and_2_for_a_bad_file() -> anyhow::Result<()> {
+    let test = "run_prints_each_grants_usage_and_exits_0_and_2_for_a_bad_file";
+    let Some(endpoint) = moto_endpoint(test) else { return Ok(()) };
+    let Some(binary) = binary(test) else { return Ok(()) };
+    let started = Instant::now();
+    let scratch = Scratch::new("run");
+    let dir = &scratch.0;
+    let salt = hex(&rand::random::<[u8; 6]>());
+    let epoch = wall_clock_unix_ms();
+    let ledger = format!("ledger_path = \"{}\"", dir.join("aws.ledger").display());
+    let text = config_text(&endpoint, &format!("moto-run-{salt}"), epoch, &ledger);
+    let config = dir.join("config.toml");
+    std::fs::write(&config, &text)?;
+    let run = move |grants: &Path| {
+        Command::new(&binary)
+            .args(["run", "--no-wait-network", "--config"])
+            .arg(&config)
+            .arg("--grants")
+            .arg(grants)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .output()
+    };
+
+    let bad = dir.join("bad.jsonl");
+    std::fs::write(&bad, format!("{}\n{{\"id\": 1}}\n", grant_body(&format!("{salt}{}", "00".repeat(26)), 0, 1)))?;
+    let out = tokio::task::spawn_blocking({
+        let run = run.clone();
+        move || run(&bad)
+    })
+    .await??;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.code() == Some(2), "a bad grants file exited {}: {stderr}", out.status);
+    ensure!(stderr.contains("line 2"), "the error does not name the line: {stderr}");
+
+    let now = tick(epoch, wall_clock_unix_ms());
+    let grant = format!("{salt}{}", "01".repeat(26));
+    let grants = dir.join("grants.jsonl");
+    std::fs::write(&grants, format!("{}\n", grant_body(&grant, now, now + 4)))?;
+    let out = tokio::task::spawn_blocking(move || run(&grants)).await??;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.code() == Some(0), "run exited {}: {stderr}", out.status);
+    let stdout = String::from_utf8(out.stdout)?;
+    let lines: Vec<Value> = stdout.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    ensure!(lines.len() == 1 && lines[0]["grant"] == grant.as_str(), "stdout: {stdout}");
+    ensure!(lines[0]["usage"]["cpu_seconds"].as_u64().is_some_and(|s| s > 0), "stdout: {stdout}");
+    ensure!(stderr.contains("--no-wait-network: leaving the final network measurements"), "{stderr}");
+    nothing_left(&AwsBootConfig::from_toml(&text)?).await?;
+    eprintln!("process run test passed in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
 /// `serve` with a file ledger: a grant sent through the socket is in flight (waiting for its
 /// valid_from) when SIGTERM comes; the drain refuses a new grant with 503 and `Retry-After`,
 /// lets the one in flight finish and exits 0. Started again on the same ledger (with a drain of
