@@ -145,9 +145,9 @@ pub(crate) fn router(api: Api) -> Router {
 /// instance, its host key and the requester's private key; 200 with the same when the grant
 /// was already provisioned and live (the call resumes it).
 async fn post_grant(State(api): State<Api>, body: Bytes) -> Response {
-    let line: GrantLine = match serde_json::from_slice(&body) {
+    let line = match parse_grant(&body) {
         Ok(line) => line,
-        Err(err) => return Problem::body(&err).into_response(),
+        Err(problem) => return problem.into_response(),
     };
     if let Err(why) = line.check() {
         return Problem::new(StatusCode::BAD_REQUEST, "invalid_input", Some("valid_from"), why).into_response();
@@ -300,6 +300,15 @@ fn grant_json(id: &GrantId, state: &GrantState) -> Value {
     })
 }
 
+/// The grant of a POST body; a refusal naming the field when it is not one.
+fn parse_grant(body: &[u8]) -> Result<GrantLine, Problem> {
+    let mut json = serde_json::Deserializer::from_slice(body);
+    match serde_path_to_error::deserialize::<_, GrantLine>(&mut json) {
+        Ok(line) => json.end().map(|()| line).map_err(|err| Problem::body(".", &err)),
+        Err(err) => Problem::body(&err.path().to_string(), err.inner()).into_err(),
+    }
+}
+
 fn grant_id(text: &str) -> Result<GrantId, Problem> {
     serde_json::from_value(Value::String(text.to_string())).map_err(|err| {
         Problem::new(
@@ -347,15 +356,24 @@ impl Problem {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", None, message)
     }
 
+    fn into_err<T>(self) -> Result<T, Self> {
+        Err(self)
+    }
+
     fn with_status(self, status: StatusCode) -> Self {
         Self { status, ..self }
     }
 
-    /// A body that is not a grant: serde names the field (a missing or unknown one, or the one
-    /// of the wrong type).
-    fn body(err: &serde_json::Error) -> Self {
+    /// A body that is not a grant: the field at `path` has the wrong type or value, or, at the
+    /// top (`.`), serde's message names a missing or unknown field.
+    fn body(path: &str, err: &serde_json::Error) -> Self {
         let message = err.to_string();
-        let field = message.split('`').nth(1).map(str::to_string);
+        let field = if path == "." {
+            let named = message.starts_with("missing field") || message.starts_with("unknown field");
+            named.then(|| message.split('`').nth(1).map(str::to_string)).flatten()
+        } else {
+            Some(path.to_string())
+        };
         Self {
             field,
             ..Self::new(
@@ -520,13 +538,26 @@ mod tests {
 
     #[test]
     fn a_body_that_is_not_a_grant_names_the_field() {
-        let body = format!(r#"{{"id":"{}"}}"#, "ab".repeat(32));
-        let err = serde_json::from_str::<GrantLine>(&body).expect_err("not a grant");
-        let problem = Problem::body(&err);
+        let problem = parse_grant(format!(r#"{{"id":"{}"}}"#, "ab".repeat(32)).as_bytes()).expect_err("not a grant");
         assert_eq!(problem.status, StatusCode::BAD_REQUEST);
         assert_eq!(problem.field.as_deref(), Some("cpu_millicores"), "{problem:?}");
         assert!(problem.message.contains("docs/grants-format.md"), "{problem:?}");
-        let err = serde_json::from_str::<GrantLine>(r#"{"cpu":1}"#).expect_err("unknown field");
-        assert_eq!(Problem::body(&err).field.as_deref(), Some("cpu"));
+        let problem = parse_grant(br#"{"cpu":1}"#).expect_err("unknown field");
+        assert_eq!(problem.field.as_deref(), Some("cpu"));
+        let problem = parse_grant(br#"{"id":1}"#).expect_err("an id of the wrong type");
+        assert_eq!(problem.field.as_deref(), Some("id"), "{problem:?}");
+        let problem = parse_grant(format!(r#"{{"ram_mib":-1,"id":"{}"}}"#, "ab".repeat(32)).as_bytes())
+            .expect_err("a negative size");
+        assert_eq!(problem.field.as_deref(), Some("ram_mib"), "{problem:?}");
+        let problem = parse_grant(br#""a grant""#).expect_err("not an object");
+        assert_eq!(problem.field, None, "{problem:?}");
+        let good = format!(
+            r#"{{"id":"{}","cpu_millicores":1,"ram_mib":1,"storage_gib":1,"tdx_required":false,"image_post_hash":"{}","valid_from":1,"valid_to":2}}"#,
+            "ab".repeat(32),
+            "5a".repeat(32)
+        );
+        assert!(parse_grant(good.as_bytes()).is_ok());
+        let problem = parse_grant(format!("{good} {{}}").as_bytes()).expect_err("trailing characters");
+        assert_eq!(problem.status, StatusCode::BAD_REQUEST);
     }
 }
