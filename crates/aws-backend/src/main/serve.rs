@@ -37,10 +37,15 @@ pub(crate) async fn serve(config: &Path, socket: Option<PathBuf>, listen: Option
     let unix = bind_private(&socket).with_context(|| format!("binding the API socket {}", socket.display()))?;
     let tcp = match listen {
         Some(addr) => {
-            let listener = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding --listen {addr}: give a free local address"))
-                .context(Exit::Config)?;
+            let listener = match TcpListener::bind(addr).await {
+                Ok(listener) => listener,
+                Err(err) => {
+                    remove_socket(&socket);
+                    return Err(anyhow::Error::new(err)
+                        .context(format!("binding --listen {addr}: give a free local address"))
+                        .context(Exit::Config));
+                }
+            };
             if !addr.ip().is_loopback() {
                 tracing::warn!(
                     %addr,
