@@ -15,6 +15,7 @@ mod ledger_dynamodb;
 mod moto;
 mod placement;
 mod preflight;
+mod process;
 mod recovery;
 mod scenarios;
 mod selftest;

@@ -78,6 +78,10 @@ pub fn run(args: CiArgs) -> anyhow::Result<()> {
         ("PROPTEST_RNG_SEED", &proptest_seed),
     ];
     steps.run("test build", "cargo", &["test", "--workspace", "--all-targets", "--no-run"], &[])?;
+    // `cargo test` builds no other package's binaries, and the process tests
+    // (tests/integration/process.rs) run the shipped `aws-backend`; with the same features as
+    // the test build, so nothing is compiled twice.
+    steps.run("binaries", "cargo", &["build", "--workspace", "--bins"], &[])?;
     steps
         .run("tests", "cargo", &["test", "--workspace", "--all-targets"], &test_env)
         .with_context(|| format!("the tests failed with PROPTEST_RNG_SEED={proptest_seed}"))?;

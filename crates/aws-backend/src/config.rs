@@ -25,7 +25,7 @@ pub use ingress::IngressCidr;
 pub use ledger::{DynamoLedger, LEASE_S_MAX, LEASE_S_MIN, LedgerConfig, LedgerStore, StoreKind};
 pub use network::NetworkConfig;
 pub use prices::PriceEntry;
-pub use validate::{ConfigError, ConfigProblem};
+pub use validate::{ConfigError, ConfigProblem, DRAIN_S_MAX};
 
 use crate::guest::GuestConfig;
 use crate::port::Architecture;
@@ -138,6 +138,11 @@ pub struct AwsBootConfig {
     /// as moto's).
     #[serde(default = "default_network_final_after_s")]
     pub network_final_after_s: u64,
+    /// How long a drain (SIGTERM, or `Bridge::drain`) waits for the provisions in flight
+    /// before the process stops, in seconds; a provision still running then is left to the next
+    /// process's recovery, as after a crash. A supervisor's stop timeout must be longer.
+    #[serde(default = "default_drain_s")]
+    pub drain_s: u64,
     /// How to map coalition ticks to time.
     pub almanac: Almanac,
     /// The usage ledger file, with the file store (the default). Required then; refused with
@@ -178,6 +183,9 @@ fn default_max_start_wait_s() -> u64 {
 }
 fn default_network_final_after_s() -> u64 {
     900
+}
+fn default_drain_s() -> u64 {
+    30
 }
 
 impl AwsBootConfig {
@@ -235,6 +243,11 @@ impl AwsBootConfig {
     /// [`AwsBootConfig::network_final_after_s`] in milliseconds.
     pub fn network_final_after_ms(&self) -> u64 {
         self.network_final_after_s.saturating_mul(1_000)
+    }
+
+    /// [`AwsBootConfig::drain_s`] in milliseconds.
+    pub fn drain_ms(&self) -> u64 {
+        self.drain_s.saturating_mul(1_000)
     }
 
     /// [`AwsBootConfig::min_lifetime_s`] in milliseconds.

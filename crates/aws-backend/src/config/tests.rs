@@ -370,3 +370,12 @@ fn a_single_problem_reads_as_before() {
     let err = refused(r#"ssh_ingress_cidrs = []"#);
     assert!(err.starts_with("config field `ssh_ingress_cidrs`: is empty"), "{err}");
 }
+
+#[test]
+fn drain_s_defaults_to_30_and_a_drain_over_an_hour_is_refused_naming_the_fix() {
+    assert_eq!(config_with("").expect("valid").drain_s, 30);
+    assert_eq!(config_with("drain_s = 0").expect("no drain is allowed").drain_ms(), 0);
+    assert_eq!(config_with("drain_s = 3600").expect("an hour is the most").drain_ms(), 3_600_000);
+    let err = refused("drain_s = 3601");
+    assert!(err.contains("`drain_s`") && err.contains("3601 s") && err.contains("use 30"), "{err}");
+}

@@ -87,6 +87,9 @@ impl Problems {
     }
 }
 
+/// The longest drain [`AwsBootConfig::drain_s`] allows: a provision takes minutes at most.
+pub const DRAIN_S_MAX: u64 = 3_600;
+
 pub(super) fn is_name(value: &str, max: usize) -> bool {
     !value.is_empty()
         && value.len() <= max
@@ -368,6 +371,16 @@ impl AwsBootConfig {
                 format!(
                     "{} s is more than a day: CloudWatch publishes within minutes; use 900",
                     self.network_final_after_s
+                ),
+            );
+        }
+        if self.drain_s > DRAIN_S_MAX {
+            problems.add(
+                "drain_s",
+                format!(
+                    "{} s is more than an hour of refusing grants before a stop; use 30 (at most {DRAIN_S_MAX}), and give \
+                     the supervisor a longer stop timeout (systemd TimeoutStopSec)",
+                    self.drain_s
                 ),
             );
         }

@@ -16,10 +16,10 @@ use crate::ledger::read_key_seed;
 use crate::wall_clock;
 
 /// The configuration cannot be used: it does not read, parse or pass the checks.
-pub(crate) const EXIT_CONFIG: u8 = 2;
+pub(crate) const EXIT_CONFIG: u8 = crate::exit::Exit::Config.code();
 /// The check ran and found something the operator must fix: `check-config --aws`, an account
 /// a run would fail in; `status`, grants past their deadline or a lease nobody holds.
-pub(crate) const EXIT_NEEDS_OPERATOR: u8 = 5;
+pub(crate) const EXIT_NEEDS_OPERATOR: u8 = crate::exit::Exit::NeedsOperator.code();
 
 /// `check-config`: prints every problem of `config`, or a summary of it and, with `aws`, of
 /// the account check.

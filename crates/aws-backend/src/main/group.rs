@@ -1,35 +1,40 @@
-//! The group mode: `run`, `status` and `reap` with a ledger shared by a bridge group
-//! (`[ledger] store = "dynamodb"`): every bridge of the group runs `aws-backend run`; one holds
-//! the group's lease and acts, the others stand by in `wait_for_lease` until it stops renewing,
-//! then one of them replays the table, recovers what the last holder left and carries on (see
-//! `aws_backend::standby` and docs/operations.md, "Running a standby"). The holder renews from
-//! the moment it acquires: through its replay, its start-up and its work.
+//! The group mode (`[ledger] store = "dynamodb"`): what `serve` and `run` hand the bridge
+//! runtime to stand by for the group's lease ([`ledgers`]), and `status` and `reap` with the
+//! group's table. Every bridge of the group runs `aws-backend serve`; one holds the group's
+//! lease and acts, the others stand by until it stops renewing or releases it, then one of
+//! them replays the table, recovers what the last holder left and carries on (see
+//! `aws_backend::bridge`, `aws_backend::standby` and docs/operations.md, "Running a standby").
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, anyhow, bail};
+use aws_backend::bridge::Ledgers;
 use aws_backend::sdk::DynamoLeases;
-use aws_backend::standby::{Holding, LeaseTable, LeaseTimes, renewing, replay_under, wait_for_lease};
+use aws_backend::standby::{Holding, LeaseTable, LeaseTimes, renewing, replay_under};
 use aws_backend::{AwsBackend, AwsBootConfig, DynStore, DynamoLedger, ReapReport};
 use backend_api::{Clock, Secret};
 use serde_json::json;
 use usage_ledger::{Lease, LeaseError, LeaseInfo};
 
+use crate::exit::Exit;
 use crate::ledger::{RefuseAppends, read_key_seed};
-use crate::run::{GrantLine, run_grants};
 use crate::status::print_live_grants;
 use crate::{open_backend, wall_clock};
 
-/// `run`: stands by until this process holds the group's lease, then recovers and runs the
-/// grants as `run` does with a file, renewing the lease meanwhile. Fails, naming why, when the
-/// lease is lost (the process should be started again, as a standby).
-pub(crate) async fn run(cfg: &AwsBootConfig, ledger: &DynamoLedger, grants: Vec<GrantLine>) -> anyhow::Result<bool> {
+/// What `run` and `serve` need to stand by for the group's lease: the lease table (whose
+/// ledger the bridge replays once it holds the lease), this process's name as a holder, the
+/// lease's timings, and the group's key seed. The bridge runtime does the rest (see
+/// `crate::host`).
+pub(crate) async fn ledgers(
+    cfg: &AwsBootConfig,
+    ledger: &DynamoLedger,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<(Ledgers, Secret)> {
     // Read before standing by: a bridge without the group's seed must not wait for hours and
     // then fail.
     let key_seed = shared_key_seed(ledger)?;
-    let clock = wall_clock()?;
     let leases = DynamoLeases::connect(cfg, ledger, clock.clone()).await;
     let times = LeaseTimes::for_duration(ledger.lease_ms);
     let holder = holder_name(clock.now_unix_ms());
@@ -40,15 +45,7 @@ pub(crate) async fn run(cfg: &AwsBootConfig, ledger: &DynamoLedger, grants: Vec<
         lease_ms = ledger.lease_ms,
         "asking for the ledger lease of the bridge group; standing by while another bridge holds it"
     );
-    let holding = wait_for_lease(&leases, &holder, &times, clock.as_ref()).await?;
-    tracing::info!(
-        group = %ledger.group,
-        epoch = holding.lease.epoch,
-        records = holding.ledger.record_count(),
-        "holding the ledger lease: the ledger is replayed, recovering and running grants"
-    );
-    let (backend, lease) = start_holding(cfg, &leases, clock.clone(), holding, key_seed, &times).await?;
-    hold_while(&backend, &leases, lease, &times, run_grants(&backend, clock, grants)).await
+    Ok((Ledgers::Group { table: Arc::new(leases), holder, times }, key_seed))
 }
 
 /// `reap` (see [`crate::reap::reap`]): a dry run reads the table without the lease; a real pass
@@ -157,6 +154,7 @@ fn lost(lease: &Lease, why: &str) -> anyhow::Error {
         lease.group,
         lease.epoch
     )
+    .context(Exit::LeaseLost)
 }
 
 /// Runs `work` while renewing `lease`. When `work` ends, the backend's own tasks stop and the
@@ -209,6 +207,7 @@ fn shared_key_seed(ledger: &DynamoLedger) -> anyhow::Result<Secret> {
     let path = &ledger.key_seed_path;
     read_key_seed(path).map_err(|err| {
         if err.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
+            // The operator's to fix on this machine: restarting cannot help.
             anyhow!(
                 "key seed file {} (ledger.key_seed_path) does not exist: every bridge of group {} needs the same seed, so \
                  copy it from another bridge of the group; for a new group, create it once (umask 077; openssl rand -hex \
@@ -217,8 +216,9 @@ fn shared_key_seed(ledger: &DynamoLedger) -> anyhow::Result<Secret> {
                 ledger.group,
                 path.display()
             )
+            .context(Exit::Config)
         } else {
-            err
+            err.context(Exit::LedgerUnusable)
         }
     })
 }
@@ -239,7 +239,7 @@ fn holder_name(started_unix_ms: u64) -> String {
 fn holder_name_of(host: &str, pid: u32, started_unix_ms: u64) -> String {
     let host: String = host.chars().filter(|c| !c.is_control() && !c.is_whitespace()).take(64).collect();
     let host = if host.is_empty() { "unknown-host".to_string() } else { host };
-    format!("{host}/pid-{pid}/{started_unix_ms}")
+    format!("{host}/pid-{pid}/{started_unix_ms}/aws-backend-{}", aws_backend::version())
 }
 
 fn ledger_label(ledger: &DynamoLedger) -> String {
@@ -257,13 +257,13 @@ mod tests {
     #[test]
     fn a_holder_name_is_unique_per_process_and_usable_as_a_lease_name() {
         let name = holder_name_of("bridge-a.example\n", 4242, 1_800_000_000_123);
-        assert_eq!(name, "bridge-a.example/pid-4242/1800000000123");
+        assert_eq!(name, format!("bridge-a.example/pid-4242/1800000000123/aws-backend-{}", aws_backend::version()));
         assert!(usage_ledger::check_lease_name("holder", &name).is_ok());
         let odd = holder_name_of(&format!("my host\t{}", "x".repeat(200)), 1, 2);
         assert!(usage_ledger::check_lease_name("holder", &odd).is_ok(), "{odd}");
         assert!(odd.starts_with("myhostxx"), "{odd}");
-        assert_eq!(holder_name_of("", 7, 8), "unknown-host/pid-7/8");
-        assert!(holder_name(1).ends_with(&format!("/pid-{}/1", std::process::id())));
+        assert!(holder_name_of("", 7, 8).starts_with("unknown-host/pid-7/8/aws-backend-0."));
+        assert!(holder_name(1).contains(&format!("/pid-{}/1/", std::process::id())));
     }
 
     #[test]

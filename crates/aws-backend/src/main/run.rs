@@ -1,150 +1,67 @@
 //! `run`: every grant of a grants file provisioned, watched to its deadline and torn down, one
-//! JSON line of usage each, beside the recovery of the grants a previous process left and the
-//! periodic reaper. The group mode ([`crate::group::run`]) runs the same work under the lease.
+//! JSON line of usage each. `run` is a client of the bridge runtime (`crate::host`), which
+//! recovers the grants a previous process left, reaps, keeps the group's lease and drains;
+//! `run` only sends the file's grants through it, as compute-bridge would, then waits for
+//! recovery and for the final network measurements, and drains it.
 
+use std::future::Future;
 use std::io::Write as _;
 use std::path::Path;
-use std::sync::Arc;
 
-use anyhow::{Context, ensure};
-use aws_backend::{AwsBackend, AwsBootConfig, LedgerStore, RecoveryReport};
-use backend_api::{
-    AlmanacTick, Backend, Clock, ComputeGrant, ComputeManifest, Envelope, GrantId, ImageHash, RegionLabel, UsageMetrics,
-};
-use serde::Deserialize;
+use anyhow::Context;
+use aws_backend::AwsBootConfig;
+use aws_backend::bridge::{Bridge, Stopped};
+use backend_api::{Almanac, Backend, Clock, UsageMetrics};
 use serde_json::json;
 
-use crate::ledger::{key_seed, open_ledger};
-use crate::{group, open_backend, usage_json, wall_clock};
+use crate::exit::Exit;
+use crate::grants::{GrantLine, read_grants};
+use crate::host::{self, Hosted};
+use crate::usage_with_finality_json;
 
-/// One line of the grants file.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct GrantLine {
-    id: GrantId,
-    cpu_millicores: u32,
-    ram_mib: u32,
-    storage_gib: u32,
-    tdx_required: bool,
-    image_post_hash: ImageHash,
-    valid_from: AlmanacTick,
-    valid_to: AlmanacTick,
-    #[serde(default)]
-    region: Option<RegionLabel>,
-}
+/// How long, past `network_final_after_s`, `run` waits for the final network measurements
+/// before it leaves them to the next process: CloudWatch's retries (the backend's own schedule)
+/// fit in it many times over.
+const NETWORK_WAIT_SLACK_MS: u64 = 5 * 60_000;
 
-/// Reads and checks the whole grants file before anything is created: a bad line refuses the
-/// run, naming the line.
-fn read_grants(path: &Path) -> anyhow::Result<Vec<GrantLine>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading grants file {}", path.display()))?;
-    let mut grants: Vec<GrantLine> = Vec::new();
-    for (index, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let number = index + 1;
-        let grant: GrantLine = serde_json::from_str(line).with_context(|| {
-            format!("grants file {} line {number}: not a grant (see docs/grants-format.md)", path.display())
-        })?;
-        ensure!(
-            grant.valid_from <= grant.valid_to,
-            "grants file {} line {number}: valid_from {} is after valid_to {}",
-            path.display(),
-            grant.valid_from.0,
-            grant.valid_to.0
-        );
-        ensure!(
-            !grants.iter().any(|g| g.id == grant.id),
-            "grants file {} line {number}: grant {} appears twice; a grant provisions once",
-            path.display(),
-            grant.id
-        );
-        grants.push(grant);
-    }
-    Ok(grants)
-}
-
-/// Starts `recover()` in a task of its own. `recover()` lists the ledger's live grants when it is
-/// called, so this must run before this process admits any grant of its own: a grant admitted a
-/// moment earlier would be among them and, never yet seen running, be rolled back.
-fn start_recovery(backend: &AwsBackend) -> tokio::task::JoinHandle<RecoveryReport> {
-    tokio::spawn(backend.recover())
-}
-
-/// Logs what recovery did; true when it finished every grant it resumed.
-fn log_recovery(joined: Result<RecoveryReport, tokio::task::JoinError>) -> bool {
-    match joined {
-        Ok(report) if report.failed.is_empty() => {
-            if report.resumed > 0 {
-                tracing::info!(resumed = report.resumed, "recovery finished every grant the previous process left");
-            }
-            true
-        }
-        Ok(report) => {
-            for (grant, error) in &report.failed {
-                tracing::error!(%grant, %error, "recovery could not finish this grant; the next start retries it");
-            }
-            tracing::error!(
-                resumed = report.resumed,
-                failed = report.failed.len(),
-                "recovery left grants unfinished: see `aws-backend status`"
-            );
-            false
-        }
-        Err(err) => {
-            tracing::error!(error = %err, "the recovery task panicked or was cancelled");
-            false
-        }
-    }
-}
-
-/// `run`: recovery in the background, every grant of the file concurrently; true when all
-/// succeeded and recovery finished what it resumed.
-pub(crate) async fn run(config: &Path, grants_path: &Path) -> anyhow::Result<bool> {
+/// `run`: the file's grants through the bridge, concurrently; [`Exit::Done`] when all
+/// succeeded and recovery finished what it resumed, [`Exit::Failed`] otherwise, or how the
+/// bridge ended when it ended first (a signal's drain, the lease lost).
+pub(crate) async fn run(config: &Path, grants_path: &Path, wait_network: bool) -> anyhow::Result<Exit> {
     let cfg = AwsBootConfig::load(config)?;
-    // Only `run` opens anything (each grant's security group), so only `run` warns about what
-    // it would open; `reap` and `status` would repeat it to no purpose.
+    // Only `run` and `serve` open anything (each grant's security group), so only they warn
+    // about what they would open; `reap` and `status` would repeat it to no purpose.
     for warning in cfg.warnings() {
         tracing::warn!(config = %config.display(), "{warning}");
     }
-    let grants = read_grants(grants_path)?;
+    let grants = read_grants(grants_path).context(Exit::Config)?;
     if grants.is_empty() {
         tracing::info!(path = %grants_path.display(), "the grants file holds no grants: only resuming unfinished ones");
     }
-    match cfg.ledger_store() {
-        LedgerStore::File { path } => {
-            let ledger = open_ledger(&path)?;
-            let key_seed = key_seed(&path)?;
-            let clock = wall_clock()?;
-            let backend = open_backend(&cfg, clock.clone(), ledger, key_seed, None).await?;
-            run_grants(&backend, clock, grants).await
-        }
-        LedgerStore::DynamoDb(ledger) => group::run(&cfg, &ledger, grants).await,
+    let mut hosted = host::start(&cfg).await?;
+    let _signals = host::drain_on_signals(hosted.bridge.clone())?;
+    if let Err(stopped) = hosted.admitting().await {
+        return Ok(Exit::of_stopped(&stopped));
     }
-}
-
-/// The work of `run` once the backend is open: recovery in the background, every grant of the
-/// file concurrently, the periodic reaper; true when all succeeded and recovery finished what it
-/// resumed.
-pub(crate) async fn run_grants(
-    backend: &AwsBackend,
-    clock: Arc<dyn Clock>,
-    grants: Vec<GrantLine>,
-) -> anyhow::Result<bool> {
-    // Grants of a previous process are resumed alongside the new ones: a running one is watched
-    // to its deadline, anything else is torn down. `run` waits for them before it exits.
-    let recovery = start_recovery(backend);
-    let reaper = start_reaper(backend, clock.clone());
 
     let mut tasks = tokio::task::JoinSet::new();
-    for grant in grants {
-        let backend = backend.clone();
-        let clock = clock.clone();
+    for line in grants {
+        let (bridge, clock, almanac) = (hosted.bridge.clone(), hosted.clock.clone(), cfg.almanac);
         tasks.spawn(async move {
-            let id = grant.id;
-            match run_grant(&backend, clock.as_ref(), grant).await {
+            let id = line.id;
+            match run_grant(&bridge, clock.as_ref(), almanac, line).await {
                 Ok((instance_id, usage)) => {
-                    json!({ "grant": id.to_hex(), "instance_id": instance_id, "usage": usage_json(&usage) })
+                    // Printed when the grant ends: its network figure is provisional until
+                    // CloudWatch's lag has passed, and the line says so.
+                    let network = bridge
+                        .backend()
+                        .and_then(|b| b.grant_state(&id))
+                        .map_or(usage_ledger::NetworkStatus::Unknown, |s| s.network_status());
+                    json!({
+                        "grant": id.to_hex(),
+                        "instance_id": instance_id,
+                        "usage": usage_with_finality_json(&usage, network),
+                    })
                 }
                 Err(err) => {
                     tracing::error!(grant = %id.short(), error = %format!("{err:#}"), "grant failed");
@@ -154,58 +71,125 @@ pub(crate) async fn run_grants(
         });
     }
     let mut all_ok = true;
-    while let Some(joined) = tasks.join_next().await {
-        let line = joined.context("a grant's task panicked")?;
-        all_ok &= line.get("error").is_none();
-        let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "{line}").context("writing to stdout")?;
-        stdout.flush().context("writing to stdout")?;
-    }
-    let recovered = log_recovery(recovery.await);
-    reaper.abort();
-    Ok(all_ok && recovered)
-}
-
-/// The periodic reaper of `run`: one pass every `reaper_grace_ms` (at least a minute), logging
-/// what it removed. It stops when `run` ends.
-fn start_reaper(backend: &AwsBackend, clock: Arc<dyn Clock>) -> tokio::task::JoinHandle<()> {
-    let backend = backend.clone();
-    let every_ms = backend.config().reaper_grace_ms.max(60_000);
-    tokio::spawn(async move {
-        loop {
-            clock.sleep_ms(every_ms).await;
-            let report = backend.reap(false).await;
-            if report.removed > 0 || report.overdue_grants > 0 || !report.errors.is_empty() {
+    let printed = until_stopped(&mut hosted, async {
+        while let Some(joined) = tasks.join_next().await {
+            let line = joined.context("a grant's task panicked")?;
+            all_ok &= line.get("error").is_none();
+            let mut stdout = std::io::stdout().lock();
+            writeln!(stdout, "{line}").context("writing to stdout")?;
+            stdout.flush().context("writing to stdout")?;
+        }
+        anyhow::Ok(())
+    })
+    .await;
+    match printed {
+        Err(stopped) => {
+            // Drained by a signal, or the lease was lost: what the file's grants left is the
+            // next process's (its recovery), as after a crash.
+            let left = tasks.len();
+            tasks.abort_all();
+            if left > 0 {
                 tracing::warn!(
-                    found = report.found.len(),
-                    removed = report.removed,
-                    overdue_grants = report.overdue_grants,
-                    errors = ?report.errors,
-                    "periodic reaper pass"
+                    grants = left,
+                    "stopping with grants of the file unfinished: the next process recovers them"
                 );
             }
+            return Ok(Exit::of_stopped(&stopped));
         }
+        Ok(printed) => printed?,
+    }
+    let mut recovered = hosted.recovered.clone();
+    let recovered =
+        match until_stopped(&mut hosted, async { recovered.wait_for(Option::is_some).await.ok().and_then(|r| *r) })
+            .await
+        {
+            Ok(recovered) => recovered.unwrap_or(false),
+            Err(stopped) => return Ok(Exit::of_stopped(&stopped)),
+        };
+    if wait_network {
+        let bound_ms = cfg.network_final_after_ms().saturating_add(NETWORK_WAIT_SLACK_MS);
+        let backend = hosted.backend();
+        if let Err(stopped) = until_stopped(&mut hosted, wait_for_network(backend, bound_ms)).await {
+            return Ok(Exit::of_stopped(&stopped));
+        }
+    } else {
+        let pending = hosted.backend().map_or(0, |b| b.network_pending());
+        if pending > 0 {
+            tracing::info!(
+                pending,
+                "--no-wait-network: leaving the final network measurements to the next process's recovery"
+            );
+        }
+    }
+    hosted.bridge.drain();
+    let stopped = hosted.stopped().await;
+    Ok(match Exit::of_stopped(&stopped) {
+        Exit::Done if all_ok && recovered => Exit::Done,
+        Exit::Done => Exit::Failed,
+        exit => exit,
     })
 }
 
-/// One grant's life: wait for `valid_from`, provision, watch to `valid_to`, terminate. The
-/// instance is terminated even when watching fails.
-async fn run_grant(backend: &AwsBackend, clock: &dyn Clock, line: GrantLine) -> anyhow::Result<(String, UsageMetrics)> {
-    let manifest = ComputeManifest {
-        cpu_millicores: line.cpu_millicores,
-        ram_mib: line.ram_mib,
-        storage_gib: line.storage_gib,
-        tdx_required: line.tdx_required,
-        image_post_hash: line.image_post_hash,
-    };
-    let grant = ComputeGrant { id: line.id, manifest: &manifest, valid_from: line.valid_from, valid_to: line.valid_to };
-    let starts_at = backend.config().almanac.tick_to_unix_ms(line.valid_from);
+/// Runs `work` until it ends, or until the bridge's run ends first (`Err`, how).
+async fn until_stopped<T>(hosted: &mut Hosted, work: impl Future<Output = T>) -> Result<T, Stopped> {
+    tokio::select! {
+        out = work => Ok(out),
+        joined = &mut hosted.run => Err(joined.unwrap_or_else(|err| {
+            Stopped::Failed(anyhow::anyhow!("the bridge's task panicked: {err}").context(Exit::Failed))
+        })),
+    }
+}
+
+/// Waits until no network figure waits for its final measurement, for at most `bound_ms`, and
+/// says in the log what it leaves to the next process.
+async fn wait_for_network(backend: Option<aws_backend::AwsBackend>, bound_ms: u64) {
+    let Some(backend) = backend else { return };
+    let pending = backend.network_pending();
+    if pending == 0 {
+        return;
+    }
+    tracing::info!(
+        pending,
+        bound_s = bound_ms / 1_000,
+        "waiting for the final network measurements (network_final_after_s after each instance ended); \
+         --no-wait-network leaves them to the next process's recovery"
+    );
+    let started = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let pending = backend.network_pending();
+        if pending == 0 {
+            tracing::info!("every network figure is final");
+            return;
+        }
+        if started.elapsed().as_millis() >= u128::from(bound_ms) {
+            tracing::warn!(
+                pending,
+                "gave up waiting for the final network measurements: the next process's recovery takes them"
+            );
+            return;
+        }
+    }
+}
+
+/// One grant's life through the bridge: wait for `valid_from`, provision, watch to `valid_to`,
+/// terminate. The instance is terminated even when watching fails.
+async fn run_grant(
+    bridge: &Bridge,
+    clock: &dyn Clock,
+    almanac: Almanac,
+    line: GrantLine,
+) -> anyhow::Result<(String, UsageMetrics)> {
+    let manifest = line.manifest();
+    let grant = line.grant(&manifest);
+    // The backend waits at most max_start_wait_s for valid_from; `run` holds a grant of the
+    // file for as long as its start is away.
+    let starts_at = almanac.tick_to_unix_ms(line.valid_from);
     if starts_at > clock.now_unix_ms() {
         tracing::info!(grant = %grant.id.short(), valid_from = line.valid_from.0, "waiting for the grant's first tick");
         clock.sleep_until_unix_ms(starts_at).await;
     }
-    let envelope = Envelope { region: line.region };
-    let instance = backend.provision(&grant, &envelope).await.context("provision")?;
+    let instance = bridge.provision(&grant, &line.envelope()).await.context("provision")?;
     tracing::info!(
         grant = %grant.id.short(),
         region = %instance.region,
@@ -213,42 +197,11 @@ async fn run_grant(backend: &AwsBackend, clock: &dyn Clock, line: GrantLine) -> 
         public_dns = %instance.public_dns,
         "provisioned; watching until the deadline"
     );
-    let watched = backend.watch_until_exit(&instance, grant.valid_to).await.context("watch_until_exit");
-    let terminated = backend.terminate(&instance).await.context("terminate");
+    let watched = bridge.watch_until_exit(&instance, grant.valid_to).await.context("watch_until_exit");
+    let terminated = bridge.terminate(&instance).await.context("terminate");
     let watched_usage = watched?;
     terminated?;
     // The settled figure is final; the watch's is the same unless teardown added to it.
-    let usage = backend.grant_state(&grant.id).map_or(watched_usage, |s| s.usage());
+    let usage = bridge.backend().and_then(|b| b.grant_state(&grant.id)).map_or(watched_usage, |s| s.usage());
     Ok((instance.instance_id, usage))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grant_lines_parse_and_bad_lines_are_named() {
-        let dir = std::env::temp_dir().join(format!("aws-backend-grants-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let path = dir.join("grants.jsonl");
-        let good = format!(
-            r#"{{"id":"{}","cpu_millicores":1500,"ram_mib":2048,"storage_gib":8,"tdx_required":false,"image_post_hash":"{}","valid_from":10,"valid_to":20,"region":"us-east-1"}}"#,
-            "ab".repeat(32),
-            "5a".repeat(32)
-        );
-        std::fs::write(&path, format!("{good}\n\n")).expect("write");
-        let grants = read_grants(&path).expect("one good line");
-        assert_eq!(grants.len(), 1);
-        assert_eq!(grants[0].valid_to, AlmanacTick(20));
-        assert_eq!(grants[0].region.as_ref().map(RegionLabel::as_str), Some("us-east-1"));
-
-        std::fs::write(&path, format!("{good}\n{good}\n")).expect("write");
-        let err = format!("{:#}", read_grants(&path).expect_err("duplicate"));
-        assert!(err.contains("line 2") && err.contains("twice"), "{err}");
-
-        std::fs::write(&path, format!("{good}\n{}\n", good.replace("\"cpu_millicores\"", "\"cpu\""))).expect("write");
-        let err = format!("{:#}", read_grants(&path).expect_err("unknown field"));
-        assert!(err.contains("line 2") && err.contains("cpu"), "{err}");
-        let _ = std::fs::remove_dir_all(&dir);
-    }
 }

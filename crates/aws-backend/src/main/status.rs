@@ -163,16 +163,15 @@ fn print_grants(
         // Past the guest's own power-off, nothing but a backend will end the grant's bookkeeping.
         tracing::warn!(
             overdue = attention.overdue,
-            "some live grants are past their deadline and its grace: if no `aws-backend run` is running, start one \
-             (an empty grants file will do), whose recovery ends them, or run `aws-backend reap`, which tears down \
-             overdue grants"
+            "some live grants are past their deadline and its grace: if no `aws-backend serve` is running, start it, \
+             whose recovery ends them, or run `aws-backend reap`, which tears down overdue grants"
         );
     }
     if !attention.network_overdue.is_empty() {
         tracing::warn!(
             network_overdue = attention.network_overdue.len(),
             "some grants' network figures are still not final long after they were due: their bills may still \
-             change; start `aws-backend run` (an empty grants file will do), which measures them again"
+             change; start `aws-backend serve`, whose recovery measures them again"
         );
     }
     Ok(attention)
