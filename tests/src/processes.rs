@@ -266,6 +266,7 @@ impl Single {
             acted.clone(),
         ));
         tokio::select! {
+            biased;
             () = acted.notified() => {}
             stopped = &mut running => return Err(format!("the bridge stopped before it acted: {stopped:?}")),
         }

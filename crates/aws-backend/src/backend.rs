@@ -135,7 +135,11 @@ pub(crate) struct Shared {
     stopped: std::sync::atomic::AtomicBool,
     /// Set by [`AwsBackend::cancel_provisions`]: provisions stop where they are and roll back
     /// as retryable.
-    provisions_cancelled: tokio::sync::watch::Sender<bool>,
+    provisions_cancelled: std::sync::atomic::AtomicBool,
+    /// Wakes the provisions waiting in [`AwsBackend::provisions_cancelled`], in the order they
+    /// began to wait (a `watch` channel would wake them in an order of its own random choice,
+    /// and the simulation would not repeat).
+    cancelling: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -211,7 +215,8 @@ impl AwsBackend {
                 images: crate::images::ImageCache::default(),
                 tenure: parts.tenure,
                 stopped: std::sync::atomic::AtomicBool::new(false),
-                provisions_cancelled: tokio::sync::watch::Sender::new(false),
+                provisions_cancelled: std::sync::atomic::AtomicBool::new(false),
+                cancelling: tokio::sync::Notify::new(),
             }),
         };
         for region in &cfg.regions {
@@ -247,14 +252,20 @@ impl AwsBackend {
     /// the bridge is back, or to another bridge). What a drain does once its time runs out;
     /// deadlines, watches and teardowns go on.
     pub fn cancel_provisions(&self) {
-        self.shared.provisions_cancelled.send_replace(true);
+        self.shared.provisions_cancelled.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.shared.cancelling.notify_waiters();
     }
 
     /// Returns once [`AwsBackend::cancel_provisions`] has run.
     pub(crate) async fn provisions_cancelled(&self) {
-        let mut cancelled = self.shared.provisions_cancelled.subscribe();
-        // The sender lives as long as `self`, so this ends only when cancelled.
-        let _ = cancelled.wait_for(|c| *c).await;
+        loop {
+            // Made before the flag is read: a cancellation in between still wakes it.
+            let notified = self.shared.cancelling.notified();
+            if self.shared.provisions_cancelled.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Refuses a call that waits on the pollers once [`AwsBackend::shutdown`] has run.

@@ -20,6 +20,9 @@
 //! for the lease. A stopped bridge refuses every call, retryably.
 //!
 //! Dropping [`Bridge::run`]'s future is a crash: every task it started is aborted with it.
+//!
+//! Every `select!` here is `biased` (its branches polled in order, not from a random start), so
+//! that a run on a virtual clock repeats exactly: the simulation checks that it does.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -281,6 +284,7 @@ impl Bridge {
             Ledgers::Group { table, holder, times } => {
                 self.set_phase(Phase::StandingBy);
                 let holding = tokio::select! {
+                    biased;
                     holding = wait_for_lease(table.as_ref(), &holder, &times, clock.as_ref()) => holding,
                     () = self.drain_asked() => return Stopped::Drained { cut_short: 0 },
                 };
@@ -335,6 +339,7 @@ impl Bridge {
             }
         });
         tokio::select! {
+            biased;
             why = &mut keeping => {
                 backend.shutdown();
                 return Stopped::LeaseLost(why);
@@ -345,6 +350,7 @@ impl Bridge {
         drop(reaper);
         tracing::info!(in_flight = self.in_flight(), drain_ms = settings.drain_ms, "draining: no new grants");
         let cut_short = tokio::select! {
+            biased;
             why = &mut keeping => {
                 backend.shutdown();
                 return Stopped::LeaseLost(why);
@@ -359,6 +365,7 @@ impl Bridge {
             tracing::warn!(cut_short, "drain: provisions still in flight; rolling them back as retryable");
             backend.cancel_provisions();
             tokio::select! {
+                biased;
                 why = &mut keeping => {
                     backend.shutdown();
                     return Stopped::LeaseLost(why);
