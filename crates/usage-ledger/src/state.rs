@@ -53,7 +53,10 @@ pub enum Phase {
 /// Once settled, a grant is compacted: only its phase, sequence, latest timestamp and final
 /// usage are kept, and the getters for the rest return empty values (`""`, `None`, tick 0).
 /// Memory for a settled grant is a few dozen bytes; a live grant keeps its details boxed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// It serializes (serde) for snapshots only: the encoding follows this build's fields and is
+/// tagged with [`SNAPSHOT_VERSION`](crate::SNAPSHOT_VERSION), not a stable interchange format.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GrantState {
     phase: Phase,
     next_seq: u64,
@@ -69,7 +72,7 @@ pub struct GrantState {
     network: Option<Box<NetworkBook>>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct LiveGrant {
     region: String,
     instance_type: String,

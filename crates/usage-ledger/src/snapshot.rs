@@ -1,0 +1,219 @@
+//! Snapshots of the folded books: every grant's state, the records hash so far, and the position
+//! in the segments the snapshot covers, so that opening a ledger replays only what follows.
+//!
+//! The format is described in `docs/metering.md` ("Snapshots and segments"). In short, a
+//! snapshot file `<ledger>.snap.<records, 20 digits>` holds:
+//!
+//! - header (16 bytes): magic `USGLSNAP`, snapshot version (u16 LE), flags (u16 LE, 0), CRC32 of
+//!   the first 12 bytes (u32 LE);
+//! - the body's length (u64 LE) and CRC32 (u32 LE);
+//! - the body: a bincode (standard config, serde) encoding of the position, the record count,
+//!   the SHA-256 state of the records hash, and every grant's [`GrantState`] (a settled grant is
+//!   already compacted to its phase, attempt, retry flag, settled usage and open network book).
+//!
+//! A snapshot is written to `<ledger>.snap.tmp`, `fsync`ed, renamed into place and the directory
+//! `fsync`ed, so a crash leaves either the old set of snapshots or the new one; the newest
+//! [`SNAPSHOTS_KEPT`] are kept. A snapshot that fails any check (torn, bit-flipped, of another
+//! version) is skipped for the previous one, or for a full replay: never read into a wrong state.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use backend_api::GrantId;
+use serde::{Deserialize, Serialize};
+
+use crate::state::GrantState;
+use crate::store::StoreError;
+
+/// The first eight bytes of every snapshot file.
+pub const SNAPSHOT_MAGIC: [u8; 8] = *b"USGLSNAP";
+/// The snapshot version this build writes and reads. Bump it whenever [`GrantState`]'s fields
+/// change: a snapshot of another version is skipped (the log is replayed instead) and rewritten.
+pub const SNAPSHOT_VERSION: u16 = 1;
+/// How many snapshots are kept: the newest, and the one before it as a fallback.
+pub const SNAPSHOTS_KEPT: usize = 2;
+/// The header, the body length and the body CRC.
+const PREFIX_LEN: usize = 16 + 8 + 4;
+
+/// Where the records a snapshot covers end: the next record is the frame at byte `offset` of
+/// segment `segment`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Position {
+    /// The segment's index (0 is the ledger file itself).
+    pub segment: u64,
+    /// The byte offset in that segment.
+    pub offset: u64,
+}
+
+/// What the books give a snapshot: their durable records' count and hash state, and every
+/// grant's state after them.
+#[derive(Clone, Copy, Debug)]
+pub struct SnapshotData<'a> {
+    /// Durable records covered.
+    pub records: u64,
+    /// The SHA-256 state of the records hash after them.
+    pub hash_state: &'a [u8],
+    /// Every grant's state after them.
+    pub grants: &'a BTreeMap<GrantId, GrantState>,
+}
+
+#[derive(Serialize)]
+struct BodyRef<'a> {
+    position: Position,
+    records: u64,
+    hash_state: &'a [u8],
+    grants: &'a BTreeMap<GrantId, GrantState>,
+}
+
+/// A snapshot read back.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct Snapshot {
+    /// Where the covered records end.
+    pub position: Position,
+    /// Records covered.
+    pub records: u64,
+    /// The SHA-256 state of the records hash after them.
+    pub hash_state: Vec<u8>,
+    /// Every grant's state after them.
+    pub grants: BTreeMap<GrantId, GrantState>,
+}
+
+fn header_bytes() -> [u8; 16] {
+    let mut header = [0u8; 16];
+    header[..8].copy_from_slice(&SNAPSHOT_MAGIC);
+    header[8..10].copy_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+    let crc = crc32fast::hash(&header[..12]);
+    header[12..16].copy_from_slice(&crc.to_le_bytes());
+    header
+}
+
+/// The bytes of a snapshot file.
+pub fn encode_snapshot(position: Position, data: &SnapshotData<'_>) -> Result<Vec<u8>, String> {
+    let body = BodyRef { position, records: data.records, hash_state: data.hash_state, grants: data.grants };
+    let mut out = Vec::with_capacity(PREFIX_LEN + 64 * data.grants.len());
+    out.extend_from_slice(&header_bytes());
+    out.extend_from_slice(&[0u8; 12]);
+    bincode::serde::encode_into_std_write(&body, &mut out, bincode::config::standard())
+        .map_err(|e| format!("cannot encode the snapshot: {e}"))?;
+    let body_len = (out.len() - PREFIX_LEN) as u64;
+    let crc = crc32fast::hash(&out[PREFIX_LEN..]);
+    out[16..24].copy_from_slice(&body_len.to_le_bytes());
+    out[24..28].copy_from_slice(&crc.to_le_bytes());
+    Ok(out)
+}
+
+/// Reads a snapshot file's bytes, or says what is wrong with them.
+pub fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot, String> {
+    if bytes.len() < PREFIX_LEN {
+        return Err(format!("{} bytes, shorter than a snapshot's {PREFIX_LEN}-byte prefix (torn)", bytes.len()));
+    }
+    if bytes[..8] != SNAPSHOT_MAGIC {
+        return Err("does not start with the snapshot magic USGLSNAP".into());
+    }
+    let header_crc = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]);
+    if crc32fast::hash(&bytes[..12]) != header_crc {
+        return Err("header CRC32 mismatch".into());
+    }
+    let version = u16::from_le_bytes([bytes[8], bytes[9]]);
+    if version != SNAPSHOT_VERSION {
+        return Err(format!("snapshot version {version}, this build reads {SNAPSHOT_VERSION}"));
+    }
+    let mut len = [0u8; 8];
+    len.copy_from_slice(&bytes[16..24]);
+    let body_len = u64::from_le_bytes(len);
+    let found = (bytes.len() - PREFIX_LEN) as u64;
+    if body_len != found {
+        return Err(format!("the body should be {body_len} bytes, the file holds {found} (torn or extended)"));
+    }
+    let stored_crc = u32::from_le_bytes([bytes[24], bytes[25], bytes[26], bytes[27]]);
+    let body = &bytes[PREFIX_LEN..];
+    let computed = crc32fast::hash(body);
+    if computed != stored_crc {
+        return Err(format!("body CRC32 is {computed:#010x}, the header says {stored_crc:#010x}"));
+    }
+    let (snapshot, used): (Snapshot, usize) = bincode::serde::decode_from_slice(body, bincode::config::standard())
+        .map_err(|e| format!("body passes its CRC but does not decode: {e}"))?;
+    if used != body.len() {
+        return Err(format!("{} trailing bytes after the body", body.len() - used));
+    }
+    Ok(snapshot)
+}
+
+/// The path `<ledger><suffix>`.
+pub(crate) fn sibling(ledger: &Path, suffix: &str) -> PathBuf {
+    let mut name = ledger.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// The directory holding `path` (`.` for a bare file name).
+pub(crate) fn parent_dir(path: &Path) -> &Path {
+    path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
+}
+
+/// The file of the snapshot covering `records` records of the ledger at `ledger`.
+pub fn snapshot_path(ledger: &Path, records: u64) -> PathBuf {
+    sibling(ledger, &format!(".snap.{records:020}"))
+}
+
+/// Every snapshot file of the ledger at `ledger`, newest (most records) first.
+pub fn list_snapshots(ledger: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
+    let dir = parent_dir(ledger);
+    let Some(name) = ledger.file_name().and_then(|n| n.to_str()) else { return Ok(Vec::new()) };
+    let prefix = format!("{name}.snap.");
+    let mut found = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
+        Err(source) => return Err(StoreError::Io { op: "list snapshots in", path: dir.to_path_buf(), source }),
+    };
+    for entry in entries {
+        let entry =
+            entry.map_err(|source| StoreError::Io { op: "list snapshots in", path: dir.to_path_buf(), source })?;
+        let file_name = entry.file_name();
+        let Some(rest) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)) else { continue };
+        if rest.len() == 20
+            && let Ok(records) = rest.parse::<u64>()
+        {
+            found.push((records, entry.path()));
+        }
+    }
+    found.sort_by_key(|s| std::cmp::Reverse(s.0));
+    Ok(found)
+}
+
+/// Reads and checks the snapshot at `path`.
+pub fn read_snapshot(path: &Path) -> Result<Snapshot, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    decode_snapshot(&bytes)
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io { op, path: path.to_path_buf(), source }
+}
+
+/// Writes a snapshot of `data` at `position` for the ledger at `ledger` durably (temporary file,
+/// `fsync`, rename, directory `fsync`), then removes all but the newest [`SNAPSHOTS_KEPT`].
+/// Returns its path.
+pub fn write_snapshot(ledger: &Path, position: Position, data: &SnapshotData<'_>) -> Result<PathBuf, StoreError> {
+    let bytes = encode_snapshot(position, data).map_err(|reason| StoreError::Encode {
+        grant: String::from("(snapshot)"),
+        seq: data.records,
+        reason,
+    })?;
+    let tmp = sibling(ledger, ".snap.tmp");
+    let path = snapshot_path(ledger, data.records);
+    let mut file = File::create(&tmp).map_err(io("create", &tmp))?;
+    file.write_all(&bytes).map_err(io("write", &tmp))?;
+    file.sync_all().map_err(io("fsync", &tmp))?;
+    drop(file);
+    std::fs::rename(&tmp, &path).map_err(io("rename into place", &path))?;
+    let dir = parent_dir(ledger);
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io("fsync directory", dir))?;
+    for (_, old) in list_snapshots(ledger)?.into_iter().skip(SNAPSHOTS_KEPT) {
+        std::fs::remove_file(&old).map_err(io("remove old snapshot", &old))?;
+    }
+    Ok(path)
+}
