@@ -153,9 +153,10 @@ pub struct FileStore {
     allocated_len: u64,
     /// Records acknowledged since the last snapshot (or replayed after the one opened from).
     since_snapshot: u64,
-    /// The newest record time seen, and its value at the last snapshot.
+    /// The newest record time seen, and its value at the last snapshot (before the first
+    /// snapshot: the first record's time).
     clock_unix_ms: u64,
-    snapshot_clock_unix_ms: u64,
+    snapshot_clock_unix_ms: Option<u64>,
     last_snapshot_error: Option<String>,
 }
 
@@ -208,42 +209,19 @@ impl FileStore {
         let segments = list_segments(&ledger)?;
         let start = start.unwrap_or(Position { segment: 0, offset: HEADER_LEN });
         let last = segments.last().map_or(0, |(i, _)| *i);
-        if start.segment > last || (segments.is_empty() && start.offset > HEADER_LEN) {
-            return Err(StoreError::Corrupt {
-                path: segment_path(&ledger, start.segment),
-                offset: start.offset,
-                reason: format!("the replay should start in segment {}, the last is {last}", start.segment),
-            }
-            .into());
-        }
         let mut clock_unix_ms = 0;
-        let mut records = 0;
-        let mut outcome = None;
-        for index in start.segment..=last {
-            let Some((_, seg_path)) = segments.iter().find(|(i, _)| *i == index) else {
-                if segments.is_empty() {
-                    break;
-                }
-                return Err(missing(&ledger, index).into());
-            };
-            let from = if index == start.segment { start.offset } else { HEADER_LEN };
-            let scanned = scan_from(seg_path, from, |offset, record: Record, payload: &[u8]| {
-                clock_unix_ms = clock_unix_ms.max(record.at_unix_ms);
-                visit(offset, record, payload)
-            })?;
-            records += scanned.records;
-            if index < last
-                && let Some(torn) = scanned.torn_tail
-            {
-                return Err(corrupt(seg_path, torn.offset, sealed_torn(torn)).into());
-            }
-            outcome = Some(scanned);
-        }
+        let mut first_unix_ms = None;
+        let (records, outcome) = replay_segments(&ledger, &segments, start, |at, record, payload| {
+            clock_unix_ms = clock_unix_ms.max(record.at_unix_ms);
+            first_unix_ms.get_or_insert(record.at_unix_ms);
+            visit(at.offset, record, payload)
+        })?;
         let active = segment_path(&ledger, last);
         let active = segments.iter().find(|(i, _)| *i == last).map_or(active, |(_, p)| p.clone());
         let mut store = Self::open_active(ledger, options, lock, last, &active, outcome)?;
         store.since_snapshot = records;
         store.clock_unix_ms = clock_unix_ms;
+        store.snapshot_clock_unix_ms = first_unix_ms;
         let segments_read = last - start.segment + 1;
         let torn_tail = outcome.and_then(|o| o.torn_tail);
         Ok((store, ReplayReport { records, torn_tail, start, segments: segments_read }))
@@ -307,7 +285,7 @@ impl FileStore {
             allocated_len,
             since_snapshot: 0,
             clock_unix_ms: 0,
-            snapshot_clock_unix_ms: 0,
+            snapshot_clock_unix_ms: None,
             last_snapshot_error: None,
         })
     }
@@ -421,7 +399,7 @@ impl FileStore {
     /// Restarts the snapshot policy's clock at the newest record replayed: called after an open
     /// from a snapshot, whose tail is then the only thing not covered.
     pub(crate) fn restart_snapshot_clock(&mut self) {
-        self.snapshot_clock_unix_ms = self.clock_unix_ms;
+        self.snapshot_clock_unix_ms = Some(self.clock_unix_ms);
     }
 
     /// Why the last snapshot failed, if it did (cleared by the next one that succeeds). Appends
@@ -429,6 +407,50 @@ impl FileStore {
     pub fn last_snapshot_error(&self) -> Option<&str> {
         self.last_snapshot_error.as_deref()
     }
+}
+
+/// Reads the `segments` of the ledger at `ledger` (as [`list_segments`] gives them) from
+/// `start` to the end, without modifying anything, calling `visit` with each frame's position,
+/// record and payload. Every segment from `start`'s on must be there; a sealed one must be whole
+/// (a partial frame in it is corruption). Returns the records read and the last segment's scan
+/// (`None` when the ledger has no segment yet).
+pub(crate) fn replay_segments<E: From<StoreError>>(
+    ledger: &Path,
+    segments: &[(u64, PathBuf)],
+    start: Position,
+    mut visit: impl FnMut(Position, Record, &[u8]) -> Result<(), E>,
+) -> Result<(u64, Option<ScanOutcome>), E> {
+    let last = segments.last().map_or(0, |(i, _)| *i);
+    if start.segment > last || (segments.is_empty() && start.offset > HEADER_LEN) {
+        return Err(StoreError::Corrupt {
+            path: segment_path(ledger, start.segment),
+            offset: start.offset,
+            reason: format!("the replay should start in segment {}, the last is {last}", start.segment),
+        }
+        .into());
+    }
+    let mut records = 0;
+    let mut outcome = None;
+    for index in start.segment..=last {
+        let Some((_, path)) = segments.iter().find(|(i, _)| *i == index) else {
+            if segments.is_empty() {
+                break;
+            }
+            return Err(missing(ledger, index).into());
+        };
+        let from = if index == start.segment { start.offset } else { HEADER_LEN };
+        let scanned = scan_from(path, from, |offset, record: Record, payload: &[u8]| {
+            visit(Position { segment: index, offset }, record, payload)
+        })?;
+        records += scanned.records;
+        if index < last
+            && let Some(torn) = scanned.torn_tail
+        {
+            return Err(corrupt(path, torn.offset, sealed_torn(torn)).into());
+        }
+        outcome = Some(scanned);
+    }
+    Ok((records, outcome))
 }
 
 fn missing(ledger: &Path, index: u64) -> StoreError {
@@ -443,7 +465,10 @@ fn missing(ledger: &Path, index: u64) -> StoreError {
 }
 
 fn sealed_torn(torn: TornTail) -> String {
-    format!("a sealed segment ends in {} bytes of a partial frame (only the last segment may)", torn.bytes)
+    format!(
+        "a sealed segment holds {} bytes that are not whole frames here (only the last segment may end in a torn write)",
+        torn.bytes
+    )
 }
 
 /// Takes the ledger's lock file, `<ledger>.lock`.
@@ -502,6 +527,7 @@ impl EventStore for FileStore {
                 self.since_snapshot += records.len() as u64;
                 let newest = records.iter().map(|r| r.at_unix_ms).max().unwrap_or(0);
                 self.clock_unix_ms = self.clock_unix_ms.max(newest);
+                self.snapshot_clock_unix_ms.get_or_insert(records[0].at_unix_ms);
                 Ok(())
             }
             Err(source) => {
@@ -531,7 +557,7 @@ impl EventStore for FileStore {
         self.options.snapshots.is_some_and(|p| {
             self.since_snapshot > 0
                 && (self.since_snapshot >= p.every_records
-                    || self.clock_unix_ms.saturating_sub(self.snapshot_clock_unix_ms) >= p.every_ms)
+                    || self.snapshot_clock_unix_ms.is_some_and(|c| self.clock_unix_ms.saturating_sub(c) >= p.every_ms))
         })
     }
 
@@ -548,7 +574,7 @@ impl EventStore for FileStore {
         }
         let position = self.position();
         self.since_snapshot = 0;
-        self.snapshot_clock_unix_ms = self.clock_unix_ms;
+        self.snapshot_clock_unix_ms = Some(self.clock_unix_ms);
         let result = write_snapshot(&self.ledger, position, data).and_then(|_| {
             if self.options.archive_covered_segments { self.archive_before(position.segment) } else { Ok(()) }
         });

@@ -337,9 +337,9 @@ impl Ledger<FileStore> {
     /// so that memory stays proportional to the grants, not to the history. A snapshot that
     /// fails any check, or whose replay fails, is skipped for the one before it, and after the
     /// last for a full replay, whose error (if it fails too) is the one returned. A torn tail
-    /// of the last segment is truncated and reported. When the options' policy says a snapshot
-    /// is due (a ledger written before snapshots, or a long tail), one is taken before this
-    /// returns.
+    /// of the last segment is truncated and reported. When the options ask for snapshots and
+    /// none was usable (a ledger written before snapshots), or the tail is due one, a snapshot
+    /// is taken before this returns.
     pub fn open_file_with(path: impl AsRef<Path>, options: FileOptions) -> Result<(Self, FileOpenReport), LedgerError> {
         let path = path.as_ref();
         let lock = lock_ledger(path)?;
@@ -381,7 +381,11 @@ impl Ledger<FileStore> {
             books.replay(&record, payload)
         })?;
         let mut ledger = Self { store, books };
-        ledger.snapshot_if_due();
+        // A ledger with records and no usable snapshot (written before snapshots, or every
+        // snapshot damaged) gains one now, when its owner wants snapshots at all.
+        if options.snapshots.is_some() && ledger.books.records > 0 {
+            let _ = ledger.snapshot();
+        }
         Ok((ledger, FileOpenReport { replay, snapshot: None, skipped_snapshots }))
     }
 }

@@ -12,6 +12,7 @@
 mod event;
 pub mod file;
 mod file_store;
+pub mod inspect;
 mod lease;
 mod ledger;
 pub mod report;

@@ -240,7 +240,7 @@ fn damage_in_a_sealed_segment_is_corruption_not_a_torn_tail() {
 }
 
 #[test]
-fn the_default_policy_snapshots_every_n_records_and_by_record_time() {
+fn a_policy_snapshots_every_n_records_and_by_record_time() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ledger");
     let records = history_of(30);
