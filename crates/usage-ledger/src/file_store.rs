@@ -18,7 +18,7 @@ use crate::file::{
     FRAME_HEADER_LEN, HEADER_LEN, MAX_WRITE_BYTES, PREALLOCATE_BYTES, PREALLOCATE_MIN_BYTES, ScanOutcome, TornTail,
     ZEROS, corrupt, encode_frame, header_bytes, io_err, scan_from,
 };
-use crate::snapshot::{Position, SnapshotData, parent_dir, sibling, write_snapshot};
+use crate::snapshot::{Anchor, Position, SnapshotData, parent_dir, sibling, write_snapshot};
 use crate::store::{EventStore, StoreError};
 
 /// When the ledger's owner wants snapshots: after `every_records` appended records, or once the
@@ -158,6 +158,9 @@ pub struct FileStore {
     clock_unix_ms: u64,
     snapshot_clock_unix_ms: Option<u64>,
     last_snapshot_error: Option<String>,
+    /// Where the last acknowledged frame starts, once known: a snapshot keeps its 8-byte frame
+    /// header as an anchor, checked against the log before the snapshot is used.
+    last_frame: Option<Position>,
 }
 
 impl FileStore {
@@ -211,9 +214,11 @@ impl FileStore {
         let last = segments.last().map_or(0, |(i, _)| *i);
         let mut clock_unix_ms = 0;
         let mut first_unix_ms = None;
+        let mut last_frame = None;
         let (records, outcome) = replay_segments(&ledger, &segments, start, |at, record, payload| {
             clock_unix_ms = clock_unix_ms.max(record.at_unix_ms);
             first_unix_ms.get_or_insert(record.at_unix_ms);
+            last_frame = Some(at);
             visit(at.offset, record, payload)
         })?;
         let active = segment_path(&ledger, last);
@@ -222,6 +227,7 @@ impl FileStore {
         store.since_snapshot = records;
         store.clock_unix_ms = clock_unix_ms;
         store.snapshot_clock_unix_ms = first_unix_ms;
+        store.last_frame = last_frame;
         let segments_read = last - start.segment + 1;
         let torn_tail = outcome.and_then(|o| o.torn_tail);
         Ok((store, ReplayReport { records, torn_tail, start, segments: segments_read }))
@@ -287,6 +293,7 @@ impl FileStore {
             clock_unix_ms: 0,
             snapshot_clock_unix_ms: None,
             last_snapshot_error: None,
+            last_frame: None,
         })
     }
 
@@ -398,7 +405,8 @@ impl FileStore {
 
     /// Restarts the snapshot policy's clock at the newest record replayed: called after an open
     /// from a snapshot, whose tail is then the only thing not covered.
-    pub(crate) fn restart_snapshot_clock(&mut self) {
+    pub(crate) fn restart_snapshot_clock(&mut self, anchor: Option<Position>) {
+        self.last_frame = self.last_frame.or(anchor);
         self.snapshot_clock_unix_ms = Some(self.clock_unix_ms);
     }
 
@@ -451,6 +459,32 @@ pub(crate) fn replay_segments<E: From<StoreError>>(
         outcome = Some(scanned);
     }
     Ok((records, outcome))
+}
+
+impl FileStore {
+    /// The last acknowledged frame's position and 8-byte frame header, read back from its
+    /// segment (`None` before the first frame).
+    fn anchor(&self) -> Result<Option<Anchor>, StoreError> {
+        let Some(at) = self.last_frame else { return Ok(None) };
+        read_anchor(&self.ledger, at)?
+            .map(|header| Some(Anchor { at, header }))
+            .ok_or_else(|| missing(&self.ledger, at.segment))
+    }
+}
+
+/// The 8-byte frame header at `at` in the ledger's segments (the directory's or the archive's),
+/// or `None` when that segment is missing.
+pub(crate) fn read_anchor(ledger: &Path, at: Position) -> Result<Option<[u8; 8]>, StoreError> {
+    let Some((_, path)) = list_segments(ledger)?.into_iter().find(|(i, _)| *i == at.segment) else {
+        return Ok(None);
+    };
+    let file = File::open(&path).map_err(io_err("open", &path))?;
+    let mut header = [0u8; 8];
+    match file.read_exact_at(&mut header, at.offset) {
+        Ok(()) => Ok(Some(header)),
+        Err(e) if e.kind() == ErrorKind::UnexpectedEof => Ok(None),
+        Err(source) => Err(StoreError::Io { op: "read", path, source }),
+    }
 }
 
 fn missing(ledger: &Path, index: u64) -> StoreError {
@@ -513,7 +547,9 @@ impl EventStore for FileStore {
             self.rotate()?;
         }
         self.buffer.clear();
+        let mut last_start = 0;
         for record in records {
+            last_start = self.buffer.len() as u64;
             encode_frame(record, &mut self.buffer)?;
         }
         let result = self.write_frames();
@@ -523,6 +559,7 @@ impl EventStore for FileStore {
         }
         match result {
             Ok(()) => {
+                self.last_frame = Some(Position { segment: self.segment, offset: self.acked_len + last_start });
                 self.acked_len += written;
                 self.since_snapshot += records.len() as u64;
                 let newest = records.iter().map(|r| r.at_unix_ms).max().unwrap_or(0);
@@ -575,9 +612,10 @@ impl EventStore for FileStore {
         let position = self.position();
         self.since_snapshot = 0;
         self.snapshot_clock_unix_ms = Some(self.clock_unix_ms);
-        let result = write_snapshot(&self.ledger, position, data).and_then(|_| {
-            if self.options.archive_covered_segments { self.archive_before(position.segment) } else { Ok(()) }
-        });
+        let result =
+            self.anchor().and_then(|anchor| write_snapshot(&self.ledger, position, anchor, data)).and_then(|_| {
+                if self.options.archive_covered_segments { self.archive_before(position.segment) } else { Ok(()) }
+            });
         self.last_snapshot_error = result.as_ref().err().map(ToString::to_string);
         result
     }

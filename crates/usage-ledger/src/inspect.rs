@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::event::Record;
 use crate::file::{HEADER_LEN, TornTail, scan_from};
-use crate::file_store::{list_segments, replay_segments, segment_path};
+use crate::file_store::{list_segments, read_anchor, replay_segments, segment_path};
 use crate::ledger::LedgerError;
 use crate::snapshot::{Position, Snapshot, list_snapshots, read_snapshot};
 use crate::state::{ApplyError, GrantState};
@@ -80,13 +80,21 @@ pub fn read_ledger(path: &Path) -> Result<LedgerView, LedgerError> {
     }
     let mut skipped_snapshots = Vec::new();
     for (_, snapshot_path) in snapshots {
-        let Snapshot { position, records, grants, .. } = match read_snapshot(&snapshot_path) {
+        let Snapshot { position, anchor, records, grants, .. } = match read_snapshot(&snapshot_path) {
             Ok(snapshot) => snapshot,
             Err(reason) => {
                 skipped_snapshots.push((snapshot_path, reason));
                 continue;
             }
         };
+        let anchored = match anchor {
+            Some(anchor) => read_anchor(path, anchor.at)?.is_some_and(|header| header == anchor.header),
+            None => records == 0,
+        };
+        if !anchored {
+            skipped_snapshots.push((snapshot_path, "its last frame does not match the log's".into()));
+            continue;
+        }
         let mut grants = grants;
         match replay_onto(path, &segments, position, &mut grants) {
             Ok((tail, torn_tail)) => {
@@ -162,7 +170,12 @@ pub fn verify_ledger(path: &Path) -> Result<VerifyReport, LedgerError> {
         let last = index + 1 == segments.len();
         let mut check = |at: Position, grants: &BTreeMap<GrantId, GrantState>, hasher: &Sha256, records: u64| {
             while let Some((snapshot_path, snapshot)) = pending.next_if(|(_, s)| s.position <= at) {
+                let anchored = match snapshot.anchor {
+                    Some(anchor) => read_anchor(path, anchor.at).ok().flatten() == Some(anchor.header),
+                    None => records == 0,
+                };
                 let matches = snapshot.position == at
+                    && anchored
                     && snapshot.records == records
                     && snapshot.hash_state == hasher.serialize().to_vec()
                     && snapshot.grants == *grants;

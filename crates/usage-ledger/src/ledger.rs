@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 
 use crate::event::{Event, Record};
 use crate::file::encode_payload;
-use crate::file_store::{FileOptions, FileStore, ReplayReport, lock_ledger};
+use crate::file_store::{FileOptions, FileStore, ReplayReport, lock_ledger, read_anchor};
 use crate::snapshot::{Snapshot, SnapshotData, list_snapshots, read_snapshot};
 use crate::state::{ApplyError, GrantState, apply};
 use crate::store::{EventStore, MemoryStore, StoreError};
@@ -354,7 +354,15 @@ impl Ledger<FileStore> {
                     continue;
                 }
             };
-            let position = snapshot.position;
+            let (position, anchor) = (snapshot.position, snapshot.anchor);
+            let anchored = match anchor {
+                Some(anchor) => read_anchor(path, anchor.at)?.is_some_and(|header| header == anchor.header),
+                None => snapshot.records == 0,
+            };
+            if !anchored {
+                skipped_snapshots.push((snapshot_path, "its last frame does not match the log's".into()));
+                continue;
+            }
             let mut books = match Books::from_snapshot(snapshot) {
                 Ok(books) => books,
                 Err(reason) => {
@@ -367,7 +375,7 @@ impl Ledger<FileStore> {
             });
             match opened {
                 Ok((mut store, replay)) => {
-                    store.restart_snapshot_clock();
+                    store.restart_snapshot_clock(anchor.map(|a| a.at));
                     let mut ledger = Self { store, books };
                     ledger.snapshot_if_due();
                     let report = FileOpenReport { replay, snapshot: Some(snapshot_path), skipped_snapshots };

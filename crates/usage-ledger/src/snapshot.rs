@@ -7,7 +7,8 @@
 //! - header (16 bytes): magic `USGLSNAP`, snapshot version (u16 LE), flags (u16 LE, 0), CRC32 of
 //!   the first 12 bytes (u32 LE);
 //! - the body's length (u64 LE) and CRC32 (u32 LE);
-//! - the body: a bincode (standard config, serde) encoding of the position, the record count,
+//! - the body: a bincode (standard config, serde) encoding of the position, the anchor (the
+//!   last covered frame's position and 8-byte header, checked against the log), the record count,
 //!   the SHA-256 state of the records hash, and every grant's [`GrantState`] (a settled grant is
 //!   already compacted to its phase, attempt, retry flag, settled usage and open network book).
 //!
@@ -18,7 +19,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Write as _;
+use std::io::{Read, Write as _};
 use std::path::{Path, PathBuf};
 
 use backend_api::GrantId;
@@ -47,6 +48,17 @@ pub struct Position {
     pub offset: u64,
 }
 
+/// The last frame a snapshot covers: its position and its 8-byte frame header (length word and
+/// CRC32). Opening checks it against the log before using the snapshot, so that a snapshot
+/// beside a log that was replaced or restored from elsewhere is skipped, not trusted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Anchor {
+    /// Where the frame starts.
+    pub at: Position,
+    /// Its first 8 bytes.
+    pub header: [u8; 8],
+}
+
 /// What the books give a snapshot: their durable records' count and hash state, and every
 /// grant's state after them.
 #[derive(Clone, Copy, Debug)]
@@ -62,6 +74,7 @@ pub struct SnapshotData<'a> {
 #[derive(Serialize)]
 struct BodyRef<'a> {
     position: Position,
+    anchor: Option<Anchor>,
     records: u64,
     hash_state: &'a [u8],
     grants: &'a BTreeMap<GrantId, GrantState>,
@@ -72,6 +85,8 @@ struct BodyRef<'a> {
 pub struct Snapshot {
     /// Where the covered records end.
     pub position: Position,
+    /// The last covered frame (`None` when it covers no record).
+    pub anchor: Option<Anchor>,
     /// Records covered.
     pub records: u64,
     /// The SHA-256 state of the records hash after them.
@@ -90,8 +105,8 @@ fn header_bytes() -> [u8; 16] {
 }
 
 /// The bytes of a snapshot file.
-pub fn encode_snapshot(position: Position, data: &SnapshotData<'_>) -> Result<Vec<u8>, String> {
-    let body = BodyRef { position, records: data.records, hash_state: data.hash_state, grants: data.grants };
+pub fn encode_snapshot(position: Position, anchor: Option<Anchor>, data: &SnapshotData<'_>) -> Result<Vec<u8>, String> {
+    let body = BodyRef { position, anchor, records: data.records, hash_state: data.hash_state, grants: data.grants };
     let mut out = Vec::with_capacity(PREFIX_LEN + 64 * data.grants.len());
     out.extend_from_slice(&header_bytes());
     out.extend_from_slice(&[0u8; 12]);
@@ -109,24 +124,7 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot, String> {
     if bytes.len() < PREFIX_LEN {
         return Err(format!("{} bytes, shorter than a snapshot's {PREFIX_LEN}-byte prefix (torn)", bytes.len()));
     }
-    if bytes[..8] != SNAPSHOT_MAGIC {
-        return Err("does not start with the snapshot magic USGLSNAP".into());
-    }
-    let header_crc = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]);
-    if crc32fast::hash(&bytes[..12]) != header_crc {
-        return Err("header CRC32 mismatch".into());
-    }
-    let version = u16::from_le_bytes([bytes[8], bytes[9]]);
-    if version != SNAPSHOT_VERSION {
-        return Err(format!("snapshot version {version}, this build reads {SNAPSHOT_VERSION}"));
-    }
-    let mut len = [0u8; 8];
-    len.copy_from_slice(&bytes[16..24]);
-    let body_len = u64::from_le_bytes(len);
-    let found = (bytes.len() - PREFIX_LEN) as u64;
-    if body_len != found {
-        return Err(format!("the body should be {body_len} bytes, the file holds {found} (torn or extended)"));
-    }
+    check_prefix(&bytes[..PREFIX_LEN], (bytes.len() - PREFIX_LEN) as u64)?;
     let stored_crc = u32::from_le_bytes([bytes[24], bytes[25], bytes[26], bytes[27]]);
     let body = &bytes[PREFIX_LEN..];
     let computed = crc32fast::hash(body);
@@ -184,10 +182,74 @@ pub fn list_snapshots(ledger: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> 
     Ok(found)
 }
 
-/// Reads and checks the snapshot at `path`.
+/// Reads and checks the snapshot at `path`, as [`decode_snapshot`] does, but decoding as it
+/// reads (the CRC is checked at the end, before the result is returned), so that memory holds
+/// the books and never the file's bytes as well.
 pub fn read_snapshot(path: &Path) -> Result<Snapshot, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
-    decode_snapshot(&bytes)
+    let file = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+    let file_len = file.metadata().map_err(|e| format!("cannot stat: {e}"))?.len();
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut prefix = [0u8; PREFIX_LEN];
+    if file_len < PREFIX_LEN as u64 {
+        return Err(format!("{file_len} bytes, shorter than a snapshot's {PREFIX_LEN}-byte prefix (torn)"));
+    }
+    reader.read_exact(&mut prefix).map_err(|e| format!("cannot read: {e}"))?;
+    // The prefix checks, on the prefix alone (an empty body never decodes, which is fine here).
+    let body_len = check_prefix(&prefix, file_len - PREFIX_LEN as u64)?;
+    let stored_crc = u32::from_le_bytes([prefix[24], prefix[25], prefix[26], prefix[27]]);
+    let mut body = CrcReader { inner: reader, hasher: crc32fast::Hasher::new(), read: 0 };
+    let decoded: Result<Snapshot, _> = bincode::serde::decode_from_std_read(&mut body, bincode::config::standard());
+    // Whatever the decoder made of them, the bytes must pass their CRC first.
+    let mut rest = Vec::new();
+    body.read_to_end(&mut rest).map_err(|e| format!("cannot read: {e}"))?;
+    let computed = body.hasher.finalize();
+    if computed != stored_crc {
+        return Err(format!("body CRC32 is {computed:#010x}, the header says {stored_crc:#010x}"));
+    }
+    let snapshot = decoded.map_err(|e| format!("body passes its CRC but does not decode: {e}"))?;
+    if !rest.is_empty() {
+        return Err(format!("{} trailing bytes after the body", rest.len()));
+    }
+    debug_assert_eq!(body.read, body_len);
+    Ok(snapshot)
+}
+
+/// Checks a snapshot's header and that its body is `found` bytes long; returns that length.
+fn check_prefix(bytes: &[u8], found: u64) -> Result<u64, String> {
+    if bytes[..8] != SNAPSHOT_MAGIC {
+        return Err("does not start with the snapshot magic USGLSNAP".into());
+    }
+    let header_crc = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]);
+    if crc32fast::hash(&bytes[..12]) != header_crc {
+        return Err("header CRC32 mismatch".into());
+    }
+    let version = u16::from_le_bytes([bytes[8], bytes[9]]);
+    if version != SNAPSHOT_VERSION {
+        return Err(format!("snapshot version {version}, this build reads {SNAPSHOT_VERSION}"));
+    }
+    let mut len = [0u8; 8];
+    len.copy_from_slice(&bytes[16..24]);
+    let body_len = u64::from_le_bytes(len);
+    if body_len != found {
+        return Err(format!("the body should be {body_len} bytes, the file holds {found} (torn or extended)"));
+    }
+    Ok(body_len)
+}
+
+/// A reader that hashes (CRC32) and counts what passes through it.
+struct CrcReader<R> {
+    inner: R,
+    hasher: crc32fast::Hasher,
+    read: u64,
+}
+
+impl<R: Read> Read for CrcReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.read += n as u64;
+        Ok(n)
+    }
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
@@ -197,8 +259,13 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> St
 /// Writes a snapshot of `data` at `position` for the ledger at `ledger` durably (temporary file,
 /// `fsync`, rename, directory `fsync`), then removes all but the newest [`SNAPSHOTS_KEPT`].
 /// Returns its path.
-pub fn write_snapshot(ledger: &Path, position: Position, data: &SnapshotData<'_>) -> Result<PathBuf, StoreError> {
-    let bytes = encode_snapshot(position, data).map_err(|reason| StoreError::Encode {
+pub fn write_snapshot(
+    ledger: &Path,
+    position: Position,
+    anchor: Option<Anchor>,
+    data: &SnapshotData<'_>,
+) -> Result<PathBuf, StoreError> {
+    let bytes = encode_snapshot(position, anchor, data).map_err(|reason| StoreError::Encode {
         grant: String::from("(snapshot)"),
         seq: data.records,
         reason,

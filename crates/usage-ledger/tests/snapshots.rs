@@ -261,3 +261,43 @@ fn a_policy_snapshots_every_n_records_and_by_record_time() {
     append_all(&mut ledger, &records);
     assert!(!list_snapshots(&path).unwrap().is_empty(), "record time moved past every_ms");
 }
+
+#[test]
+fn a_snapshot_beside_a_log_it_was_not_taken_from_is_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let records = history_of(40);
+    {
+        let (mut ledger, _) = Ledger::open_file_with(&a, options(1 << 20)).unwrap();
+        append_all(&mut ledger, &records);
+        ledger.snapshot().unwrap();
+    }
+    // Given ledger b, another history of the same length, with a's snapshot copied beside it,
+    let reaped: Vec<Record> = (0..40u8)
+        .map(|i| Record {
+            grant: GrantId([i; 32]),
+            seq: 0,
+            at_unix_ms: 1_700_000_000_000,
+            event: usage_ledger::Event::OrphanReaped {
+                resource_kind: usage_ledger::ResourceKind::KeyPair,
+                resource_id: format!("key-{i}"),
+            },
+        })
+        .collect();
+    {
+        let (mut ledger, _) = Ledger::open_file_with(&b, options(1 << 20)).unwrap();
+        append_all(&mut ledger, &reaped);
+    }
+    let (_, snapshot) = &list_snapshots(&a).unwrap()[0];
+    let copied = usage_ledger::snapshot::snapshot_path(&b, 40);
+    std::fs::copy(snapshot, &copied).unwrap();
+    // then b opens to its own history, the foreign snapshot skipped,
+    let (ledger, report) = Ledger::open_file_with(&b, options(1 << 20)).unwrap();
+    assert_eq!(grants_of(&ledger), fold(&reaped).unwrap());
+    assert_eq!(report.snapshot, None);
+    assert_eq!(report.skipped_snapshots.len(), 1, "{:?}", report.skipped_snapshots);
+    drop(ledger);
+    // and verify reports it.
+    let verify = usage_ledger::inspect::verify_ledger(&b).unwrap();
+    assert_eq!(verify.problems.len(), 1, "{:?}", verify.problems);
+}
