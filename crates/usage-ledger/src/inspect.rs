@@ -11,8 +11,8 @@ use sha2::{Digest, Sha256};
 
 use crate::event::Record;
 use crate::file::{HEADER_LEN, TornTail, scan_from};
-use crate::file_store::{list_segments, read_anchor, replay_segments, segment_path};
 use crate::ledger::LedgerError;
+use crate::segments::{list_segments, read_anchor, replay_segments, segment_path};
 use crate::snapshot::{Position, Snapshot, list_snapshots, read_snapshot};
 use crate::state::{ApplyError, GrantState};
 use crate::store::StoreError;

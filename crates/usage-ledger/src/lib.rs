@@ -16,6 +16,7 @@ pub mod inspect;
 mod lease;
 mod ledger;
 pub mod report;
+mod segments;
 mod shared;
 pub mod snapshot;
 mod state;
@@ -24,11 +25,10 @@ mod v1;
 
 pub use event::{BILLING_RULES_VERSION, Event, ObservedState, Record, ResourceKind, TerminationReason};
 pub use file::{ScanOutcome, TornTail, decode_frame, encode_frame, scan_file, scan_from};
-pub use file_store::{
-    FileOptions, FileStore, OpenReport, ReplayReport, SnapshotPolicy, archive_dir, list_segments, segment_path,
-};
+pub use file_store::{FileOptions, FileStore, OpenReport, ReplayReport, SnapshotPolicy};
 pub use lease::{LEASE_NAME_CHARS_MAX, Lease, LeaseError, LeaseInfo, check_lease_name};
 pub use ledger::{Books, FileOpenReport, Ledger, LedgerError};
+pub use segments::{archive_dir, list_segments, segment_path};
 pub use shared::SharedLedger;
 pub use snapshot::{Position, SNAPSHOT_VERSION, Snapshot, SnapshotData};
 pub use state::{

@@ -186,32 +186,96 @@ pub fn list_snapshots(ledger: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> 
 /// reads (the CRC is checked at the end, before the result is returned), so that memory holds
 /// the books and never the file's bytes as well.
 pub fn read_snapshot(path: &Path) -> Result<Snapshot, String> {
-    let file = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+    let mut file = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
     let file_len = file.metadata().map_err(|e| format!("cannot stat: {e}"))?.len();
-    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
-    let mut prefix = [0u8; PREFIX_LEN];
     if file_len < PREFIX_LEN as u64 {
         return Err(format!("{file_len} bytes, shorter than a snapshot's {PREFIX_LEN}-byte prefix (torn)"));
     }
-    reader.read_exact(&mut prefix).map_err(|e| format!("cannot read: {e}"))?;
-    // The prefix checks, on the prefix alone (an empty body never decodes, which is fine here).
+    let mut prefix = [0u8; PREFIX_LEN];
+    file.read_exact(&mut prefix).map_err(|e| format!("cannot read: {e}"))?;
     let body_len = check_prefix(&prefix, file_len - PREFIX_LEN as u64)?;
     let stored_crc = u32::from_le_bytes([prefix[24], prefix[25], prefix[26], prefix[27]]);
-    let mut body = CrcReader { inner: reader, hasher: crc32fast::Hasher::new(), read: 0 };
-    let decoded: Result<Snapshot, _> = bincode::serde::decode_from_std_read(&mut body, bincode::config::standard());
-    // Whatever the decoder made of them, the bytes must pass their CRC first.
-    let mut rest = Vec::new();
-    body.read_to_end(&mut rest).map_err(|e| format!("cannot read: {e}"))?;
+    let mut body = ChunkReader {
+        file,
+        buf: vec![0; 1 << 20],
+        pos: 0,
+        len: 0,
+        remaining: body_len,
+        hasher: crc32fast::Hasher::new(),
+        error: None,
+    };
+    let decoded: Result<Snapshot, _> = bincode::serde::decode_from_reader(&mut body, bincode::config::standard());
+    // Whatever the decoder made of them, every byte must pass the CRC first.
+    let trailing = (body.len - body.pos) as u64 + body.remaining;
+    while body.fill() {}
+    if let Some(e) = body.error {
+        return Err(format!("cannot read: {e}"));
+    }
     let computed = body.hasher.finalize();
     if computed != stored_crc {
         return Err(format!("body CRC32 is {computed:#010x}, the header says {stored_crc:#010x}"));
     }
     let snapshot = decoded.map_err(|e| format!("body passes its CRC but does not decode: {e}"))?;
-    if !rest.is_empty() {
-        return Err(format!("{} trailing bytes after the body", rest.len()));
+    if trailing != 0 {
+        return Err(format!("{trailing} trailing bytes after the body"));
     }
-    debug_assert_eq!(body.read, body_len);
     Ok(snapshot)
+}
+
+/// Reads a snapshot's body in 1 MiB chunks, hashing (CRC32) each whole chunk as it arrives, and
+/// serves the decoder from the chunk.
+struct ChunkReader {
+    file: File,
+    buf: Vec<u8>,
+    pos: usize,
+    len: usize,
+    /// Body bytes not read from the file yet.
+    remaining: u64,
+    hasher: crc32fast::Hasher,
+    error: Option<std::io::Error>,
+}
+
+impl ChunkReader {
+    /// Reads the next chunk; false at the end of the body or on an error (kept in `error`).
+    fn fill(&mut self) -> bool {
+        if self.remaining == 0 || self.error.is_some() {
+            return false;
+        }
+        let n = usize::try_from(self.remaining).unwrap_or(usize::MAX).min(self.buf.len());
+        if let Err(e) = self.file.read_exact(&mut self.buf[..n]) {
+            self.error = Some(e);
+            return false;
+        }
+        self.hasher.update(&self.buf[..n]);
+        self.remaining -= n as u64;
+        self.pos = 0;
+        self.len = n;
+        true
+    }
+}
+
+impl bincode::de::read::Reader for &mut ChunkReader {
+    fn read(&mut self, bytes: &mut [u8]) -> Result<(), bincode::error::DecodeError> {
+        let mut done = 0;
+        while done < bytes.len() {
+            if self.pos == self.len && !self.fill() {
+                return Err(bincode::error::DecodeError::UnexpectedEnd { additional: bytes.len() - done });
+            }
+            let n = (bytes.len() - done).min(self.len - self.pos);
+            bytes[done..done + n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+            self.pos += n;
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn peek_read(&mut self, n: usize) -> Option<&[u8]> {
+        self.buf.get(self.pos..self.pos + n).filter(|_| self.pos + n <= self.len)
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos += n;
+    }
 }
 
 /// Checks a snapshot's header and that its body is `found` bytes long; returns that length.
@@ -234,22 +298,6 @@ fn check_prefix(bytes: &[u8], found: u64) -> Result<u64, String> {
         return Err(format!("the body should be {body_len} bytes, the file holds {found} (torn or extended)"));
     }
     Ok(body_len)
-}
-
-/// A reader that hashes (CRC32) and counts what passes through it.
-struct CrcReader<R> {
-    inner: R,
-    hasher: crc32fast::Hasher,
-    read: u64,
-}
-
-impl<R: Read> Read for CrcReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.read += n as u64;
-        Ok(n)
-    }
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
