@@ -265,11 +265,16 @@ async fn an_imported_file_ledger_reads_back_with_the_same_records_hash() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("ledger");
     let hash = {
-        let (mut file, _) = Ledger::open_file(&path).expect("file ledger");
+        // Small segments, so that the import must read several.
+        let options = usage_ledger::FileOptions { segment_bytes_max: 4096, ..usage_ledger::FileOptions::default() };
+        let (mut file, _) = Ledger::open_file_with(&path, options).expect("file ledger");
         // More than one transaction's worth.
-        file.append_batch(interleaved(&[(1, 60), (2, 90), (3, 10)])).expect("append");
+        for chunk in interleaved(&[(1, 60), (2, 90), (3, 10)]).chunks(20) {
+            file.append_batch(chunk.to_vec()).expect("append");
+        }
         file.records_hash()
     };
+    assert!(usage_ledger::list_segments(&path).expect("segments").len() > 1, "the file ledger rotated");
     let lease = acquire(&table, "import", &clock).await;
     let report = import_file(&table, &lease, &path).await.expect("import");
     assert_eq!(report.records, 178);

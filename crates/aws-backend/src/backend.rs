@@ -64,6 +64,14 @@ impl EventStore for DynStore {
     fn heal(&mut self) -> Result<(), usage_ledger::StoreError> {
         self.0.heal()
     }
+
+    fn snapshot_due(&self) -> bool {
+        self.0.snapshot_due()
+    }
+
+    fn save_snapshot(&mut self, data: &usage_ledger::SnapshotData<'_>) -> Result<(), usage_ledger::StoreError> {
+        self.0.save_snapshot(data)
+    }
 }
 
 /// The ledger type the backend keeps.

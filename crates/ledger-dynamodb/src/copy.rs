@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use usage_ledger::{EventStore, Ledger, LedgerError, MemoryStore, Record, StoreError, scan_file};
+use usage_ledger::{EventStore, Ledger, LedgerError, MemoryStore, Record, StoreError};
 
 use crate::table::DynamoTable;
 use usage_ledger::Lease;
@@ -65,12 +65,14 @@ fn hash_of<P: AsRef<[u8]>>(records: impl IntoIterator<Item = (Record, P)>) -> Re
 /// stores it. Reads the table back and checks that its records hash is the file's.
 pub async fn import_file(table: &DynamoTable, lease: &Lease, path: &Path) -> Result<CopyReport, CopyError> {
     let mut source: Vec<(Record, Vec<u8>)> = Vec::new();
-    let outcome = scan_file(path, |_, record, payload| {
+    // Every segment of the file ledger, in order (its snapshots are not needed: every record
+    // is copied).
+    let (_, torn_tail) = usage_ledger::inspect::scan_ledger(path, |_, record, payload| {
         source.push((record, payload.to_vec()));
         Ok::<(), StoreError>(())
     })
     .map_err(LedgerError::from)?;
-    if let Some(torn) = outcome.torn_tail {
+    if let Some(torn) = torn_tail {
         return Err(CopyError::TornTail { path: path.display().to_string(), offset: torn.offset, bytes: torn.bytes });
     }
     // Folding first refuses a file with an impossible transition before anything is written.

@@ -21,16 +21,15 @@
 //! reported. Damage anywhere else is an error naming its byte offset, and the file is left as
 //! it was.
 
-use std::fs::{File, OpenOptions};
-use std::io::{BufReader, ErrorKind, Read, Seek, SeekFrom};
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use crate::FORMAT_VERSION;
 use crate::event::Record;
-use crate::store::{EventStore, StoreError};
+use crate::store::StoreError;
 
 /// The first eight bytes of every ledger file.
 pub const MAGIC: [u8; 8] = *b"USGLEDGR";
@@ -49,8 +48,8 @@ pub const MAX_WRITE_BYTES: usize = 64 << 10;
 /// How far ahead of the last frame the file is filled with zeros, in one write and one sync, at
 /// most: a file grows by its own length (so a small ledger stays small), from 64 KiB up to this.
 pub const PREALLOCATE_BYTES: u64 = 8 << 20;
-const PREALLOCATE_MIN_BYTES: u64 = 64 << 10;
-static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+pub(crate) const PREALLOCATE_MIN_BYTES: u64 = 64 << 10;
+pub(crate) static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 
 /// The persisted form of a record. New versions are added as new variants; a reader converts
 /// every older version to the current [`Record`]. Version 2 added `LaunchRequested::image_id`;
@@ -79,7 +78,7 @@ impl Envelope {
     }
 }
 
-fn header_bytes() -> [u8; HEADER_LEN as usize] {
+pub(crate) fn header_bytes() -> [u8; HEADER_LEN as usize] {
     let mut header = [0u8; HEADER_LEN as usize];
     header[..8].copy_from_slice(&MAGIC);
     header[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -184,22 +183,22 @@ pub struct ScanOutcome {
     pub records: u64,
     /// The end of the last intact frame.
     pub end_offset: u64,
-    /// A partial last frame, if any. [`scan_file`] leaves it; [`FileStore::open`] truncates it.
+    /// A partial last frame, if any. [`scan_file`] leaves it; [`crate::FileStore::open`] truncates it.
     pub torn_tail: Option<TornTail>,
     /// Zero bytes after the last intact frame (space preallocated for appends), when there is
     /// no torn tail.
     pub free_bytes: u64,
 }
 
-fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
+pub(crate) fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
     move |source| StoreError::Io { op, path: path.to_path_buf(), source }
 }
 
-fn corrupt(path: &Path, offset: u64, reason: String) -> StoreError {
+pub(crate) fn corrupt(path: &Path, offset: u64, reason: String) -> StoreError {
     StoreError::Corrupt { path: path.to_path_buf(), offset, reason }
 }
 
-fn check_header(path: &Path, header: &[u8]) -> Result<(), StoreError> {
+pub(crate) fn check_header(path: &Path, header: &[u8]) -> Result<(), StoreError> {
     if header[..8] != MAGIC {
         return Err(StoreError::NotALedger {
             path: path.to_path_buf(),
@@ -273,12 +272,26 @@ fn classify_damage(
 /// torn tail at offset 0 when its bytes are a prefix of a header.
 pub fn scan_file<E: From<StoreError>>(
     path: &Path,
+    visit: impl FnMut(u64, Record, &[u8]) -> Result<(), E>,
+) -> Result<ScanOutcome, E> {
+    scan_from(path, HEADER_LEN, visit)
+}
+
+/// [`scan_file`] from the frame at byte `start` (a frame boundary, such as a snapshot's
+/// position) instead of the first frame. The header is checked all the same; a `start` past
+/// the end of the file is [`StoreError::Corrupt`].
+pub fn scan_from<E: From<StoreError>>(
+    path: &Path,
+    start: u64,
     mut visit: impl FnMut(u64, Record, &[u8]) -> Result<(), E>,
 ) -> Result<ScanOutcome, E> {
     let file = File::open(path).map_err(io_err("open", path))?;
     let file_len = file.metadata().map_err(io_err("stat", path))?.len();
     let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, file);
     if file_len < HEADER_LEN {
+        if start > HEADER_LEN {
+            return Err(corrupt(path, start, format!("a position past the end of the file ({file_len} bytes)")).into());
+        }
         let mut bytes = Vec::new();
         reader.read_to_end(&mut bytes).map_err(io_err("read", path))?;
         let expected = header_bytes();
@@ -295,7 +308,13 @@ pub fn scan_file<E: From<StoreError>>(
     let mut header = [0u8; HEADER_LEN as usize];
     reader.read_exact(&mut header).map_err(io_err("read", path))?;
     check_header(path, &header)?;
-    let mut offset = HEADER_LEN;
+    let mut offset = start.max(HEADER_LEN);
+    if offset > file_len {
+        return Err(corrupt(path, offset, format!("a position past the end of the file ({file_len} bytes)")).into());
+    }
+    if offset > HEADER_LEN {
+        reader.seek(SeekFrom::Start(offset)).map_err(io_err("seek", path))?;
+    }
     let mut records = 0u64;
     let mut payload = Vec::new();
     loop {
@@ -333,255 +352,5 @@ pub fn scan_file<E: From<StoreError>>(
         visit(offset, record, &payload)?;
         records += 1;
         offset += frame_len;
-    }
-}
-
-/// What opening a file store replayed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OpenReport {
-    /// Every intact record, in file order.
-    pub records: Vec<Record>,
-    /// The partial last frame that was truncated, if any.
-    pub torn_tail: Option<TornTail>,
-}
-
-/// What a streaming open replayed (see [`FileStore::open_with`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ReplayReport {
-    /// Intact records replayed.
-    pub records: u64,
-    /// The partial last frame that was truncated, if any.
-    pub torn_tail: Option<TornTail>,
-}
-
-/// The durable store: one append-only, preallocated file, `fdatasync`ed before an append
-/// returns.
-///
-/// The file is locked exclusively while open, so two processes never append to it at once.
-/// After a failed write or sync the store refuses further appends until it heals (see
-/// [`EventStore::heal`]), which cuts off whatever was never acknowledged.
-#[derive(Debug)]
-pub struct FileStore {
-    path: PathBuf,
-    file: File,
-    buffer: Vec<u8>,
-    poisoned: bool,
-    /// The end of the last acknowledged frame: where the next append writes. Everything past it
-    /// is unknown after a failed write, and is cut off when the store heals.
-    acked_len: u64,
-    /// The file's length: zeros from `acked_len` up to it, written and synced.
-    allocated_len: u64,
-}
-
-impl FileStore {
-    /// Opens (creating if missing) the ledger at `path`, replaying and returning every record.
-    pub fn open(path: impl AsRef<Path>) -> Result<(FileStore, OpenReport), StoreError> {
-        let mut records = Vec::new();
-        let (store, report) = Self::open_with(path, |_, record, _| {
-            records.push(record);
-            Ok::<(), StoreError>(())
-        })?;
-        Ok((store, OpenReport { records, torn_tail: report.torn_tail }))
-    }
-
-    /// Opens (creating if missing) the ledger at `path`, handing each replayed record to
-    /// `visit` with its byte offset and payload instead of collecting them, so that replay
-    /// memory does not grow with the log.
-    pub fn open_with<E: From<StoreError>>(
-        path: impl AsRef<Path>,
-        visit: impl FnMut(u64, Record, &[u8]) -> Result<(), E>,
-    ) -> Result<(FileStore, ReplayReport), E> {
-        let path = path.as_ref();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(io_err("open", path))?;
-        file.try_lock().map_err(|e| StoreError::Io {
-            op: "lock (is another process using the ledger?)",
-            path: path.to_path_buf(),
-            source: match e {
-                std::fs::TryLockError::Error(e) => e,
-                std::fs::TryLockError::WouldBlock => std::io::Error::from(ErrorKind::WouldBlock),
-            },
-        })?;
-        let len = file.metadata().map_err(io_err("stat", path))?.len();
-        if len == 0 {
-            write_header(path, &file)?;
-            return Ok((Self::from_file(path, file, HEADER_LEN), ReplayReport { records: 0, torn_tail: None }));
-        }
-        let outcome = scan_file(path, visit)?;
-        let mut end = outcome.end_offset;
-        if let Some(torn) = outcome.torn_tail {
-            file.set_len(torn.offset).map_err(io_err("truncate torn tail of", path))?;
-            file.sync_all().map_err(io_err("fsync", path))?;
-            if torn.offset == 0 {
-                write_header(path, &file)?;
-                end = HEADER_LEN;
-            }
-        }
-        Ok((Self::from_file(path, file, end), ReplayReport { records: outcome.records, torn_tail: outcome.torn_tail }))
-    }
-
-    /// A store appending at `acked_len`, everything after which in `file` is zeros.
-    fn from_file(path: &Path, file: File, acked_len: u64) -> Self {
-        let allocated_len = file.metadata().map_or(acked_len, |m| m.len()).max(acked_len);
-        Self {
-            path: path.to_path_buf(),
-            file,
-            buffer: Vec::with_capacity(64 * 1024),
-            poisoned: false,
-            acked_len,
-            allocated_len,
-        }
-    }
-
-    /// Fills the file with zeros past `needed` (by the file's length, within 64 KiB and
-    /// `PREALLOCATE_BYTES`), and syncs it with its new length, so that the appends to come
-    /// overwrite allocated, initialised blocks.
-    fn preallocate(&mut self, needed: u64) -> std::io::Result<()> {
-        let target = needed.saturating_add(needed.clamp(PREALLOCATE_MIN_BYTES, PREALLOCATE_BYTES));
-        let mut at = self.allocated_len;
-        while at < target {
-            let n = (target - at).min(ZEROS.len() as u64);
-            self.file.write_all_at(&ZEROS[..n as usize], at)?;
-            at += n;
-        }
-        self.file.sync_all()?;
-        self.allocated_len = target;
-        Ok(())
-    }
-
-    /// Writes the encoded frames in `self.buffer` after the acknowledged ones, syncing after
-    /// each write of at most `MAX_WRITE_BYTES` (cut at frame boundaries).
-    fn write_frames(&mut self) -> std::io::Result<()> {
-        let end = self.acked_len + self.buffer.len() as u64;
-        if end > self.allocated_len {
-            self.preallocate(end)?;
-        }
-        let mut start = 0;
-        let mut at = self.acked_len;
-        while start < self.buffer.len() {
-            let mut cut = start;
-            while cut < self.buffer.len() {
-                let word = u32::from_le_bytes([
-                    self.buffer[cut],
-                    self.buffer[cut + 1],
-                    self.buffer[cut + 2],
-                    self.buffer[cut + 3],
-                ]);
-                let frame = FRAME_HEADER_LEN as usize + (word & 0x00ff_ffff) as usize;
-                if cut > start && cut + frame - start > MAX_WRITE_BYTES {
-                    break;
-                }
-                cut += frame;
-            }
-            self.file.write_all_at(&self.buffer[start..cut], at)?;
-            self.file.sync_data()?;
-            at += (cut - start) as u64;
-            start = cut;
-        }
-        Ok(())
-    }
-
-    /// The file's path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-fn write_header(path: &Path, file: &File) -> Result<(), StoreError> {
-    file.write_all_at(&header_bytes(), 0).map_err(io_err("write header to", path))?;
-    file.sync_all().map_err(io_err("fsync", path))?;
-    // The new file's directory entry must be durable too.
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("fsync directory of", path))?;
-    Ok(())
-}
-
-impl EventStore for FileStore {
-    fn append(&mut self, records: &[Record]) -> Result<(), StoreError> {
-        if self.poisoned {
-            self.heal()?;
-        }
-        self.buffer.clear();
-        for record in records {
-            encode_frame(record, &mut self.buffer)?;
-        }
-        if self.buffer.is_empty() {
-            return Ok(());
-        }
-        let result = self.write_frames();
-        let written = self.buffer.len() as u64;
-        if self.buffer.capacity() > 1 << 20 {
-            self.buffer = Vec::with_capacity(64 * 1024);
-        }
-        match result {
-            Ok(()) => {
-                self.acked_len += written;
-                Ok(())
-            }
-            Err(source) => {
-                self.poisoned = true;
-                Err(StoreError::Io { op: "append to", path: self.path.clone(), source })
-            }
-        }
-    }
-
-    /// After a failed write or sync: cuts the file back to the last acknowledged append (what
-    /// followed was never acknowledged, so no acknowledged record is lost and none is doubled),
-    /// syncs, and takes appends again (the next one preallocates afresh). Fails, leaving the
-    /// store poisoned, while the disk does.
-    fn heal(&mut self) -> Result<(), StoreError> {
-        if !self.poisoned {
-            return Ok(());
-        }
-        let path = self.path.clone();
-        self.file.set_len(self.acked_len).map_err(io_err("truncate the unacknowledged tail of", &path))?;
-        self.file.sync_all().map_err(io_err("fsync", &path))?;
-        self.allocated_len = self.acked_len;
-        self.poisoned = false;
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-
-    use backend_api::GrantId;
-
-    use super::*;
-    use crate::event::{Event, ResourceKind};
-
-    fn record(seq: u64) -> Record {
-        Record {
-            grant: GrantId([3; 32]),
-            seq,
-            at_unix_ms: 1_700_000_000_000 + seq,
-            event: Event::OrphanReaped { resource_kind: ResourceKind::KeyPair, resource_id: format!("key-{seq}") },
-        }
-    }
-
-    #[test]
-    fn a_poisoned_store_heals_by_cutting_what_was_never_acknowledged() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ledger");
-        let (mut store, _) = FileStore::open(&path).unwrap();
-        store.append(&[record(0)]).unwrap();
-        // Given a write that failed half way: bytes on disk nobody acknowledged,
-        let mut torn = Vec::new();
-        encode_frame(&record(1), &mut torn).unwrap();
-        store.file.write_all_at(&torn[..torn.len() / 2], store.acked_len).unwrap();
-        store.poisoned = true;
-        // when the next append comes,
-        store.append(&[record(1)]).unwrap();
-        drop(store);
-        // then the store healed itself and the file holds each acknowledged record once.
-        let (_, report) = FileStore::open(&path).unwrap();
-        assert_eq!(report.records, vec![record(0), record(1)]);
-        assert_eq!(report.torn_tail, None);
     }
 }

@@ -7,15 +7,19 @@
 //! [`SharedLedger`](crate::SharedLedger) shares them between tasks and lets concurrent appends
 //! share one write and one `fsync` (group commit).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use backend_api::{GrantId, UsageMetrics};
+use sha2::digest::common::hazmat::{SerializableState, SerializedState};
 use sha2::{Digest, Sha256};
 
 use crate::event::{Event, Record};
-use crate::file::{FileStore, ReplayReport, encode_payload};
+use crate::file::encode_payload;
+use crate::file_store::{FileOptions, FileStore, ReplayReport, lock_ledger, read_anchor};
+use crate::snapshot::{Snapshot, SnapshotData, list_snapshots, read_snapshot};
 use crate::state::{ApplyError, GrantState, apply};
 use crate::store::{EventStore, MemoryStore, StoreError};
 
@@ -95,6 +99,38 @@ impl Books {
         self.hasher.update(payload);
         self.records += 1;
         Ok(())
+    }
+
+    /// Books resumed from a snapshot: its grants, record count and hash state.
+    pub(crate) fn from_snapshot(snapshot: Snapshot) -> Result<Books, String> {
+        let state = SerializedState::<Sha256>::try_from(&snapshot.hash_state[..]).map_err(|_| {
+            format!("the records hash state is {} bytes, not a SHA-256 state", snapshot.hash_state.len())
+        })?;
+        let hasher = Sha256::deserialize(&state).map_err(|_| "the records hash state does not load".to_string())?;
+        Ok(Books { grants: snapshot.grants, hasher, records: snapshot.records, ..Books::default() })
+    }
+
+    /// The SHA-256 state of the records hash after the durable records.
+    pub(crate) fn hash_state(&self) -> Vec<u8> {
+        self.hasher.serialize().to_vec()
+    }
+
+    /// Every grant's state after the durable records alone: the books themselves when nothing
+    /// is staged or being written, else a copy with each such record's grant put back as it was
+    /// before the first of them.
+    pub(crate) fn durable_grants(&self) -> Cow<'_, BTreeMap<GrantId, GrantState>> {
+        if self.undo.is_empty() {
+            return Cow::Borrowed(&self.grants);
+        }
+        let mut grants = self.grants.clone();
+        // Newest first, so that each grant ends as it was before its oldest undurable record.
+        for (grant, before) in self.undo.iter().rev() {
+            match before {
+                Some(state) => grants.insert(*grant, state.clone()),
+                None => grants.remove(grant),
+            };
+        }
+        Cow::Owned(grants)
     }
 
     /// Validates `event` against the grant's state (staged records included), assigns the
@@ -276,13 +312,89 @@ impl Ledger<MemoryStore> {
     }
 }
 
+/// What opening a file ledger did (see [`Ledger::open_file_with`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileOpenReport {
+    /// What was replayed after the snapshot (or from the start), and the torn tail truncated.
+    pub replay: ReplayReport,
+    /// The snapshot the books were resumed from, if any.
+    pub snapshot: Option<PathBuf>,
+    /// Newer snapshots that were skipped, and why (torn, corrupt, of another version, or the
+    /// replay after them failed).
+    pub skipped_snapshots: Vec<(PathBuf, String)>,
+}
+
 impl Ledger<FileStore> {
-    /// Opens (creating if missing) the file ledger at `path`, replaying it as a stream so that
-    /// memory stays proportional to live grants. A torn tail is truncated and reported.
+    /// Opens (creating if missing) the file ledger at `path` with the default [`FileOptions`]
+    /// (see [`Ledger::open_file_with`]). A torn tail is truncated and reported.
     pub fn open_file(path: impl AsRef<Path>) -> Result<(Self, ReplayReport), LedgerError> {
+        let (ledger, report) = Self::open_file_with(path, FileOptions::default())?;
+        Ok((ledger, report.replay))
+    }
+
+    /// Opens (creating if missing) the file ledger at `path`: resumes the books from the newest
+    /// snapshot that reads back whole and replays the segments after its position, as a stream
+    /// so that memory stays proportional to the grants, not to the history. A snapshot that
+    /// fails any check, or whose replay fails, is skipped for the one before it, and after the
+    /// last for a full replay, whose error (if it fails too) is the one returned. A torn tail
+    /// of the last segment is truncated and reported. When the options ask for snapshots and
+    /// none was usable (a ledger written before snapshots), or the tail is due one, a snapshot
+    /// is taken before this returns.
+    pub fn open_file_with(path: impl AsRef<Path>, options: FileOptions) -> Result<(Self, FileOpenReport), LedgerError> {
+        let path = path.as_ref();
+        let lock = lock_ledger(path)?;
+        let relock =
+            || lock.try_clone().map_err(|source| StoreError::Io { op: "lock", path: path.to_path_buf(), source });
+        let mut skipped_snapshots = Vec::new();
+        for (_, snapshot_path) in list_snapshots(path)? {
+            let snapshot = match read_snapshot(&snapshot_path) {
+                Ok(snapshot) => snapshot,
+                Err(reason) => {
+                    skipped_snapshots.push((snapshot_path, reason));
+                    continue;
+                }
+            };
+            let (position, anchor) = (snapshot.position, snapshot.anchor);
+            let anchored = match anchor {
+                Some(anchor) => read_anchor(path, anchor.at)?.is_some_and(|header| header == anchor.header),
+                None => snapshot.records == 0,
+            };
+            if !anchored {
+                skipped_snapshots.push((snapshot_path, "its last frame does not match the log's".into()));
+                continue;
+            }
+            let mut books = match Books::from_snapshot(snapshot) {
+                Ok(books) => books,
+                Err(reason) => {
+                    skipped_snapshots.push((snapshot_path, reason));
+                    continue;
+                }
+            };
+            let opened = FileStore::open_locked(path, options, relock()?, Some(position), |_, record, payload| {
+                books.replay(&record, payload)
+            });
+            match opened {
+                Ok((mut store, replay)) => {
+                    store.restart_snapshot_clock(anchor.map(|a| a.at));
+                    let mut ledger = Self { store, books };
+                    ledger.snapshot_if_due();
+                    let report = FileOpenReport { replay, snapshot: Some(snapshot_path), skipped_snapshots };
+                    return Ok((ledger, report));
+                }
+                Err(err) => skipped_snapshots.push((snapshot_path, format!("the replay after it failed: {err}"))),
+            }
+        }
         let mut books = Books::default();
-        let (store, report) = FileStore::open_with(path, |_, record, payload| books.replay(&record, payload))?;
-        Ok((Self { store, books }, report))
+        let (store, replay) = FileStore::open_locked(path, options, relock()?, None, |_, record, payload| {
+            books.replay(&record, payload)
+        })?;
+        let mut ledger = Self { store, books };
+        // A ledger with records and no usable snapshot (written before snapshots, or every
+        // snapshot damaged) gains one now, when its owner wants snapshots at all.
+        if options.snapshots.is_some() && ledger.books.records > 0 {
+            let _ = ledger.snapshot();
+        }
+        Ok((ledger, FileOpenReport { replay, snapshot: None, skipped_snapshots }))
     }
 }
 
@@ -329,7 +441,30 @@ impl<S: EventStore> Ledger<S> {
         }
         let result = self.store.append(&records);
         self.books.settle(through, &records, result.as_ref().map(|_| ()));
-        Ok(result?)
+        result?;
+        self.snapshot_if_due();
+        Ok(())
+    }
+
+    /// Takes a snapshot when the store's policy says one is due. Its failure does not fail the
+    /// append that came before (that record is durable); the store keeps the reason.
+    fn snapshot_if_due(&mut self) {
+        if self.store.snapshot_due() {
+            let _ = self.snapshot();
+        }
+    }
+
+    /// Saves a snapshot of the books now (a store that keeps none does nothing).
+    pub fn snapshot(&mut self) -> Result<(), LedgerError> {
+        let hash_state = self.books.hash_state();
+        let grants = self.books.durable_grants();
+        let data = SnapshotData { records: self.books.records, hash_state: &hash_state, grants: &grants };
+        Ok(self.store.save_snapshot(&data)?)
+    }
+
+    /// The same books over another store, e.g. the store boxed behind a trait object.
+    pub fn map_store<T: EventStore>(self, f: impl FnOnce(S) -> T) -> Ledger<T> {
+        Ledger { store: f(self.store), books: self.books }
     }
 
     /// Records `event` for `grant` at `at_unix_ms` and returns the grant's new state.

@@ -11,19 +11,26 @@
 
 mod event;
 pub mod file;
+mod file_store;
+pub mod inspect;
 mod lease;
 mod ledger;
 pub mod report;
+mod segments;
 mod shared;
+pub mod snapshot;
 mod state;
 mod store;
 mod v1;
 
 pub use event::{BILLING_RULES_VERSION, Event, ObservedState, Record, ResourceKind, TerminationReason};
-pub use file::{FileStore, OpenReport, ReplayReport, ScanOutcome, TornTail, decode_frame, encode_frame, scan_file};
+pub use file::{ScanOutcome, TornTail, decode_frame, encode_frame, scan_file, scan_from};
+pub use file_store::{FileOptions, FileStore, OpenReport, ReplayReport, SnapshotPolicy};
 pub use lease::{LEASE_NAME_CHARS_MAX, Lease, LeaseError, LeaseInfo, check_lease_name};
-pub use ledger::{Books, Ledger, LedgerError};
+pub use ledger::{Books, FileOpenReport, Ledger, LedgerError};
+pub use segments::{archive_dir, list_segments, segment_path};
 pub use shared::SharedLedger;
+pub use snapshot::{Position, SNAPSHOT_VERSION, Snapshot, SnapshotData};
 pub use state::{
     ApplyError, GrantState, Impossible, MIN_BILLED_SECONDS, NetworkFigure, NetworkStatus, PendingNetwork, Phase, apply,
     billed_seconds, fold,

@@ -26,6 +26,7 @@ use crate::event::Event;
 use std::sync::Arc;
 
 use crate::ledger::{Books, Group, Ledger, LedgerError};
+use crate::snapshot::SnapshotData;
 use crate::state::GrantState;
 use crate::store::{EventStore, StoreError};
 
@@ -127,6 +128,18 @@ impl<S: EventStore> SharedLedger<S> {
         }
     }
 
+    /// Saves a snapshot of the durable books through `store`, which the caller holds so that no
+    /// other write comes between. The books are copied under their lock (appends stage again as
+    /// soon as it is released); the snapshot is written while the store is held, so the next
+    /// group's write waits for it. Its failure fails no append: the store keeps the reason.
+    fn snapshot(books: &Mutex<Books>, store: &mut S) {
+        let (records, hash_state, grants) = {
+            let books = lock(books);
+            (books.record_count(), books.hash_state(), books.durable_grants().into_owned())
+        };
+        let _ = store.save_snapshot(&SnapshotData { records, hash_state: &hash_state, grants: &grants });
+    }
+
     /// Writes every staged record with one store append and settles them, then tells waiters.
     /// Returns `true`.
     fn lead(&self, mut store: MutexGuard<'_, S>) -> bool {
@@ -139,6 +152,9 @@ impl<S: EventStore> SharedLedger<S> {
             // Settled while the store is still held: no other group can fail and undo these
             // records before they are marked durable.
             lock(&self.books).settle_group(through, &records, &group, result.as_ref().map(|_| ()));
+            if result.is_ok() && store.snapshot_due() {
+                Self::snapshot(&self.books, &mut store);
+            }
         }
         drop(store);
         self.settled.send_modify(|n| *n += 1);

@@ -50,14 +50,19 @@ pub enum Phase {
 
 /// The state of one grant, as the fold of its events.
 ///
-/// Once settled, a grant is compacted: only its phase, sequence, latest timestamp and final
-/// usage are kept, and the getters for the rest return empty values (`""`, `None`, tick 0).
+/// Once settled, a grant is compacted: only its phase, sequence, latest timestamp, settlement
+/// time, attempt and retry flag, final usage and open network figures are kept, and the getters for the rest return empty values (`""`, `None`, tick 0).
 /// Memory for a settled grant is a few dozen bytes; a live grant keeps its details boxed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// It serializes (serde) for snapshots only: the encoding follows this build's fields and is
+/// tagged with [`SNAPSHOT_VERSION`](crate::SNAPSHOT_VERSION), not a stable interchange format.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GrantState {
     phase: Phase,
     next_seq: u64,
     latest_unix_ms: u64,
+    /// When the grant settled (its `GrantSettled`, or a first `OrphanReaped`); 0 before.
+    settled_unix_ms: u64,
     settled_usage: UsageMetrics,
     /// The provision attempt: 0 for the first, one more for each `GrantRetried`.
     attempt: u32,
@@ -69,7 +74,7 @@ pub struct GrantState {
     network: Option<Box<NetworkBook>>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct LiveGrant {
     region: String,
     instance_type: String,
@@ -128,6 +133,12 @@ impl GrantState {
     /// so that it never decreases), in unix milliseconds.
     pub fn latest_unix_ms(&self) -> u64 {
         self.latest_unix_ms
+    }
+
+    /// When the grant settled (the grant's clock at its `GrantSettled`, or the time of an
+    /// `OrphanReaped` that created it), while it is settled: what billing periods go by.
+    pub fn settled_unix_ms(&self) -> Option<u64> {
+        self.is_settled().then_some(self.settled_unix_ms)
     }
 
     /// The region (empty once settled).

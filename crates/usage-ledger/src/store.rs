@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::event::Record;
+use crate::snapshot::SnapshotData;
 
 /// An append-only home for records.
 pub trait EventStore: Send {
@@ -15,6 +16,20 @@ pub trait EventStore: Send {
     /// Makes a store that failed an append usable again, or says why it still is not. A store
     /// that cannot fail, or recovers by itself, needs nothing here.
     fn heal(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// True when the store wants a snapshot of the books now (its owner's policy). A store that
+    /// keeps no snapshots never does.
+    fn snapshot_due(&self) -> bool {
+        false
+    }
+
+    /// Saves `data`, the books' state after exactly the records this store has acknowledged,
+    /// as a snapshot at the store's current end. An error leaves the records as they were: a
+    /// snapshot only ever saves a replay. A store that keeps no snapshots does nothing.
+    fn save_snapshot(&mut self, data: &SnapshotData<'_>) -> Result<(), StoreError> {
+        let _ = data;
         Ok(())
     }
 }

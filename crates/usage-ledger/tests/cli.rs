@@ -181,3 +181,123 @@ fn verify_names_the_offset_of_a_corrupt_frame_and_of_a_torn_tail() {
     assert!(!verify.status.success());
     assert!(stderr(&verify).contains("not a usage ledger"), "{}", stderr(&verify));
 }
+
+#[test]
+fn usage_over_a_billing_period_and_export_of_settled_grants() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger");
+    let usage = write_log(&path);
+
+    // Grant A settled at T0 + 140 s; B is live.
+    let since = (T0 + 100_000).to_string();
+    let until = (T0 + 200_000).to_string();
+    let period = run(&["usage", "--since", &since, "--until", &until], &path);
+    assert!(period.status.success(), "{}", stderr(&period));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&period)).unwrap();
+    assert_eq!(json["settled"].as_array().unwrap().len(), 1);
+    assert_eq!(json["settled"][0]["grant"], A.to_hex());
+    assert_eq!(json["settled"][0]["settled_unix_ms"], T0 + 140_000);
+    assert_eq!(json["settled"][0]["final"], true);
+    assert_eq!(json["settled"][0]["network"], "complete");
+    assert_eq!(serde_json::from_value::<UsageMetrics>(json["total_settled"].clone()).unwrap(), usage);
+    assert_eq!(json["live"][0]["grant"], B.to_hex());
+    assert_eq!(json["live"][0]["final"], false);
+
+    let later = run(&["usage", "--since", &(T0 + 140_001).to_string()], &path);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&later)).unwrap();
+    assert!(json["settled"].as_array().unwrap().is_empty(), "the period starts after the settlement");
+    assert_eq!(json["live"].as_array().unwrap().len(), 1, "live grants are always shown");
+
+    let export = run(&["export"], &path);
+    assert!(export.status.success(), "{}", stderr(&export));
+    let lines: Vec<serde_json::Value> = stdout(&export).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["schema"], 1);
+    assert_eq!(lines[0]["grant"], A.to_hex());
+    assert_eq!(lines[0]["attempt"], 0);
+    assert_eq!(lines[0]["settled_unix_ms"], T0 + 140_000);
+    assert_eq!(lines[0]["usage"]["cpu_seconds"], usage.cpu_seconds);
+    assert_eq!(lines[0]["final"], true);
+    let none = run(&["export", "--until", "2023-01-01"], &path);
+    assert!(stdout(&none).is_empty(), "T0 is in November 2023");
+}
+
+/// Writes a ledger in several small segments with a snapshot in the middle.
+fn write_segmented(path: &Path) {
+    let options =
+        usage_ledger::FileOptions { segment_bytes_max: 300, snapshots: None, archive_covered_segments: false };
+    let (mut ledger, _) = Ledger::open_file_with(path, options).unwrap();
+    let reap = |i: usize| Event::OrphanReaped { resource_kind: ResourceKind::KeyPair, resource_id: format!("key-{i}") };
+    for i in 0..20 {
+        ledger.append(GrantId([i as u8; 32]), T0 + i as u64, reap(i)).unwrap();
+    }
+    ledger.snapshot().unwrap();
+    for i in 20..30 {
+        ledger.append(GrantId([i as u8; 32]), T0 + i as u64, reap(i)).unwrap();
+    }
+}
+
+#[test]
+fn verify_detects_bit_flips_and_truncations_of_segments_and_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger");
+    write_segmented(&path);
+    let segments = usage_ledger::list_segments(&path).unwrap();
+    assert!(segments.len() >= 3, "{segments:?}");
+    let snapshots = usage_ledger::snapshot::list_snapshots(&path).unwrap();
+    assert_eq!(snapshots.len(), 1);
+    let intact = run(&["verify"], &path);
+    assert!(intact.status.success(), "{}", stderr(&intact));
+    assert!(stdout(&intact).contains("intact: 30 records, 30 grants (0 live)"), "{}", stdout(&intact));
+    assert!(stdout(&intact).contains("1 snapshot(s) agreeing"), "{}", stdout(&intact));
+
+    let damage = |file: &Path, change: &dyn Fn(&mut Vec<u8>), expect: &str| {
+        let original = std::fs::read(file).unwrap();
+        let mut bytes = original.clone();
+        change(&mut bytes);
+        std::fs::write(file, &bytes).unwrap();
+        let verify = run(&["verify"], &path);
+        assert!(!verify.status.success(), "{} damaged, verify passed", file.display());
+        assert!(stderr(&verify).contains(expect), "{}: {}", file.display(), stderr(&verify));
+        assert_eq!(std::fs::read(file).unwrap(), bytes, "verify modifies nothing");
+        // The tools still read the books, from the log when the snapshot is the damaged part.
+        if file == snapshots[0].1 {
+            let usage = run(&["usage"], &path);
+            assert!(usage.status.success(), "{}", stderr(&usage));
+            assert!(stderr(&usage).contains("skipped"), "{}", stderr(&usage));
+        }
+        std::fs::write(file, original).unwrap();
+    };
+    let snapshot = &snapshots[0].1;
+    let sealed = &segments[1].1;
+    let active = &segments.last().unwrap().1;
+    for at in [0, 9, 20, 30, 200] {
+        damage(
+            snapshot,
+            &|b| {
+                let i = at.min(b.len() - 1);
+                b[i] ^= 0x10;
+            },
+            "damaged snapshot",
+        );
+    }
+    damage(snapshot, &|b| b.truncate(b.len() - 1), "damaged snapshot");
+    damage(snapshot, &|b| b.truncate(10), "damaged snapshot");
+    damage(sealed, &|b| b[20] ^= 0x01, "corrupt frame in a sealed segment");
+    damage(sealed, &|b| b[12] ^= 0x80, "header");
+    damage(sealed, &|b| b.truncate(b.len() - 2), "sealed segment");
+    damage(&segments[0].1, &|b| b.truncate(b.len() - 5), "sealed segment");
+    // The active segment is preallocated: cut into its last frame, not just its free space.
+    let end = usage_ledger::scan_file(active, |_, _, _| Ok::<(), usage_ledger::StoreError>(())).unwrap().end_offset;
+    damage(active, &|b| b.truncate(end as usize - 3), "torn tail");
+    // A flip in the last frame is indistinguishable from a torn write: reported as one.
+    damage(active, &|b| b[end as usize - 1] ^= 0x04, "torn tail");
+    // A whole segment missing.
+    let moved = dir.path().join("elsewhere");
+    std::fs::rename(sealed, &moved).unwrap();
+    let verify = run(&["verify"], &path);
+    assert!(!verify.status.success());
+    assert!(stderr(&verify).contains("missing"), "{}", stderr(&verify));
+    std::fs::rename(&moved, sealed).unwrap();
+    assert!(run(&["verify"], &path).status.success());
+}

@@ -9,7 +9,7 @@ use anyhow::{Context, ensure};
 use aws_backend::DynStore;
 use backend_api::Secret;
 use rand::RngCore;
-use usage_ledger::{FileStore, Ledger};
+use usage_ledger::{FileOptions, Ledger};
 
 /// The backend's key seed, kept next to the ledger at `<ledger_path>.keyseed`: 32 bytes from the
 /// OS's randomness in hex, created with mode 0600 on first use. Every per-grant SSH key derives
@@ -84,10 +84,13 @@ fn warn_if_readable_by_others(path: &Path) {
 #[cfg(not(unix))]
 fn warn_if_readable_by_others(_: &Path) {}
 
-/// Opens the file ledger, reporting (and having truncated) a torn tail.
+/// Opens the file ledger from its newest good snapshot and the records after it (the ledger's
+/// default `FileOptions`: segments, and a snapshot every 100,000 records or 10 minutes of
+/// record time), reporting (and having truncated) a torn tail and any skipped snapshot.
 pub(crate) fn open_ledger(path: &Path) -> anyhow::Result<Ledger<DynStore>> {
-    let (store, report) = FileStore::open(path).with_context(|| format!("opening ledger {}", path.display()))?;
-    if let Some(torn) = report.torn_tail {
+    let (ledger, report) = Ledger::open_file_with(path, FileOptions::default())
+        .with_context(|| format!("opening ledger {}", path.display()))?;
+    if let Some(torn) = report.replay.torn_tail {
         tracing::warn!(
             path = %path.display(),
             offset = torn.offset,
@@ -95,23 +98,29 @@ pub(crate) fn open_ledger(path: &Path) -> anyhow::Result<Ledger<DynStore>> {
             "the ledger ended in a partial record (a crash during a write); it was truncated"
         );
     }
-    let records = report.records.len();
-    let ledger = Ledger::open(DynStore(Box::new(store)), report.records)
-        .with_context(|| format!("replaying ledger {}", path.display()))?;
-    tracing::info!(path = %path.display(), records, "ledger opened");
-    Ok(ledger)
+    for (snapshot, reason) in &report.skipped_snapshots {
+        tracing::warn!(snapshot = %snapshot.display(), reason = %reason, "a ledger snapshot was skipped");
+    }
+    tracing::info!(
+        path = %path.display(),
+        records = ledger.record_count(),
+        replayed = report.replay.records,
+        snapshot = ?report.snapshot,
+        "ledger opened"
+    );
+    Ok(ledger.map_store(|store| DynStore(Box::new(store))))
 }
 
-/// Every whole record of the ledger at `path`, read without locking or modifying it; a partial
-/// last record (a write in progress, or a crash) is left out.
+/// Every whole record of the ledger at `path` (all its segments), read without locking or
+/// modifying it; a partial last record (a write in progress, or a crash) is left out.
 pub(crate) fn scan_ledger(path: &Path) -> anyhow::Result<Vec<usage_ledger::Record>> {
     let mut records = Vec::new();
-    let outcome = usage_ledger::scan_file(path, |_, record, _| {
+    let (_, torn) = usage_ledger::inspect::scan_ledger(path, |_, record, _| {
         records.push(record);
         Ok::<(), usage_ledger::StoreError>(())
     })
     .with_context(|| format!("reading ledger {}", path.display()))?;
-    if outcome.torn_tail.is_some() {
+    if torn.is_some() {
         tracing::warn!(path = %path.display(), "the ledger ends in a partial record (a write in progress, or a crash)");
     }
     Ok(records)

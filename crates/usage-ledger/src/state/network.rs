@@ -6,14 +6,14 @@ use super::{ApplyError, GrantState, Impossible, LiveGrant};
 use crate::event::Record;
 
 /// The network figures of a grant's instances (see `NetworkMeasured` and `NetworkUnknown`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(super) struct NetworkBook {
     /// Where the instances ran: a settled grant keeps it to finish its measurement.
     region: String,
     entries: Vec<NetworkEntry>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct NetworkEntry {
     instance_id: String,
     window_start_unix_ms: u64,
@@ -22,7 +22,7 @@ struct NetworkEntry {
 }
 
 /// What the ledger knows of one instance's network bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum NetworkFigure {
     /// CloudWatch could not answer; billed as 0 until measured.
     Unknown,

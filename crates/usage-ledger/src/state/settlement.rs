@@ -20,6 +20,7 @@ impl GrantState {
             return fail(Impossible::UsageMismatch { recorded: *usage, computed });
         }
         self.phase = Phase::Settled;
+        self.settled_unix_ms = now;
         self.next_seq += 1;
         self.latest_unix_ms = now;
         self.settled_usage = self.base_usage();

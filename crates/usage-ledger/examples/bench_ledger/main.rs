@@ -1,10 +1,16 @@
 //! `cargo xtask bench ledger`: fold and replay throughput over 1,000,000 events, durable append
 //! throughput against SQLite at the same durability (one writer, and 64 concurrent writers
-//! sharing `fsync`s through group commit), and peak memory.
+//! sharing `fsync`s through group commit), peak memory, and start-up time from a snapshot with
+//! a long history behind it (`startup.rs`).
 //!
-//! Options: `--events N` (default 1,000,000), `--appends N` (default 20,000), `--dir PATH`
-//! (default: a temporary directory next to the target dir). `--replay PATH` is internal: the
-//! bench re-runs itself with it to measure the peak memory of a replay alone.
+//! Options: `--events N` (default 1,000,000), `--appends N` (default 20,000), `--history-grants
+//! N` (settled grants behind the start-up bench, default 1,000,000; 0 skips it), `--dir PATH`
+//! (default: the system's temporary directory). `--replay PATH` and `--startup PATH` are
+//! internal: the bench re-runs itself with them to measure a replay, or a start-up, alone.
+//!
+//! Apart from the start-up bench, every ledger here is opened without snapshots
+//! (`FileOptions::snapshots: None`), so that replays are full and appends compare with SQLite
+//! doing the same work.
 
 #![allow(clippy::unwrap_used)]
 
@@ -16,32 +22,51 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use usage_ledger::{
-    Event, EventStore, FileStore, GrantState, Ledger, ObservedState, Record, SharedLedger, StoreError,
+    Event, EventStore, FileOptions, FileStore, GrantState, Ledger, ObservedState, Record, SharedLedger, StoreError,
     TerminationReason, fold,
 };
 
-const T0: u64 = 1_700_000_000_000;
+mod startup;
+
+/// Options for every ledger of this bench but the start-up one: no snapshots.
+fn no_snapshots() -> FileOptions {
+    FileOptions { snapshots: None, ..FileOptions::default() }
+}
+
+/// Opens the file ledger at `path` without snapshots.
+fn open_plain(path: &Path) -> (Ledger<FileStore>, usage_ledger::ReplayReport) {
+    let (ledger, report) = Ledger::open_file_with(path, no_snapshots()).unwrap();
+    (ledger, report.replay)
+}
+
+pub(crate) const T0: u64 = 1_700_000_000_000;
 const CONCURRENT_GRANTS: usize = 64;
 const SAMPLES_PER_GRANT: u64 = 5;
 const GROUP_COMMIT_BATCH: usize = 100;
 
 /// One grant's life, one event per call, with the usage it settles on computed by the fold.
-struct Life {
+pub(crate) struct Life {
     id: GrantId,
     step: u64,
     state: Option<GrantState>,
+    /// `NetworkSampled` events in the life.
+    samples: u64,
 }
 
 impl Life {
     fn new(n: u64) -> Self {
+        Self::with_samples(n, SAMPLES_PER_GRANT)
+    }
+
+    pub(crate) fn with_samples(n: u64, samples: u64) -> Self {
         let mut id = [0u8; 32];
         id[..8].copy_from_slice(&n.to_be_bytes());
         id[8..16].copy_from_slice(&n.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_le_bytes());
-        Self { id: GrantId(id), step: 0, state: None }
+        Self { id: GrantId(id), step: 0, state: None, samples }
     }
 
     /// The next event at `now`, or `None` once settled.
-    fn next(&mut self, now: u64) -> Option<Record> {
+    pub(crate) fn next(&mut self, now: u64) -> Option<Record> {
         let n = u64::from_be_bytes(self.id.0[..8].try_into().unwrap());
         let instance = || format!("i-{n:017x}");
         let event = match self.step {
@@ -80,14 +105,14 @@ impl Life {
                 state: ObservedState::Running,
                 observed_at_unix_ms: now,
             },
-            s if s < 7 + SAMPLES_PER_GRANT => Event::NetworkSampled {
+            s if s < 7 + self.samples => Event::NetworkSampled {
                 instance_id: instance(),
                 bytes_in: 1_000_000 + s,
                 bytes_out: 50_000,
                 window_start_unix_ms: now.saturating_sub(60_000),
                 window_end_unix_ms: now,
             },
-            s => match s - 7 - SAMPLES_PER_GRANT {
+            s => match s - 7 - self.samples {
                 0 => Event::TerminationRequested { reason: TerminationReason::Deadline },
                 1 => Event::InstanceStateObserved {
                     instance_id: instance(),
@@ -134,7 +159,7 @@ fn generate(count: usize) -> Vec<Record> {
     records
 }
 
-fn vm_hwm_kib() -> u64 {
+pub(crate) fn vm_hwm_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
@@ -149,7 +174,7 @@ fn per_second(count: usize, seconds: f64) -> f64 {
 
 fn replay_child(path: &Path) {
     let started = Instant::now();
-    let (ledger, report) = Ledger::open_file(path).unwrap();
+    let (ledger, report) = open_plain(path);
     let elapsed = started.elapsed().as_secs_f64();
     println!(
         "{} {} {} {:.3}",
@@ -170,6 +195,11 @@ fn main() {
         replay_child(Path::new(&path));
         return;
     }
+    if let Some(path) = arg(&args, "--startup") {
+        startup::child(Path::new(&path));
+        return;
+    }
+    let history_grants: u64 = arg(&args, "--history-grants").map_or(1_000_000, |v| v.parse().unwrap());
     let events: usize = arg(&args, "--events").map_or(1_000_000, |v| v.parse().unwrap());
     let appends: usize = arg(&args, "--appends").map_or(20_000, |v| v.parse().unwrap());
     let dir = match arg(&args, "--dir") {
@@ -197,24 +227,30 @@ fn main() {
     // Write the log with big group commits, then replay it from disk.
     let log = work.path().join("replay.log");
     {
-        let (mut store, _) = FileStore::open(&log).unwrap();
+        let (mut store, _) = open_plain(&log).0.into_parts();
         for chunk in records.chunks(10_000) {
             store.append(chunk).unwrap();
         }
     }
-    let scan = usage_ledger::scan_file(&log, |_, _, _| Ok::<(), StoreError>(())).unwrap();
-    let log_bytes = scan.end_offset;
+    // Every segment's frames, and the active (last) one's preallocated zeros.
+    let mut log_bytes = 0;
+    let mut free_bytes = 0;
+    for (_, segment) in usage_ledger::list_segments(&log).unwrap() {
+        let scan = usage_ledger::scan_file(&segment, |_, _, _| Ok::<(), StoreError>(())).unwrap();
+        log_bytes += scan.end_offset;
+        free_bytes = scan.free_bytes;
+    }
     println!(
         "log size: {:.1} MiB, {:.1} bytes/event (and {:.1} MiB preallocated)",
         log_bytes as f64 / (1 << 20) as f64,
         log_bytes as f64 / records.len() as f64,
-        scan.free_bytes as f64 / (1 << 20) as f64
+        free_bytes as f64 / (1 << 20) as f64
     );
     let mut best = f64::MAX;
     let mut live = 0;
     for _ in 0..3 {
         let started = Instant::now();
-        let (ledger, report) = Ledger::open_file(&log).unwrap();
+        let (ledger, report) = open_plain(&log);
         best = best.min(started.elapsed().as_secs_f64());
         assert_eq!(report.records as usize, records.len());
         live = ledger.live_grants().count();
@@ -246,8 +282,8 @@ fn main() {
     let sample = &records[..appends.min(records.len())];
     let rounds = 10;
     let round_len = sample.len().div_ceil(rounds).max(1);
-    let (mut ours, _) = Ledger::open_file(work.path().join("append.log")).unwrap();
-    let (mut ours_grouped, _) = Ledger::open_file(work.path().join("append-batch.log")).unwrap();
+    let (mut ours, _) = open_plain(&work.path().join("append.log"));
+    let (mut ours_grouped, _) = open_plain(&work.path().join("append-batch.log"));
     let sqlite_single = sqlite_open(work.path(), "single.sqlite");
     let mut sqlite_grouped = sqlite_open(work.path(), "batch.sqlite");
     let mut payload = Vec::new();
@@ -303,6 +339,10 @@ fn main() {
         "peak memory of this bench process: {:.1} MiB VmHWM (holds all generated events)",
         vm_hwm_kib() as f64 / 1024.0
     );
+    drop(records);
+    if history_grants > 0 {
+        startup::run(work.path(), history_grants);
+    }
 }
 
 /// A file store that counts its writes (each ends in an fsync).
@@ -325,7 +365,7 @@ impl EventStore for Counted {
 /// Appends `sample` from `CONCURRENT_GRANTS` tasks (writer `w` takes the events of the grants
 /// `generate` put in slot `w`, in order); returns events per second and the store's writes.
 fn concurrent_appends(dir: &Path, sample: &[Record]) -> (f64, u64) {
-    let (ledger, _) = Ledger::open_file(dir.join("append-concurrent.log")).unwrap();
+    let (ledger, _) = open_plain(&dir.join("append-concurrent.log"));
     let (store, _) = ledger.into_parts();
     let appends = Arc::new(AtomicU64::new(0));
     let shared = Arc::new(SharedLedger::new(Ledger::empty(Counted { inner: store, appends: appends.clone() })));

@@ -1,0 +1,3 @@
+//! Helpers shared by the crate's integration tests.
+
+pub mod history;
