@@ -185,7 +185,7 @@ impl Serve {
     }
 
     async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Answer> {
-        call(&self.socket, method, path, body).await
+        call(&self.socket, method, path, body).await.with_context(|| format!("aws-backend's log:\n{}", self.logs()))
     }
 
     /// Waits until `GET /v1/status` says `phase`, for at most `within`.
@@ -227,8 +227,18 @@ struct Answer {
     body: Value,
 }
 
-/// One HTTP/1.1 request over the Unix socket at `socket`.
+/// How long a request may wait for its answer: a provision on moto takes a second or two.
+const ANSWER_WITHIN: Duration = Duration::from_secs(60);
+
+/// One HTTP/1.1 request over the Unix socket at `socket`, answered within [`ANSWER_WITHIN`].
 async fn call(socket: &Path, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Answer> {
+    let what = format!("{method} {path}");
+    tokio::time::timeout(ANSWER_WITHIN, call_once(socket, method, path, body))
+        .await
+        .with_context(|| format!("no answer to {what} within {ANSWER_WITHIN:?}"))?
+}
+
+async fn call_once(socket: &Path, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Answer> {
     let stream = tokio::net::UnixStream::connect(socket).await?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(connection);
@@ -314,6 +324,26 @@ async fn serve_exits_2_on_a_bad_config_and_4_on_an_unusable_ledger() -> anyhow::
     let status = serve.exited(Duration::from_secs(10)).await?;
     ensure!(status.code() == Some(4), "an unusable ledger exited {status}: {}", serve.logs());
     ensure!(!dir.join("b.sock").exists(), "the socket was left behind");
+
+    // A --listen address already taken: a configuration error, and the Unix socket is removed.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let good = dir.join("good.toml");
+    std::fs::write(&good, config_text(endpoint, "exits", now, &ledger))?;
+    let out = Command::new(&binary)
+        .args(["serve", "--config"])
+        .arg(&good)
+        .arg("--socket")
+        .arg(dir.join("c.sock"))
+        .args(["--listen", &taken.local_addr()?.to_string()])
+        .stdin(Stdio::null())
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(2) && stderr.contains("--listen"),
+        "a taken --listen exited {}: {stderr}",
+        out.status
+    );
+    ensure!(!dir.join("c.sock").exists(), "the socket was left behind");
     eprintln!("process exit-code test passed in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }
@@ -403,10 +433,17 @@ async fn serve_drains_on_sigterm_and_the_next_process_finishes_the_grant() -> an
     let cfg = AwsBootConfig::from_toml(&text)?;
     let socket = dir.join("api.sock");
 
+    let step = |what: &str| eprintln!("  {:>5.1} s  {what}", started.elapsed().as_secs_f64());
     let mut first = Serve::start(&binary, &config, &socket, &dir.join("first.log"))?;
     first.phase("admitting", Duration::from_secs(30)).await?;
+    step("first process admitting");
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket)?.permissions());
     ensure!(mode & 0o777 == 0o600, "the socket's mode is {:o}", mode & 0o777);
+    // SIGHUP is ignored.
+    first.signal("HUP")?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    first.phase("admitting", Duration::from_secs(1)).await?;
+    ensure!(first.logs().contains("SIGHUP ignored"), "SIGHUP was not logged:\n{}", first.logs());
 
     // Bad requests are refused naming the field.
     let id = format!("{salt}{}", "00".repeat(26));
@@ -449,6 +486,7 @@ async fn serve_drains_on_sigterm_and_the_next_process_finishes_the_grant() -> an
     ensure!(answer.body["ssh_private_key"].as_str().is_some_and(|k| k.contains("PRIVATE KEY")), "{answer:?}");
     ensure!(answer.body["ssh_host_public_key"].as_str().is_some_and(|k| k.starts_with("ssh-ed25519")), "{answer:?}");
     let status = first.exited(Duration::from_secs(25)).await?;
+    step("first process drained");
     ensure!(status.code() == Some(0), "the drained process exited {status}:\n{}", first.logs());
     let private_key = answer.body["ssh_private_key"].as_str().context("a private key")?.to_string();
     let key_body = private_key.lines().nth(1).context("a key body")?;
@@ -463,10 +501,12 @@ async fn serve_drains_on_sigterm_and_the_next_process_finishes_the_grant() -> an
     ensure!(answer.status == StatusCode::OK && answer.body["instance_id"] == instance_id.as_str(), "{answer:?}");
     // Then the grant sent again is resumed, not provisioned twice.
     let answer = second.call(Method::POST, "/v1/grants", Some(grant_body(&grant, from, to))).await?;
+    step("second process resumed the grant");
     ensure!(answer.status == StatusCode::OK, "the grant sent again: {answer:?}\n{}", second.logs());
     ensure!(answer.body["instance_id"] == instance_id.as_str(), "a second instance: {answer:?}");
     // And the service ends it at valid_to by itself.
     let state = settled(&second, &grant, Duration::from_secs(30)).await?;
+    step("the grant settled at valid_to");
     let settled_at = wall_clock_unix_ms();
     ensure!(settled_at >= valid_to_unix_ms, "settled at {settled_at}, before valid_to {valid_to_unix_ms}");
     // The bill: the instance ran from about valid_from to valid_to, billed per second with
@@ -499,6 +539,7 @@ async fn serve_drains_on_sigterm_and_the_next_process_finishes_the_grant() -> an
     ensure!(answer.status == StatusCode::SERVICE_UNAVAILABLE, "a provision cut short: {answer:?}\n{}", second.logs());
     ensure!(answer.retry_after.is_some() && answer.body["retryable"] == true, "{answer:?}");
     let status = second.exited(Duration::from_secs(10)).await?;
+    step("second process drained, cut short");
     ensure!(status.code() == Some(0), "the second process exited {status}:\n{}", second.logs());
     ensure!(
         second.logs().contains("cut_short=1"),
@@ -509,14 +550,18 @@ async fn serve_drains_on_sigterm_and_the_next_process_finishes_the_grant() -> an
     // When a third process is sent that grant again, it provisions it anew; DELETE ends it.
     let mut third = Serve::start(&binary, &config, &socket, &dir.join("third.log"))?;
     third.phase("admitting", Duration::from_secs(30)).await?;
+    step("third process admitting");
     let answer = third.call(Method::POST, "/v1/grants", Some(grant_body(&again, from, to))).await?;
+    step("third process provisioned the grant cut short");
     ensure!(answer.status == StatusCode::CREATED, "the grant sent again: {answer:?}\n{}", third.logs());
     let answer = third.call(Method::DELETE, &format!("/v1/grants/{again}"), None).await?;
+    step("third process deleted it");
     ensure!(answer.status == StatusCode::OK && answer.body["settled"] == true, "DELETE: {answer:?}\n{}", third.logs());
     let answer = third.call(Method::DELETE, &format!("/v1/grants/{again}"), None).await?;
     ensure!(answer.status == StatusCode::OK, "a second DELETE: {answer:?}");
     third.signal("TERM")?;
     let status = third.exited(Duration::from_secs(25)).await?;
+    step("third process drained");
     ensure!(status.code() == Some(0), "the third process exited {status}:\n{}", third.logs());
     nothing_left(&cfg).await?;
     eprintln!(

@@ -7,7 +7,7 @@
 //! The work of a request runs in a task of its own: a client that hangs up does not cut a
 //! provision or a teardown in the middle.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use aws_backend::bridge::Bridge;
@@ -31,6 +31,9 @@ use crate::usage_json;
 const RETRY_AFTER_S: u64 = 5;
 /// The same when EC2 has no capacity: it rarely comes back within seconds.
 const RETRY_AFTER_CAPACITY_S: u64 = 30;
+/// How long a request whose bridge has stopped still waits for its work's answer: the steps
+/// after a provision returns (arming its watch, the answer's JSON) take no time.
+const FINISH_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
 /// How long a watch that failed retryably waits before it watches again.
 const REWATCH_MS: u64 = 5_000;
 
@@ -45,6 +48,10 @@ pub(crate) struct Api {
     watched: Arc<Mutex<BTreeSet<GrantId>>>,
     /// True once the bridge's run has ended: a request still waiting is answered then.
     stopping: watch::Receiver<bool>,
+    /// One lock per grant being terminated here, so that a DELETE and the grant's own watch
+    /// never tear the same grant down at once (two concurrent teardowns of one grant have been
+    /// seen to leave one of them waiting for minutes on moto; see `Api::terminate`).
+    terminating: Arc<Mutex<BTreeMap<GrantId, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 impl Api {
@@ -54,17 +61,41 @@ impl Api {
         clock: Arc<dyn Clock>,
         stopping: watch::Receiver<bool>,
     ) -> Self {
-        Self { bridge, almanac: cfg.almanac, clock, watched: Arc::default(), stopping }
+        Self { bridge, almanac: cfg.almanac, clock, watched: Arc::default(), stopping, terminating: Arc::default() }
+    }
+
+    /// Terminates `instance` through the bridge, one call per grant at a time: a second caller
+    /// waits for the first, then finds the grant settled (terminate is idempotent).
+    async fn terminate(&self, instance: &ProvisionedInstance) -> anyhow::Result<()> {
+        let grant = instance.grant_id;
+        let turn = self.terminating.lock().unwrap_or_else(PoisonError::into_inner).entry(grant).or_default().clone();
+        let result = {
+            let _turn = turn.lock().await;
+            self.bridge.terminate(instance).await
+        };
+        let mut terminating = self.terminating.lock().unwrap_or_else(PoisonError::into_inner);
+        // The map's and this call's: nobody else waits for this grant's turn.
+        if Arc::strong_count(&turn) == 2 {
+            terminating.remove(&grant);
+        }
+        result
     }
 
     /// Waits for `work`'s answer; if the bridge stops first (a drain whose time ran out), a
     /// retryable refusal: the work dies with the process, and the next process's recovery
-    /// finishes or rolls back what it started.
-    async fn answer<T>(&self, work: tokio::task::JoinHandle<T>, what: &str) -> Result<T, Problem> {
+    /// finishes or rolls back what it started. A work whose provision returned just before the
+    /// bridge stopped (every drain that did not run out) still gets [`FINISH_WITHIN`] to answer.
+    async fn answer<T>(&self, mut work: tokio::task::JoinHandle<T>, what: &str) -> Result<T, Problem> {
+        let failed = |err: tokio::task::JoinError| Problem::internal(format!("the {what}'s task failed: {err}"));
         let mut stopping = self.stopping.clone();
         tokio::select! {
-            joined = work => joined.map_err(|err| Problem::internal(format!("the {what}'s task failed: {err}"))),
-            _ = stopping.wait_for(|stop| *stop) => Err(Problem::retryable(
+            biased;
+            joined = &mut work => return joined.map_err(failed),
+            _ = stopping.wait_for(|stop| *stop) => {}
+        }
+        match tokio::time::timeout(FINISH_WITHIN, &mut work).await {
+            Ok(joined) => joined.map_err(failed),
+            Err(_) => Err(Problem::retryable(
                 format!(
                     "this bridge stopped before the {what} finished (its drain_s ran out): send the call again, to this \
                      bridge once it is back (its recovery finishes or rolls back what was started) or to another"
@@ -120,7 +151,7 @@ impl Api {
                 },
             }
         }
-        match self.bridge.terminate(instance).await {
+        match self.terminate(instance).await {
             Ok(()) => tracing::info!(%grant, "the grant ended and is torn down"),
             Err(err) => {
                 tracing::warn!(%grant, error = %format!("{err:#}"), "terminating the grant failed; recovery or the reaper finishes it")
@@ -218,8 +249,11 @@ async fn delete_grant(State(api): State<Api>, Path(id): Path<String>) -> Respons
         ssh_host_public_key: String::new(),
         ssh_private_key: Secret::new(""),
     };
-    let bridge = api.bridge.clone();
-    match api.answer(tokio::spawn(async move { bridge.terminate(&instance).await }), "teardown").await {
+    let work = tokio::spawn({
+        let api = api.clone();
+        async move { api.terminate(&instance).await }
+    });
+    match api.answer(work, "teardown").await {
         Ok(Ok(())) => match backend.grant_state(&id) {
             Some(state) => axum::Json(grant_json(&id, &state)).into_response(),
             None => unknown(&id).into_response(),
@@ -434,130 +468,5 @@ impl IntoResponse for Problem {
 }
 
 #[cfg(test)]
-mod tests {
-    use axum::body::Body;
-    use axum::http::Request;
-    use backend_api::TokioClock;
-    use tower::ServiceExt as _;
-
-    use super::*;
-
-    /// The router over a bridge that has not started (it is `starting`, with no backend).
-    fn starting() -> (Router, watch::Sender<bool>) {
-        let cfg = AwsBootConfig::from_toml(
-            r#"
-            regions = ["us-east-1"]
-            instance_families = ["m6i"]
-            owner = "unit"
-            ami = { us-east-1 = "ami-12345678" }
-            ledger_path = "/nonexistent/ledger"
-            almanac = { epoch_unix_ms = 0, tick_ms = 1000 }
-            guest = { content_store_url = "http://127.0.0.1:9/blobs/{hash}" }
-            "#,
-        )
-        .expect("a valid config");
-        let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(1_800_000_000_000));
-        let (stop, stopping) = watch::channel(false);
-        (router(Api::new(Bridge::new(clock.clone()), &cfg, clock, stopping)), stop)
-    }
-
-    async fn call(router: &Router, method: &str, uri: &str, body: &str) -> (StatusCode, Option<String>, Value) {
-        let request = Request::builder().method(method).uri(uri).body(Body::from(body.to_string())).expect("a request");
-        let response = router.clone().oneshot(request).await.expect("an answer");
-        let status = response.status();
-        let retry_after = response.headers().get(header::RETRY_AFTER).map(|v| v.to_str().expect("ascii").to_string());
-        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.expect("a body");
-        (status, retry_after, serde_json::from_slice(&bytes).expect("JSON"))
-    }
-
-    fn grant(valid_from: u64, valid_to: u64) -> String {
-        format!(
-            r#"{{"id":"{}","cpu_millicores":1000,"ram_mib":1024,"storage_gib":8,"tdx_required":false,"image_post_hash":"{}","valid_from":{valid_from},"valid_to":{valid_to}}}"#,
-            "ab".repeat(32),
-            "5a".repeat(32)
-        )
-    }
-
-    #[tokio::test]
-    async fn a_bridge_not_admitting_answers_503_with_retry_after_and_bad_requests_name_the_field() {
-        let (router, _stop) = starting();
-        let (status, retry_after, body) = call(&router, "POST", "/v1/grants", &grant(1, 2)).await;
-        assert_eq!((status, retry_after.as_deref()), (StatusCode::SERVICE_UNAVAILABLE, Some("5")), "{body}");
-        assert_eq!(body["retryable"], true);
-        assert!(body["message"].as_str().is_some_and(|m| m.contains("starting")), "{body}");
-
-        let (status, _, body) = call(&router, "POST", "/v1/grants", &grant(1, 2).replace("ram_mib", "ram")).await;
-        assert_eq!(
-            (status, body["error"].as_str(), body["field"].as_str()),
-            (StatusCode::BAD_REQUEST, Some("invalid_body"), Some("ram"))
-        );
-        let (status, _, body) = call(&router, "POST", "/v1/grants", &grant(3, 2)).await;
-        assert_eq!((status, body["field"].as_str()), (StatusCode::BAD_REQUEST, Some("valid_from")), "{body}");
-        let (status, _, body) = call(&router, "GET", "/v1/grants/xyz", "").await;
-        assert_eq!((status, body["field"].as_str()), (StatusCode::BAD_REQUEST, Some("id")), "{body}");
-        let (status, retry_after, _) = call(&router, "GET", &format!("/v1/grants/{}", "ab".repeat(32)), "").await;
-        assert_eq!((status, retry_after.is_some()), (StatusCode::SERVICE_UNAVAILABLE, true));
-        let (status, _, body) = call(&router, "GET", "/v2/anything", "").await;
-        assert_eq!((status, body["error"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
-
-        let (status, _, body) = call(&router, "GET", "/v1/status", "").await;
-        assert_eq!(status, StatusCode::OK);
-        assert_eq!((body["phase"].as_str(), body["admitting"].as_bool()), (Some("starting"), Some(false)), "{body}");
-        assert_eq!(body["in_flight"], 0);
-        assert_eq!(body["live_grants"], json!([]));
-    }
-
-    fn status_of(err: BackendError) -> (StatusCode, Option<String>, Option<u64>) {
-        let problem = Problem::of(&anyhow::Error::new(err).context("provision"));
-        (problem.status, problem.field, problem.retry_after_s)
-    }
-
-    #[test]
-    fn the_grants_fault_is_a_4xx_naming_the_field_and_a_retryable_refusal_a_503_with_retry_after() {
-        let invalid = BackendError::InvalidInput { field: "grant.valid_from".into(), reason: "too far".into() };
-        assert_eq!(status_of(invalid), (StatusCode::BAD_REQUEST, Some("valid_from".into()), None));
-        let region = BackendError::RegionNotAllowed { region: "mars-1".into(), allowed: vec!["us-east-1".into()] };
-        assert_eq!(status_of(region), (StatusCode::UNPROCESSABLE_ENTITY, Some("region".into()), None));
-        let tdx = BackendError::Unsatisfiable { reason: "TDX".into() };
-        assert_eq!(status_of(tdx).0, StatusCode::UNPROCESSABLE_ENTITY);
-        let late = BackendError::DeadlinePassed { valid_to: AlmanacTick(1), now: AlmanacTick(2) };
-        assert_eq!(status_of(late), (StatusCode::UNPROCESSABLE_ENTITY, Some("valid_to".into()), None));
-        let draining = BackendError::Unavailable { reason: "draining".into() };
-        assert_eq!(status_of(draining), (StatusCode::SERVICE_UNAVAILABLE, None, Some(RETRY_AFTER_S)));
-        let capacity = BackendError::CapacityUnavailable { region: "r".into(), instance_types: vec![] };
-        assert_eq!(status_of(capacity).2, Some(RETRY_AFTER_CAPACITY_S));
-        let refused = BackendError::Provider {
-            operation: "RunInstances".into(),
-            code: "InvalidAMIID.NotFound".into(),
-            message: "no".into(),
-            retryable: false,
-        };
-        assert_eq!(status_of(refused).0, StatusCode::BAD_GATEWAY);
-        assert_eq!(Problem::of(&anyhow::anyhow!("other")).status, StatusCode::INTERNAL_SERVER_ERROR);
-    }
-
-    #[test]
-    fn a_body_that_is_not_a_grant_names_the_field() {
-        let problem = parse_grant(format!(r#"{{"id":"{}"}}"#, "ab".repeat(32)).as_bytes()).expect_err("not a grant");
-        assert_eq!(problem.status, StatusCode::BAD_REQUEST);
-        assert_eq!(problem.field.as_deref(), Some("cpu_millicores"), "{problem:?}");
-        assert!(problem.message.contains("docs/grants-format.md"), "{problem:?}");
-        let problem = parse_grant(br#"{"cpu":1}"#).expect_err("unknown field");
-        assert_eq!(problem.field.as_deref(), Some("cpu"));
-        let problem = parse_grant(br#"{"id":1}"#).expect_err("an id of the wrong type");
-        assert_eq!(problem.field.as_deref(), Some("id"), "{problem:?}");
-        let problem = parse_grant(format!(r#"{{"ram_mib":-1,"id":"{}"}}"#, "ab".repeat(32)).as_bytes())
-            .expect_err("a negative size");
-        assert_eq!(problem.field.as_deref(), Some("ram_mib"), "{problem:?}");
-        let problem = parse_grant(br#""a grant""#).expect_err("not an object");
-        assert_eq!(problem.field, None, "{problem:?}");
-        let good = format!(
-            r#"{{"id":"{}","cpu_millicores":1,"ram_mib":1,"storage_gib":1,"tdx_required":false,"image_post_hash":"{}","valid_from":1,"valid_to":2}}"#,
-            "ab".repeat(32),
-            "5a".repeat(32)
-        );
-        assert!(parse_grant(good.as_bytes()).is_ok());
-        let problem = parse_grant(format!("{good} {{}}").as_bytes()).expect_err("trailing characters");
-        assert_eq!(problem.status, StatusCode::BAD_REQUEST);
-    }
-}
+#[path = "api_tests.rs"]
+mod tests;
