@@ -253,7 +253,12 @@ async fn call_once(socket: &Path, method: Method, path: &str, body: Option<Value
     let status = response.status();
     let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_string);
     let body = response.into_body().collect().await?.to_bytes();
-    let body = if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).context("a JSON body")? };
+    // JSON, except the Prometheus text of `/metrics` (and `/healthz`'s "ok"), kept as a string.
+    let body = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()))
+    };
     Ok(Answer { status, retry_after, body })
 }
 
@@ -475,6 +480,11 @@ async fn serve_drains_on_sigterm_and_the_next_process_finishes_the_grant() -> an
     first.signal("TERM")?;
     let status = first.phase("draining", Duration::from_secs(3)).await?;
     ensure!(status["in_flight"] == 1, "{status}");
+    // Not ready while draining: a load balancer or supervisor sends grants elsewhere.
+    let ready = first.call(Method::GET, "/readyz", None).await?;
+    ensure!(ready.status == StatusCode::SERVICE_UNAVAILABLE && ready.body["ready"] == false, "{ready:?}");
+    let alive = first.call(Method::GET, "/healthz", None).await?;
+    ensure!(alive.status == StatusCode::OK, "{alive:?}");
     let other = format!("{salt}{}", "02".repeat(26));
     let answer = first.call(Method::POST, "/v1/grants", Some(grant_body(&other, now, now + 60))).await?;
     ensure!(answer.status == StatusCode::SERVICE_UNAVAILABLE, "a draining bridge took a grant: {answer:?}");
@@ -519,6 +529,29 @@ async fn serve_drains_on_sigterm_and_the_next_process_finishes_the_grant() -> an
     ensure!(cpu_seconds == 2 * seconds, "billed {cpu_seconds} cpu seconds for {seconds} s: {state}");
     let status = second.call(Method::GET, "/v1/status", None).await?;
     ensure!(status.body["live_grants"].as_array().is_some_and(Vec::is_empty), "{status:?}");
+    // The metrics show what happened: EC2 calls by operation, ledger appends timed, and the
+    // deadline's lateness (TerminateInstances accepted, and EC2 showing the instance gone).
+    let ready = second.call(Method::GET, "/readyz", None).await?;
+    ensure!(ready.status == StatusCode::OK && ready.body["ready"] == true, "{ready:?}");
+    let scrape = second.call(Method::GET, "/metrics", None).await?;
+    let text = scrape.body.as_str().context("Prometheus text")?.to_string();
+    let sample = |name: &str, label: &str| -> Option<f64> {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && l.starts_with(name) && l.contains(label))
+            .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+    for (name, label) in [
+        ("bridge_ec2_calls_total", "operation=\"TerminateInstances\""),
+        ("bridge_ledger_append_seconds_count", ""),
+        ("bridge_deadline_lateness_seconds_count", "stage=\"terminate_sent\""),
+        ("bridge_pacer_wait_seconds_count", ""),
+    ] {
+        ensure!(sample(name, label).is_some_and(|n| n >= 1.0), "no {name}{{{label}}} in the scrape:\n{text}");
+    }
+    let late = sample("bridge_deadline_lateness_seconds_sum", "stage=\"terminate_sent\"").unwrap_or(f64::MAX);
+    ensure!(late < 10.0, "TerminateInstances was accepted {late} s after valid_to:\n{text}");
+    ensure!(text.contains("bridge_grants{phase=\"running\"} 0"), "the gauges are set at scrape time:\n{text}");
+    step("metrics scraped");
 
     // Given a second grant in flight, 4 s before its valid_from, when SIGTERM comes: the drain
     // of 1 s runs out first. Then its POST is refused retryably and the process exits 0.

@@ -28,6 +28,8 @@ mod exit;
 mod grants;
 #[path = "main/group.rs"]
 mod group;
+#[path = "main/health.rs"]
+mod health;
 #[path = "main/host.rs"]
 mod host;
 #[path = "main/ledger.rs"]

@@ -167,7 +167,7 @@ pub(crate) fn router(api: Api) -> Router {
         .route("/v1/grants/{id}", get(get_grant).delete(delete_grant))
         .route("/v1/status", get(status))
         .fallback(|| async {
-            Problem::new(StatusCode::NOT_FOUND, "not_found", None, "no such endpoint: the API is POST /v1/grants, GET and DELETE /v1/grants/{id}, GET /v1/status (docs/operations.md)")
+            Problem::new(StatusCode::NOT_FOUND, "not_found", None, "no such endpoint: the API is POST /v1/grants, GET and DELETE /v1/grants/{id}, GET /v1/status; GET /healthz, /readyz, /metrics (docs/operations.md)")
         })
         .with_state(api)
 }

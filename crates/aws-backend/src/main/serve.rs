@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use crate::api::{self, Api};
 use crate::exit::Exit;
-use crate::host;
+use crate::{health, host};
 
 /// The socket's name in systemd's runtime directory (`RuntimeDirectory=` sets
 /// `$RUNTIME_DIRECTORY`).
@@ -57,6 +57,13 @@ pub(crate) async fn serve(config: &Path, socket: Option<PathBuf>, listen: Option
         }
         None => None,
     };
+    let metrics = match health::install_metrics() {
+        Ok(metrics) => metrics,
+        Err(err) => {
+            remove_socket(&socket);
+            return Err(err);
+        }
+    };
     let mut hosted = match host::start(&cfg).await {
         Ok(hosted) => hosted,
         Err(err) => {
@@ -66,7 +73,9 @@ pub(crate) async fn serve(config: &Path, socket: Option<PathBuf>, listen: Option
     };
     let _signals = host::drain_on_signals(hosted.bridge.clone())?;
     let (stop, stopping) = watch::channel(false);
-    let router = api::router(Api::new(hosted.bridge.clone(), &cfg, hosted.clock.clone(), stopping.clone()));
+    let router = api::router(Api::new(hosted.bridge.clone(), &cfg, hosted.clock.clone(), stopping.clone()))
+        .merge(health::routes(hosted.bridge.clone(), metrics));
+    let _notifying = AbortOnDrop(tokio::spawn(health::notify_systemd(hosted.bridge.clone())));
     let mut servers = tokio::task::JoinSet::new();
     tracing::info!(socket = %socket.display(), "serving the API on the Unix socket");
     servers.spawn(axum::serve(unix, router.clone()).with_graceful_shutdown(stopped(stopping.clone())).into_future());
@@ -92,6 +101,15 @@ pub(crate) async fn serve(config: &Path, socket: Option<PathBuf>, listen: Option
     let exit = Exit::of_stopped(&stopped);
     tracing::info!(exit = exit.code(), "aws-backend serve stopped");
     Ok(exit)
+}
+
+/// A task that ends with the scope holding it.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn stopped(mut stopping: watch::Receiver<bool>) {
