@@ -280,7 +280,8 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
                         break;
                     }
                 }
-                world.downtimes.push(Downtime { from_unix_ms: at, to_unix_ms: clock.now_unix_ms() });
+                let resumed = how != Outage::Kill;
+                world.downtimes.push(Downtime { from_unix_ms: at, to_unix_ms: clock.now_unix_ms(), resumed });
                 active = common.active().unwrap_or(active);
             }
             Step::Arrive(i) => {
@@ -338,7 +339,11 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
                 world.absorb_stats(&active.backend);
                 single.kill().await;
                 let downtime_ms = crashes[i].downtime_ms;
-                world.downtimes.push(Downtime { from_unix_ms: at, to_unix_ms: clock.now_unix_ms() + downtime_ms });
+                world.downtimes.push(Downtime {
+                    from_unix_ms: at,
+                    to_unix_ms: clock.now_unix_ms() + downtime_ms,
+                    resumed: false,
+                });
                 clock.sleep_ms(downtime_ms).await;
                 let restarted = match store.records() {
                     Ok(records) => single.start(at, records).await,

@@ -102,6 +102,21 @@ pub fn oracle(instance: &InstanceTruth, plan: &GrantPlan, ctx: &Context<'_>) -> 
         // So is a run shorter than one sighting, which a poller may never catch running.
         let unseen = ctx.downtimes.iter().any(|d| d.from_unix_ms <= a + sighting && b < d.to_unix_ms)
             || b < seen_from + sighting;
+        // A pause or partition of the acting process that covers the start of the run delays
+        // its first sighting by that process, which saw it pending and so bills from the
+        // sighting, to a sighting after the downtime ends: the gap is the downtime, chained
+        // while the next one starts before the sighting it allows. (After a kill, the new
+        // process bills a run it never saw start from LaunchTime: no gap.)
+        let mut seen_from = seen_from;
+        while let Some(back) = ctx
+            .downtimes
+            .iter()
+            .filter(|d| d.resumed && d.overlaps(seen_from, seen_from + sighting) && d.to_unix_ms > seen_from)
+            .map(|d| d.to_unix_ms)
+            .max()
+        {
+            seen_from = back;
+        }
         under_ms += if unseen {
             seconds * 1_000
         } else {

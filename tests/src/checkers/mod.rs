@@ -249,6 +249,10 @@ pub struct Downtime {
     pub from_unix_ms: u64,
     /// When the new backend started, unix ms.
     pub to_unix_ms: u64,
+    /// The process acting before it may carry on after it (a pause or a partition of a
+    /// replica), with what it saw before: a run that started meanwhile is first seen by it
+    /// after the downtime, not found as one nobody watched.
+    pub resumed: bool,
 }
 
 impl Downtime {
