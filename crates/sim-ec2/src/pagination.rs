@@ -73,16 +73,31 @@ pub(crate) fn fingerprint(op: Operation, parts: &[&dyn std::fmt::Debug]) -> u64 
 
 /// Cuts the page `window` asks for out of `items`, sorted by their keys (unique, ascending).
 /// With probability `short_probability` a paged answer is cut short at a drawn length, from
-/// none to all of what fits, and still carries a token.
+/// none to all of what fits, and still carries a token. (The simulator pages through
+/// [`cut_keyed`]; this is its plain form, which the tests drive.)
+#[cfg(test)]
 pub(crate) fn cut<T>(
     window: Window,
     items: Vec<(String, T)>,
     short_probability: f64,
     rng: &mut ChaCha8Rng,
 ) -> Page<(String, T)> {
+    cut_keyed(window, items, |(key, _)| key.clone(), short_probability, rng)
+}
+
+/// [`cut`] for items whose key `key` spells out: only the few keys the cut looks at are made
+/// (a binary search's and the last kept item's), not one per item. The page, the token and
+/// the draws are those of [`cut`] over the same items with their keys.
+pub(crate) fn cut_keyed<T>(
+    window: Window,
+    items: Vec<T>,
+    key: impl Fn(&T) -> String,
+    short_probability: f64,
+    rng: &mut ChaCha8Rng,
+) -> Page<T> {
     let start = match &window.after {
         None => 0,
-        Some(after) => items.partition_point(|(key, _)| key.as_str() <= after.as_str()),
+        Some(after) => items.partition_point(|item| key(item).as_str() <= after.as_str()),
     };
     let remaining = items.len() - start;
     let Some(max) = window.max_results else {
@@ -93,10 +108,10 @@ pub(crate) fn cut<T>(
     let short = remaining > 0 && short_probability > 0.0 && rng.gen_bool(short_probability.min(1.0));
     let take = if short { rng.gen_range(0..=fits) } else { fits };
     let more = short || take < remaining;
-    let kept: Vec<(String, T)> = items.into_iter().skip(start).take(take).collect();
+    let kept: Vec<T> = items.into_iter().skip(start).take(take).collect();
     let next_token = more.then(|| {
-        let last = kept.last().map(|(key, _)| key.as_str()).or(window.after.as_deref());
-        token(window.fingerprint, last)
+        let last = kept.last().map(&key);
+        token(window.fingerprint, last.as_deref().or(window.after.as_deref()))
     });
     Page { items: kept, next_token }
 }

@@ -20,11 +20,8 @@ impl TagList {
 
     /// The tags as EC2's answers carry them.
     pub(crate) fn to_tags(&self) -> Tags {
-        let mut tags = Tags::new();
-        for (k, v) in &self.0 {
-            tags.insert(k.clone(), v.clone());
-        }
-        tags
+        // Already sorted and unique: the map is built in one pass, not by one insert each.
+        self.0.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 
     fn position(&self, key: &str) -> Result<usize, usize> {
