@@ -133,8 +133,10 @@ pub(crate) struct Shared {
     /// Set by [`AwsBackend::shutdown`]: the trait's calls are refused from then on.
     stopped: std::sync::atomic::AtomicBool,
     /// Set by [`AwsBackend::cancel_provisions`]: provisions stop where they are and roll back
-    /// as retryable.
-    provisions_cancelled: tokio::sync::watch::Sender<bool>,
+    /// as retryable. A flag and one `Notify`, not a watch channel: tokio's watch channel wakes
+    /// its waiters in an order drawn at random run by run (see `poller::Slot`), and the
+    /// simulation needs the rollbacks to start in the same order every time.
+    provisions_cancelled: (std::sync::atomic::AtomicBool, tokio::sync::Notify),
 }
 
 impl Shared {
@@ -210,7 +212,7 @@ impl AwsBackend {
                 images: crate::images::ImageCache::default(),
                 tenure: parts.tenure,
                 stopped: std::sync::atomic::AtomicBool::new(false),
-                provisions_cancelled: tokio::sync::watch::Sender::new(false),
+                provisions_cancelled: (std::sync::atomic::AtomicBool::new(false), tokio::sync::Notify::new()),
             }),
         };
         for region in &cfg.regions {
@@ -246,14 +248,21 @@ impl AwsBackend {
     /// the bridge is back, or to another bridge). What a drain does once its time runs out;
     /// deadlines, watches and teardowns go on.
     pub fn cancel_provisions(&self) {
-        self.shared.provisions_cancelled.send_replace(true);
+        let (cancelled, notify) = &self.shared.provisions_cancelled;
+        cancelled.store(true, std::sync::atomic::Ordering::SeqCst);
+        notify.notify_waiters();
     }
 
     /// Returns once [`AwsBackend::cancel_provisions`] has run.
     pub(crate) async fn provisions_cancelled(&self) {
-        let mut cancelled = self.shared.provisions_cancelled.subscribe();
-        // The sender lives as long as `self`, so this ends only when cancelled.
-        let _ = cancelled.wait_for(|c| *c).await;
+        let (cancelled, notify) = &self.shared.provisions_cancelled;
+        loop {
+            let notified = notify.notified();
+            if cancelled.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Refuses a call that waits on the pollers once [`AwsBackend::shutdown`] has run.

@@ -280,7 +280,10 @@ impl Bridge {
             }
             Ledgers::Group { table, holder, times } => {
                 self.set_phase(Phase::StandingBy);
+                // Every select! here is biased, as the simulation needs: tokio's otherwise
+                // draws its polling order at random, from OS entropy, run by run.
                 let holding = tokio::select! {
+                    biased;
                     holding = wait_for_lease(table.as_ref(), &holder, &times, clock.as_ref()) => holding,
                     () = self.drain_asked() => return Stopped::Drained { cut_short: 0 },
                 };
@@ -335,6 +338,7 @@ impl Bridge {
             }
         });
         tokio::select! {
+            biased;
             why = &mut keeping => {
                 backend.shutdown();
                 return Stopped::LeaseLost(why);
@@ -345,6 +349,7 @@ impl Bridge {
         drop(reaper);
         tracing::info!(in_flight = self.in_flight(), drain_ms = settings.drain_ms, "draining: no new grants");
         let cut_short = tokio::select! {
+            biased;
             why = &mut keeping => {
                 backend.shutdown();
                 return Stopped::LeaseLost(why);
@@ -359,6 +364,7 @@ impl Bridge {
             tracing::warn!(cut_short, "drain: provisions still in flight; rolling them back as retryable");
             backend.cancel_provisions();
             tokio::select! {
+                biased;
                 why = &mut keeping => {
                     backend.shutdown();
                     return Stopped::LeaseLost(why);
