@@ -329,9 +329,11 @@ impl FaultIndex {
     /// True when a fault hit `grant`'s own calls in `[from, to]`, of `operation` if given: the
     /// same as `!on_grant(..).is_empty()`, without gathering them.
     pub fn on_grant_any(&self, grant: &GrantId, from: u64, to: u64, operation: Option<Operation>) -> bool {
-        self.by_grant.get(grant).into_iter().flatten().any(|f| {
-            (from..=to).contains(&f.at_unix_ms) && operation.is_none_or(|op| f.operation == Some(op))
-        })
+        self.by_grant
+            .get(grant)
+            .into_iter()
+            .flatten()
+            .any(|f| (from..=to).contains(&f.at_unix_ms) && operation.is_none_or(|op| f.operation == Some(op)))
     }
 
     /// True when a fault on calls about no grant in `region` within `[from, to]` can fail a

@@ -47,7 +47,7 @@ impl World {
         audit_filters(&mut self.audit, &filters);
         audit_page(&mut self.audit, &page);
         let result: Result<Page<InstanceInfo>, Ec2Error> = self.serve(op, region, About::Nothing, |w, r| {
-            let fingerprint = pagination::fingerprint(op, &[&region, &instance_ids, &filters]);
+            let fingerprint = || pagination::fingerprint(op, &[&region, &instance_ids, &filters]);
             let window = pagination::window(op, &page, !instance_ids.is_empty(), fingerprint)?;
             let fields = [
                 "instance-state-name",
@@ -57,7 +57,7 @@ impl World {
                 "client-token",
                 "availability-zone",
             ];
-            let filters = parse_filters(op, filters, &fields)?;
+            let filters = parse_filters(op, &filters, &fields)?;
             let by_tag = filters.iter().any(|f| matches!(f.name, FilterName::Tag(_) | FilterName::TagKey));
             let (now, visible_ms) = (w.now_ms, w.faults.terminated_visible_ms);
             let mut handles: Vec<usize> = Vec::new();
@@ -99,7 +99,7 @@ impl World {
                     answer.push((i, described));
                 }
             }
-            let page = w.page_of_keyed(window, answer, |(i, _)| format!("{i:010}"));
+            let page = w.page_of_keyed(window, answer, |(i, _)| format!("{i:010}"), fingerprint);
             // Only what the page holds counts as shown.
             let mut items = Vec::with_capacity(page.items.len());
             for (i, described) in page.items {
