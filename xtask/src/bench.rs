@@ -22,25 +22,34 @@ enum Bench {
     Sim,
     /// aws-backend on the simulator: calls per lifecycle, Describe calls per poll, burst ratio.
     Backend,
+    /// The simulation harness: 1,000 grants over 2 virtual hours; a swarm + crashes +
+    /// determinism sweep, in seeds per minute.
+    Harness,
 }
 
 /// Runs the selected benches in release builds.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let which = if args.which.is_empty() { vec![Bench::Ledger, Bench::Sim, Bench::Backend] } else { args.which };
+    let which = if args.which.is_empty() {
+        vec![Bench::Ledger, Bench::Sim, Bench::Backend, Bench::Harness]
+    } else {
+        args.which
+    };
     for bench in which {
         let (package, example) = match bench {
             Bench::Ledger => ("usage-ledger", "bench_ledger"),
             Bench::Sim => ("sim-ec2", "bench_sim"),
             Bench::Backend => ("tests", "bench_backend"),
+            Bench::Harness => ("tests", "bench_harness"),
         };
         println!("== bench {example} ({package}, release) ==");
-        // The backend bench runs on the simulator: build it without the AWS SDK.
+        // The backend and harness benches run on the simulator: build them without the AWS SDK.
         let mut args = vec!["run", "--quiet", "--release", "-p", package, "--example", example];
-        if bench == Bench::Backend {
+        if matches!(bench, Bench::Backend | Bench::Harness) {
             args.push("--no-default-features");
         }
         crate::run_cmd("cargo", &args, &[])?;
         if bench == Bench::Ledger {
+            println!("goals (issue 30): ledger fold ≥ 12 M events/s; ledger replay from disk ≥ 3 M events/s");
             dynamodb_store()?;
         }
     }

@@ -24,8 +24,9 @@ pub enum Sighting {
     },
     /// The last poll listed it.
     Seen {
-        /// What EC2 said.
-        info: Box<InstanceInfo>,
+        /// What EC2 said: shared by the poll and every watcher of the instance, not copied
+        /// to each (a poll lists hundreds of instances, every poll interval).
+        info: Arc<InstanceInfo>,
         /// When the poll was made, unix ms.
         at_unix_ms: u64,
     },
@@ -173,14 +174,15 @@ impl RegionPoller {
                 return;
             }
         };
-        let mut by_id: BTreeMap<&str, &InstanceInfo> = BTreeMap::new();
+        let instances: Vec<Arc<InstanceInfo>> = instances.into_iter().map(Arc::new).collect();
+        let mut by_id: BTreeMap<&str, &Arc<InstanceInfo>> = BTreeMap::new();
         for info in &instances {
             by_id.insert(info.instance_id.as_str(), info);
         }
         let watched = lock(&self.watched);
         for (id, slot) in watched.iter() {
             let sighting = match by_id.get(id.as_str()) {
-                Some(info) => Sighting::Seen { info: Box::new((*info).clone()), at_unix_ms },
+                Some(info) => Sighting::Seen { info: Arc::clone(info), at_unix_ms },
                 None => Sighting::Absent { at_unix_ms },
             };
             let mut latest = lock(&slot.latest);

@@ -4,19 +4,20 @@
 //! (docs/ARCHITECTURE.md). Lookups answer the same whatever the hash, and no table here is ever
 //! iterated to build an answer, so a fixed hash keeps runs deterministic; this one (the
 //! multiply-rotate hash rustc uses) is also several times faster than SipHash on short ids.
+//! The simulation's checkers use it too, for their lookups by grant.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 /// A `HashMap` hashed with [`FxHasher`]; never iterate it to build an answer.
-pub(crate) type FxHashMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+pub type FxHashMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 
 const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
 
 /// The multiply-rotate hash: cheap, deterministic, and good enough for keys nobody chooses
 /// to collide.
 #[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct FxHasher {
+pub struct FxHasher {
     hash: u64,
 }
 

@@ -22,7 +22,7 @@ mod clock;
 mod config;
 mod consistency;
 pub mod console;
-mod fxhash;
+pub mod fxhash;
 pub mod guest;
 pub mod network;
 mod pagination;

@@ -22,15 +22,21 @@ use rand_chacha::ChaCha8Rng;
 /// may be.
 #[derive(Debug)]
 pub(crate) struct Window {
-    fingerprint: u64,
+    /// The query's fingerprint, when the request's token needed it.
+    fingerprint: Option<u64>,
     /// The page starts after the item with this key; `None`: at the first item.
     after: Option<String>,
     max_results: Option<u32>,
 }
 
-/// Checks `page` for `op` (`by_ids`: the call named ids) in the query identified by
-/// `fingerprint` (see [`fingerprint`]).
-pub(crate) fn window(op: Operation, page: &PageRequest, by_ids: bool, fingerprint: u64) -> Result<Window, Ec2Error> {
+/// Checks `page` for `op` (`by_ids`: the call named ids) in the query `fingerprint` identifies
+/// (see [`fingerprint`]; worked out only when the request carries a token).
+pub(crate) fn window(
+    op: Operation,
+    page: &PageRequest,
+    by_ids: bool,
+    fingerprint: impl FnOnce() -> u64,
+) -> Result<Window, Ec2Error> {
     if let Some(max) = page.max_results {
         let (lo, hi) = op.max_results_limit().unwrap_or((1, u32::MAX));
         if by_ids {
@@ -50,17 +56,22 @@ pub(crate) fn window(op: Operation, page: &PageRequest, by_ids: bool, fingerprin
             ));
         }
     }
-    let after = match &page.next_token {
-        None => None,
-        Some(token) => Some(parse_token(token, fingerprint).ok_or_else(|| {
-            Ec2Error::new(op, codes::INVALID_PAGINATION_TOKEN, format!("The pagination token {token} is invalid."))
-        })?),
+    let (after, fingerprint) = match &page.next_token {
+        None => (None, None),
+        Some(token) => {
+            let fingerprint = fingerprint();
+            let after = parse_token(token, fingerprint).ok_or_else(|| {
+                Ec2Error::new(op, codes::INVALID_PAGINATION_TOKEN, format!("The pagination token {token} is invalid."))
+            })?;
+            (Some(after), Some(fingerprint))
+        }
     };
     Ok(Window { fingerprint, after, max_results: page.max_results })
 }
 
 /// A query's fingerprint, from everything that selects its items: a token carries it, so a
-/// token is good only for the query that gave it out.
+/// token is good only for the query that gave it out. It formats every part, so callers work it
+/// out only when a token is read or given out (most answers are one page and need none).
 pub(crate) fn fingerprint(op: Operation, parts: &[&dyn std::fmt::Debug]) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = crate::fxhash::FxHasher::default();
@@ -73,16 +84,34 @@ pub(crate) fn fingerprint(op: Operation, parts: &[&dyn std::fmt::Debug]) -> u64 
 
 /// Cuts the page `window` asks for out of `items`, sorted by their keys (unique, ascending).
 /// With probability `short_probability` a paged answer is cut short at a drawn length, from
-/// none to all of what fits, and still carries a token.
+/// none to all of what fits, and still carries a token. (The simulator pages through
+/// [`cut_keyed`]; this is its plain form, which the tests drive.)
+#[cfg(test)]
 pub(crate) fn cut<T>(
     window: Window,
     items: Vec<(String, T)>,
+    fingerprint: u64,
     short_probability: f64,
     rng: &mut ChaCha8Rng,
 ) -> Page<(String, T)> {
+    cut_keyed(window, items, |(key, _)| key.clone(), || fingerprint, short_probability, rng)
+}
+
+/// [`cut`] for items whose key `key` spells out: only the few keys the cut looks at are made
+/// (a binary search's and the last kept item's), not one per item. The page, the token and
+/// the draws are those of [`cut`] over the same items with their keys. `fingerprint` is asked
+/// only when the page gives out a token the request's did not already identify.
+pub(crate) fn cut_keyed<T>(
+    window: Window,
+    items: Vec<T>,
+    key: impl Fn(&T) -> String,
+    fingerprint: impl FnOnce() -> u64,
+    short_probability: f64,
+    rng: &mut ChaCha8Rng,
+) -> Page<T> {
     let start = match &window.after {
         None => 0,
-        Some(after) => items.partition_point(|(key, _)| key.as_str() <= after.as_str()),
+        Some(after) => items.partition_point(|item| key(item).as_str() <= after.as_str()),
     };
     let remaining = items.len() - start;
     let Some(max) = window.max_results else {
@@ -93,10 +122,10 @@ pub(crate) fn cut<T>(
     let short = remaining > 0 && short_probability > 0.0 && rng.gen_bool(short_probability.min(1.0));
     let take = if short { rng.gen_range(0..=fits) } else { fits };
     let more = short || take < remaining;
-    let kept: Vec<(String, T)> = items.into_iter().skip(start).take(take).collect();
+    let kept: Vec<T> = items.into_iter().skip(start).take(take).collect();
     let next_token = more.then(|| {
-        let last = kept.last().map(|(key, _)| key.as_str()).or(window.after.as_deref());
-        token(window.fingerprint, last)
+        let last = kept.last().map(&key);
+        token(window.fingerprint.unwrap_or_else(fingerprint), last.as_deref().or(window.after.as_deref()))
     });
     Page { items: kept, next_token }
 }
@@ -137,8 +166,8 @@ mod tests {
         let mut request = PageRequest::first(max);
         let (mut seen, mut pages) = (Vec::new(), 0);
         loop {
-            let w = window(op, &request, false, fp).expect("valid");
-            let page = cut(w, items(n), short, &mut rng);
+            let w = window(op, &request, false, || fp).expect("valid");
+            let page = cut(w, items(n), fp, short, &mut rng);
             pages += 1;
             assert!(page.items.len() <= max as usize);
             seen.extend(page.items.into_iter().map(|(_, i)| i));
@@ -164,8 +193,9 @@ mod tests {
     fn stopping_at_the_first_page_misses_items() {
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         let op = Operation::DescribeInstances;
-        let w = window(op, &PageRequest::first(5), false, fingerprint(op, &[])).expect("valid");
-        let page = cut(w, items(12), 0.0, &mut rng);
+        let fp = fingerprint(op, &[]);
+        let w = window(op, &PageRequest::first(5), false, || fp).expect("valid");
+        let page = cut(w, items(12), fp, 0.0, &mut rng);
         assert_eq!(page.items.len(), 5);
         assert!(page.next_token.is_some());
     }
@@ -174,17 +204,17 @@ mod tests {
     fn bad_requests_are_refused_with_ec2s_codes() {
         let op = Operation::DescribeInstances;
         let code = |r: Result<Window, Ec2Error>| r.expect_err("refused").code;
-        assert_eq!(code(window(op, &PageRequest::first(5), true, 1)), codes::INVALID_PARAMETER_COMBINATION);
-        assert_eq!(code(window(op, &PageRequest::first(4), false, 1)), codes::INVALID_PARAMETER_VALUE);
-        assert_eq!(code(window(op, &PageRequest::first(1_001), false, 1)), codes::INVALID_PARAMETER_VALUE);
+        assert_eq!(code(window(op, &PageRequest::first(5), true, || 1)), codes::INVALID_PARAMETER_COMBINATION);
+        assert_eq!(code(window(op, &PageRequest::first(4), false, || 1)), codes::INVALID_PARAMETER_VALUE);
+        assert_eq!(code(window(op, &PageRequest::first(1_001), false, || 1)), codes::INVALID_PARAMETER_VALUE);
         let types = Operation::DescribeInstanceTypes;
-        assert_eq!(code(window(types, &PageRequest::first(101), false, 1)), codes::INVALID_PARAMETER_VALUE);
+        assert_eq!(code(window(types, &PageRequest::first(101), false, || 1)), codes::INVALID_PARAMETER_VALUE);
         let foreign = PageRequest { max_results: Some(5), next_token: Some(token(2, Some("0003"))) };
-        assert_eq!(code(window(op, &foreign, false, 1)), codes::INVALID_PAGINATION_TOKEN);
+        assert_eq!(code(window(op, &foreign, false, || 1)), codes::INVALID_PAGINATION_TOKEN);
         assert_eq!(
-            code(window(op, &PageRequest { max_results: Some(5), next_token: Some("x".into()) }, false, 1)),
+            code(window(op, &PageRequest { max_results: Some(5), next_token: Some("x".into()) }, false, || 1)),
             codes::INVALID_PAGINATION_TOKEN
         );
-        window(op, &PageRequest::unpaged(), true, 1).expect("ids without MaxResults");
+        window(op, &PageRequest::unpaged(), true, || 1).expect("ids without MaxResults");
     }
 }

@@ -100,6 +100,11 @@ pub struct InstanceTruth {
     pub shown: Vec<(u64, InstanceState)>,
     /// Its root volume's size, GiB.
     pub root_volume_gib: u32,
+    /// What its guest does (see [`SimEc2::guest_plan_of`](crate::SimEc2::guest_plan_of)): fixed
+    /// at launch, so checkers that look at every instance often read it here rather than ask
+    /// the simulator each time. Not serialized: the guest's model is the simulator's own.
+    #[serde(skip)]
+    pub guest: Option<crate::guest::GuestPlan>,
 }
 
 /// One injected fault, with what the call was about, so a checker can tell which grant it hit.

@@ -3,7 +3,7 @@
 //! `docs/ARCHITECTURE.md` promises that the guest powers itself off at
 //! `valid_to + guest.deadline_grace_s` and that InstanceInitiatedShutdownBehavior=terminate turns
 //! the power-off into termination. From the simulator's model of each guest (what the user data
-//! the backend sent told it, [`sim_ec2::SimEc2::guest_plan_of`]) this checker holds, for every
+//! the backend sent told it, [`sim_ec2::InstanceTruth::guest`], the simulator's `guest_plan_of`) this checker holds, for every
 //! instance launched for a grant:
 //! - its user data is the backend's (the simulator found a power-off time in it), and that time
 //!   is exactly `valid_to + grace` (the deadline rounded up to the second, as the backend writes
@@ -24,11 +24,11 @@ use super::{Context, Violation, names};
 pub fn check(ctx: &Context<'_>) -> Vec<Violation> {
     let mut violations = Vec::new();
     let mut fail = |message: String| violations.push(Violation::safety(names::BACKSTOP, message));
-    let termination_ms_max = ctx.sim.faults().termination_delay_ms_max;
+    let termination_ms_max = ctx.sim_faults.termination_delay_ms_max;
     for (grant, instance) in ctx.granted_instances() {
-        let Some(plan) = ctx.plans.get(&grant) else { continue };
+        let Some(plan) = ctx.plan(&grant) else { continue };
         let id = &instance.instance_id;
-        let Some(guest) = ctx.sim.guest_plan_of(id) else {
+        let Some(guest) = &instance.guest else {
             fail(format!(
                 "grant {grant}: instance {id} was launched without the guest's user data, so nothing powers it off"
             ));

@@ -41,7 +41,7 @@ pub fn check(ctx: &Context<'_>) -> Vec<Violation> {
                 ));
             }
         }
-        let Some(plan) = ctx.plans.get(grant) else { continue };
+        let Some(plan) = ctx.plan(grant) else { continue };
         if let Some(watched) = &facts.watched_usage
             && ctx.replay.settled.contains_key(grant)
             && let Some(state) = ctx.replay.states.get(grant)

@@ -21,7 +21,7 @@ pub fn check(ctx: &Context<'_>, measures: &mut Measures) -> Vec<Violation> {
     let mut violations = Vec::new();
     let mut overruns = 0;
     for (grant, instance) in ctx.granted_instances() {
-        let plan = &ctx.plans[&grant];
+        let plan = ctx.plan_of_workload(&grant);
         let valid_to = plan.valid_to_unix_ms;
         if instance.launch_time_unix_ms >= valid_to {
             violations.push(Violation::safety(
@@ -74,8 +74,8 @@ pub fn check(ctx: &Context<'_>, measures: &mut Measures) -> Vec<Violation> {
             Some(back) => (back.max(valid_to), bounds::RECOVERY_MS, "the bridge was down, so its return plus recovery"),
             None => (valid_to, bounds::PROMPT_MS, "a bridge was acting at valid_to"),
         };
-        let faulted = !ctx.faults.on_grant(&grant, valid_to, end, Some(Operation::TerminateInstances)).is_empty()
-            || !ctx.faults.region_wide(&instance.region, valid_to, end).is_empty();
+        let faulted = ctx.faults.on_grant_any(&grant, valid_to, end, Some(Operation::TerminateInstances))
+            || ctx.faults.region_wide_any(&instance.region, valid_to, end);
         let budget = if faulted { bounds::FAULT_BUDGET_MS } else { 0 };
         if back.is_none() && !faulted {
             measures.termination_lateness_ms_max_unfaulted =

@@ -29,7 +29,7 @@ pub fn check(ctx: &Context<'_>) -> Vec<Violation> {
         }) else {
             continue;
         };
-        let valid_to = ctx.plans[&grant].valid_to_unix_ms;
+        let valid_to = ctx.plan_of_workload(&grant).valid_to_unix_ms;
         if exit.from_ms >= valid_to {
             continue;
         }

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use backend_api::{GrantId, UsageMetrics};
+use sim_ec2::fxhash::FxHashMap;
 use usage_ledger::{Event, GrantState, TerminationReason, apply};
 
 use super::{Context, Violation, names};
@@ -16,12 +17,13 @@ pub struct Replay {
     offset: usize,
     /// Records decoded.
     pub records: u64,
-    /// Every grant's state, folded with `usage_ledger::apply`.
-    pub states: BTreeMap<GrantId, GrantState>,
+    /// Every grant's state, folded with `usage_ledger::apply` (looked up, never iterated: the
+    /// checkers ask it about one grant at a time, thousands of times per check).
+    pub states: FxHashMap<GrantId, GrantState>,
     /// The usage each settled grant was settled with (its `GrantSettled` event).
     pub settled: BTreeMap<GrantId, UsageMetrics>,
-    /// The reason of each grant's first `TerminationRequested`.
-    pub first_reason: BTreeMap<GrantId, TerminationReason>,
+    /// The reason of each grant's first `TerminationRequested` (looked up, never iterated).
+    pub first_reason: FxHashMap<GrantId, TerminationReason>,
     /// Why the log stopped decoding or replaying, if it did.
     pub error: Option<String>,
 }
@@ -83,14 +85,8 @@ pub fn check(ctx: &Context<'_>) -> Vec<Violation> {
         }
         // Both sides are in grant order, so the replay is walked alongside the live ledger
         // rather than searched for each grant; a grant not met on the walk is looked up.
-        let mut replayed = ctx.replay.states.iter().peekable();
         for (grant, state) in live.grants() {
-            while replayed.next_if(|(g, _)| *g < grant).is_some() {}
-            let stored = match replayed.next_if(|(g, _)| *g == grant) {
-                Some((_, stored)) => Some(stored),
-                None => ctx.replay.states.get(grant),
-            };
-            if stored != Some(state) {
+            if ctx.replay.states.get(grant) != Some(state) {
                 violations.push(Violation::safety(
                     names::LEDGER,
                     format!("grant {grant}: replaying the stored log gives another state than the live ledger"),

@@ -66,11 +66,11 @@ fn billed_s(ms: u64) -> u64 {
     whole.max(MINIMUM_S)
 }
 
-/// The oracle for one instance of `plan` as of `now_unix_ms`.
+/// The oracle for one instance of `plan` (one whose tags name `plan`'s grant) as of `now_unix_ms`.
 pub fn oracle(instance: &InstanceTruth, plan: &GrantPlan, ctx: &Context<'_>) -> Bill {
     use aws_backend::port::InstanceState::Running;
     let sighting = ctx.poll_interval_ms + bounds::SIGHTING_MS;
-    let faults = ctx.sim.faults();
+    let faults = &ctx.sim_faults;
     let hidden_until = instance.launch_time_unix_ms + faults.visibility_delay_ms_max + faults.tag_propagation_ms_max;
     let valid_to = plan.valid_to_unix_ms;
     let region = &instance.region;
@@ -82,7 +82,7 @@ pub fn oracle(instance: &InstanceTruth, plan: &GrantPlan, ctx: &Context<'_>) -> 
         let (a, b) = (interval.from_ms, interval.to_ms.unwrap_or(ctx.now_unix_ms));
         // A bridge that missed the start (down then), or found the instance by its token after
         // a RunInstances answer was lost, bills from LaunchTime: the pending time more.
-        if k == 0 && (ctx.down_during(instance.launch_time_unix_ms, a + sighting) || run_faulted(ctx, instance)) {
+        if k == 0 && (ctx.down_during(instance.launch_time_unix_ms, a + sighting) || run_faulted(ctx, &plan.id)) {
             over_ms += a - instance.launch_time_unix_ms;
         }
         if a >= valid_to {
@@ -133,20 +133,18 @@ pub fn oracle(instance: &InstanceTruth, plan: &GrantPlan, ctx: &Context<'_>) -> 
     bill
 }
 
-/// True when an injected fault hit a RunInstances call of the instance's grant: a lost answer
-/// leaves the bridge to find the instance by its token later.
-fn run_faulted(ctx: &Context<'_>, instance: &InstanceTruth) -> bool {
-    let grant = ctx.grant_of(&instance.tags);
-    grant.is_some_and(|g| {
-        !ctx.faults.on_grant(&g, 0, u64::MAX, Some(aws_backend::port::Operation::RunInstances)).is_empty()
-    })
+/// True when an injected fault hit a RunInstances call of `grant` (the instance's: the oracle
+/// is asked only about a grant's own instances): a lost answer leaves the bridge to find the
+/// instance by its token later.
+fn run_faulted(ctx: &Context<'_>, grant: &backend_api::GrantId) -> bool {
+    ctx.faults.on_grant_any(grant, 0, u64::MAX, Some(aws_backend::port::Operation::RunInstances))
 }
 
 /// Compares every settled grant's stored usage with the oracle.
 pub fn check(ctx: &Context<'_>, measures: &mut Measures) -> Vec<Violation> {
     let mut violations = Vec::new();
     for grant in ctx.replay.settled.keys() {
-        let Some(plan) = ctx.plans.get(grant) else { continue };
+        let Some(plan) = ctx.plan(grant) else { continue };
         let Some(state) = ctx.replay.states.get(grant) else { continue };
         let usage = &state.usage();
         let network = state.network_status();

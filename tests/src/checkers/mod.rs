@@ -24,13 +24,14 @@ pub mod sizing;
 pub mod tags;
 pub mod teardown;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use aws_backend::port::{Operation, Tags};
 use aws_backend::{AwsBackend, GRANT_TAG};
 use backend_api::{GrantId, RegionLabel};
 use serde::Serialize;
-use sim_ec2::{InstanceTruth, InstanceTruths, LiveResource, LiveResources, SimEc2};
+use sim_ec2::fxhash::FxHashMap;
+use sim_ec2::{FaultConfig, InstanceTruth, InstanceTruths, LiveResource, LiveResources, SimEc2};
 
 use crate::scenario::GrantPlan;
 pub use ledger::Replay;
@@ -333,6 +334,25 @@ impl FaultIndex {
         }
     }
 
+    /// True when a fault hit `grant`'s own calls in `[from, to]`, of `operation` if given: the
+    /// same as `!on_grant(..).is_empty()`, without gathering them.
+    pub fn on_grant_any(&self, grant: &GrantId, from: u64, to: u64, operation: Option<Operation>) -> bool {
+        self.by_grant
+            .get(grant)
+            .into_iter()
+            .flatten()
+            .any(|f| (from..=to).contains(&f.at_unix_ms) && operation.is_none_or(|op| f.operation == Some(op)))
+    }
+
+    /// True when a fault on calls about no grant in `region` within `[from, to]` can fail a
+    /// grant's work (see [`FaultIndex::region_wide`]), without gathering them.
+    pub fn region_wide_any(&self, region: &RegionLabel, from: u64, to: u64) -> bool {
+        self.by_region.get(region).into_iter().flatten().any(|f| {
+            (from..=to).contains(&f.at_unix_ms)
+                && (f.operation != Some(Operation::DescribeInstances) || f.kind == "RegionOutage")
+        })
+    }
+
     /// Faults that hit `grant`'s own calls in `[from, to]`, of `operation` if given.
     pub fn on_grant(&self, grant: &GrantId, from: u64, to: u64, operation: Option<Operation>) -> Vec<&Fault> {
         self.by_grant
@@ -386,7 +406,7 @@ impl FaultIndex {
 
     /// True when a fault in `[from, to]` hit `grant` or its region (see [`FaultIndex::region_wide`]).
     pub fn touched(&self, grant: &GrantId, region: &RegionLabel, from: u64, to: u64) -> bool {
-        !self.on_grant(grant, from, to, None).is_empty() || !self.region_wide(region, from, to).is_empty()
+        self.on_grant_any(grant, from, to, None) || self.region_wide_any(region, from, to)
     }
 
     /// True when EC2 answered `VcpuLimitExceeded` in `region` within `[from, to]`, to any grant.
@@ -409,8 +429,12 @@ pub struct Context<'a> {
     pub backend: &'a AwsBackend,
     /// The simulated EC2.
     pub sim: &'a SimEc2,
+    /// Its fault configuration (`SimEc2::faults`), read once per check.
+    pub sim_faults: FaultConfig,
     /// The workload, by grant.
     pub plans: &'a BTreeMap<GrantId, GrantPlan>,
+    /// The same, hashed: what [`Context::plan`] looks up, once or more per instance per check.
+    pub plan_of: FxHashMap<GrantId, &'a GrantPlan>,
     /// What the harness saw of each grant.
     pub facts: &'a BTreeMap<GrantId, GrantFacts>,
     /// The guest's own backstop after valid_to (bounds lateness only while the bridge is down).
@@ -444,7 +468,7 @@ pub struct Context<'a> {
 /// at every check.
 #[derive(Debug, Default)]
 pub struct GrantTags {
-    by_hex: HashMap<String, GrantId>,
+    by_hex: FxHashMap<String, GrantId>,
 }
 
 impl GrantTags {
@@ -506,7 +530,26 @@ impl InstanceNote {
     }
 }
 
+/// `plans` hashed by grant, for [`Context::plan_of`].
+pub fn plan_index(plans: &BTreeMap<GrantId, GrantPlan>) -> FxHashMap<GrantId, &GrantPlan> {
+    plans.iter().map(|(grant, plan)| (*grant, plan)).collect()
+}
+
 impl Context<'_> {
+    /// The plan of `grant`: `plans.get(grant)`, hashed.
+    pub fn plan(&self, grant: &GrantId) -> Option<&GrantPlan> {
+        self.plan_of.get(grant).copied()
+    }
+
+    /// The plan of `grant`, one of the workload's (an instance's note names only those):
+    /// `plans[grant]`, hashed.
+    pub fn plan_of_workload(&self, grant: &GrantId) -> &GrantPlan {
+        match self.plan_of.get(grant) {
+            Some(plan) => plan,
+            None => panic!("grant {grant} is not one of the workload's"),
+        }
+    }
+
     /// The grant a tag set names, if it is one of the plan's.
     pub fn grant_of(&self, tags: &Tags) -> Option<GrantId> {
         self.grant_tags.grant_of(self.plans, tags)

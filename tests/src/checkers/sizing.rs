@@ -9,7 +9,7 @@ use crate::fixture::MIN_ROOT_VOLUME_GIB;
 pub fn check(ctx: &Context<'_>) -> Vec<Violation> {
     let mut violations = Vec::new();
     for (grant, instance) in ctx.granted_instances() {
-        let m = &ctx.plans[&grant].manifest;
+        let m = &ctx.plan_of_workload(&grant).manifest;
         let cpu_millicores = u64::from(instance.vcpus) * 1_000;
         let storage_gib = m.storage_gib.max(MIN_ROOT_VOLUME_GIB);
         if cpu_millicores < u64::from(m.cpu_millicores)

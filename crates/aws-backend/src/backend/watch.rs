@@ -76,7 +76,7 @@ impl AwsBackend {
                 seen_pending |= info.state == InstanceState::Pending;
                 self.observe(grant, &info, at_unix_ms, self.missed(&info, seen_pending)).await?;
                 match info.state {
-                    InstanceState::Running => return Ok(*info),
+                    InstanceState::Running => return Ok(std::sync::Arc::unwrap_or_clone(info)),
                     InstanceState::Pending => {}
                     other => {
                         return Err(BackendError::Provider {
@@ -137,7 +137,7 @@ impl AwsBackend {
                         .await?;
                         break;
                     }
-                    let requested = self.grant_state(grant).is_some_and(|s| s.termination().is_some());
+                    let requested = self.with_ledger(|l| l.grant(grant).is_some_and(|s| s.termination().is_some()));
                     let stopped = matches!(info.state, InstanceState::Stopping | InstanceState::Stopped);
                     if info.state.has_exited() && !asked_exit && (stopped || !requested) {
                         // It ended on its own (or is stopping): make sure it terminates, so
@@ -149,7 +149,7 @@ impl AwsBackend {
                 }
                 Sighting::Absent { at_unix_ms } => {
                     let since = *absent_since.get_or_insert(at_unix_ms);
-                    let ever_seen = self.grant_state(grant).is_some_and(|s| s.last_state().is_some());
+                    let ever_seen = self.with_ledger(|l| l.grant(grant).is_some_and(|s| s.last_state().is_some()));
                     // Seen before and now absent from two polls: terminated over an hour ago,
                     // or hidden by a Describe that lags (tags propagate after ids). Never seen:
                     // give eventual consistency its window. Either way, ask by id before

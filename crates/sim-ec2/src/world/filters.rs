@@ -32,27 +32,27 @@ pub(super) fn glob(pattern: &str, text: &str) -> bool {
     p[pi..].iter().all(|c| *c == '*')
 }
 
-pub(super) enum FilterName {
-    Tag(String),
+pub(super) enum FilterName<'a> {
+    Tag(&'a str),
     TagKey,
     Field(&'static str),
 }
 
-pub(super) struct ParsedFilter {
-    pub(super) name: FilterName,
-    values: Vec<String>,
+pub(super) struct ParsedFilter<'a> {
+    pub(super) name: FilterName<'a>,
+    values: &'a [String],
 }
 
-pub(super) fn parse_filters(
+pub(super) fn parse_filters<'a>(
     op: Operation,
-    filters: Vec<Filter>,
+    filters: &'a [Filter],
     fields: &[&'static str],
-) -> Result<Vec<ParsedFilter>, Ec2Error> {
+) -> Result<Vec<ParsedFilter<'a>>, Ec2Error> {
     filters
-        .into_iter()
+        .iter()
         .map(|f| {
             let name = if let Some(key) = f.name.strip_prefix("tag:") {
-                FilterName::Tag(key.to_string())
+                FilterName::Tag(key)
             } else if f.name == "tag-key" {
                 FilterName::TagKey
             } else if let Some(field) = fields.iter().find(|n| **n == f.name) {
@@ -60,7 +60,7 @@ pub(super) fn parse_filters(
             } else {
                 return Err(err(op, codes::INVALID_PARAMETER_VALUE, format!("The filter '{}' is invalid", f.name)));
             };
-            Ok(ParsedFilter { name, values: f.values })
+            Ok(ParsedFilter { name, values: &f.values })
         })
         .collect()
 }
@@ -92,7 +92,7 @@ impl TagSet for TagList {
 }
 
 pub(super) fn matches<'a>(
-    filters: &[ParsedFilter],
+    filters: &[ParsedFilter<'_>],
     tags: &impl TagSet,
     field: impl Fn(&str) -> Option<&'a str>,
 ) -> bool {

@@ -71,13 +71,31 @@ impl World {
 
     /// The page `window` asks for out of `answer` (sorted by key), keys dropped; see
     /// `pagination`.
-    pub(super) fn page_of<T>(&mut self, window: pagination::Window, answer: Vec<(String, T)>) -> Page<T> {
-        let page = pagination::cut(window, answer, self.faults.page_short_probability, &mut self.rng);
+    pub(super) fn page_of<T>(
+        &mut self,
+        window: pagination::Window,
+        answer: Vec<(String, T)>,
+        fingerprint: impl FnOnce() -> u64,
+    ) -> Page<T> {
+        let page = self.page_of_keyed(window, answer, |(key, _)| key.clone(), fingerprint);
+        Page { items: page.items.into_iter().map(|(_, item)| item).collect(), next_token: page.next_token }
+    }
+
+    /// [`World::page_of`] for items whose key `key` spells out (see `pagination::cut_keyed`).
+    pub(super) fn page_of_keyed<T>(
+        &mut self,
+        window: pagination::Window,
+        answer: Vec<T>,
+        key: impl Fn(&T) -> String,
+        fingerprint: impl FnOnce() -> u64,
+    ) -> Page<T> {
+        let short = self.faults.page_short_probability;
+        let page = pagination::cut_keyed(window, answer, key, fingerprint, short, &mut self.rng);
         if let (Some(token), Some((op, r))) = (&page.next_token, self.current) {
             let region = self.regions[r].label.clone();
             self.unfollowed_tokens.insert(token.clone(), (self.now_ms, region, op));
         }
-        Page { items: page.items.into_iter().map(|(_, item)| item).collect(), next_token: page.next_token }
+        page
     }
 
     pub(super) fn chance(&mut self, p: f64) -> bool {

@@ -168,9 +168,9 @@ impl World {
         audit_filters(&mut self.audit, &filters);
         audit_page(&mut self.audit, &page);
         let result: Result<Page<SecurityGroupInfo>, Ec2Error> = self.serve(op, region, About::Nothing, |w, r| {
-            let fingerprint = pagination::fingerprint(op, &[&region, &group_ids, &filters]);
+            let fingerprint = || pagination::fingerprint(op, &[&region, &group_ids, &filters]);
             let window = pagination::window(op, &page, !group_ids.is_empty(), fingerprint)?;
-            let filters = parse_filters(op, filters, &["group-name", "group-id", "description"])?;
+            let filters = parse_filters(op, &filters, &["group-name", "group-id", "description"])?;
             let mut ids: Vec<&str> = Vec::new();
             let now = w.now_ms;
             if group_ids.is_empty() {
@@ -216,7 +216,7 @@ impl World {
                     )
                 })
                 .collect();
-            Ok(w.page_of(window, answer))
+            Ok(w.page_of(window, answer, fingerprint))
         });
         self.audit.outcome(&result, |a, page| {
             audit_next_token(a, page);

@@ -9,7 +9,7 @@ use aws_backend::port::{
 use backend_api::RegionLabel;
 
 use super::filters::{FilterName, matches, parse_filters};
-use super::{About, World, audit_filters, audit_next_token, audit_page, draw, err, extra_codes, reasons};
+use super::{About, Segment, World, audit_filters, audit_next_token, audit_page, draw, err, extra_codes, reasons};
 use crate::audit::op_tag;
 use crate::consistency::{self, LagKind};
 use crate::pagination;
@@ -47,7 +47,7 @@ impl World {
         audit_filters(&mut self.audit, &filters);
         audit_page(&mut self.audit, &page);
         let result: Result<Page<InstanceInfo>, Ec2Error> = self.serve(op, region, About::Nothing, |w, r| {
-            let fingerprint = pagination::fingerprint(op, &[&region, &instance_ids, &filters]);
+            let fingerprint = || pagination::fingerprint(op, &[&region, &instance_ids, &filters]);
             let window = pagination::window(op, &page, !instance_ids.is_empty(), fingerprint)?;
             let fields = [
                 "instance-state-name",
@@ -57,7 +57,7 @@ impl World {
                 "client-token",
                 "availability-zone",
             ];
-            let filters = parse_filters(op, filters, &fields)?;
+            let filters = parse_filters(op, &filters, &fields)?;
             let by_tag = filters.iter().any(|f| matches!(f.name, FilterName::Tag(_) | FilterName::TagKey));
             let (now, visible_ms) = (w.now_ms, w.faults.terminated_visible_ms);
             let mut handles: Vec<usize> = Vec::new();
@@ -78,8 +78,9 @@ impl World {
             let region = &w.regions[r];
             let azs = &region.azs;
             // Keyed by handle, which is creation order: a page resumes after the last
-            // instance it held, and instances launched meanwhile come later.
-            let mut answer: Vec<(String, (usize, InstanceInfo))> = Vec::new();
+            // instance it held, and instances launched meanwhile come later. Only what the page
+            // keeps is described: a short page of a long listing costs its own length.
+            let mut answer: Vec<(usize, Segment)> = Vec::new();
             for i in handles {
                 let inst = &region.instances[i];
                 let hidden = by_tag && now < inst.hidden_from_tag_filters_until_ms;
@@ -95,14 +96,15 @@ impl World {
                         _ => None,
                     });
                 if shown {
-                    answer.push((format!("{i:010}"), (i, inst.info_of(described))));
+                    answer.push((i, described));
                 }
             }
-            let page = w.page_of(window, answer);
+            let page = w.page_of_keyed(window, answer, |(i, _)| format!("{i:010}"), fingerprint);
             // Only what the page holds counts as shown.
             let mut items = Vec::with_capacity(page.items.len());
-            for (i, info) in page.items {
+            for (i, described) in page.items {
                 let inst = &mut w.regions[r].instances[i];
+                let info = inst.info_of(described);
                 if inst.shown.last().is_none_or(|&(_, s)| s != info.state) {
                     inst.shown.push((now, info.state));
                     w.truth_seq += 1;

@@ -90,7 +90,7 @@ impl World {
         self.audit.begin(op_tag(op), region.as_str(), self.now_ms);
         audit_filters(&mut self.audit, &filters);
         let result: Result<Vec<KeyPairInfo>, Ec2Error> = self.serve(op, region, About::Nothing, |w, r| {
-            let filters = parse_filters(op, filters, &["key-name", "key-pair-id"])?;
+            let filters = parse_filters(op, &filters, &["key-name", "key-pair-id"])?;
             let now = w.now_ms;
             let region = &w.regions[r];
             // Deleted key pairs linger in the list for a while (see `consistency`).

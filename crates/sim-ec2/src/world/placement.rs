@@ -30,7 +30,8 @@ impl World {
         self.audit.strs(&families);
         audit_page(&mut self.audit, &page);
         let result: Result<Page<InstanceTypeInfo>, Ec2Error> = self.serve(op, region, About::Nothing, |w, _| {
-            let window = pagination::window(op, &page, false, pagination::fingerprint(op, &[&region, &families]))?;
+            let fingerprint = || pagination::fingerprint(op, &[&region, &families]);
+            let window = pagination::window(op, &page, false, fingerprint)?;
             let answer = catalogue::CATALOGUE
                 .iter()
                 .filter(|spec| families.is_empty() || families.iter().any(|f| f == spec.family()))
@@ -46,7 +47,7 @@ impl World {
                 .collect::<BTreeMap<_, _>>()
                 .into_iter()
                 .collect();
-            Ok(w.page_of(window, answer))
+            Ok(w.page_of(window, answer, fingerprint))
         });
         self.audit.outcome(&result, audit_next_token);
         result
@@ -155,7 +156,7 @@ impl World {
         self.audit.strs(&instance_types);
         audit_page(&mut self.audit, &page);
         let result: Result<Page<InstanceTypeOffering>, Ec2Error> = self.serve(op, region, About::Nothing, |w, r| {
-            let fingerprint = pagination::fingerprint(op, &[&region, &instance_types]);
+            let fingerprint = || pagination::fingerprint(op, &[&region, &instance_types]);
             let window = pagination::window(op, &page, false, fingerprint)?;
             let gap = w.faults.zone_offering_gap_probability;
             let region = &w.regions[r];
@@ -176,7 +177,7 @@ impl World {
                 }
             }
             answer.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            Ok(w.page_of(window, answer))
+            Ok(w.page_of(window, answer, fingerprint))
         });
         self.audit.outcome(&result, |a, page| {
             audit_next_token(a, page);
@@ -202,10 +203,10 @@ impl World {
         audit_filters(&mut self.audit, &filters);
         audit_page(&mut self.audit, &page);
         let result: Result<Page<SubnetInfo>, Ec2Error> = self.serve(op, region, About::Nothing, |w, r| {
-            let fingerprint = pagination::fingerprint(op, &[&region, &subnet_ids, &filters]);
+            let fingerprint = || pagination::fingerprint(op, &[&region, &subnet_ids, &filters]);
             let window = pagination::window(op, &page, !subnet_ids.is_empty(), fingerprint)?;
             let fields = ["vpc-id", "availability-zone", "subnet-id", "default-for-az"];
-            let filters = parse_filters(op, filters, &fields)?;
+            let filters = parse_filters(op, &filters, &fields)?;
             let networks = &w.regions[r].networks;
             for id in &subnet_ids {
                 if networks.subnet(id).is_none() {
@@ -228,7 +229,7 @@ impl World {
                 .map(|s| (s.subnet_id.clone(), s.clone()))
                 .collect();
             answer.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            Ok(w.page_of(window, answer))
+            Ok(w.page_of(window, answer, fingerprint))
         });
         self.audit.outcome(&result, |a, page| {
             audit_next_token(a, page);

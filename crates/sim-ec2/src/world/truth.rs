@@ -49,6 +49,7 @@ impl World {
             cloudwatch_bytes_out,
             shown: inst.shown.clone(),
             root_volume_gib: inst.root_volume_gib,
+            guest: inst.guest.clone(),
         }
     }
 
