@@ -38,6 +38,8 @@ fn run(endpoint: &str, args: &[&str]) -> String {
         .args(args)
         .env("AWS_ACCESS_KEY_ID", "testing")
         .env("AWS_SECRET_ACCESS_KEY", "testing")
+        // The tool takes no default region: moto answers for any.
+        .env("AWS_REGION", "us-east-1")
         .env_remove("AWS_PROFILE")
         .output()
         .unwrap();
