@@ -101,8 +101,10 @@ impl Books {
         Ok(())
     }
 
-    /// Books resumed from a snapshot: its grants, record count and hash state.
-    pub(crate) fn from_snapshot(snapshot: Snapshot) -> Result<Books, String> {
+    /// Books resumed from a snapshot: its grants, record count and hash state. Fails, saying
+    /// why, when the snapshot's hash state does not load (use an older snapshot or replay the
+    /// whole log); open a ledger over them with [`Ledger::open_after`].
+    pub fn from_snapshot(snapshot: Snapshot) -> Result<Books, String> {
         let state = SerializedState::<Sha256>::try_from(&snapshot.hash_state[..]).map_err(|_| {
             format!("the records hash state is {} bytes, not a SHA-256 state", snapshot.hash_state.len())
         })?;
@@ -426,7 +428,18 @@ impl<S: EventStore> Ledger<S> {
         store: S,
         replayed: impl IntoIterator<Item = (Record, P)>,
     ) -> Result<Self, LedgerError> {
-        let mut books = Books::default();
+        Self::open_after(store, Books::default(), replayed)
+    }
+
+    /// A ledger over `store`, resumed from `books` (see [`Books::from_snapshot`]) with the
+    /// records after the snapshot `replayed`, with their payloads as stored. Folding a snapshot
+    /// and the tail after it gives the books, record count and records hash of a replay of the
+    /// whole log. Fails on the first impossible transition in the tail.
+    pub fn open_after<P: AsRef<[u8]>>(
+        store: S,
+        mut books: Books,
+        replayed: impl IntoIterator<Item = (Record, P)>,
+    ) -> Result<Self, LedgerError> {
         for (record, payload) in replayed {
             books.replay(&record, payload.as_ref())?;
         }
