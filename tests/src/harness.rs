@@ -139,7 +139,7 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
     let sim = Arc::new(SimEc2::new(sim_config, clock.clone())?);
     let cfg = fixture::config(scenario.poll_interval_ms);
     let breakage = scenario.breakage;
-    let store = FrameStore::new(breakage.and_then(|b| b.store_fault()));
+    let store = FrameStore::new(breakage.and_then(|b| b.store_fault())).snapshot_every(scenario.snapshot_every);
     let switches = breakage.map(|b| b.switches()).unwrap_or_default();
     let findings: Findings = Arc::new(Mutex::new(Vec::new()));
     // Every process's calls reach the simulator through the witness (see `witness`).
@@ -195,7 +195,7 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
         let (replicas, first) = Replicas::start(shared, count, &clock).await?;
         (Some(replicas), first)
     } else {
-        let first = single.start(0, Vec::new()).await.map_err(|e| anyhow::anyhow!("the bridge did not start: {e}"))?;
+        let first = single.start(0).await.map_err(|e| anyhow::anyhow!("the bridge did not start: {e}"))?;
         (None, first)
     };
 
@@ -345,10 +345,7 @@ async fn run_async(scenario: &Scenario, progress: &mut dyn FnMut(&str)) -> anyho
                     resumed: false,
                 });
                 clock.sleep_ms(downtime_ms).await;
-                let restarted = match store.records() {
-                    Ok(records) => single.start(at, records).await,
-                    Err(e) => Err(e),
-                };
+                let restarted = single.start(at).await;
                 active = match restarted {
                     Ok(active) => active,
                     Err(e) => {

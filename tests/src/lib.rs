@@ -5,6 +5,7 @@
 //! `tests/integration/` use the same harness for their properties, and
 //! `examples/bench_backend.rs` measures the backend with it.
 
+pub mod breakage;
 pub mod checkers;
 pub mod cloudwatch_bridge;
 pub mod crashpoint;

@@ -16,7 +16,6 @@ use backend_api::{Clock, GrantId, TokioClock};
 use sim_ec2::SimEc2;
 use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
-use usage_ledger::{Ledger, Record};
 
 use crate::checkers::fence::FenceLog;
 use crate::checkers::{Violation, names};
@@ -247,11 +246,11 @@ impl Single {
         Self { common, clock, running: None }
     }
 
-    /// Starts the process on the ledger replayed from `records` (its jitter from
-    /// `incarnation`); returns once it acts, or why it could not.
-    pub(crate) async fn start(&mut self, incarnation: u64, records: Vec<Record>) -> Result<Active, String> {
-        let ledger =
-            Ledger::open(DynStore(Box::new(self.common.store.clone())), records).map_err(|e| format!("{e:#}"))?;
+    /// Starts the process on its ledger, opened from the store as a restarted process opens it
+    /// (its jitter from `incarnation`); returns once it acts, or why it could not.
+    pub(crate) async fn start(&mut self, incarnation: u64) -> Result<Active, String> {
+        let store = &self.common.store;
+        let ledger = store.open_ledger(DynStore(Box::new(store.clone())))?;
         let clock: Arc<dyn Clock> = self.clock.clone();
         let open = self.common.opener(self.common.port.clone(), clock.clone(), incarnation);
         let bridge = Bridge::new(clock);

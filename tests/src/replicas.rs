@@ -17,7 +17,7 @@ use aws_backend::port::{Ec2Error, Ec2Port, Operation};
 use aws_backend::standby::LeaseTable;
 use aws_backend::{BackendLedger, DynStore};
 use backend_api::{Clock, TokioClock};
-use usage_ledger::{Lease, LeaseError, LeaseInfo, Ledger, LedgerError, StoreError, check_lease_name};
+use usage_ledger::{Lease, LeaseError, LeaseInfo, LedgerError, StoreError, check_lease_name};
 
 use crate::checkers::fence::FenceLog;
 use crate::framestore::FrameStore;
@@ -97,10 +97,9 @@ impl LeaseTable for SimLeases {
 
     async fn open_ledger(&self, lease: &Lease) -> Result<BackendLedger, LedgerError> {
         self.store.reach("replay")?;
-        let records = self.store.records().map_err(|reason| {
+        self.store.open_ledger(DynStore(Box::new(self.store.writing_under(lease.epoch)))).map_err(|reason| {
             LedgerError::Store(StoreError::Remote { store: "the simulation's store".into(), op: "replay", reason })
-        })?;
-        Ledger::open(DynStore(Box::new(self.store.writing_under(lease.epoch))), records)
+        })
     }
 }
 

@@ -51,7 +51,10 @@ impl Setting {
             Breakage::FirstPageOnly => Setting::ShortPages,
             Breakage::FencedReplicaActs => Setting::Replicas,
             // Bugs on the paths a restart takes need crashes to show.
-            Breakage::RecoverySkipsOverdue | Breakage::BillDowntime | Breakage::IgnoreLaunchTime => Setting::Crashes,
+            Breakage::RecoverySkipsOverdue
+            | Breakage::BillDowntime
+            | Breakage::IgnoreLaunchTime
+            | Breakage::SnapshotLatePosition => Setting::Crashes,
             Breakage::DrainRollbackFinal => Setting::Drains,
             _ => Setting::Plain,
         }

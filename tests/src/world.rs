@@ -99,6 +99,7 @@ impl World {
         let mut found = self.with_context(backend, checkers::check_all);
         found.extend(self.secrets.check(&self.sim));
         found.extend(self.fence.check());
+        found.extend(checkers::snapshot::check(&self.store));
         let reported: Vec<Violation> = lock(&self.findings).drain(..).collect();
         for v in found.into_iter().chain(reported) {
             self.report(v);

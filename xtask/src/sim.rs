@@ -116,6 +116,11 @@ pub struct SimArgs {
     /// provisions finish or roll back as retryable, exit) rather than kill it.
     #[arg(long, default_value_t = 0.3, value_parser = parse_share)]
     drain_share: f64,
+    /// The ledger's store takes a snapshot every this many records (0: never); a restarted
+    /// bridge opens from the newest snapshot plus the records after it, checked against a full
+    /// replay (the `snapshot` checker).
+    #[arg(long, default_value_t = tests::scenario::DEFAULT_SNAPSHOT_EVERY)]
+    snapshot_every: u64,
     /// Run this many seeds at once, each on a thread of its own (their lines print as they
     /// finish; CI runs two on its two cores). With `--self-test`: this many cases' regimes at
     /// once, reported in their order.
@@ -164,6 +169,7 @@ impl SimArgs {
         scenario.replicas = self.replicas;
         scenario.pause_share = self.pause_share;
         scenario.drain_share = self.drain_share;
+        scenario.snapshot_every = self.snapshot_every;
         scenario.breakage = self.breakage;
         scenario.disabled_checkers = self.disabled_checkers.clone();
         if self.lossy {
@@ -213,6 +219,9 @@ impl SimArgs {
         }
         if self.drain_share != 0.3 {
             cmd.push_str(&format!(" --drain-share {}", self.drain_share));
+        }
+        if self.snapshot_every != tests::scenario::DEFAULT_SNAPSHOT_EVERY {
+            cmd.push_str(&format!(" --snapshot-every {}", self.snapshot_every));
         }
         if let Some(b) = self.breakage {
             cmd.push_str(&format!(" --break {}", b.name()));

@@ -21,6 +21,7 @@ pub mod pacing;
 pub mod pagination;
 pub mod secrets;
 pub mod sizing;
+pub mod snapshot;
 pub mod tags;
 pub mod teardown;
 
@@ -125,8 +126,11 @@ pub mod names {
     /// A drain ends within its bound, and every provision it cut short is rolled back as
     /// retryable (see `checkers::drain`).
     pub const DRAIN: &str = "drain";
+    /// A process restarted on its ledger opens from the newest snapshot, and its books, record
+    /// count and records hash equal a full replay's (see `checkers::snapshot`).
+    pub const SNAPSHOT: &str = "snapshot";
     /// Every checker.
-    pub const ALL: [&str; 22] = [
+    pub const ALL: [&str; 23] = [
         DEADLINE,
         EARLY_END,
         TEARDOWN,
@@ -149,6 +153,7 @@ pub mod names {
         RECORD_FIRST,
         LISTING,
         DRAIN,
+        SNAPSHOT,
     ];
 }
 
