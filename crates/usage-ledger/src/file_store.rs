@@ -21,6 +21,7 @@ use crate::file::{
 use crate::segments::{archive_dir, list_segments, missing, replay_segments, segment_path};
 pub(crate) use crate::segments::{lock_ledger, read_anchor};
 use crate::snapshot::{Anchor, Position, SnapshotData, parent_dir, write_snapshot};
+use crate::snapshot_job::SnapshotJob;
 use crate::store::{EventStore, StoreError};
 
 /// When the ledger's owner wants snapshots: after `every_records` appended records, or once the
@@ -117,7 +118,8 @@ pub struct FileStore {
     /// snapshot: the first record's time).
     clock_unix_ms: u64,
     snapshot_clock_unix_ms: Option<u64>,
-    last_snapshot_error: Option<String>,
+    /// The snapshot being taken in the background, and the last one's error.
+    job: SnapshotJob,
     /// Where the last acknowledged frame starts, once known: a snapshot keeps its 8-byte frame
     /// header as an anchor, checked against the log before the snapshot is used.
     last_frame: Option<Position>,
@@ -252,7 +254,7 @@ impl FileStore {
             since_snapshot: 0,
             clock_unix_ms: 0,
             snapshot_clock_unix_ms: None,
-            last_snapshot_error: None,
+            job: SnapshotJob::default(),
             last_frame: None,
         })
     }
@@ -330,23 +332,6 @@ impl FileStore {
         Ok(())
     }
 
-    /// Moves the sealed segments before `segment` out of the ledger's directory into the archive.
-    fn archive_before(&self, segment: u64) -> Result<(), StoreError> {
-        let archive = archive_dir(&self.ledger);
-        let live = parent_dir(&self.ledger);
-        for (index, path) in list_segments(&self.ledger)? {
-            if index >= segment || path.starts_with(&archive) {
-                continue;
-            }
-            std::fs::create_dir_all(&archive).map_err(io_err("create archive", &archive))?;
-            let Some(name) = path.file_name() else { continue };
-            let to = archive.join(name);
-            std::fs::rename(&path, &to).map_err(io_err("archive segment", &path))?;
-            File::open(&archive).and_then(|d| d.sync_all()).map_err(io_err("fsync directory", &archive))?;
-            File::open(live).and_then(|d| d.sync_all()).map_err(io_err("fsync directory", live))?;
-        }
-        Ok(())
-    }
 
     /// The active segment's path.
     pub fn path(&self) -> &Path {
@@ -370,10 +355,15 @@ impl FileStore {
         self.snapshot_clock_unix_ms = Some(self.clock_unix_ms);
     }
 
+    /// Waits until the snapshot being taken in the background, if any, is written.
+    pub fn wait_for_snapshot(&self) {
+        self.job.wait();
+    }
+
     /// Why the last snapshot failed, if it did (cleared by the next one that succeeds). Appends
     /// go on without snapshots; the next is tried after another policy period.
-    pub fn last_snapshot_error(&self) -> Option<&str> {
-        self.last_snapshot_error.as_deref()
+    pub fn last_snapshot_error(&self) -> Option<String> {
+        self.job.last_error()
     }
 }
 
@@ -386,6 +376,25 @@ impl FileStore {
             .map(|header| Some(Anchor { at, header }))
             .ok_or_else(|| missing(&self.ledger, at.segment))
     }
+}
+
+/// Moves the sealed segments of the ledger at `ledger` before `segment` out of its directory into
+/// the archive.
+pub(crate) fn archive_before(ledger: &Path, segment: u64) -> Result<(), StoreError> {
+    let archive = archive_dir(ledger);
+    let live = parent_dir(ledger);
+    for (index, path) in list_segments(ledger)? {
+        if index >= segment || path.starts_with(&archive) {
+            continue;
+        }
+        std::fs::create_dir_all(&archive).map_err(io_err("create archive", &archive))?;
+        let Some(name) = path.file_name() else { continue };
+        let to = archive.join(name);
+        std::fs::rename(&path, &to).map_err(io_err("archive segment", &path))?;
+        File::open(&archive).and_then(|d| d.sync_all()).map_err(io_err("fsync directory", &archive))?;
+        File::open(live).and_then(|d| d.sync_all()).map_err(io_err("fsync directory", live))?;
+    }
+    Ok(())
 }
 
 fn write_header(path: &Path, file: &File) -> Result<(), StoreError> {
@@ -471,15 +480,48 @@ impl EventStore for FileStore {
                 source: std::io::Error::from(ErrorKind::InvalidInput),
             });
         }
+        // One snapshot at a time: they share the temporary file.
+        self.job.wait();
         let position = self.position();
         self.since_snapshot = 0;
         self.snapshot_clock_unix_ms = Some(self.clock_unix_ms);
         let result =
             self.anchor().and_then(|anchor| write_snapshot(&self.ledger, position, anchor, data)).and_then(|_| {
-                if self.options.archive_covered_segments { self.archive_before(position.segment) } else { Ok(()) }
+                if self.options.archive_covered_segments { archive_before(&self.ledger, position.segment) } else { Ok(()) }
             });
-        self.last_snapshot_error = result.as_ref().err().map(ToString::to_string);
+        match &result {
+            Ok(()) => self.job.clear_error(),
+            Err(e) => self.job.set_error(e.to_string()),
+        }
         result
+    }
+
+    /// Takes the snapshot in the background, from the store's own durable records (see
+    /// `snapshot_job`): the appends that follow do not wait for it. While one is still being
+    /// taken, the next waits for a later append.
+    fn start_snapshot(&mut self) -> bool {
+        if self.poisoned || self.job.is_running() {
+            return true;
+        }
+        let anchor = match self.anchor() {
+            Ok(anchor) => anchor,
+            Err(e) => {
+                self.job.set_error(e.to_string());
+                return true;
+            }
+        };
+        let position = self.position();
+        self.since_snapshot = 0;
+        self.snapshot_clock_unix_ms = Some(self.clock_unix_ms);
+        self.job.start(&self.ledger, position, anchor, self.options.archive_covered_segments);
+        true
+    }
+}
+
+impl Drop for FileStore {
+    /// Waits for a snapshot being taken: the next owner of the ledger may write its own.
+    fn drop(&mut self) {
+        self.job.wait();
     }
 }
 

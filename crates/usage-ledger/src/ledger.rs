@@ -89,7 +89,7 @@ pub struct Books {
 }
 
 impl Books {
-    fn replay(&mut self, record: &Record, payload: &[u8]) -> Result<(), LedgerError> {
+    pub(crate) fn replay(&mut self, record: &Record, payload: &[u8]) -> Result<(), LedgerError> {
         match self.grants.get_mut(&record.grant) {
             Some(state) => state.step(record)?,
             None => {
@@ -462,7 +462,7 @@ impl<S: EventStore> Ledger<S> {
     /// Takes a snapshot when the store's policy says one is due. Its failure does not fail the
     /// append that came before (that record is durable); the store keeps the reason.
     fn snapshot_if_due(&mut self) {
-        if self.store.snapshot_due() {
+        if self.store.snapshot_due() && !self.store.start_snapshot() {
             let _ = self.snapshot();
         }
     }

@@ -19,6 +19,7 @@ pub mod report;
 mod segments;
 mod shared;
 pub mod snapshot;
+mod snapshot_job;
 mod state;
 mod store;
 mod v1;

@@ -152,7 +152,7 @@ impl<S: EventStore> SharedLedger<S> {
             // Settled while the store is still held: no other group can fail and undo these
             // records before they are marked durable.
             lock(&self.books).settle_group(through, &records, &group, result.as_ref().map(|_| ()));
-            if result.is_ok() && store.snapshot_due() {
+            if result.is_ok() && store.snapshot_due() && !store.start_snapshot() {
                 Self::snapshot(&self.books, &mut store);
             }
         }

@@ -32,6 +32,14 @@ pub trait EventStore: Send {
         let _ = data;
         Ok(())
     }
+
+    /// Takes the snapshot that is due by itself, from its own durable records and without
+    /// holding up the appends that follow (in the background), and returns `true`; or returns
+    /// `false` when it cannot, and its owner hands it the books with
+    /// [`EventStore::save_snapshot`] instead. A store that keeps no snapshots never needs this.
+    fn start_snapshot(&mut self) -> bool {
+        false
+    }
 }
 
 /// A store in memory, for simulation and tests.

@@ -247,9 +247,15 @@ fn a_policy_snapshots_every_n_records_and_by_record_time() {
     let policy = SnapshotPolicy { every_records: 10, every_ms: u64::MAX };
     let (mut ledger, _) =
         Ledger::open_file_with(&path, FileOptions { snapshots: Some(policy), ..options(1 << 20) }).unwrap();
-    append_all(&mut ledger, &records);
+    // (Snapshots are taken in the background: one due while another is still being written
+    // waits for a later append, so each ten is let finish here.)
+    for ten in records.chunks(10) {
+        append_all(&mut ledger, ten);
+        ledger.store().wait_for_snapshot();
+    }
     let taken: Vec<u64> = list_snapshots(&path).unwrap().iter().map(|(n, _)| *n).collect();
     assert_eq!(taken, vec![30, 20], "every 10 records, the newest two kept");
+    assert_eq!(ledger.store().last_snapshot_error(), None);
     drop(ledger);
 
     let dir = tempfile::tempdir().unwrap();
@@ -259,6 +265,7 @@ fn a_policy_snapshots_every_n_records_and_by_record_time() {
     let (mut ledger, _) =
         Ledger::open_file_with(&path, FileOptions { snapshots: Some(policy), ..options(1 << 20) }).unwrap();
     append_all(&mut ledger, &records);
+    ledger.store().wait_for_snapshot();
     assert!(!list_snapshots(&path).unwrap().is_empty(), "record time moved past every_ms");
 }
 
@@ -300,4 +307,38 @@ fn a_snapshot_beside_a_log_it_was_not_taken_from_is_skipped() {
     // and verify reports it.
     let verify = usage_ledger::inspect::verify_ledger(&b).unwrap();
     assert_eq!(verify.problems.len(), 1, "{:?}", verify.problems);
+}
+
+#[test]
+fn snapshots_taken_in_the_background_while_appends_go_on_open_to_the_whole_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger");
+    let records = history_of(400);
+    let policy = SnapshotPolicy { every_records: 7, every_ms: u64::MAX };
+    let opts = FileOptions { snapshots: Some(policy), archive_covered_segments: true, ..options(900) };
+    {
+        // Given appends that go on while snapshots are taken beside them (across segments that
+        // rotate and are archived as snapshots cover them),
+        let (mut ledger, _) = Ledger::open_file_with(&path, opts).unwrap();
+        append_all(&mut ledger, &records);
+        ledger.store().wait_for_snapshot();
+        assert_eq!(ledger.store().last_snapshot_error(), None);
+        assert!(!list_snapshots(&path).unwrap().is_empty());
+        assert!(archive_dir(&path).exists(), "covered segments were archived");
+    }
+    // then the ledger opens from the newest snapshot to what a replay of every record gives,
+    let (ledger, report) = Ledger::open_file_with(&path, opts).unwrap();
+    assert!(report.snapshot.is_some(), "{report:?}");
+    assert_eq!(report.skipped_snapshots, Vec::new());
+    assert_eq!(grants_of(&ledger), fold(&records).unwrap());
+    assert_eq!(ledger.record_count(), records.len() as u64);
+    assert_eq!(ledger.records_hash(), full_hash(&records));
+    // and so does each snapshot kept, opened alone with the log after it.
+    drop(ledger);
+    let newest = list_snapshots(&path).unwrap()[0].1.clone();
+    std::fs::remove_file(&newest).unwrap();
+    let (ledger, report) = Ledger::open_file_with(&path, opts).unwrap();
+    assert!(report.snapshot.is_some_and(|p| p != newest));
+    assert_eq!(ledger.records_hash(), full_hash(&records));
+    assert_eq!(grants_of(&ledger), fold(&records).unwrap());
 }
