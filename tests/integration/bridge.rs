@@ -187,6 +187,27 @@ async fn until_in_flight(bridge: &Bridge, rig: &Rig) {
     panic!("no provision in flight");
 }
 
+/// Starts provisioning `g` on its own task and returns once its instance is pending, two
+/// minutes into a launch that takes longer.
+async fn provision_in_flight(
+    bridge: &Bridge,
+    rig: &Rig,
+    g: &backend_api::ComputeGrant<'_>,
+    m: &backend_api::ComputeManifest,
+) -> tokio::task::JoinHandle<anyhow::Result<backend_api::ProvisionedInstance>> {
+    let in_flight = tokio::spawn({
+        let (bridge, m, id, valid_from, valid_to) = (bridge.clone(), m.clone(), g.id, g.valid_from, g.valid_to);
+        async move {
+            let g = backend_api::ComputeGrant { id, manifest: &m, valid_from, valid_to };
+            bridge.provision(&g, &us_east()).await
+        }
+    });
+    until_in_flight(bridge, rig).await;
+    // The launch is under way: the instance is pending.
+    rig.clock.sleep_ms(2 * 60_000).await;
+    in_flight
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_drain_out_of_time_rolls_the_provision_back_as_retryable_and_it_provisions_again() {
     let faults =
@@ -197,16 +218,7 @@ async fn a_drain_out_of_time_rolls_the_provision_back_as_retryable_and_it_provis
     until_phase(&bridge, &rig, Phase::Admitting).await;
     let m = manifest();
     let g = grant(5, &m, rig.now_tick(), 7_200);
-    let in_flight = tokio::spawn({
-        let (bridge, m, id, valid_from, valid_to) = (bridge.clone(), m.clone(), g.id, g.valid_from, g.valid_to);
-        async move {
-            let g = backend_api::ComputeGrant { id, manifest: &m, valid_from, valid_to };
-            bridge.provision(&g, &us_east()).await
-        }
-    });
-    until_in_flight(&bridge, &rig).await;
-    // The launch is under way: the instance is pending.
-    rig.clock.sleep_ms(2 * 60_000).await;
+    let in_flight = provision_in_flight(&bridge, &rig, &g, &m).await;
 
     bridge.drain();
     let day = std::time::Duration::from_secs(24 * 3_600);
@@ -255,15 +267,7 @@ async fn a_provision_cut_by_a_crash_is_rolled_back_by_recovery_as_retryable() {
     until_phase(&bridge, &rig, Phase::Admitting).await;
     let m = manifest();
     let g = grant(6, &m, rig.now_tick(), 7_200);
-    let in_flight = tokio::spawn({
-        let (bridge, m, id, valid_from, valid_to) = (bridge.clone(), m.clone(), g.id, g.valid_from, g.valid_to);
-        async move {
-            let g = backend_api::ComputeGrant { id, manifest: &m, valid_from, valid_to };
-            bridge.provision(&g, &us_east()).await
-        }
-    });
-    until_in_flight(&bridge, &rig).await;
-    rig.clock.sleep_ms(2 * 60_000).await;
+    let in_flight = provision_in_flight(&bridge, &rig, &g, &m).await;
     // The process dies: its run, the provision's task and the backend's own tasks.
     run.abort();
     in_flight.abort();

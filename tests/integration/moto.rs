@@ -63,7 +63,8 @@ pub(crate) fn moto_endpoint(test: &str) -> Option<String> {
     }
 }
 
-fn wall_clock_unix_ms() -> u64 {
+/// The wall clock, in Unix milliseconds (moto's tests run in real time).
+pub(crate) fn wall_clock_unix_ms() -> u64 {
     let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock after 1970");
     u64::try_from(since_epoch.as_millis()).expect("fits u64")
 }
@@ -244,7 +245,8 @@ fn test_grant<'a>(setup: &Setup, tag: u8, manifest: &'a ComputeManifest, lifetim
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// `bytes` in lowercase hex.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

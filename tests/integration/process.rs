@@ -25,18 +25,11 @@ use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
-use crate::moto::{MOTO_AMI, MOTO_ROOT_DEVICE, moto_endpoint};
+use crate::moto::{MOTO_AMI, MOTO_ROOT_DEVICE, hex, moto_endpoint, wall_clock_unix_ms};
 
 const REGION: &str = "us-east-1";
 
-fn wall_clock_unix_ms() -> u64 {
-    let since_epoch = SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock after 1970");
-    u64::try_from(since_epoch.as_millis()).expect("fits u64")
-}
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// The `aws-backend` binary cargo built next to this test, or `None` after saying loudly why
 /// it cannot be used (missing, or older than the sources it is built from).

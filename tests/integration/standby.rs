@@ -27,7 +27,7 @@ use backend_api::{
 use ledger_dynamodb::DynamoStore;
 use usage_ledger::{Event, EventStore, Lease, Record, StoreError};
 
-use crate::moto::{MOTO_AMI, MOTO_ROOT_DEVICE, moto_endpoint};
+use crate::moto::{MOTO_AMI, MOTO_ROOT_DEVICE, hex, moto_endpoint, wall_clock_unix_ms};
 
 const REGION: &str = "us-east-1";
 /// The shortest lease the configuration takes: renewed every 2 s, a standby asking every 1 s,
@@ -37,14 +37,7 @@ const LEASE_S: u64 = 6;
 /// to its deadline.
 const LIFETIME_TICKS: u64 = 18;
 
-fn wall_clock_unix_ms() -> u64 {
-    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock after 1970");
-    u64::try_from(since_epoch.as_millis()).expect("fits u64")
-}
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// The group's configuration, as both bridges would read it: moto for EC2 and, through the
 /// fallback to `endpoint_url`, for DynamoDB.

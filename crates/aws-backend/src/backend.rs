@@ -5,6 +5,8 @@ mod access;
 mod admission;
 mod api;
 mod deadline;
+#[cfg(test)]
+mod fixtures;
 mod gauges;
 mod launch;
 mod lease;

@@ -226,36 +226,21 @@ fn decide_admission(grant: &GrantId, state: Option<&GrantState>) -> Result<Admis
 
 #[cfg(test)]
 mod tests {
-    use backend_api::{AlmanacTick, UsageMetrics};
-    use usage_ledger::{Record, apply};
-
+    use backend_api::UsageMetrics;
     use super::*;
+    use crate::backend::fixtures;
 
     const GRANT: GrantId = GrantId([9; 32]);
 
     /// The grant's state after `events`.
     fn given(events: Vec<Event>) -> GrantState {
-        let mut state: Option<GrantState> = None;
-        for (seq, event) in events.into_iter().enumerate() {
-            let record = Record { grant: GRANT, seq: seq as u64, at_unix_ms: 1_700_000_000_000 + seq as u64, event };
-            state = Some(apply(state.as_ref(), &record).expect("a possible transition"));
-        }
-        state.expect("at least one event")
+        fixtures::state_after(GRANT, 1_700_000_000_000, events)
     }
 
     fn admitted() -> Event {
-        Event::GrantAdmitted {
-            region: "eu-west-1".into(),
-            instance_type: "m7i.large".into(),
-            vcpus: 2,
-            memory_mib: 8_192,
-            storage_bytes: 8 << 30,
-            valid_to: AlmanacTick(1),
-            valid_to_unix_ms: 1_700_000_600_000,
-            key_name: "k".into(),
-            group_name: "g".into(),
-        }
+        fixtures::admitted(1_700_000_600_000)
     }
+
 
     fn settled() -> Event {
         Event::GrantSettled { usage: UsageMetrics::default() }

@@ -206,38 +206,20 @@ fn termination_events(
 
 #[cfg(test)]
 mod tests {
-    use backend_api::AlmanacTick;
-    use usage_ledger::{Record, apply};
-
     use super::*;
+    use crate::backend::fixtures;
 
     const VALID_TO_UNIX_MS: u64 = 1_700_000_600_000;
 
     /// The grant's state after `events`, one a second from an hour before `valid_to`.
     fn given(events: Vec<Event>) -> GrantState {
-        let grant = GrantId([7; 32]);
-        let mut state: Option<GrantState> = None;
-        for (seq, event) in events.into_iter().enumerate() {
-            let record =
-                Record { grant, seq: seq as u64, at_unix_ms: VALID_TO_UNIX_MS - 3_600_000 + seq as u64 * 1_000, event };
-            state = Some(apply(state.as_ref(), &record).expect("a possible transition"));
-        }
-        state.expect("at least one event")
+        fixtures::state_after(GrantId([7; 32]), VALID_TO_UNIX_MS - 3_600_000, events)
     }
 
     fn admitted() -> Event {
-        Event::GrantAdmitted {
-            region: "eu-west-1".into(),
-            instance_type: "m7i.large".into(),
-            vcpus: 2,
-            memory_mib: 8_192,
-            storage_bytes: 8 << 30,
-            valid_to: AlmanacTick(1),
-            valid_to_unix_ms: VALID_TO_UNIX_MS,
-            key_name: "k".into(),
-            group_name: "g".into(),
-        }
+        fixtures::admitted(VALID_TO_UNIX_MS)
     }
+
 
     fn requested() -> Event {
         Event::LaunchRequested { client_token: "t".into(), instance_type: "m7i.large".into(), image_id: None }

@@ -300,6 +300,21 @@ mod tests {
         .expect("valid")
     }
 
+    /// A grant admitted in us-east-1, due 100 s after the epoch.
+    fn admitted() -> Event {
+        Event::GrantAdmitted {
+            region: "us-east-1".into(),
+            instance_type: "m6i.large".into(),
+            vcpus: 2,
+            memory_mib: 8_192,
+            valid_to: AlmanacTick(100),
+            valid_to_unix_ms: 100_000,
+            storage_bytes: 0,
+            key_name: "k".into(),
+            group_name: "g".into(),
+        }
+    }
+
     #[test]
     fn times_read_relative_to_now() {
         assert_eq!(relative(10_000 + 252_000, 10_000), "in 4m12s");
@@ -314,17 +329,7 @@ mod tests {
             grant,
             seq: 0,
             at_unix_ms: 0,
-            event: Event::GrantAdmitted {
-                region: "us-east-1".into(),
-                instance_type: "m6i.large".into(),
-                vcpus: 2,
-                memory_mib: 8_192,
-                valid_to: AlmanacTick(100),
-                valid_to_unix_ms: 100_000,
-                storage_bytes: 0,
-                key_name: "k".into(),
-                group_name: "g".into(),
-            },
+            event: admitted(),
         };
         let grants = usage_ledger::fold([&record]).expect("folds");
         // Deadline 100 s, grace 60 s: overdue from 160 s on.
@@ -350,17 +355,7 @@ mod tests {
         let cfg = cfg();
         let grant = GrantId([0xcd; 32]);
         let events = [
-            Event::GrantAdmitted {
-                region: "us-east-1".into(),
-                instance_type: "m6i.large".into(),
-                vcpus: 2,
-                memory_mib: 8_192,
-                valid_to: AlmanacTick(100),
-                valid_to_unix_ms: 100_000,
-                storage_bytes: 0,
-                key_name: "k".into(),
-                group_name: "g".into(),
-            },
+            admitted(),
             Event::LaunchRequested { client_token: "t".into(), instance_type: "m6i.large".into(), image_id: None },
             Event::InstanceLaunched {
                 instance_id: "i-1".into(),
