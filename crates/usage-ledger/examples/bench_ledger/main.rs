@@ -26,6 +26,7 @@ use usage_ledger::{
     TerminationReason, fold,
 };
 
+mod background;
 mod startup;
 
 /// Options for every ledger of this bench but the start-up one: no snapshots.

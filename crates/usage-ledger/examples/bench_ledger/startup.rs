@@ -151,4 +151,5 @@ pub(crate) fn run(dir: &Path, history_grants: u64) {
     println!(
         "peak memory of a start-up process: {hwm_mib:.1} MiB VmHWM (the snapshot's grants, not the history's events)"
     );
+    crate::background::run(&path, now + 3_600_000, history_grants * 4);
 }
