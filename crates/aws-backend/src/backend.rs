@@ -120,6 +120,8 @@ pub(crate) struct Shared {
     deadlines: Tasks<GrantId>,
     /// Each failed teardown's retrying task, by grant (see `arm_finish`).
     finishing: Tasks<GrantId>,
+    /// One teardown of a grant at a time (see `teardown`).
+    teardowns: teardown::TeardownLocks,
     /// Each armed final network measurement's task, by grant and instance (see
     /// `arm_network_final`).
     network_finals: Tasks<(GrantId, String)>,
@@ -216,6 +218,7 @@ impl AwsBackend {
                 hooks,
                 deadlines: Tasks::default(),
                 finishing: Tasks::default(),
+                teardowns: teardown::TeardownLocks::default(),
                 network_finals: Tasks::default(),
                 terminations: Terminations::default(),
                 launched_unrecorded: Mutex::new(BTreeMap::new()),

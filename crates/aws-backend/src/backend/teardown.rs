@@ -1,6 +1,7 @@
 //! Teardown: ending the instance, deleting the key pair and the group, settling the grant; retried
 //! by a task of its own when it fails.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use backend_api::{BackendError, GrantId, RegionLabel};
@@ -26,6 +27,35 @@ pub(crate) enum Finish {
     /// Recovery's resume of the grant: follow a serving instance to its deadline (or its end),
     /// then tear down.
     Resume,
+}
+
+/// One teardown of a grant at a time. Two at once (compute-bridge's `terminate` racing
+/// recovery's, the reaper's or a retrying task's) would both wait for the instance's end, and
+/// the later one's DeleteSecurityGroup, answered NotFound because the first deleted the group,
+/// would wait out EC2's visibility window before taking NotFound for gone. Behind this lock the
+/// later one finds the grant settled and returns at once.
+#[derive(Debug, Default)]
+pub(crate) struct TeardownLocks(std::sync::Mutex<std::collections::BTreeMap<GrantId, Arc<tokio::sync::Mutex<()>>>>);
+
+impl TeardownLocks {
+    /// Runs `teardown` once no other teardown of `grant` runs (in the order they asked).
+    async fn one_at_a_time<T>(&self, grant: GrantId, teardown: impl Future<Output = T>) -> T {
+        let lock = self.map().entry(grant).or_default().clone();
+        let result = {
+            let _held = lock.lock().await;
+            teardown.await
+        };
+        let mut map = self.map();
+        // The map's and this caller's: nobody else waits for it.
+        if Arc::strong_count(&lock) == 2 {
+            map.remove(&grant);
+        }
+        result
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<GrantId, Arc<tokio::sync::Mutex<()>>>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 impl From<TerminationReason> for Finish {
@@ -97,6 +127,10 @@ impl AwsBackend {
     }
 
     async fn teardown_once(&self, grant: GrantId, reason: TerminationReason) -> Result<(), BackendError> {
+        self.shared.teardowns.one_at_a_time(grant, self.teardown_alone(grant, reason)).await
+    }
+
+    async fn teardown_alone(&self, grant: GrantId, reason: TerminationReason) -> Result<(), BackendError> {
         let Some(state) = self.grant_state(&grant) else { return Ok(()) };
         if state.is_settled() {
             return Ok(());

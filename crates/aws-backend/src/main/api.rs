@@ -7,7 +7,7 @@
 //! The work of a request runs in a task of its own: a client that hangs up does not cut a
 //! provision or a teardown in the middle.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use aws_backend::bridge::Bridge;
@@ -48,10 +48,6 @@ pub(crate) struct Api {
     watched: Arc<Mutex<BTreeSet<GrantId>>>,
     /// True once the bridge's run has ended: a request still waiting is answered then.
     stopping: watch::Receiver<bool>,
-    /// One lock per grant being terminated here, so that a DELETE and the grant's own watch
-    /// never tear the same grant down at once (two concurrent teardowns of one grant have been
-    /// seen to leave one of them waiting for minutes on moto; see `Api::terminate`).
-    terminating: Arc<Mutex<BTreeMap<GrantId, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 impl Api {
@@ -61,24 +57,13 @@ impl Api {
         clock: Arc<dyn Clock>,
         stopping: watch::Receiver<bool>,
     ) -> Self {
-        Self { bridge, almanac: cfg.almanac, clock, watched: Arc::default(), stopping, terminating: Arc::default() }
+        Self { bridge, almanac: cfg.almanac, clock, watched: Arc::default(), stopping }
     }
 
-    /// Terminates `instance` through the bridge, one call per grant at a time: a second caller
-    /// waits for the first, then finds the grant settled (terminate is idempotent).
+    /// Terminates `instance` through the bridge. A DELETE racing the grant's own watch is safe:
+    /// the backend tears a grant down once at a time, and the later call finds it settled.
     async fn terminate(&self, instance: &ProvisionedInstance) -> anyhow::Result<()> {
-        let grant = instance.grant_id;
-        let turn = self.terminating.lock().unwrap_or_else(PoisonError::into_inner).entry(grant).or_default().clone();
-        let result = {
-            let _turn = turn.lock().await;
-            self.bridge.terminate(instance).await
-        };
-        let mut terminating = self.terminating.lock().unwrap_or_else(PoisonError::into_inner);
-        // The map's and this call's: nobody else waits for this grant's turn.
-        if Arc::strong_count(&turn) == 2 {
-            terminating.remove(&grant);
-        }
-        result
+        self.bridge.terminate(instance).await
     }
 
     /// Waits for `work`'s answer; if the bridge stops first (a drain whose time ran out), a
