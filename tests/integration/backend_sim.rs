@@ -492,7 +492,8 @@ async fn two_terminates_of_one_grant_at_once_both_end_promptly_and_settle_it_onc
     let took_ms = rig.clock.now_unix_ms() - started;
     assert!(rig.left_of(&g.id).is_empty(), "left: {:?}", rig.left_of(&g.id));
     let records = rig.store.records();
-    let settled = records.iter().filter(|r| r.grant == g.id && matches!(r.event, usage_ledger::Event::GrantSettled { .. }));
+    let settled =
+        records.iter().filter(|r| r.grant == g.id && matches!(r.event, usage_ledger::Event::GrantSettled { .. }));
     assert_eq!(settled.count(), 1, "settled once");
     // Under the default faults EC2 ends an instance within a minute and frees its group within
     // 30 s more: the pair takes what one takes. (Two teardowns at once used to take 318 s here:

@@ -29,8 +29,6 @@ use crate::moto::{MOTO_AMI, MOTO_ROOT_DEVICE, hex, moto_endpoint, wall_clock_uni
 
 const REGION: &str = "us-east-1";
 
-
-
 /// The `aws-backend` binary cargo built next to this test, or `None` after saying loudly why
 /// it cannot be used (missing, or older than the sources it is built from).
 fn binary(test: &str) -> Option<PathBuf> {

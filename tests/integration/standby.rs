@@ -37,8 +37,6 @@ const LEASE_S: u64 = 6;
 /// to its deadline.
 const LIFETIME_TICKS: u64 = 18;
 
-
-
 /// The group's configuration, as both bridges would read it: moto for EC2 and, through the
 /// fallback to `endpoint_url`, for DynamoDB.
 fn config(endpoint: &str, salt: &str, now_ms: u64) -> anyhow::Result<AwsBootConfig> {

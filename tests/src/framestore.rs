@@ -354,7 +354,12 @@ fn differences(resumed: &Ledger<MemoryStore>, full: &Ledger<MemoryStore>, offset
             (None, None) => break,
             (Some((id, a)), Some((other, b))) if id == other => {
                 if a != b {
-                    found.push(format!("{at}: grant {} is {:?} there, {:?} in a full replay", id.to_hex(), a.phase(), b.phase()));
+                    found.push(format!(
+                        "{at}: grant {} is {:?} there, {:?} in a full replay",
+                        id.to_hex(),
+                        a.phase(),
+                        b.phase()
+                    ));
                     break;
                 }
             }

@@ -10,8 +10,8 @@ use serde::Serialize;
 const MAX_ROOT_VOLUME_GIB: u32 = 16_384;
 use sim_ec2::FaultConfig;
 
-use crate::fixture::{ALLOWED_REGIONS, DISALLOWED_REGION, START_UNIX_MS, region};
 pub use crate::breakage::Breakage;
+use crate::fixture::{ALLOWED_REGIONS, DISALLOWED_REGION, START_UNIX_MS, region};
 
 /// Which faults the simulated EC2 injects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -332,7 +332,6 @@ impl FileStore {
         Ok(())
     }
 
-
     /// The active segment's path.
     pub fn path(&self) -> &Path {
         &self.path
@@ -487,7 +486,11 @@ impl EventStore for FileStore {
         self.snapshot_clock_unix_ms = Some(self.clock_unix_ms);
         let result =
             self.anchor().and_then(|anchor| write_snapshot(&self.ledger, position, anchor, data)).and_then(|_| {
-                if self.options.archive_covered_segments { archive_before(&self.ledger, position.segment) } else { Ok(()) }
+                if self.options.archive_covered_segments {
+                    archive_before(&self.ledger, position.segment)
+                } else {
+                    Ok(())
+                }
             });
         match &result {
             Ok(()) => self.job.clear_error(),

@@ -42,7 +42,8 @@ impl SnapshotJob {
         self.wait();
         let (ledger, last_error) = (ledger.to_path_buf(), self.last_error.clone());
         let spawned = std::thread::Builder::new().name("ledger-snapshot".into()).spawn(move || {
-            let result = refold(&ledger, end, anchor).and_then(|_| if archive { archive_before(&ledger, end.segment) } else { Ok(()) });
+            let result = refold(&ledger, end, anchor)
+                .and_then(|_| if archive { archive_before(&ledger, end.segment) } else { Ok(()) });
             *last_error.lock().unwrap_or_else(PoisonError::into_inner) = result.err().map(|e| e.to_string());
         });
         match spawned {
@@ -106,7 +107,12 @@ pub(crate) fn refold(ledger: &Path, end: Position, anchor: Option<Anchor>) -> Re
         }
     }
     if last_frame != anchor.map(|a| a.at) && last_frame.is_some() {
-        return Err(corrupt(ledger, end.segment, end.offset, "the last frame folded is not the snapshot's anchor".into()));
+        return Err(corrupt(
+            ledger,
+            end.segment,
+            end.offset,
+            "the last frame folded is not the snapshot's anchor".into(),
+        ));
     }
     let hash_state = books.hash_state();
     let grants = books.durable_grants();

@@ -226,9 +226,9 @@ fn decide_admission(grant: &GrantId, state: Option<&GrantState>) -> Result<Admis
 
 #[cfg(test)]
 mod tests {
-    use backend_api::UsageMetrics;
     use super::*;
     use crate::backend::fixtures;
+    use backend_api::UsageMetrics;
 
     const GRANT: GrantId = GrantId([9; 32]);
 
@@ -240,7 +240,6 @@ mod tests {
     fn admitted() -> Event {
         fixtures::admitted(1_700_000_600_000)
     }
-
 
     fn settled() -> Event {
         Event::GrantSettled { usage: UsageMetrics::default() }

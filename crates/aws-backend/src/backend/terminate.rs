@@ -220,7 +220,6 @@ mod tests {
         fixtures::admitted(VALID_TO_UNIX_MS)
     }
 
-
     fn requested() -> Event {
         Event::LaunchRequested { client_token: "t".into(), instance_type: "m7i.large".into(), image_id: None }
     }

@@ -325,12 +325,7 @@ mod tests {
     fn a_live_grant_past_its_deadline_and_grace_needs_the_operator_and_shows_in_the_table() {
         let cfg = cfg();
         let grant = GrantId([0xab; 32]);
-        let record = Record {
-            grant,
-            seq: 0,
-            at_unix_ms: 0,
-            event: admitted(),
-        };
+        let record = Record { grant, seq: 0, at_unix_ms: 0, event: admitted() };
         let grants = usage_ledger::fold([&record]).expect("folds");
         // Deadline 100 s, grace 60 s: overdue from 160 s on.
         assert_eq!(attention(&cfg, &grants, 150_000).overdue, 0);

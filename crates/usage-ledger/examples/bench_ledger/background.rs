@@ -7,7 +7,9 @@
 use std::path::Path;
 use std::time::Instant;
 
-use usage_ledger::{EventStore, FileOptions, FileStore, Ledger, Record, SharedLedger, SnapshotData, SnapshotPolicy, StoreError};
+use usage_ledger::{
+    EventStore, FileOptions, FileStore, Ledger, Record, SharedLedger, SnapshotData, SnapshotPolicy, StoreError,
+};
 
 use crate::Life;
 
