@@ -1,0 +1,126 @@
+//! Opening a ledger over the table: the takeover path.
+//!
+//! A takeover reads the newest usable snapshot and Queries the position log after it: it never
+//! Scans the table while a snapshot is usable. A snapshot is usable when its manifest names this
+//! group, its writer's epoch is at least the lease item's `log_since` (every holder since then
+//! kept the position log, so the log after it holds every record), its parts are all there with
+//! their length and CRC, and the tail after it folds. Otherwise the previous snapshot is tried,
+//! and when none is usable the table is Scanned (a full replay) and the store takes a snapshot
+//! at its first append: a damaged snapshot costs time, never a wrong state.
+
+use usage_ledger::{Books, EventStore, Lease, Ledger, LedgerError, MemoryStore, SnapshotPolicy};
+
+use crate::store::{DEFAULT_SNAPSHOT_POLICY, DynamoStore};
+use crate::table::DynamoTable;
+
+/// What opening the ledger read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    /// The snapshot it started from: its position and the records it covers.
+    pub snapshot: Option<(u64, u64)>,
+    /// The records read after it (from the position log), or every record when it Scanned.
+    pub tail_records: u64,
+    /// Whether it Scanned the whole table (no usable snapshot).
+    pub scanned: bool,
+    /// The snapshots it skipped, newest first, each with why.
+    pub skipped: Vec<String>,
+}
+
+/// Opens a ledger over `table` from its newest usable snapshot, writing under `lease` and
+/// snapshotting by [`DEFAULT_SNAPSHOT_POLICY`]. Acquire the lease first: a read made before
+/// acquiring could miss the last appends of the previous holder.
+pub async fn open_ledger(table: DynamoTable, lease: Lease) -> Result<Ledger<DynamoStore>, LedgerError> {
+    open_ledger_as(table, lease, |store| store).await
+}
+
+/// [`open_ledger`] with the store wrapped by `wrap` (a caller that keeps its ledgers behind one
+/// store type, such as a box of any [`EventStore`]).
+pub async fn open_ledger_as<S: EventStore>(
+    table: DynamoTable,
+    lease: Lease,
+    wrap: impl FnOnce(DynamoStore) -> S,
+) -> Result<Ledger<S>, LedgerError> {
+    Ok(open_ledger_with(table, lease, Some(DEFAULT_SNAPSHOT_POLICY), wrap).await?.0)
+}
+
+/// [`open_ledger_as`] with a snapshot policy (`None`: take none, but still open from the
+/// snapshots there are), saying what it read.
+pub async fn open_ledger_with<S: EventStore>(
+    table: DynamoTable,
+    lease: Lease,
+    policy: Option<SnapshotPolicy>,
+    wrap: impl FnOnce(DynamoStore) -> S,
+) -> Result<(Ledger<S>, OpenReport), LedgerError> {
+    let mut report = OpenReport::default();
+    let log_since = table.log_since(&lease.group).await?;
+    for item in table.snapshots().await? {
+        let skip = |why: String| format!("snapshot at position {} (epoch {}): {why}", item.position, item.epoch);
+        if item.group != lease.group {
+            report.skipped.push(skip(format!("written by bridge group {}, not {}", item.group, lease.group)));
+            continue;
+        }
+        match log_since {
+            Some(since) if item.epoch >= since => {}
+            _ => {
+                report.skipped.push(skip(format!(
+                    "a holder since it kept no position log (log_since {log_since:?}): an older build wrote the table"
+                )));
+                continue;
+            }
+        }
+        let snapshot = match table.read_snapshot(&item).await? {
+            Ok(snapshot) => snapshot,
+            Err(why) => {
+                report.skipped.push(skip(why));
+                continue;
+            }
+        };
+        let books = match Books::from_snapshot(snapshot) {
+            Ok(books) => books,
+            Err(why) => {
+                report.skipped.push(skip(why));
+                continue;
+            }
+        };
+        let (tail, next_pos) = match table.log_after(item.position).await? {
+            Ok(tail) => tail,
+            Err(why) => {
+                report.skipped.push(skip(format!("the position log after it: {why}")));
+                continue;
+            }
+        };
+        let tail_records = tail.len() as u64;
+        let ledger = match Ledger::open_after(MemoryStore::new(), books, tail) {
+            Ok(ledger) => ledger,
+            Err(why) => {
+                report.skipped.push(skip(format!("the position log after it does not fold: {why}")));
+                continue;
+            }
+        };
+        let soon = !report.skipped.is_empty();
+        let store = store(table, lease, next_pos, policy, tail_records, soon)?;
+        report.snapshot = Some((item.position, item.records));
+        report.tail_records = tail_records;
+        return Ok((ledger.map_store(|_| wrap(store)), report));
+    }
+    let replayed = table.replay().await?;
+    report.scanned = true;
+    report.tail_records = replayed.records.len() as u64;
+    let store = store(table, lease, replayed.next_pos, policy, report.tail_records, true)?;
+    Ok((Ledger::open_replayed(wrap(store), replayed.records)?, report))
+}
+
+fn store(
+    table: DynamoTable,
+    lease: Lease,
+    next_pos: u64,
+    policy: Option<SnapshotPolicy>,
+    tail: u64,
+    soon: bool,
+) -> Result<DynamoStore, LedgerError> {
+    let store = DynamoStore::new(table, lease, next_pos)?;
+    Ok(match policy {
+        Some(policy) => store.with_snapshots(policy, tail, soon),
+        None => store,
+    })
+}
