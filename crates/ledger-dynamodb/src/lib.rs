@@ -18,6 +18,7 @@
 //! DynamoDB ledger"); the table, its IAM and the import of a file ledger in `docs/operations.md`.
 
 pub mod bridge_config;
+mod bulk;
 mod copy;
 mod iam;
 mod lease;

@@ -117,7 +117,8 @@ impl DynamoTable {
         &self.name
     }
 
-    pub(crate) fn client(&self) -> &Client {
+    /// The client it is reached through (for tools and tests that read or damage items).
+    pub fn client(&self) -> &Client {
         &self.client
     }
 
