@@ -822,7 +822,7 @@ fn each_check_fails_on_a_policy_broken_its_way() {
             "dynamodb:UpdateItem",
             "dynamodb:GetItem",
             "dynamodb:Scan",
-            "dynamodb:Query",
+            "dynamodb:BatchGetItem",
             "dynamodb:ConditionCheckItem",
             "dynamodb:PutItem"
         ]);

@@ -17,19 +17,22 @@ const ITEMS_PER_BATCH: usize = 25;
 const CONCURRENT_BATCHES: usize = 4;
 
 impl DynamoTable {
-    /// Writes `records` (with their encoded `payloads`) at positions `first_pos..` as if a
-    /// holder at `epoch` had appended them, without any condition: for benchmarks populating a
-    /// table nobody else writes. Returns the number of items written.
+    /// Writes `records` (with their encoded `payloads`) at positions `first_pos..` and log
+    /// indexes `first_log..` as if a holder at `epoch` had appended them, without any condition:
+    /// for benchmarks populating a table nobody else writes. Returns the number of items
+    /// written and the next log index.
     pub async fn bulk_load_unchecked(
         &self,
         epoch: u64,
         records: &[Record],
         payloads: &[Vec<u8>],
         first_pos: u64,
-    ) -> Result<u64, StoreError> {
+        first_log: u64,
+    ) -> Result<(u64, u64), StoreError> {
         let chunks = plan_chunks(records, payloads)?;
+        let next_log = first_log + chunks.len() as u64;
         let mut requests = Vec::with_capacity(records.len() + chunks.len());
-        for range in chunks {
+        for (index, range) in chunks.into_iter().enumerate() {
             for i in range.clone() {
                 requests.push(put(vec![
                     (PK, AttributeValue::S(grant_pk(&records[i].grant))),
@@ -41,7 +44,8 @@ impl DynamoTable {
             let recs = payloads[range.clone()].iter().map(|p| AttributeValue::B(Blob::new(p.clone()))).collect();
             requests.push(put(vec![
                 (PK, AttributeValue::S(LOG_PK.to_string())),
-                (SK, n(first_pos + range.start as u64)),
+                (SK, n(first_log + index as u64)),
+                (POS, n(first_pos + range.start as u64)),
                 (EPOCH, n(epoch)),
                 (RECS, AttributeValue::L(recs)),
             ])?);
@@ -61,7 +65,7 @@ impl DynamoTable {
                     op: "BatchWriteItem",
                     reason: format!("the task failed: {e}"),
                 })??,
-                None => return Ok(written),
+                None => return Ok((written, next_log)),
             }
         }
     }

@@ -18,8 +18,8 @@ pub const DYNAMODB_ACTIONS: &[&str] = &[
     // holder that finds no usable snapshot read the ledger with.
     "dynamodb:Scan",
     // `DynamoTable::snapshots`, `read_snapshot` and `log_after` (`snapshot.rs`): the consistent
-    // Queries a takeover reads the newest snapshot and the position log after it with.
-    "dynamodb:Query",
+    // reads by key a takeover reads the newest snapshot and the position log after it with.
+    "dynamodb:BatchGetItem",
     // `DynamoTable::write_encoded` (`write.rs`), inside every append's TransactWriteItems: the
     // lease check, then one conditional put per record and the position-log item; and
     // `DynamoTable::write_snapshot` (`snapshot.rs`): the snapshot's parts and manifest.
@@ -33,7 +33,12 @@ pub const DYNAMODB_ACTIONS: &[&str] = &[
 
 /// Actions only the operator's tools, the tests and the benchmarks call, never a bridge:
 /// creating the table (`DynamoTable::create`: CreateTable, DescribeTable through the waiter,
-/// UpdateContinuousBackups) and loading a benchmark's history (`DynamoTable::bulk_load_unchecked`:
-/// BatchWriteItem).
-pub const OPERATOR_ACTIONS: &[&str] =
-    &["dynamodb:CreateTable", "dynamodb:DescribeTable", "dynamodb:UpdateContinuousBackups", "dynamodb:BatchWriteItem"];
+/// UpdateContinuousBackups), reading one grant (`DynamoTable::grant_records`: Query) and loading
+/// a benchmark's history (`DynamoTable::bulk_load_unchecked`: BatchWriteItem).
+pub const OPERATOR_ACTIONS: &[&str] = &[
+    "dynamodb:CreateTable",
+    "dynamodb:DescribeTable",
+    "dynamodb:UpdateContinuousBackups",
+    "dynamodb:Query",
+    "dynamodb:BatchWriteItem",
+];

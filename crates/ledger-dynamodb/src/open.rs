@@ -1,7 +1,7 @@
 //! Opening a ledger over the table: the takeover path.
 //!
-//! A takeover reads the newest usable snapshot and Queries the position log after it: it never
-//! Scans the table while a snapshot is usable. A snapshot is usable when its manifest names this
+//! A takeover reads the newest usable snapshot and the position log after it, by key: it never
+//! Scans the table while a snapshot is usable, and reads nothing of the history before it. A snapshot is usable when its manifest names this
 //! group, its writer's epoch is at least the lease item's `log_since` (every holder since then
 //! kept the position log, so the log after it holds every record), its parts are all there with
 //! their length and CRC, and the tail after it folds. Otherwise the previous snapshot is tried,
@@ -82,15 +82,16 @@ pub async fn open_ledger_with<S: EventStore>(
                 continue;
             }
         };
-        let (tail, next_pos) = match table.log_after(item.position).await? {
+        let tail = match table.log_after(item.position, item.log_index).await? {
             Ok(tail) => tail,
             Err(why) => {
                 report.skipped.push(skip(format!("the position log after it: {why}")));
                 continue;
             }
         };
-        let tail_records = tail.len() as u64;
-        let ledger = match Ledger::open_after(MemoryStore::new(), books, tail) {
+        let tail_records = tail.records.len() as u64;
+        let (next_pos, next_log) = (tail.next_pos, tail.next_log);
+        let ledger = match Ledger::open_after(MemoryStore::new(), books, tail.records) {
             Ok(ledger) => ledger,
             Err(why) => {
                 report.skipped.push(skip(format!("the position log after it does not fold: {why}")));
@@ -98,7 +99,7 @@ pub async fn open_ledger_with<S: EventStore>(
             }
         };
         let soon = !report.skipped.is_empty();
-        let store = store(table, lease, next_pos, policy, tail_records, soon)?;
+        let store = store(table, lease, (next_pos, next_log), policy, tail_records, soon)?;
         report.snapshot = Some((item.position, item.records));
         report.tail_records = tail_records;
         return Ok((ledger.map_store(|_| wrap(store)), report));
@@ -106,19 +107,19 @@ pub async fn open_ledger_with<S: EventStore>(
     let replayed = table.replay().await?;
     report.scanned = true;
     report.tail_records = replayed.records.len() as u64;
-    let store = store(table, lease, replayed.next_pos, policy, report.tail_records, true)?;
+    let store = store(table, lease, (replayed.next_pos, replayed.next_log), policy, report.tail_records, true)?;
     Ok((Ledger::open_replayed(wrap(store), replayed.records)?, report))
 }
 
 fn store(
     table: DynamoTable,
     lease: Lease,
-    next_pos: u64,
+    (next_pos, next_log): (u64, u64),
     policy: Option<SnapshotPolicy>,
     tail: u64,
     soon: bool,
 ) -> Result<DynamoStore, LedgerError> {
-    let store = DynamoStore::new(table, lease, next_pos)?;
+    let store = DynamoStore::new(table, lease, next_pos)?.with_next_log(next_log);
     Ok(match policy {
         Some(policy) => store.with_snapshots(policy, tail, soon),
         None => store,

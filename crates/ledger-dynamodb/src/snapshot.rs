@@ -3,21 +3,26 @@
 //! A snapshot is usage-ledger's snapshot encoding ([`usage_ledger::snapshot::encode_snapshot`],
 //! with its CRC, at `Position { segment: 0, offset: <next position> }`), cut into part items of
 //! at most [`PART_BYTES`] (`pk = snap#<position>#<epoch>`, `sk = part index`, `data`), and
-//! published by a manifest item (`pk = snaps`, `sk = position`) naming the parts, their total
-//! length, the record count, the writer's epoch and group. Parts and manifest are written in
-//! transactions conditional on the lease, so a writer that lost the lease can neither write nor
-//! publish one; a snapshot whose parts are missing or damaged fails its length or CRC check
-//! and is skipped. The newest [`SNAPSHOTS_KEPT`] manifests are kept.
+//! published by a manifest item in one of [`SNAPSHOTS_KEPT`] slots (`pk = snaps`, `sk = 0` or
+//! `1`) naming the parts, their total length, the record count, the log index after it, the
+//! writer's epoch and group. A new snapshot takes the slot of the older one, whose parts are
+//! then deleted. Parts, manifest and deletions are transactions conditional on the lease, so a
+//! writer that lost the lease can neither write nor publish one; a snapshot whose parts are
+//! missing or damaged fails its length or CRC check and is skipped.
+//!
+//! Every read here is by key (`BatchGetItem`, strongly consistent): the manifests' slots, the
+//! parts, and the log items from the snapshot's log index to the first missing one. None of
+//! them depends on the size of the history.
 
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::primitives::Blob;
-use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem};
+use aws_sdk_dynamodb::types::{AttributeValue, Delete, KeysAndAttributes, Put, TransactWriteItem};
 use usage_ledger::file::decode_payload;
 use usage_ledger::snapshot::{Position, SNAPSHOTS_KEPT, Snapshot, decode_snapshot};
 use usage_ledger::{Lease, Record, StoreError};
 
-use crate::table::{DynamoTable, EPOCH, LOG_PK, PK, RECS, SK, n};
+use crate::table::{DynamoTable, EPOCH, LOG_PK, PK, POS, RECS, SK, n};
 
 /// The partition of the snapshot manifests.
 const SNAPS_PK: &str = "snaps";
@@ -27,12 +32,18 @@ const PART_BYTES: usize = 350 << 10;
 const PARTS_PER_TRANSACTION: usize = 8;
 /// Deletes per transaction, besides the lease check (DynamoDB takes 100 items).
 const DELETES_PER_TRANSACTION: usize = 99;
+/// Keys per `BatchGetItem` (DynamoDB takes at most 100).
+const KEYS_PER_BATCH_GET: usize = 100;
 
 /// A published snapshot, as its manifest item describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnapshotItem {
+    /// Its manifest's slot.
+    pub slot: u64,
     /// The position of the first record it does not cover.
     pub position: u64,
+    /// The log index of the first log item it does not cover.
+    pub log_index: u64,
     /// The records it covers.
     pub records: u64,
     /// The lease epoch of its writer.
@@ -56,13 +67,14 @@ fn string(item: &HashMap<String, AttributeValue>, name: &str) -> Option<String> 
 }
 
 impl DynamoTable {
-    /// Writes `bytes` (an encoded snapshot covering `records` records, up to `position`) as
-    /// part items and publishes it with its manifest, every transaction conditional on `lease`;
-    /// then deletes the manifests (and parts) older than the newest [`SNAPSHOTS_KEPT`].
+    /// Writes `bytes` (an encoded snapshot covering `records` records, up to `position` and
+    /// log index `log_index`) as part items and publishes it with its manifest in the slot of
+    /// the older snapshot, every transaction conditional on `lease`; then deletes the replaced
+    /// snapshot's parts.
     pub(crate) async fn write_snapshot(
         &self,
         lease: &Lease,
-        position: u64,
+        (position, log_index): (u64, u64),
         records: u64,
         bytes: Vec<u8>,
     ) -> Result<(), StoreError> {
@@ -82,10 +94,23 @@ impl DynamoTable {
             }
             self.transact(lease, items, "TransactWriteItems (write snapshot parts)").await?;
         }
+        // The slot of the older snapshot, or an empty one.
+        let existing = self.snapshots().await?;
+        if existing.iter().any(|s| s.parts_pk == parts_pk) {
+            // Published already (the same position at the same epoch holds the same records).
+            return Ok(());
+        }
+        let slot = (0..SNAPSHOTS_KEPT as u64)
+            .find(|slot| existing.iter().all(|s| s.slot != *slot))
+            .or_else(|| existing.last().map(|s| s.slot))
+            .unwrap_or(0);
+        let replaced = existing.into_iter().find(|s| s.slot == slot && s.parts_pk != parts_pk);
         let manifest = Put::builder()
             .table_name(self.name())
             .item(PK, AttributeValue::S(SNAPS_PK.to_string()))
-            .item(SK, n(position))
+            .item(SK, n(slot))
+            .item(POS, n(position))
+            .item("log_index", n(log_index))
             .item("records", n(records))
             .item(EPOCH, n(lease.epoch))
             .item("grp", AttributeValue::S(lease.group.clone()))
@@ -96,33 +121,28 @@ impl DynamoTable {
             .map_err(|e| self.build(e))?;
         let items = vec![self.lease_check(lease)?, TransactWriteItem::builder().put(manifest).build()];
         self.transact(lease, items, "TransactWriteItems (publish a snapshot)").await?;
-        for old in self.snapshots().await?.into_iter().skip(SNAPSHOTS_KEPT) {
-            self.delete_snapshot(lease, &old).await?;
+        if let Some(old) = replaced {
+            self.delete_parts(lease, &old).await?;
         }
         Ok(())
     }
 
-    /// Deletes `snapshot`'s manifest, then its parts (a crash between leaves parts no manifest
-    /// names, which nothing reads), under `lease`.
-    async fn delete_snapshot(&self, lease: &Lease, snapshot: &SnapshotItem) -> Result<(), StoreError> {
-        let key = |pk: &str, sk: u64| -> Result<TransactWriteItem, StoreError> {
-            let delete = Delete::builder()
-                .table_name(self.name())
-                .key(PK, AttributeValue::S(pk.to_string()))
-                .key(SK, n(sk))
-                .build()
-                .map_err(|e| self.build(e))?;
-            Ok(TransactWriteItem::builder().delete(delete).build())
-        };
-        let items = vec![self.lease_check(lease)?, key(SNAPS_PK, snapshot.position)?];
-        self.transact(lease, items, "TransactWriteItems (delete an old snapshot)").await?;
+    /// Deletes the parts of `snapshot`, whose manifest slot holds another snapshot now (a
+    /// crash before this leaves parts no manifest names, which nothing reads), under `lease`.
+    async fn delete_parts(&self, lease: &Lease, snapshot: &SnapshotItem) -> Result<(), StoreError> {
         let parts: Vec<u64> = (0..snapshot.parts).collect();
         for batch in parts.chunks(DELETES_PER_TRANSACTION) {
             let mut items = vec![self.lease_check(lease)?];
             for part in batch {
-                items.push(key(&snapshot.parts_pk, *part)?);
+                let delete = Delete::builder()
+                    .table_name(self.name())
+                    .key(PK, AttributeValue::S(snapshot.parts_pk.clone()))
+                    .key(SK, n(*part))
+                    .build()
+                    .map_err(|e| self.build(e))?;
+                items.push(TransactWriteItem::builder().delete(delete).build());
             }
-            self.transact(lease, items, "TransactWriteItems (delete an old snapshot's parts)").await?;
+            self.transact(lease, items, "TransactWriteItems (delete a replaced snapshot's parts)").await?;
         }
         Ok(())
     }
@@ -142,13 +162,17 @@ impl DynamoTable {
         Err(self.remote(op, &err))
     }
 
-    /// Every published snapshot, newest first (a strongly consistent Query of the manifests).
+    /// Every published snapshot, newest first (a strongly consistent read of the manifests'
+    /// slots).
     pub async fn snapshots(&self) -> Result<Vec<SnapshotItem>, StoreError> {
+        let keys = (0..SNAPSHOTS_KEPT as u64).map(|slot| (SNAPS_PK.to_string(), slot)).collect();
         let mut found = Vec::new();
-        for item in self.query_all(SNAPS_PK, None, false, "Query (snapshot manifests)").await? {
+        for (slot, item) in self.batch_get(keys, "BatchGetItem (snapshot manifests)").await? {
             let parsed = (|| {
                 Some(SnapshotItem {
-                    position: number(&item, SK)?,
+                    slot: slot.1,
+                    position: number(&item, POS)?,
+                    log_index: number(&item, "log_index")?,
                     records: number(&item, "records")?,
                     epoch: number(&item, EPOCH)?,
                     group: string(&item, "grp")?,
@@ -160,31 +184,27 @@ impl DynamoTable {
             // A manifest that does not parse names no snapshot a takeover could use.
             found.extend(parsed);
         }
+        found.sort_by_key(|s| std::cmp::Reverse(s.position));
         Ok(found)
     }
 
     /// Reads and checks the snapshot `item` publishes: `Ok(Err(why))` when it is damaged (a
     /// part missing or altered, another version), `Err` when the reads fail.
     pub async fn read_snapshot(&self, item: &SnapshotItem) -> Result<Result<Snapshot, String>, StoreError> {
-        let parts = self.query_all(&item.parts_pk, None, true, "Query (snapshot parts)").await?;
+        let keys = (0..item.parts).map(|part| (item.parts_pk.clone(), part)).collect();
+        let parts = self.batch_get(keys, "BatchGetItem (snapshot parts)").await?;
         let mut bytes = Vec::with_capacity(usize::try_from(item.bytes).unwrap_or(0));
-        for (index, part) in parts.iter().enumerate() {
-            if number(part, SK) != Some(index as u64) {
-                return Ok(Err(format!("part {index} of {} is missing", item.parts)));
-            }
+        for index in 0..item.parts {
+            let Some(part) = parts.get(&(item.parts_pk.clone(), index)) else {
+                return Ok(Err(format!("part {index} of {} is missing (torn)", item.parts)));
+            };
             match part.get("data").and_then(|v| v.as_b().ok()) {
                 Some(data) => bytes.extend_from_slice(data.as_ref()),
                 None => return Ok(Err(format!("part {index} holds no binary `data`"))),
             }
         }
-        if parts.len() as u64 != item.parts || bytes.len() as u64 != item.bytes {
-            return Ok(Err(format!(
-                "{} parts of {} bytes, the manifest says {} parts of {} bytes (torn)",
-                parts.len(),
-                bytes.len(),
-                item.parts,
-                item.bytes
-            )));
+        if bytes.len() as u64 != item.bytes {
+            return Ok(Err(format!("its parts hold {} bytes, the manifest says {} (torn)", bytes.len(), item.bytes)));
         }
         let snapshot = match decode_snapshot(&bytes) {
             Ok(snapshot) => snapshot,
@@ -199,66 +219,97 @@ impl DynamoTable {
         Ok(Ok(snapshot))
     }
 
-    /// The records of the position log from `position` on, in order, with their stored
-    /// payloads, and one past the last position (at least `position`): a strongly consistent,
-    /// paginated Query. `Ok(Err(why))` when an item does not decode.
+    /// The records of the position log from log index `log_index` to the first missing index,
+    /// in order, with their stored payloads; one past the last position (at least `position`,
+    /// the snapshot's); and one past the last log index. `Ok(Err(why))` when an item does not
+    /// decode or the log's positions do not follow `position`.
     pub(crate) async fn log_after(
         &self,
         position: u64,
-    ) -> Result<Result<(Vec<(Record, Vec<u8>)>, u64), String>, StoreError> {
-        let mut records = Vec::new();
-        let mut next_pos = position;
-        for item in self.query_all(LOG_PK, Some(position), true, "Query (position log)").await? {
-            let Some(first) = number(&item, SK) else { return Ok(Err("a log item's `sk` is not a number".into())) };
-            let Some(payloads) = item.get(RECS).and_then(|v| v.as_l().ok()) else {
-                return Ok(Err(format!("log item {first} holds no list `recs`")));
-            };
-            for payload in payloads {
-                let Ok(bytes) = payload.as_b() else { return Ok(Err(format!("log item {first}: a record is not binary"))) };
-                match decode_payload(bytes.as_ref()) {
-                    Ok(record) => records.push((record, bytes.as_ref().to_vec())),
-                    Err(why) => return Ok(Err(format!("log item {first}: {why}"))),
+        log_index: u64,
+    ) -> Result<Result<LogTail, String>, StoreError> {
+        let mut tail = LogTail { records: Vec::new(), next_pos: position, next_log: log_index };
+        loop {
+            let keys: Vec<(String, u64)> =
+                (tail.next_log..tail.next_log + KEYS_PER_BATCH_GET as u64).map(|i| (LOG_PK.to_string(), i)).collect();
+            let mut found = self.batch_get(keys, "BatchGetItem (position log)").await?;
+            let mut whole = true;
+            for index in tail.next_log..tail.next_log + KEYS_PER_BATCH_GET as u64 {
+                let Some(item) = found.remove(&(LOG_PK.to_string(), index)) else {
+                    whole = false;
+                    break;
+                };
+                let Some(first) = number(&item, POS) else {
+                    return Ok(Err(format!("log item {index}: `pos` is not a number")));
+                };
+                if first < tail.next_pos {
+                    return Ok(Err(format!("log item {index} starts at position {first}, before {}", tail.next_pos)));
                 }
+                let Some(payloads) = item.get(RECS).and_then(|v| v.as_l().ok()) else {
+                    return Ok(Err(format!("log item {index} holds no list `recs`")));
+                };
+                for payload in payloads {
+                    let Ok(bytes) = payload.as_b() else {
+                        return Ok(Err(format!("log item {index}: a record is not binary")));
+                    };
+                    match decode_payload(bytes.as_ref()) {
+                        Ok(record) => tail.records.push((record, bytes.as_ref().to_vec())),
+                        Err(why) => return Ok(Err(format!("log item {index}: {why}"))),
+                    }
+                }
+                tail.next_pos = first + payloads.len() as u64;
+                tail.next_log = index + 1;
             }
-            next_pos = next_pos.max(first + payloads.len() as u64);
+            if !whole {
+                return Ok(Ok(tail));
+            }
         }
-        Ok(Ok((records, next_pos)))
     }
 
-    /// Every item of partition `pk` (from sort key `from` on), in sort-key order or the
-    /// reverse, with strongly consistent reads, page after page (DynamoDB returns at most 1 MB
-    /// per page).
-    async fn query_all(
+    /// The items at `keys` (partition key, sort key), read with strongly consistent
+    /// `BatchGetItem`s of at most 100 keys, the keys DynamoDB leaves unprocessed (a response is
+    /// at most 16 MB) asked again.
+    async fn batch_get(
         &self,
-        pk: &str,
-        from: Option<u64>,
-        forward: bool,
+        keys: Vec<(String, u64)>,
         op: &'static str,
-    ) -> Result<Vec<HashMap<String, AttributeValue>>, StoreError> {
-        let mut items = Vec::new();
-        let mut start = None;
-        loop {
-            let mut query = self
-                .client()
-                .query()
-                .table_name(self.name())
-                .consistent_read(true)
-                .scan_index_forward(forward)
-                .expression_attribute_values(":pk", AttributeValue::S(pk.to_string()))
-                .set_exclusive_start_key(start.take());
-            query = match from {
-                Some(from) => query
-                    .key_condition_expression("pk = :pk AND sk >= :from")
-                    .expression_attribute_values(":from", n(from)),
-                None => query.key_condition_expression("pk = :pk"),
-            };
-            let page = query.send().await.map_err(|e| self.remote(op, &e))?;
-            items.extend(page.items.unwrap_or_default());
-            match page.last_evaluated_key {
-                Some(key) if !key.is_empty() => start = Some(key),
-                _ => break,
+    ) -> Result<HashMap<(String, u64), HashMap<String, AttributeValue>>, StoreError> {
+        let mut found = HashMap::new();
+        for batch in keys.chunks(KEYS_PER_BATCH_GET) {
+            let mut request = KeysAndAttributes::builder().consistent_read(true);
+            for (pk, sk) in batch {
+                request = request.keys(HashMap::from([
+                    (PK.to_string(), AttributeValue::S(pk.clone())),
+                    (SK.to_string(), n(*sk)),
+                ]));
+            }
+            let mut pending = Some(request.build().map_err(|e| self.build(e))?);
+            while let Some(request) = pending.take() {
+                let out = self
+                    .client()
+                    .batch_get_item()
+                    .request_items(self.name(), request)
+                    .send()
+                    .await
+                    .map_err(|e| self.remote(op, &e))?;
+                for item in out.responses.and_then(|mut r| r.remove(self.name())).unwrap_or_default() {
+                    let key = (string(&item, PK).unwrap_or_default(), number(&item, SK).unwrap_or(u64::MAX));
+                    found.insert(key, item);
+                }
+                pending = out.unprocessed_keys.and_then(|mut left| left.remove(self.name())).filter(|k| !k.keys.is_empty());
             }
         }
-        Ok(items)
+        Ok(found)
     }
+}
+
+/// What a takeover read from the position log after a snapshot.
+#[derive(Debug)]
+pub(crate) struct LogTail {
+    /// The records, in order, with their stored payloads.
+    pub(crate) records: Vec<(Record, Vec<u8>)>,
+    /// One past the last record's position.
+    pub(crate) next_pos: u64,
+    /// One past the last log index read.
+    pub(crate) next_log: u64,
 }

@@ -45,6 +45,9 @@ pub struct DynamoStore {
     /// The position the next append's first record takes: one past every position tried, so a
     /// failed append's positions (and ClientRequestTokens) are never reused.
     next_pos: u64,
+    /// The log index the next append's first chunk takes (see `write.rs`: indexes are dense, a
+    /// failed append's are reused once healed).
+    next_log: u64,
     /// The chunks (first position and keys) of an append that failed, until healed.
     unacknowledged: Option<Vec<UnackedChunk>>,
     /// Always `Some` until drop.
@@ -70,7 +73,8 @@ struct SnapshotState {
 
 impl DynamoStore {
     /// A store writing to `table` under `lease`, its next record at position `next_pos` (from
-    /// [`DynamoTable::replay`]), taking no snapshots.
+    /// [`DynamoTable::replay`]) and its next log item at index `next_pos` too (set it with
+    /// [`DynamoStore::with_next_log`]), taking no snapshots.
     pub fn new(table: DynamoTable, lease: Lease, next_pos: u64) -> Result<Self, StoreError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -87,7 +91,14 @@ impl DynamoStore {
             in_flight: Mutex::new(None),
             last_error: Mutex::new(None),
         };
-        Ok(Self { table, lease, next_pos, unacknowledged: None, runtime: Some(runtime), snapshots })
+        Ok(Self { table, lease, next_pos, next_log: next_pos, unacknowledged: None, runtime: Some(runtime), snapshots })
+    }
+
+    /// The same store, its next log item at index `next_log` (from [`DynamoTable::replay`], or
+    /// the end of the log a takeover read).
+    pub fn with_next_log(mut self, next_log: u64) -> Self {
+        self.next_log = next_log;
+        self
     }
 
     /// Takes snapshots by `policy` from now on; `tail` records are already past the last
@@ -168,13 +179,16 @@ impl EventStore for DynamoStore {
         let chunks = plan_chunks(records, &payloads)?;
         let first_pos = self.next_pos;
         self.next_pos += records.len() as u64;
-        let keys = chunk_keys(records, &chunks, first_pos);
+        let first_log = self.next_log;
+        let keys = chunk_keys(records, &chunks, first_pos, first_log);
+        let chunk_count = chunks.len() as u64;
         let (table, lease, owned) = (self.table.clone(), self.lease.clone(), records.to_vec());
         let result = self.block_on(async move {
-            table.write_planned(&lease, &owned, &payloads, &chunks, first_pos).await
+            table.write_planned(&lease, &owned, &payloads, &chunks, (first_pos, first_log)).await
         })?;
         match &result {
             Ok(()) => {
+                self.next_log += chunk_count;
                 self.snapshots.since += records.len() as u64;
                 let newest = records.iter().map(|r| r.at_unix_ms).max().unwrap_or(0);
                 self.snapshots.clock_unix_ms = self.snapshots.clock_unix_ms.max(newest);
@@ -224,7 +238,7 @@ impl EventStore for DynamoStore {
             *self.snapshots.last_error.lock().unwrap_or_else(PoisonError::into_inner) =
                 previous.and_then(|r| r.err()).map(|e| e.to_string());
         }
-        let position = self.next_pos;
+        let (position, log_index) = (self.next_pos, self.next_log);
         let bytes = encode_snapshot(Position { segment: 0, offset: position }, None, data).map_err(|reason| {
             StoreError::Encode { grant: "(snapshot)".to_string(), seq: data.records, reason }
         })?;
@@ -237,7 +251,7 @@ impl EventStore for DynamoStore {
             op: "snapshot",
             reason: "the store's runtime stopped: restart the bridge".to_string(),
         })?;
-        let handle = runtime.spawn(async move { table.write_snapshot(&lease, position, records, bytes).await });
+        let handle = runtime.spawn(async move { table.write_snapshot(&lease, (position, log_index), records, bytes).await });
         *self.snapshots.in_flight.lock().unwrap_or_else(PoisonError::into_inner) = Some(handle);
         Ok(())
     }

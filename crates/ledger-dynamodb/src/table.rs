@@ -89,6 +89,8 @@ pub struct Replayed {
     pub records: Vec<(Record, Vec<u8>)>,
     /// One past the highest `pos` in the table.
     pub next_pos: u64,
+    /// One past the highest position-log index in the table (0 when it has no log item).
+    pub next_log: u64,
 }
 
 /// One DynamoDB table holding one ledger and the lease of the bridge group that owns it.
@@ -240,6 +242,7 @@ impl DynamoTable {
     /// consistent scans (a new lease holder must see every acknowledged append).
     pub async fn replay(&self) -> Result<Replayed, StoreError> {
         let mut found = Vec::new();
+        let mut next_log = 0;
         let mut start = None;
         loop {
             let page = self
@@ -252,9 +255,13 @@ impl DynamoTable {
                 .await
                 .map_err(|e| self.remote("Scan", &e))?;
             for item in page.items() {
-                let is_record = item.get(PK).and_then(|v| v.as_s().ok()).is_some_and(|pk| pk.starts_with(GRANT_PREFIX));
-                if is_record {
+                let pk = item.get(PK).and_then(|v| v.as_s().ok());
+                if pk.is_some_and(|pk| pk.starts_with(GRANT_PREFIX)) {
                     found.push(self.decode(item)?);
+                } else if pk.is_some_and(|pk| pk == LOG_PK) {
+                    let index = item.get(SK).and_then(|v| v.as_n().ok()).and_then(|v| v.parse::<u64>().ok());
+                    let index = index.ok_or_else(|| self.corrupt(item, "`sk` is not a whole number"))?;
+                    next_log = next_log.max(index + 1);
                 }
             }
             match page.last_evaluated_key {
@@ -266,7 +273,11 @@ impl DynamoTable {
         // grant's own order.
         found.sort_by_key(|(record, _, pos)| (*pos, record.grant, record.seq));
         let next_pos = found.last().map_or(0, |(_, _, pos)| pos + 1);
-        Ok(Replayed { records: found.into_iter().map(|(record, payload, _)| (record, payload)).collect(), next_pos })
+        Ok(Replayed {
+            records: found.into_iter().map(|(record, payload, _)| (record, payload)).collect(),
+            next_pos,
+            next_log,
+        })
     }
 
     /// Every record of `grant`, in sequence order (a strongly consistent, paginated Query).

@@ -2,11 +2,17 @@
 //!
 //! A chunk of an append (at most [`MAX_RECORDS_PER_TRANSACTION`] records) is one
 //! `TransactWriteItems`: the lease check, one item per record (`pk = grant#<hex>`, `sk = seq`,
-//! conditional on the sequence being new), and one position-log item (`pk = log`,
-//! `sk = the chunk's first position`) holding the same payloads in order. The record items serve
-//! a full replay (a Scan) and a grant's own history (a Query); the log items serve a takeover,
-//! which Queries only the log items after its snapshot. Both are written, and deleted by a heal,
-//! in the same transaction, so they always hold the same records.
+//! conditional on the sequence being new), and one position-log item (`pk = log`, `sk = the
+//! chunk's log index`, `pos` = its first record's position) holding the same payloads in order.
+//! The record items serve a full replay (a Scan) and a grant's own history (a Query); the log
+//! items serve a takeover, which reads only the log items after its snapshot's log index. Both
+//! are written, and deleted by a heal, in the same transaction, so they always hold the same
+//! records.
+//!
+//! Log indexes are dense: each chunk takes the next index, a heal deletes a failed append's
+//! chunks newest first and the next append reuses their indexes, so the log items written are
+//! always indexes `0..n` (or, on a table upgraded from a build without the log, `k..n`) and a
+//! takeover reads them with `BatchGetItem` until the first missing index, without a Query.
 
 use std::ops::Range;
 
@@ -31,8 +37,9 @@ const MAX_CHUNK_PAYLOAD_BYTES: usize = 300 << 10;
 /// 400 KB).
 pub(crate) const MAX_ITEM_PAYLOAD_BYTES: usize = 350 << 10;
 
-/// One chunk of a failed append: its first position and its records' keys, in order.
-pub(crate) type UnackedChunk = (u64, Vec<(GrantId, u64)>);
+/// One chunk of a failed append: its first position, its log index and its records' keys, in
+/// order.
+pub(crate) type UnackedChunk = (u64, u64, Vec<(GrantId, u64)>);
 
 /// Encodes each record's payload in the current format version.
 pub(crate) fn encode_all(records: &[Record]) -> Result<Vec<Vec<u8>>, StoreError> {
@@ -76,12 +83,20 @@ pub(crate) fn plan_chunks(records: &[Record], payloads: &[Vec<u8>]) -> Result<Ve
     Ok(chunks)
 }
 
-/// The keys of each chunk of a planned append whose first record is at `first_pos`.
-pub(crate) fn chunk_keys(records: &[Record], chunks: &[Range<usize>], first_pos: u64) -> Vec<UnackedChunk> {
+/// The keys of each chunk of a planned append whose first record is at `first_pos` and first
+/// chunk at log index `first_log`.
+pub(crate) fn chunk_keys(
+    records: &[Record],
+    chunks: &[Range<usize>],
+    first_pos: u64,
+    first_log: u64,
+) -> Vec<UnackedChunk> {
     chunks
         .iter()
-        .map(|range| {
-            (first_pos + range.start as u64, records[range.clone()].iter().map(|r| (r.grant, r.seq)).collect())
+        .enumerate()
+        .map(|(i, range)| {
+            let keys = records[range.clone()].iter().map(|r| (r.grant, r.seq)).collect();
+            (first_pos + range.start as u64, first_log + i as u64, keys)
         })
         .collect()
 }
@@ -89,7 +104,7 @@ pub(crate) fn chunk_keys(records: &[Record], chunks: &[Range<usize>], first_pos:
 impl DynamoTable {
     /// Writes `records`, each with its payload as already encoded (an import keeps a file's
     /// bytes, older versions included, so the records hash stays the same), at positions
-    /// `first_pos..`, in transactions of at most [`MAX_RECORDS_PER_TRANSACTION`] records, in
+    /// `first_pos..` and log indexes `first_log..`, in transactions of at most [`MAX_RECORDS_PER_TRANSACTION`] records, in
     /// order, each conditional on the lease and on every sequence being new. Stops at the first
     /// transaction that fails: those before it are written, it and those after it are not.
     pub(crate) async fn write_encoded(
@@ -98,9 +113,10 @@ impl DynamoTable {
         records: &[Record],
         payloads: &[Vec<u8>],
         first_pos: u64,
+        first_log: u64,
     ) -> Result<(), StoreError> {
         let chunks = plan_chunks(records, payloads)?;
-        self.write_planned(lease, records, payloads, &chunks, first_pos).await
+        self.write_planned(lease, records, payloads, &chunks, (first_pos, first_log)).await
     }
 
     /// Writes each planned chunk as one transaction, in order.
@@ -110,11 +126,11 @@ impl DynamoTable {
         records: &[Record],
         payloads: &[Vec<u8>],
         chunks: &[Range<usize>],
-        first_pos: u64,
+        (first_pos, first_log): (u64, u64),
     ) -> Result<(), StoreError> {
-        for range in chunks {
-            let pos = first_pos + range.start as u64;
-            self.write_chunk(lease, &records[range.clone()], &payloads[range.clone()], pos).await?;
+        for (i, range) in chunks.iter().enumerate() {
+            let at = (first_pos + range.start as u64, first_log + i as u64);
+            self.write_chunk(lease, &records[range.clone()], &payloads[range.clone()], at).await?;
         }
         Ok(())
     }
@@ -124,7 +140,7 @@ impl DynamoTable {
         lease: &Lease,
         records: &[Record],
         payloads: &[Vec<u8>],
-        first_pos: u64,
+        (first_pos, log_index): (u64, u64),
     ) -> Result<(), StoreError> {
         let mut items = vec![self.lease_check(lease)?];
         for (i, (record, payload)) in records.iter().zip(payloads).enumerate() {
@@ -142,7 +158,8 @@ impl DynamoTable {
         let log = Put::builder()
             .table_name(self.name())
             .item(PK, AttributeValue::S(LOG_PK.to_string()))
-            .item(SK, n(first_pos))
+            .item(SK, n(log_index))
+            .item(POS, n(first_pos))
             .item(EPOCH, n(lease.epoch))
             .item(RECS, AttributeValue::L(payloads.iter().map(|p| AttributeValue::B(Blob::new(p.clone()))).collect()))
             .condition_expression("attribute_not_exists(pk)")
@@ -188,13 +205,14 @@ impl DynamoTable {
         self.remote("TransactWriteItems", err)
     }
 
-    /// Deletes the items of a failed append, chunk by chunk as it was written, each chunk's
-    /// position-log item and record items in one transaction conditional on the lease (so the
-    /// log and the record items never disagree). A record item is deleted only when it holds
+    /// Deletes the items of a failed append, chunk by chunk as it was written, newest first (so
+    /// the log items left are always a prefix: the log stays dense), each chunk's position-log
+    /// item and record items in one transaction conditional on the lease (so the log and the
+    /// record items never disagree). A record item is deleted only when it holds
     /// the position this append gave it, so a record another writer put at one of those keys is
     /// never deleted: it is left in place and the rest are deleted.
     pub(crate) async fn delete_unacknowledged(&self, lease: &Lease, chunks: &[UnackedChunk]) -> Result<(), StoreError> {
-        for (first_pos, keys) in chunks {
+        for (first_pos, log_index, keys) in chunks.iter().rev() {
             let mut left: Vec<(GrantId, u64, u64)> =
                 keys.iter().enumerate().map(|(i, (grant, seq))| (*grant, *seq, first_pos + i as u64)).collect();
             let mut attempt = 0u32;
@@ -203,7 +221,7 @@ impl DynamoTable {
                 let log = Delete::builder()
                     .table_name(self.name())
                     .key(PK, AttributeValue::S(LOG_PK.to_string()))
-                    .key(SK, n(*first_pos))
+                    .key(SK, n(*log_index))
                     .condition_expression("attribute_not_exists(pk) OR ep = :ep")
                     .expression_attribute_values(":ep", n(lease.epoch))
                     .build()

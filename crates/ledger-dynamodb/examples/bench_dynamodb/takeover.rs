@@ -153,7 +153,8 @@ pub(crate) fn run(runtime: &tokio::runtime::Runtime, table: &DynamoTable, histor
     // (positions before the snapshot's) are loaded after them. The table ends as if written in
     // order: the takeover reads the same items either way.
     let next_pos = records.len() as u64;
-    let store = DynamoStore::new(table.clone(), lease.clone(), next_pos).unwrap();
+    // Its log continues after the history's log items (at most one per record).
+    let store = DynamoStore::new(table.clone(), lease.clone(), next_pos).unwrap().with_next_log(next_pos);
     let mut ledger = Ledger::open_replayed(store, records.iter().cloned().zip(encode_all(&records))).unwrap();
     let started = Instant::now();
     ledger.snapshot().unwrap();
@@ -175,12 +176,14 @@ pub(crate) fn run(runtime: &tokio::runtime::Runtime, table: &DynamoTable, histor
     drop(ledger);
 
     let started = Instant::now();
-    let mut items = 0;
+    let (mut items, mut next_log) = (0, 0);
     for (i, batch) in records.chunks(LOAD_BATCH).enumerate() {
         let first_pos = (i * LOAD_BATCH) as u64;
-        items += runtime
-            .block_on(table.bulk_load_unchecked(lease.epoch, batch, &encode_all(batch), first_pos))
+        let (written, next) = runtime
+            .block_on(table.bulk_load_unchecked(lease.epoch, batch, &encode_all(batch), first_pos, next_log))
             .unwrap();
+        items += written;
+        next_log = next;
     }
     let load_s = started.elapsed().as_secs_f64();
     println!(
