@@ -18,8 +18,8 @@ use usage_ledger::{Event, Ledger, MemoryStore, SnapshotPolicy, StoreError};
 
 use crate::ledger_dynamodb::{GROUP, LEASE_MS, T0, acquire, interleaved, records, table};
 
-/// Snapshots every 25 records (and never by time).
-const EVERY_25: SnapshotPolicy = SnapshotPolicy { every_records: 25, every_ms: u64::MAX };
+/// Snapshots every 20 records (and never by time).
+const EVERY_20: SnapshotPolicy = SnapshotPolicy { every_records: 20, every_ms: u64::MAX };
 
 /// The ledger a full replay (a Scan) of `table` gives.
 async fn full_replay(table: &DynamoTable) -> Ledger<MemoryStore> {
@@ -47,11 +47,11 @@ fn history() -> Vec<(GrantId, u64, Event)> {
     interleaved(&(1..=10).map(|n| (n, 5)).collect::<Vec<_>>())
 }
 
-/// Appends `events` in batches of 7 through a ledger that snapshots every 25 records (and at
-/// its first append: the table held no snapshot), waiting for each snapshot, as `holder`.
+/// Appends `events` in batches of 7 through a ledger that snapshots every 20 records (at 21,
+/// 42, 63, 84 and 105 records), waiting for each snapshot, as `holder`.
 async fn write(table: &DynamoTable, holder: &str, clock: &ManualClock, events: &[(GrantId, u64, Event)]) {
     let lease = acquire(table, holder, clock).await;
-    let (mut ledger, _) = open_ledger_with(table.clone(), lease, Some(EVERY_25), |s| s).await.expect("open");
+    let (mut ledger, _) = open_ledger_with(table.clone(), lease, Some(EVERY_20), |s| s).await.expect("open");
     for batch in events.chunks(7) {
         ledger.append_batch(batch.to_vec()).expect("append");
         ledger.store().flush_snapshot().expect("snapshot");
@@ -74,7 +74,7 @@ async fn a_takeover_from_snapshot_and_tail_equals_a_full_replay_and_does_not_sca
     let (ledger, report) = take_over(&table, "bridge-b", &clock).await;
     assert!(!report.scanned, "{report:?}");
     assert_eq!(report.snapshot, Some((snapshots[0].position, snapshots[0].records)));
-    assert!(report.tail_records > 0 && report.tail_records < 25, "{report:?}");
+    assert!(report.tail_records > 0 && report.tail_records < 20, "{report:?}");
     assert_same_as_full_replay(&ledger, &table).await;
     let expected_hash = ledger.records_hash();
     drop(ledger);
@@ -208,26 +208,30 @@ async fn an_existing_table_opens_unchanged_gains_a_snapshot_and_an_older_writer_
             }
         }
     };
-    let old_acquire = |epoch: u64| {
+    // The old build's acquisition: it raises the epoch and leaves `log_epoch` behind it.
+    let old_acquire = || {
         table
             .client()
-            .put_item()
+            .update_item()
             .table_name(table.name())
-            .item("pk", AttributeValue::S(format!("lease#{GROUP}")))
-            .item("sk", AttributeValue::N("0".into()))
-            .item("holder", AttributeValue::S("old-build".into()))
-            .item("epoch", AttributeValue::N(epoch.to_string()))
-            .item("expires_unix_ms", AttributeValue::N("0".into()))
+            .key("pk", AttributeValue::S(format!("lease#{GROUP}")))
+            .key("sk", AttributeValue::N("0".into()))
+            .update_expression("SET holder = :holder, expires_unix_ms = :expires ADD epoch :one")
+            .expression_attribute_values(":holder", AttributeValue::S("old-build".into()))
+            .expression_attribute_values(":expires", AttributeValue::N("0".into()))
+            .expression_attribute_values(":one", AttributeValue::N("1".into()))
             .send()
     };
     old_write(&recs[..100], 0).await;
-    old_acquire(3).await.expect("the old build's lease");
+    for _ in 0..3 {
+        old_acquire().await.expect("the old build's lease");
+    }
 
     // When this build takes over it Scans (no snapshot), then snapshots at its first append.
     let lease = acquire(&table, "bridge-a", &clock).await;
     assert_eq!(lease.epoch, 4);
     let (mut ledger, report) =
-        open_ledger_with(table.clone(), lease, Some(EVERY_25), |s| s).await.expect("open the old table");
+        open_ledger_with(table.clone(), lease, Some(EVERY_20), |s| s).await.expect("open the old table");
     assert!(report.scanned && report.tail_records == 100, "{report:?}");
     let (grant, at, event) = (recs[100].grant, recs[100].at_unix_ms, recs[100].event.clone());
     ledger.append(grant, at, event).expect("append");
@@ -242,11 +246,59 @@ async fn an_existing_table_opens_unchanged_gains_a_snapshot_and_an_older_writer_
     // Then a downgraded writer (epoch 6, no position log) appends a record: the next takeover
     // must not trust the snapshot, whose log misses that record, and Scans instead.
     clock.advance_ms(LEASE_MS + 1);
-    old_acquire(6).await.expect("the old build takes the lease back");
+    old_acquire().await.expect("the old build takes the lease back (epoch 6)");
     old_write(&recs[101..102], 200).await;
     let (ledger, report) = take_over(&table, "bridge-c", &clock).await;
     assert!(report.scanned, "{report:?}");
     assert!(report.skipped[0].contains("log_since"), "{report:?}");
     assert_eq!(ledger.record_count(), 102);
     assert_same_as_full_replay(&ledger, &table).await;
+}
+
+#[tokio::test]
+async fn a_healed_append_leaves_the_log_dense_for_the_next_takeover() {
+    let Some(table) = table("snap-heal").await else { return };
+    let clock = ManualClock::new(T0);
+    let lease = acquire(&table, "bridge-a", &clock).await;
+    let (mut a, _) = open_ledger_with(table.clone(), lease, None, |s| s).await.expect("open");
+    a.append_batch(interleaved(&[(3, 2)])).expect("append");
+    a.snapshot().expect("snapshot");
+    a.store().flush_snapshot().expect("the snapshot is written");
+
+    // Given another writer's item at a key the second transaction of a big append carries.
+    let big = interleaved(&[(1, 120), (2, 120)]);
+    let victim = &records(big.clone())[ledger_dynamodb::MAX_RECORDS_PER_TRANSACTION + 5];
+    let key = |b: aws_sdk_dynamodb::operation::put_item::builders::PutItemFluentBuilder| {
+        b.table_name(table.name())
+            .item("pk", AttributeValue::S(format!("grant#{}", victim.grant.to_hex())))
+            .item("sk", AttributeValue::N(victim.seq.to_string()))
+    };
+    key(table.client().put_item())
+        .item("pos", AttributeValue::N("1000000".into()))
+        .send()
+        .await
+        .expect("put the other writer's item");
+
+    // When the append fails after its first transaction, is healed, and (the other item gone)
+    // is made again, its chunks take the log indexes the failed one had.
+    assert!(a.append_batch(big.clone()).is_err(), "the second transaction conflicts");
+    table
+        .client()
+        .delete_item()
+        .table_name(table.name())
+        .key("pk", AttributeValue::S(format!("grant#{}", victim.grant.to_hex())))
+        .key("sk", AttributeValue::N(victim.seq.to_string()))
+        .send()
+        .await
+        .expect("remove the other writer's item");
+    a.heal().expect("heal");
+    a.append_batch(big).expect("the append, again");
+    let expected = (a.records_hash(), a.record_count());
+    drop(a);
+
+    // Then a takeover from the snapshot reads the whole log after it: no gap stops it early.
+    let (b, report) = take_over(&table, "bridge-b", &clock).await;
+    assert!(!report.scanned && report.tail_records > 2 * 98, "{report:?}");
+    assert_eq!((b.records_hash(), b.record_count()), expected);
+    assert_same_as_full_replay(&b, &table).await;
 }

@@ -13,6 +13,10 @@ use usage_ledger::{Books, EventStore, Lease, Ledger, LedgerError, MemoryStore, S
 use crate::store::{DEFAULT_SNAPSHOT_POLICY, DynamoStore};
 use crate::table::DynamoTable;
 
+/// A takeover that read at least this many records without a usable snapshot writes one at its
+/// first append, whatever the policy's period.
+pub const SNAPSHOT_SOON_RECORDS: u64 = 1_000;
+
 /// What opening the ledger read.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct OpenReport {
@@ -51,12 +55,46 @@ pub async fn open_ledger_with<S: EventStore>(
     policy: Option<SnapshotPolicy>,
     wrap: impl FnOnce(DynamoStore) -> S,
 ) -> Result<(Ledger<S>, OpenReport), LedgerError> {
+    let loaded = load(&table, &lease.group).await?;
+    let mut store = DynamoStore::new(table, lease, loaded.next_pos)?.with_next_log(loaded.next_log);
+    if let Some(policy) = policy {
+        // A Scan of a long history, or a skipped snapshot, asks for a new snapshot at the first
+        // append (a short history waits for the policy: reading it again costs little).
+        let soon = (loaded.report.scanned || !loaded.report.skipped.is_empty())
+            && loaded.report.tail_records >= SNAPSHOT_SOON_RECORDS;
+        store = store.with_snapshots(policy, loaded.report.tail_records, soon);
+    }
+    Ok((loaded.ledger.map_store(|_| wrap(store)), loaded.report))
+}
+
+/// The ledger of `group` in `table` as it stands, over `store`, read as a takeover reads it
+/// (its newest usable snapshot and the log after it) but without the lease: for `status` and a
+/// dry run, which write nothing (give them a store that refuses appends). Without the lease a
+/// holder may be appending meanwhile: the read is a consistent prefix of the ledger.
+pub async fn read_ledger_as<S: EventStore>(
+    table: &DynamoTable,
+    group: &str,
+    store: S,
+) -> Result<(Ledger<S>, OpenReport), LedgerError> {
+    let loaded = load(table, group).await?;
+    Ok((loaded.ledger.map_store(|_| store), loaded.report))
+}
+
+/// The books as read, where the log ends, and what was read.
+struct Loaded {
+    ledger: Ledger<MemoryStore>,
+    next_pos: u64,
+    next_log: u64,
+    report: OpenReport,
+}
+
+async fn load(table: &DynamoTable, group: &str) -> Result<Loaded, LedgerError> {
     let mut report = OpenReport::default();
-    let log_since = table.log_since(&lease.group).await?;
+    let log_since = table.log_since(group).await?;
     for item in table.snapshots().await? {
         let skip = |why: String| format!("snapshot at position {} (epoch {}): {why}", item.position, item.epoch);
-        if item.group != lease.group {
-            report.skipped.push(skip(format!("written by bridge group {}, not {}", item.group, lease.group)));
+        if item.group != group {
+            report.skipped.push(skip(format!("written by bridge group {}, not {group}", item.group)));
             continue;
         }
         match log_since {
@@ -98,30 +136,13 @@ pub async fn open_ledger_with<S: EventStore>(
                 continue;
             }
         };
-        let soon = !report.skipped.is_empty();
-        let store = store(table, lease, (next_pos, next_log), policy, tail_records, soon)?;
         report.snapshot = Some((item.position, item.records));
         report.tail_records = tail_records;
-        return Ok((ledger.map_store(|_| wrap(store)), report));
+        return Ok(Loaded { ledger, next_pos, next_log, report });
     }
     let replayed = table.replay().await?;
     report.scanned = true;
     report.tail_records = replayed.records.len() as u64;
-    let store = store(table, lease, (replayed.next_pos, replayed.next_log), policy, report.tail_records, true)?;
-    Ok((Ledger::open_replayed(wrap(store), replayed.records)?, report))
-}
-
-fn store(
-    table: DynamoTable,
-    lease: Lease,
-    (next_pos, next_log): (u64, u64),
-    policy: Option<SnapshotPolicy>,
-    tail: u64,
-    soon: bool,
-) -> Result<DynamoStore, LedgerError> {
-    let store = DynamoStore::new(table, lease, next_pos)?.with_next_log(next_log);
-    Ok(match policy {
-        Some(policy) => store.with_snapshots(policy, tail, soon),
-        None => store,
-    })
+    let ledger = Ledger::open_replayed(MemoryStore::new(), replayed.records)?;
+    Ok(Loaded { ledger, next_pos: replayed.next_pos, next_log: replayed.next_log, report })
 }
