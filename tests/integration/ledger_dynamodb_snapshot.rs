@@ -167,7 +167,10 @@ async fn a_fenced_writer_cannot_write_or_publish_a_snapshot() {
     assert!(matches!(&err, StoreError::Fenced { epoch: 1, .. }), "{err}");
     assert!(table.snapshots().await.expect("manifests").is_empty());
     let items = table.client().scan().table_name(table.name()).send().await.expect("scan");
-    let parts = items.items().iter().filter(|i| i.get("pk").and_then(|v| v.as_s().ok()).is_some_and(|pk| pk.starts_with("snap")));
+    let parts = items
+        .items()
+        .iter()
+        .filter(|i| i.get("pk").and_then(|v| v.as_s().ok()).is_some_and(|pk| pk.starts_with("snap")));
     assert_eq!(parts.count(), 0, "a fenced writer wrote snapshot items");
 
     // b's own snapshot is written and used by the next takeover.

@@ -93,11 +93,12 @@ impl DynamoTable {
             };
             match update.send().await {
                 Ok(out) => {
-                    let epoch = out.attributes().and_then(|a| number(a, "epoch")).ok_or_else(|| StoreError::Remote {
-                        store: self.label(),
-                        op: "UpdateItem (acquire the lease)",
-                        reason: "the answer carries no epoch".to_string(),
-                    })?;
+                    let epoch =
+                        out.attributes().and_then(|a| number(a, "epoch")).ok_or_else(|| StoreError::Remote {
+                            store: self.label(),
+                            op: "UpdateItem (acquire the lease)",
+                            reason: "the answer carries no epoch".to_string(),
+                        })?;
                     return Ok(Lease { group: group.to_string(), holder: holder.to_string(), epoch, expires_unix_ms });
                 }
                 Err(err)

@@ -40,5 +40,5 @@ pub use open::{OpenReport, open_ledger, open_ledger_as, open_ledger_with, read_l
 pub use snapshot::SnapshotItem;
 pub use store::{DEFAULT_SNAPSHOT_POLICY, DynamoStore};
 pub use table::{Connection, DynamoTable, Replayed};
-pub use write::MAX_RECORDS_PER_TRANSACTION;
 pub use usage_ledger::{Lease, LeaseError, LeaseInfo};
+pub use write::MAX_RECORDS_PER_TRANSACTION;

@@ -152,9 +152,11 @@ impl DynamoTable {
     async fn transact(&self, lease: &Lease, items: Vec<TransactWriteItem>, op: &'static str) -> Result<(), StoreError> {
         let sent = self.client().transact_write_items().set_transact_items(Some(items)).send().await;
         let Err(err) = sent else { return Ok(()) };
-        if let Some(aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(
-            cancel,
-        )) = err.as_service_error()
+        if let Some(
+            aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(
+                cancel,
+            ),
+        ) = err.as_service_error()
             && cancel.cancellation_reasons().first().and_then(|r| r.code()) == Some("ConditionalCheckFailed")
         {
             return Err(self.fenced(lease).await);
@@ -223,11 +225,7 @@ impl DynamoTable {
     /// in order, with their stored payloads; one past the last position (at least `position`,
     /// the snapshot's); and one past the last log index. `Ok(Err(why))` when an item does not
     /// decode or the log's positions do not follow `position`.
-    pub(crate) async fn log_after(
-        &self,
-        position: u64,
-        log_index: u64,
-    ) -> Result<Result<LogTail, String>, StoreError> {
+    pub(crate) async fn log_after(&self, position: u64, log_index: u64) -> Result<Result<LogTail, String>, StoreError> {
         let mut tail = LogTail { records: Vec::new(), next_pos: position, next_log: log_index };
         loop {
             let keys: Vec<(String, u64)> =
@@ -278,10 +276,8 @@ impl DynamoTable {
         for batch in keys.chunks(KEYS_PER_BATCH_GET) {
             let mut request = KeysAndAttributes::builder().consistent_read(true);
             for (pk, sk) in batch {
-                request = request.keys(HashMap::from([
-                    (PK.to_string(), AttributeValue::S(pk.clone())),
-                    (SK.to_string(), n(*sk)),
-                ]));
+                request = request
+                    .keys(HashMap::from([(PK.to_string(), AttributeValue::S(pk.clone())), (SK.to_string(), n(*sk))]));
             }
             let mut pending = Some(request.build().map_err(|e| self.build(e))?);
             while let Some(request) = pending.take() {
@@ -296,7 +292,8 @@ impl DynamoTable {
                     let key = (string(&item, PK).unwrap_or_default(), number(&item, SK).unwrap_or(u64::MAX));
                     found.insert(key, item);
                 }
-                pending = out.unprocessed_keys.and_then(|mut left| left.remove(self.name())).filter(|k| !k.keys.is_empty());
+                pending =
+                    out.unprocessed_keys.and_then(|mut left| left.remove(self.name())).filter(|k| !k.keys.is_empty());
             }
         }
         Ok(found)

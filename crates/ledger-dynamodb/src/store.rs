@@ -122,7 +122,11 @@ impl DynamoStore {
         let label = self.table.label();
         let result = self.block_on(async move {
             handle.await.unwrap_or_else(|e| {
-                Err(StoreError::Remote { store: label, op: "write a snapshot", reason: format!("its task failed: {e}") })
+                Err(StoreError::Remote {
+                    store: label,
+                    op: "write a snapshot",
+                    reason: format!("its task failed: {e}"),
+                })
             })
         })?;
         *self.snapshots.last_error.lock().unwrap_or_else(PoisonError::into_inner) =
@@ -138,7 +142,12 @@ impl DynamoStore {
 
     /// True while a snapshot is being written.
     fn snapshot_running(&self) -> bool {
-        self.snapshots.in_flight.lock().unwrap_or_else(PoisonError::into_inner).as_ref().is_some_and(|h| !h.is_finished())
+        self.snapshots
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|h| !h.is_finished())
     }
 
     /// The lease this store writes under.
@@ -239,9 +248,8 @@ impl EventStore for DynamoStore {
                 previous.and_then(|r| r.err()).map(|e| e.to_string());
         }
         let (position, log_index) = (self.next_pos, self.next_log);
-        let bytes = encode_snapshot(Position { segment: 0, offset: position }, None, data).map_err(|reason| {
-            StoreError::Encode { grant: "(snapshot)".to_string(), seq: data.records, reason }
-        })?;
+        let bytes = encode_snapshot(Position { segment: 0, offset: position }, None, data)
+            .map_err(|reason| StoreError::Encode { grant: "(snapshot)".to_string(), seq: data.records, reason })?;
         self.snapshots.since = 0;
         self.snapshots.soon = false;
         self.snapshots.clock_at_last_unix_ms = Some(self.snapshots.clock_unix_ms);
@@ -251,7 +259,8 @@ impl EventStore for DynamoStore {
             op: "snapshot",
             reason: "the store's runtime stopped: restart the bridge".to_string(),
         })?;
-        let handle = runtime.spawn(async move { table.write_snapshot(&lease, (position, log_index), records, bytes).await });
+        let handle =
+            runtime.spawn(async move { table.write_snapshot(&lease, (position, log_index), records, bytes).await });
         *self.snapshots.in_flight.lock().unwrap_or_else(PoisonError::into_inner) = Some(handle);
         Ok(())
     }

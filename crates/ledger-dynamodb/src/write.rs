@@ -61,7 +61,10 @@ pub(crate) fn plan_chunks(records: &[Record], payloads: &[Vec<u8>]) -> Result<Ve
             return Err(StoreError::Encode {
                 grant: record.grant.to_hex(),
                 seq: record.seq,
-                reason: format!("{} bytes is more than a DynamoDB item holds ({MAX_ITEM_PAYLOAD_BYTES})", payload.len()),
+                reason: format!(
+                    "{} bytes is more than a DynamoDB item holds ({MAX_ITEM_PAYLOAD_BYTES})",
+                    payload.len()
+                ),
             });
         }
     }

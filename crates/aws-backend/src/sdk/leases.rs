@@ -95,7 +95,8 @@ impl LeaseTable for DynamoLeases {
     async fn open_ledger(&self, lease: &Lease) -> Result<BackendLedger, LedgerError> {
         let policy = Some(ledger_dynamodb::DEFAULT_SNAPSHOT_POLICY);
         let wrap = |store| DynStore(Box::new(store));
-        let (ledger, report) = ledger_dynamodb::open_ledger_with(self.table.clone(), lease.clone(), policy, wrap).await?;
+        let (ledger, report) =
+            ledger_dynamodb::open_ledger_with(self.table.clone(), lease.clone(), policy, wrap).await?;
         tracing::info!(
             table = self.table.name(),
             snapshot_position = report.snapshot.map(|s| s.0),

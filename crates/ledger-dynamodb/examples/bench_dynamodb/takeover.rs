@@ -64,8 +64,16 @@ impl Life {
                 vcpus: 2,
                 memory_mib: 8192,
             },
-            5 => Event::InstanceStateObserved { instance_id: instance(), state: ObservedState::Pending, observed_at_unix_ms: now },
-            6 => Event::InstanceStateObserved { instance_id: instance(), state: ObservedState::Running, observed_at_unix_ms: now },
+            5 => Event::InstanceStateObserved {
+                instance_id: instance(),
+                state: ObservedState::Pending,
+                observed_at_unix_ms: now,
+            },
+            6 => Event::InstanceStateObserved {
+                instance_id: instance(),
+                state: ObservedState::Running,
+                observed_at_unix_ms: now,
+            },
             7 => Event::TerminationRequested { reason: TerminationReason::Deadline },
             8 => Event::InstanceStateObserved {
                 instance_id: instance(),
