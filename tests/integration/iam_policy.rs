@@ -822,6 +822,7 @@ fn each_check_fails_on_a_policy_broken_its_way() {
             "dynamodb:UpdateItem",
             "dynamodb:GetItem",
             "dynamodb:Scan",
+            "dynamodb:BatchGetItem",
             "dynamodb:ConditionCheckItem",
             "dynamodb:PutItem"
         ]);
@@ -832,10 +833,10 @@ fn each_check_fails_on_a_policy_broken_its_way() {
         assert_caught(
             &broken("UsageLedgerTable", |s| {
                 if let Some(actions) = s["Action"].as_array_mut() {
-                    actions.push(json!("dynamodb:Query"));
+                    actions.push(json!("dynamodb:BatchWriteItem"));
                 }
             }),
-            "dynamodb:Query is granted but no Operation calls it",
+            "dynamodb:BatchWriteItem is granted but no Operation calls it",
         );
     }
     assert_caught(

@@ -18,12 +18,12 @@ use usage_ledger::{Event, EventStore, Ledger, MemoryStore, ObservedState, Record
 
 use crate::moto::moto_endpoint;
 
-const T0: u64 = 1_800_000_000_000;
-const GROUP: &str = "bridge-test";
-const LEASE_MS: u64 = 10_000;
+pub(crate) const T0: u64 = 1_800_000_000_000;
+pub(crate) const GROUP: &str = "bridge-test";
+pub(crate) const LEASE_MS: u64 = 10_000;
 
 /// A fresh table on moto, or `None` when moto is not there (after saying so).
-async fn table(test: &str) -> Option<DynamoTable> {
+pub(crate) async fn table(test: &str) -> Option<DynamoTable> {
     let endpoint = moto_endpoint(test)?;
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let name = format!(
@@ -42,13 +42,13 @@ async fn table(test: &str) -> Option<DynamoTable> {
     Some(table)
 }
 
-fn grant(n: u8) -> GrantId {
+pub(crate) fn grant(n: u8) -> GrantId {
     GrantId([n; 32])
 }
 
 /// A valid life for grant `n`: admitted, resources made, launched, running, then `samples`
 /// network samples.
-fn life(n: u8, samples: u64) -> Vec<Event> {
+pub(crate) fn life(n: u8, samples: u64) -> Vec<Event> {
     let instance = format!("i-{n:017x}");
     let mut events = vec![
         Event::GrantAdmitted {
@@ -96,7 +96,7 @@ fn life(n: u8, samples: u64) -> Vec<Event> {
 }
 
 /// The records a ledger writes for these grants' lives, interleaved one event per grant in turn.
-fn interleaved(grants: &[(u8, u64)]) -> Vec<(GrantId, u64, Event)> {
+pub(crate) fn interleaved(grants: &[(u8, u64)]) -> Vec<(GrantId, u64, Event)> {
     let mut lives: Vec<_> = grants.iter().map(|&(n, samples)| (grant(n), life(n, samples).into_iter())).collect();
     let mut out = Vec::new();
     let mut at = T0;
@@ -116,13 +116,13 @@ fn interleaved(grants: &[(u8, u64)]) -> Vec<(GrantId, u64, Event)> {
 }
 
 /// Records as a ledger would write them (validated and sequenced), without a store.
-fn records(events: Vec<(GrantId, u64, Event)>) -> Vec<Record> {
+pub(crate) fn records(events: Vec<(GrantId, u64, Event)>) -> Vec<Record> {
     let mut ledger = Ledger::in_memory();
     ledger.append_batch(events).expect("valid events");
     ledger.store().records()
 }
 
-async fn acquire(table: &DynamoTable, holder: &str, clock: &ManualClock) -> Lease {
+pub(crate) async fn acquire(table: &DynamoTable, holder: &str, clock: &ManualClock) -> Lease {
     table.acquire(GROUP, holder, LEASE_MS, clock).await.expect("acquire the lease")
 }
 

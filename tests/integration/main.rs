@@ -12,6 +12,7 @@ mod guest_security;
 mod iam_policy;
 mod images;
 mod ledger_dynamodb;
+mod ledger_dynamodb_snapshot;
 mod moto;
 mod placement;
 mod preflight;

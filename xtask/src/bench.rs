@@ -16,7 +16,8 @@ pub struct BenchArgs {
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Bench {
     /// usage-ledger: fold, replay and durable append (against SQLite), peak memory; then the
-    /// DynamoDB store against moto on loopback (when MOTO_ENDPOINT is set).
+    /// DynamoDB store against moto on loopback (when MOTO_ENDPOINT is set): appends, and a
+    /// takeover with 100,000 settled grants of history (goal: lease_s / 3).
     Ledger,
     /// sim-ec2: simulated API calls per wall second.
     Sim,

@@ -82,7 +82,10 @@ pub async fn import_file(table: &DynamoTable, lease: &Lease, path: &Path) -> Res
         return Err(CopyError::NotEmpty { destination: table.label(), records: existing.records.len() as u64 });
     }
     let (records, payloads): (Vec<Record>, Vec<Vec<u8>>) = source.into_iter().unzip();
-    table.write_encoded(lease, &records, &payloads, existing.next_pos).await.map_err(LedgerError::from)?;
+    table
+        .write_encoded(lease, &records, &payloads, existing.next_pos, existing.next_log)
+        .await
+        .map_err(LedgerError::from)?;
     let found = hash_of(table.replay().await.map_err(LedgerError::from)?.records)?;
     if found != expected {
         return Err(CopyError::HashMismatch {

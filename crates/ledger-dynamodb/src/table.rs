@@ -1,5 +1,6 @@
-//! The table: how records are laid out in items, the table's creation, the reads a replay makes,
-//! and the conditional transactions every append and heal is made of.
+//! The table: how records are laid out in items, the table's creation, the reads a full replay
+//! makes, and the lease check every write carries. The writes are in `write.rs`, the snapshot
+//! items and the takeover's reads in `snapshot.rs` and `open.rs`.
 
 use std::time::Duration;
 
@@ -9,27 +10,16 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::client::Waiters;
 use aws_sdk_dynamodb::config::Credentials;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, Delete, KeySchemaElement, KeyType,
-    PointInTimeRecoverySpecification, Put, ScalarAttributeType, TransactWriteItem,
+    AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, KeySchemaElement, KeyType,
+    PointInTimeRecoverySpecification, ScalarAttributeType, TransactWriteItem,
 };
 use backend_api::{GrantId, Secret};
-use usage_ledger::file::{decode_payload, encode_payload};
+use usage_ledger::file::decode_payload;
 use usage_ledger::{Record, StoreError};
 
 use usage_ledger::Lease;
 
-/// The most records one `TransactWriteItems` carries: DynamoDB takes at most 100 items per
-/// transaction, and one of them is the lease check.
-pub const MAX_RECORDS_PER_TRANSACTION: usize = 99;
-/// The most payload bytes one transaction carries, well under DynamoDB's 4 MB per transaction
-/// (item names and attribute names count too).
-const MAX_TRANSACTION_PAYLOAD_BYTES: usize = 2 << 20;
-/// The largest record payload an item holds: DynamoDB refuses items over 400 KB, names
-/// included.
-const MAX_ITEM_PAYLOAD_BYTES: usize = 350 << 10;
 /// How long one HTTP attempt may take before it counts as failed. An append blocks its caller
 /// for at most the SDK's attempts times this, so a partitioned table fails appends (and the
 /// ledger degrades) instead of hanging the bridge.
@@ -38,9 +28,15 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub(crate) const PK: &str = "pk";
 pub(crate) const SK: &str = "sk";
-const POS: &str = "pos";
-const REC: &str = "rec";
+pub(crate) const POS: &str = "pos";
+pub(crate) const REC: &str = "rec";
+/// A position-log item's records' payloads, in order.
+pub(crate) const RECS: &str = "recs";
+/// The epoch of the lease holder that wrote an item.
+pub(crate) const EPOCH: &str = "ep";
 const GRANT_PREFIX: &str = "grant#";
+/// The partition of the position log: one item per written chunk, sorted by first position.
+pub(crate) const LOG_PK: &str = "log";
 
 /// Where the table is and who signs for it.
 #[derive(Debug, Clone)]
@@ -93,6 +89,8 @@ pub struct Replayed {
     pub records: Vec<(Record, Vec<u8>)>,
     /// One past the highest `pos` in the table.
     pub next_pos: u64,
+    /// One past the highest position-log index in the table (0 when it has no log item).
+    pub next_log: u64,
 }
 
 /// One DynamoDB table holding one ledger and the lease of the bridge group that owns it.
@@ -102,11 +100,11 @@ pub struct DynamoTable {
     name: String,
 }
 
-fn grant_pk(grant: &GrantId) -> String {
+pub(crate) fn grant_pk(grant: &GrantId) -> String {
     format!("{GRANT_PREFIX}{}", grant.to_hex())
 }
 
-fn n(value: u64) -> AttributeValue {
+pub(crate) fn n(value: u64) -> AttributeValue {
     AttributeValue::N(value.to_string())
 }
 
@@ -121,7 +119,8 @@ impl DynamoTable {
         &self.name
     }
 
-    pub(crate) fn client(&self) -> &Client {
+    /// The client it is reached through (for tools and tests that read or damage items).
+    pub fn client(&self) -> &Client {
         &self.client
     }
 
@@ -199,7 +198,7 @@ impl DynamoTable {
         StoreError::Remote { store: self.label(), op: "build a request", reason: err.to_string() }
     }
 
-    fn corrupt(&self, item: &std::collections::HashMap<String, AttributeValue>, why: &str) -> StoreError {
+    pub(crate) fn corrupt(&self, item: &std::collections::HashMap<String, AttributeValue>, why: &str) -> StoreError {
         let key = |name: &str| item.get(name).map_or_else(|| "?".to_string(), |v| format!("{v:?}"));
         StoreError::Remote {
             store: self.label(),
@@ -243,6 +242,7 @@ impl DynamoTable {
     /// consistent scans (a new lease holder must see every acknowledged append).
     pub async fn replay(&self) -> Result<Replayed, StoreError> {
         let mut found = Vec::new();
+        let mut next_log = 0;
         let mut start = None;
         loop {
             let page = self
@@ -255,9 +255,13 @@ impl DynamoTable {
                 .await
                 .map_err(|e| self.remote("Scan", &e))?;
             for item in page.items() {
-                let is_record = item.get(PK).and_then(|v| v.as_s().ok()).is_some_and(|pk| pk.starts_with(GRANT_PREFIX));
-                if is_record {
+                let pk = item.get(PK).and_then(|v| v.as_s().ok());
+                if pk.is_some_and(|pk| pk.starts_with(GRANT_PREFIX)) {
                     found.push(self.decode(item)?);
+                } else if pk.is_some_and(|pk| pk == LOG_PK) {
+                    let index = item.get(SK).and_then(|v| v.as_n().ok()).and_then(|v| v.parse::<u64>().ok());
+                    let index = index.ok_or_else(|| self.corrupt(item, "`sk` is not a whole number"))?;
+                    next_log = next_log.max(index + 1);
                 }
             }
             match page.last_evaluated_key {
@@ -269,7 +273,11 @@ impl DynamoTable {
         // grant's own order.
         found.sort_by_key(|(record, _, pos)| (*pos, record.grant, record.seq));
         let next_pos = found.last().map_or(0, |(_, _, pos)| pos + 1);
-        Ok(Replayed { records: found.into_iter().map(|(record, payload, _)| (record, payload)).collect(), next_pos })
+        Ok(Replayed {
+            records: found.into_iter().map(|(record, payload, _)| (record, payload)).collect(),
+            next_pos,
+            next_log,
+        })
     }
 
     /// Every record of `grant`, in sequence order (a strongly consistent, paginated Query).
@@ -301,7 +309,7 @@ impl DynamoTable {
 
     /// The lease check every write transaction starts with: the lease item still names this
     /// holder at this epoch.
-    fn lease_check(&self, lease: &Lease) -> Result<TransactWriteItem, StoreError> {
+    pub(crate) fn lease_check(&self, lease: &Lease) -> Result<TransactWriteItem, StoreError> {
         let check = ConditionCheck::builder()
             .table_name(&self.name)
             .set_key(Some(crate::lease::lease_key(&lease.group)))
@@ -313,113 +321,6 @@ impl DynamoTable {
         Ok(TransactWriteItem::builder().condition_check(check).build())
     }
 
-    /// Writes `records` at positions `first_pos..`, in transactions of at most
-    /// [`MAX_RECORDS_PER_TRANSACTION`] records (and 2 MiB of payload), in order, each
-    /// conditional on the lease and on every sequence being new. Stops at the first transaction
-    /// that fails: those before it are written, it and those after it are not.
-    pub(crate) async fn write(&self, lease: &Lease, records: &[Record], first_pos: u64) -> Result<(), StoreError> {
-        let mut payloads = Vec::with_capacity(records.len());
-        for record in records {
-            let mut payload = Vec::new();
-            encode_payload(record, &mut payload)?;
-            payloads.push(payload);
-        }
-        self.write_encoded(lease, records, &payloads, first_pos).await
-    }
-
-    /// [`DynamoTable::write`] with each record's payload as already encoded (an import keeps
-    /// a file's bytes, older versions included, so the records hash stays the same).
-    pub(crate) async fn write_encoded(
-        &self,
-        lease: &Lease,
-        records: &[Record],
-        payloads: &[Vec<u8>],
-        first_pos: u64,
-    ) -> Result<(), StoreError> {
-        for (record, payload) in records.iter().zip(payloads) {
-            if payload.len() > MAX_ITEM_PAYLOAD_BYTES {
-                return Err(StoreError::Encode {
-                    grant: record.grant.to_hex(),
-                    seq: record.seq,
-                    reason: format!(
-                        "{} bytes is more than a DynamoDB item holds ({MAX_ITEM_PAYLOAD_BYTES})",
-                        payload.len()
-                    ),
-                });
-            }
-        }
-        let mut start = 0;
-        while start < records.len() {
-            let mut end = start;
-            let mut bytes = 0;
-            while end < records.len()
-                && end - start < MAX_RECORDS_PER_TRANSACTION
-                && (end == start || bytes + payloads[end].len() <= MAX_TRANSACTION_PAYLOAD_BYTES)
-            {
-                bytes += payloads[end].len();
-                end += 1;
-            }
-            let pos = first_pos + start as u64;
-            self.write_chunk(lease, &records[start..end], &payloads[start..end], pos).await?;
-            start = end;
-        }
-        Ok(())
-    }
-
-    async fn write_chunk(
-        &self,
-        lease: &Lease,
-        records: &[Record],
-        payloads: &[Vec<u8>],
-        first_pos: u64,
-    ) -> Result<(), StoreError> {
-        let mut items = vec![self.lease_check(lease)?];
-        for (i, (record, payload)) in records.iter().zip(payloads).enumerate() {
-            let put = Put::builder()
-                .table_name(&self.name)
-                .item(PK, AttributeValue::S(grant_pk(&record.grant)))
-                .item(SK, n(record.seq))
-                .item(POS, n(first_pos + i as u64))
-                .item(REC, AttributeValue::B(Blob::new(payload.clone())))
-                .condition_expression("attribute_not_exists(pk)")
-                .build()
-                .map_err(|e| self.build(e))?;
-            items.push(TransactWriteItem::builder().put(put).build());
-        }
-        // Positions are never reused by one holder (a failed append's are skipped), so the
-        // token names one request: a retry of it returns its first outcome and applies nothing
-        // twice.
-        let token = format!("e{:x}p{first_pos:x}", lease.epoch);
-        let sent =
-            self.client.transact_write_items().set_transact_items(Some(items)).client_request_token(token).send().await;
-        match sent {
-            Ok(_) => Ok(()),
-            Err(err) => Err(self.cancelled(lease, &err, |i| records.get(i)).await),
-        }
-    }
-
-    /// Names why a write transaction was refused: the lease check failed (fenced), a record's
-    /// sequence was taken, or something else.
-    async fn cancelled<'a, R: std::fmt::Debug>(
-        &self,
-        lease: &Lease,
-        err: &SdkError<TransactWriteItemsError, R>,
-        record_at: impl Fn(usize) -> Option<&'a Record>,
-    ) -> StoreError {
-        let Some(TransactWriteItemsError::TransactionCanceledException(cancel)) = err.as_service_error() else {
-            return self.remote("TransactWriteItems", err);
-        };
-        let reasons = cancel.cancellation_reasons();
-        let failed = |i: usize| reasons.get(i).and_then(|r| r.code()) == Some("ConditionalCheckFailed");
-        if failed(0) {
-            return self.fenced(lease).await;
-        }
-        if let Some(record) = (1..reasons.len()).find(|&i| failed(i)).and_then(|i| record_at(i - 1)) {
-            return StoreError::SequenceTaken { grant: record.grant.to_hex(), seq: record.seq };
-        }
-        self.remote("TransactWriteItems", err)
-    }
-
     /// The fencing error for `lease`, naming who holds the lease now when that can be read.
     pub(crate) async fn fenced(&self, lease: &Lease) -> StoreError {
         let reason = match self.lease_holder(&lease.group).await {
@@ -428,68 +329,5 @@ impl DynamoTable {
             Err(err) => format!("the lease item no longer names this holder at this epoch (reading it failed: {err})"),
         };
         StoreError::Fenced { group: lease.group.clone(), epoch: lease.epoch, reason }
-    }
-
-    /// Deletes the items of a failed append (`records` in order, at positions from
-    /// `first_pos`), in transactions conditional on the lease. An item is deleted only when it
-    /// holds the position this append gave it, so a record another writer put at one of those
-    /// keys is never deleted: it is left in place and the rest are deleted.
-    pub(crate) async fn delete_unacknowledged(
-        &self,
-        lease: &Lease,
-        records: &[(GrantId, u64)],
-        first_pos: u64,
-    ) -> Result<(), StoreError> {
-        let positioned: Vec<(GrantId, u64, u64)> =
-            records.iter().enumerate().map(|(i, (grant, seq))| (*grant, *seq, first_pos + i as u64)).collect();
-        for (chunk_index, chunk) in positioned.chunks(MAX_RECORDS_PER_TRANSACTION).enumerate() {
-            let mut left = chunk.to_vec();
-            let mut attempt = 0u32;
-            while !left.is_empty() {
-                let mut items = vec![self.lease_check(lease)?];
-                for (grant, seq, pos) in &left {
-                    let delete = Delete::builder()
-                        .table_name(&self.name)
-                        .key(PK, AttributeValue::S(grant_pk(grant)))
-                        .key(SK, n(*seq))
-                        .condition_expression("attribute_not_exists(pk) OR pos = :pos")
-                        .expression_attribute_values(":pos", n(*pos))
-                        .build()
-                        .map_err(|e| self.build(e))?;
-                    items.push(TransactWriteItem::builder().delete(delete).build());
-                }
-                let token = format!("e{:x}d{first_pos:x}c{chunk_index:x}a{attempt:x}", lease.epoch);
-                let sent = self
-                    .client
-                    .transact_write_items()
-                    .set_transact_items(Some(items))
-                    .client_request_token(token)
-                    .send()
-                    .await;
-                let Err(err) = sent else { break };
-                let reasons = match err.as_service_error() {
-                    Some(TransactWriteItemsError::TransactionCanceledException(cancel)) => {
-                        cancel.cancellation_reasons().to_vec()
-                    }
-                    _ => Vec::new(),
-                };
-                let failed = |i: usize| reasons.get(i).and_then(|r| r.code()) == Some("ConditionalCheckFailed");
-                if failed(0) {
-                    return Err(self.fenced(lease).await);
-                }
-                let before = left.len();
-                let mut index = 0;
-                // Item i + 1 of the transaction is left[i]: drop the keys another writer holds.
-                left.retain(|_| {
-                    index += 1;
-                    !failed(index)
-                });
-                if left.len() == before {
-                    return Err(self.remote("TransactWriteItems (remove the items of an unacknowledged append)", &err));
-                }
-                attempt += 1;
-            }
-        }
-        Ok(())
     }
 }

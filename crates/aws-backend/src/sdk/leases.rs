@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use backend_api::Clock;
 use ledger_dynamodb::{Connection, DynamoTable};
-use usage_ledger::{Lease, LeaseError, LeaseInfo, Ledger, LedgerError, Record, StoreError};
+use usage_ledger::{Lease, LeaseError, LeaseInfo, LedgerError, Record, StoreError};
 
 use crate::backend::{BackendLedger, DynStore};
 use crate::config::{AwsBootConfig, DynamoLedger};
@@ -59,9 +59,10 @@ impl DynamoLeases {
     }
 
     /// The ledger as it stands, read without the lease, over `store` (one that refuses appends:
-    /// without the lease, the table would refuse them anyway).
+    /// without the lease, the table would refuse them anyway): from its newest usable snapshot
+    /// and the position log after it, as a takeover reads it, or a Scan when none is usable.
     pub async fn read_ledger(&self, store: DynStore) -> Result<BackendLedger, LedgerError> {
-        Ledger::open_replayed(store, self.records().await?)
+        Ok(ledger_dynamodb::read_ledger_as(&self.table, &self.group, store).await?.0)
     }
 }
 
@@ -87,7 +88,23 @@ impl LeaseTable for DynamoLeases {
         self.table.lease_holder(&self.group).await
     }
 
+    /// Opens the group's ledger from its newest usable snapshot and the position log after it
+    /// (a Scan only when no snapshot is usable), snapshotting by
+    /// [`ledger_dynamodb::DEFAULT_SNAPSHOT_POLICY`] in the background so the next takeover's tail
+    /// stays short.
     async fn open_ledger(&self, lease: &Lease) -> Result<BackendLedger, LedgerError> {
-        ledger_dynamodb::open_ledger_as(self.table.clone(), lease.clone(), |store| DynStore(Box::new(store))).await
+        let policy = Some(ledger_dynamodb::DEFAULT_SNAPSHOT_POLICY);
+        let wrap = |store| DynStore(Box::new(store));
+        let (ledger, report) =
+            ledger_dynamodb::open_ledger_with(self.table.clone(), lease.clone(), policy, wrap).await?;
+        tracing::info!(
+            table = self.table.name(),
+            snapshot_position = report.snapshot.map(|s| s.0),
+            tail_records = report.tail_records,
+            scanned = report.scanned,
+            skipped = ?report.skipped,
+            "opened the group's ledger"
+        );
+        Ok(ledger)
     }
 }

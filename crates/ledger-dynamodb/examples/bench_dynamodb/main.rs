@@ -1,18 +1,22 @@
 //! `cargo xtask bench ledger`, DynamoDB part: the DynamoDB store's appends per second and
 //! latency percentiles against moto on loopback, one record per append and group commits of
-//! `BATCH` records. A loopback-moto figure: it measures moto's Python server and this process,
+//! `BATCH` records; then the takeover time with years of history (`takeover.rs`). A loopback-moto figure: it measures moto's Python server and this process,
 //! not DynamoDB (whose conditional transactions take milliseconds over a real network), and moto
 //! deep-copies a table for every transaction, so its figures fall as the table grows. Skipped,
 //! saying so, when `MOTO_ENDPOINT` is not set.
 //!
-//! Options: `--appends N` (default 300).
+//! Options: `--appends N` (default 300; 0 skips the appends), `--history-grants N` (settled
+//! grants behind the takeover, default 100,000; 0 skips it), `--full-scan` (also time a full
+//! Scan of that table, for contrast).
 
 #![allow(clippy::unwrap_used)]
+
+mod takeover;
 
 use std::time::Instant;
 
 use backend_api::{AlmanacTick, GrantId, Secret, TokioClock};
-use ledger_dynamodb::{Connection, DynamoTable, open_ledger};
+use ledger_dynamodb::{Connection, DynamoTable, open_ledger_with};
 use usage_ledger::{Event, Ledger};
 
 const BATCH: usize = 25;
@@ -48,28 +52,46 @@ fn main() {
         );
         return;
     };
-    let mut appends = 300usize;
+    let (mut appends, mut history_grants, mut full_scan) = (300usize, 100_000u64, false);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--appends" => appends = args.next().and_then(|v| v.parse().ok()).expect("--appends N"),
-            other => panic!("unknown option {other}: use --appends N"),
+            "--history-grants" => {
+                history_grants = args.next().and_then(|v| v.parse().ok()).expect("--history-grants N");
+            }
+            "--full-scan" => full_scan = true,
+            other => panic!("unknown option {other}: use --appends N, --history-grants N or --full-scan"),
         }
     }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let table = runtime.block_on(async {
-        let connection = Connection {
-            region: "us-east-1".into(),
-            endpoint_url: Some(endpoint.clone()),
-            static_credentials: Some(("testing".into(), Secret::new("testing"))),
-            session_token: None,
-        };
-        let table = DynamoTable::new(connection.client().await, format!("bench-ledger-{}", std::process::id()));
-        table.create().await.unwrap();
-        table
-    });
+    let new_table = |name: &str| {
+        runtime.block_on(async {
+            let connection = Connection {
+                region: "us-east-1".into(),
+                endpoint_url: Some(endpoint.clone()),
+                static_credentials: Some(("testing".into(), Secret::new("testing"))),
+                session_token: None,
+            };
+            let table = DynamoTable::new(connection.client().await, format!("bench-{name}-{}", std::process::id()));
+            table.create().await.unwrap();
+            table
+        })
+    };
+    if appends > 0 {
+        appends_bench(&runtime, &new_table("ledger"), &endpoint, appends);
+    }
+    if history_grants > 0 {
+        takeover::run(&runtime, &new_table("takeover"), history_grants, full_scan);
+    }
+}
+
+fn appends_bench(runtime: &tokio::runtime::Runtime, table: &DynamoTable, endpoint: &str, appends: usize) {
     let lease = runtime.block_on(table.acquire("bench", "bench", 3_600_000, &TokioClock::starting_at(T0))).unwrap();
-    let mut ledger: Ledger<_> = runtime.block_on(open_ledger(table.clone(), lease)).unwrap();
+    // No snapshots here: moto's server is not thread-safe (a snapshot written in the background
+    // while an append's transaction copies the table fails one of them), and a snapshot would
+    // disturb the latencies measured.
+    let mut ledger: Ledger<_> = runtime.block_on(open_ledger_with(table.clone(), lease, None, |s| s)).unwrap().0;
     println!(
         "bench ledger (DynamoDB store): LOOPBACK MOTO at {endpoint}, not DynamoDB; {appends} appends \
          (moto copies the table per transaction: slower as it grows)"
