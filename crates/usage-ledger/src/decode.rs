@@ -411,6 +411,44 @@ mod tests {
         }
     }
 
+    /// Every variant, by name, with no wildcard: a new `Event` variant stops this test from
+    /// compiling, so whoever adds one comes here, and adds it to `Reader::event` and to
+    /// `event()` above as well.
+    #[test]
+    fn every_event_variant_is_read_directly() {
+        fn index(event: &Event) -> u32 {
+            match event {
+                Event::GrantAdmitted { .. } => 0,
+                Event::KeyPairImported { .. } => 1,
+                Event::SecurityGroupCreated { .. } => 2,
+                Event::LaunchRequested { .. } => 3,
+                Event::InstanceLaunched { .. } => 4,
+                Event::InstanceStateObserved { .. } => 5,
+                Event::NetworkSampled { .. } => 6,
+                Event::TerminationRequested { .. } => 7,
+                Event::InstanceTerminated { .. } => 8,
+                Event::KeyPairDeleted { .. } => 9,
+                Event::SecurityGroupDeleted { .. } => 10,
+                Event::GrantSettled { .. } => 11,
+                Event::OrphanReaped { .. } => 12,
+                Event::LaunchAbsent { .. } => 13,
+                Event::ProvisionFailed { .. } => 14,
+                Event::GrantRetried { .. } => 15,
+                Event::BillingCapped { .. } => 16,
+                Event::NetworkMeasured { .. } => 17,
+                Event::NetworkUnknown { .. } => 18,
+                Event::BillingRulesAdopted { .. } => 19,
+            }
+        }
+        let event = Event::BillingRulesAdopted { version: 3 };
+        let record = Record { grant: GrantId([7; 32]), seq: 1, at_unix_ms: 2, event };
+        let mut payload = Vec::new();
+        encode_payload(&record, &mut payload).unwrap();
+        // The envelope's index, the grant, two one-byte varints, then the event's index.
+        assert_eq!(u32::from(payload[35]), index(&record.event));
+        assert_eq!(decode_v2(&payload), Some(record));
+    }
+
     #[test]
     fn a_version_1_payload_is_left_to_bincode() {
         // The envelope's variant 0 (V1), whatever follows.
