@@ -92,6 +92,18 @@ pub struct Books {
 }
 
 impl Books {
+    pub(crate) fn replay(&mut self, record: &Record, payload: &[u8]) -> Result<(), LedgerError> {
+        match self.grants.get_mut(&record.grant) {
+            Some(state) => state.step(record)?,
+            None => {
+                self.grants.insert(record.grant, GrantState::first(record)?);
+            }
+        }
+        self.hasher.update(payload);
+        self.records += 1;
+        Ok(())
+    }
+
     /// Books resumed from a snapshot: its grants, record count and hash state. Fails, saying
     /// why, when the snapshot's hash state does not load (use an older snapshot or replay the
     /// whole log); open a ledger over them with [`Ledger::open_after`].

@@ -3,7 +3,7 @@
 //!
 //! A log interleaves the events of the few grants alive at a time, and a grant that settles
 //! seldom hears of again; the ordered map (whose id order the queries and snapshots rely on)
-//! then serves about two look-ups per grant instead of one per record. Every grant is in one
+//! then serves a few look-ups per grant instead of one per record. Every grant is in one
 //! map or the other; [`Replay::finish`] puts the live ones back.
 
 use sha2::Digest;
@@ -30,28 +30,24 @@ impl Replay {
     /// from here).
     pub(crate) fn record(&mut self, record: &Record, payload: &[u8]) -> Result<(), LedgerError> {
         let grant = record.grant;
-        if let Some(state) = self.live.get_mut(&grant) {
-            state.step(record)?;
-            if state.is_settled()
-                && let Some(state) = self.live.remove(&grant)
-            {
-                self.books.grants.insert(grant, state);
+        let Some(state) = self.live.get_mut(&grant) else {
+            // A new grant, or a settled one: through the ordered map, as without this cache;
+            // then a grant live after it (new, or admitted again by `GrantRetried`) moves here.
+            self.books.replay(record, payload)?;
+            if let Some(state) = self.books.grants.remove(&grant) {
+                if state.is_settled() {
+                    self.books.grants.insert(grant, state);
+                } else {
+                    self.live.insert(grant, state);
+                }
             }
-        } else if let Some(state) = self.books.grants.get_mut(&grant) {
-            state.step(record)?;
-            // A settled grant admitted again (`GrantRetried`) is live once more.
-            if !state.is_settled()
-                && let Some(state) = self.books.grants.remove(&grant)
-            {
-                self.live.insert(grant, state);
-            }
-        } else {
-            let state = GrantState::first(record)?;
-            if state.is_settled() {
-                self.books.grants.insert(grant, state);
-            } else {
-                self.live.insert(grant, state);
-            }
+            return Ok(());
+        };
+        state.step(record)?;
+        if state.is_settled()
+            && let Some(state) = self.live.remove(&grant)
+        {
+            self.books.grants.insert(grant, state);
         }
         self.books.hasher.update(payload);
         self.books.records += 1;
