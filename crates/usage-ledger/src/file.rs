@@ -157,6 +157,16 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Option<(Record, usize)>, String> {
 
 /// Decodes one frame's payload.
 pub fn decode_payload(payload: &[u8]) -> Result<Record, String> {
+    // The current version, read directly; anything else (and every error) through bincode.
+    match crate::decode::decode_v2(payload) {
+        Some(record) => Ok(record),
+        None => decode_payload_bincode(payload),
+    }
+}
+
+/// Decodes one frame's payload with bincode: every version, and the error for a payload that
+/// is not one.
+pub(crate) fn decode_payload_bincode(payload: &[u8]) -> Result<Record, String> {
     let (envelope, used): (Envelope, usize) = bincode::serde::decode_from_slice(payload, bincode::config::standard())
         .map_err(|e| {
         format!("payload passes its CRC but does not decode ({e}): written by a newer usage-ledger?")

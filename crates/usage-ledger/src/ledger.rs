@@ -22,6 +22,9 @@ use crate::file_store::{FileOptions, FileStore, ReplayReport, lock_ledger, read_
 use crate::snapshot::{Snapshot, SnapshotData, list_snapshots, read_snapshot};
 use crate::state::{ApplyError, GrantState, apply};
 use crate::store::{EventStore, MemoryStore, StoreError};
+use replay::Replay;
+
+mod replay;
 
 /// A ledger operation that failed. Nothing was acknowledged and the in-memory state is
 /// unchanged.
@@ -365,20 +368,21 @@ impl Ledger<FileStore> {
                 skipped_snapshots.push((snapshot_path, "its last frame does not match the log's".into()));
                 continue;
             }
-            let mut books = match Books::from_snapshot(snapshot) {
+            let books = match Books::from_snapshot(snapshot) {
                 Ok(books) => books,
                 Err(reason) => {
                     skipped_snapshots.push((snapshot_path, reason));
                     continue;
                 }
             };
+            let mut replaying = Replay::new(books);
             let opened = FileStore::open_locked(path, options, relock()?, Some(position), |_, record, payload| {
-                books.replay(&record, payload)
+                replaying.record(&record, payload)
             });
             match opened {
                 Ok((mut store, replay)) => {
                     store.restart_snapshot_clock(anchor.map(|a| a.at));
-                    let mut ledger = Self { store, books };
+                    let mut ledger = Self { store, books: replaying.finish() };
                     ledger.snapshot_if_due();
                     let report = FileOpenReport { replay, snapshot: Some(snapshot_path), skipped_snapshots };
                     return Ok((ledger, report));
@@ -386,11 +390,11 @@ impl Ledger<FileStore> {
                 Err(err) => skipped_snapshots.push((snapshot_path, format!("the replay after it failed: {err}"))),
             }
         }
-        let mut books = Books::default();
+        let mut replaying = Replay::new(Books::default());
         let (store, replay) = FileStore::open_locked(path, options, relock()?, None, |_, record, payload| {
-            books.replay(&record, payload)
+            replaying.record(&record, payload)
         })?;
-        let mut ledger = Self { store, books };
+        let mut ledger = Self { store, books: replaying.finish() };
         // A ledger with records and no usable snapshot (written before snapshots, or every
         // snapshot damaged) gains one now, when its owner wants snapshots at all.
         if options.snapshots.is_some() && ledger.books.records > 0 {
@@ -409,14 +413,14 @@ impl<S: EventStore> Ledger<S> {
     /// A ledger over `store`, whose existing records are `replayed` (as [`FileStore::open`]
     /// returns them). Fails on the first impossible transition among them.
     pub fn open(store: S, replayed: Vec<Record>) -> Result<Self, LedgerError> {
-        let mut books = Books::default();
+        let mut replaying = Replay::new(Books::default());
         let mut payload = Vec::new();
         for record in &replayed {
             payload.clear();
             encode_payload(record, &mut payload)?;
-            books.replay(record, &payload)?;
+            replaying.record(record, &payload)?;
         }
-        Ok(Self { store, books })
+        Ok(Self { store, books: replaying.finish() })
     }
 
     /// A ledger over `store`, whose existing records are `replayed` with their payloads as
@@ -437,13 +441,14 @@ impl<S: EventStore> Ledger<S> {
     /// whole log. Fails on the first impossible transition in the tail.
     pub fn open_after<P: AsRef<[u8]>>(
         store: S,
-        mut books: Books,
+        books: Books,
         replayed: impl IntoIterator<Item = (Record, P)>,
     ) -> Result<Self, LedgerError> {
+        let mut replaying = Replay::new(books);
         for (record, payload) in replayed {
-            books.replay(&record, payload.as_ref())?;
+            replaying.record(&record, payload.as_ref())?;
         }
-        Ok(Self { store, books })
+        Ok(Self { store, books: replaying.finish() })
     }
 
     /// Writes what is staged; on failure everything staged is undone.

@@ -9,6 +9,7 @@
 //!
 //! This crate does no network IO and knows nothing of AWS.
 
+mod decode;
 mod event;
 pub mod file;
 mod file_store;
