@@ -29,6 +29,7 @@ use crate::catalogue::InstanceTypeSpec;
 use crate::config::{FaultConfig, SimConfig, SimError};
 use crate::consistency::TagView;
 use crate::fxhash::FxHashMap;
+use crate::idmap::IdMap;
 use crate::taglist::TagList;
 use crate::truth::{FaultRecord, SimStats};
 
@@ -191,8 +192,8 @@ struct Region {
     group_names: BTreeMap<String, String>,
     default_group_id: String,
     instances: Vec<Instance>,
-    instance_ids: FxHashMap<String, usize>,
-    volume_ids: FxHashMap<String, usize>,
+    instance_ids: IdMap,
+    volume_ids: IdMap,
     /// Instances DescribeInstances may still list (not yet an hour past termination).
     listed: BTreeSet<usize>,
     /// When terminated instances drop out of `listed`.
@@ -215,7 +216,7 @@ fn draw(rng: &mut ChaCha8Rng, min: u64, max: u64) -> u64 {
 }
 
 fn new_id(rng: &mut ChaCha8Rng, prefix: &str) -> String {
-    format!("{prefix}-0{:016x}", rng.r#gen::<u64>())
+    crate::idmap::spell(prefix, rng.r#gen::<u64>())
 }
 
 /// What a call is about, for attributing its faults to the grants they hit: named cheaply, and
@@ -324,8 +325,8 @@ impl World {
                 group_names: BTreeMap::from([("default".to_string(), default_group_id.clone())]),
                 default_group_id,
                 instances: Vec::new(),
-                instance_ids: FxHashMap::default(),
-                volume_ids: FxHashMap::default(),
+                instance_ids: IdMap::new("i"),
+                volume_ids: IdMap::new("vol"),
                 listed: BTreeSet::new(),
                 expiry: BinaryHeap::new(),
                 client_tokens: FxHashMap::default(),
