@@ -22,15 +22,24 @@ impl IdMap {
         Self { prefix, by_number: FxHashMap::default() }
     }
 
-    /// The number `id` spells, when it is one of this map's ids in form.
+    /// The number `id` spells, when it is one of this map's ids in form: exactly 16 lowercase
+    /// hex digits, one text per number, so that no other spelling of it finds the entry (as
+    /// none did when the map was keyed by text).
     fn number(&self, id: &str) -> Option<u64> {
-        let digits = id.strip_prefix(self.prefix)?.strip_prefix("-0")?;
-        // Exactly 16 lowercase hex digits: one text per number, so a lookup by any other
-        // spelling of it finds nothing, as a lookup by text did.
-        if digits.len() != 16 || !digits.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        let digits = id.as_bytes().strip_prefix(self.prefix.as_bytes())?.strip_prefix(b"-0")?;
+        if digits.len() != 16 {
             return None;
         }
-        u64::from_str_radix(digits, 16).ok()
+        let mut number = 0u64;
+        for &b in digits {
+            let digit = match b {
+                b'0'..=b'9' => b - b'0',
+                b'a'..=b'f' => b - b'a' + 10,
+                _ => return None,
+            };
+            number = number << 4 | u64::from(digit);
+        }
+        Some(number)
     }
 
     /// The index of `id`, if it was inserted.

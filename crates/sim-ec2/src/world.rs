@@ -103,9 +103,8 @@ struct Instance {
     id: String,
     volume_id: String,
     spec: &'static InstanceTypeSpec,
+    /// Its zone, an index into its region's `azs`.
     az: u8,
-    /// The zone's name, as Describe shows it.
-    zone: String,
     client_token: String,
     key_name: String,
     group_ids: Vec<String>,
@@ -142,6 +141,9 @@ struct Instance {
     stale: Option<(u64, Segment)>,
     /// What its guest does, when its user data is the backend's (see `guest`).
     guest: Option<crate::guest::GuestPlan>,
+    /// The key of its CloudWatch publication draws (see `cloudwatch`), a hash of the seed and
+    /// its id: worked out at the first query of its metrics, not at every one.
+    cloudwatch_key: std::cell::OnceCell<u64>,
 }
 
 struct KeyPair {
@@ -264,6 +266,9 @@ pub(crate) struct World {
     /// Counts the changes to ground truth: an instance's truth (see `Instance::changed_seq`),
     /// a key pair or group that came, went or was tagged.
     truth_seq: u64,
+    /// DescribeInstances' working lists (the instances it looks at, those it answers), kept
+    /// between calls so that a poll allocates none of its own; empty outside a call.
+    describe_scratch: (Vec<usize>, Vec<(usize, Segment)>),
     /// The run's seed, from which the simulated guests' host keys are derived.
     seed: u64,
     /// CloudWatch's GetMetricData buckets (see `cloudwatch`).
@@ -370,6 +375,7 @@ impl World {
             exposed: String::new(),
             exposed_ends: Vec::new(),
             truth_seq: 0,
+            describe_scratch: (Vec::new(), Vec::new()),
             seed: config.seed,
             cloudwatch,
             account: crate::placement::Account {

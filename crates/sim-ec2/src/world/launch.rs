@@ -142,7 +142,8 @@ impl World {
             // Same token, same parameters: the same instance, as it is now; once it has
             // terminated, EC2 answers IdempotentInstanceTerminated instead (since January 2025;
             // docs/ec2-facts.md, "Idempotency").
-            let instance = &self.regions[r].instances[*idx];
+            let region = &self.regions[r];
+            let instance = &region.instances[*idx];
             if instance.state_at(now) == InstanceState::Terminated {
                 return Err(err(
                     op,
@@ -150,7 +151,7 @@ impl World {
                     format!("The instance {} launched with client token {token} has terminated", instance.id),
                 ));
             }
-            return Ok(instance.info(now));
+            return Ok(instance.info(now, &region.azs));
         }
         let Some(spec) = catalogue::lookup(&req.instance_type) else {
             return Err(invalid(format!("Invalid value '{}' for InstanceType.", req.instance_type)));
@@ -295,7 +296,6 @@ impl World {
             volume_id,
             spec,
             az,
-            zone: self.regions[r].azs[usize::from(az)].clone(),
             client_token: req.client_token.clone(),
             key_name: req.key_name.clone(),
             group_ids,
@@ -321,6 +321,7 @@ impl World {
             tag_view: None,
             stale: None,
             guest: None,
+            cloudwatch_key: std::cell::OnceCell::new(),
         };
         instance.tag_view = self.new_tag_view(&instance.id, &TagList::default());
         let mut exit_kind = None;
@@ -357,7 +358,7 @@ impl World {
         {
             terminated_at = t;
         }
-        let info = instance.info(now);
+        let info = instance.info(now, &self.regions[r].azs);
         let region = &mut self.regions[r];
         let idx = region.instances.len();
         for g in &instance.group_ids {
