@@ -144,6 +144,9 @@ struct Instance {
     /// The key of its CloudWatch publication draws (see `cloudwatch`), a hash of the seed and
     /// its id: worked out at the first query of its metrics, not at every one.
     cloudwatch_key: std::cell::OnceCell<u64>,
+    /// The host key its guest generates (see `console`), derived at the first look and kept:
+    /// an ed25519 key costs more than the rest of a console read.
+    generated_host_key: std::cell::OnceCell<String>,
 }
 
 struct KeyPair {

@@ -322,6 +322,7 @@ impl World {
             stale: None,
             guest: None,
             cloudwatch_key: std::cell::OnceCell::new(),
+            generated_host_key: std::cell::OnceCell::new(),
         };
         instance.tag_view = self.new_tag_view(&instance.id, &TagList::default());
         let mut exit_kind = None;
