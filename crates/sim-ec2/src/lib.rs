@@ -24,6 +24,7 @@ mod consistency;
 pub mod console;
 pub mod fxhash;
 pub mod guest;
+mod idmap;
 pub mod network;
 mod pagination;
 pub mod placement;

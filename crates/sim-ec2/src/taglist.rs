@@ -20,8 +20,18 @@ impl TagList {
 
     /// The tags as EC2's answers carry them.
     pub(crate) fn to_tags(&self) -> Tags {
-        // Already sorted and unique: the map is built in one pass, not by one insert each.
-        self.0.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        // A B-tree node holds 11 entries: up to that, one insert each fills one node, where
+        // `collect` would first gather the entries into a vector of its own and sort it. From
+        // the last key down, each insert finds its place at the first key it compares.
+        const ONE_NODE_MAX: usize = 11;
+        if self.0.len() > ONE_NODE_MAX {
+            return self.0.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        }
+        let mut tags = Tags::new();
+        for (k, v) in self.0.iter().rev() {
+            tags.insert(k.clone(), v.clone());
+        }
+        tags
     }
 
     fn position(&self, key: &str) -> Result<usize, usize> {

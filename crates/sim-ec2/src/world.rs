@@ -29,6 +29,7 @@ use crate::catalogue::InstanceTypeSpec;
 use crate::config::{FaultConfig, SimConfig, SimError};
 use crate::consistency::TagView;
 use crate::fxhash::FxHashMap;
+use crate::idmap::IdMap;
 use crate::taglist::TagList;
 use crate::truth::{FaultRecord, SimStats};
 
@@ -102,9 +103,8 @@ struct Instance {
     id: String,
     volume_id: String,
     spec: &'static InstanceTypeSpec,
+    /// Its zone, an index into its region's `azs`.
     az: u8,
-    /// The zone's name, as Describe shows it.
-    zone: String,
     client_token: String,
     key_name: String,
     group_ids: Vec<String>,
@@ -141,6 +141,12 @@ struct Instance {
     stale: Option<(u64, Segment)>,
     /// What its guest does, when its user data is the backend's (see `guest`).
     guest: Option<crate::guest::GuestPlan>,
+    /// The key of its CloudWatch publication draws (see `cloudwatch`), a hash of the seed and
+    /// its id: worked out at the first query of its metrics, not at every one.
+    cloudwatch_key: std::cell::OnceCell<u64>,
+    /// The host key its guest generates (see `console`), derived at the first look and kept:
+    /// an ed25519 key costs more than the rest of a console read.
+    generated_host_key: std::cell::OnceCell<String>,
 }
 
 struct KeyPair {
@@ -191,8 +197,8 @@ struct Region {
     group_names: BTreeMap<String, String>,
     default_group_id: String,
     instances: Vec<Instance>,
-    instance_ids: FxHashMap<String, usize>,
-    volume_ids: FxHashMap<String, usize>,
+    instance_ids: IdMap,
+    volume_ids: IdMap,
     /// Instances DescribeInstances may still list (not yet an hour past termination).
     listed: BTreeSet<usize>,
     /// When terminated instances drop out of `listed`.
@@ -215,7 +221,7 @@ fn draw(rng: &mut ChaCha8Rng, min: u64, max: u64) -> u64 {
 }
 
 fn new_id(rng: &mut ChaCha8Rng, prefix: &str) -> String {
-    format!("{prefix}-0{:016x}", rng.r#gen::<u64>())
+    crate::idmap::spell(prefix, rng.r#gen::<u64>())
 }
 
 /// What a call is about, for attributing its faults to the grants they hit: named cheaply, and
@@ -263,6 +269,9 @@ pub(crate) struct World {
     /// Counts the changes to ground truth: an instance's truth (see `Instance::changed_seq`),
     /// a key pair or group that came, went or was tagged.
     truth_seq: u64,
+    /// DescribeInstances' working lists (the instances it looks at, those it answers), kept
+    /// between calls so that a poll allocates none of its own; empty outside a call.
+    describe_scratch: (Vec<usize>, Vec<(usize, Segment)>),
     /// The run's seed, from which the simulated guests' host keys are derived.
     seed: u64,
     /// CloudWatch's GetMetricData buckets (see `cloudwatch`).
@@ -324,8 +333,8 @@ impl World {
                 group_names: BTreeMap::from([("default".to_string(), default_group_id.clone())]),
                 default_group_id,
                 instances: Vec::new(),
-                instance_ids: FxHashMap::default(),
-                volume_ids: FxHashMap::default(),
+                instance_ids: IdMap::new("i"),
+                volume_ids: IdMap::new("vol"),
                 listed: BTreeSet::new(),
                 expiry: BinaryHeap::new(),
                 client_tokens: FxHashMap::default(),
@@ -369,6 +378,7 @@ impl World {
             exposed: String::new(),
             exposed_ends: Vec::new(),
             truth_seq: 0,
+            describe_scratch: (Vec::new(), Vec::new()),
             seed: config.seed,
             cloudwatch,
             account: crate::placement::Account {

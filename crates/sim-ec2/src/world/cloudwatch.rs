@@ -84,16 +84,18 @@ struct Publication {
     gap_below: u64,
 }
 
+/// The key of the publication draws of instance `instance_id` in the run seeded `seed`.
+fn publication_key(seed: u64, instance_id: &str) -> u64 {
+    let mut h = Sha256::new();
+    h.update(b"sim-ec2 cloudwatch");
+    h.update(seed.to_le_bytes());
+    h.update(instance_id.as_bytes());
+    let digest: [u8; 32] = h.finalize().into();
+    u64::from_le_bytes([digest[0], digest[1], digest[2], digest[3], digest[4], digest[5], digest[6], digest[7]])
+}
+
 impl Publication {
-    fn new(seed: u64, faults: &FaultConfig, instance_id: &str) -> Self {
-        let mut h = Sha256::new();
-        h.update(b"sim-ec2 cloudwatch");
-        h.update(seed.to_le_bytes());
-        h.update(instance_id.as_bytes());
-        let digest: [u8; 32] = h.finalize().into();
-        let key = u64::from_le_bytes([
-            digest[0], digest[1], digest[2], digest[3], digest[4], digest[5], digest[6], digest[7],
-        ]);
+    fn new(key: u64, faults: &FaultConfig) -> Self {
         let p = faults.metrics_gap_probability.clamp(0.0, 1.0);
         // `as` saturates: a probability of 1 gives u64::MAX, which only u64::MAX escapes.
         let gap_below = if p >= 1.0 { u64::MAX } else { (p * u64::MAX as f64) as u64 };
@@ -151,8 +153,9 @@ fn datapoints(inst: &Instance, publication: &Publication, from: u64, to: u64, no
 }
 
 impl World {
-    fn publication(&self, instance_id: &str) -> Publication {
-        Publication::new(self.seed, &self.faults, instance_id)
+    fn publication(&self, inst: &Instance) -> Publication {
+        let key = *inst.cloudwatch_key.get_or_init(|| publication_key(self.seed, &inst.id));
+        Publication::new(key, &self.faults)
     }
 
     /// Everything before a GetMetricData call reaches the data: region, outage, targeted faults,
@@ -219,7 +222,7 @@ impl World {
                 .filter_map(|id| region.instance_ids.get(id.as_str()))
                 .map(|&i| {
                     let inst = &region.instances[i];
-                    let published = datapoints(inst, &w.publication(&inst.id), from, to, now)
+                    let published = datapoints(inst, &w.publication(inst), from, to, now)
                         .into_iter()
                         .filter(|d| d.published_unix_ms.is_some_and(|t| t <= now));
                     let (bytes_in, bytes_out) =
@@ -244,7 +247,7 @@ impl World {
     pub(crate) fn cloudwatch_datapoints(&self, instance_id: &str) -> Option<Vec<Datapoint>> {
         let (r, i) = self.find_instance(instance_id)?;
         let inst = &self.regions[r].instances[i];
-        Some(datapoints(inst, &self.publication(instance_id), 0, u64::MAX, self.now_ms))
+        Some(datapoints(inst, &self.publication(inst), 0, u64::MAX, self.now_ms))
     }
 
     /// What the instance's datapoints so far add up to once every one that will be is
@@ -254,7 +257,7 @@ impl World {
             // No gaps: the periods tile its life, so their sum is its counters'.
             return inst.bytes_until(self.now_ms);
         }
-        datapoints(inst, &self.publication(&inst.id), 0, u64::MAX, self.now_ms)
+        datapoints(inst, &self.publication(inst), 0, u64::MAX, self.now_ms)
             .into_iter()
             .filter(|d| d.published_unix_ms.is_some())
             .fold((0, 0), |(i, o), d| (i + d.bytes_in, o + d.bytes_out))

@@ -5,7 +5,7 @@ use aws_backend::port::{Ec2Error, Operation};
 use backend_api::RegionLabel;
 use sha2::{Digest, Sha256};
 
-use super::{About, World};
+use super::{About, Instance, World};
 use crate::audit::op_tag;
 
 impl World {
@@ -27,11 +27,7 @@ impl World {
             if w.now_ms < ran.saturating_add(w.console_delay_ms(instance_id)) {
                 return Ok(None);
             }
-            let key = match &inst.shipped_host_key {
-                Some(key) => key.clone(),
-                None => crate::console::guest_host_key(w.seed, instance_id),
-            };
-            let mut text = crate::console::console_text(&inst.id, &key);
+            let mut text = crate::console::console_text(&inst.id, inst.host_key(w.seed));
             if let Some(plan) = inst.guest.as_ref().filter(|_| inst.guest_powered_off_by(w.now_ms)) {
                 text.push_str(&plan.console_tail());
             }
@@ -63,8 +59,7 @@ impl World {
     pub(crate) fn guest_of(&self, instance_id: &str) -> Option<crate::console::GuestTruth> {
         let (r, i) = self.find_instance(instance_id)?;
         let inst = &self.regions[r].instances[i];
-        let host_key =
-            inst.shipped_host_key.clone().unwrap_or_else(|| crate::console::guest_host_key(self.seed, instance_id));
+        let host_key = inst.host_key(self.seed).to_string();
         let console_at_ms = inst.running_since().map(|t| t.saturating_add(self.console_delay_ms(instance_id)));
         Some(crate::console::GuestTruth {
             host_key,
@@ -81,5 +76,16 @@ impl World {
     pub(crate) fn guest_plan_of(&self, instance_id: &str) -> Option<crate::guest::GuestPlan> {
         let (r, i) = self.find_instance(instance_id)?;
         self.regions[r].instances[i].guest.clone()
+    }
+}
+
+impl Instance {
+    /// The host key its console shows: the one its user data shipped, else the one its guest
+    /// generates (derived from the seed and its id, once).
+    fn host_key(&self, seed: u64) -> &str {
+        match &self.shipped_host_key {
+            Some(key) => key,
+            None => self.generated_host_key.get_or_init(|| crate::console::guest_host_key(seed, &self.id)),
+        }
     }
 }

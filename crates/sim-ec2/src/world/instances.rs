@@ -9,7 +9,7 @@ use aws_backend::port::{
 use backend_api::RegionLabel;
 
 use super::filters::{FilterName, matches, parse_filters};
-use super::{About, Segment, World, audit_filters, audit_next_token, audit_page, draw, err, extra_codes, reasons};
+use super::{About, World, audit_filters, audit_next_token, audit_page, draw, err, extra_codes, reasons};
 use crate::audit::op_tag;
 use crate::consistency::{self, LagKind};
 use crate::pagination;
@@ -60,11 +60,13 @@ impl World {
             let filters = parse_filters(op, &filters, &fields)?;
             let by_tag = filters.iter().any(|f| matches!(f.name, FilterName::Tag(_) | FilterName::TagKey));
             let (now, visible_ms) = (w.now_ms, w.faults.terminated_visible_ms);
-            let mut handles: Vec<usize> = Vec::new();
+            // The working lists of the last call, emptied (see `describe_scratch`); a call that
+            // fails leaves them behind, and the next one starts afresh.
+            let (mut handles, mut answer) = std::mem::take(&mut w.describe_scratch);
+            handles.clear();
+            answer.clear();
             if instance_ids.is_empty() {
                 let region = &w.regions[r];
-                // Sized once: the list is rebuilt on every poll and grows to hundreds.
-                handles.reserve(region.listed.len());
                 handles.extend(
                     region.listed.iter().copied().filter(|&i| region.instances[i].describable(now, visible_ms)),
                 );
@@ -80,8 +82,7 @@ impl World {
             // Keyed by handle, which is creation order: a page resumes after the last
             // instance it held, and instances launched meanwhile come later. Only what the page
             // keeps is described: a short page of a long listing costs its own length.
-            let mut answer: Vec<(usize, Segment)> = Vec::new();
-            for i in handles {
+            for &i in &handles {
                 let inst = &region.instances[i];
                 let hidden = by_tag && now < inst.hidden_from_tag_filters_until_ms;
                 let described = inst.described_segment(now);
@@ -99,12 +100,13 @@ impl World {
                     answer.push((i, described));
                 }
             }
-            let page = w.page_of_keyed(window, answer, |(i, _)| format!("{i:010}"), fingerprint);
+            let mut page = w.page_of_keyed(window, answer, |(i, _)| format!("{i:010}"), fingerprint);
             // Only what the page holds counts as shown.
             let mut items = Vec::with_capacity(page.items.len());
-            for (i, described) in page.items {
-                let inst = &mut w.regions[r].instances[i];
-                let info = inst.info_of(described);
+            for (i, described) in page.items.drain(..) {
+                let region = &mut w.regions[r];
+                let inst = &mut region.instances[i];
+                let info = inst.info_of(described, &region.azs);
                 if inst.shown.last().is_none_or(|&(_, s)| s != info.state) {
                     inst.shown.push((now, info.state));
                     w.truth_seq += 1;
@@ -112,6 +114,7 @@ impl World {
                 }
                 items.push(info);
             }
+            w.describe_scratch = (handles, page.items);
             Ok(Page { items, next_token: page.next_token })
         });
         self.audit.outcome(&result, |a, page| {

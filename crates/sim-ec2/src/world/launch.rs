@@ -15,9 +15,10 @@ use rand::Rng;
 use sha2::{Digest, Sha256};
 
 use super::tags::validate_tags;
-use super::{About, Instance, Segment, World, draw, err, extra_codes, new_id, reasons};
+use super::{About, Instance, Segment, World, draw, err, extra_codes, reasons};
 use crate::audit::op_tag;
 use crate::catalogue::{self, InstanceTypeSpec};
+use crate::idmap::spell;
 use crate::taglist::TagList;
 
 /// A digest of every RunInstances parameter except the token, to detect reuse with other parameters.
@@ -141,7 +142,8 @@ impl World {
             // Same token, same parameters: the same instance, as it is now; once it has
             // terminated, EC2 answers IdempotentInstanceTerminated instead (since January 2025;
             // docs/ec2-facts.md, "Idempotency").
-            let instance = &self.regions[r].instances[*idx];
+            let region = &self.regions[r];
+            let instance = &region.instances[*idx];
             if instance.state_at(now) == InstanceState::Terminated {
                 return Err(err(
                     op,
@@ -149,7 +151,7 @@ impl World {
                     format!("The instance {} launched with client token {token} has terminated", instance.id),
                 ));
             }
-            return Ok(instance.info(now));
+            return Ok(instance.info(now, &region.azs));
         }
         let Some(spec) = catalogue::lookup(&req.instance_type) else {
             return Err(invalid(format!("Invalid value '{}' for InstanceType.", req.instance_type)));
@@ -275,11 +277,14 @@ impl World {
     ) -> (InstanceInfo, usize) {
         let f = &self.faults;
         let rng = &mut self.rng;
-        let mut id = new_id(rng, "i");
-        while self.regions[r].instance_ids.contains_key(&id) {
-            id = new_id(rng, "i");
+        // As `new_id` draws them, kept as numbers for the id maps (see `idmap`).
+        let mut number = rng.r#gen::<u64>();
+        while self.regions[r].instance_ids.contains_number(number) {
+            number = rng.r#gen::<u64>();
         }
-        let volume_id = new_id(rng, "vol");
+        let id = spell("i", number);
+        let volume_number = rng.r#gen::<u64>();
+        let volume_id = spell("vol", volume_number);
         let ip: [u8; 4] = [rng.gen_range(3..=54), rng.r#gen(), rng.r#gen(), rng.gen_range(1..=254)];
         let bytes_in_per_s = draw(rng, self.network_bytes_per_s_min, self.network_bytes_per_s_max);
         let bytes_out_per_s = draw(rng, self.network_bytes_per_s_min, self.network_bytes_per_s_max);
@@ -287,11 +292,10 @@ impl World {
         let running_at = now + draw(rng, f.launch_delay_ms_min, f.launch_delay_ms_max);
         let dependency_lag_ms = draw(rng, f.dependency_violation_lag_ms_min, f.dependency_violation_lag_ms_max);
         let mut instance = Instance {
-            id: id.clone(),
-            volume_id: volume_id.clone(),
+            id,
+            volume_id,
             spec,
             az,
-            zone: self.regions[r].azs[usize::from(az)].clone(),
             client_token: req.client_token.clone(),
             key_name: req.key_name.clone(),
             group_ids,
@@ -317,6 +321,8 @@ impl World {
             tag_view: None,
             stale: None,
             guest: None,
+            cloudwatch_key: std::cell::OnceCell::new(),
+            generated_host_key: std::cell::OnceCell::new(),
         };
         instance.tag_view = self.new_tag_view(&instance.id, &TagList::default());
         let mut exit_kind = None;
@@ -353,7 +359,7 @@ impl World {
         {
             terminated_at = t;
         }
-        let info = instance.info(now);
+        let info = instance.info(now, &self.regions[r].azs);
         let region = &mut self.regions[r];
         let idx = region.instances.len();
         for g in &instance.group_ids {
@@ -364,8 +370,8 @@ impl World {
         if let Some(t) = terminated_at {
             region.expiry.push(Reverse((t.saturating_add(self.faults.terminated_visible_ms), idx)));
         }
-        region.instance_ids.insert(id, idx);
-        region.volume_ids.insert(volume_id, idx);
+        region.instance_ids.insert(number, idx);
+        region.volume_ids.insert(volume_number, idx);
         region.listed.insert(idx);
         region.instances.push(instance);
         self.stats.instances_launched += 1;

@@ -111,8 +111,9 @@ impl Instance {
         (scale(self.bytes_in_per_s), scale(self.bytes_out_per_s))
     }
 
-    pub(super) fn info(&self, now: u64) -> InstanceInfo {
-        self.info_of(self.segment_at(now))
+    /// What DescribeInstances says of it at `now`, in its region's zones `azs`.
+    pub(super) fn info(&self, now: u64, azs: &[String]) -> InstanceInfo {
+        self.info_of(self.segment_at(now), azs)
     }
 
     /// The segment DescribeInstances shows at `now`: a stale one for a moment after
@@ -124,7 +125,8 @@ impl Instance {
         }
     }
 
-    pub(super) fn info_of(&self, seg: Segment) -> InstanceInfo {
+    /// What DescribeInstances says of it when showing `seg`, in its region's zones `azs`.
+    pub(super) fn info_of(&self, seg: Segment, azs: &[String]) -> InstanceInfo {
         let public_dns_name = match seg.state {
             InstanceState::Running | InstanceState::ShuttingDown | InstanceState::Stopping => self.public_dns.clone(),
             _ => String::new(),
@@ -138,7 +140,7 @@ impl Instance {
             launch_time_unix_ms: self.launched_ms,
             tags: self.tags.to_tags(),
             client_token: self.client_token.clone(),
-            availability_zone: self.zone.clone(),
+            availability_zone: azs[usize::from(self.az)].clone(),
         }
     }
 
