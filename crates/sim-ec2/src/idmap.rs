@@ -76,7 +76,9 @@ mod tests {
         assert_eq!(map.get(&id), Some(&7));
         assert!(map.contains_number(0xdead_beef));
         // Other spellings of the same number, other prefixes and malformed ids are not it.
-        for other in ["i-000000000DEADBEEF", "vol-000000000deadbeef", "i-00000000deadbeef", "i-0+0000000deadbeef", "i-1"] {
+        for other in
+            ["i-000000000DEADBEEF", "vol-000000000deadbeef", "i-00000000deadbeef", "i-0+0000000deadbeef", "i-1"]
+        {
             assert_eq!(map.get(other), None, "{other}");
         }
         assert_eq!(map.get("i-nothex"), None);
