@@ -41,7 +41,7 @@ impl DynamoTable {
     /// from now on.
     ///
     /// It also keeps the lease item's record of which holders kept the position log
-    /// ([`LOG_EPOCH`], [`LOG_SINCE`]): a build from before the log raises the epoch without
+    /// (`LOG_EPOCH`, `LOG_SINCE`): a build from before the log raises the epoch without
     /// setting them, and a takeover then trusts no snapshot older than that holder.
     pub async fn acquire(
         &self,
