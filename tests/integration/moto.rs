@@ -63,6 +63,30 @@ pub(crate) fn moto_endpoint(test: &str) -> Option<String> {
     }
 }
 
+/// A bridge configuration for moto's EC2 (and, through the fallback to `endpoint_url`, its
+/// DynamoDB): `owner`, 1 s ticks from `epoch_unix_ms`, grants of seconds (no minimum lifetime,
+/// network final at once, a 200 ms poll). `rest` is the lines that follow (more keys, then any
+/// `[ledger]` table).
+pub(crate) fn moto_config_text(endpoint: &str, owner: &str, epoch_unix_ms: u64, rest: &str) -> String {
+    format!(
+        r#"
+        regions = ["{REGION}"]
+        instance_families = ["m6i", "t3"]
+        owner = "{owner}"
+        ami = {{ {REGION} = "{MOTO_AMI}" }}
+        root_device_name = "{MOTO_ROOT_DEVICE}"
+        endpoint_url = "{endpoint}"
+        poll_interval_ms = 200
+        min_lifetime_s = 0
+        network_final_after_s = 0
+        almanac = {{ epoch_unix_ms = {epoch_unix_ms}, tick_ms = 1000 }}
+        credentials = {{ access_key_id = "testing", secret_access_key = "testing" }}
+        guest = {{ content_store_url = "http://127.0.0.1:9/blobs/{{hash}}", host_keys = "user_data" }}
+        {rest}
+        "#
+    )
+}
+
 /// The wall clock, in Unix milliseconds (moto's tests run in real time).
 pub(crate) fn wall_clock_unix_ms() -> u64 {
     let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock after 1970");

@@ -25,10 +25,7 @@ use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
-use crate::moto::{MOTO_AMI, MOTO_ROOT_DEVICE, hex, moto_endpoint, wall_clock_unix_ms};
-
-const REGION: &str = "us-east-1";
-
+use crate::moto::{hex, moto_config_text, moto_endpoint, wall_clock_unix_ms};
 /// The `aws-backend` binary cargo built next to this test, or `None` after saying loudly why
 /// it cannot be used (missing, or older than the sources it is built from).
 fn binary(test: &str) -> Option<PathBuf> {
@@ -99,27 +96,10 @@ impl Drop for Scratch {
     }
 }
 
-/// A configuration for moto: this test's owner, 1 s ticks from now, grants of seconds.
-/// `ledger` is the ledger's lines (`ledger_path = ...`, or a `[ledger]` table, last).
+/// A configuration for moto: this test's owner, 1 s ticks from now, grants of seconds, a 20 s
+/// drain. `ledger` is the ledger's lines (`ledger_path = ...`, or a `[ledger]` table, last).
 fn config_text(endpoint: &str, owner: &str, epoch_unix_ms: u64, ledger: &str) -> String {
-    format!(
-        r#"
-        regions = ["{REGION}"]
-        instance_families = ["m6i", "t3"]
-        owner = "{owner}"
-        ami = {{ {REGION} = "{MOTO_AMI}" }}
-        root_device_name = "{MOTO_ROOT_DEVICE}"
-        endpoint_url = "{endpoint}"
-        poll_interval_ms = 200
-        min_lifetime_s = 0
-        network_final_after_s = 0
-        drain_s = 20
-        almanac = {{ epoch_unix_ms = {epoch_unix_ms}, tick_ms = 1000 }}
-        credentials = {{ access_key_id = "testing", secret_access_key = "testing" }}
-        guest = {{ content_store_url = "http://127.0.0.1:9/blobs/{{hash}}", host_keys = "user_data" }}
-        {ledger}
-        "#
-    )
+    moto_config_text(endpoint, owner, epoch_unix_ms, &format!("drain_s = 20\n{ledger}"))
 }
 
 /// One `aws-backend serve` process.

@@ -27,7 +27,7 @@ use backend_api::{
 use ledger_dynamodb::DynamoStore;
 use usage_ledger::{Event, EventStore, Lease, Record, StoreError};
 
-use crate::moto::{MOTO_AMI, MOTO_ROOT_DEVICE, hex, moto_endpoint, wall_clock_unix_ms};
+use crate::moto::{hex, moto_config_text, moto_endpoint, wall_clock_unix_ms};
 
 const REGION: &str = "us-east-1";
 /// The shortest lease the configuration takes: renewed every 2 s, a standby asking every 1 s,
@@ -40,20 +40,8 @@ const LIFETIME_TICKS: u64 = 18;
 /// The group's configuration, as both bridges would read it: moto for EC2 and, through the
 /// fallback to `endpoint_url`, for DynamoDB.
 fn config(endpoint: &str, salt: &str, now_ms: u64) -> anyhow::Result<AwsBootConfig> {
-    let toml = format!(
+    let ledger = format!(
         r#"
-        regions = ["{REGION}"]
-        instance_families = ["m6i", "t3"]
-        owner = "moto-standby-{salt}"
-        ami = {{ {REGION} = "{MOTO_AMI}" }}
-        root_device_name = "{MOTO_ROOT_DEVICE}"
-        endpoint_url = "{endpoint}"
-        poll_interval_ms = 200
-        min_lifetime_s = 0
-        network_final_after_s = 0
-        almanac = {{ epoch_unix_ms = {now_ms}, tick_ms = 1000 }}
-        credentials = {{ access_key_id = "testing", secret_access_key = "testing" }}
-        guest = {{ content_store_url = "http://127.0.0.1:9/blobs/{{hash}}", host_keys = "user_data" }}
         [ledger]
         store = "dynamodb"
         table = "ledger-standby-{salt}"
@@ -63,6 +51,7 @@ fn config(endpoint: &str, salt: &str, now_ms: u64) -> anyhow::Result<AwsBootConf
         key_seed_path = "/nonexistent/group.keyseed"
         "#
     );
+    let toml = moto_config_text(endpoint, &format!("moto-standby-{salt}"), now_ms, &ledger);
     Ok(AwsBootConfig::from_toml(&toml)?)
 }
 

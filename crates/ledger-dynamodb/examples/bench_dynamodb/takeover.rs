@@ -7,10 +7,10 @@
 
 use std::time::Instant;
 
-use backend_api::{AlmanacTick, GrantId, TokioClock};
+use backend_api::TokioClock;
 use ledger_dynamodb::{DEFAULT_SNAPSHOT_POLICY, DynamoStore, DynamoTable, open_ledger_with};
 use usage_ledger::file::encode_payload;
-use usage_ledger::{Event, GrantState, Ledger, ObservedState, Record, TerminationReason};
+use usage_ledger::{Event, GrantState, Ledger, Record};
 
 const T0: u64 = 1_800_000_000_000;
 const LIVE_GRANTS: usize = 64;
@@ -19,80 +19,12 @@ const LEASE_S: f64 = 30.0;
 /// Records loaded per `bulk_load_unchecked` call (memory holds this many payloads at a time).
 const LOAD_BATCH: usize = 50_000;
 
-/// One grant's life without network samples: 7 events to running, 6 to settled.
-struct Life {
-    id: GrantId,
-    n: u64,
-    step: u64,
-    state: Option<GrantState>,
-}
+/// One grant's life, as `bench_ledger` writes it; here without network samples (7 events to
+/// running, 6 to settled).
+#[path = "../../../usage-ledger/examples/bench_ledger/life.rs"]
+mod life;
 
-impl Life {
-    fn new(n: u64) -> Self {
-        let mut id = [0u8; 32];
-        id[..8].copy_from_slice(&n.to_be_bytes());
-        id[8..16].copy_from_slice(&n.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_le_bytes());
-        Self { id: GrantId(id), n, step: 0, state: None }
-    }
-
-    fn next(&mut self, now: u64) -> Option<Record> {
-        let n = self.n;
-        let instance = || format!("i-{n:017x}");
-        let event = match self.step {
-            0 => Event::GrantAdmitted {
-                region: "us-east-1".into(),
-                instance_type: "m7i.large".into(),
-                vcpus: 2,
-                memory_mib: 8192,
-                storage_bytes: 20 << 30,
-                valid_to: AlmanacTick(n + 1000),
-                valid_to_unix_ms: now + 3_600_000,
-                key_name: format!("cb-{n:016x}"),
-                group_name: format!("cb-{n:016x}"),
-            },
-            1 => Event::KeyPairImported { key_name: format!("cb-{n:016x}"), key_pair_id: format!("key-{n:017x}") },
-            2 => Event::SecurityGroupCreated { group_id: format!("sg-{n:017x}"), group_name: format!("cb-{n:016x}") },
-            3 => Event::LaunchRequested {
-                client_token: format!("tok-{n:016x}"),
-                instance_type: "m7i.large".into(),
-                image_id: Some("ami-0123456789abcdef0".into()),
-            },
-            4 => Event::InstanceLaunched {
-                instance_id: instance(),
-                client_token: format!("tok-{n:016x}"),
-                instance_type: "m7i.large".into(),
-                vcpus: 2,
-                memory_mib: 8192,
-            },
-            5 => Event::InstanceStateObserved {
-                instance_id: instance(),
-                state: ObservedState::Pending,
-                observed_at_unix_ms: now,
-            },
-            6 => Event::InstanceStateObserved {
-                instance_id: instance(),
-                state: ObservedState::Running,
-                observed_at_unix_ms: now,
-            },
-            7 => Event::TerminationRequested { reason: TerminationReason::Deadline },
-            8 => Event::InstanceStateObserved {
-                instance_id: instance(),
-                state: ObservedState::ShuttingDown,
-                observed_at_unix_ms: now,
-            },
-            9 => Event::InstanceTerminated { instance_id: instance() },
-            10 => Event::KeyPairDeleted { key_name: format!("cb-{n:016x}") },
-            11 => Event::SecurityGroupDeleted { group_id: format!("sg-{n:017x}") },
-            12 => Event::GrantSettled { usage: self.state.as_ref().unwrap().usage() },
-            _ => return None,
-        };
-        let seq = self.state.as_ref().map_or(0, GrantState::next_seq);
-        let record = Record { grant: self.id, seq, at_unix_ms: now, event };
-        self.state = Some(usage_ledger::apply(self.state.as_ref(), &record).unwrap());
-        self.step += 1;
-        Some(record)
-    }
-}
+use life::Life;
 
 /// `history_grants` settled grants, interleaved over 64 slots; each slot's next grant is left
 /// live, 7 events in (the tail, appended after the snapshot).
@@ -101,7 +33,7 @@ fn history(history_grants: u64) -> (Vec<Record>, Vec<Record>) {
     let mut lives: Vec<Life> = (0..LIVE_GRANTS)
         .map(|_| {
             next += 1;
-            Life::new(next)
+            Life::with_samples(next, 0)
         })
         .collect();
     let (mut records, mut settled, mut now, mut slot) = (Vec::new(), 0u64, T0, 0usize);
@@ -115,7 +47,7 @@ fn history(history_grants: u64) -> (Vec<Record>, Vec<Record>) {
             }
             None => {
                 next += 1;
-                lives[slot] = Life::new(next);
+                lives[slot] = Life::with_samples(next, 0);
             }
         }
     }
@@ -123,7 +55,7 @@ fn history(history_grants: u64) -> (Vec<Record>, Vec<Record>) {
     for life in &mut lives {
         if life.state.as_ref().is_none_or(GrantState::is_settled) {
             next += 1;
-            *life = Life::new(next);
+            *life = Life::with_samples(next, 0);
         }
         while life.step < 7 {
             now += 25;
