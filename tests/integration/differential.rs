@@ -336,7 +336,7 @@ async fn script(port: &dyn Ec2Port, region: &RegionLabel, salt: &str, tick: &(dy
     let role = |role: &str| Filter::tag("role", [role]);
     tick();
     let result = port.run_instance(region, launch("main")).await;
-    let instance = t.record("RunInstances role=main", result, |t, i| t.instance(i)).map(|i| i.instance_id);
+    let instance = t.record("RunInstances role=main", result, |t, i| t.instance(i)).map(|i| i.instance_id.to_string());
     let instance = instance.unwrap_or_else(|| UNKNOWN_INSTANCE.into());
     tick();
     let result = port.describe_instances(region, vec![instance.clone()], Vec::new()).await;
@@ -453,7 +453,7 @@ async fn script(port: &dyn Ec2Port, region: &RegionLabel, salt: &str, tick: &(dy
     let result = port.describe_instances(region, Vec::new(), vec![by_run(), role("token")]).await;
     t.record("DescribeInstances tag:role=token", result, |t, l| t.list(l, |t, i| t.id(&i.instance_id)));
     // Not recorded: the ids to end differ (moto made two instances).
-    let mut ids: Vec<String> = first.into_iter().chain(second).map(|i| i.instance_id).collect();
+    let mut ids: Vec<String> = first.into_iter().chain(second).map(|i| i.instance_id.to_string()).collect();
     ids.dedup();
     if !ids.is_empty() {
         tick();
@@ -479,7 +479,7 @@ async fn script(port: &dyn Ec2Port, region: &RegionLabel, salt: &str, tick: &(dy
     ] {
         tick();
         let result = port.run_instance(region, request).await;
-        launched.extend(t.record(label, result, |_, i| i.state.to_string()).map(|i| i.instance_id));
+        launched.extend(t.record(label, result, |_, i| i.state.to_string()).map(|i| i.instance_id.to_string()));
     }
     if !launched.is_empty() {
         tick();

@@ -359,7 +359,7 @@ async fn the_sdk_port_speaks_ec2_codes_over_http() -> anyhow::Result<()> {
     // protocol the CloudWatch SDK uses and answers 404, which must come back as our error for
     // GetNetworkUsage (the backend then records the network unknown; see the bridge test below).
     let now = wall_clock_unix_ms();
-    match port.network_usage(&region, vec!["i-0123456789abcdef0".into()], now - 120_000, now).await {
+    match port.network_usage(&region, &["i-0123456789abcdef0".into()], now - 120_000, now).await {
         Ok(usage) => ensure!(usage.iter().all(|u| u.bytes_in == 0 && u.bytes_out == 0), "network usage {usage:?}"),
         Err(err) => {
             ensure!(err.operation == Operation::GetNetworkUsage, "CloudWatch error for the wrong operation: {err}");
@@ -437,7 +437,7 @@ async fn the_reaper_lists_then_removes_what_the_ledger_never_saw() -> anyhow::Re
             },
         )
         .await?;
-    let instance_id = instance.instance_id;
+    let instance_id = instance.instance_id.to_string();
     ensure!(moto.backend.grant_state(&grant).is_none(), "the ledger must not know the grant");
     let expected: BTreeSet<(&str, String)> =
         [("instance", instance_id.clone()), ("key-pair", key_name.clone()), ("security-group", group_id.clone())]

@@ -147,7 +147,7 @@ fn grant_id(salt: &[u8; 8], tag: u8) -> GrantId {
 async fn instances_of(port: &SdkEc2, grant: &GrantId) -> anyhow::Result<Vec<(String, InstanceState)>> {
     let region = RegionLabel::new(REGION)?;
     let found = port.describe_instances(&region, Vec::new(), vec![Filter::tag(GRANT_TAG, [grant.to_hex()])]).await?;
-    Ok(found.into_iter().map(|i| (i.instance_id, i.state)).collect())
+    Ok(found.into_iter().map(|i| (i.instance_id.to_string(), i.state)).collect())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -118,11 +118,11 @@ impl<G: Gate> Ec2Port for GatedPort<G> {
     async fn describe_instances_page(
         &self,
         region: &RegionLabel,
-        instance_ids: Vec<String>,
-        filters: Vec<Filter>,
+        instance_ids: &[String],
+        filters: &[Filter],
         page: PageRequest,
     ) -> Result<Page<InstanceInfo>, Ec2Error> {
-        let listing = (instance_ids.is_empty() && page.next_token.is_none()).then(|| filters.clone());
+        let listing = (instance_ids.is_empty() && page.next_token.is_none()).then(|| filters.to_vec());
         let answer = self
             .gate
             .pass(Operation::DescribeInstances, self.inner.describe_instances_page(region, instance_ids, filters, page))
@@ -159,7 +159,7 @@ impl<G: Gate> Ec2Port for GatedPort<G> {
     async fn network_usage(
         &self,
         region: &RegionLabel,
-        instance_ids: Vec<String>,
+        instance_ids: &[String],
         start_unix_ms: u64,
         end_unix_ms: u64,
     ) -> Result<Vec<NetworkUsage>, Ec2Error> {

@@ -140,7 +140,7 @@ impl Ec2 {
         };
         let by_ids = !ids.is_empty();
         self.pages(region, Operation::DescribeInstances, by_ids, |port, page| {
-            port.describe_instances_page(region, ids.clone(), filters.clone(), page)
+            port.describe_instances_page(region, &ids, &filters, page)
         })
         .await
     }

@@ -57,7 +57,10 @@ impl AwsBackend {
                     if info.state != InstanceState::Running {
                         return Err(BackendError::Provider {
                             operation: Operation::GetConsoleOutput.name().into(),
-                            code: info.state_reason_code.clone().unwrap_or_else(|| format!("Instance.{}", info.state)),
+                            code: info
+                                .state_reason_code
+                                .as_deref()
+                                .map_or_else(|| format!("Instance.{}", info.state), str::to_string),
                             message: format!("instance {instance_id} went {} before its host key was seen", info.state),
                             retryable: true,
                         });

@@ -161,7 +161,7 @@ impl RegionPoller {
         let result = self
             .pacer
             .pages(&self.region, Operation::DescribeInstances, false, |page| {
-                self.port.describe_instances_page(&self.region, Vec::new(), filters.clone(), page)
+                self.port.describe_instances_page(&self.region, &[], &filters, page)
             })
             .await;
         *lock(&self.polls) += 1;

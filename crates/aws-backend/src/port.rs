@@ -82,8 +82,8 @@ pub trait Ec2Port: Send + Sync + 'static {
     async fn describe_instances_page(
         &self,
         region: &RegionLabel,
-        instance_ids: Vec<String>,
-        filters: Vec<Filter>,
+        instance_ids: &[String],
+        filters: &[Filter],
         page: PageRequest,
     ) -> Result<Page<InstanceInfo>, Ec2Error>;
     /// TerminateInstances.
@@ -110,7 +110,7 @@ pub trait Ec2Port: Send + Sync + 'static {
     async fn network_usage(
         &self,
         region: &RegionLabel,
-        instance_ids: Vec<String>,
+        instance_ids: &[String],
         start_unix_ms: u64,
         end_unix_ms: u64,
     ) -> Result<Vec<NetworkUsage>, Ec2Error>;
@@ -153,7 +153,7 @@ pub trait Ec2PortExt: Ec2Port {
         filters: Vec<Filter>,
     ) -> Result<Vec<InstanceInfo>, Ec2Error> {
         let first = PageRequest::listing(Operation::DescribeInstances, !instance_ids.is_empty());
-        all_pages(first, |page| self.describe_instances_page(region, instance_ids.clone(), filters.clone(), page)).await
+        all_pages(first, |page| self.describe_instances_page(region, &instance_ids, &filters, page)).await
     }
 
     /// Every page of DescribeSecurityGroups.

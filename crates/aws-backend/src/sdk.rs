@@ -230,8 +230,8 @@ impl Ec2Port for SdkEc2 {
     async fn describe_instances_page(
         &self,
         region: &RegionLabel,
-        instance_ids: Vec<String>,
-        filters: Vec<Filter>,
+        instance_ids: &[String],
+        filters: &[Filter],
         page: PageRequest,
     ) -> Result<Page<InstanceInfo>, Ec2Error> {
         instances::describe_instances_page(self, region, instance_ids, filters, page).await
@@ -280,7 +280,7 @@ impl Ec2Port for SdkEc2 {
     async fn network_usage(
         &self,
         region: &RegionLabel,
-        instance_ids: Vec<String>,
+        instance_ids: &[String],
         start_unix_ms: u64,
         end_unix_ms: u64,
     ) -> Result<Vec<NetworkUsage>, Ec2Error> {

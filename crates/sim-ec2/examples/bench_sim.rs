@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use aws_backend::port::{
     AuthorizeIngressRequest, CreateSecurityGroupRequest, Ec2Port, Ec2PortExt, Filter, ImportKeyPairRequest,
-    RunInstancesRequest, ShutdownBehavior, Tags,
+    PageRequest, RunInstancesRequest, ShutdownBehavior, Tags,
 };
 use backend_api::RegionLabel;
 use sim_ec2::{FaultConfig, ManualClock, SimConfig, SimEc2};
@@ -90,26 +90,29 @@ impl Driver {
             let result = sim.run_instance(&region, run.clone()).await;
             self.tick();
             if let Ok(info) = result {
-                instance_id = info.instance_id;
+                instance_id = info.instance_id.to_string();
                 break;
             }
         }
         self.wait_ms(2_000);
+        // Lookups by id ask for one unpaged page, as the backend's do (EC2 refuses MaxResults
+        // with ids), naming the instance from a list built once.
+        let ids = [instance_id];
         for _ in 0..12 {
-            let _ = sim.describe_instances(&region, vec![instance_id.clone()], vec![]).await;
+            let _ = sim.describe_instances_page(&region, &ids, &[], PageRequest::unpaged()).await;
             self.tick();
         }
         let _ = sim.describe_instances(&region, vec![], vec![Filter::tag("grant", [grant.as_str()])]).await;
         self.tick();
         for _ in 0..4 {
             let now = sim.now_unix_ms();
-            let _ = sim.network_usage(&region, vec![instance_id.clone()], now - 60_000, now).await;
+            let _ = sim.network_usage(&region, &ids, now - 60_000, now).await;
             self.tick();
         }
-        let _ = sim.terminate_instances(&region, vec![instance_id.clone()]).await;
+        let _ = sim.terminate_instances(&region, ids.to_vec()).await;
         self.tick();
         for _ in 0..3 {
-            let _ = sim.describe_instances(&region, vec![instance_id.clone()], vec![]).await;
+            let _ = sim.describe_instances_page(&region, &ids, &[], PageRequest::unpaged()).await;
             self.tick();
         }
         // Shutting-down lasts up to 60 s and the group stays in use up to 30 s more.

@@ -13,6 +13,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::sync::Arc;
 
 use aws_backend::port::{
     Ec2Error, Filter, InstanceState, Operation, Page, PageRequest, RUN_INSTANCES_RESOURCE_CAPACITY,
@@ -22,6 +23,7 @@ use aws_backend::port::{
 use backend_api::RegionLabel;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use smol_str::SmolStr;
 
 use crate::audit::Audit;
 use crate::bucket::TokenBucket;
@@ -100,21 +102,24 @@ struct Segment {
 }
 
 struct Instance {
-    id: String,
+    id: SmolStr,
     volume_id: String,
     spec: &'static InstanceTypeSpec,
     /// Its zone, an index into its region's `azs`.
     az: u8,
-    client_token: String,
+    client_token: SmolStr,
     key_name: String,
     group_ids: Vec<String>,
     shutdown_behavior: ShutdownBehavior,
+    /// Its tags; change them only through [`Instance::merge_tags`], which keeps `shown_tags`.
     tags: TagList,
+    /// `tags` as DescribeInstances answers them, shared by every answer until they change.
+    shown_tags: Arc<Tags>,
     volume_tags: TagList,
     launched_ms: u64,
     visible_at_ms: u64,
     dependency_lag_ms: u64,
-    public_dns: String,
+    public_dns: SmolStr,
     bytes_in_per_s: u64,
     bytes_out_per_s: u64,
     /// Planned and past state changes, ordered by `from_ms`, never empty. The last segment

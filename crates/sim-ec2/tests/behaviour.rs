@@ -150,7 +150,7 @@ async fn lifecycle_runs_pending_running_shutting_down_terminated_with_delays() {
 
     w.sleep_ms(5_000).await;
     let t_term = w.now();
-    let changes = w.sim.terminate_instances(&us_east(), vec![info.instance_id.clone()]).await.expect("terminate");
+    let changes = w.sim.terminate_instances(&us_east(), vec![info.instance_id.to_string()]).await.expect("terminate");
     assert_eq!(changes[0].previous_state, InstanceState::Running);
     assert_eq!(changes[0].current_state, InstanceState::ShuttingDown);
     w.sleep_ms(19_999).await;
@@ -161,7 +161,7 @@ async fn lifecycle_runs_pending_running_shutting_down_terminated_with_delays() {
     assert_eq!(gone.state_reason_code.as_deref(), Some("Client.UserInitiatedShutdown"));
 
     // Terminating again is idempotent.
-    let again = w.sim.terminate_instances(&us_east(), vec![info.instance_id.clone()]).await.expect("terminate");
+    let again = w.sim.terminate_instances(&us_east(), vec![info.instance_id.to_string()]).await.expect("terminate");
     assert_eq!(
         (again[0].previous_state, again[0].current_state),
         (InstanceState::Terminated, InstanceState::Terminated)
@@ -187,7 +187,7 @@ async fn terminated_instances_stay_visible_about_an_hour_then_vanish() {
     let w = World::new(2, FaultConfig::none());
     let (key, group) = w.prerequisites("g").await;
     let info = w.run(request("t", &key, &group, "g")).await.expect("launch");
-    w.sim.terminate_instances(&us_east(), vec![info.instance_id.clone()]).await.expect("terminate");
+    w.sim.terminate_instances(&us_east(), vec![info.instance_id.to_string()]).await.expect("terminate");
     w.sleep_ms(3_600_000 - 1).await;
     assert_eq!(w.state(&info.instance_id).await, InstanceState::Terminated);
     let by_tag =
@@ -265,7 +265,7 @@ async fn new_instances_are_invisible_for_a_while_by_id_and_to_terminate() {
     let (key, group) = w.prerequisites("g").await;
     let info = w.run(request("t", &key, &group, "g")).await.expect("launch");
     assert_eq!(code(w.describe(&info.instance_id).await), codes::INSTANCE_NOT_FOUND);
-    let terminate = w.sim.terminate_instances(&us_east(), vec![info.instance_id.clone()]).await;
+    let terminate = w.sim.terminate_instances(&us_east(), vec![info.instance_id.to_string()]).await;
     assert_eq!(code(terminate), codes::INSTANCE_NOT_FOUND);
     // Describe by filter simply leaves it out.
     let listed =
@@ -315,7 +315,7 @@ async fn client_token_makes_run_instances_idempotent() {
 
     // While it shuts down the token still names it; once it has terminated EC2 answers
     // IdempotentInstanceTerminated (since January 2025), for good, and launches nothing.
-    w.sim.terminate_instances(&us_east(), vec![first.instance_id.clone()]).await.expect("terminate");
+    w.sim.terminate_instances(&us_east(), vec![first.instance_id.to_string()]).await.expect("terminate");
     let shutting = w.run(request("token-A", &key, &group, "g")).await.expect("replay while shutting down");
     assert_eq!(
         (shutting.instance_id.as_str(), shutting.state),
@@ -405,7 +405,7 @@ async fn groups_in_use_cannot_be_deleted_until_a_lag_after_termination() {
     let info = w.run(request("t", &key, &group, "g")).await.expect("launch");
     assert_eq!(code(w.sim.delete_security_group(&region, &group).await), codes::DEPENDENCY_VIOLATION);
     w.sleep_ms(10_000).await;
-    w.sim.terminate_instances(&region, vec![info.instance_id.clone()]).await.expect("terminate");
+    w.sim.terminate_instances(&region, vec![info.instance_id.to_string()]).await.expect("terminate");
     assert_eq!(code(w.sim.delete_security_group(&region, &group).await), codes::DEPENDENCY_VIOLATION);
     w.sleep_ms(20_000).await; // terminated now
     assert_eq!(w.state(&info.instance_id).await, InstanceState::Terminated);
@@ -536,14 +536,14 @@ async fn describe_instance_types_answers_from_a_realistic_catalogue() {
 
 /// GetNetworkUsage over `[from, to)` of one instance: (bytes in, bytes out).
 async fn usage(w: &World, id: &str, from: u64, to: u64) -> (u64, u64) {
-    let list = w.sim.network_usage(&us_east(), vec![id.to_string()], from, to).await.expect("usage");
+    let list = w.sim.network_usage(&us_east(), &[id.to_string()], from, to).await.expect("usage");
     list.iter().find(|u| u.instance_id == id).map_or((0, 0), |u| (u.bytes_in, u.bytes_out))
 }
 
 /// Launches one instance, lets it run `run_ms`, terminates it and waits `after_ms`.
 async fn ran(w: &World, run_ms: u64, after_ms: u64) -> String {
     let (key, group) = w.prerequisites("g").await;
-    let id = w.run(request("a", &key, &group, "g")).await.expect("launch").instance_id;
+    let id = w.run(request("a", &key, &group, "g")).await.expect("launch").instance_id.to_string();
     w.sleep_ms(run_ms).await;
     w.sim.terminate_instances(&us_east(), vec![id.clone()]).await.expect("terminate");
     w.sleep_ms(after_ms).await;
@@ -593,7 +593,7 @@ async fn cloudwatch_publishes_each_datapoint_minutes_after_its_period_ends() {
     let lag_ms = 3 * 60_000;
     let w = World::new(20, FaultConfig { metrics_lag_ms_min: lag_ms, metrics_lag_ms_max: lag_ms, ..fixed() });
     let (key, group) = w.prerequisites("g").await;
-    let id = w.run(request("a", &key, &group, "g")).await.expect("launch").instance_id;
+    let id = w.run(request("a", &key, &group, "g")).await.expect("launch").instance_id.to_string();
     // The first whole period it runs in (it runs 10 s after launch, `fixed`).
     let from = (w.now() + 10_000).div_ceil(PERIOD_MS) * PERIOD_MS;
     let to = from + PERIOD_MS;
@@ -652,7 +652,7 @@ async fn get_metric_data_throttles_on_its_own_bucket_with_throttling() {
     let (east, west) = (us_east(), eu_west());
     let metrics = |region: RegionLabel| {
         let sim = w.sim.clone();
-        async move { sim.network_usage(&region, vec![], 0, 1).await }
+        async move { sim.network_usage(&region, &[], 0, 1).await }
     };
     // 50 requests at once (50 TPS), then CloudWatch's own code.
     for _ in 0..50 {
@@ -680,11 +680,11 @@ async fn get_metric_data_throttles_on_its_own_bucket_with_throttling() {
     // Other callers of the account's quota: random `Throttling`, and EC2's random throttles do
     // not reach CloudWatch.
     let w = World::new(24, FaultConfig { cloudwatch_throttle_probability: 1.0, ..FaultConfig::none() });
-    assert_eq!(code(w.sim.network_usage(&us_east(), vec![], 0, 1).await), codes::THROTTLING);
+    assert_eq!(code(w.sim.network_usage(&us_east(), &[], 0, 1).await), codes::THROTTLING);
     assert_eq!(w.sim.fault_log().last().map(|f| f.kind.clone()), Some(codes::THROTTLING.to_string()));
     w.sim.describe_instances(&us_east(), vec![], vec![]).await.expect("EC2 is not throttled by CloudWatch's faults");
     let w = World::new(25, FaultConfig { throttle_probability: 1.0, ..FaultConfig::none() });
-    w.sim.network_usage(&us_east(), vec![], 0, 1).await.expect("CloudWatch is not throttled by EC2's faults");
+    w.sim.network_usage(&us_east(), &[], 0, 1).await.expect("CloudWatch is not throttled by EC2's faults");
     assert!(w.sim.bucket_throttles().is_empty());
 }
 
@@ -698,21 +698,21 @@ async fn describe_filters_select_by_tag_state_key_and_group_name() {
     req.instance_tags.insert("extra".into(), "1".into());
     let b = w.run(req).await.expect("launch");
     w.sleep_ms(10_000).await;
-    w.sim.terminate_instances(&region, vec![b.instance_id.clone()]).await.expect("terminate");
+    w.sim.terminate_instances(&region, vec![b.instance_id.to_string()]).await.expect("terminate");
     let ids = |list: Vec<aws_backend::port::InstanceInfo>| list.into_iter().map(|i| i.instance_id).collect::<Vec<_>>();
     let describe = |filters: Vec<Filter>| {
         let sim = w.sim.clone();
         async move { sim.describe_instances(&us_east(), vec![], filters).await.expect("describe") }
     };
-    assert_eq!(ids(describe(vec![Filter::tag("grant", ["alpha"])]).await), vec![a.instance_id.clone()]);
-    assert_eq!(ids(describe(vec![Filter::tag("grant", ["al*"])]).await), vec![a.instance_id.clone()], "wildcards");
-    assert_eq!(ids(describe(vec![Filter::tag_key("extra")]).await), vec![b.instance_id.clone()]);
+    assert_eq!(ids(describe(vec![Filter::tag("grant", ["alpha"])]).await), vec![a.instance_id.to_string()]);
+    assert_eq!(ids(describe(vec![Filter::tag("grant", ["al*"])]).await), vec![a.instance_id.to_string()], "wildcards");
+    assert_eq!(ids(describe(vec![Filter::tag_key("extra")]).await), vec![b.instance_id.to_string()]);
     let running = describe(vec![Filter::instance_states(&[InstanceState::Running])]).await;
-    assert_eq!(ids(running), vec![a.instance_id.clone()]);
+    assert_eq!(ids(running), vec![a.instance_id.to_string()]);
     let by_key = Filter { name: "key-name".into(), values: vec![key.clone()] };
     assert_eq!(describe(vec![by_key]).await.len(), 2);
     let both = vec![Filter::tag("grant", ["alpha", "beta"]), Filter::instance_states(&[InstanceState::ShuttingDown])];
-    assert_eq!(ids(describe(both).await), vec![b.instance_id.clone()]);
+    assert_eq!(ids(describe(both).await), vec![b.instance_id.to_string()]);
     let bad = w.sim.describe_instances(&region, vec![], vec![Filter { name: "colour".into(), values: vec![] }]).await;
     assert_eq!(code(bad), codes::INVALID_PARAMETER_VALUE);
 
@@ -739,12 +739,12 @@ async fn ground_truth_lists_live_resources_by_tag_including_volumes() {
         vec![ResourceKind::Instance, ResourceKind::Volume, ResourceKind::KeyPair, ResourceKind::SecurityGroup]
     );
     w.sim
-        .create_tags(&region, vec![info.instance_id.clone()], Tags::from([("owner".into(), "me".into())]))
+        .create_tags(&region, vec![info.instance_id.to_string()], Tags::from([("owner".into(), "me".into())]))
         .await
         .expect("tag");
     assert_eq!(w.sim.live_resources_tagged("owner", "me").len(), 1);
 
-    w.sim.terminate_instances(&region, vec![info.instance_id.clone()]).await.expect("terminate");
+    w.sim.terminate_instances(&region, vec![info.instance_id.to_string()]).await.expect("terminate");
     let kinds: Vec<_> = w.sim.live_resources_tagged("grant", "g").into_iter().map(|r| r.kind).collect();
     assert!(kinds.contains(&ResourceKind::Instance), "still shutting down");
     w.sleep_ms(20_000).await;
@@ -792,7 +792,7 @@ async fn scripted_run(seed: u64) -> (Vec<String>, String) {
         let listed = w.sim.describe_instances(&region, vec![], vec![Filter::tag("grant", ["g"])]).await;
         answers.push(format!("{listed:?}"));
         if let Ok(info) = result {
-            let terminated = w.sim.terminate_instances(&region, vec![info.instance_id]).await;
+            let terminated = w.sim.terminate_instances(&region, vec![info.instance_id.to_string()]).await;
             answers.push(format!("{terminated:?}"));
         }
     }
@@ -878,7 +878,7 @@ async fn terminate_instances_has_an_instance_bucket_besides_its_request_bucket()
     for n in 0..10 {
         loop {
             match w.run(request(&format!("t{n}"), &key, &group, "g")).await {
-                Ok(info) => break ids.push(info.instance_id),
+                Ok(info) => break ids.push(info.instance_id.to_string()),
                 Err(e) if e.is_throttle() => w.sleep_ms(500).await,
                 Err(e) => panic!("unexpected {e}"),
             }
@@ -967,7 +967,7 @@ async fn tags_reach_tag_filters_after_a_lag_while_lookups_by_id_show_them() {
     );
 
     let (key, group) = w.prerequisites("g").await;
-    let id = w.run(request("t", &key, &group, "g")).await.expect("launch").instance_id;
+    let id = w.run(request("t", &key, &group, "g")).await.expect("launch").instance_id.to_string();
     let by_id = w.describe(&id).await.expect("by id");
     assert_eq!(by_id[0].tags.get("grant").map(String::as_str), Some("g"), "lookups by id show the tags");
     let tagged = w.sim.describe_instances(&region, vec![], by_grant()).await.expect("describe");
@@ -993,7 +993,7 @@ async fn describe_can_show_the_state_from_before_terminate_instances_for_a_momen
     let w = World::new(35, FaultConfig { stale_state_ms_max: 10_000, ..fixed() });
     let region = us_east();
     let (key, group) = w.prerequisites("g").await;
-    let id = w.run(request("t", &key, &group, "g")).await.expect("launch").instance_id;
+    let id = w.run(request("t", &key, &group, "g")).await.expect("launch").instance_id.to_string();
     w.sleep_ms(10_000).await;
     assert_eq!(w.state(&id).await, InstanceState::Running);
     let change = w.sim.terminate_instances(&region, vec![id.clone()]).await.expect("terminate");
@@ -1158,7 +1158,7 @@ async fn launches_past_the_on_demand_vcpu_quota_answer_vcpu_limit_exceeded() {
     assert!(w.sim.instances().iter().all(|i| i.instance_type == "m6i.large"), "nothing launched");
     assert_eq!(w.sim.stats().faults[codes::VCPU_LIMIT_EXCEEDED], 1);
     // Pending instances count as well as running ones; terminated ones stop counting.
-    w.sim.terminate_instances(&us_east(), vec![a.instance_id]).await.expect("terminate");
+    w.sim.terminate_instances(&us_east(), vec![a.instance_id.to_string()]).await.expect("terminate");
     w.run(big).await.expect("only pending and running instances count, and a is shutting down");
 }
 
@@ -1341,7 +1341,7 @@ async fn retirement_stops_an_on_demand_instance_whatever_its_shutdown_behaviour(
     let running_ms = w.sim.instance(&info.instance_id).expect("truth").running_ms;
     w.sleep_ms(60_000).await;
     assert_eq!(w.sim.instance(&info.instance_id).expect("truth").running_ms, running_ms);
-    let change = w.sim.terminate_instances(&us_east(), vec![info.instance_id.clone()]).await.expect("terminate");
+    let change = w.sim.terminate_instances(&us_east(), vec![info.instance_id.to_string()]).await.expect("terminate");
     assert_eq!(change[0].previous_state, InstanceState::Stopped);
     w.sleep_ms(20_000).await;
     assert_eq!(w.state(&info.instance_id).await, InstanceState::Terminated);
@@ -1364,8 +1364,7 @@ async fn describes_answer_in_pages_that_may_be_short_or_empty_until_the_token_ru
     let (mut seen, mut pages, mut short, mut empty) = (Vec::new(), 0, 0, 0);
     let mut page = aws_backend::port::PageRequest::first(5);
     loop {
-        let answer =
-            w.sim.describe_instances_page(&region, vec![], by_grant.clone(), page.clone()).await.expect("page");
+        let answer = w.sim.describe_instances_page(&region, &[], &by_grant, page.clone()).await.expect("page");
         pages += 1;
         assert!(answer.items.len() <= 5, "a page longer than MaxResults: {}", answer.items.len());
         short += usize::from(answer.items.len() < 5 && answer.next_token.is_some());
@@ -1380,11 +1379,10 @@ async fn describes_answer_in_pages_that_may_be_short_or_empty_until_the_token_ru
     assert_eq!(seen, launched, "following every token lists every instance exactly once");
     assert!(pages > 5 && short > 0 && empty > 0, "pages {pages}, short {short}, empty {empty}: nothing was cut");
     // The first page alone misses instances.
-    let first =
-        w.sim.describe_instances_page(&region, vec![], by_grant.clone(), aws_backend::port::PageRequest::first(5));
+    let first = w.sim.describe_instances_page(&region, &[], &by_grant, aws_backend::port::PageRequest::first(5));
     assert!(first.await.expect("page").items.len() < launched.len());
     // Without MaxResults the whole answer comes at once, and the unpaced helper follows pages.
-    let all = w.sim.describe_instances_page(&region, vec![], by_grant.clone(), Default::default()).await.expect("all");
+    let all = w.sim.describe_instances_page(&region, &[], &by_grant, Default::default()).await.expect("all");
     assert_eq!((all.items.len(), all.next_token), (23, None));
     assert_eq!(w.sim.describe_instances(&region, vec![], by_grant.clone()).await.expect("followed").len(), 23);
 
@@ -1392,30 +1390,19 @@ async fn describes_answer_in_pages_that_may_be_short_or_empty_until_the_token_ru
     let code =
         |r: Result<aws_backend::port::Page<aws_backend::port::InstanceInfo>, Ec2Error>| r.expect_err("refused").code;
     let paged = aws_backend::port::PageRequest::first(5);
-    let with_ids = w.sim.describe_instances_page(&region, vec![launched[0].clone()], vec![], paged.clone()).await;
+    let with_ids = w.sim.describe_instances_page(&region, &[launched[0].to_string()], &[], paged.clone()).await;
     assert_eq!(code(with_ids), codes::INVALID_PARAMETER_COMBINATION);
     let too_many = aws_backend::port::PageRequest::first(1_001);
-    assert_eq!(
-        code(w.sim.describe_instances_page(&region, vec![], vec![], too_many).await),
-        codes::INVALID_PARAMETER_VALUE
-    );
+    assert_eq!(code(w.sim.describe_instances_page(&region, &[], &[], too_many).await), codes::INVALID_PARAMETER_VALUE);
     let types_page = aws_backend::port::PageRequest::first(101);
     let types = w.sim.describe_instance_types_page(&region, vec![], types_page).await;
     assert_eq!(types.expect_err("DescribeInstanceTypes takes 5 to 100").code, codes::INVALID_PARAMETER_VALUE);
     let mut token = None;
     while token.is_none() {
-        token = w
-            .sim
-            .describe_instances_page(&region, vec![], by_grant.clone(), paged.clone())
-            .await
-            .expect("p")
-            .next_token;
+        token = w.sim.describe_instances_page(&region, &[], &by_grant, paged.clone()).await.expect("p").next_token;
     }
     let foreign = aws_backend::port::PageRequest { next_token: token, ..paged };
-    assert_eq!(
-        code(w.sim.describe_instances_page(&region, vec![], vec![], foreign).await),
-        codes::INVALID_PAGINATION_TOKEN
-    );
+    assert_eq!(code(w.sim.describe_instances_page(&region, &[], &[], foreign).await), codes::INVALID_PAGINATION_TOKEN);
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]

@@ -118,9 +118,9 @@ fn run_watched(
                     };
                     let result = sim.run_instance(&region, req).await;
                     if let Ok(info) = &result
-                        && !ids.contains(&info.instance_id)
+                        && !ids.iter().any(|id| *id == info.instance_id)
                     {
-                        ids.push(info.instance_id.clone());
+                        ids.push(info.instance_id.to_string());
                     }
                     format!("{result:?}")
                 }
@@ -136,7 +136,7 @@ fn run_watched(
                 Step::DeleteGroup(i) => format!("{:?}", sim.delete_security_group(&region, &pick(&groups, *i)).await),
                 Step::Usage(i) => {
                     let now = sim.now_unix_ms();
-                    format!("{:?}", sim.network_usage(&region, vec![pick(&ids, *i)], now - 100_000, now).await)
+                    format!("{:?}", sim.network_usage(&region, &[pick(&ids, *i)], now - 100_000, now).await)
                 }
                 Step::Wait(ms) => {
                     clock.advance_ms(u64::from(*ms));

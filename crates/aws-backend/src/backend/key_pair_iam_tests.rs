@@ -142,8 +142,8 @@ impl Ec2Port for TagConditionedKeys {
     async fn describe_instances_page(
         &self,
         _: &RegionLabel,
-        _: Vec<String>,
-        _: Vec<Filter>,
+        _: &[String],
+        _: &[Filter],
         _: PageRequest,
     ) -> Result<Page<InstanceInfo>, Ec2Error> {
         Ok(Page::last(Vec::new()))
@@ -174,7 +174,7 @@ impl Ec2Port for TagConditionedKeys {
     async fn network_usage(
         &self,
         _: &RegionLabel,
-        _: Vec<String>,
+        _: &[String],
         _: u64,
         _: u64,
     ) -> Result<Vec<NetworkUsage>, Ec2Error> {

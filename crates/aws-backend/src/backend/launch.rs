@@ -97,7 +97,7 @@ impl AwsBackend {
                 Ok(info) => {
                     if self.hooks().tags_after_launch() {
                         let tags = names::grant_tags(&self.shared.cfg, grant);
-                        let id = info.instance_id.clone();
+                        let id = info.instance_id.to_string();
                         let tagged = self
                             .ec2()
                             .call(region, Operation::CreateTags, |port| {
@@ -113,12 +113,12 @@ impl AwsBackend {
                     }
                     // The deadline is armed from EC2's answer, before the ledger is asked to
                     // record it: a ledger that fails now must not leave the instance unended.
-                    lock(&self.shared.launched_unrecorded).insert(*grant, info.instance_id.clone());
+                    lock(&self.shared.launched_unrecorded).insert(*grant, info.instance_id.to_string());
                     self.arm_deadline(*grant, region.clone(), self.shared.cfg.almanac.tick_to_unix_ms(valid_to));
                     self.record(
                         *grant,
                         Event::InstanceLaunched {
-                            instance_id: info.instance_id.clone(),
+                            instance_id: info.instance_id.to_string(),
                             client_token: token,
                             instance_type: itype.instance_type.clone(),
                             vcpus: itype.vcpus,
@@ -127,7 +127,7 @@ impl AwsBackend {
                     )
                     .await?;
                     lock(&self.shared.launched_unrecorded).remove(grant);
-                    return Ok(info.instance_id);
+                    return Ok(info.instance_id.into());
                 }
                 Err(err) if err.is(codes::INSUFFICIENT_INSTANCE_CAPACITY) => {
                     if let Some(zone) = &candidate.zone {
@@ -220,9 +220,9 @@ impl AwsBackend {
                 self.record(
                     *grant,
                     Event::InstanceLaunched {
-                        instance_id: info.instance_id.clone(),
+                        instance_id: info.instance_id.to_string(),
                         client_token: token.to_string(),
-                        instance_type: info.instance_type.clone(),
+                        instance_type: info.instance_type.to_string(),
                         vcpus,
                         memory_mib,
                     },

@@ -147,7 +147,7 @@ impl AwsBackend {
         let ids = vec![instance_id.to_string()];
         let samples = self
             .ec2()
-            .call(region, Operation::GetNetworkUsage, |port| port.network_usage(region, ids.clone(), start, end))
+            .call(region, Operation::GetNetworkUsage, |port| port.network_usage(region, &ids, start, end))
             .await?;
         Ok(samples
             .iter()

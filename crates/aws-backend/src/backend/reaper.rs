@@ -150,11 +150,11 @@ impl AwsBackend {
                     report.found.push(Orphan {
                         region: region.to_string(),
                         kind: "instance",
-                        id: info.instance_id.clone(),
+                        id: info.instance_id.to_string(),
                         grant: grant_of(&info.tags).map(|g| g.to_hex()),
                         reason,
                     });
-                    doomed_instances.push((info.instance_id.clone(), grant_of(&info.tags)));
+                    doomed_instances.push((info.instance_id.to_string(), grant_of(&info.tags)));
                 }
             }
         }

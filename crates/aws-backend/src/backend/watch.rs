@@ -29,7 +29,7 @@ impl AwsBackend {
         missed: bool,
     ) -> Result<(), BackendError> {
         let state = observed(info.state);
-        let instance_id = info.instance_id.clone();
+        let instance_id = info.instance_id.to_string();
         self.record_if(*grant, |s| {
             let s = s?;
             let mut at_unix_ms = at_unix_ms;
@@ -81,7 +81,10 @@ impl AwsBackend {
                     other => {
                         return Err(BackendError::Provider {
                             operation: "RunInstances".into(),
-                            code: info.state_reason_code.clone().unwrap_or_else(|| format!("Instance.{other}")),
+                            code: info
+                                .state_reason_code
+                                .as_deref()
+                                .map_or_else(|| format!("Instance.{other}"), str::to_string),
                             message: format!("instance {instance_id} went {other} before it ran"),
                             retryable: true,
                         });

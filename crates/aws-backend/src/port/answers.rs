@@ -1,7 +1,10 @@
 //! What the port answers: EC2's resources as Describe (or the creating call) returns them, in
 //! our own types.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
+use smol_str::SmolStr;
 
 use super::Tags;
 
@@ -86,26 +89,30 @@ pub struct SecurityGroupInfo {
 }
 
 /// An instance as Describe returns it.
+///
+/// Its strings are [`SmolStr`]s and its tags shared: an answer is copied into every poll's
+/// view of the instance, and into every DescribeInstances answer the simulator gives, so a
+/// copy must not allocate. Read them as `&str` (`&*info.instance_id`, `info.tags.get(..)`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceInfo {
     /// EC2's id, `i-...`.
-    pub instance_id: String,
+    pub instance_id: SmolStr,
     /// Its type.
-    pub instance_type: String,
+    pub instance_type: SmolStr,
     /// Its state.
     pub state: InstanceState,
     /// Why it is in that state, as EC2's StateReason code (e.g. `Client.InstanceInitiatedShutdown`).
-    pub state_reason_code: Option<String>,
+    pub state_reason_code: Option<SmolStr>,
     /// The public DNS name (empty until assigned).
-    pub public_dns_name: String,
+    pub public_dns_name: SmolStr,
     /// When it was launched, unix ms.
     pub launch_time_unix_ms: u64,
     /// Its tags.
-    pub tags: Tags,
+    pub tags: Arc<Tags>,
     /// The idempotency token it was launched with.
-    pub client_token: String,
+    pub client_token: SmolStr,
     /// The availability zone it runs in (`Placement.AvailabilityZone`).
-    pub availability_zone: String,
+    pub availability_zone: SmolStr,
 }
 
 /// The change TerminateInstances made to one instance.

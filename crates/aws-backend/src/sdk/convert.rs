@@ -1,10 +1,13 @@
 //! Maps AWS SDK shapes and errors to the port's own types, and back. Nothing outside `sdk`
 //! sees an SDK type: this is where they stop.
 
+use std::sync::Arc;
+
 use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::primitives::DateTime;
 use aws_sdk_ec2::types as ec2;
+use smol_str::SmolStr;
 
 use crate::port::{
     Architecture, Ec2Error, Filter, InstanceInfo, InstanceState, InstanceStateChange, InstanceTypeInfo,
@@ -98,16 +101,16 @@ pub(super) fn state(operation: Operation, state: Option<&ec2::InstanceState>) ->
 
 /// An EC2 instance as ours.
 pub(super) fn instance(operation: Operation, i: &ec2::Instance) -> Result<InstanceInfo, Ec2Error> {
-    let instance_id = i.instance_id().ok_or_else(|| unexpected(operation, "instance id"))?.to_string();
+    let instance_id = i.instance_id().ok_or_else(|| unexpected(operation, "instance id"))?.into();
     Ok(InstanceInfo {
         state: state(operation, i.state())?,
-        instance_type: i.instance_type().map(|t| t.as_str().to_string()).unwrap_or_default(),
-        state_reason_code: i.state_reason().and_then(|r| r.code()).map(str::to_string),
-        public_dns_name: i.public_dns_name().unwrap_or_default().to_string(),
+        instance_type: i.instance_type().map(|t| t.as_str().into()).unwrap_or_default(),
+        state_reason_code: i.state_reason().and_then(|r| r.code()).map(SmolStr::from),
+        public_dns_name: i.public_dns_name().unwrap_or_default().into(),
         launch_time_unix_ms: unix_ms(i.launch_time()),
-        tags: tags(i.tags()),
-        client_token: i.client_token().unwrap_or_default().to_string(),
-        availability_zone: i.placement().and_then(|p| p.availability_zone()).unwrap_or_default().to_string(),
+        tags: Arc::new(tags(i.tags())),
+        client_token: i.client_token().unwrap_or_default().into(),
+        availability_zone: i.placement().and_then(|p| p.availability_zone()).unwrap_or_default().into(),
         instance_id,
     })
 }

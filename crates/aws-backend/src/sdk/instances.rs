@@ -73,18 +73,18 @@ pub(super) async fn run_instance(
 pub(super) async fn describe_instances_page(
     port: &SdkEc2,
     region: &RegionLabel,
-    instance_ids: Vec<String>,
-    filters: Vec<Filter>,
+    instance_ids: &[String],
+    filters: &[Filter],
     page: PageRequest,
 ) -> Result<Page<InstanceInfo>, Ec2Error> {
     let op = Operation::DescribeInstances;
-    let ids = (!instance_ids.is_empty()).then_some(instance_ids);
+    let ids = (!instance_ids.is_empty()).then(|| instance_ids.to_vec());
     let out = port
         .ec2(region, op)
         .await?
         .describe_instances()
         .set_instance_ids(ids)
-        .set_filters(convert::filters(filters))
+        .set_filters(convert::filters(filters.to_vec()))
         .set_max_results(page.max_results.map(convert::max_results))
         .set_next_token(page.next_token)
         .send()

@@ -17,7 +17,7 @@ const METRIC_PERIOD_S: i32 = 60;
 pub(super) async fn network_usage(
     port: &SdkEc2,
     region: &RegionLabel,
-    instance_ids: Vec<String>,
+    instance_ids: &[String],
     start_unix_ms: u64,
     end_unix_ms: u64,
 ) -> Result<Vec<NetworkUsage>, Ec2Error> {

@@ -197,16 +197,16 @@ impl World {
     pub(crate) fn network_usage(
         &mut self,
         region: &RegionLabel,
-        instance_ids: Vec<String>,
+        instance_ids: &[String],
         start_unix_ms: u64,
         end_unix_ms: u64,
     ) -> Result<Vec<NetworkUsage>, Ec2Error> {
         let op = Operation::GetNetworkUsage;
         self.audit.begin(op_tag(op), region.as_str(), self.now_ms);
-        self.audit.strs(&instance_ids);
+        self.audit.strs(instance_ids);
         self.audit.u64(start_unix_ms);
         self.audit.u64(end_unix_ms);
-        let about = About::Instances(&instance_ids);
+        let about = About::Instances(instance_ids);
         let result: Result<Vec<NetworkUsage>, Ec2Error> = self.serve(op, region, about, |w, r| {
             if end_unix_ms < start_unix_ms {
                 return Err(err(
@@ -227,7 +227,7 @@ impl World {
                         .filter(|d| d.published_unix_ms.is_some_and(|t| t <= now));
                     let (bytes_in, bytes_out) =
                         published.fold((0u64, 0u64), |(i, o), d| (i.saturating_add(d.bytes_in), o.saturating_add(d.bytes_out)));
-                    NetworkUsage { instance_id: inst.id.clone(), bytes_in, bytes_out }
+                    NetworkUsage { instance_id: inst.id.to_string(), bytes_in, bytes_out }
                 })
                 .collect())
         });

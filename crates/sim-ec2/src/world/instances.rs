@@ -36,15 +36,15 @@ impl World {
     pub(crate) fn describe_instances(
         &mut self,
         region: &RegionLabel,
-        instance_ids: Vec<String>,
-        filters: Vec<Filter>,
+        instance_ids: &[String],
+        filters: &[Filter],
         page: PageRequest,
     ) -> Result<Page<InstanceInfo>, Ec2Error> {
         let op = Operation::DescribeInstances;
         self.presented(&page);
         self.audit.begin(op_tag(op), region.as_str(), self.now_ms);
-        self.audit.strs(&instance_ids);
-        audit_filters(&mut self.audit, &filters);
+        self.audit.strs(instance_ids);
+        audit_filters(&mut self.audit, filters);
         audit_page(&mut self.audit, &page);
         let result: Result<Page<InstanceInfo>, Ec2Error> = self.serve(op, region, About::Nothing, |w, r| {
             let fingerprint = || pagination::fingerprint(op, &[&region, &instance_ids, &filters]);
@@ -57,7 +57,7 @@ impl World {
                 "client-token",
                 "availability-zone",
             ];
-            let filters = parse_filters(op, &filters, &fields)?;
+            let filters = parse_filters(op, filters, &fields)?;
             let by_tag = filters.iter().any(|f| matches!(f.name, FilterName::Tag(_) | FilterName::TagKey));
             let (now, visible_ms) = (w.now_ms, w.faults.terminated_visible_ms);
             // The working lists of the last call, emptied (see `describe_scratch`); a call that
@@ -71,7 +71,7 @@ impl World {
                     region.listed.iter().copied().filter(|&i| region.instances[i].describable(now, visible_ms)),
                 );
             } else {
-                for id in &instance_ids {
+                for id in instance_ids {
                     handles.push(w.visible_instance(op, r, id)?);
                 }
                 handles.sort_unstable();
@@ -184,7 +184,7 @@ impl World {
                     }
                 };
                 changes.push(InstanceStateChange {
-                    instance_id: w.regions[r].instances[i].id.clone(),
+                    instance_id: w.regions[r].instances[i].id.to_string(),
                     previous_state,
                     current_state,
                 });

@@ -5,6 +5,7 @@
 //! backend's.
 
 use std::cmp::Reverse;
+use std::sync::Arc;
 
 use aws_backend::port::{
     Ec2Error, InstanceInfo, InstanceState, Operation, RunInstancesRequest, ShutdownBehavior, Tags, codes,
@@ -292,20 +293,21 @@ impl World {
         let running_at = now + draw(rng, f.launch_delay_ms_min, f.launch_delay_ms_max);
         let dependency_lag_ms = draw(rng, f.dependency_violation_lag_ms_min, f.dependency_violation_lag_ms_max);
         let mut instance = Instance {
-            id,
+            id: id.into(),
             volume_id,
             spec,
             az,
-            client_token: req.client_token.clone(),
+            client_token: req.client_token.as_str().into(),
             key_name: req.key_name.clone(),
             group_ids,
             shutdown_behavior: req.shutdown_behavior,
             tags: TagList::from_tags(&req.instance_tags),
+            shown_tags: Arc::new(req.instance_tags.clone()),
             volume_tags: TagList::from_tags(&req.volume_tags),
             launched_ms: now,
             visible_at_ms,
             dependency_lag_ms,
-            public_dns: public_dns(&self.regions[r].label, ip),
+            public_dns: public_dns(&self.regions[r].label, ip).into(),
             bytes_in_per_s,
             bytes_out_per_s,
             timeline: vec![

@@ -129,7 +129,7 @@ impl World {
                     let inst = &mut region.instances[i];
                     let before = inst.tags.clone();
                     consistency::tags_changing(&mut inst.tag_view, &before, now, until(&inst.id));
-                    region.instances[i].tags.merge(&tags);
+                    region.instances[i].merge_tags(&tags);
                     self.truth_seq += 1;
                     region.instances[i].changed_seq = self.truth_seq;
                     continue;

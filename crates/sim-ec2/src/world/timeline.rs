@@ -3,7 +3,10 @@
 //! DescribeInstances shows, how long it ran and the bytes it moved; and the exits planned over
 //! it.
 
-use aws_backend::port::{InstanceInfo, InstanceState};
+use std::sync::Arc;
+
+use aws_backend::port::{InstanceInfo, InstanceState, Tags};
+use smol_str::SmolStr;
 
 use super::{Instance, Segment, reasons};
 use crate::truth::{InstanceTruth, StateInterval};
@@ -129,19 +132,26 @@ impl Instance {
     pub(super) fn info_of(&self, seg: Segment, azs: &[String]) -> InstanceInfo {
         let public_dns_name = match seg.state {
             InstanceState::Running | InstanceState::ShuttingDown | InstanceState::Stopping => self.public_dns.clone(),
-            _ => String::new(),
+            _ => SmolStr::default(),
         };
+        // Nothing here allocates: short strings are inline, long ones and the tags shared.
         InstanceInfo {
             instance_id: self.id.clone(),
-            instance_type: self.spec.name.to_string(),
+            instance_type: SmolStr::new_static(self.spec.name),
             state: seg.state,
-            state_reason_code: seg.reason.map(str::to_string),
+            state_reason_code: seg.reason.map(SmolStr::new_static),
             public_dns_name,
             launch_time_unix_ms: self.launched_ms,
-            tags: self.tags.to_tags(),
+            tags: Arc::clone(&self.shown_tags),
             client_token: self.client_token.clone(),
-            availability_zone: azs[usize::from(self.az)].clone(),
+            availability_zone: SmolStr::new(&azs[usize::from(self.az)]),
         }
+    }
+
+    /// Merges `tags` into its tags, as CreateTags does.
+    pub(super) fn merge_tags(&mut self, tags: &Tags) {
+        self.tags.merge(tags);
+        self.shown_tags = Arc::new(self.tags.to_tags());
     }
 
     /// Replaces every planned change from `at` on with an exit: shutting-down then terminated,
