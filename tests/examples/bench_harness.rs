@@ -10,7 +10,7 @@
 //!
 //! Wall time on a machine shared with other work measures the machine too: each figure also
 //! prints the process's CPU seconds, which other work disturbs less. Run with
-//! `cargo run --release -p tests --no-default-features --example bench_harness [seeds]`.
+//! `cargo run --profile sim -p tests --no-default-features --example bench_harness [seeds]`.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -28,7 +28,7 @@ enum Bench {
     Harness,
 }
 
-/// Runs the selected benches in release builds.
+/// Runs the selected benches in optimised builds (`release`, or `sim` for the simulation's).
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let which = if args.which.is_empty() {
         vec![Bench::Ledger, Bench::Sim, Bench::Backend, Bench::Harness]
@@ -42,9 +42,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             Bench::Backend => ("tests", "bench_backend"),
             Bench::Harness => ("tests", "bench_harness"),
         };
-        println!("== bench {example} ({package}, release) ==");
+        // The simulation's benches are built as CI builds the sweeps' binary (the `sim`
+        // profile: release with LTO); the ledger's as the shipped binary is (`release`).
+        let profile = if bench == Bench::Ledger { "release" } else { "sim" };
+        println!("== bench {example} ({package}, {profile} profile) ==");
+        let mut args = vec!["run", "--quiet", "--profile", profile, "-p", package, "--example", example];
         // The backend and harness benches run on the simulator: build them without the AWS SDK.
-        let mut args = vec!["run", "--quiet", "--release", "-p", package, "--example", example];
         if matches!(bench, Bench::Backend | Bench::Harness) {
             args.push("--no-default-features");
         }

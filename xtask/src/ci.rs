@@ -5,7 +5,7 @@
 //! the ledger store's tests, on one port) running on 127.0.0.1 (moto pinned to
 //! [`MOTO_VERSION`], installed with pip when missing or another version) and cloud-init's
 //! schema validator present (installed with apt-get when missing), then the simulation (its
-//! release build started in the background when CI starts): `sim --self-test`, fixed-seed
+//! build in the `sim` profile, release with LTO, started in the background when CI starts): `sim --self-test`, fixed-seed
 //! sweeps (swarm faults with crashes and `--check-determinism`, the same with two replicas
 //! sharing the ledger, swarm faults without crashes, the default faults), and one seed drawn
 //! from the clock. Each step's time is printed as it ends and all of them at the end.
@@ -105,7 +105,7 @@ pub fn run(args: CiArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The release build of the simulation (xtask), started when CI starts. It needs no AWS SDK
+/// The simulation's build (xtask in the `sim` profile: release with LTO), started when CI starts. It needs no AWS SDK
 /// crate, so it compiles while the clippy and test builds wait for aws-sdk-ec2: one crate that
 /// keeps one core busy for minutes while the other has nothing to do. It has a target
 /// directory of its own (`ci-sim` in the workspace's), since cargo builds one thing at a time
@@ -124,19 +124,19 @@ impl SimBuild {
         let log = target.join("build.log");
         let out = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         eprintln!(
-            "$ cargo build --release -p xtask (in the background, into {}; its output goes to {})",
+            "$ cargo build --profile sim -p xtask (in the background, into {}; its output goes to {})",
             target.display(),
             log.display()
         );
         let child = command("cargo")
-            .args(["build", "--release", "-p", "xtask"])
+            .args(["build", "--profile", "sim", "-p", "xtask"])
             .env("CARGO_TARGET_DIR", &target)
             .current_dir(workspace_root())
             .stdout(out.try_clone()?)
             .stderr(out)
             .spawn()
             .context("starting the simulation's release build")?;
-        let binary = target.join("release").join(format!("xtask{}", std::env::consts::EXE_SUFFIX));
+        let binary = target.join("sim").join(format!("xtask{}", std::env::consts::EXE_SUFFIX));
         Ok(Self { child, started: Instant::now(), log, binary })
     }
 

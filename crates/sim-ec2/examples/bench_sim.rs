@@ -3,7 +3,7 @@
 //! Drives `SimEc2` through the `Ec2Port` trait with the call mix of one grant's lifetime
 //! (import key, create and open a group, launch, poll, meter, terminate, clean up), grant after
 //! grant, on a hand-driven clock that advances 40 ms of virtual time per call. Run with
-//! `cargo run --release -p sim-ec2 --example bench_sim [calls]`.
+//! `cargo run --profile sim -p sim-ec2 --example bench_sim [calls]` (or `cargo xtask bench sim`).
 
 use std::sync::Arc;
 use std::time::Instant;
