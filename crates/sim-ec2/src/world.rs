@@ -107,6 +107,8 @@ struct Instance {
     spec: &'static InstanceTypeSpec,
     /// Its zone, an index into its region's `azs`.
     az: u8,
+    /// The zone's name, as answers give it.
+    az_name: SmolStr,
     client_token: SmolStr,
     key_name: String,
     group_ids: Vec<String>,

@@ -106,7 +106,7 @@ impl World {
             for (i, described) in page.items.drain(..) {
                 let region = &mut w.regions[r];
                 let inst = &mut region.instances[i];
-                let info = inst.info_of(described, &region.azs);
+                let info = inst.info_of(described);
                 if inst.shown.last().is_none_or(|&(_, s)| s != info.state) {
                     inst.shown.push((now, info.state));
                     w.truth_seq += 1;

@@ -14,6 +14,7 @@ use backend_api::RegionLabel;
 use base64::Engine;
 use rand::Rng;
 use sha2::{Digest, Sha256};
+use smol_str::SmolStr;
 
 use super::tags::validate_tags;
 use super::{About, Instance, Segment, World, draw, err, extra_codes, reasons};
@@ -152,7 +153,7 @@ impl World {
                     format!("The instance {} launched with client token {token} has terminated", instance.id),
                 ));
             }
-            return Ok(instance.info(now, &region.azs));
+            return Ok(instance.info(now));
         }
         let Some(spec) = catalogue::lookup(&req.instance_type) else {
             return Err(invalid(format!("Invalid value '{}' for InstanceType.", req.instance_type)));
@@ -297,6 +298,7 @@ impl World {
             volume_id,
             spec,
             az,
+            az_name: SmolStr::new(&self.regions[r].azs[usize::from(az)]),
             client_token: req.client_token.as_str().into(),
             key_name: req.key_name.clone(),
             group_ids,
@@ -361,7 +363,7 @@ impl World {
         {
             terminated_at = t;
         }
-        let info = instance.info(now, &self.regions[r].azs);
+        let info = instance.info(now);
         let region = &mut self.regions[r];
         let idx = region.instances.len();
         for g in &instance.group_ids {

@@ -114,9 +114,9 @@ impl Instance {
         (scale(self.bytes_in_per_s), scale(self.bytes_out_per_s))
     }
 
-    /// What DescribeInstances says of it at `now`, in its region's zones `azs`.
-    pub(super) fn info(&self, now: u64, azs: &[String]) -> InstanceInfo {
-        self.info_of(self.segment_at(now), azs)
+    /// What DescribeInstances says of it at `now`.
+    pub(super) fn info(&self, now: u64) -> InstanceInfo {
+        self.info_of(self.segment_at(now))
     }
 
     /// The segment DescribeInstances shows at `now`: a stale one for a moment after
@@ -128,8 +128,8 @@ impl Instance {
         }
     }
 
-    /// What DescribeInstances says of it when showing `seg`, in its region's zones `azs`.
-    pub(super) fn info_of(&self, seg: Segment, azs: &[String]) -> InstanceInfo {
+    /// What DescribeInstances says of it when showing `seg`.
+    pub(super) fn info_of(&self, seg: Segment) -> InstanceInfo {
         let public_dns_name = match seg.state {
             InstanceState::Running | InstanceState::ShuttingDown | InstanceState::Stopping => self.public_dns.clone(),
             _ => SmolStr::default(),
@@ -144,7 +144,7 @@ impl Instance {
             launch_time_unix_ms: self.launched_ms,
             tags: Arc::clone(&self.shown_tags),
             client_token: self.client_token.clone(),
-            availability_zone: SmolStr::new(&azs[usize::from(self.az)]),
+            availability_zone: self.az_name.clone(),
         }
     }
 
