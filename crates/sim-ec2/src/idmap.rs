@@ -60,7 +60,15 @@ impl IdMap {
 
 /// An id as the simulator makes it: `prefix`, `-0`, then `number` in 16 lowercase hex digits.
 pub(crate) fn spell(prefix: &str, number: u64) -> String {
-    format!("{prefix}-0{number:016x}")
+    // Written out rather than formatted: ids are made at every launch and create.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = String::with_capacity(prefix.len() + 18);
+    id.push_str(prefix);
+    id.push_str("-0");
+    for shift in (0..16).rev() {
+        id.push(char::from(HEX[((number >> (shift * 4)) & 0xF) as usize]));
+    }
+    id
 }
 
 #[cfg(test)]
@@ -72,6 +80,9 @@ mod tests {
         let mut map = IdMap::new("i");
         let id = spell("i", 0xdead_beef);
         assert_eq!(id, "i-000000000deadbeef");
+        for n in [0, 1, 0x0123_4567_89ab_cdef, u64::MAX] {
+            assert_eq!(spell("sg", n), format!("sg-0{n:016x}"), "the spelling ids always had");
+        }
         map.insert(0xdead_beef, 7);
         assert_eq!(map.get(&id), Some(&7));
         assert!(map.contains_number(0xdead_beef));
