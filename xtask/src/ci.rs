@@ -26,18 +26,18 @@ use clap::Args;
 
 use crate::{command, run_cmd, workspace_root};
 
-// The sweeps' costs, measured in a release build: one core's seconds, each seed run twice
+// The sweeps' costs, measured in the `sim` profile's build: one core's seconds, each seed run twice
 // where the sweep checks determinism; CI runs as many seeds at once as it has cores.
 
-/// Seeds in CI's swarm sweep with crashes: about 130 s of one core.
+/// Seeds in CI's swarm sweep with crashes: about 60 s of one core.
 const SWEEP_SEEDS: &str = "100";
-/// Seeds in CI's sweep with two replicas under one lease: about 50 s of one core.
+/// Seeds in CI's sweep with two replicas under one lease: about 22 s of one core.
 const REPLICA_SWEEP_SEEDS: &str = "40";
 /// Seeds in CI's swarm sweep without crashes, the faults alone, where no recovery hides what a
-/// fault left behind: about 50 s of one core.
+/// fault left behind: about 20 s of one core.
 const SWARM_SWEEP_SEEDS: &str = "40";
 /// Seeds in CI's sweep with the default faults, the realistic mild world where no provision
-/// may fail: about 11 s of one core.
+/// may fail: about 4 s of one core.
 const DEFAULT_SWEEP_SEEDS: &str = "20";
 
 /// The moto release CI tests against: its answers are what the moto tests assert.
@@ -135,21 +135,18 @@ impl SimBuild {
             .stdout(out.try_clone()?)
             .stderr(out)
             .spawn()
-            .context("starting the simulation's release build")?;
+            .context("starting the simulation's build")?;
         let binary = target.join("sim").join(format!("xtask{}", std::env::consts::EXE_SUFFIX));
         Ok(Self { child, started: Instant::now(), log, binary })
     }
 
     /// Waits for the build and returns the binary; fails with the build's output when it failed.
     fn finish(mut self) -> anyhow::Result<PathBuf> {
-        let status = self.child.wait().context("waiting for the simulation's release build")?;
-        eprintln!("xtask ci: the simulation's release build took {:.0} s", self.started.elapsed().as_secs_f64());
+        let status = self.child.wait().context("waiting for the simulation's build")?;
+        eprintln!("xtask ci: the simulation's build (sim profile) took {:.0} s", self.started.elapsed().as_secs_f64());
         if !status.success() {
             eprintln!("{}", std::fs::read_to_string(&self.log).unwrap_or_default());
-            bail!(
-                "the simulation's release build failed with {status}; its output is above and in {}",
-                self.log.display()
-            );
+            bail!("the simulation's build failed with {status}; its output is above and in {}", self.log.display());
         }
         Ok(self.binary.clone())
     }
