@@ -1,5 +1,5 @@
-//! `cargo xtask bench harness`: how fast the simulation runs, release-built, each figure printed
-//! with its goal (issue 30).
+//! `cargo xtask bench harness`: how fast the simulation runs, built in the sim profile (release
+//! with LTO), each figure printed with its goal (issue 30).
 //!
 //! - 1,000 grants over 2 virtual hours with the default faults (seed 1): wall seconds of one
 //!   run, as `cargo xtask sim --seed 1 --grants 1000 --hours 2` runs it (goal ≤ 3 s).
@@ -36,7 +36,7 @@ fn main() -> anyhow::Result<()> {
     let summary = on_thread(move || harness::run(&scenario, &mut |_| {}))??;
     let (wall_s, cpu_s) = (wall.elapsed().as_secs_f64(), cpu_seconds() - cpu);
     println!(
-        "1,000 grants, 2 virtual hours, release: {wall_s:.2} s (goal ≤ 3 s); {cpu_s:.2} CPU s; {} EC2 calls, {} violations",
+        "1,000 grants, 2 virtual hours, sim profile (release + LTO): {wall_s:.2} s (goal ≤ 3 s); {cpu_s:.2} CPU s; {} EC2 calls, {} violations",
         summary.ec2_calls_total,
         summary.violations.len()
     );
