@@ -11,32 +11,25 @@
 
 #![allow(clippy::unwrap_used)]
 
+/// One grant's life, as `bench_ledger` writes it: the appends here are its first record, the
+/// takeover's history whole lives.
+#[path = "../../../usage-ledger/examples/bench_ledger/life.rs"]
+mod life;
 mod takeover;
 
 use std::time::Instant;
 
-use backend_api::{AlmanacTick, GrantId, Secret, TokioClock};
+use backend_api::{GrantId, Secret, TokioClock};
 use ledger_dynamodb::{Connection, DynamoTable, open_ledger_with};
 use usage_ledger::{Event, Ledger};
 
 const BATCH: usize = 25;
 const T0: u64 = 1_800_000_000_000;
 
+/// Grant `n`'s admission at `T0 + n`: the first record of its life.
 fn admitted(n: u64) -> (GrantId, u64, Event) {
-    let mut id = [0u8; 32];
-    id[..8].copy_from_slice(&n.to_be_bytes());
-    let event = Event::GrantAdmitted {
-        region: "us-east-1".into(),
-        instance_type: "m7i.large".into(),
-        vcpus: 2,
-        memory_mib: 8192,
-        storage_bytes: 20 << 30,
-        valid_to: AlmanacTick(n + 1000),
-        valid_to_unix_ms: T0 + 3_600_000,
-        key_name: format!("cb-{n:016x}"),
-        group_name: format!("cb-{n:016x}"),
-    };
-    (GrantId(id), T0 + n, event)
+    let record = life::Life::with_samples(n, 0).next(T0 + n).unwrap();
+    (record.grant, record.at_unix_ms, record.event)
 }
 
 fn percentile_ms(sorted_s: &[f64], p: f64) -> f64 {

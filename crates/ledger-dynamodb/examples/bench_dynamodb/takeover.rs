@@ -19,12 +19,9 @@ const LEASE_S: f64 = 30.0;
 /// Records loaded per `bulk_load_unchecked` call (memory holds this many payloads at a time).
 const LOAD_BATCH: usize = 50_000;
 
-/// One grant's life, as `bench_ledger` writes it; here without network samples (7 events to
-/// running, 6 to settled).
-#[path = "../../../usage-ledger/examples/bench_ledger/life.rs"]
-mod life;
-
-use life::Life;
+// Each grant's life is `bench_ledger`'s (`crate::life`), here without network samples (7 events
+// to running, 6 to settled).
+use crate::life::Life;
 
 /// `history_grants` settled grants, interleaved over 64 slots; each slot's next grant is left
 /// live, 7 events in (the tail, appended after the snapshot).
